@@ -1,0 +1,19 @@
+# The workflow: cache ViT activations once, fit probes / SAEs / interventions on the cache.
+# Rules are thin: each runs one `python -m pipeline STEP`; all logic is in pipeline/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/extract.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets,

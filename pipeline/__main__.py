@@ -1,0 +1,53 @@
+"""``python -m pipeline STEP …``: every workflow step, runnable by hand.
+
+Each step reads the config (``--config``, default ``config.yaml``), does one
+stage's work through that stage's module, and writes the outputs the
+Snakemake rule declares. ``python -m pipeline STEP --help`` lists its options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+from pipeline.commands import USER_ERRORS
+
+# step name -> module that defines add_parser(subparsers); imported lazily so --help is fast.
+STEPS = {
+    "demo-data": "pipeline.commands.demo",
+    "demo-model": "pipeline.commands.demo",
+    "extract": "pipeline.commands.extract",
+    "finalize": "pipeline.commands.extract",
+    "prepare": "pipeline.prepare",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    seen = set()
+    for module_name in dict.fromkeys(STEPS.values()):
+        if module_name not in seen:
+            importlib.import_module(module_name).add_parser(sub)
+            seen.add(module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except USER_ERRORS as err:  # bad input: one clear line naming the file/key/value, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Read an activation store: as labelled xarray (Jupyter) or as fast chunk streams (training).
+
+Dimension key: N images, L cached layers, T tokens, D width, P patches, B images in a chunk.
+
+``open_cache`` is the one way to open a store for people: lazy dask-backed
+``xarray.Dataset`` with dims (image, layer, token, dim), labels and provenance
+attrs. ``CacheReader`` is the one way for code: it reads whole zarr chunks
+(never single rows), in order or in a seeded random chunk order, and
+prefetches the next chunk in a thread so decompression overlaps compute.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pipeline.cache.store import CacheError, CacheIncompleteError, chunk_ranges, open_group
+
+
+def open_cache(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
+    """Open a store lazily as an ``xarray.Dataset``.
+
+    With ``require_complete`` (default) an unfinished store is an error; pass
+    False to look inside a store that is still being written (use ``done``).
+    """
+    path = Path(path)
+    group = open_group(path)
+    if require_complete and not group.attrs.get("complete", False):
+        done = group["done"][:]
+        raise CacheIncompleteError(
+            f"{path}: store is not finalized ({int(done.sum())} of {done.size} images done); "
+            "finish the extraction (and its finalize step) or open with require_complete=False"
+        )
+    return xr.open_zarr(path, consolidated=None, zarr_format=3)
+
+
+class CacheReader:
+    """Chunk-wise access to one store for training and evaluation code."""
+
+    def __init__(self, path: str | Path, *, require_complete: bool = True):
+        self.path = Path(path)
+        self.group = open_group(self.path)
+        self.attrs = dict(self.group.attrs)
+        if require_complete and not self.attrs.get("complete", False):
+            raise CacheIncompleteError(f"{self.path}: store is not finalized; run the extraction's finalize step first")
+        acts = self.group["acts"]
+        self.n_images, _, self.n_tokens, self.d_model = acts.shape
+        self.chunk_images = acts.chunks[0]
+        self.layers = tuple(int(x) for x in self.group["layer"][:])
+        self.n_blocks = int(self.attrs["n_blocks"])
+        self.n_prefix = int(self.attrs["n_prefix_tokens"])
+        self.grid = tuple(self.attrs["grid"])
+        self.n_patches = self.grid[0] * self.grid[1]
+        self.task = self.attrs["task"]
+        self.class_names = tuple(self.attrs["class_names"])
+        self.random_weights = bool(self.attrs.get("model", {}).get("random_weights", False))
+        self.valid = self.group["done"][:] & ~self.group["bad"][:]
+
+    # ---- metadata -------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self.group["image"][:]
+
+    def layer_index(self, layer: int) -> int:
+        """Position on the store's layer axis of block ``layer`` (negative counts from the end)."""
+        block = layer + self.n_blocks if layer < 0 else layer
+        if block not in self.layers:
+            raise CacheError(f"{self.path}: layer {layer} (block {block}) is not cached; cached blocks: {list(self.layers)}")
+        return self.layers.index(block)
+
+    def block(self, layer: int) -> int:
+        """Non-negative block number of ``layer``."""
+        return self.layers[self.layer_index(layer)]
+
+    def require(self, name: str) -> None:
+        if name not in self.group:
+            raise CacheError(f"{self.path}: the store has no {name!r} array (task {self.task!r}); this stage needs it")
+
+    def labels(self, name: str) -> np.ndarray:
+        """A whole label array (``label``, ``patch_label``, ``patch_purity``) as numpy."""
+        self.require(name)
+        return self.group[name][:]
+
+    def pixel_labels(self, start: int, stop: int) -> np.ndarray:
+        self.require("pixel_label")
+        return self.group["pixel_label"][start:stop]
+
+    # ---- activations ----------------------------------------------------
+    def chunks(self) -> list[tuple[int, int]]:
+        return chunk_ranges(self.n_images, self.chunk_images)
+
+    def read(self, layer: int, start: int, stop: int, tokens: slice | None = None) -> np.ndarray:
+        """acts[start:stop, layer, tokens] as stored ([B, T', D])."""
+        li = self.layer_index(layer)
+        sel = (slice(start, stop), li) + ((tokens,) if tokens is not None else ())
+        return self.group["acts"][sel]
+
+    def token_slice(self, which: str) -> slice:
+        """``patches`` → the patch tokens, ``cls`` → CLS only, ``all`` → every token."""
+        return {"patches": slice(self.n_prefix, None), "cls": slice(0, 1), "all": slice(None)}[which]
+
+    def iter_chunks(
+        self,
+        layer: int,
+        *,
+        tokens: str = "all",
+        shuffle: bool = False,
+        seed: int = 0,
+        images: np.ndarray | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(image_idx_B, acts_BTD)`` one zarr chunk at a time, valid images only.
+
+        ``shuffle`` visits chunks in a seeded random order (rows inside a chunk
+        stay in order; shuffle buffers downstream mix them). ``images`` restricts
+        to a boolean mask over N. The next chunk is read in a background thread.
+        """
+        order = self.chunks()
+        if shuffle:
+            order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
+        keep = self.valid if images is None else self.valid & images
+        order = [(s, e) for s, e in order if keep[s:e].any()]
+        tok = self.token_slice(tokens)
+        with cf.ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(self.read, layer, *order[0], tok) if order else None
+            for i, (s, e) in enumerate(order):
+                acts = future.result()
+                if i + 1 < len(order):
+                    future = pool.submit(self.read, layer, *order[i + 1], tok)
+                rows = np.flatnonzero(keep[s:e])
+                yield s + rows, acts[rows] if rows.size < e - s else acts

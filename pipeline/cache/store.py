@@ -1,0 +1,240 @@
+"""Create, fill and finalize an activation store (zarr v3).
+
+One store per (model, dataset, split): ``<cache>/<model>/<dataset>/<split>.zarr``.
+
+Dimension key: N images, L cached layers, T tokens (CLS, registers, patches
+row-major), D width, P patches, H/W pixels of the cropped label mask.
+
+Arrays (every per-image array is chunked by ``chunk_images`` along N, so a
+chunk of images is one set of files and a part owns whole chunks):
+
+- ``acts[N, L, T, D]`` float16/float32, chunk (chunk_images, 1, T, D), Blosc lz4 + bitshuffle;
+- ``done[N]`` set only after every array of that image is on disk;
+- ``bad[N]`` rows whose image could not be read (``on_bad_image: skip``);
+- segmentation: ``patch_label[N, P]`` (0 = other/unlabelled), ``patch_purity[N, P]``,
+  ``pixel_label[N, H, W]`` (the cropped mask, for pixel-level metrics);
+- classification: ``label[N]`` (-1 for a bad row);
+- coords: ``image`` (ids = paths relative to the dataset root), ``layer`` (block
+  numbers), ``token``/``token_kind``, ``patch``/``patch_row``/``patch_col``/``patch_token``.
+
+Creation is atomic (built in a temp folder, then renamed), so concurrent parts
+and a part killed mid-creation never leave a half-made store. A store made
+with a different config hash is refused, never silently reused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+STORE_FORMAT = 1
+BAD_DIR = "_bad_images"  # per-chunk JSON records of unreadable images (merged into attrs by finalize)
+
+warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+# zarr-python warns that consolidated metadata is not in the v3 spec yet; xarray reads it fine.
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+
+
+class CacheError(RuntimeError):
+    """A store problem; the message names the store."""
+
+
+class CacheMismatchError(CacheError):
+    """The store on disk was made from a different configuration."""
+
+
+class CacheIncompleteError(CacheError):
+    """The store has images that are not done yet."""
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Everything that fixes a store's shape; ``acts`` is [N, L, T, D]."""
+
+    image_ids: tuple[str, ...]
+    layers: tuple[int, ...]  # non-negative block numbers, as cached
+    token_kinds: tuple[str, ...]  # length T: "cls", "register", "patch"
+    grid: tuple[int, int]  # patch rows, patch cols
+    d_model: int
+    dtype: str
+    chunk_images: int
+    task: str  # "segmentation" | "classification"
+    mask_size: int | None = None  # H = W of pixel_label (segmentation)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_kinds)
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+def blosc() -> BloscCodec:
+    # lz4 + bitshuffle: the fastest codec measured here, and float16 activations compress ~2x.
+    return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
+
+
+def chunk_ranges(n_images: int, chunk_images: int) -> list[tuple[int, int]]:
+    """[start, stop) image ranges of the store's chunks."""
+    return [(s, min(s + chunk_images, n_images)) for s in range(0, n_images, chunk_images)]
+
+
+def part_chunks(n_chunks: int, part: int, of: int) -> range:
+    """The contiguous chunk indices that part ``part`` of ``of`` owns (disjoint, covering all)."""
+    if not (of >= 1 and 0 <= part < of):
+        raise ValueError(f"--part {part} --of {of}: need 0 <= part < of")
+    bounds = np.linspace(0, n_chunks, of + 1).round().astype(int)
+    return range(bounds[part], bounds[part + 1])
+
+
+def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
+    n, c = layout.n_images, layout.chunk_images
+    t, d, p = layout.n_tokens, layout.d_model, layout.n_patches
+    rows, cols = np.divmod(np.arange(p), layout.grid[1])
+    n_prefix = t - p
+    data = {
+        "acts": (("image", "layer", "token", "dim"), da.zeros((n, len(layout.layers), t, d), dtype=layout.dtype, chunks=(c, 1, t, d))),
+        "done": (("image",), da.zeros(n, dtype=bool, chunks=c)),
+        "bad": (("image",), da.zeros(n, dtype=bool, chunks=c)),
+    }
+    enc = {
+        "acts": {"chunks": (c, 1, t, d), "compressors": (blosc(),), "fill_value": np.nan},
+        "done": {"chunks": (c,), "fill_value": False},
+        "bad": {"chunks": (c,), "fill_value": False},
+    }
+    if layout.task == "segmentation":
+        h = layout.mask_size
+        data["patch_label"] = (("image", "patch"), da.zeros((n, p), dtype="uint16", chunks=(c, p)))
+        data["patch_purity"] = (("image", "patch"), da.zeros((n, p), dtype="float16", chunks=(c, p)))
+        data["pixel_label"] = (("image", "y", "x"), da.zeros((n, h, h), dtype="uint16", chunks=(c, h, h)))
+        enc["patch_label"] = {"chunks": (c, p), "compressors": (blosc(),), "fill_value": 0}
+        enc["patch_purity"] = {"chunks": (c, p), "compressors": (blosc(),), "fill_value": 0}
+        enc["pixel_label"] = {"chunks": (c, h, h), "compressors": (blosc(),), "fill_value": 0}
+    else:
+        data["label"] = (("image",), da.full(n, -1, dtype="int32", chunks=c))
+        enc["label"] = {"chunks": (c,), "fill_value": -1}
+    coords = {
+        "image": np.array(layout.image_ids, dtype=object),
+        "layer": np.array(layout.layers, dtype=np.int64),
+        "token": np.arange(t),
+        "token_kind": ("token", np.array(layout.token_kinds, dtype=object)),
+        "patch": np.arange(p),
+        "patch_row": ("patch", rows),
+        "patch_col": ("patch", cols),
+        "patch_token": ("patch", np.arange(p) + n_prefix),
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs), enc
+
+
+def create_or_open(path: Path, layout: StoreLayout, attrs: dict) -> zarr.Group:
+    """Return the store's zarr group, creating it atomically if missing.
+
+    ``attrs["config_hash"]`` must equal the existing store's, else CacheMismatchError.
+    """
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds, enc = _skeleton(layout, {**attrs, "store_format": STORE_FORMAT, "complete": False})
+        ds.to_zarr(tmp, mode="w", compute=False, encoding=enc, zarr_format=3, consolidated=False)
+        try:
+            os.rename(tmp, path)  # atomic; fails if another part created it first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    group = open_group(path, mode="r+")
+    check_hash(path, group, attrs["config_hash"], attrs.get("config"))
+    return group
+
+
+def open_group(path: Path, mode: str = "r") -> zarr.Group:
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise CacheError(f"{path}: no activation store here (run `python -m pipeline extract` for it first)")
+    return zarr.open_group(path, mode=mode, zarr_format=3)
+
+
+def check_hash(path: Path, group: zarr.Group, expected: str, config: dict | None = None) -> None:
+    found = group.attrs.get("config_hash")
+    if found == expected:
+        return
+    diff = ""
+    old = group.attrs.get("config")
+    if isinstance(old, dict) and config is not None:
+        keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        diff = f"; differing keys: {', '.join(keys)}"
+    raise CacheMismatchError(
+        f"{path}: this store was made with a different configuration (config hash {str(found)[:12]} on disk, "
+        f"{expected[:12]} now{diff}). It is not reused: delete it, or point paths.cache elsewhere."
+    )
+
+
+def pending_chunks(group: zarr.Group, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The chunks (from ``chunks``) with at least one image not done."""
+    done = group["done"][:]
+    return [(s, e) for s, e in chunks if not done[s:e].all()]
+
+
+def write_chunk(group: zarr.Group, start: int, arrays: dict[str, np.ndarray], bad_records: list[dict]) -> None:
+    """Write one whole chunk of images starting at ``start``, then mark it done.
+
+    ``arrays["acts"]`` is [B, L, T, D]; it is written one layer at a time (each
+    a whole zarr chunk). ``done`` goes last, so a kill leaves the chunk pending.
+    """
+    acts = arrays["acts"]
+    stop = start + acts.shape[0]
+    for li in range(acts.shape[1]):
+        group["acts"][start:stop, li] = acts[:, li]
+    for name, value in arrays.items():
+        if name != "acts":
+            group[name][start:stop] = value
+    if bad_records:
+        bad_dir = Path(group.store.root) / BAD_DIR
+        bad_dir.mkdir(exist_ok=True)
+        (bad_dir / f"chunk-{start:09d}.json").write_text(json.dumps(bad_records))
+    group["done"][start:stop] = True
+
+
+def finalize(path: Path) -> dict:
+    """Check that every image is done, record bad images in attrs, consolidate metadata."""
+    path = Path(path)
+    group = open_group(path, mode="r+")
+    done = group["done"][:]
+    if not done.all():
+        missing = np.flatnonzero(~done)
+        raise CacheIncompleteError(
+            f"{path}: {missing.size} of {done.size} images are not done (first: image index {missing[0]}); "
+            "re-run the extraction parts that own them (they resume where they stopped)"
+        )
+    bad_records = []
+    bad_dir = path / BAD_DIR
+    if bad_dir.exists():
+        for f in sorted(bad_dir.glob("chunk-*.json")):
+            bad_records.extend(json.loads(f.read_text()))
+    summary = {
+        "complete": True,
+        "n_images": int(done.size),
+        "n_bad": int(group["bad"][:].sum()),
+        "bad_images": bad_records,
+        "finalized": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    group.attrs.update(summary)
+    zarr.consolidate_metadata(path, zarr_format=3)
+    return summary

@@ -1,0 +1,26 @@
+"""Command-line front ends of the stages (argparse only; the work is in the stage modules)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.cache import CacheError
+from pipeline.config import ConfigError, load_config
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pipeline.data import BadImageError, MaskError
+
+    return (ConfigError, CacheError, BadImageError, MaskError, FileNotFoundError, FileExistsError)
+
+
+USER_ERRORS = _user_errors()
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file (default: config.yaml)")
+
+
+def config_from_args(args: argparse.Namespace):
+    return load_config(args.config)

@@ -1,0 +1,53 @@
+"""``extract`` and ``finalize`` steps."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.commands import add_config_arg, config_from_args
+from pipeline.config import SPLITS, CacheRef
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="run the ViT over one split and fill (part of) its activation store")
+    add_config_arg(p)
+    p.add_argument("--model", required=True, help="a name under `models` in the config")
+    p.add_argument("--dataset", required=True, help="a name under `datasets` in the config")
+    p.add_argument("--split", required=True, choices=SPLITS)
+    p.add_argument("--part", type=int, default=0, help="this process's part, 0-based (default 0)")
+    p.add_argument("--of", type=int, default=1, help="number of parts (default 1: whole split, then finalize)")
+    p.add_argument("--sentinel", type=Path, help="file to write when this part is done (for Snakemake)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_extract)
+
+    f = sub.add_parser("finalize", help="check every image of a store is done; consolidate its metadata")
+    add_config_arg(f)
+    f.add_argument("--model", required=True)
+    f.add_argument("--dataset", required=True)
+    f.add_argument("--split", required=True, choices=SPLITS)
+    f.add_argument("--sentinel", type=Path, help="file to write when the store is complete (for Snakemake)")
+    f.set_defaults(func=run_finalize)
+
+
+def run_extract(args: argparse.Namespace) -> dict:
+    from pipeline.extract import extract, write_part_sentinel
+
+    cfg = config_from_args(args)
+    report = extract(cfg, CacheRef(args.model, args.dataset), args.split, part=args.part, of=args.of, progress=not args.no_progress)
+    if args.sentinel:
+        write_part_sentinel(args.sentinel, report)
+    return {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
+
+
+def run_finalize(args: argparse.Namespace) -> dict:
+    import json
+
+    from pipeline.cache import finalize
+
+    cfg = config_from_args(args)
+    summary = finalize(cfg.store(CacheRef(args.model, args.dataset), args.split))
+    if args.sentinel:
+        args.sentinel.parent.mkdir(parents=True, exist_ok=True)
+        args.sentinel.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary

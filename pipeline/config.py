@@ -1,0 +1,338 @@
+"""The configuration: read once, validated once, passed down as frozen dataclasses.
+
+Reads a YAML file (``config.yaml`` by default), validates it against
+``workflow/schemas/config.schema.yaml`` (JSON Schema draft 2020-12, the same
+schema Snakemake validates with), fills defaults, checks cross references
+(a cache names a model and a dataset that exist), and returns a ``Config``.
+Nothing below this module reads the YAML or the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from pipeline.data.transforms import Preprocess
+from pipeline.models.spec import ModelSpec, default_preprocess
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SPLITS = ("train", "val")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    resources: Path = Path("resources")
+    cache: Path = Path("cache")
+    results: Path = Path("results")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    spec: ModelSpec
+    preprocess: Preprocess
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    kind: str  # ade20k | imagefolder | segfolder
+    root: Path
+    splits: dict[str, str]  # our split name -> the dataset's own split name
+    val_fraction: float = 0.2
+    split_seed: int = 0
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.kind == "imagefolder" else "segmentation"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    layers: tuple[int, ...] = (-2, -1)
+    dtype: str = "float16"
+    batch_size: int = 16
+    chunk_images: int = 64
+    parts: int = 1
+    num_workers: int = 1
+    on_bad_image: str = "error"
+
+
+@dataclass(frozen=True)
+class CacheRef:
+    model: str
+    dataset: str
+
+    def store(self, paths: Paths, split: str) -> Path:
+        """``<cache>/<model>/<dataset>/<split>.zarr``."""
+        return paths.cache / self.model / self.dataset / f"{split}.zarr"
+
+
+@dataclass(frozen=True)
+class SegProbeConfig:
+    cache: CacheRef
+    lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    weight_decays: tuple[float, ...] = (1e-1, 1e-3, 1e-5)
+    epochs: int = 10
+    batch_size: int = 1024
+    min_purity: float = 0.5
+    train_on_other: bool = False
+    n_figure_images: int = 6
+
+
+@dataclass(frozen=True)
+class ClsProbeConfig:
+    cache: CacheRef
+    lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    weight_decays: tuple[float, ...] = (1e-1, 1e-3, 1e-5)
+    epochs: int = 50
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    cache: CacheRef
+    layer: int
+    tokens: str = "patches"
+    n_tokens: int = 1_000_000
+    batch_size: int = 1024
+    lrs: tuple[float, ...] = (4e-4,)
+    sparsity_coeffs: tuple[float, ...] = (4e-4,)
+    exp_factors: tuple[int, ...] = (16,)
+    lr_warmup_steps: int = 500
+    sparsity_warmup_steps: int = 500
+    max_l0: float = 1e9
+    seed: int = 0
+    shuffle_buffer: int = 65536
+    top_k: int = 16
+    log_freq_range: tuple[float, float] = (-6.0, -1.0)
+    log_value_range: tuple[float, float] = (-2.0, 3.0)
+    gallery_latents: int = 32
+
+
+@dataclass(frozen=True)
+class QuantifyConfig:
+    scale: float = -2.0
+    methods: tuple[str, ...] = ("random_vector", "random_feature", "auto_feature", "manual_feature")
+    thresholds: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)
+    max_firing_fraction: float = 0.1
+    manual: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    batch_size: int = 16
+    seed: int = 0
+    n_proposals: int = 5
+
+
+@dataclass(frozen=True)
+class DimredConfig:
+    cache: CacheRef
+    layer: int = -1
+    methods: tuple[str, ...] = ("pca", "random_projection")
+    dims: tuple[int, ...] = (768, 384, 192, 100, 96, 48, 24, 12, 6, 3)
+    n_fit_tokens: int = 100_000
+    probe_epochs: int = 5
+    probe_lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    paths: Paths
+    threads: int
+    device: str
+    demo: dict[str, Any]
+    models: dict[str, ModelConfig]
+    datasets: dict[str, DatasetConfig]
+    extract: ExtractConfig
+    caches: tuple[CacheRef, ...]
+    seg_probe: SegProbeConfig | None = None
+    cls_probe: ClsProbeConfig | None = None
+    sae: SAEConfig | None = None
+    quantify: QuantifyConfig | None = None
+    dimred: DimredConfig | None = None
+
+    def model(self, name: str) -> ModelConfig:
+        return _lookup(self.models, name, "models", self.source)
+
+    def dataset(self, name: str) -> DatasetConfig:
+        return _lookup(self.datasets, name, "datasets", self.source)
+
+    def store(self, ref: CacheRef, split: str) -> Path:
+        return ref.store(self.paths, split)
+
+
+def _check_ref(cfg: Config, key: str, ref: CacheRef) -> None:
+    if ref.model not in cfg.models:
+        raise ConfigError(f"{cfg.source}: key {key}/model: {ref.model!r} is not in models ({', '.join(cfg.models)})")
+    if ref.dataset not in cfg.datasets:
+        raise ConfigError(f"{cfg.source}: key {key}/dataset: {ref.dataset!r} is not in datasets ({', '.join(cfg.datasets)})")
+
+
+def _lookup(table: dict, name: str, section: str, source: Path):
+    if name not in table:
+        known = ", ".join(sorted(table)) or "none"
+        raise ConfigError(f"{source}: {section}: no entry named {name!r} (known: {known})")
+    return table[name]
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate_raw(raw: Any, source: Path | str) -> None:
+    """Validate a parsed YAML document; raise ConfigError naming the key of the first problem."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"{source}: key {where}: {err.message}")
+
+
+def load_config(path: str | Path = "config.yaml") -> Config:
+    """Read, validate and resolve a config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    return config_from_dict(raw, source=path)
+
+
+def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
+    """Build a Config from an already-parsed mapping (validates it first)."""
+    source = Path(str(source))
+    validate_raw(raw, source)
+    paths = Paths(**{k: Path(v) for k, v in raw.get("paths", {}).items()})
+
+    models = {}
+    for name, m in raw["models"].items():
+        defaults = default_preprocess(m["family"])
+        overrides = m.get("preprocess", {})
+        try:
+            pre = Preprocess(
+                resize=overrides.get("resize", defaults["resize"]),
+                crop=overrides.get("crop", defaults["crop"]),
+                mean=tuple(overrides.get("mean", defaults["mean"])),
+                std=tuple(overrides.get("std", defaults["std"])),
+                interpolation=overrides.get("interpolation", defaults["interpolation"]),
+            )
+        except ValueError as err:
+            raise ConfigError(f"{source}: key models/{name}/preprocess: {err}") from err
+        models[name] = ModelConfig(name, ModelSpec(m["family"], m["source"], m.get("revision")), pre)
+
+    datasets = {}
+    for name, d in raw["datasets"].items():
+        default_splits = {"ade20k": {"train": "training", "val": "validation"}}.get(d["kind"], {"train": "train", "val": "val"})
+        datasets[name] = DatasetConfig(
+            name=name,
+            kind=d["kind"],
+            root=Path(d["root"]),
+            splits={**default_splits, **d.get("splits", {})},
+            val_fraction=d.get("val_fraction", 0.2),
+            split_seed=d.get("split_seed", 0),
+        )
+
+    ex = raw["extract"]
+    extract = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()})
+    caches = tuple(CacheRef(**c) for c in raw["caches"])
+
+    probes = raw.get("probes", {})
+    cfg = Config(
+        source=source,
+        paths=paths,
+        threads=raw.get("threads", 2),
+        device=raw.get("device", "auto"),
+        demo=raw.get("demo", {}),
+        models=models,
+        datasets=datasets,
+        extract=extract,
+        caches=caches,
+        seg_probe=_section(SegProbeConfig, probes.get("seg")),
+        cls_probe=_section(ClsProbeConfig, probes.get("cls")),
+        sae=_section(SAEConfig, raw.get("sae")),
+        quantify=_quantify(raw.get("quantify")),
+        dimred=_section(DimredConfig, raw.get("dimred")),
+    )
+    _check_references(cfg, raw)
+    return cfg
+
+
+def _section(cls, raw: dict | None):
+    if raw is None:
+        return None
+    kwargs = {}
+    for key, value in raw.items():
+        if key == "cache":
+            value = CacheRef(**value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _quantify(raw: dict | None) -> QuantifyConfig | None:
+    if raw is None:
+        return None
+    raw = dict(raw)
+    manual = raw.pop("manual", {})
+    manual = {str(k): tuple(v) if isinstance(v, list) else (v,) for k, v in manual.items()}
+    return dataclasses.replace(_section(QuantifyConfig, raw), manual=manual)
+
+
+def _check_references(cfg: Config, raw: dict) -> None:
+    for i, ref in enumerate(cfg.caches):
+        _check_ref(cfg, f"caches/{i}", ref)
+    stages = (
+        ("probes/seg", cfg.seg_probe, "segmentation"),
+        ("probes/cls", cfg.cls_probe, "classification"),
+        ("sae", cfg.sae, "segmentation"),
+        ("dimred", cfg.dimred, "segmentation"),
+    )
+    for key, section, task in stages:
+        if section is None:
+            continue
+        _check_ref(cfg, f"{key}/cache", section.cache)
+        if section.cache not in cfg.caches:
+            raise ConfigError(f"{cfg.source}: key {key}/cache: ({section.cache.model}, {section.cache.dataset}) is not listed in caches")
+        found = cfg.datasets[section.cache.dataset].task
+        if found != task:
+            raise ConfigError(f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}")
+    demo = raw.get("demo", {})
+    for name in demo.get("datasets", {}):
+        if name not in cfg.datasets:
+            raise ConfigError(f"{cfg.source}: key demo/datasets/{name}: no dataset of that name in datasets")
+    for name in demo.get("models", {}):
+        if name not in cfg.models:
+            raise ConfigError(f"{cfg.source}: key demo/models/{name}: no model of that name in models")
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of a JSON-able object with sorted keys (config hashes in provenance)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses / Paths / tuples → plain JSON types (for attrs and headers)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,427 @@
+"""List the samples (image path, mask path or class label) of one dataset split.
+
+Reads: directory listings, ``objectInfo150.txt`` (ADE20K), ``classes.txt``
+(segmentation folders) and the JSON split file of flat image folders.
+Writes: only the JSON split file of a flat image folder, the first time it is
+needed (atomically: temp file + rename).
+
+No pixels are read here; ``pipeline.data.images`` does that.  Sample ids are the
+image path relative to the dataset root, posix style, so they are stable across
+machines and readable in plots.
+
+Layouts
+-------
+ade20k              <root>/ADEChallengeData2016/{images,annotations}/{training,validation}/
+                    (root may also be the ADEChallengeData2016 folder itself)
+imagefolder         <root>/<class>/<img>            (split computed and saved once)
+                    <root>/{train,val|test}/<class>/<img>   (pre-split)
+segfolder           <root>/classes.txt, <root>/<split>/images/*, <root>/<split>/masks/*.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DatasetError",
+    "StaleSplitError",
+    "Sample",
+    "SplitData",
+    "ade20k",
+    "image_folder",
+    "segmentation_folder",
+    "load_split",
+    "LOADERS",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+TASKS = ("segmentation", "classification")
+_ADE_SPLITS = {"training": "training", "train": "training", "validation": "validation", "val": "validation"}
+_SEG_IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+
+
+class DatasetError(ValueError):
+    """A dataset folder that does not have the expected layout or contents."""
+
+
+class StaleSplitError(DatasetError):
+    """A saved split file that no longer matches the files in its dataset folder."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split.
+
+    Attributes:
+        id: image path relative to the dataset root, posix style.
+        image: full path of the image file.
+        mask: full path of the class-id mask PNG (segmentation only).
+        label: class id, index into ``SplitData.class_names`` (classification only).
+    """
+
+    id: str
+    image: Path
+    mask: Path | None = None
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """The samples of one split and the meaning of their labels.
+
+    Attributes:
+        task: "segmentation" or "classification".
+        class_names: index = label id; for segmentation id 0 is "other" (unlabelled).
+        samples: in a stable order (sorted by id).
+    """
+
+    task: str
+    class_names: tuple[str, ...]
+    samples: tuple[Sample, ...]
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"SplitData.task must be one of {TASKS}, got {self.task!r}")
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "samples", tuple(self.samples))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _list_images(folder: Path, extensions: frozenset[str], *, recursive: bool) -> list[Path]:
+    """Non-hidden image files under ``folder`` (case-insensitive extension), sorted."""
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    found = [
+        p
+        for p in candidates
+        if p.suffix.lower() in extensions and not _is_hidden(p, folder) and p.is_file()
+    ]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise DatasetError(f"{what}: expected a directory at {path}, found none")
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- ADE20K
+
+
+def _ade_base(root: Path) -> Path:
+    root = Path(root)
+    if (root / "ADEChallengeData2016").is_dir():
+        return root / "ADEChallengeData2016"
+    if (root / "images").is_dir() and (root / "annotations").is_dir():
+        return root
+    raise DatasetError(
+        f"ADE20K: neither {root / 'ADEChallengeData2016'} nor {root / 'images'} + "
+        f"{root / 'annotations'} exist; pass the ADEChallengeData2016 folder or its parent"
+    )
+
+
+def _first_name(raw: str) -> str:
+    """'building;edifice' / 'building, edifice' -> 'building'."""
+    return raw.split(";")[0].split(",")[0].strip()
+
+
+def read_object_info(path: Path) -> tuple[str, ...]:
+    """Class names 1..N from an ADE20K ``objectInfo150.txt`` (header, then
+    ``Idx Ratio Train Val Name`` rows, tab- or space-separated).  Returns (name_1, ..., name_N)."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines or not lines[0].split()[0].lower() == "idx":
+        raise DatasetError(f"{path}: first line must be the header 'Idx Ratio Train Val Name'")
+    names = []
+    for line_no, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t") if line.count("\t") >= 4 else line.split(None, 4)
+        if len(fields) < 5:
+            raise DatasetError(f"{path}, line {line_no}: expected 5 fields, got {line!r}")
+        try:
+            idx = int(fields[0])
+        except ValueError:
+            raise DatasetError(f"{path}, line {line_no}: Idx {fields[0]!r} is not an integer") from None
+        if idx != len(names) + 1:
+            raise DatasetError(f"{path}, line {line_no}: Idx {idx}, expected {len(names) + 1}")
+        name = _first_name(fields[4])
+        if not name:
+            raise DatasetError(f"{path}, line {line_no}: empty class name")
+        names.append(name)
+    if not names:
+        raise DatasetError(f"{path}: no class rows after the header")
+    return tuple(names)
+
+
+def ade20k(root: Path, split: str) -> SplitData:
+    """ADE20K SceneParsing (or the synthetic demo written in the same layout).
+
+    Args:
+        root: the ADEChallengeData2016 folder or its parent.
+        split: "training" / "train" or "validation" / "val".
+
+    Returns:
+        SplitData(task="segmentation", class_names=("other", <N names from
+        objectInfo150.txt>)) with samples sorted by file name; ids are relative to
+        the ADEChallengeData2016 folder, e.g. "images/training/ADE_train_00000001.jpg".
+
+    Raises:
+        DatasetError: unknown split, missing folders, missing or malformed
+            objectInfo150.txt (naming the expected path), or an image without
+            its annotation (naming both paths).
+    """
+    if split not in _ADE_SPLITS:
+        raise DatasetError(f"ADE20K split must be one of {sorted(_ADE_SPLITS)}, got {split!r}")
+    folder = _ADE_SPLITS[split]
+    base = _ade_base(Path(root))
+    info_candidates = [base / "objectInfo150.txt", Path(root) / "objectInfo150.txt"]
+    info = next((p for p in info_candidates if p.is_file()), None)
+    if info is None:
+        raise DatasetError(
+            f"ADE20K: class list not found; expected {info_candidates[0]} (the real dataset "
+            "ships it; pipeline.data.demo.make_segmentation_demo writes it for the demo)"
+        )
+    class_names = ("other",) + read_object_info(info)
+    image_dir, mask_dir = base / "images" / folder, base / "annotations" / folder
+    _require_dir(image_dir, f"ADE20K {folder} images")
+    _require_dir(mask_dir, f"ADE20K {folder} annotations")
+    images = _list_images(image_dir, _SEG_IMAGE_EXTENSIONS, recursive=False)
+    if not images:
+        raise DatasetError(f"ADE20K: no images (.jpg, .jpeg, .png) in {image_dir}")
+    samples = []
+    for image in images:
+        mask = mask_dir / f"{image.stem}.png"
+        if not mask.is_file():
+            raise DatasetError(f"ADE20K: image {image} has no annotation; expected {mask}")
+        samples.append(Sample(id=image.relative_to(base).as_posix(), image=image, mask=mask))
+    return SplitData(task="segmentation", class_names=class_names, samples=tuple(samples))
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _eval_folder(root: Path, split: str) -> Path:
+    if split == "train":
+        return root / "train"
+    if split not in ("val", "test"):
+        raise DatasetError(f"image folder split must be 'train', 'val' or 'test', got {split!r}")
+    preferred, other = root / split, root / ("test" if split == "val" else "val")
+    if preferred.is_dir():
+        return preferred
+    if other.is_dir():
+        return other
+    raise DatasetError(f"pre-split image folder {root}: has train/ but neither {preferred} nor {other}")
+
+
+def _pre_split(root: Path, split: str) -> SplitData:
+    folder = _eval_folder(root, split)
+    split_dirs = [root / name for name in ("train", "val", "test") if (root / name).is_dir()]
+    class_names = tuple(sorted({name for d in split_dirs for name in _class_dirs(d)}))
+    if not class_names:
+        raise DatasetError(f"pre-split image folder {root}: no class sub-folders in {split_dirs}")
+    label_of = {name: i for i, name in enumerate(class_names)}
+    samples = [
+        Sample(id=image.relative_to(root).as_posix(), image=image, label=label_of[name])
+        for name in _class_dirs(folder)
+        for image in _list_images(folder / name, IMAGE_EXTENSIONS, recursive=True)
+    ]
+    if not samples:
+        raise DatasetError(f"pre-split image folder {root}: no images in {folder}")
+    samples.sort(key=lambda s: s.id)
+    return SplitData(task="classification", class_names=class_names, samples=tuple(samples))
+
+
+def stratified_split(
+    ids_by_class: dict[str, list[str]], val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Seeded per-class split.  A class with n >= 2 images gets
+    clip(round(n * val_fraction), 1, n - 1) validation images (halves round up); a
+    single image goes to train.  Classes are drawn in sorted order from one
+    ``np.random.default_rng(seed)``.  Returns (train ids, val ids), each sorted."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for name in sorted(ids_by_class):
+        ids = sorted(ids_by_class[name])
+        n = len(ids)
+        n_val = 0 if n < 2 else int(min(max(np.floor(n * val_fraction + 0.5), 1), n - 1))
+        order = rng.permutation(n)
+        val += [ids[i] for i in order[:n_val]]
+        train += [ids[i] for i in order[n_val:]]
+    return sorted(train), sorted(val)
+
+
+def _read_split_file(split_file: Path, all_ids: set[str], val_fraction: float, seed: int) -> dict:
+    try:
+        saved = json.loads(split_file.read_text())
+        train, val = list(saved["train"]), list(saved["val"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"split file {split_file} is unreadable or malformed ({e})") from None
+    if saved.get("seed") != seed or saved.get("val_fraction") != val_fraction:
+        raise StaleSplitError(
+            f"split file {split_file} was made with seed={saved.get('seed')!r} "
+            f"val_fraction={saved.get('val_fraction')!r}, but seed={seed!r} "
+            f"val_fraction={val_fraction!r} was asked for; delete it to recompute"
+        )
+    listed = set(train) | set(val)
+    if set(train) & set(val) or len(listed) != len(train) + len(val):
+        raise DatasetError(f"split file {split_file} lists some ids twice")
+    if listed != all_ids:
+        added, removed = sorted(all_ids - listed), sorted(listed - all_ids)
+        raise StaleSplitError(
+            f"split file {split_file} no longer matches the image folder: "
+            f"{len(added)} file(s) added (e.g. {added[:3]}), {len(removed)} removed "
+            f"(e.g. {removed[:3]}); delete it to recompute the split"
+        )
+    return {"train": train, "val": val}
+
+
+def image_folder(
+    root: Path, split: str, *, split_file: Path, val_fraction: float = 0.2, seed: int = 0
+) -> SplitData:
+    """Classification images, one sub-folder per class.
+
+    Layouts:
+      * ``root/train/`` exists: pre-split ``root/{train,val|test}/<class>/<img>``;
+        "val" and "test" are aliases for whichever folder exists; class ids are
+        the sorted union of class folders over all split folders; ``split_file``,
+        ``val_fraction`` and ``seed`` are unused.
+      * otherwise ``root/<class>/<img>``: a seeded, stratified split (see
+        ``stratified_split``) is computed once, written to ``split_file`` as JSON
+        {"seed", "val_fraction", "train": [ids], "val": [ids]} and reused.
+
+    Images: extensions in IMAGE_EXTENSIONS (any case) anywhere under a class
+    folder; hidden files and folders are ignored.  Ids are relative to ``root``.
+
+    Raises:
+        DatasetError: bad split name or layout, no images.
+        StaleSplitError: ``split_file`` exists but lists other files than the
+            folder holds, or was made with another seed / val_fraction.
+    """
+    root = Path(root)
+    _require_dir(root, "image folder")
+    if (root / "train").is_dir():
+        return _pre_split(root, split)
+    if split not in ("train", "val", "test"):
+        raise DatasetError(f"image folder split must be 'train', 'val' or 'test', got {split!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction!r} (for {root})")
+    class_names = tuple(_class_dirs(root))
+    if not class_names:
+        raise DatasetError(f"image folder {root}: no class sub-folders")
+    images_by_class = {
+        name: _list_images(root / name, IMAGE_EXTENSIONS, recursive=True) for name in class_names
+    }
+    path_of = {
+        image.relative_to(root).as_posix(): (image, label)
+        for label, name in enumerate(class_names)
+        for image in images_by_class[name]
+    }
+    if not path_of:
+        raise DatasetError(f"image folder {root}: no images in any class folder")
+    split_file = Path(split_file)
+    if split_file.exists():
+        chosen = _read_split_file(split_file, set(path_of), val_fraction, seed)
+    else:
+        ids_by_class = {
+            name: [image.relative_to(root).as_posix() for image in images]
+            for name, images in images_by_class.items()
+        }
+        train, val = stratified_split(ids_by_class, val_fraction, seed)
+        chosen = {"train": train, "val": val}
+        _write_json_atomic(
+            split_file, {"seed": seed, "val_fraction": val_fraction, "train": train, "val": val}
+        )
+    side = "train" if split == "train" else "val"
+    samples = tuple(
+        Sample(id=sid, image=path_of[sid][0], label=path_of[sid][1]) for sid in sorted(chosen[side])
+    )
+    return SplitData(task="classification", class_names=class_names, samples=samples)
+
+
+# --------------------------------------------------------------------------- segmentation folders
+
+
+def read_class_list(path: Path) -> tuple[str, ...]:
+    """One class name per line; line 0 is id 0 (other/background).  Trailing blank
+    lines are ignored, blank lines in between are an error."""
+    if not path.is_file():
+        raise DatasetError(f"segmentation folder: class list not found; expected {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = tuple(line.strip() for line in lines)
+    if not names:
+        raise DatasetError(f"{path}: no class names")
+    if "" in names:
+        raise DatasetError(f"{path}, line {names.index('') + 1}: empty class name")
+    return names
+
+
+def segmentation_folder(root: Path, split: str) -> SplitData:
+    """``root/classes.txt`` + ``root/<split>/images/*.{jpg,jpeg,png}`` +
+    ``root/<split>/masks/<same stem>.png``.  Ids are relative to ``root``.
+
+    Raises:
+        DatasetError: missing classes.txt / folders, no images, or an image
+            without its mask (naming both paths).
+    """
+    root = Path(root)
+    class_names = read_class_list(root / "classes.txt")
+    image_dir, mask_dir = root / split / "images", root / split / "masks"
+    _require_dir(image_dir, f"segmentation folder split {split!r} images")
+    _require_dir(mask_dir, f"segmentation folder split {split!r} masks")
+    images = _list_images(image_dir, _SEG_IMAGE_EXTENSIONS, recursive=False)
+    if not images:
+        raise DatasetError(f"segmentation folder: no images in {image_dir}")
+    samples = []
+    for image in images:
+        mask = mask_dir / f"{image.stem}.png"
+        if not mask.is_file():
+            raise DatasetError(f"segmentation folder: image {image} has no mask; expected {mask}")
+        samples.append(Sample(id=image.relative_to(root).as_posix(), image=image, mask=mask))
+    return SplitData(task="segmentation", class_names=class_names, samples=tuple(samples))
+
+
+# --------------------------------------------------------------------------- dispatch
+
+LOADERS: Mapping[str, Callable[..., SplitData]] = MappingProxyType(
+    {"ade20k": ade20k, "imagefolder": image_folder, "segfolder": segmentation_folder}
+)
+
+
+def load_split(kind: str, root: Path, split: str, **kwargs: Any) -> SplitData:
+    """Dispatch to the loader named ``kind`` ("ade20k", "imagefolder", "segfolder").
+
+    Raises ValueError listing the known kinds if ``kind`` is unknown.
+    """
+    if kind not in LOADERS:
+        raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {sorted(LOADERS)}")
+    return LOADERS[kind](Path(root), split, **kwargs)

@@ -1,0 +1,183 @@
+"""Read image and mask files from disk into 8-bit RGB images and integer label maps.
+
+Reads: one image file (any format Pillow decodes) or one mask PNG per call.
+Writes: nothing.
+
+Every failure raises an exception whose message names the full path of the file
+and what is wrong with it, so a bad file in a 20 000-image dataset can be found
+and fixed without a debugger.
+
+Conventions
+-----------
+* ``load_rgb`` returns a fully decoded ``PIL.Image.Image`` in mode ``"RGB"``
+  (uint8, shape [H, W, 3] when passed to ``np.asarray``).  Truncated files raise:
+  this module never sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``.
+* Alpha is DROPPED, not composited: an RGBA / LA / transparent-palette pixel keeps
+  its stored colour whatever its alpha (the same result as Pillow's
+  ``convert("RGB")``, which is what torchvision-style pipelines feed a model).
+* EXIF orientation is NOT applied, so an image and its mask stay pixel-aligned.
+* ``load_mask`` returns int64 [H, W] class ids taken from the raw stored values
+  (palette masks: the palette INDEX, never the colour).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["BadImageError", "MaskError", "load_rgb", "load_mask"]
+
+# Modes whose samples are integers on a 0..65535 scale.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+# Modes that carry an alpha channel (dropped) on top of colour or grey values.
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Mask modes whose raw stored values are class ids.
+_MASK_MODES = frozenset({"L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I", "1"})
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be read or converted to RGB.
+
+    Attributes:
+        path: the file that failed.
+        reason: what is wrong with it, in words.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"bad image file {self.path}: {reason}")
+
+
+class MaskError(ValueError):
+    """A segmentation mask that cannot be read or does not fit its image."""
+
+
+def _open_decoded(path: Path) -> Image.Image:
+    """Open ``path`` and decode every pixel; raise BadImageError on any failure.
+
+    Returns the image with its file closed (the pixel data lives in memory).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadImageError(path, "no such file" if not path.exists() else "not a regular file")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now so truncation is detected here, not later
+            # Multi-frame files (GIF, TIFF): the first frame is the image.
+            return img.copy()
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image Pillow can identify") from None
+    except Image.DecompressionBombError as e:
+        raise BadImageError(path, f"refused as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncation as OSError("image file is truncated ...").
+        raise BadImageError(path, f"cannot decode ({type(e).__name__}: {e})") from None
+
+
+def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit grey (0..65535, values clipped to that range) -> 8-bit RGB, rounded."""
+    values_HW = np.asarray(img).astype(np.float64)
+    grey_HW = np.rint(np.clip(values_HW, 0.0, 65535.0) / 257.0).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey_HW[:, :, None], 3, axis=2))
+
+
+def _float_to_rgb(img: Image.Image, path: Path) -> Image.Image:
+    """Float grey in [0, 1] -> 8-bit RGB (x * 255, rounded).
+
+    Values outside [0, 1] or NaN raise: the scale of such a file is unknown and
+    guessing would silently saturate or darken it.
+    """
+    values_HW = np.asarray(img, dtype=np.float64)
+    if not np.all(np.isfinite(values_HW)):
+        raise BadImageError(path, "float (mode F) image contains NaN or infinite values")
+    lo, hi = float(values_HW.min()), float(values_HW.max())
+    if lo < 0.0 or hi > 1.0:
+        raise BadImageError(
+            path, f"float (mode F) image has values in [{lo:g}, {hi:g}]; expected [0, 1]"
+        )
+    grey_HW = np.rint(values_HW * 255.0).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey_HW[:, :, None], 3, axis=2))
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open, fully decode and convert an image file to 8-bit RGB.
+
+    Mode handling (all end as mode "RGB", uint8):
+      RGB          unchanged.
+      L, 1         grey replicated to three channels ("1": 0 -> 0, 1 -> 255).
+      RGBA, LA     alpha dropped (stored colour kept, NOT composited onto black).
+      P            palette colour of each index; with transparency the palette
+                   goes via RGBA and the alpha is then dropped.
+      CMYK, YCbCr  Pillow's conversion (CMYK (0, 0, 0, 0) -> white).
+      I;16*, I     16-bit scale: value v -> round(clip(v, 0, 65535) / 257).
+      F            values must lie in [0, 1]: v -> round(255 v).
+
+    Raises:
+        BadImageError: naming ``path``, if the file is missing, not an image,
+            truncated, corrupt, or in a mode that cannot be converted.
+    """
+    path = Path(path)
+    img = _open_decoded(path)
+    mode = img.mode
+    try:
+        if mode == "RGB":
+            return img
+        if mode in _SIXTEEN_BIT_MODES:
+            return _sixteen_bit_to_rgb(img)
+        if mode == "F":
+            return _float_to_rgb(img, path)
+        if mode == "P":
+            palette_mode = img.palette.mode if img.palette is not None else "RGB"
+            has_alpha = "transparency" in img.info or palette_mode == "RGBA"
+            return img.convert("RGBA").convert("RGB") if has_alpha else img.convert("RGB")
+        if mode in _ALPHA_MODES:
+            return img.convert("RGBA").convert("RGB")
+        return img.convert("RGB")  # L, 1, CMYK, YCbCr, RGBX, HSV, ...
+    except BadImageError:
+        raise
+    except (ValueError, OSError) as e:
+        raise BadImageError(path, f"cannot convert mode {mode!r} to RGB ({e})") from None
+
+
+def load_mask(path: Path, *, image_path: Path, image_size: tuple[int, int]) -> np.ndarray:
+    """Read a segmentation mask PNG as int64 class ids, shape [H, W].
+
+    The class id of a pixel is its raw stored value: mode L (0..255), P (the
+    palette INDEX, not the colour), I;16 / I (0..65535) or 1 (0/1).  Colour
+    (RGB) masks are refused: mapping colours to ids needs a dataset-specific table.
+
+    Args:
+        path: the mask file.
+        image_path: the image the mask belongs to (only used in error messages).
+        image_size: (W, H) of that image, as ``PIL.Image.Image.size`` gives it.
+
+    Raises:
+        MaskError: if the mask cannot be read, has an unsupported mode, holds
+            negative values, or its (W, H) differs from ``image_size`` (the
+            message names both files and both sizes).
+    """
+    path = Path(path)
+    try:
+        img = _open_decoded(path)
+    except BadImageError as e:
+        raise MaskError(f"unreadable mask {path} (for image {image_path}): {e.reason}") from None
+    if img.mode not in _MASK_MODES:
+        raise MaskError(
+            f"mask {path} has mode {img.mode!r}; expected a single-channel class-id PNG "
+            f"(mode L, P, I;16 or I), for image {image_path}"
+        )
+    mask_W_H = tuple(img.size)
+    image_W_H = tuple(int(v) for v in image_size)
+    if mask_W_H != image_W_H:
+        raise MaskError(
+            f"mask {path} is {mask_W_H[0]}x{mask_W_H[1]} (WxH) but its image {image_path} "
+            f"is {image_W_H[0]}x{image_W_H[1]} (WxH)"
+        )
+    # np.asarray of a P image yields the palette indices; of "1" yields bools.
+    mask_HW = np.asarray(img).astype(np.int64)
+    if mask_HW.size and mask_HW.min() < 0:
+        raise MaskError(f"mask {path} (for image {image_path}) holds negative class ids")
+    return mask_HW

@@ -1,0 +1,230 @@
+"""Classification and segmentation metrics, computed from confusion matrices.
+
+This is the one metrics module every stage uses (probes, SAE interventions, unsupervised
+clustering), so numbers are comparable across stages.
+
+Conventions:
+
+- Every function returns *fractions* in [0, 1] (never percent); callers format.
+- A confusion matrix ``conf`` is ``int64 [C_true, C_pred]``: ``conf[t, p]`` counts samples whose
+  true class is ``t`` and predicted class is ``p``. Usually square. Metric functions also accept
+  ``C_pred > C_true``: the extra predicted columns are "predicted something that is no class"
+  (for example clusters Hungarian matching left unmatched, see :func:`matched_confusion`) and are
+  always wrong.
+- Segmentation (ADE20K) convention, as in saev's contrib.semseg: class 0 is "other". It stays in
+  the confusion matrix, so a class-k prediction on an "other" pixel is a false positive for k,
+  but it is left out of the *mean* IoU (``mean_iou(..., exclude=(0,))``, the default). To drop
+  "other" pixels entirely instead (the mmseg ``reduce_zero_label`` convention), build the
+  matrix with ``confusion_matrix(..., ignore=0)``.
+- ``mean_iou`` averages over classes present in the *ground truth* by default; classes absent
+  from both truth and prediction have IoU NaN and never enter a mean.
+
+Dimension key: N samples (pixels, patches or images), C classes (C_true, C_pred when they
+differ), K clusters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import scipy.optimize
+
+__all__ = [
+    "confusion_matrix",
+    "hungarian_match",
+    "iou_per_class",
+    "matched_confusion",
+    "mean_iou",
+    "per_class_accuracy",
+    "pixel_accuracy",
+    "topk_accuracy",
+]
+
+
+def _as_int_labels(a: npt.ArrayLike, name: str) -> np.ndarray:
+    arr = np.asarray(a).reshape(-1)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"{name} must hold integer class labels; got non-integer floats.")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "b":
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer class labels; got dtype {arr.dtype}.")
+    return arr.astype(np.int64, copy=False)
+
+
+def confusion_matrix(
+    true: npt.ArrayLike, pred: npt.ArrayLike, n_classes: int, *, ignore: int | None = None
+) -> np.ndarray:
+    """Count (true, predicted) label pairs into an ``int64 [C, C]`` matrix (rows: truth).
+
+    ``true`` and ``pred`` may have any shape (they are flattened) but must have the same size.
+    Samples whose *true* label equals ``ignore`` are dropped before counting (their prediction
+    is not checked). Any other label outside ``[0, n_classes)`` is a ``ValueError`` naming it.
+    """
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1; got {n_classes}.")
+    true_N = _as_int_labels(true, "true")
+    pred_N = _as_int_labels(pred, "pred")
+    if true_N.shape != pred_N.shape:
+        raise ValueError(
+            f"true and pred must have the same number of elements; got {true_N.size} and {pred_N.size}."
+        )
+    if ignore is not None:
+        keep_N = true_N != ignore
+        true_N, pred_N = true_N[keep_N], pred_N[keep_N]
+    for name, arr in (("true", true_N), ("pred", pred_N)):
+        bad = (arr < 0) | (arr >= n_classes)
+        if bad.any():
+            raise ValueError(
+                f"{name} label {int(arr[bad][0])} is outside [0, {n_classes}) "
+                f"({int(bad.sum())} bad values; ignore={ignore})."
+            )
+    flat_N = true_N * n_classes + pred_N
+    return np.bincount(flat_N, minlength=n_classes * n_classes).reshape(n_classes, n_classes).astype(np.int64)
+
+
+def _check_conf(conf: npt.ArrayLike) -> np.ndarray:
+    conf = np.asarray(conf)
+    if conf.ndim != 2:
+        raise ValueError(f"conf must be 2-D [C_true, C_pred]; got shape {conf.shape}.")
+    if conf.shape[1] < conf.shape[0]:
+        raise ValueError(
+            f"conf must have at least as many predicted columns as true rows; got {conf.shape}."
+        )
+    if np.any(conf < 0):
+        raise ValueError("conf must hold non-negative counts.")
+    return conf
+
+
+def iou_per_class(conf: npt.ArrayLike) -> np.ndarray:
+    """Intersection over union per true class: ``float64 [C_true]``.
+
+    IoU_c = TP / (TP + FP + FN) = conf[c, c] / (row_c + col_c - conf[c, c]). NaN for classes absent
+    from both the truth and the predictions (0/0); a class present in only one of them scores 0.
+    """
+    conf = _check_conf(conf).astype(np.float64)
+    c = conf.shape[0]
+    tp_C = np.diag(conf[:, :c])
+    union_C = conf.sum(axis=1) + conf[:, :c].sum(axis=0) - tp_C
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union_C > 0, tp_C / np.where(union_C > 0, union_C, 1.0), np.nan)
+
+
+def _class_mask(c: int, exclude: Sequence[int]) -> np.ndarray:
+    keep_C = np.ones(c, dtype=bool)
+    for k in exclude:
+        if not 0 <= k < c:
+            raise ValueError(f"exclude holds class {k}, outside [0, {c}).")
+        keep_C[k] = False
+    return keep_C
+
+
+def mean_iou(conf: npt.ArrayLike, *, exclude: Sequence[int] = (0,), present_only: bool = True) -> float:
+    """Mean IoU, a fraction in [0, 1].
+
+    Averages :func:`iou_per_class` over classes not in ``exclude`` (default: class 0, "other" in
+    ADE20K; pass ``exclude=()`` for classification) that are present in the *ground truth*
+    (``present_only=True``, the default, so a class that only appears as a false positive does
+    not count). With ``present_only=False`` it averages every class with a defined IoU (present
+    in truth or prediction). NaN when no class qualifies.
+    """
+    conf = _check_conf(conf)
+    iou_C = iou_per_class(conf)
+    keep_C = _class_mask(conf.shape[0], exclude)
+    if present_only:
+        keep_C &= conf.sum(axis=1) > 0
+    else:
+        keep_C &= ~np.isnan(iou_C)
+    if not keep_C.any():
+        return float("nan")
+    return float(iou_C[keep_C].mean())
+
+
+def pixel_accuracy(conf: npt.ArrayLike, *, exclude: Sequence[int] = ()) -> float:
+    """Fraction of samples predicted correctly (overall / pixel accuracy), in [0, 1].
+
+    Samples whose *true* class is in ``exclude`` are left out of numerator and denominator.
+    NaN when no sample is left.
+    """
+    conf = _check_conf(conf)
+    c = conf.shape[0]
+    keep_C = _class_mask(c, exclude)
+    total = conf[keep_C].sum()
+    if total == 0:
+        return float("nan")
+    return float(np.diag(conf[:, :c])[keep_C].sum() / total)
+
+
+def per_class_accuracy(conf: npt.ArrayLike) -> np.ndarray:
+    """Recall per true class, ``float64 [C_true]``: conf[c, c] / row_c; NaN where a class has no true samples."""
+    conf = _check_conf(conf).astype(np.float64)
+    c = conf.shape[0]
+    row_C = conf.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(row_C > 0, np.diag(conf[:, :c]) / np.where(row_C > 0, row_C, 1.0), np.nan)
+
+
+def topk_accuracy(logits_NC: npt.ArrayLike, true_N: npt.ArrayLike, k: int) -> float:
+    """Fraction of samples whose true class is among the ``k`` highest logits, in [0, 1].
+
+    Accepts numpy arrays or CPU torch tensors. Ties at the k-th place are broken arbitrarily
+    (by ``np.argpartition``).
+    """
+    logits_NC = np.asarray(logits_NC)
+    true_N = _as_int_labels(true_N, "true_N")
+    if logits_NC.ndim != 2:
+        raise ValueError(f"logits_NC must be 2-D [N, C]; got shape {logits_NC.shape}.")
+    n, c = logits_NC.shape
+    if true_N.shape != (n,):
+        raise ValueError(f"true_N must have {n} labels to match logits_NC; got {true_N.size}.")
+    if not 1 <= k <= c:
+        raise ValueError(f"k must be in [1, {c}]; got {k}.")
+    if n == 0:
+        return float("nan")
+    bad = (true_N < 0) | (true_N >= c)
+    if bad.any():
+        raise ValueError(f"true_N label {int(true_N[bad][0])} is outside [0, {c}).")
+    topk_NK = np.argpartition(-logits_NC, k - 1, axis=1)[:, :k]
+    return float((topk_NK == true_N[:, None]).any(axis=1).mean())
+
+
+def hungarian_match(conf: npt.ArrayLike) -> np.ndarray:
+    """Match clusters to classes one-to-one, maximising the matched counts.
+
+    ``conf`` is ``[C_true, K]`` (rows: true classes, columns: clusters; K may exceed C).
+    Returns ``int64 [K]``: the class each cluster is mapped to, or -1 for clusters left
+    unmatched (when K > C). Uses ``scipy.optimize.linear_sum_assignment``.
+    """
+    conf = np.asarray(conf)
+    if conf.ndim != 2:
+        raise ValueError(f"conf must be 2-D [C_true, K]; got shape {conf.shape}.")
+    clusters, classes = scipy.optimize.linear_sum_assignment(conf.T, maximize=True)
+    mapping_K = np.full(conf.shape[1], -1, dtype=np.int64)
+    mapping_K[clusters] = classes
+    return mapping_K
+
+
+def matched_confusion(conf_true_cluster: npt.ArrayLike, mapping: npt.ArrayLike) -> np.ndarray:
+    """Merge cluster columns into class columns: ``[C_true, K]`` -> ``int64 [C_true, C_true + 1]``.
+
+    Column c sums the clusters mapped to class c; the last column holds the samples in
+    unmatched clusters (mapping -1), which are wrong for every class. All metric functions in
+    this module accept that shape; slice ``[:, :-1]`` for a square matrix when it is all zero.
+    """
+    conf = np.asarray(conf_true_cluster)
+    mapping_K = np.asarray(mapping).astype(np.int64)
+    if conf.ndim != 2 or mapping_K.shape != (conf.shape[1],):
+        raise ValueError(
+            f"mapping must have one entry per cluster column; got conf {conf.shape}, mapping {mapping_K.shape}."
+        )
+    c = conf.shape[0]
+    if np.any((mapping_K < -1) | (mapping_K >= c)):
+        raise ValueError(f"mapping values must be in [-1, {c}); got {mapping_K.min()}..{mapping_K.max()}.")
+    target_K = np.where(mapping_K < 0, c, mapping_K)
+    out = np.zeros((c, c + 1), dtype=np.int64)
+    np.add.at(out, (slice(None), target_K), conf)
+    return out

@@ -1,0 +1,318 @@
+"""Figures for probe sweeps: hyper-parameter sweep, per-class bars, confusion heat-map, masks.
+
+Charts are altair, saved by :func:`pipeline.plots.save_chart` as ``stem.html``, ``.png`` and
+``.svg``; the segmentation figure is a PIL-drawn PNG. Palettes are colour-blind safe
+(Okabe-Ito, viridis). Metric values are fractions in [0, 1] (see :mod:`pipeline.metrics`);
+with ``percent=True`` (the default) axes show them as percent.
+
+Dimension key: C classes, H/W pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.plots import OKABE_ITO, RANDOM_WEIGHTS_NOTE, SEQUENTIAL_SCHEME, save_chart, title_with_note
+
+__all__ = [
+    "OTHER_COLOUR",
+    "SegmentationLayout",
+    "class_colours",
+    "confusion_chart",
+    "per_class_chart",
+    "segmentation_figure",
+    "sweep_chart",
+]
+
+OTHER_COLOUR = (64, 64, 64)
+"""Class 0 ("other") in segmentation masks: dark grey."""
+
+
+def _check_stem(stem: str | Path) -> Path:
+    # save_chart uses Path.with_suffix, which would cut a stem like "lr0.001" at its dot.
+    stem = Path(stem)
+    if stem.suffix:
+        raise ValueError(f"figure stem {stem.name!r} contains a dot; use a name without one (e.g. lr1e-3).")
+    return stem
+
+
+def sweep_chart(
+    df: pd.DataFrame,
+    stem: str | Path,
+    *,
+    metric: str,
+    metric_title: str,
+    random_weights: bool,
+    percent: bool = True,
+) -> list[Path]:
+    """``metric`` against learning rate (log axis), one coloured line per weight decay.
+
+    ``df`` is a :func:`pipeline.probes.linear.sweep_table` (columns ``lr``, ``weight_decay``,
+    ``metric``). ``percent``: the metric is a fraction shown as percent.
+    """
+    stem = _check_stem(stem)
+    for col in ("lr", "weight_decay", metric):
+        if col not in df.columns:
+            raise KeyError(f"sweep table has no column {col!r}; have {list(df.columns)}.")
+    data = df.copy()
+    data["weight decay"] = data["weight_decay"].map(lambda v: f"{v:g}")
+    wd_order = [f"{v:g}" for v in sorted(data["weight_decay"].unique(), reverse=True)]
+    fmt = ".1%" if percent else ".4g"
+    base = alt.Chart(data).encode(
+        x=alt.X("lr:Q", scale=alt.Scale(type="log"), title="learning rate (AdamW; log scale)"),
+        y=alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False), title=metric_title, axis=alt.Axis(format="~%") if percent else alt.Axis()),
+        color=alt.Color(
+            "weight decay:N", sort=wd_order, scale=alt.Scale(domain=wd_order, range=OKABE_ITO), title="weight decay"
+        ),
+        tooltip=[
+            alt.Tooltip("lr:Q", title="learning rate", format=".1e"),
+            alt.Tooltip("weight_decay:Q", title="weight decay", format=".1e"),
+            alt.Tooltip(f"{metric}:Q", title=metric_title, format=fmt),
+        ]
+        + ([alt.Tooltip("member:Q", title="member")] if "member" in data.columns else []),
+    )
+    chart = (base.mark_line() + base.mark_point(filled=True, size=60)).properties(
+        width=420, height=280, title=title_with_note(f"{metric_title} vs learning rate", random_weights)
+    )
+    return save_chart(chart, stem)
+
+
+def per_class_chart(
+    df_per_class: pd.DataFrame,
+    stem: str | Path,
+    *,
+    value: str,
+    title: str,
+    random_weights: bool,
+    label: str = "class_name",
+    value_title: str | None = None,
+    percent: bool = True,
+) -> list[Path]:
+    """Horizontal bars of ``value`` per class (``label`` column), best first.
+
+    Rows with NaN ``value`` (classes absent from the ground truth) are left out; the subtitle
+    says how many.
+    """
+    stem = _check_stem(stem)
+    for col in (label, value):
+        if col not in df_per_class.columns:
+            raise KeyError(f"per-class table has no column {col!r}; have {list(df_per_class.columns)}.")
+    data = df_per_class[[label, value]].copy()
+    n_nan = int(data[value].isna().sum())
+    data = data.dropna(subset=[value]).sort_values(value, ascending=False)
+    value_title = value_title or (f"{value} (%)" if percent else value)
+    subtitle = [RANDOM_WEIGHTS_NOTE] if random_weights else []
+    if n_nan:
+        subtitle.append(f"{n_nan} classes with no value (absent from ground truth) left out")
+    chart = (
+        alt.Chart(data)
+        .mark_bar(color=OKABE_ITO[4])
+        .encode(
+            x=alt.X(f"{value}:Q", title=value_title, axis=alt.Axis(format="~%") if percent else alt.Axis()),
+            y=alt.Y(f"{label}:N", sort="-x", title="class"),
+            tooltip=[alt.Tooltip(f"{label}:N", title="class"), alt.Tooltip(f"{value}:Q", format=".1%" if percent else ".4g")],
+        )
+        .properties(width=360, height=alt.Step(14), title=alt.TitleParams(title, subtitle=subtitle))
+    )
+    return save_chart(chart, stem)
+
+
+def confusion_chart(
+    conf: np.ndarray,
+    class_names: Sequence[str],
+    stem: str | Path,
+    *,
+    random_weights: bool,
+    title: str = "Confusion matrix",
+) -> list[Path]:
+    """Heat-map of ``conf`` [C_true, C_pred] with each row normalised to sum to 1.
+
+    A ``[C, C + 1]`` matrix (from :func:`pipeline.metrics.matched_confusion`) gets an
+    "(unmatched)" last column. Empty cells (no samples) are left blank to keep files small.
+    """
+    stem = _check_stem(stem)
+    conf = np.asarray(conf)
+    c = len(class_names)
+    if conf.ndim != 2 or conf.shape[0] != c or conf.shape[1] not in (c, c + 1):
+        raise ValueError(f"conf must be [{c}, {c}] or [{c}, {c + 1}] for {c} class names; got {conf.shape}.")
+    pred_names = list(class_names) + (["(unmatched)"] if conf.shape[1] == c + 1 else [])
+    row_sum = conf.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = conf / np.where(row_sum > 0, row_sum, 1)
+    t_idx, p_idx = np.nonzero(conf)
+    data = pd.DataFrame(
+        {
+            "true class": [class_names[i] for i in t_idx],
+            "predicted class": [pred_names[j] for j in p_idx],
+            "count": conf[t_idx, p_idx],
+            "fraction of true class": frac[t_idx, p_idx],
+        }
+    )
+    size = max(240, min(14 * c, 2400))
+    chart = (
+        alt.Chart(data)
+        .mark_rect()
+        .encode(
+            x=alt.X("predicted class:N", sort=pred_names, title="predicted class"),
+            y=alt.Y("true class:N", sort=list(class_names), title="true class"),
+            color=alt.Color(
+                "fraction of true class:Q",
+                scale=alt.Scale(scheme=SEQUENTIAL_SCHEME, domain=[0, 1]),
+                title="fraction of row",
+                legend=alt.Legend(format=".0%"),
+            ),
+            tooltip=[
+                "true class:N",
+                "predicted class:N",
+                alt.Tooltip("count:Q", format=","),
+                alt.Tooltip("fraction of true class:Q", format=".1%"),
+            ],
+        )
+        .properties(
+            width=size,
+            height=size,
+            title=alt.TitleParams(
+                title,
+                subtitle=([RANDOM_WEIGHTS_NOTE] if random_weights else [])
+                + ["rows normalised to 1; blank: no samples"],
+            ),
+        )
+    )
+    return save_chart(chart, stem)
+
+
+def _hex_rgb(h: str) -> tuple[int, int, int]:
+    h = h.lstrip("#")
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+def class_colours(n_classes: int) -> np.ndarray:
+    """``uint8 [C, 3]`` mask colours: class 0 dark grey, then Okabe-Ito's seven colours cycled.
+
+    Okabe-Ito's black is left out so it cannot be confused with the dark-grey "other". Classes
+    k and k + 7 share a colour; the legend names the classes in a figure.
+    """
+    palette = [_hex_rgb(h) for h in OKABE_ITO if h.upper() != "#000000"]
+    colours = [OTHER_COLOUR] + [palette[(k - 1) % len(palette)] for k in range(1, n_classes)]
+    return np.array(colours[:n_classes], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class SegmentationLayout:
+    """Where :func:`segmentation_figure` drew things: ``cells[row][col] = (left, top, right, bottom)``."""
+
+    path: Path
+    size: tuple[int, int]
+    cells: tuple[tuple[tuple[int, int, int, int], ...], ...]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+def _resize_nearest(mask_HW: np.ndarray, h: int, w: int) -> np.ndarray:
+    if mask_HW.shape == (h, w):
+        return mask_HW
+    rows = (np.arange(h) * mask_HW.shape[0]) // h
+    cols = (np.arange(w) * mask_HW.shape[1]) // w
+    return mask_HW[rows[:, None], cols[None, :]]
+
+
+def segmentation_figure(
+    images: list[np.ndarray],
+    true_masks: list[np.ndarray],
+    pred_masks: list[np.ndarray],
+    class_names: Sequence[str],
+    path: str | Path,
+    *,
+    random_weights: bool,
+    title: str = "Linear-probe segmentation",
+) -> SegmentationLayout:
+    """PNG grid: one row per image, columns image | ground truth | prediction, plus a legend.
+
+    Images are ``uint8 [H, W, 3]``; masks are integer class maps, resized to their image with
+    nearest-neighbour when their size differs (e.g. patch-level predictions). The legend lists
+    every class present in the shown masks. Returns the layout (cell boxes) of what was drawn.
+    """
+    path = Path(path)
+    if not (len(images) == len(true_masks) == len(pred_masks)) or not images:
+        raise ValueError(
+            f"need the same non-zero number of images, true and predicted masks; got "
+            f"{len(images)}, {len(true_masks)}, {len(pred_masks)}."
+        )
+    n_classes = len(class_names)
+    colours_C3 = class_colours(n_classes)
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    present: set[int] = set()
+    for i, (img, t, p) in enumerate(zip(images, true_masks, pred_masks)):
+        img = np.asarray(img)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"image {i} must be uint8 [H, W, 3]; got {img.dtype} {img.shape}.")
+        h, w = img.shape[:2]
+        masks = []
+        for kind, m in (("true", t), ("predicted", p)):
+            m = np.asarray(m)
+            if m.ndim != 2 or m.dtype.kind not in "iu":
+                raise ValueError(f"{kind} mask {i} must be a 2-D integer array; got {m.dtype} {m.shape}.")
+            if m.size and (m.min() < 0 or m.max() >= n_classes):
+                bad = int(m.min()) if m.min() < 0 else int(m.max())
+                raise ValueError(f"{kind} mask {i} holds class {bad}, outside [0, {n_classes}).")
+            m = _resize_nearest(m, h, w)
+            present.update(np.unique(m).tolist())
+            masks.append(colours_C3[m])
+        rows.append((img, masks[0], masks[1]))
+
+    pad, font, small = 8, _font(16), _font(13)
+    line = 20
+    max_w = max(r[0].shape[1] for r in rows)
+    width = pad + 3 * (max_w + pad)
+    header_lines = [title] + ([RANDOM_WEIGHTS_NOTE] if random_weights else [])
+    top = pad + line * len(header_lines) + pad + line  # title block, then column headers
+    # Legend: swatch + "id name" entries in as many columns as fit.
+    legend = sorted(present)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    labels = [f"{k} {class_names[k]}" for k in legend]
+    entry_w = 14 + 6 + max(int(probe.textlength(s, font=small)) for s in labels) + 16
+    n_cols = max(1, (width - 2 * pad) // entry_w)
+    legend_rows = -(-len(legend) // n_cols)
+    body_h = sum(r[0].shape[0] + pad for r in rows)
+    height = top + body_h + line + legend_rows * 18 + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    for j, text in enumerate(header_lines):
+        draw.text((pad, y), text, fill=(0, 0, 0) if j == 0 else _hex_rgb(OKABE_ITO[5]), font=font if j == 0 else small)
+        y += line
+    for col, name in enumerate(("image", "ground truth", "prediction")):
+        draw.text((pad + col * (max_w + pad), top - line), name, fill=(0, 0, 0), font=small)
+    cells = []
+    y = top
+    for img, true_rgb, pred_rgb in rows:
+        h, w = img.shape[:2]
+        row_cells = []
+        for col, arr in enumerate((img, true_rgb, pred_rgb)):
+            x = pad + col * (max_w + pad)
+            canvas.paste(Image.fromarray(np.ascontiguousarray(arr)), (x, y))
+            row_cells.append((x, y, x + w, y + h))
+        cells.append(tuple(row_cells))
+        y += h + pad
+    draw.text((pad, y), "classes (colours repeat every 7 classes; 0 = other, dark grey)", fill=(0, 0, 0), font=small)
+    y += line
+    for i, (k, text) in enumerate(zip(legend, labels)):
+        x = pad + (i % n_cols) * entry_w
+        yy = y + (i // n_cols) * 18
+        draw.rectangle((x, yy + 1, x + 13, yy + 14), fill=tuple(int(v) for v in colours_C3[k]), outline=(0, 0, 0))
+        draw.text((x + 20, yy), text, fill=(0, 0, 0), font=small)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, format="PNG")
+    return SegmentationLayout(path=path, size=(width, height), cells=tuple(cells))

@@ -1,0 +1,196 @@
+"""Per-latent statistics of an SAE over per-image patch activations, streamed in one pass.
+
+Input: batches of ``(image_idx_B, acts_BPD)`` (B images, P patch tokens each, width D), raw
+model activations; the SAE's :class:`InputScaling` is applied here exactly as in training.
+Output: an :class:`xarray.Dataset` with dims ``latent`` (S), ``rank`` (k), ``patch`` (P):
+
+* ``max_value[latent]``  largest f seen (what interventions clamp to / scale by)
+* ``freq[latent]``       fraction of patch tokens with f > 0
+* ``mean_value[latent]`` mean of f over the tokens where it fired (NaN if it never fired)
+* ``n_fired[latent]``    number of patch tokens with f > 0
+* ``top_image[latent, rank]``  images ranked by their max patch value for the latent;
+  -1 where fewer than k images fired
+* ``top_value[latent, rank]``  that max value (NaN where ``top_image`` is -1)
+* ``top_patch_map[latent, rank, patch]``  float16 f over that image's patches
+
+The top-k is a streaming merge (``torch.topk`` over the running top-k concatenated with the
+chunk's candidates), vectorised over latents and images. Each image index should occur once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .model import SparseAutoencoder
+from .scaling import InputScaling
+
+
+@torch.no_grad()
+def latent_stats(
+    batches: Iterable[tuple[np.ndarray, Tensor]],
+    sae: SparseAutoencoder,
+    scaling: InputScaling | None,
+    *,
+    n_images: int,
+    top_k: int = 16,
+    device: str | torch.device | None = None,
+    max_chunk_elements: int = 1 << 25,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Stream ``(image_idx_B, acts_BPD)`` batches through ``sae`` → per-latent statistics.
+
+    Args:
+        batches: image indices (int, in ``[0, n_images)``) and their patch activations.
+        sae: the SAE (its device is used unless ``device`` is given).
+        scaling: the SAE's input scaling (None = activations are used as they are).
+        n_images: images in the data set (progress total and index check).
+        top_k: k images kept per latent.
+        max_chunk_elements: images are encoded in chunks of at most this many B·P·S floats.
+    """
+    if top_k <= 0:
+        raise ValueError("top_k must be positive")
+    dev = torch.device(device) if device is not None else next(sae.parameters()).device
+    sae = sae.to(dev).eval()
+    S, k = sae.n_latents, top_k
+    rank_k = torch.arange(k, device=dev)
+
+    P = None
+    max_S = torch.zeros(S, device=dev)
+    n_fire_S = torch.zeros(S, dtype=torch.int64, device=dev)
+    sum_S = torch.zeros(S, dtype=torch.float64, device=dev)
+    top_val_Sk = torch.full((S, k), float("-inf"), device=dev)
+    top_img_Sk = torch.full((S, k), -1, dtype=torch.int64, device=dev)
+    top_map_SkP: Tensor | None = None
+    n_tok = n_img = 0
+
+    bar = tqdm(total=n_images, unit="img", disable=not progress, desc="latent stats")
+    for image_idx_B, acts_BPD in batches:
+        idx_B = torch.as_tensor(np.asarray(image_idx_B), dtype=torch.int64).reshape(-1)
+        acts_BPD = torch.as_tensor(acts_BPD)
+        if acts_BPD.ndim != 3 or acts_BPD.shape[0] != idx_B.shape[0]:
+            raise ValueError(f"expected acts [B, P, D] with B={idx_B.shape[0]}, "
+                             f"got {tuple(acts_BPD.shape)}")
+        if idx_B.numel() and (idx_B.min() < 0 or idx_B.max() >= n_images):
+            raise ValueError(f"image indices outside [0, {n_images})")
+        B, P_b, D = acts_BPD.shape
+        if P is None:
+            P = P_b
+            top_map_SkP = torch.zeros((S, k, P), dtype=torch.float16, device=dev)
+        elif P_b != P:
+            raise ValueError(f"patch count changed from {P} to {P_b}")
+        idx_B = idx_B.to(dev)
+        chunk = max(1, max_chunk_elements // (P * S))
+        for lo in range(0, B, chunk):
+            x_bPD = acts_BPD[lo:lo + chunk].to(dev, non_blocking=True).float()
+            if scaling is not None:
+                x_bPD = scaling.apply(x_bPD)
+            b = x_bPD.shape[0]
+            f_bPS = sae.encode(x_bPD.reshape(b * P, D)).reshape(b, P, S)
+
+            max_S = torch.maximum(max_S, f_bPS.amax(dim=(0, 1)))
+            n_fire_S += (f_bPS > 0).sum(dim=(0, 1))
+            sum_S += f_bPS.sum(dim=(0, 1), dtype=torch.float64)
+
+            img_max_bS = f_bPS.amax(dim=1)
+            cand_Sb = torch.where(img_max_bS > 0, img_max_bS,
+                                  torch.full_like(img_max_bS, float("-inf"))).T
+            new_val_Sk, sel_Sk = torch.cat([top_val_Sk, cand_Sb], dim=1).topk(k, dim=1)
+            from_old_Sk = sel_Sk < k
+            old_sel = sel_Sk.clamp(max=k - 1)
+            new_sel = (sel_Sk - k).clamp(min=0)
+            top_img_Sk = torch.where(from_old_Sk, top_img_Sk.gather(1, old_sel),
+                                     idx_B[lo:lo + b][new_sel])
+            top_val_Sk = new_val_Sk
+            # Patch maps: touch only latents whose top-k changed (few, once it has settled).
+            rows = (sel_Sk != rank_k).any(dim=1).nonzero().squeeze(1)
+            if rows.numel():
+                R = rows.numel()
+                old_maps = top_map_SkP[rows].gather(1, old_sel[rows, :, None].expand(R, k, P))
+                f_RbP = f_bPS.permute(2, 0, 1)[rows]
+                new_maps = f_RbP.gather(1, new_sel[rows, :, None].expand(R, k, P)).half()
+                top_map_SkP[rows] = torch.where(from_old_Sk[rows, :, None], old_maps, new_maps)
+            n_tok += b * P
+        n_img += B
+        bar.update(B)
+    bar.close()
+
+    if P is None:
+        raise ValueError("no batches")
+    if n_img != n_images:
+        warnings.warn(f"saw {n_img} images, n_images={n_images}", stacklevel=2)
+
+    empty = torch.isinf(top_val_Sk)
+    top_img_Sk = torch.where(empty, torch.full_like(top_img_Sk, -1), top_img_Sk)
+    top_val = top_val_Sk.cpu().numpy().astype(np.float32)
+    top_val[empty.cpu().numpy()] = np.nan
+    n_fire = n_fire_S.cpu().numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_value = np.where(n_fire > 0, sum_S.cpu().numpy() / np.maximum(n_fire, 1), np.nan)
+
+    return xr.Dataset(
+        {
+            "max_value": ("latent", max_S.cpu().numpy().astype(np.float32)),
+            "freq": ("latent", n_fire / max(n_tok, 1)),
+            "mean_value": ("latent", mean_value.astype(np.float32)),
+            "n_fired": ("latent", n_fire.astype(np.int64)),
+            "top_image": (("latent", "rank"), top_img_Sk.cpu().numpy().astype(np.int64)),
+            "top_value": (("latent", "rank"), top_val),
+            "top_patch_map": (("latent", "rank", "patch"), top_map_SkP.cpu().numpy()),
+        },
+        coords={"latent": np.arange(S), "rank": np.arange(k), "patch": np.arange(P)},
+        attrs={
+            "n_images": int(n_img), "n_tokens": int(n_tok), "n_patches": int(P),
+            "top_k": int(k), "d_model": int(sae.d_model), "n_latents": int(S),
+            "encoder": sae.encoder, "scaled": int(scaling is not None),
+        },
+    )
+
+
+def save_latent_stats(ds: xr.Dataset, path: Path) -> Path:
+    """Write ``ds`` as a zarr store (v3; float16 maps and int64 ids kept; named dims)."""
+    path = Path(path)
+    S = ds.sizes["latent"]
+    chunk_latents = max(1, min(S, 1024))
+    encoding = {name: {"chunks": (chunk_latents, *ds[name].shape[1:])} for name in ds.data_vars}
+    ds.to_zarr(path, mode="w", consolidated=False, encoding=encoding)
+    return path
+
+
+def load_latent_stats(path: Path) -> xr.Dataset:
+    """Read a store written by :func:`save_latent_stats` fully into memory."""
+    with xr.open_zarr(Path(path), consolidated=False) as ds:
+        return ds.load()
+
+
+def select_latents(
+    ds: xr.Dataset,
+    *,
+    log_freq_range: tuple[float, float] = (-6, -2),
+    log_value_range: tuple[float, float] = (-1, 1),
+    value: str = "mean_value",
+) -> np.ndarray:
+    """Latent ids with log10(freq) and log10(value) inside both (inclusive) ranges.
+
+    As saev's ``--log-freq-range`` / ``--log-value-range`` (which filter on the mean value
+    when firing); latents that never fired are excluded.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lf = np.log10(np.asarray(ds["freq"].values, dtype=np.float64))
+        lv = np.log10(np.asarray(ds[value].values, dtype=np.float64))
+    ok = (
+        np.isfinite(lf) & np.isfinite(lv)
+        & (lf >= log_freq_range[0]) & (lf <= log_freq_range[1])
+        & (lv >= log_value_range[0]) & (lv <= log_value_range[1])
+    )
+    return np.asarray(ds["latent"].values)[ok].astype(np.int64)
+
+
+__all__ = ["latent_stats", "load_latent_stats", "save_latent_stats", "select_latents"]

@@ -1,0 +1,434 @@
+"""Train a sweep of SAEs on one pass over the data (saev's parallel sweep, bugs fixed).
+
+Every member sees the same batch at the same step, so a sweep over λ, lr and expansion factor
+reads the activation cache once. Per step and member::
+
+    loss = MSE + λ_t · mean_N Σ_S f          MSE = mean over N and D of (x̂ − x)²
+    λ_t  = sparsity_coeff · min(1, t / sparsity_warmup_steps)      (λ_0 = 0)
+    lr_t = lr · min(1, (t + 1) / lr_warmup_steps)
+    backward → remove_parallel_grads_ → Adam step (lr_t) → normalize_decoder_
+
+Fixes relative to saev: its sparsity warm-up wrote ``objective.sparsity_coeff`` while the loss
+read the frozen ``cfg.sparsity_coeff``, so λ never warmed up (the full λ applied from step 0);
+here the scheduled λ_t is what enters the loss (and is recorded per step in ``history``).
+``b_dec`` starts at the data mean (saev's ``init_b_dec`` was never called). The token budget
+counts real batch sizes (saev's ``BatchLimiter`` assumed full batches). The first step has a
+non-zero lr (saev's warm-up spent step 0 at lr = 0).
+
+Metrics (``mse``, ``normalized_mse``, ``l0``, ``n_dead``, ``n_dense``) come from a held-out
+pass when ``eval_batches`` is given, else from the last ``metrics_fraction`` of training
+(measured on each batch just before the step that uses it).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..plots import SEQUENTIAL_SCHEME, save_chart, title_with_note
+from .checkpoint import save_checkpoint
+from .model import SparseAutoencoder
+from .scaling import InputScaling
+
+
+@dataclass(frozen=True)
+class SAEHparams:
+    """One sweep member. ``seed`` None → ``TrainConfig.seed`` (same init for equal widths)."""
+
+    lr: float
+    sparsity_coeff: float
+    exp_factor: int
+    seed: int | None = None
+    encoder_subtracts_b_dec: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"x{self.exp_factor} lr={self.lr:g} λ={self.sparsity_coeff:g}"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings shared by all members of a sweep (they all see the same batches)."""
+
+    n_tokens: int
+    batch_size: int
+    lr_warmup_steps: int
+    sparsity_warmup_steps: int
+    seed: int = 0
+    metrics_fraction: float = 0.1
+    """Without ``eval_batches``: metrics over the last this fraction of training tokens."""
+    dense_threshold: float = 1e-2
+    """A latent firing on more than this fraction of tokens counts as dense."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        if self.n_tokens <= 0 or self.batch_size <= 0:
+            raise ValueError("n_tokens and batch_size must be positive")
+        if self.lr_warmup_steps < 0 or self.sparsity_warmup_steps < 0:
+            raise ValueError("warm-up steps must be >= 0")
+        if not 0 < self.metrics_fraction <= 1:
+            raise ValueError("metrics_fraction must be in (0, 1]")
+
+    @property
+    def n_steps(self) -> int:
+        """Steps for ``n_tokens`` at full batches."""
+        return math.ceil(self.n_tokens / self.batch_size)
+
+
+def lr_at(step: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up: lr · min(1, (step + 1) / warmup); step 0 already trains."""
+    if warmup_steps <= 0:
+        return float(peak)
+    return float(peak) * min(1.0, (step + 1) / warmup_steps)
+
+
+def sparsity_coeff_at(step: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up of λ: 0 at step 0, ``peak`` from ``warmup_steps`` on."""
+    if warmup_steps <= 0:
+        return float(peak)
+    return float(peak) * min(1.0, step / warmup_steps)
+
+
+@dataclass
+class LossTerms:
+    loss: Tensor
+    mse: Tensor
+    l1: Tensor
+    x_hat_ND: Tensor
+    f_NS: Tensor
+
+
+def sae_loss(sae: SparseAutoencoder, x_ND: Tensor, sparsity_coeff: float) -> LossTerms:
+    """MSE (mean over N and D) + λ · mean over the batch of Σ_S f (f ≥ 0, so this is L1).
+
+    With unit-norm decoder rows this equals the decoder-norm-weighted L1 of Anthropic/saev.
+    """
+    x_hat_ND, f_NS = sae(x_ND)
+    mse = (x_hat_ND - x_ND).pow(2).mean()
+    l1 = f_NS.sum(dim=-1).mean()
+    return LossTerms(mse + sparsity_coeff * l1, mse, l1, x_hat_ND, f_NS)
+
+
+def make_optimizer(sae: SparseAutoencoder, betas: tuple[float, float] = (0.9, 0.999)):
+    device = next(sae.parameters()).device
+    return torch.optim.Adam(sae.parameters(), lr=0.0, betas=betas, fused=device.type == "cuda")
+
+
+def train_step(
+    sae: SparseAutoencoder, opt: torch.optim.Optimizer, x_ND: Tensor, *, lr: float,
+    sparsity_coeff: float,
+) -> LossTerms:
+    """One update: loss → backward → remove parallel grads → Adam(lr) → unit-norm decoder rows.
+
+    Returns the loss terms of the forward pass the step used (tensors detached).
+    """
+    opt.zero_grad(set_to_none=True)
+    terms = sae_loss(sae, x_ND, sparsity_coeff)
+    terms.loss.backward()
+    sae.remove_parallel_grads_()
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    sae.normalize_decoder_()
+    return LossTerms(terms.loss.detach(), terms.mse.detach(), terms.l1.detach(),
+                     terms.x_hat_ND.detach(), terms.f_NS.detach())
+
+
+class _Meter:
+    """Streaming reconstruction / sparsity statistics for M members on a shared stream."""
+
+    def __init__(self, n_latents: Sequence[int], d_model: int, device: torch.device) -> None:
+        self.n = 0
+        self.sum_x_D = torch.zeros(d_model, dtype=torch.float64, device=device)
+        self.sum_x2 = torch.zeros((), dtype=torch.float64, device=device)
+        self.sum_err = [torch.zeros((), dtype=torch.float64, device=device) for _ in n_latents]
+        self.sum_l0 = [torch.zeros((), dtype=torch.float64, device=device) for _ in n_latents]
+        self.fired_S = [torch.zeros(s, dtype=torch.int64, device=device) for s in n_latents]
+
+    @torch.no_grad()
+    def add_data(self, x_ND: Tensor) -> None:
+        self.n += x_ND.shape[0]
+        x = x_ND.double()
+        self.sum_x_D += x.sum(0)
+        self.sum_x2 += (x * x).sum()
+
+    @torch.no_grad()
+    def add_member(self, m: int, x_ND: Tensor, x_hat_ND: Tensor, f_NS: Tensor) -> None:
+        active = f_NS > 0
+        self.sum_err[m] += (x_hat_ND - x_ND).double().pow(2).sum()
+        self.sum_l0[m] += active.sum()
+        self.fired_S[m] += active.sum(0)
+
+    def results(self, m: int, d_model: int, dense_threshold: float) -> dict[str, Any]:
+        if self.n == 0:
+            nan = float("nan")
+            return dict(mse=nan, normalized_mse=nan, l0=nan, n_dead=-1, n_dense=-1,
+                        freq_S=np.full(self.fired_S[m].shape[0], np.nan))
+        sum_err = self.sum_err[m].item()
+        var_total = self.sum_x2.item() - float((self.sum_x_D**2).sum().item()) / self.n
+        freq_S = (self.fired_S[m].double() / self.n).cpu().numpy()
+        return dict(
+            mse=sum_err / (self.n * d_model),
+            normalized_mse=sum_err / var_total if var_total > 0 else float("nan"),
+            l0=self.sum_l0[m].item() / self.n,
+            n_dead=int((self.fired_S[m] == 0).sum().item()),
+            n_dense=int((freq_S > dense_threshold).sum()),
+            freq_S=freq_S,
+        )
+
+
+@dataclass
+class TrainedSAE:
+    """A trained member: model (eval mode), hyper-parameters, metrics and per-step history."""
+
+    sae: SparseAutoencoder
+    hparams: SAEHparams
+    train_cfg: TrainConfig
+    mse: float
+    normalized_mse: float
+    """MSE / mean squared deviation of x from its mean (1.0 = predicting the mean)."""
+    l0: float
+    """Mean number of active latents per token."""
+    n_dead: int
+    """Latents that never fired in the measurement window."""
+    n_dense: int
+    """Latents firing on more than ``dense_threshold`` of the window's tokens."""
+    freq_S: np.ndarray
+    n_tokens_seen: int
+    n_metric_tokens: int
+    metrics_source: str
+    """"held-out" or "last <fraction> of training"."""
+    scaling: InputScaling | None = None
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per step: ``lr``, ``sparsity_coeff``, ``loss``, ``mse``, ``l1``, ``n_tokens``."""
+
+    def checkpoint_cfg(self) -> dict[str, Any]:
+        """JSON-ready cfg for :func:`save_checkpoint` (hyper-parameters, schedule, metrics)."""
+        tc = asdict(self.train_cfg)
+        tc["adam_betas"] = list(tc["adam_betas"])
+        return {
+            "lr": self.hparams.lr,
+            "sparsity_coeff": self.hparams.sparsity_coeff,
+            "exp_factor": self.hparams.exp_factor,
+            "train": tc,
+            "n_tokens_seen": self.n_tokens_seen,
+            "metrics": {
+                "mse": self.mse, "normalized_mse": self.normalized_mse, "l0": self.l0,
+                "n_dead": self.n_dead, "n_dense": self.n_dense,
+                "n_metric_tokens": self.n_metric_tokens, "source": self.metrics_source,
+            },
+        }
+
+    def save(self, path: Path, *, extra_cfg: dict | None = None) -> None:
+        """Write the checkpoint (and its .safetensors twin) with scaling and metrics."""
+        cfg = {**self.checkpoint_cfg(), **(extra_cfg or {})}
+        save_checkpoint(Path(path), self.sae, cfg=_json_safe(cfg), scaling=self.scaling)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def train_sweep(
+    batches: Iterable[Tensor],
+    d_model: int,
+    members: Sequence[SAEHparams],
+    cfg: TrainConfig,
+    *,
+    data_mean_D: Tensor | None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    scaling: InputScaling | None = None,
+    eval_batches: Iterable[Tensor] | None = None,
+) -> list[TrainedSAE]:
+    """Train every member on the same ``[B, D]`` batches in one pass over ``batches``.
+
+    Args:
+        batches: iterated once; stops after ``cfg.n_tokens`` tokens (the last batch is cut).
+        d_model: D.
+        members: the sweep (M members; widths may differ).
+        cfg: shared schedule and budget.
+        data_mean_D: mean of the data in the SAE's input space (after ``scaling``), used to
+            initialise ``b_dec``; None → the mean of the first batch.
+        device: where the SAEs train; batches are moved there once per step.
+        progress: show a tqdm bar (tokens/s).
+        scaling: if given, applied to every batch on the device (batches are then raw model
+            activations) and stored with the results, so checkpoints carry it.
+        eval_batches: optional held-out ``[B, D]`` batches for the metrics (one pass).
+    """
+    if not members:
+        raise ValueError("no sweep members")
+    device = torch.device(device)
+    if scaling is not None and scaling.d_model != d_model:
+        raise ValueError(f"scaling is for D={scaling.d_model}, d_model={d_model}")
+
+    saes: list[SparseAutoencoder] = []
+    opts: list[torch.optim.Optimizer] = []
+    for hp in members:
+        sae = SparseAutoencoder(
+            d_model, hp.exp_factor * d_model,
+            seed=cfg.seed if hp.seed is None else hp.seed,
+            encoder_subtracts_b_dec=hp.encoder_subtracts_b_dec,
+        ).to(device)
+        sae.train()
+        saes.append(sae)
+        opts.append(make_optimizer(sae, cfg.adam_betas))
+    if data_mean_D is not None:
+        for sae in saes:
+            sae.init_b_dec_(torch.as_tensor(data_mean_D).to(device))
+
+    def prepare(batch: Tensor) -> Tensor:
+        x = torch.as_tensor(batch).to(device, non_blocking=True)
+        x = x.reshape(-1, x.shape[-1]).float()
+        if x.shape[-1] != d_model:
+            raise ValueError(f"batch has width {x.shape[-1]}, expected d_model={d_model}")
+        return scaling.apply(x) if scaling is not None else x
+
+    M = len(members)
+    window_start = cfg.n_tokens * (1.0 - cfg.metrics_fraction)
+    meter = _Meter([s.n_latents for s in saes], d_model, device)
+    hist_dev: dict[str, list[list[Tensor]]] = {k: [[] for _ in range(M)] for k in ("loss", "mse", "l1")}
+    hist_lr: list[list[float]] = [[] for _ in range(M)]
+    hist_lam: list[list[float]] = [[] for _ in range(M)]
+    hist_tokens: list[int] = []
+
+    seen, step = 0, 0
+    bar = tqdm(total=cfg.n_tokens, unit="tok", unit_scale=True, disable=not progress,
+               desc=f"SAE sweep ({M} member{'s' if M > 1 else ''})")
+    try:
+        for batch in batches:
+            x_ND = prepare(batch)
+            remaining = cfg.n_tokens - seen
+            if x_ND.shape[0] > remaining:
+                x_ND = x_ND[:remaining]
+            if x_ND.shape[0] == 0:
+                continue
+            if step == 0 and data_mean_D is None:
+                for sae in saes:
+                    sae.init_b_dec_(x_ND.mean(0))
+            in_window = eval_batches is None and seen + x_ND.shape[0] > window_start
+            if in_window:
+                meter.add_data(x_ND)
+            for m, (hp, sae, opt) in enumerate(zip(members, saes, opts)):
+                lr = lr_at(step, hp.lr, cfg.lr_warmup_steps)
+                lam = sparsity_coeff_at(step, hp.sparsity_coeff, cfg.sparsity_warmup_steps)
+                terms = train_step(sae, opt, x_ND, lr=lr, sparsity_coeff=lam)
+                if in_window:
+                    meter.add_member(m, x_ND, terms.x_hat_ND, terms.f_NS)
+                hist_dev["loss"][m].append(terms.loss)
+                hist_dev["mse"][m].append(terms.mse)
+                hist_dev["l1"][m].append(terms.l1)
+                hist_lr[m].append(lr)
+                hist_lam[m].append(lam)
+            seen += x_ND.shape[0]
+            hist_tokens.append(seen)
+            step += 1
+            bar.update(x_ND.shape[0])
+            if progress and step % 50 == 0:
+                bar.set_postfix(loss=f"{hist_dev['loss'][0][-1].item():.4g}")
+            if seen >= cfg.n_tokens:
+                break
+    finally:
+        bar.close()
+    if seen < cfg.n_tokens:
+        warnings.warn(f"data ran out after {seen} of {cfg.n_tokens} tokens", stacklevel=2)
+
+    for sae in saes:
+        sae.eval()
+    if eval_batches is not None:
+        source = "held-out"
+        with torch.no_grad():
+            for batch in eval_batches:
+                x_ND = prepare(batch)
+                meter.add_data(x_ND)
+                for m, sae in enumerate(saes):
+                    x_hat_ND, f_NS = sae(x_ND)
+                    meter.add_member(m, x_ND, x_hat_ND, f_NS)
+    else:
+        source = f"last {cfg.metrics_fraction:g} of training"
+
+    results = []
+    for m, (hp, sae) in enumerate(zip(members, saes)):
+        metrics = meter.results(m, d_model, cfg.dense_threshold)
+        history = {k: torch.stack(v[m]).cpu().numpy() if v[m] else np.zeros(0, np.float32)
+                   for k, v in hist_dev.items()}
+        history["lr"] = np.asarray(hist_lr[m])
+        history["sparsity_coeff"] = np.asarray(hist_lam[m])
+        history["n_tokens"] = np.asarray(hist_tokens, dtype=np.int64)
+        results.append(TrainedSAE(
+            sae=sae, hparams=hp, train_cfg=cfg, n_tokens_seen=seen, n_metric_tokens=meter.n,
+            metrics_source=source, scaling=scaling, history=history, **metrics,
+        ))
+    return results
+
+
+def sweep_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
+    """One row per member: hyper-parameters and metrics."""
+    rows = []
+    for i, t in enumerate(trained):
+        S = t.sae.n_latents
+        rows.append({
+            "member": i, "label": t.hparams.label, "lr": t.hparams.lr,
+            "sparsity_coeff": t.hparams.sparsity_coeff, "exp_factor": t.hparams.exp_factor,
+            "n_latents": S, "l0": t.l0, "mse": t.mse, "normalized_mse": t.normalized_mse,
+            "n_dead": t.n_dead, "n_dense": t.n_dense,
+            "frac_dead": t.n_dead / S if t.n_dead >= 0 else float("nan"),
+            "frac_dense": t.n_dense / S if t.n_dense >= 0 else float("nan"),
+            "n_tokens_seen": t.n_tokens_seen, "metrics_source": t.metrics_source,
+        })
+    return pd.DataFrame(rows)
+
+
+def sweep_chart(df: pd.DataFrame, stem: str | Path, *, random_weights: bool) -> list[Path]:
+    """Scatter L0 (x) vs normalised MSE (y); colour λ, shape expansion factor; saved via save_chart."""
+    data = df.copy()
+    data["exp_factor"] = data["exp_factor"].astype(str)
+    tooltip = [
+        alt.Tooltip("label:N", title="member"),
+        alt.Tooltip("sparsity_coeff:Q", title="λ", format=".3g"),
+        alt.Tooltip("lr:Q", title="lr", format=".3g"),
+        alt.Tooltip("exp_factor:N", title="expansion"),
+        alt.Tooltip("l0:Q", title="L0", format=".2f"),
+        alt.Tooltip("normalized_mse:Q", title="normalised MSE", format=".4f"),
+        alt.Tooltip("mse:Q", title="MSE", format=".4g"),
+        alt.Tooltip("n_dead:Q", title="dead latents"),
+        alt.Tooltip("n_dense:Q", title="dense latents"),
+    ]
+    chart = (
+        alt.Chart(data)
+        .mark_point(filled=True, size=90, opacity=0.9)
+        .encode(
+            x=alt.X("l0:Q", title="L0 (active latents per token)", scale=alt.Scale(zero=False)),
+            y=alt.Y("normalized_mse:Q", title="normalised MSE", scale=alt.Scale(zero=False)),
+            color=alt.Color("sparsity_coeff:O", title="λ (sparsity)",
+                            scale=alt.Scale(scheme=SEQUENTIAL_SCHEME)),
+            shape=alt.Shape("exp_factor:N", title="expansion"),
+            tooltip=tooltip,
+        )
+        .properties(title=title_with_note("SAE sweep: sparsity vs reconstruction", random_weights),
+                    width=420, height=300)
+    )
+    return save_chart(chart, stem)
+
+
+__all__ = [
+    "LossTerms", "SAEHparams", "TrainConfig", "TrainedSAE", "lr_at", "make_optimizer",
+    "sae_loss", "sparsity_coeff_at", "sweep_chart", "sweep_table", "train_step", "train_sweep",
+]

@@ -1,0 +1,60 @@
+# Config validation and every input function, in one place; rules stay declarative.
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.yaml")
+
+from pipeline.config import SPLITS, config_from_dict
+
+# The file the steps read: the last --configfile given, else config.yaml (the steps
+# re-validate it themselves, so a hand-run step and a rule see the same config).
+CONFIG_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "config.yaml"
+CFG = config_from_dict(config, source=CONFIG_FILE)
+RES, CACHE, RESULTS = str(CFG.paths.resources), str(CFG.paths.cache), str(CFG.paths.results)
+PY = sys.executable
+THREADS = CFG.threads
+
+DEMO_DATASETS = set(CFG.demo.get("datasets", {}))
+DEMO_MODELS = set(CFG.demo.get("models", {}))
+for _name in DEMO_DATASETS:
+    if CFG.dataset(_name).root != Path(RES) / "data" / _name:
+        raise ValueError(f"{CONFIG_FILE}: key datasets/{_name}/root must be {RES}/data/{_name} for a demo dataset")
+for _name in DEMO_MODELS:
+    if Path(CFG.model(_name).spec.source) != Path(RES) / "models" / _name:
+        raise ValueError(f"{CONFIG_FILE}: key models/{_name}/source must be {RES}/models/{_name} for a demo model")
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    part=r"\d+",
+    of=r"\d+",
+
+
+def demo_inputs(wildcards):
+    """The demo dataset / model sentinels a cache needs (nothing for real data)."""
+    inputs = {}
+    if wildcards.dataset in DEMO_DATASETS:
+        inputs["dataset"] = f"{RES}/data/{wildcards.dataset}/.complete"
+    if wildcards.model in DEMO_MODELS:
+        inputs["model"] = f"{RES}/models/{wildcards.model}/.complete"
+    return inputs
+
+
+def store_complete(ref, split):
+    """The sentinel of a finalized store."""
+    return f"{CACHE}/{ref.model}/{ref.dataset}/{split}.complete.json"
+
+
+def extract_parts(wildcards):
+    n = CFG.extract.parts
+    return [f"{CACHE}/{wildcards.model}/{wildcards.dataset}/{wildcards.split}.parts/{i}-of-{n}.json" for i in range(n)]
+
+
+def cache_targets():
+    return [store_complete(ref, split) for ref in CFG.caches for split in SPLITS]
+
+
+def all_targets(wildcards):
+    return cache_targets()
