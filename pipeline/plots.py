@@ -25,7 +25,8 @@ def save_chart(chart: alt.TopLevelMixin, stem: str | Path, *, png_scale: float =
     """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".html"), stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    # append, not with_suffix: a stem like "lr0.001" must not lose its ".001"
+    paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("html", "png", "svg")]
     chart.save(str(paths[0]), inline=True)
     chart.save(str(paths[1]), scale_factor=png_scale)
     chart.save(str(paths[2]))

@@ -130,20 +130,20 @@ def test_reforward_equality(loaded):
     x = pixels(bb.image_size, seed=3)
     with torch.no_grad():
         full = bb(x)
-        errors16 = []
+        errors = []
         for layer in range(bb.n_blocks):
             acts = bb.forward_to(x, [layer])[:, 0]
             err32 = rel_err(bb.forward_from(layer, acts), full)
             err16 = rel_err(bb.forward_from(layer, acts.half()), full)
             assert err32 <= 1e-5, (layer, err32)
             assert err16 <= 1e-2, (layer, err16)
-            errors16.append(err16)
+            errors.append((err32, err16))
             # the negative spelling of the same block gives the same result
             neg = bb.forward_from(layer - bb.n_blocks, acts)
             assert torch.equal(neg, bb.forward_from(layer, acts))
     print(
-        f"\n[{bb.family}] re-forward from float16 cache, max rel err per block: "
-        + ", ".join(f"l={i}: {e:.2e}" for i, e in enumerate(errors16))
+        f"\n[{bb.family}] re-forward max rel err per block (float32 / float16 cache): "
+        + ", ".join(f"l={i}: {e32:.1e} / {e16:.2e}" for i, (e32, e16) in enumerate(errors))
     )
 
 
@@ -286,28 +286,48 @@ def test_missing_local_path_names_it(source):
         load_backbone(ModelSpec("dinov2", source))
 
 
-def test_offline_hub_id_error_names_it(tmp_path):
-    # HF reads HF_HUB_OFFLINE at import time, so this runs in a fresh interpreter.
-    repo_id = "made-up-org/no-such-vit-xyz"
+def test_hub_ids_offline(tmp_path):
+    """Hub ids go through HF's own hub code: a made-up id fails naming itself; an id
+    present in the local HF cache loads, with the snapshot's commit and hash recorded.
+    HF reads HF_HUB_OFFLINE at import time, so this runs in a fresh interpreter."""
+    hf_home = tmp_path / "hf_home"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf_home / "hub" / "models--demo-org--tiny-vit"
+    snapshot = build_demo_model("vit", repo / "snapshots" / commit, image_size=64, **TINY)
+    (snapshot / "RANDOM_WEIGHTS.txt").unlink()  # a hub repo would not carry our marker
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+    missing = "made-up-org/no-such-vit-xyz"
     code = textwrap.dedent(
         f"""
         from pipeline.models import ModelSpec, load_backbone
         try:
-            load_backbone(ModelSpec("vit", {repo_id!r}, revision="main"))
+            load_backbone(ModelSpec("vit", {missing!r}, revision="main"))
         except OSError as error:
             print("ERROR:", error)
         else:
-            print("LOADED")
+            print("LOADED MISSING")
+        bb, prov = load_backbone(ModelSpec("vit", "demo-org/tiny-vit"))
+        print("COMMIT:", prov["commit"])
+        print("PATH:", prov["resolved_path"])
+        print("SHA:", prov["weights_sha256"])
+        print("BLOCKS:", bb.n_blocks, prov["random_weights"])
         """
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
-    env.pop("HF_HUB_CACHE", None)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
+        env.pop(key, None)
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "ERROR:" in result.stdout
-    assert repo_id in result.stdout and "'main'" in result.stdout
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    assert missing in lines["ERROR"] and "'main'" in lines["ERROR"]
+    assert lines["COMMIT"] == commit
+    assert Path(lines["PATH"]) == snapshot
+    assert lines["SHA"] == weights_sha256(snapshot)
+    assert lines["BLOCKS"] == "3 False"
 
 
 def test_default_preprocess_values():

@@ -35,7 +35,8 @@ def open_cache(path: str | Path, *, require_complete: bool = True) -> xr.Dataset
             f"{path}: store is not finalized ({int(done.sum())} of {done.size} images done); "
             "finish the extraction (and its finalize step) or open with require_complete=False"
         )
-    return xr.open_zarr(path, consolidated=None, zarr_format=3)
+    # finalize consolidates the metadata; a store still being written has none yet
+    return xr.open_zarr(path, consolidated=bool(group.attrs.get("complete", False)), zarr_format=3)
 
 
 class CacheReader:

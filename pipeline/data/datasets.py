@@ -44,7 +44,12 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 TASKS = ("segmentation", "classification")
-_ADE_SPLITS = {"training": "training", "train": "training", "validation": "validation", "val": "validation"}
+_ADE_SPLITS = {
+    "training": "training",
+    "train": "training",
+    "validation": "validation",
+    "val": "validation",
+}
 _SEG_IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 
 
@@ -169,7 +174,9 @@ def read_object_info(path: Path) -> tuple[str, ...]:
         try:
             idx = int(fields[0])
         except ValueError:
-            raise DatasetError(f"{path}, line {line_no}: Idx {fields[0]!r} is not an integer") from None
+            raise DatasetError(
+                f"{path}, line {line_no}: Idx {fields[0]!r} is not an integer"
+            ) from None
         if idx != len(names) + 1:
             raise DatasetError(f"{path}, line {line_no}: Idx {idx}, expected {len(names) + 1}")
         name = _first_name(fields[4])
@@ -238,7 +245,9 @@ def _eval_folder(root: Path, split: str) -> Path:
         return preferred
     if other.is_dir():
         return other
-    raise DatasetError(f"pre-split image folder {root}: has train/ but neither {preferred} nor {other}")
+    raise DatasetError(
+        f"pre-split image folder {root}: has train/ but neither {preferred} nor {other}"
+    )
 
 
 def _pre_split(root: Path, split: str) -> SplitData:

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -202,7 +203,9 @@ def _voronoi_labels(
     k = int(rng.integers(3, 7))
     seeds_K2 = rng.random((k, 2)) * np.array([H, W])
     classes_K = rng.choice(np.arange(1, n_classes + 1), size=k, replace=k > n_classes)
-    dist_KHW = np.hypot(yy[None] - seeds_K2[:, 0, None, None], xx[None] - seeds_K2[:, 1, None, None])
+    dist_KHW = np.hypot(
+        yy[None] - seeds_K2[:, 0, None, None], xx[None] - seeds_K2[:, 1, None, None]
+    )
     nearest_HW = np.argmin(dist_KHW, axis=0)
     two_smallest = np.partition(dist_KHW, 1, axis=0)[:2]
     border_HW = (two_smallest[1] - two_smallest[0]) < 1.0
@@ -224,7 +227,8 @@ def _render_segmentation(
         spec = SEG_CLASSES[class_id - 1]
         where_HW = labels_HW == class_id
         phase = rng.random(2)
-        colour_3 = np.asarray(spec.rgb, dtype=np.float64) * rng.uniform(0.9, 1.1, 3) + rng.uniform(-10, 10, 3)
+        gain_3, offset_3 = rng.uniform(0.9, 1.1, 3), rng.uniform(-10, 10, 3)
+        colour_3 = np.asarray(spec.rgb, dtype=np.float64) * gain_3 + offset_3
         intensity_HW = np.clip(spec.texture(yy, xx, phase, rng), 0.0, 1.0)
         shade_HW = 0.35 + 0.65 * intensity_HW
         image_HW3[where_HW] = shade_HW[where_HW, None] * colour_3
@@ -306,7 +310,7 @@ def make_segmentation_demo(
 
 # Polygon vertices in units of the shape radius, before rotation (circle and
 # ring are drawn as ellipses instead).
-_UNIT_POLYGONS: dict[str, list[tuple[float, float]]] = {
+_UNIT_POLYGONS: Mapping[str, list[tuple[float, float]]] = MappingProxyType({
     "square": [(1.0, 1.0), (-1.0, 1.0), (-1.0, -1.0), (1.0, -1.0)],
     "triangle": [(np.cos(a), np.sin(a)) for a in 2 * np.pi * np.arange(3) / 3],
     "diamond": [(0.0, -1.15), (0.6, 0.0), (0.0, 1.15), (-0.6, 0.0)],
@@ -319,7 +323,7 @@ _UNIT_POLYGONS: dict[str, list[tuple[float, float]]] = {
         (-0.3, 0.3), (-1.0, 0.3), (-1.0, -0.3), (-0.3, -0.3), (-0.3, -1.0), (0.3, -1.0),
     ],
     "bar": [(-1.1, -0.28), (1.1, -0.28), (1.1, 0.28), (-1.1, 0.28)],
-}
+})
 
 
 def _placed_polygon(

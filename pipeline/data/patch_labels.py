@@ -20,7 +20,8 @@ _MAX_LABEL = np.iinfo(np.uint16).max
 
 
 def _check_mask(mask: np.ndarray, patch_size: int, what: str) -> None:
-    if not isinstance(patch_size, (int, np.integer)) or isinstance(patch_size, bool) or patch_size <= 0:
+    is_int = isinstance(patch_size, (int, np.integer)) and not isinstance(patch_size, bool)
+    if not is_int or patch_size <= 0:
         raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
     if not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"{what} must hold integer class ids, got dtype {mask.dtype}")

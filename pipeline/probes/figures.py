@@ -31,6 +31,9 @@ __all__ = [
     "sweep_chart",
 ]
 
+# The colour each sequential scheme gives 0 (vega's definitions), for empty heat-map cells.
+_SCHEME_ZERO = {"viridis": "#440154"}
+
 OTHER_COLOUR = (64, 64, 64)
 """Class 0 ("other") in segmentation masks: dark grey."""
 
@@ -115,7 +118,12 @@ def per_class_chart(
         alt.Chart(data)
         .mark_bar(color=OKABE_ITO[4])
         .encode(
-            x=alt.X(f"{value}:Q", title=value_title, axis=alt.Axis(format="~%") if percent else alt.Axis()),
+            x=alt.X(
+                f"{value}:Q",
+                title=value_title,
+                axis=alt.Axis(format="~%") if percent else alt.Axis(),
+                scale=alt.Scale(domain=[0, 1]) if percent and data[value].between(0, 1).all() else alt.Scale(),
+            ),
             y=alt.Y(f"{label}:N", sort="-x", title="class"),
             tooltip=[alt.Tooltip(f"{label}:N", title="class"), alt.Tooltip(f"{value}:Q", format=".1%" if percent else ".4g")],
         )
@@ -135,7 +143,8 @@ def confusion_chart(
     """Heat-map of ``conf`` [C_true, C_pred] with each row normalised to sum to 1.
 
     A ``[C, C + 1]`` matrix (from :func:`pipeline.metrics.matched_confusion`) gets an
-    "(unmatched)" last column. Empty cells (no samples) are left blank to keep files small.
+    "(unmatched)" last column. Cells with no samples are not stored (a 151-class matrix would
+    otherwise be 23k marks); the plot background is the colour scale's 0 so they read as 0.
     """
     stem = _check_stem(stem)
     conf = np.asarray(conf)
@@ -146,7 +155,9 @@ def confusion_chart(
     row_sum = conf.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = conf / np.where(row_sum > 0, row_sum, 1)
-    t_idx, p_idx = np.nonzero(conf)
+    # Drop empty cells only when the background can show them as 0 (viridis' first colour).
+    zero_fill = _SCHEME_ZERO.get(SEQUENTIAL_SCHEME)
+    t_idx, p_idx = np.nonzero(conf) if zero_fill else np.indices(conf.shape).reshape(2, -1)
     data = pd.DataFrame(
         {
             "true class": [class_names[i] for i in t_idx],
@@ -181,10 +192,12 @@ def confusion_chart(
             title=alt.TitleParams(
                 title,
                 subtitle=([RANDOM_WEIGHTS_NOTE] if random_weights else [])
-                + ["rows normalised to 1; blank: no samples"],
+                + ["rows normalised to 1"],
             ),
         )
     )
+    if zero_fill:
+        chart = chart.configure_view(fill=zero_fill)
     return save_chart(chart, stem)
 
 
@@ -275,12 +288,17 @@ def segmentation_figure(
     pad, font, small = 8, _font(16), _font(13)
     line = 20
     max_w = max(r[0].shape[1] for r in rows)
-    width = pad + 3 * (max_w + pad)
     header_lines = [title] + ([RANDOM_WEIGHTS_NOTE] if random_weights else [])
+    legend_title = "classes (colours repeat every 7 classes; 0 = other, dark grey)"
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(
+        [int(probe.textlength(header_lines[0], font=font))]
+        + [int(probe.textlength(s, font=small)) for s in header_lines[1:] + [legend_title]]
+    )
+    width = max(pad + 3 * (max_w + pad), text_w + 2 * pad)
     top = pad + line * len(header_lines) + pad + line  # title block, then column headers
     # Legend: swatch + "id name" entries in as many columns as fit.
     legend = sorted(present)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     labels = [f"{k} {class_names[k]}" for k in legend]
     entry_w = 14 + 6 + max(int(probe.textlength(s, font=small)) for s in labels) + 16
     n_cols = max(1, (width - 2 * pad) // entry_w)
@@ -306,7 +324,7 @@ def segmentation_figure(
             row_cells.append((x, y, x + w, y + h))
         cells.append(tuple(row_cells))
         y += h + pad
-    draw.text((pad, y), "classes (colours repeat every 7 classes; 0 = other, dark grey)", fill=(0, 0, 0), font=small)
+    draw.text((pad, y), legend_title, fill=(0, 0, 0), font=small)
     y += line
     for i, (k, text) in enumerate(zip(legend, labels)):
         x = pad + (i % n_cols) * entry_w

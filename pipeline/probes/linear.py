@@ -193,6 +193,8 @@ def fit_sweep(
     cast to float32 on ``device``; ``y`` holds labels in ``[0, C)`` or ``-1`` (``IGNORE_LABEL``)
     for samples to leave out (unusable patches). Each member's loss is the mean over the
     batch's non-ignored samples; a batch with none (checked when ``y`` is on the CPU) is skipped.
+    Weight decay applies to weights and biases alike (as in saev); the lr is constant after
+    any warm-up.
 
     Warm-up (``cfg.lr_warmup_fraction > 0``) needs the steps per epoch: ``steps_per_epoch``,
     else ``len()`` of the first epoch's iterable.

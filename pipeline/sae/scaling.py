@@ -84,7 +84,7 @@ class InputScaling:
     def apply(self, x: Tensor | np.ndarray) -> Tensor | np.ndarray:
         """(x − mean) · scalar over the last axis; a tensor stays on its device and dtype."""
         if isinstance(x, Tensor):
-            mean = torch.as_tensor(self.mean_D, device=x.device)
+            mean = torch.tensor(self.mean_D, device=x.device)
             if x.is_floating_point():
                 mean = mean.to(x.dtype)
             return (x - mean) * self.scalar
@@ -95,7 +95,7 @@ class InputScaling:
     def invert(self, y: Tensor | np.ndarray) -> Tensor | np.ndarray:
         """Back to model space: y / scalar + mean."""
         if isinstance(y, Tensor):
-            return y / self.scalar + torch.as_tensor(self.mean_D, device=y.device).to(y.dtype)
+            return y / self.scalar + torch.tensor(self.mean_D, device=y.device).to(y.dtype)
         y = np.asarray(y)
         return y / np.float32(self.scalar) + self.mean_D
 

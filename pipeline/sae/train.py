@@ -29,14 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..plots import SEQUENTIAL_SCHEME, save_chart, title_with_note
 from .checkpoint import save_checkpoint
 from .model import SparseAutoencoder
 from .scaling import InputScaling
@@ -398,6 +396,10 @@ def sweep_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
 
 def sweep_chart(df: pd.DataFrame, stem: str | Path, *, random_weights: bool) -> list[Path]:
     """Scatter L0 (x) vs normalised MSE (y); colour λ, shape expansion factor; saved via save_chart."""
+    import altair as alt
+
+    from ..plots import SEQUENTIAL_SCHEME, save_chart, title_with_note
+
     data = df.copy()
     data["exp_factor"] = data["exp_factor"].astype(str)
     tooltip = [

@@ -1,0 +1,133 @@
+"""Extraction as real processes: SIGKILL at several points then resume, and parallel parts.
+
+Both compare the final ``acts`` with an uninterrupted serial run, exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from helpers import REPO, run_cli, write_config
+
+pytestmark = pytest.mark.slow
+
+# 48 images in chunks of 4: 12 chunks, enough that a kill lands mid-way.
+BIG = {"demo": {"datasets": {"seg": {"n_train": 48}}}, "extract": {"chunk_images": 4, "batch_size": 2}}
+ARGS = ["extract", "--model", "dino", "--dataset", "seg", "--split", "train", "--no-progress"]
+
+
+@pytest.fixture
+def big_project(tmp_path, monkeypatch):
+    from helpers import build_demo_assets, deep_update, TINY_CONFIG
+
+    raw = deep_update(TINY_CONFIG, BIG)
+    build_demo_assets(tmp_path, raw)
+    write_config(tmp_path, BIG)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _done_chunks(store: Path) -> list[int]:
+    """Indices of the chunks whose done flags are set (read from zarr; a missing chunk file means not done)."""
+    if not (store / "zarr.json").exists():
+        return []
+    done = zarr.open_array(store / "done", mode="r")[:]
+    return [i // 4 for i in range(0, done.size, 4) if done[i : i + 4].all()]
+
+
+def _chunk_mtimes(store: Path) -> dict[str, int]:
+    return {str(p.relative_to(store)): p.stat().st_mtime_ns for p in (store / "acts" / "c").rglob("*") if p.is_file()}
+
+
+def _start(cwd: Path, extra: list[str] = ()) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *ARGS, *extra], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_when(proc: subprocess.Popen, condition, timeout: float = 120) -> bool:
+    """SIGKILL ``proc`` as soon as ``condition()`` holds; False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if condition():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError("extraction neither finished nor reached the kill point in time")
+
+
+def _final_acts(store: Path) -> np.ndarray:
+    return zarr.open_array(store / "acts", mode="r")[:]
+
+
+def test_kill_minus_nine_then_resume_equals_uninterrupted(big_project, tmp_path):
+    store = big_project / "cache" / "dino" / "seg" / "train.zarr"
+
+    # the reference: an uninterrupted run in a copy of the project
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    os.symlink(big_project / "resources", ref / "resources")
+    (ref / "config.yaml").write_text((big_project / "config.yaml").read_text())
+    run_cli(ARGS, ref)
+    expected = _final_acts(ref / "cache" / "dino" / "seg" / "train.zarr")
+
+    kill_points = [
+        ("store created", lambda: (store / "zarr.json").exists()),
+        ("one more chunk done", None),
+        ("half the chunks done", lambda: len(_done_chunks(store)) >= 6),
+    ]
+    kills = 0
+    for name, condition in kill_points:
+        if condition is None:
+            before = len(_done_chunks(store))
+            condition = lambda before=before: len(_done_chunks(store)) > before
+        done_before = _done_chunks(store)
+        mtimes_before = _chunk_mtimes(store) if done_before else {}
+        proc = _start(big_project)
+        killed = _kill_when(proc, condition)
+        kills += killed
+        print(f"kill point {name!r}: killed={killed}, chunks done after: {len(_done_chunks(store))}/12")
+        # chunks done before this run were not recomputed (their files were not rewritten)
+        after = _chunk_mtimes(store)
+        for key, mtime in mtimes_before.items():
+            if int(key.split("/")[2]) in done_before:  # acts/c/<image chunk>/<layer>/0/0
+                assert after[key] == mtime, f"finished chunk file {key} was rewritten"
+    assert kills >= 2, "the kills should land before the run finishes"
+
+    done_before = _done_chunks(store)
+    proc = run_cli(ARGS, big_project)
+    report = __import__("json").loads(proc.stdout)
+    assert report["chunks_skipped"] == len(done_before)
+    assert report["chunks_computed"] == 12 - len(done_before)
+    np.testing.assert_array_equal(_final_acts(store), expected)
+    assert zarr.open_group(store, mode="r").attrs["complete"] is True
+
+
+def test_three_parallel_parts_equal_a_serial_run(big_project, tmp_path):
+    procs = [_start(big_project, ["--part", str(i), "--of", "3"]) for i in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    run_cli(["finalize", "--model", "dino", "--dataset", "seg", "--split", "train"], big_project)
+    parallel = _final_acts(big_project / "cache" / "dino" / "seg" / "train.zarr")
+
+    serial_dir = tmp_path / "serial"
+    serial_dir.mkdir()
+    os.symlink(big_project / "resources", serial_dir / "resources")
+    (serial_dir / "config.yaml").write_text((big_project / "config.yaml").read_text())
+    run_cli(ARGS, serial_dir)
+    serial = _final_acts(serial_dir / "cache" / "dino" / "seg" / "train.zarr")
+    assert not np.isnan(parallel).any()
+    np.testing.assert_array_equal(parallel, serial)
