@@ -82,6 +82,10 @@ class CacheRef:
 @dataclass(frozen=True)
 class SegProbeConfig:
     cache: CacheRef
+    layer: int = -1
+    n_classes: int | None = None
+    shuffle_buffer: int = 65536
+    seed: int = 0
     lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
     weight_decays: tuple[float, ...] = (1e-1, 1e-3, 1e-5)
     epochs: int = 10
@@ -94,6 +98,9 @@ class SegProbeConfig:
 @dataclass(frozen=True)
 class ClsProbeConfig:
     cache: CacheRef
+    layer: int = -1
+    n_classes: int | None = None
+    seed: int = 0
     lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
     weight_decays: tuple[float, ...] = (1e-1, 1e-3, 1e-5)
     epochs: int = 50

@@ -28,7 +28,7 @@ from tqdm import tqdm
 import pipeline
 from pipeline.cache import StoreLayout, chunk_ranges, create_or_open, finalize, part_chunks, pending_chunks, write_chunk
 from pipeline.config import CacheRef, Config, stable_hash, to_jsonable
-from pipeline.data import BadImageError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
+from pipeline.data import BadImageError, MaskError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
 from pipeline.models import Backbone, load_backbone
 from pipeline.runtime import describe_device, resolve_device, set_threads
 
@@ -64,35 +64,47 @@ def split_data(cfg: Config, dataset: str, split: str) -> SplitData:
 class _Images(Dataset):
     """Decodes, preprocesses and labels images (runs in DataLoader workers)."""
 
-    def __init__(self, data: SplitData, indices: np.ndarray, pre: Preprocess, patch_size: int, skip_bad: bool):
-        self.data, self.indices, self.pre, self.patch_size, self.skip_bad = data, indices, pre, patch_size, skip_bad
+    def __init__(self, data: SplitData, indices: np.ndarray, pre: Preprocess, patch_size: int):
+        self.data, self.indices, self.pre, self.patch_size = data, indices, pre, patch_size
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
+        # Errors travel back as strings and are raised in the main process, in image
+        # order: chunks before the culprit are written, and the exception keeps its type
+        # (a custom exception does not survive DataLoader's worker re-raise).
         index = int(self.indices[i])
         sample = self.data.samples[index]
-        item = {"index": index, "bad": False, "reason": ""}
+        item = {"index": index, "bad": False, "reason": "", "mask_error": ""}
         crop = self.pre.crop
         try:
             img = load_rgb(sample.image)
         except BadImageError as err:
-            if not self.skip_bad:
-                raise
             img = None
-            item.update(bad=True, reason=str(err))
+            item.update(bad=True, reason=err.reason)
         item["pixels"] = preprocess_image(img, self.pre) if img is not None else torch.zeros(3, crop, crop)
         if self.data.task == "segmentation":
-            if img is None:
-                mask = np.zeros((crop, crop), dtype=np.int64)
-            else:
-                mask = preprocess_mask(load_mask(sample.mask, image_path=sample.image, image_size=img.size), self.pre)
+            mask = np.zeros((crop, crop), dtype=np.int64)
+            if img is not None:
+                try:
+                    mask = preprocess_mask(load_mask(sample.mask, image_path=sample.image, image_size=img.size), self.pre)
+                except MaskError as err:
+                    item["mask_error"] = str(err)
             labels, purity = patch_labels(mask, self.patch_size)
             item.update(patch_label=labels, patch_purity=purity.astype(np.float16), pixel_label=mask.astype(np.uint16))
         else:
             item["label"] = -1 if item["bad"] else int(sample.label)
         return item
+
+
+def _raise_input_errors(batch: dict, data: SplitData, skip_bad: bool) -> None:
+    """Raise, in the main process, the first unreadable image or mask of a batch."""
+    for index, bad, reason, mask_error in zip(batch["index"], batch["bad"], batch["reason"], batch["mask_error"]):
+        if mask_error:
+            raise MaskError(mask_error)
+        if bad and not skip_bad:
+            raise BadImageError(data.samples[index].image, f"{reason} (set extract.on_bad_image: skip to record it and go on)")
 
 
 def _collate(items: list[dict]) -> dict:
@@ -192,7 +204,7 @@ def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layo
     ex = cfg.extract
     indices = np.concatenate([np.arange(s, e) for s, e in todo])
     loader = DataLoader(
-        _Images(data, indices, pre, backbone.patch_size, ex.on_bad_image == "skip"),
+        _Images(data, indices, pre, backbone.patch_size),
         batch_size=ex.batch_size,
         num_workers=ex.num_workers,
         collate_fn=_collate,
@@ -212,6 +224,7 @@ def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layo
     with cf.ThreadPoolExecutor(max_workers=1) as writer, torch.inference_mode():
         pending: list[cf.Future] = []
         for batch in loader:
+            _raise_input_errors(batch, data, ex.on_bad_image == "skip")
             acts_BLTD = backbone.forward_to(batch["pixels"].to(device, non_blocking=True), layers)
             buffer["acts"].append(acts_BLTD.to("cpu", torch.float32).numpy().astype(out_dtype))
             for k in keys[1:]:
@@ -224,12 +237,13 @@ def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layo
                 n_buffered -= size
                 chunk = {k: merged[k][:size] for k in ("acts",) + label_keys}
                 chunk["bad"] = merged["bad"][:size].astype(bool)
+                chunk["bad_reason"] = merged["reason"][:size].astype(object)
                 bad = [
                     {"index": int(i), "id": data.samples[int(i)].id, "reason": str(r)}
                     for i, r, flag in zip(merged["index"][:size], merged["reason"][:size], chunk["bad"])
                     if flag
                 ]
-                pending.append(writer.submit(write_chunk, group, start, chunk, bad))
+                pending.append(writer.submit(write_chunk, group, start, chunk))
                 while len(pending) > 2:  # bound memory: at most 2 chunks wait for the writer
                     pending.pop(0).result()
                 report.chunks_computed += 1

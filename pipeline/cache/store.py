@@ -10,7 +10,8 @@ chunk of images is one set of files and a part owns whole chunks):
 
 - ``acts[N, L, T, D]`` float16/float32, chunk (chunk_images, 1, T, D), Blosc lz4 + bitshuffle;
 - ``done[N]`` set only after every array of that image is on disk;
-- ``bad[N]`` rows whose image could not be read (``on_bad_image: skip``);
+- ``bad[N]`` rows whose image could not be read (``on_bad_image: skip``) and
+  ``bad_reason[N]`` (why; "" for good rows), merged into attrs by ``finalize``;
 - segmentation: ``patch_label[N, P]`` (0 = other/unlabelled), ``patch_purity[N, P]``,
   ``pixel_label[N, H, W]`` (the cropped mask, for pixel-level metrics);
 - classification: ``label[N]`` (-1 for a bad row);
@@ -25,7 +26,6 @@ with a different config hash is refused, never silently reused.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import socket
@@ -40,7 +40,6 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 STORE_FORMAT = 1
-BAD_DIR = "_bad_images"  # per-chunk JSON records of unreadable images (merged into attrs by finalize)
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
 # zarr-python warns that consolidated metadata is not in the v3 spec yet; xarray reads it fine.
@@ -113,11 +112,13 @@ def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
         "acts": (("image", "layer", "token", "dim"), da.zeros((n, len(layout.layers), t, d), dtype=layout.dtype, chunks=(c, 1, t, d))),
         "done": (("image",), da.zeros(n, dtype=bool, chunks=c)),
         "bad": (("image",), da.zeros(n, dtype=bool, chunks=c)),
+        "bad_reason": (("image",), np.full(n, "", dtype=object)),  # small: written at creation
     }
     enc = {
         "acts": {"chunks": (c, 1, t, d), "compressors": (blosc(),), "fill_value": np.nan},
         "done": {"chunks": (c,), "fill_value": False},
         "bad": {"chunks": (c,), "fill_value": False},
+        "bad_reason": {"chunks": (c,)},
     }
     if layout.task == "segmentation":
         h = layout.mask_size
@@ -192,7 +193,7 @@ def pending_chunks(group: zarr.Group, chunks: list[tuple[int, int]]) -> list[tup
     return [(s, e) for s, e in chunks if not done[s:e].all()]
 
 
-def write_chunk(group: zarr.Group, start: int, arrays: dict[str, np.ndarray], bad_records: list[dict]) -> None:
+def write_chunk(group: zarr.Group, start: int, arrays: dict[str, np.ndarray]) -> None:
     """Write one whole chunk of images starting at ``start``, then mark it done.
 
     ``arrays["acts"]`` is [B, L, T, D]; it is written one layer at a time (each
@@ -205,10 +206,6 @@ def write_chunk(group: zarr.Group, start: int, arrays: dict[str, np.ndarray], ba
     for name, value in arrays.items():
         if name != "acts":
             group[name][start:stop] = value
-    if bad_records:
-        bad_dir = Path(group.store.root) / BAD_DIR
-        bad_dir.mkdir(exist_ok=True)
-        (bad_dir / f"chunk-{start:09d}.json").write_text(json.dumps(bad_records))
     group["done"][start:stop] = True
 
 
@@ -223,15 +220,13 @@ def finalize(path: Path) -> dict:
             f"{path}: {missing.size} of {done.size} images are not done (first: image index {missing[0]}); "
             "re-run the extraction parts that own them (they resume where they stopped)"
         )
-    bad_records = []
-    bad_dir = path / BAD_DIR
-    if bad_dir.exists():
-        for f in sorted(bad_dir.glob("chunk-*.json")):
-            bad_records.extend(json.loads(f.read_text()))
+    bad = group["bad"][:]
+    ids, reasons = group["image"][:], group["bad_reason"][:]
+    bad_records = [{"index": int(i), "id": str(ids[i]), "reason": str(reasons[i])} for i in np.flatnonzero(bad)]
     summary = {
         "complete": True,
         "n_images": int(done.size),
-        "n_bad": int(group["bad"][:].sum()),
+        "n_bad": len(bad_records),
         "bad_images": bad_records,
         "finalized": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -220,7 +220,7 @@ def write_gallery(
         rows_html.append(f'<tr id="latent-{lid}">{tds}</tr>')
 
     headers = ["latent", "frequency", "log10 freq", "max value", "mean value",
-               f"top images (of {ds.sizes['rank']})"]
+               f"images in top {ds.sizes['rank']}"]
     ths = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(headers))
     ths += "<th>top images</th>"
     banner = f'<div class="banner">{html.escape(RANDOM_WEIGHTS_NOTE)}</div>' if random_weights else ""

@@ -42,7 +42,7 @@ def latent_stats(
     n_images: int,
     top_k: int = 16,
     device: str | torch.device | None = None,
-    max_chunk_elements: int = 1 << 25,
+    max_chunk_elements: int = 1 << 27,
     progress: bool = False,
 ) -> xr.Dataset:
     """Stream ``(image_idx_B, acts_BPD)`` batches through ``sae`` → per-latent statistics.
@@ -53,7 +53,8 @@ def latent_stats(
         scaling: the SAE's input scaling (None = activations are used as they are).
         n_images: images in the data set (progress total and index check).
         top_k: k images kept per latent.
-        max_chunk_elements: images are encoded in chunks of at most this many B·P·S floats.
+        max_chunk_elements: images are encoded in chunks of at most this many B·P·S floats
+            (peak memory ≈ 2 × 4 bytes × this; the default is about 1 GiB).
     """
     if top_k <= 0:
         raise ValueError("top_k must be positive")
@@ -73,7 +74,7 @@ def latent_stats(
 
     bar = tqdm(total=n_images, unit="img", disable=not progress, desc="latent stats")
     for image_idx_B, acts_BPD in batches:
-        idx_B = torch.as_tensor(np.asarray(image_idx_B), dtype=torch.int64).reshape(-1)
+        idx_B = torch.from_numpy(np.array(image_idx_B, dtype=np.int64).reshape(-1))
         acts_BPD = torch.as_tensor(acts_BPD)
         if acts_BPD.ndim != 3 or acts_BPD.shape[0] != idx_B.shape[0]:
             raise ValueError(f"expected acts [B, P, D] with B={idx_B.shape[0]}, "

@@ -1,0 +1,344 @@
+"""Semantic-segmentation linear probe on cached patch tokens (saev contrib.semseg, from the cache).
+
+Reads only the activation store (train and val splits of ``probes.seg.cache``); no image is
+decoded for training or evaluation and no ViT block runs (the backbone is loaded for its
+final norm only). Outputs go to ``<results>/probes/seg/<model>/<dataset>/``.
+
+Input
+    ``final_norm(output of block layer)`` at the patch tokens, float32 ([P, D] per image).
+    One ``Linear(D, C)`` per sweep member, C = the store's class count incl. 0 = "other".
+
+Training data (train split)
+    Every patch token with its ``patch_label`` (majority pixel label of the patch), except:
+    patches labelled 0 ("other"/unlabelled) unless ``train_on_other``, and patches whose
+    ``patch_purity`` (fraction of the patch's pixels carrying its majority label) is below
+    ``min_purity`` (default 0.5), and bad images. Excluded patches get IGNORE_LABEL and are
+    dropped from the stream. Each epoch reads the store once for the whole sweep (all
+    members train on the same batches, :func:`pipeline.probes.linear.fit_sweep`): chunks in a
+    random order seeded ``seed + epoch``, rows mixed in a ``shuffle_buffer``-row buffer.
+
+Evaluation (val split, every member, one read of the store)
+    - patch level: argmax of the patch logits vs ``patch_label``;
+    - pixel level: logits ``[B, P, C]`` → ``[B, C, rows, cols]`` → bilinear upsampling
+      (``F.interpolate``, ``align_corners=False``) to the cropped mask size → argmax vs
+      ``pixel_label`` (the centre-cropped mask the image was cut to).
+    Predictions are the argmax over the real classes 1 … C-1 (class 0 is never predicted)
+    unless ``train_on_other``, when all C classes compete.
+
+Metrics (ADE20K protocol, as mmseg with ``reduce_zero_label``): pixels/patches whose TRUE
+label is 0 are ignored (``metrics.confusion_matrix(..., ignore=0)``) for mIoU and accuracy;
+mIoU averages IoU over classes 1 … C-1 present in the val ground truth
+(``metrics.mean_iou``); accuracy is the fraction of non-ignored pixels predicted right
+(``metrics.pixel_accuracy``). The best member is the one with the highest val pixel-level
+mIoU (ties: the first in the sweep).
+
+Outputs: ``sweep.csv`` (one row per member: lr, weight decay, train loss, patch- and
+pixel-level mIoU / accuracy / mean class accuracy, ``random_weights``), ``best.safetensors``
++ ``best.json`` (hyper-parameters, metrics, the stores and their config hashes, layer,
+class names, random_weights, device), ``per_class_iou.csv`` (best member, pixel level),
+``sweep.{html,png,svg}``, ``per_class_iou.{html,png,svg}`` and ``examples.png`` (val
+images | truth | prediction; the images themselves are read from the dataset only for the
+picture, with the store's preprocessing geometry).
+
+Dimension key: M members, N rows, B images in a chunk, P patches, D width, C classes,
+H/W mask pixels.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import pipeline
+from pipeline import metrics
+from pipeline.config import Config, ConfigError, to_jsonable
+from pipeline.probes import figures
+from pipeline.probes.features import (
+    FinalNorm,
+    ProbeStores,
+    check_label_range,
+    default_out_dir,
+    open_probe_stores,
+    patch_chunks,
+    patch_train_epochs,
+    seg_train_labels,
+    store_record,
+)
+from pipeline.probes.linear import (
+    ProbeSweep,
+    ProbeTrainConfig,
+    best_member,
+    fit_sweep,
+    member_grid,
+    member_state,
+    save_probe,
+    sweep_table,
+)
+from pipeline.runtime import describe_device, resolve_device, set_threads
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OUTPUT_FILES", "PROTOCOL", "SegEvaluation", "evaluate_seg", "run_seg_probe", "seg_metrics", "upsampled_predictions"]
+
+PROTOCOL = (
+    "ADE20K (mmseg reduce_zero_label): true label 0 ignored; mIoU over classes 1..C-1 present in the val ground "
+    "truth; pixel level = bilinear upsampling (align_corners=False) of patch logits to the cropped mask"
+)
+OUTPUT_FILES = (
+    "sweep.csv", "best.safetensors", "best.json", "per_class_iou.csv",
+    "sweep.html", "sweep.png", "sweep.svg",
+    "per_class_iou.html", "per_class_iou.png", "per_class_iou.svg",
+    "examples.png",
+)
+# Bytes of upsampled float logits held at once during pixel-level evaluation.
+UPSAMPLE_BUDGET = 256 * 2**20
+
+
+@dataclass
+class SegEvaluation:
+    """Every member's val confusion matrices (int64 [M, C, C], truth 0 ignored) and figure material."""
+
+    patch_conf_MCC: np.ndarray
+    pixel_conf_MCC: np.ndarray
+    pixel_count_C: np.ndarray  # true val pixels per class (class 0 included, although ignored)
+    figure_images: np.ndarray  # store indices of the first valid val images
+    figure_true_KHW: np.ndarray
+    figure_pred_MKHW: np.ndarray
+
+
+def _predict(logits: torch.Tensor, train_on_other: bool) -> torch.Tensor:
+    """Argmax over the real classes 1 … C-1 (class 0 never predicted) unless train_on_other."""
+    return logits.argmax(dim=-1) if train_on_other else logits[..., 1:].argmax(dim=-1) + 1
+
+
+def upsampled_predictions(logits_MBPC: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], train_on_other: bool) -> np.ndarray:
+    """Pixel predictions ``int64 [M, B, H, W]``: bilinear upsampling of each patch-logit map, then argmax.
+
+    Works in slices so at most ``UPSAMPLE_BUDGET`` bytes of upsampled logits exist at once.
+    """
+    m, b, p, c = logits_MBPC.shape
+    offset = 0 if train_on_other else 1
+    maps = logits_MBPC[..., offset:]  # interpolation is per channel, so dropping class 0 first is exact
+    c_used = c - offset
+    maps = maps.permute(0, 1, 3, 2).reshape(m * b, c_used, *grid)
+    step = max(1, UPSAMPLE_BUDGET // (c_used * size[0] * size[1] * 4))
+    out = []
+    for s in range(0, m * b, step):
+        up = F.interpolate(maps[s : s + step], size=size, mode="bilinear", align_corners=False)
+        out.append((up.argmax(dim=1) + offset).to(torch.int16 if c < 2**15 else torch.int64).cpu())
+    return torch.cat(out).view(m, b, *size).numpy().astype(np.int64)
+
+
+def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool, n_figure: int = 0) -> SegEvaluation:
+    """Patch- and pixel-level confusion matrices of every member on the val split (one pass over it)."""
+    val, c, m = stores.val, stores.n_classes, sweep.n_members
+    patch_conf = np.zeros((m, c, c), dtype=np.int64)
+    pixel_conf = np.zeros((m, c, c), dtype=np.int64)
+    pixel_count = np.zeros(c, dtype=np.int64)
+    patch_label_NP = val.labels("patch_label").astype(np.int64)
+    check_label_range(val, "patch_label", patch_label_NP[val.valid], np.flatnonzero(val.valid))
+    fig_images, fig_true, fig_pred = [], [], []
+    for image_B, x_BPD in patch_chunks(val, stores.layer, norm):
+        b, p, d = x_BPD.shape
+        pixel_BHW = val.pixel_labels(int(image_B[0]), int(image_B[-1]) + 1)[image_B - image_B[0]].astype(np.int64)
+        check_label_range(val, "pixel_label", pixel_BHW, image_B)
+        with torch.no_grad():
+            logits_MBPC = sweep(x_BPD.reshape(b * p, d)).reshape(m, b, p, c)
+            patch_pred_MBP = _predict(logits_MBPC, train_on_other).cpu().numpy()
+            pixel_pred_MBHW = upsampled_predictions(logits_MBPC, val.grid, pixel_BHW.shape[1:], train_on_other)
+        truth_BP = patch_label_NP[image_B]
+        for k in range(m):
+            patch_conf[k] += metrics.confusion_matrix(truth_BP, patch_pred_MBP[k], c, ignore=0)
+            pixel_conf[k] += metrics.confusion_matrix(pixel_BHW, pixel_pred_MBHW[k], c, ignore=0)
+        pixel_count += np.bincount(pixel_BHW.reshape(-1), minlength=c)
+        take = max(0, n_figure - sum(len(i) for i in fig_images))
+        if take:
+            fig_images.append(image_B[:take])
+            fig_true.append(pixel_BHW[:take])
+            fig_pred.append(pixel_pred_MBHW[:, :take])
+    h, w = val.group["pixel_label"].shape[1:]
+    return SegEvaluation(
+        patch_conf_MCC=patch_conf,
+        pixel_conf_MCC=pixel_conf,
+        pixel_count_C=pixel_count,
+        figure_images=np.concatenate(fig_images) if fig_images else np.zeros(0, dtype=np.int64),
+        figure_true_KHW=np.concatenate(fig_true) if fig_true else np.zeros((0, h, w), dtype=np.int64),
+        figure_pred_MKHW=np.concatenate(fig_pred, axis=1) if fig_pred else np.zeros((m, 0, h, w), dtype=np.int64),
+    )
+
+
+def seg_metrics(patch_conf: np.ndarray, pixel_conf: np.ndarray) -> dict[str, float]:
+    """One member's metrics from its confusion matrices (truth 0 already ignored in them)."""
+    out = {}
+    for level, conf in (("patch", patch_conf), ("pixel", pixel_conf)):
+        acc_C = metrics.per_class_accuracy(conf)[1:]
+        out[f"{level}_miou"] = metrics.mean_iou(conf)
+        out[f"{level}_acc"] = metrics.pixel_accuracy(conf, exclude=(0,))
+        out[f"{level}_mean_class_acc"] = float(np.nanmean(acc_C)) if np.isfinite(acc_C).any() else float("nan")
+    return out
+
+
+def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarray]:
+    """The val images as uint8 [crop, crop, 3], read from the dataset with the store's geometry.
+
+    Only for the figure. If the dataset cannot be read, a grey placeholder stands in.
+    """
+    from pipeline.data import Preprocess, crop_geometry, load_rgb, load_split
+
+    attrs = stores.val.attrs
+    crop = int(attrs["image_size"])
+    try:
+        pre = Preprocess(**attrs["preprocess"])
+        data = load_split(attrs["dataset_kind"], Path(attrs["dataset_root"]), attrs["config"]["dataset"]["split"])
+        by_id = {s.id: s.image for s in data.samples}
+    except Exception as err:  # noqa: BLE001 - only a picture: say so and go on
+        log.warning("examples.png: cannot list the dataset (%s); drawing placeholders", err)
+        by_id, pre = {}, None
+    ids = stores.val.image_ids
+    out = []
+    for i in image_idx:
+        path = by_id.get(str(ids[i]))
+        try:
+            img = load_rgb(path)
+            geo = crop_geometry(img.width, img.height, pre)
+            img = img.resize((geo.resized_W, geo.resized_H), resample=Image.Resampling.BICUBIC)
+            out.append(np.asarray(img.crop((geo.left, geo.top, geo.left + crop, geo.top + crop)), dtype=np.uint8))
+        except Exception as err:  # noqa: BLE001
+            if path is not None:
+                log.warning("examples.png: cannot read %s (%s); drawing a placeholder", path, err)
+            out.append(np.full((crop, crop, 3), 160, dtype=np.uint8))
+    return out
+
+
+def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True) -> dict:
+    """Train the sweep on the train split, evaluate on val, write the outputs; return a summary."""
+    pc = cfg.seg_probe
+    if pc is None:
+        raise ConfigError(f"{cfg.source}: key probes/seg: missing; the seg probe needs it (cache, layer, sweep)")
+    threads = set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task="segmentation", n_classes=pc.n_classes, key="probes/seg")
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg, "seg", pc.cache)
+    y_NP = seg_train_labels(stores.train, min_purity=pc.min_purity, train_on_other=pc.train_on_other)
+    norm = FinalNorm(cfg, stores, device)
+    members = member_grid(pc.lrs, pc.weight_decays)
+    train_cfg = ProbeTrainConfig(epochs=pc.epochs, batch_size=pc.batch_size, seed=pc.seed)
+    epochs = patch_train_epochs(
+        stores.train, pc.layer, y_NP, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=pc.seed
+    )
+    n_train = int((y_NP != -1).sum())
+    log.info("seg probe: %d members, %d training patches, %d epochs, device %s", len(members), n_train, pc.epochs, device)
+
+    t0 = time.perf_counter()
+    sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=stores.n_classes, members=members, cfg=train_cfg, device=device, progress=progress)
+    t1 = time.perf_counter()
+    ev = evaluate_seg(sweep, stores, norm, train_on_other=pc.train_on_other, n_figure=pc.n_figure_images)
+    t2 = time.perf_counter()
+
+    rows = []
+    for k in range(len(members)):
+        row = {"train_loss": float(sweep.train_loss_M[k])}
+        row.update(seg_metrics(ev.patch_conf_MCC[k], ev.pixel_conf_MCC[k]))
+        rows.append(row)
+    table = sweep_table(members, rows)
+    table["random_weights"] = stores.random_weights
+    best = best_member(table, "pixel_miou")
+    table["best"] = table["member"] == best
+    best_row = table.loc[table["member"] == best].iloc[0]
+    best_metrics = {k: float(best_row[k]) for k in rows[0]}
+    device_name = describe_device(device)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "sweep.csv", index=False)
+
+    conf = ev.pixel_conf_MCC[best]
+    names = stores.class_names
+    iou_C = metrics.iou_per_class(conf)
+    per_class = pd.DataFrame(
+        {
+            "class_id": np.arange(stores.n_classes),
+            "class_name": list(names),
+            "iou": iou_C,
+            "n_pixels": ev.pixel_count_C,
+            "in_miou": (np.arange(stores.n_classes) != 0) & (conf.sum(axis=1) > 0),
+            "random_weights": stores.random_weights,
+        }
+    )
+    per_class.loc[0, "iou"] = np.nan  # class 0 is ignored (ADE20K protocol), never scored
+    per_class.to_csv(out_dir / "per_class_iou.csv", index=False)
+
+    member = members[best]
+    meta = {
+        "probe": "seg",
+        "member": {"index": best, "lr": member.lr, "weight_decay": member.weight_decay},
+        "metrics": best_metrics,
+        "selected_by": "val pixel_miou",
+        "protocol": PROTOCOL,
+        "input": f"final_norm(output of block {stores.block}) at the patch tokens, float32",
+        "layer": pc.layer,
+        "block": stores.block,
+        "n_classes": stores.n_classes,
+        "class_names": list(names),
+        "random_weights": stores.random_weights,
+        "model": {k: norm.provenance.get(k) for k in ("family", "source", "revision", "weights_sha256", "random_weights")} | {"name": pc.cache.model},
+        "dataset": pc.cache.dataset,
+        "stores": {"train": store_record(stores.train), "val": store_record(stores.val)},
+        "probe_config": to_jsonable(pc),
+        "n_train_patches": n_train,
+        "n_val_images": int(stores.val.valid.sum()),
+        "device": device_name,
+        "threads": threads,
+        "seconds": {"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
+        "package_version": pipeline.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_probe(out_dir / "best", member_state(sweep, best), meta)
+
+    figures.sweep_chart(
+        table, out_dir / "sweep", metric="pixel_miou",
+        metric_title=f"val mIoU, pixel level ({pc.cache.model} on {pc.cache.dataset}, block {stores.block})",
+        random_weights=stores.random_weights,
+    )
+    figures.per_class_chart(
+        per_class, out_dir / "per_class_iou", value="iou",
+        title=f"Val IoU per class, best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
+        random_weights=stores.random_weights, value_title="IoU, pixel level (%)",
+    )
+    _examples(stores, ev, best, out_dir / "examples.png", title=f"Linear probe, {pc.cache.model} block {stores.block} on {pc.cache.dataset} val")
+    t3 = time.perf_counter()
+
+    return {
+        "probe": "seg",
+        "out": str(out_dir),
+        "best": meta["member"],
+        "metrics": best_metrics,
+        "n_members": len(members),
+        "random_weights": stores.random_weights,
+        "device": device_name,
+        "threads": threads,
+        "seconds": {**meta["seconds"], "outputs": round(t3 - t2, 2)},
+    }
+
+
+def _examples(stores: ProbeStores, ev: SegEvaluation, best: int, path: Path, *, title: str) -> None:
+    if len(ev.figure_images) == 0:
+        # n_figure_images: 0 still writes the declared file: a note instead of images.
+        img = np.full((32, 32, 3), 255, dtype=np.uint8)
+        figures.segmentation_figure([img], [np.zeros((32, 32), np.int64)], [np.zeros((32, 32), np.int64)], stores.class_names, path,
+                                    random_weights=stores.random_weights, title=title + " (n_figure_images: 0)")
+        return
+    images = _example_images(stores, ev.figure_images)
+    figures.segmentation_figure(
+        images, list(ev.figure_true_KHW), list(ev.figure_pred_MKHW[best]), stores.class_names, path,
+        random_weights=stores.random_weights, title=title,
+    )
+
