@@ -22,6 +22,8 @@ STEPS = {
     "extract": "pipeline.commands.extract",
     "finalize": "pipeline.commands.extract",
     "prepare": "pipeline.prepare",
+    "probe-seg": "pipeline.commands.probe",
+    "probe-cls": "pipeline.commands.probe",
 }
 
 

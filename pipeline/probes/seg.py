@@ -305,12 +305,12 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
 
     figures.sweep_chart(
         table, out_dir / "sweep", metric="pixel_miou",
-        metric_title=f"val mIoU, pixel level ({pc.cache.model} on {pc.cache.dataset}, block {stores.block})",
+        metric_title=f"val mIoU, pixel level (block {stores.block})",
         random_weights=stores.random_weights,
     )
     figures.per_class_chart(
-        per_class, out_dir / "per_class_iou", value="iou",
-        title=f"Val IoU per class, best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
+        per_class.iloc[1:], out_dir / "per_class_iou", value="iou",  # class 0 is ignored, not scored
+        title=f"Val IoU per class (0 = other ignored), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
         random_weights=stores.random_weights, value_title="IoU, pixel level (%)",
     )
     _examples(stores, ev, best, out_dir / "examples.png", title=f"Linear probe, {pc.cache.model} block {stores.block} on {pc.cache.dataset} val")

@@ -58,3 +58,48 @@ def cache_targets():
 
 def all_targets(wildcards):
     return cache_targets()
+
+
+# ---- probes (linear probes fitted on the cache; rules in probe.smk)
+PROBE_SEG_FILES = (
+    "best.json", "best.safetensors", "sweep.csv", "per_class_iou.csv", "examples.png",
+    "sweep.html", "sweep.png", "sweep.svg", "per_class_iou.html", "per_class_iou.png", "per_class_iou.svg",
+)
+PROBE_CLS_FILES = (
+    "best.json", "best.safetensors", "sweep.csv", "per_class_accuracy.csv",
+    "sweep.html", "sweep.png", "sweep.svg", "confusion.html", "confusion.png", "confusion.svg",
+)
+
+
+def probe_dir(kind, section):
+    """``<results>/probes/<kind>/<model>/<dataset>`` of a probe config section."""
+    return f"{RESULTS}/probes/{kind}/{section.cache.model}/{section.cache.dataset}"
+
+
+def probe_outputs(kind):
+    section, files = (CFG.seg_probe, PROBE_SEG_FILES) if kind == "seg" else (CFG.cls_probe, PROBE_CLS_FILES)
+    return [] if section is None else [f"{probe_dir(kind, section)}/{name}" for name in files]
+
+
+def probe_inputs(kind):
+    """Input function: the finalized train and val stores (+ the demo model, whose final norm is loaded)."""
+    section = CFG.seg_probe if kind == "seg" else CFG.cls_probe
+
+    def inputs(wildcards):
+        found = {split: store_complete(section.cache, split) for split in SPLITS}
+        if section.cache.model in DEMO_MODELS:
+            found["model"] = f"{RES}/models/{section.cache.model}/.complete"
+        return found
+
+    return inputs
+
+
+def probe_targets():
+    return probe_outputs("seg") + probe_outputs("cls")
+
+
+_all_targets_before_probes = all_targets
+
+
+def all_targets(wildcards):
+    return _all_targets_before_probes(wildcards) + probe_targets()

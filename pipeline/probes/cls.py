@@ -1,0 +1,178 @@
+"""Image-classification linear probe on cached CLS tokens (saev contrib.classification, from the cache).
+
+Reads only the activation store (train and val splits of ``probes.cls.cache``); no image is
+decoded and no ViT block runs (the backbone is loaded for its final norm only). Outputs go
+to ``<results>/probes/cls/<model>/<dataset>/``.
+
+Input
+    ``final_norm(CLS token of block layer's output)``, float32 [D] per image. For CLIP the
+    final norm is ``post_layernorm``, so at the last block this is HF's ``pooler_output``.
+    All CLS rows fit in memory: each split is read once; every epoch is a fresh permutation
+    (seeded ``seed + epoch``) of the train rows, shared by every sweep member (``fit_sweep``).
+
+Evaluation (val split, every member at once)
+    Top-1 and top-5 accuracy (``metrics.topk_accuracy``; with fewer than 5 classes "top-5"
+    is top-C, i.e. 1.0 — ``top_k`` in best.json says which k was used), mean per-class
+    accuracy and the confusion matrix (``metrics.confusion_matrix``; rows: truth). The best
+    member has the highest val top-1 accuracy (ties: the first in the sweep).
+
+Outputs: ``sweep.csv`` (one row per member), ``best.safetensors`` + ``best.json``,
+``per_class_accuracy.csv``, ``sweep.{html,png,svg}`` (top-1 vs lr, one line per weight
+decay) and ``confusion.{html,png,svg}`` (best member). Every table and figure says when the
+model weights are random.
+
+Dimension key: M members, N images, D width, C classes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import pipeline
+from pipeline import metrics
+from pipeline.config import Config, ConfigError, to_jsonable
+from pipeline.probes import figures
+from pipeline.probes.features import FinalNorm, cls_rows, default_out_dir, in_memory_epochs, open_probe_stores, store_record
+from pipeline.probes.linear import ProbeSweep, ProbeTrainConfig, best_member, fit_sweep, member_grid, member_state, save_probe, sweep_table
+from pipeline.runtime import describe_device, resolve_device, set_threads
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OUTPUT_FILES", "cls_metrics", "run_cls_probe", "sweep_logits"]
+
+OUTPUT_FILES = (
+    "sweep.csv", "best.safetensors", "best.json", "per_class_accuracy.csv",
+    "sweep.html", "sweep.png", "sweep.svg",
+    "confusion.html", "confusion.png", "confusion.svg",
+)
+
+
+def sweep_logits(sweep: ProbeSweep, x_ND: torch.Tensor, *, rows: int = 8192) -> np.ndarray:
+    """Every member's logits ``float32 [M, N, C]`` on the CPU, computed ``rows`` at a time."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(x_ND), rows):
+            out.append(sweep(x_ND[s : s + rows]).float().cpu())
+    return torch.cat(out, dim=1).numpy()
+
+
+def cls_metrics(logits_NC: np.ndarray, y_N: np.ndarray, n_classes: int) -> tuple[dict[str, float], np.ndarray]:
+    """Top-1 / top-5 / mean per-class accuracy and the confusion matrix of one member."""
+    conf = metrics.confusion_matrix(y_N, logits_NC.argmax(axis=1), n_classes)
+    acc_C = metrics.per_class_accuracy(conf)
+    return (
+        {
+            "top1_acc": metrics.topk_accuracy(logits_NC, y_N, 1),
+            "top5_acc": metrics.topk_accuracy(logits_NC, y_N, min(5, n_classes)),
+            "mean_class_acc": float(np.nanmean(acc_C)) if np.isfinite(acc_C).any() else float("nan"),
+        },
+        conf,
+    )
+
+
+def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True) -> dict:
+    """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a summary."""
+    pc = cfg.cls_probe
+    if pc is None:
+        raise ConfigError(f"{cfg.source}: key probes/cls: missing; the cls probe needs it (cache, layer, sweep)")
+    threads = set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task="classification", n_classes=pc.n_classes, key="probes/cls")
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg, "cls", pc.cache)
+    norm = FinalNorm(cfg, stores, device)
+    c = stores.n_classes
+    x_train, y_train, _ = cls_rows(stores.train, pc.layer, norm)
+    x_val, y_val, _ = cls_rows(stores.val, pc.layer, norm)
+    members = member_grid(pc.lrs, pc.weight_decays)
+    train_cfg = ProbeTrainConfig(epochs=pc.epochs, batch_size=pc.batch_size, seed=pc.seed)
+    log.info("cls probe: %d members, %d train / %d val images, %d epochs, device %s", len(members), len(y_train), len(y_val), pc.epochs, device)
+
+    t0 = time.perf_counter()
+    epochs = in_memory_epochs(x_train, y_train, batch_size=pc.batch_size, seed=pc.seed)
+    sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=c, members=members, cfg=train_cfg, device=device, progress=progress)
+    t1 = time.perf_counter()
+    logits_MNC = sweep_logits(sweep, x_val)
+    rows, confs = [], []
+    for k in range(len(members)):
+        row, conf = cls_metrics(logits_MNC[k], y_val, c)
+        rows.append({"train_loss": float(sweep.train_loss_M[k]), **row})
+        confs.append(conf)
+    t2 = time.perf_counter()
+
+    table = sweep_table(members, rows)
+    table["random_weights"] = stores.random_weights
+    best = best_member(table, "top1_acc")
+    table["best"] = table["member"] == best
+    best_metrics = {k: float(v) for k, v in rows[best].items()}
+    device_name = describe_device(device)
+    names = stores.class_names
+    conf = confs[best]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "sweep.csv", index=False)
+    pd.DataFrame(
+        {
+            "class_id": np.arange(c),
+            "class_name": list(names),
+            "accuracy": metrics.per_class_accuracy(conf),
+            "n_images": conf.sum(axis=1),
+            "random_weights": stores.random_weights,
+        }
+    ).to_csv(out_dir / "per_class_accuracy.csv", index=False)
+
+    member = members[best]
+    meta = {
+        "probe": "cls",
+        "member": {"index": best, "lr": member.lr, "weight_decay": member.weight_decay},
+        "metrics": best_metrics,
+        "top_k": min(5, c),
+        "selected_by": "val top1_acc",
+        "input": f"final_norm(CLS token of block {stores.block}'s output), float32",
+        "layer": pc.layer,
+        "block": stores.block,
+        "n_classes": c,
+        "class_names": list(names),
+        "confusion": conf,
+        "random_weights": stores.random_weights,
+        "model": {k: norm.provenance.get(k) for k in ("family", "source", "revision", "weights_sha256", "random_weights")} | {"name": pc.cache.model},
+        "dataset": pc.cache.dataset,
+        "stores": {"train": store_record(stores.train), "val": store_record(stores.val)},
+        "probe_config": to_jsonable(pc),
+        "n_train_images": len(y_train),
+        "n_val_images": len(y_val),
+        "device": device_name,
+        "threads": threads,
+        "seconds": {"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
+        "package_version": pipeline.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_probe(out_dir / "best", member_state(sweep, best), meta)
+    figures.sweep_chart(
+        table, out_dir / "sweep", metric="top1_acc",
+        metric_title=f"val top-1 accuracy (block {stores.block})",
+        random_weights=stores.random_weights,
+    )
+    figures.confusion_chart(
+        conf, names, out_dir / "confusion", random_weights=stores.random_weights,
+        title=f"Val confusion, best probe (lr {member.lr:g}, wd {member.weight_decay:g}); top-1 {best_metrics['top1_acc']:.1%}",
+    )
+    t3 = time.perf_counter()
+    return {
+        "probe": "cls",
+        "out": str(out_dir),
+        "best": meta["member"],
+        "metrics": best_metrics,
+        "chance": 1.0 / c,
+        "n_members": len(members),
+        "random_weights": stores.random_weights,
+        "device": device_name,
+        "threads": threads,
+        "seconds": {**meta["seconds"], "outputs": round(t3 - t2, 2)},
+    }
