@@ -22,6 +22,10 @@ STEPS = {
     "extract": "pipeline.commands.extract",
     "finalize": "pipeline.commands.extract",
     "prepare": "pipeline.prepare",
+    "stats": "pipeline.commands.sae",
+    "sae-train": "pipeline.commands.sae",
+    "sae-latents": "pipeline.commands.sae",
+    "sae-gallery": "pipeline.commands.sae",
     "probe-seg": "pipeline.commands.probe",
     "probe-cls": "pipeline.commands.probe",
 }

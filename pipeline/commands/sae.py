@@ -1,0 +1,66 @@
+"""``stats``, ``sae-train``, ``sae-latents`` and ``sae-gallery`` steps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.commands import add_config_arg, config_from_args
+from pipeline.config import SPLITS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("stats", help="activation statistics of one store (dask, out-of-core) → <results>/stats/<model>/<dataset>/<split>.json")
+    add_config_arg(s)
+    s.add_argument("--model", required=True, help="a name under `models` in the config")
+    s.add_argument("--dataset", required=True, help="a name under `datasets` in the config")
+    s.add_argument("--split", required=True, choices=SPLITS)
+    s.add_argument("--scheduler", help="address of a dask distributed scheduler (tcp://host:8786) to compute on; "
+                                       "default: local threads (config `threads`)")
+    s.add_argument("--out", type=Path, help="output JSON (default: <results>/stats/<model>/<dataset>/<split>.json)")
+    s.set_defaults(func=run_stats)
+
+    for step, what, func in (
+        ("sae-train", "train the SAE sweep (config: sae) from the cache; choose the member used downstream", run_train),
+        ("sae-latents", "latent statistics of the chosen SAE over the train store's patch tokens", run_latents),
+        ("sae-gallery", "static HTML gallery of selected latents with their top images", run_gallery),
+    ):
+        p = sub.add_parser(step, help=what)
+        add_config_arg(p)
+        p.add_argument("--out", type=Path, help="the SAE folder (default: <results>/sae/<model>/<dataset>/layer<L>)")
+        if step != "sae-gallery":
+            p.add_argument("--device", help="override the config's device (cpu, cuda, auto)")
+            p.add_argument("--no-progress", action="store_true")
+        p.set_defaults(func=func)
+
+
+def run_stats(args: argparse.Namespace) -> dict:
+    from pipeline.stats import run_stats as stats
+
+    cfg = config_from_args(args)
+    try:
+        return stats(cfg, args.model, args.dataset, args.split, scheduler=args.scheduler, out=args.out)
+    except RuntimeError as err:  # --scheduler without the distributed package: one clear line
+        if args.scheduler and "distributed" in str(err):
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    from pipeline.sae.stages import run_train as train
+
+    return train(config_from_args(args), out_dir=args.out, progress=not args.no_progress, device=args.device)
+
+
+def run_latents(args: argparse.Namespace) -> dict:
+    from pipeline.sae.stages import run_latents as latents
+
+    return latents(config_from_args(args), out_dir=args.out, progress=not args.no_progress, device=args.device)
+
+
+def run_gallery(args: argparse.Namespace) -> dict:
+    from pipeline.sae.stages import run_gallery as gallery
+
+    return gallery(config_from_args(args), out_dir=args.out)

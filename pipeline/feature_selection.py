@@ -1,0 +1,89 @@
+"""Which SAE latent goes with which class: F1 of "latent fires" vs "patch has class c" on TRAIN.
+
+Dimension key: N patch tokens, S latents, C classes, Θ thresholds.
+
+For every threshold t, class c and latent s::
+
+    F1[c, s, t] = 2·TP / (#fires + #labelled c),   TP = #patches labelled c where f_s > t
+
+computed in one streaming pass over the train store's patch tokens (``index_add`` of the
+firing matrix by patch label: cost N·S per threshold, no N·S·C product). Patches labelled 0
+("other") are negatives for every class. The auto-feature method picks, per class, the
+latent with the best F1 over thresholds among latents that fire on at most
+``max_firing_fraction`` of train patches. saev picked on the validation split it then
+evaluated on; we select on train and evaluate on validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from pipeline.cache import CacheReader
+from pipeline.sae import InputScaling, SparseAutoencoder
+
+
+@torch.no_grad()
+def class_latent_f1(
+    reader: CacheReader,
+    layer: int,
+    sae: SparseAutoencoder,
+    scaling: InputScaling,
+    thresholds: tuple[float, ...],
+    *,
+    device: torch.device | str = "cpu",
+) -> xr.Dataset:
+    """F1[class, latent, threshold] and firing frequencies over the store's patch tokens."""
+    labels_NP = reader.labels("patch_label")
+    n_classes, n_latents = reader.n_classes, sae.W_enc.shape[1]
+    theta = torch.tensor(thresholds, dtype=torch.float32, device=device)
+    tp_CSθ = torch.zeros(n_classes, n_latents, len(thresholds), dtype=torch.float64, device=device)
+    fires_Sθ = torch.zeros(n_latents, len(thresholds), dtype=torch.float64, device=device)
+    n_labelled_C = torch.zeros(n_classes, dtype=torch.float64, device=device)
+    sae = sae.to(device)
+    for image_B, acts_BPD in reader.iter_chunks(layer, tokens="patches"):
+        b, p, d = acts_BPD.shape
+        x = scaling.apply(torch.from_numpy(acts_BPD.reshape(b * p, d)).to(device, torch.float32))
+        f_NS = sae.encode(x)
+        y_N = torch.from_numpy(labels_NP[image_B].reshape(-1).astype(np.int64)).to(device)
+        n_labelled_C += torch.bincount(y_N, minlength=n_classes).double()
+        for k in range(len(thresholds)):
+            fire_NS = (f_NS > theta[k]).double()
+            fires_Sθ[:, k] += fire_NS.sum(0)
+            tp_CSθ[:, :, k].index_add_(0, y_N, fire_NS)
+    f1 = (2 * tp_CSθ / (fires_Sθ[None] + n_labelled_C[:, None, None]).clamp_min(1)).float().cpu().numpy()
+    n_tokens = float(n_labelled_C.sum())
+    return xr.Dataset(
+        {
+            "f1": (("class", "latent", "threshold"), f1),
+            "fire_freq": (("latent", "threshold"), (fires_Sθ / max(n_tokens, 1)).float().cpu().numpy()),
+            "n_labelled": (("class",), n_labelled_C.cpu().numpy().astype(np.int64)),
+        },
+        coords={"class": np.arange(n_classes), "latent": np.arange(n_latents), "threshold": np.asarray(thresholds, np.float32)},
+        attrs={"class_names": list(reader.class_names), "n_tokens": int(n_tokens), "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"]},
+    )
+
+
+def save_f1(ds: xr.Dataset, path: Path) -> None:
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+
+
+def load_f1(path: Path) -> xr.Dataset:
+    return xr.open_zarr(path, zarr_format=3, consolidated=False).load()
+
+
+def allowed_latents(freq_S: np.ndarray, max_firing_fraction: float) -> np.ndarray:
+    """Latents that fire at all and on at most ``max_firing_fraction`` of train patches."""
+    return (freq_S > 0) & (freq_S <= max_firing_fraction)
+
+
+def ranked_latents(f1: xr.Dataset, class_id: int, allowed_S: np.ndarray, n: int) -> list[tuple[int, float, float]]:
+    """Top ``n`` ``(latent, threshold, F1)`` for a class by best F1 over thresholds."""
+    table = f1["f1"].sel({"class": class_id}).values  # [S, Θ]
+    best_S = np.where(allowed_S, table.max(1), -np.inf)
+    best_t = f1["threshold"].values[table.argmax(1)]
+    order = np.argsort(-best_S, kind="stable")[:n]
+    return [(int(s), float(best_t[s]), float(best_S[s])) for s in order if np.isfinite(best_S[s])]

@@ -1,0 +1,316 @@
+"""Quantify SAE feature interventions: per-class change tables and ``results/quantitative.csv``.
+
+Reads the VAL store's block-``l`` output, the chosen SAE (``sae.pt`` + its input scaling),
+its latent statistics on train (max observed value per latent, firing frequency), the
+class–latent F1 table on train, and the best segmentation probe. Writes, per method,
+``<out>/<method>.csv`` (one row per class), the summary ``quantitative.csv`` (one row per
+method) and a chart.
+
+Dimension key: N val images, B images in a chunk, T tokens, P patches, D width, C classes,
+E edits (method × class jobs), G edits stacked into one re-forward.
+
+Baseline predictions come from the same re-forward path as the edits (cached block-l acts →
+blocks l+1…N−1 → final norm → probe → argmax over real classes), computed once and reused
+for every method. Each edit is applied to every patch token of every val image.
+
+For class c (each class the baseline predicts at least once; class = original prediction,
+as in saev), over all val patches:
+
+- ``target_lost``   original-c patches now not c
+- ``target_kept``   original-c patches still c
+- ``other_gained``  original-not-c patches now c
+- ``other_changed`` original-not-c patches whose prediction changed at all
+- target change rate = 100 · lost / (lost + kept);  other change rate = 100 · changed / #original-not-c
+
+Summaries report, in PERCENT, both the macro mean over classes (with its std) and the pooled
+ratio (Σ lost / Σ original-c). saev's quantify printed the pooled ratio as a fraction and
+called it a mean percentage; we report both, named for what they are.
+
+Random-vector norm: |scale| · median over live latents of the max observed f_i, divided by
+the SAE input scalar. That is the model-space norm of a typical feature edit on a patch where
+the feature is off (decoder rows have unit norm in the SAE's input space).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.cache import CacheReader
+from pipeline.config import ConfigError, QuantifyConfig
+from pipeline.feature_selection import allowed_latents, ranked_latents
+from pipeline.interventions import Edit, LatentEditor, ReforwardPredictor
+from pipeline.plots import CATEGORICAL_SCHEME, save_chart, title_with_note
+
+METHODS = ("random_vector", "random_feature", "auto_feature", "manual_feature")
+TOP_INTO = 3
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (method, class) intervention."""
+
+    method: str
+    class_id: int
+    edit: Edit
+    label: str  # latent ids ("12", "3+7") or "random vector"
+    note: str = ""
+
+
+# ---- counting --------------------------------------------------------------
+def change_counts(orig: np.ndarray | torch.Tensor, new: np.ndarray | torch.Tensor, class_id: int, n_classes: int) -> dict:
+    """The four counts and the 'changed into' histogram [C] for one class (any array shapes)."""
+    orig, new = torch.as_tensor(orig).reshape(-1), torch.as_tensor(new).reshape(-1)
+    is_c, now_c = orig == class_id, new == class_id
+    lost = is_c & ~now_c
+    return {
+        "target_lost": int(lost.sum()),
+        "target_kept": int((is_c & now_c).sum()),
+        "other_gained": int((~is_c & now_c).sum()),
+        "other_changed": int((~is_c & (new != orig)).sum()),
+        "n_target": int(is_c.sum()),
+        "n_other": int((~is_c).sum()),
+        "into": torch.bincount(new[lost].long(), minlength=n_classes).numpy(),
+    }
+
+
+def add_rates(row: dict) -> dict:
+    """Target and other change rates in percent (NaN when the denominator is 0)."""
+    row["target_change_rate_pct"] = 100.0 * row["target_lost"] / row["n_target"] if row["n_target"] else float("nan")
+    row["other_change_rate_pct"] = 100.0 * row["other_changed"] / row["n_other"] if row["n_other"] else float("nan")
+    return row
+
+
+def summarize(per_class: pd.DataFrame) -> dict:
+    """Macro mean / std over classes and pooled ratios, all in percent."""
+    rated = per_class.dropna(subset=["target_change_rate_pct"])
+    out = {"n_classes": int(len(rated))}
+    for kind, num, den in (("target", "target_lost", "n_target"), ("other", "other_changed", "n_other")):
+        rates = rated[f"{kind}_change_rate_pct"].to_numpy(float)
+        out[f"{kind}_change_rate_mean_pct"] = float(rates.mean()) if rates.size else float("nan")
+        out[f"{kind}_change_rate_std_pct"] = float(rates.std(ddof=1)) if rates.size > 1 else float("nan")
+        den_sum = rated[den].sum()
+        out[f"{kind}_change_rate_pooled_pct"] = float(100.0 * rated[num].sum() / den_sum) if den_sum else float("nan")
+    return out
+
+
+# ---- choosing edits ----------------------------------------------------------
+def resolve_manual(manual: dict[str, tuple[int, ...]], class_names: tuple[str, ...], n_latents: int, source: str) -> dict[int, tuple[int, ...]]:
+    """Config keys (class name or id) → class id; latents checked against S."""
+    out = {}
+    for key, latents in manual.items():
+        if key.isdigit():
+            class_id = int(key)
+            if not 0 < class_id < len(class_names):
+                raise ConfigError(f"{source}: key quantify/manual/{key}: class id {class_id} is not a real class (1..{len(class_names) - 1})")
+        elif key in class_names:
+            class_id = class_names.index(key)
+        else:
+            raise ConfigError(f"{source}: key quantify/manual/{key}: unknown class name {key!r}; classes: {', '.join(class_names[1:])}")
+        for latent in latents:
+            if not 0 <= latent < n_latents:
+                raise ConfigError(f"{source}: key quantify/manual/{key}: latent {latent} does not exist (the SAE has {n_latents} latents: 0..{n_latents - 1})")
+        out[class_id] = tuple(latents)
+    return out
+
+
+def make_jobs(
+    cfg: QuantifyConfig,
+    classes: list[int],
+    *,
+    max_value_S: np.ndarray,
+    freq_S: np.ndarray,
+    f1,
+    manual: dict[int, tuple[int, ...]],
+    scalar: float,
+    d_model: int,
+) -> tuple[list[Job], list[dict]]:
+    """The (method, class) edits, and the classes a method skips (with the reason)."""
+    jobs, skipped = [], []
+    live = np.flatnonzero(freq_S > 0)
+    if live.size == 0:
+        raise ValueError("the SAE has no latent that fires on the train split; nothing to intervene with")
+    value = lambda s: float(cfg.scale * max_value_S[s])  # noqa: E731
+    vector_norm = abs(cfg.scale) * float(np.median(max_value_S[live])) / scalar
+    allowed = allowed_latents(freq_S, cfg.max_firing_fraction)
+    for method in cfg.methods:
+        for c in classes:
+            rng = np.random.default_rng([cfg.seed, c, METHODS.index(method)])
+            if method == "random_vector":
+                u = rng.standard_normal(d_model)
+                jobs.append(Job(method, c, Edit(vector=(u / np.linalg.norm(u) * vector_norm).astype(np.float32)), "random vector", f"norm {vector_norm:.4g}"))
+            elif method == "random_feature":
+                s = int(rng.choice(live))
+                jobs.append(Job(method, c, Edit((s,), (value(s),)), str(s)))
+            elif method == "auto_feature":
+                best = ranked_latents(f1, c, allowed, 1)
+                if not best:
+                    skipped.append({"method": method, "class_id": c, "reason": "no allowed latent fires on this class"})
+                    continue
+                s, t, score = best[0]
+                jobs.append(Job(method, c, Edit((s,), (value(s),)), str(s), f"train F1 {score:.3f} at f>{t:g}"))
+            elif method == "manual_feature":
+                if c not in manual:
+                    skipped.append({"method": method, "class_id": c, "reason": "no latent named for this class in quantify.manual"})
+                    continue
+                lat = manual[c]
+                jobs.append(Job(method, c, Edit(lat, tuple(value(s) for s in lat)), "+".join(map(str, lat))))
+    return jobs, skipped
+
+
+# ---- the two passes over the val store -------------------------------------
+@torch.no_grad()
+def baseline_predictions(reader: CacheReader, layer: int, predictor: ReforwardPredictor, device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image indices [N], predictions [N, P]) through the re-forward path on the unedited cache."""
+    images, preds = [], []
+    for image_B, acts_BTD in reader.iter_chunks(layer, tokens="all"):
+        for s in range(0, len(image_B), batch_size):
+            acts = torch.from_numpy(acts_BTD[s : s + batch_size]).to(device, torch.float32)
+            preds.append(predictor.predict(acts).cpu())
+        images.append(image_B)
+    return np.concatenate(images), torch.cat(preds).numpy()
+
+
+@torch.no_grad()
+def edited_counts(
+    reader: CacheReader,
+    layer: int,
+    jobs: list[Job],
+    editor: LatentEditor,
+    predictor: ReforwardPredictor,
+    orig_NP: np.ndarray,
+    *,
+    device,
+    batch_size: int,
+    n_classes: int,
+    progress: bool = True,
+) -> list[dict]:
+    """Accumulate change counts per job over all val patches; edits are stacked G per re-forward."""
+    from tqdm import tqdm
+
+    totals = [None] * len(jobs)
+    row = 0
+    bar = tqdm(total=reader.valid.sum() * len(jobs), unit="edited img", disable=not progress, desc="quantify")
+    for image_B, acts_BTD in reader.iter_chunks(layer, tokens="all"):
+        for s in range(0, len(image_B), batch_size):
+            acts = torch.from_numpy(acts_BTD[s : s + batch_size]).to(device, torch.float32)
+            b = acts.shape[0]
+            orig = torch.from_numpy(orig_NP[row : row + b])
+            group = max(1, batch_size // b)  # G edits of this batch per forward: G·b ≈ batch_size images
+            for j0 in range(0, len(jobs), group):
+                chunk_jobs = jobs[j0 : j0 + group]
+                stacked = torch.cat([editor.apply(acts, job.edit) for job in chunk_jobs])  # [G·b, T, D]
+                new = predictor.predict(stacked).cpu().view(len(chunk_jobs), b, -1)
+                for g, job in enumerate(chunk_jobs):
+                    counts = change_counts(orig, new[g], job.class_id, n_classes)
+                    j = j0 + g
+                    totals[j] = counts if totals[j] is None else {k: totals[j][k] + v for k, v in counts.items()}
+                bar.update(b * len(chunk_jobs))
+            row += b
+    bar.close()
+    return totals
+
+
+# ---- tables and chart --------------------------------------------------------
+def per_class_table(jobs: list[Job], totals: list[dict], class_names: tuple[str, ...], skipped: list[dict], method: str) -> pd.DataFrame:
+    rows = []
+    for job, counts in zip(jobs, totals):
+        if job.method != method:
+            continue
+        into = counts["into"].copy()
+        row = {"class_id": job.class_id, "class_name": class_names[job.class_id], "latent": job.label, "status": "evaluated", "note": job.note}
+        row.update({k: counts[k] for k in ("n_target", "target_lost", "target_kept", "other_gained", "other_changed", "n_other")})
+        add_rates(row)
+        for rank in range(TOP_INTO):
+            top = int(into.argmax())
+            ok = into[top] > 0
+            row[f"into_{rank + 1}"] = class_names[top] if ok else ""
+            row[f"into_{rank + 1}_count"] = int(into[top]) if ok else 0
+            into[top] = 0
+        rows.append(row)
+    for skip in skipped:
+        if skip["method"] == method:
+            rows.append({"class_id": skip["class_id"], "class_name": class_names[skip["class_id"]], "latent": "", "status": "skipped", "note": skip["reason"]})
+    return pd.DataFrame(rows).sort_values("class_id", kind="stable").reset_index(drop=True)
+
+
+def change_chart(per_method: dict[str, pd.DataFrame], summary: pd.DataFrame, stem: Path, *, random_weights: bool) -> list[Path]:
+    """Target vs other change rate: per-class points behind, method mean ± std in front."""
+    points = pd.concat([df.assign(method=m) for m, df in per_method.items() if len(df)], ignore_index=True)
+    points = points[points["status"] == "evaluated"]
+    color = alt.Color("method:N", scale=alt.Scale(scheme=CATEGORICAL_SCHEME), title="method")
+    x = alt.X("other_change_rate_pct:Q", title="other-class patches changed (%)")
+    y = alt.Y("target_change_rate_pct:Q", title="target-class patches changed (%)", scale=alt.Scale(domain=[0, 100]))
+    behind = alt.Chart(points).mark_circle(size=30, opacity=0.35).encode(x, y, color, tooltip=["method", "class_name", "latent", "target_change_rate_pct", "other_change_rate_pct"])
+    s = summary.assign(
+        t_lo=summary.target_change_rate_mean_pct - summary.target_change_rate_std_pct.fillna(0),
+        t_hi=summary.target_change_rate_mean_pct + summary.target_change_rate_std_pct.fillna(0),
+        o_lo=summary.other_change_rate_mean_pct - summary.other_change_rate_std_pct.fillna(0),
+        o_hi=summary.other_change_rate_mean_pct + summary.other_change_rate_std_pct.fillna(0),
+    )
+    base = alt.Chart(s)
+    means = base.mark_point(size=160, filled=True, shape="diamond").encode(
+        alt.X("other_change_rate_mean_pct:Q"), alt.Y("target_change_rate_mean_pct:Q"), color, tooltip=list(summary.columns[:8])
+    )
+    ybars = base.mark_rule(strokeWidth=2).encode(alt.X("other_change_rate_mean_pct:Q"), alt.Y("t_lo:Q"), alt.Y2("t_hi:Q"), color)
+    xbars = base.mark_rule(strokeWidth=2).encode(alt.Y("target_change_rate_mean_pct:Q"), alt.X("o_lo:Q"), alt.X2("o_hi:Q"), color)
+    chart = (behind + ybars + xbars + means).properties(
+        width=420, height=360, title=title_with_note("SAE interventions: target vs other change rate (mean ± std over classes)", random_weights)
+    )
+    return save_chart(chart, stem)
+
+
+def write_outputs(out_dir: Path, summary_csv: Path, per_method: dict[str, pd.DataFrame], summary: pd.DataFrame, *, random_weights: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for method, df in per_method.items():
+        df.to_csv(out_dir / f"{method}.csv", index=False, float_format="%.4f")
+    change_chart(per_method, summary, out_dir / "chart", random_weights=random_weights)
+    summary.to_csv(summary_csv, index=False, float_format="%.4f")  # last: the workflow's target
+
+
+def run(
+    *,
+    val: CacheReader,
+    layer: int,
+    editor: LatentEditor,
+    predictor: ReforwardPredictor,
+    cfg: QuantifyConfig,
+    max_value_S: np.ndarray,
+    freq_S: np.ndarray,
+    f1,
+    manual: dict[int, tuple[int, ...]],
+    device,
+    progress: bool = True,
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict]:
+    """Baseline once, every (method, class) edit, per-class tables and the per-method summary."""
+    t0 = time.perf_counter()
+    _, orig_NP = baseline_predictions(val, layer, predictor, device, cfg.batch_size)
+    classes = sorted(int(c) for c in np.unique(orig_NP) if c != 0)
+    jobs, skipped = make_jobs(
+        cfg, classes, max_value_S=max_value_S, freq_S=freq_S, f1=f1, manual=manual, scalar=editor.scaling.scalar, d_model=val.d_model
+    )
+    t_base = time.perf_counter() - t0
+    totals = edited_counts(val, layer, jobs, editor, predictor, orig_NP, device=device, batch_size=cfg.batch_size, n_classes=val.n_classes, progress=progress)
+    per_method = {m: per_class_table(jobs, totals, val.class_names, skipped, m) for m in cfg.methods}
+    rows = []
+    for method, df in per_method.items():
+        evaluated = df[df["status"] == "evaluated"] if len(df) else df
+        stats = summarize(evaluated) if len(evaluated) else {"n_classes": 0}
+        n_skipped = int((df["status"] == "skipped").sum()) if len(df) else 0
+        rows.append({"method": method, **stats, "n_skipped": n_skipped})
+    timing = {"baseline_seconds": t_base, "edit_seconds": time.perf_counter() - t0 - t_base, "n_jobs": len(jobs), "n_classes_predicted": len(classes)}
+    return per_method, pd.DataFrame(rows), timing
+
+
+def provenance_columns(summary: pd.DataFrame, **values) -> pd.DataFrame:
+    """Append the run's context (scale, layer, SAE, probe, device, ...) to every summary row."""
+    for key, value in values.items():
+        summary[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
+    return summary

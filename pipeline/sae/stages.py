@@ -1,0 +1,581 @@
+"""SAE stages on the activation cache: train a sweep, latent statistics, gallery.
+
+Glue between the store (:mod:`pipeline.cache`), the statistics (:mod:`pipeline.stats`) and
+the SAE core (:mod:`pipeline.sae`); every stage writes into
+``<results>/sae/<model>/<dataset>/layer<L>/`` (L = the non-negative block number).
+
+``sae-train`` (:func:`run_train`)
+    Tokens of block L (``patches``; ``patches+cls`` adds the CLS token, never registers)
+    from the TRAIN store, streamed chunk-wise: each pass visits the store's chunks once in a
+    fresh random order (``token_rows(shuffle=True, seed=seed + pass)``), passes are chained
+    through one shuffle buffer (``shuffle_buffer``, ``sae.shuffle_buffer`` rows) until
+    ``n_tokens``. Inputs are scaled with :class:`InputScaling` built from the stats file of
+    the train store (``pipeline.stats``; mean and E‖x − mean‖² of those tokens). All members
+    (lrs × sparsity_coeffs × exp_factors) train in one pass (:func:`train_sweep`); metrics
+    come from up to ``EVAL_MAX_TOKENS`` tokens of the VAL store (held out). Writes
+    ``sweep.csv``, ``sweep.{html,png,svg}``, ``members/<slug>.pt`` (+ ``.safetensors``),
+    ``sae.pt`` (+ ``sae.safetensors``) = the member with the lowest normalised MSE among
+    those with L0 ≤ ``max_l0`` (:func:`choose_member`), and ``chosen.json``.
+
+``sae-latents`` (:func:`run_latents`)
+    ``sae.pt`` over every valid image's patch tokens of the TRAIN store, one zarr chunk at a
+    time, with the checkpoint's own scaling → :func:`latent_stats` → ``latents.zarr`` and a
+    ``latents.json`` summary (dead latents, the latents selected by ``log_freq_range`` /
+    ``log_value_range`` on the mean value when firing, as saev).
+
+``sae-gallery`` (:func:`run_gallery`)
+    ``gallery_latents`` of the selected latents, spread evenly over log-frequency (so the
+    gallery shows rare and common latents alike, not only the strongest), drawn with
+    :func:`write_gallery` on the images read from the dataset root recorded in the store
+    with the store's resize / centre-crop geometry (so patch maps line up). Writes
+    ``gallery/index.html``, ``gallery/latent_<id>.png`` and ``gallery/selection.json``.
+
+Dimension key: N rows (tokens), B images in a chunk, P patches, D width, S latents.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.cache.reader import CacheReader
+from pipeline.cache.store import CacheError
+from pipeline.cache.stream import shuffle_buffer, token_rows
+from pipeline.config import CacheRef, Config, ConfigError, SAEConfig
+
+from .checkpoint import load_checkpoint
+from .latents import latent_stats, load_latent_stats, save_latent_stats, select_latents
+from .scaling import InputScaling
+from .train import SAEHparams, TrainConfig, TrainedSAE, sweep_chart, sweep_table, train_sweep
+
+log = logging.getLogger(__name__)
+
+EVAL_MAX_TOKENS = 1 << 18
+"""Held-out tokens (from the VAL store, whole chunks in order) for the sweep's metrics."""
+EVAL_BATCH = 8192
+CHOICE_RULE = "lowest normalized_mse among members with l0 <= max_l0 (ties: first in sweep order)"
+TRAIN_OUTPUTS = ("sweep.csv", "sweep.html", "sweep.png", "sweep.svg", "sae.pt", "sae.safetensors", "chosen.json")
+
+
+class NoMemberError(ConfigError):
+    """No sweep member satisfies ``sae.max_l0`` (a config problem: raise max_l0 or λ)."""
+
+
+class SAEStageError(CacheError):
+    """An SAE output that does not fit the store or the config (names the file)."""
+
+
+# --------------------------------------------------------------------------- names and paths
+
+
+def require_sae(cfg: Config) -> SAEConfig:
+    if cfg.sae is None:
+        raise ConfigError(f"{cfg.source}: key sae: missing; the SAE stages need it (cache, layer, sweep)")
+    return cfg.sae
+
+
+def model_depth(cfg: Config, model: str) -> int | None:
+    """Number of blocks of a configured model without loading it (None if unknown yet).
+
+    Demo models: ``demo.models.<name>.n_layers``; local folders and hub models already in
+    the local HF cache: ``num_hidden_layers`` of their ``config.json``.
+    """
+    demo = cfg.demo.get("models", {}).get(model)
+    if demo and "n_layers" in demo:
+        return int(demo["n_layers"])
+    spec = cfg.model(model).spec
+    path: Path | None = Path(spec.source) / "config.json"
+    if not path.is_file():
+        path = None
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(spec.source, "config.json", revision=spec.revision)
+            path = Path(found) if isinstance(found, str) else None
+        except Exception:  # noqa: BLE001 - not a hub id, or no cache: unknown
+            path = None
+    if path is None:
+        return None
+    raw = json.loads(path.read_text())
+    raw = raw.get("vision_config", raw)
+    n = raw.get("num_hidden_layers")
+    return int(n) if n is not None else None
+
+
+def config_block(cfg: Config) -> int:
+    """The non-negative block number of ``sae.layer`` (for output paths before the store exists)."""
+    sc = require_sae(cfg)
+    if sc.layer >= 0:
+        return sc.layer
+    depth = model_depth(cfg, sc.cache.model)
+    if depth is None:
+        raise ConfigError(
+            f"{cfg.source}: key sae/layer: {sc.layer} counts from the end of model {sc.cache.model!r}, whose depth "
+            "cannot be read before it is downloaded; give a non-negative block number instead"
+        )
+    if not 0 <= depth + sc.layer < depth:
+        raise ConfigError(f"{cfg.source}: key sae/layer: {sc.layer} is out of range for {depth} blocks")
+    return depth + sc.layer
+
+
+def sae_dir(cfg: Config, block: int) -> Path:
+    """``<results>/sae/<model>/<dataset>/layer<block>``."""
+    ref = require_sae(cfg).cache
+    return cfg.paths.results / "sae" / ref.model / ref.dataset / f"layer{int(block)}"
+
+
+def stats_file(cfg: Config, ref: CacheRef, split: str) -> Path:
+    from pipeline.stats import stats_path
+
+    return stats_path(cfg.paths.results, ref.model, ref.dataset, split)
+
+
+def member_grid(sc: SAEConfig) -> list[SAEHparams]:
+    """Every (exp_factor, lr, sparsity_coeff) combination, in that nesting order, no duplicates."""
+    uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731
+    return [
+        SAEHparams(lr=float(lr), sparsity_coeff=float(sc_), exp_factor=int(e))
+        for e in uniq(sc.exp_factors) for lr in uniq(sc.lrs) for sc_ in uniq(sc.sparsity_coeffs)
+    ]
+
+
+def member_slug(hp: SAEHparams) -> str:
+    """File-name-safe member name, e.g. ``x8_lr0.001_lambda0.0003``."""
+    return f"x{hp.exp_factor}_lr{hp.lr:g}_lambda{hp.sparsity_coeff:g}"
+
+
+def train_outputs(cfg: Config) -> dict[str, list[Path]]:
+    """Files ``sae-train`` writes (for the Snakemake rule)."""
+    out = sae_dir(cfg, config_block(cfg))
+    members = []
+    for hp in member_grid(require_sae(cfg)):
+        members += [out / "members" / f"{member_slug(hp)}.pt", out / "members" / f"{member_slug(hp)}.safetensors"]
+    return {"main": [out / name for name in TRAIN_OUTPUTS], "members": members}
+
+
+# --------------------------------------------------------------------------- token streams
+
+
+def _token_mode(tokens: str) -> str:
+    if tokens not in ("patches", "patches+cls"):
+        raise ConfigError(f"sae/tokens: {tokens!r} is not one of patches, patches+cls")
+    return "patches" if tokens == "patches" else "all"
+
+
+def token_parts(reader: CacheReader, layer: int, *, tokens: str = "patches", shuffle: bool = False,
+                seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(acts_ND, image_N, token_N)`` per chunk for ``patches`` or ``patches+cls`` (no registers).
+
+    One store read per chunk; ``token_N`` indexes the store's token axis for ``patches+cls``.
+    """
+    mode = _token_mode(tokens)
+    for acts_ND, image_N, token_N in token_rows(reader, layer, tokens=mode, shuffle=shuffle, seed=seed):
+        if mode == "all" and reader.n_prefix > 1:
+            keep = (token_N == 0) | (token_N >= reader.n_prefix)
+            acts_ND, image_N, token_N = acts_ND[keep], image_N[keep], token_N[keep]
+        yield acts_ND, image_N, token_N
+
+
+def tokens_per_pass(reader: CacheReader, tokens: str) -> int:
+    per_image = reader.n_patches + (1 if tokens == "patches+cls" else 0)
+    return int(reader.valid.sum()) * per_image
+
+
+def train_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int, batch_size: int,
+                  buffer_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Shuffled ``[batch, D]`` batches (stored dtype) for ``n_tokens`` tokens.
+
+    ``ceil(n_tokens / tokens_per_pass)`` passes; pass p visits every chunk once in the
+    order seeded ``seed + p``; all passes flow through one shuffle buffer (seed ``seed``),
+    so only the very last batch may be short. Raw activations: scaling happens on the device.
+    """
+    per_pass = tokens_per_pass(reader, tokens)
+    if per_pass == 0:
+        raise SAEStageError(f"{reader.path}: no valid image to train on")
+    n_passes = math.ceil(n_tokens / per_pass)
+    parts = itertools.chain.from_iterable(
+        token_parts(reader, layer, tokens=tokens, shuffle=True, seed=seed + p) for p in range(n_passes)
+    )
+    for batch in shuffle_buffer(((acts,) for acts, _, _ in parts), batch_size=batch_size,
+                                buffer_size=buffer_size, seed=seed):
+        yield batch[0]
+
+
+def eval_batches(reader: CacheReader, layer: int, *, tokens: str, max_tokens: int = EVAL_MAX_TOKENS,
+                 batch_size: int = EVAL_BATCH) -> Iterator[np.ndarray]:
+    """Held-out ``[batch, D]`` batches: chunks in order, at most ``max_tokens`` tokens."""
+    seen = 0
+    for acts_ND, _, _ in token_parts(reader, layer, tokens=tokens):
+        acts_ND = acts_ND[: max_tokens - seen]
+        for s in range(0, len(acts_ND), batch_size):
+            yield acts_ND[s:s + batch_size]
+        seen += len(acts_ND)
+        if seen >= max_tokens:
+            return
+
+
+# --------------------------------------------------------------------------- choosing a member
+
+
+def choose_member(table: pd.DataFrame, max_l0: float) -> tuple[int, dict[str, Any]]:
+    """Row position of the member used downstream, and why (see ``CHOICE_RULE``).
+
+    Members with NaN metrics never qualify. Raises :class:`NoMemberError` naming
+    ``max_l0`` and the smallest L0 found when none has L0 ≤ max_l0.
+    """
+    l0 = pd.to_numeric(table["l0"], errors="coerce").to_numpy(dtype=float)
+    nmse = pd.to_numeric(table["normalized_mse"], errors="coerce").to_numpy(dtype=float)
+    ok = np.isfinite(l0) & np.isfinite(nmse) & (l0 <= max_l0)
+    if not ok.any():
+        finite = l0[np.isfinite(l0)]
+        smallest = f"{finite.min():.4g}" if finite.size else "none (no member has finite metrics)"
+        raise NoMemberError(
+            f"sae/max_l0: no sweep member has L0 <= max_l0 = {max_l0:g}; the smallest L0 found is {smallest}. "
+            "Raise sae.max_l0, or add larger sparsity_coeffs to the sweep"
+        )
+    pos = int(np.flatnonzero(ok)[np.argmin(nmse[ok])])
+    reason = {
+        "rule": CHOICE_RULE,
+        "max_l0": float(max_l0),
+        "n_members": len(table),
+        "n_qualifying": int(ok.sum()),
+        "qualifying": [int(i) for i in np.flatnonzero(ok)],
+        "l0": float(l0[pos]),
+        "normalized_mse": float(nmse[pos]),
+    }
+    return pos, reason
+
+
+# --------------------------------------------------------------------------- sae-train
+
+
+def _open(cfg: Config, ref: CacheRef, split: str) -> CacheReader:
+    return CacheReader(cfg.store(ref, split))
+
+
+def load_train_scaling(cfg: Config, reader: CacheReader, block: int, tokens: str) -> tuple[InputScaling, Path]:
+    """The scaling from the train store's stats file (refusing one made from another store)."""
+    from pipeline.stats import read_stats, scaling_from_stats
+
+    path = stats_file(cfg, require_sae(cfg).cache, "train")
+    stats = read_stats(path, config_hash=reader.attrs["config_hash"])
+    return scaling_from_stats(stats, block, tokens), path
+
+
+def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block: int, stats: Path) -> dict:
+    sc = require_sae(cfg)
+    return {
+        "model": sc.cache.model,
+        "dataset": sc.cache.dataset,
+        "store": str(train.path),
+        "store_config_hash": train.attrs["config_hash"],
+        "val_store": str(val.path) if val is not None else None,
+        "val_store_config_hash": val.attrs["config_hash"] if val is not None else None,
+        "layer": int(block),
+        "layer_config": int(sc.layer),
+        "layer_note": "block number; input = that block's output (residual stream), as cached",
+        "tokens": sc.tokens,
+        "stats": str(stats),
+        "scaling_note": f"(x - mean) * scalar, mean and E||x - mean||^2 of the {sc.tokens} tokens of the train store",
+        "random_weights": train.random_weights,
+    }
+
+
+def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
+              device: str | None = None) -> dict[str, Any]:
+    """Train the sweep from the cache, write the outputs; return a summary."""
+    from pipeline.runtime import describe_device, resolve_device, set_threads
+
+    sc = require_sae(cfg)
+    threads = set_threads(cfg.threads)
+    dev = resolve_device(device or cfg.device)
+    train = _open(cfg, sc.cache, "train")
+    block = train.block(sc.layer)
+    val_path = cfg.store(sc.cache, "val")
+    val = CacheReader(val_path) if (val_path / "zarr.json").exists() else None
+    if val is not None:
+        val.layer_index(block)
+        if val.attrs["config"]["model"] != train.attrs["config"]["model"] or val.d_model != train.d_model:
+            raise SAEStageError(f"{val.path}: made with another model than {train.path}")
+    else:
+        log.warning("no val store at %s: sweep metrics come from the end of training", val_path)
+    out = Path(out_dir) if out_dir is not None else sae_dir(cfg, block)
+    scaling, stats_path = load_train_scaling(cfg, train, block, sc.tokens)
+    members = member_grid(sc)
+    tc = TrainConfig(n_tokens=sc.n_tokens, batch_size=sc.batch_size, lr_warmup_steps=sc.lr_warmup_steps,
+                     sparsity_warmup_steps=sc.sparsity_warmup_steps, seed=sc.seed)
+    per_pass = tokens_per_pass(train, sc.tokens)
+    log.info("SAE sweep: %d members, %d tokens (%.2f passes of %d), block %d, device %s", len(members),
+             sc.n_tokens, sc.n_tokens / per_pass, per_pass, block, dev)
+    batches = train_batches(train, block, tokens=sc.tokens, n_tokens=sc.n_tokens, batch_size=sc.batch_size,
+                            buffer_size=sc.shuffle_buffer, seed=sc.seed)
+    held_out = eval_batches(val, block, tokens=sc.tokens) if val is not None else None
+    t0 = time.perf_counter()
+    trained = train_sweep(
+        batches, train.d_model, members, tc,
+        # the scaled data has mean 0 (the scaling centres on the data mean): b_dec starts there
+        data_mean_D=torch.zeros(train.d_model), device=dev, progress=progress, scaling=scaling,
+        eval_batches=held_out,
+    )
+    seconds = time.perf_counter() - t0
+    prov = {**_provenance(cfg, train, val, block, stats_path), "device": describe_device(dev), "threads": threads,
+            "n_passes": math.ceil(sc.n_tokens / per_pass), "tokens_per_pass": per_pass}
+    return write_train_outputs(trained, members, out, prov, max_l0=sc.max_l0, seconds=seconds)
+
+
+def write_train_outputs(trained: list[TrainedSAE], members: list[SAEHparams], out: Path, prov: dict, *,
+                        max_l0: float, seconds: float = float("nan")) -> dict[str, Any]:
+    """Members, sweep table + chart; then the choice (raises NoMemberError after writing the sweep)."""
+    out.mkdir(parents=True, exist_ok=True)
+    slugs = [member_slug(hp) for hp in members]
+    for t, slug in zip(trained, slugs):
+        t.save(out / "members" / f"{slug}.pt", extra_cfg={**prov, "member": slug})
+    table = sweep_table(trained)
+    table.insert(1, "slug", slugs)
+    table["checkpoint"] = [str(out / "members" / f"{s}.pt") for s in slugs]
+    table["random_weights"] = bool(prov.get("random_weights", False))
+    table["chosen"] = False
+    try:
+        pos, reason = choose_member(table, max_l0)
+    except NoMemberError:
+        table.to_csv(out / "sweep.csv", index=False)
+        sweep_chart(table, out / "sweep", random_weights=bool(prov.get("random_weights", False)))
+        for name in ("sae.pt", "sae.safetensors", "chosen.json"):
+            (out / name).unlink(missing_ok=True)
+        raise
+    table.loc[pos, "chosen"] = True
+    table.to_csv(out / "sweep.csv", index=False)
+    sweep_chart(table, out / "sweep", random_weights=bool(prov.get("random_weights", False)))
+    chosen = trained[pos]
+    record = {
+        "member": slugs[pos],
+        "label": chosen.hparams.label,
+        "checkpoint": str(out / "sae.pt"),
+        "member_checkpoint": str(out / "members" / f"{slugs[pos]}.pt"),
+        "lr": chosen.hparams.lr,
+        "sparsity_coeff": chosen.hparams.sparsity_coeff,
+        "exp_factor": chosen.hparams.exp_factor,
+        "n_latents": chosen.sae.n_latents,
+        "mse": chosen.mse,
+        "n_dead": chosen.n_dead,
+        "n_dense": chosen.n_dense,
+        "metrics_source": chosen.metrics_source,
+        **reason,
+        "why": (f"{slugs[pos]} has the lowest normalised MSE ({reason['normalized_mse']:.4g}) of the "
+                f"{reason['n_qualifying']} of {reason['n_members']} members with L0 <= {max_l0:g} "
+                f"(its L0: {reason['l0']:.3g})"),
+    }
+    chosen.save(out / "sae.pt", extra_cfg={**prov, "member": slugs[pos], "chosen": reason})
+    _write_json(out / "chosen.json", {**record, **{k: prov[k] for k in ("store", "store_config_hash", "layer", "tokens")},
+                                      "created": _now()})
+    return {
+        "out": str(out),
+        "members": len(trained),
+        "chosen": slugs[pos],
+        "chosen_l0": round(reason["l0"], 4),
+        "chosen_normalized_mse": round(reason["normalized_mse"], 5),
+        "tokens_per_second": round(trained[0].n_tokens_seen / seconds, 1) if seconds > 0 else None,
+        "metrics_source": chosen.metrics_source,
+        "sweep": table[["slug", "l0", "normalized_mse", "n_dead", "n_dense"]].round(5).to_dict("records"),
+    }
+
+
+# --------------------------------------------------------------------------- sae-latents
+
+
+def load_sae_for(cfg: Config, path: Path, reader: CacheReader):
+    """Load a checkpoint written by ``sae-train`` and check it was trained on ``reader``'s store."""
+    sae, header, scaling = load_checkpoint(path)
+    hcfg = header.get("cfg", {})
+    if hcfg.get("store_config_hash") != reader.attrs["config_hash"]:
+        raise SAEStageError(
+            f"{path}: trained on store {hcfg.get('store')} (config hash {str(hcfg.get('store_config_hash'))[:12]}), "
+            f"not on {reader.path} ({reader.attrs['config_hash'][:12]}); re-run sae-train"
+        )
+    if scaling is None:
+        raise SAEStageError(f"{path}: checkpoint has no input scaling")
+    return sae, hcfg, scaling
+
+
+def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
+                device: str | None = None) -> dict[str, Any]:
+    """Latent statistics of ``sae.pt`` over the train store's patch tokens."""
+    from pipeline.runtime import resolve_device, set_threads
+
+    sc = require_sae(cfg)
+    set_threads(cfg.threads)
+    dev = resolve_device(device or cfg.device)
+    reader = _open(cfg, sc.cache, "train")
+    block = reader.block(sc.layer)
+    out = Path(out_dir) if out_dir is not None else sae_dir(cfg, block)
+    ckpt = out / "sae.pt"
+    sae, hcfg, scaling = load_sae_for(cfg, ckpt, reader)
+    if int(hcfg.get("layer", block)) != block:
+        raise SAEStageError(f"{ckpt}: trained on block {hcfg.get('layer')}, sae.layer is block {block}")
+    sae = sae.to(dev)
+    t0 = time.perf_counter()
+    ds = latent_stats(reader.iter_chunks(block, tokens="patches"), sae, scaling, n_images=reader.n_images,
+                      top_k=sc.top_k, device=dev, progress=progress)
+    seconds = time.perf_counter() - t0
+    ds.attrs.update({
+        "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"], "layer": int(block),
+        "checkpoint": str(ckpt), "member": hcfg.get("member", ""), "random_weights": int(reader.random_weights),
+        "grid": list(reader.grid), "tokens": "patches (valid images of the train store)",
+    })
+    save_latent_stats(ds, out / "latents.zarr")
+    selected = select_latents(ds, log_freq_range=tuple(sc.log_freq_range), log_value_range=tuple(sc.log_value_range))
+    n_fired = ds["n_fired"].values
+    max_value = ds["max_value"].values
+    summary = {
+        "latents": str(out / "latents.zarr"),
+        "checkpoint": str(ckpt),
+        "member": hcfg.get("member"),
+        "store": str(reader.path),
+        "store_config_hash": reader.attrs["config_hash"],
+        "layer": int(block),
+        "random_weights": reader.random_weights,
+        "n_latents": int(ds.sizes["latent"]),
+        "n_dead": int((n_fired == 0).sum()),
+        "n_images": int(ds.attrs["n_images"]),
+        "n_tokens": int(ds.attrs["n_tokens"]),
+        "top_k": int(sc.top_k),
+        "max_value": {"min": float(max_value.min()), "median": float(np.median(max_value)), "max": float(max_value.max())},
+        "selection": {"log_freq_range": list(sc.log_freq_range), "log_value_range": list(sc.log_value_range),
+                      "value": "mean_value (mean activation when firing), as saev"},
+        "n_selected": int(selected.size),
+        "selected": [int(i) for i in selected],
+        "seconds": round(seconds, 2),
+        "created": _now(),
+    }
+    _write_json(out / "latents.json", summary)
+    return {k: v for k, v in summary.items() if k != "selected"}
+
+
+# --------------------------------------------------------------------------- sae-gallery
+
+
+def _resample(name: str):
+    from PIL import Image
+
+    return Image.Resampling[name.upper()]
+
+
+def store_image_loader(reader: CacheReader) -> Callable[[int], Any]:
+    """image index → the image as the model saw it (RGB, before normalisation), from the dataset
+    root recorded in the store, with the store's resize / centre-crop geometry."""
+    from pipeline.data import Preprocess, crop_geometry, load_rgb, load_split
+
+    attrs = reader.attrs
+    kind, root = attrs["dataset_kind"], Path(attrs["dataset_root"])
+    split = attrs["config"]["dataset"]["split"]
+    if kind == "imagefolder":
+        raise SAEStageError(f"{reader.path}: the gallery needs a segmentation dataset, this store is an image folder")
+    data = load_split(kind, root, split)
+    path_of = {s.id: s.image for s in data.samples}
+    ids = reader.image_ids
+    pre = Preprocess(**attrs["preprocess"])
+    resample = _resample(pre.interpolation)
+
+    def load(idx: int):
+        image_id = str(ids[idx])
+        if image_id not in path_of:
+            raise SAEStageError(f"{reader.path}: image {image_id!r} is not in {kind} dataset {root} (split {split})")
+        img = load_rgb(path_of[image_id])
+        geo = crop_geometry(img.width, img.height, pre)
+        img = img.resize((geo.resized_W, geo.resized_H), resample=resample)
+        return img.crop((geo.left, geo.top, geo.left + geo.crop, geo.top + geo.crop))
+
+    return load
+
+
+def spread_by_frequency(ds, candidates: np.ndarray, n: int) -> np.ndarray:
+    """``n`` of ``candidates`` at evenly spaced ranks of their frequency (all if fewer)."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if n <= 0 or candidates.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if candidates.size <= n:
+        picked = candidates
+    else:
+        freq = np.asarray(ds["freq"].sel(latent=candidates).values)
+        order = candidates[np.argsort(freq, kind="stable")]
+        picked = order[np.unique(np.round(np.linspace(0, candidates.size - 1, n)).astype(int))]
+    freq = np.asarray(ds["freq"].sel(latent=picked).values)
+    return picked[np.argsort(-freq, kind="stable")]  # most frequent first
+
+
+def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
+    """Write the gallery of ``gallery_latents`` selected latents."""
+    from .gallery import write_gallery
+
+    sc = require_sae(cfg)
+    reader = _open(cfg, sc.cache, "train")
+    block = reader.block(sc.layer)
+    out = Path(out_dir) if out_dir is not None else sae_dir(cfg, block)
+    info = json.loads((out / "latents.json").read_text())
+    if info.get("store_config_hash") != reader.attrs["config_hash"]:
+        raise SAEStageError(f"{out / 'latents.json'}: computed on another store than {reader.path}; re-run sae-latents")
+    ds = load_latent_stats(out / "latents.zarr")
+    selected = np.asarray(info["selected"], dtype=np.int64)
+    source = "selected by log_freq_range / log_value_range"
+    if selected.size == 0:
+        selected = np.flatnonzero(ds["n_fired"].values > 0)
+        source = "no latent passed the selection ranges: all latents that fired"
+        log.warning("gallery: %s", source)
+    latent_ids = spread_by_frequency(ds, selected, sc.gallery_latents)
+    gallery = out / "gallery"
+    gallery.mkdir(parents=True, exist_ok=True)
+    for old in gallery.glob("latent_*.png"):
+        old.unlink()
+    index = write_gallery(ds, latent_ids, image_loader=store_image_loader(reader), grid=reader.grid,
+                          out_dir=gallery, image_ids=[str(i) for i in reader.image_ids],
+                          random_weights=reader.random_weights, n_images=min(9, ds.sizes["rank"]))
+    _write_json(gallery / "selection.json", {
+        "latents": [int(i) for i in latent_ids],
+        "how": f"{min(sc.gallery_latents, selected.size)} of {selected.size} candidate latents ({source}), "
+               "at evenly spaced ranks of their firing frequency; listed most frequent first",
+        "random_weights": reader.random_weights,
+        "created": _now(),
+    })
+    return {"index": str(index), "n_latents": int(latent_ids.size), "candidates": int(selected.size), "source": source}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+__all__ = [
+    "CHOICE_RULE", "EVAL_MAX_TOKENS", "NoMemberError", "SAEStageError", "choose_member", "config_block",
+    "eval_batches", "load_sae_for", "load_train_scaling", "member_grid", "member_slug", "model_depth",
+    "run_gallery", "run_latents", "run_train", "sae_dir", "spread_by_frequency", "store_image_loader",
+    "token_parts", "tokens_per_pass", "train_batches", "train_outputs", "write_train_outputs",
+]

@@ -1,0 +1,186 @@
+"""Quantify: counting, edit equivalence with a hooked full forward, no-op edits, auto and manual selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.cache import CacheReader, StoreLayout, create_or_open, finalize, write_chunk
+from pipeline.config import CacheRef, ConfigError, load_config
+from pipeline.feature_selection import allowed_latents, class_latent_f1, ranked_latents
+from pipeline.interventions import Edit, LatentEditor, ReforwardPredictor
+from pipeline.quantify import add_rates, change_counts, resolve_manual, summarize
+from pipeline.sae import InputScaling, SparseAutoencoder
+
+# ---- counting on hand-made predictions ---------------------------------------
+ORIG = np.array([[1, 1, 1, 2], [2, 3, 3, 0]])
+NEW = np.array([[1, 2, 4, 2], [1, 3, 1, 0]])
+
+
+def test_change_counts_by_hand():
+    c1 = change_counts(ORIG, NEW, 1, n_classes=5)
+    # original-1 patches: positions (0,0),(0,1),(0,2) -> 1, 2, 4: one kept, two lost (into 2 and 4)
+    # original-not-1: (0,3) 2->2, (1,0) 2->1 gained+changed, (1,1) 3->3, (1,2) 3->1 gained+changed, (1,3) 0->0
+    assert {k: v for k, v in c1.items() if k != "into"} == {
+        "target_lost": 2, "target_kept": 1, "other_gained": 2, "other_changed": 2, "n_target": 3, "n_other": 5,
+    }
+    assert c1["into"].tolist() == [0, 0, 1, 0, 1]
+    row = add_rates(dict(c1))
+    assert row["target_change_rate_pct"] == pytest.approx(200 / 3)
+    assert row["other_change_rate_pct"] == pytest.approx(40.0)
+
+
+def test_class_with_no_original_patches_and_one_that_only_gains():
+    c4 = change_counts(ORIG, NEW, 4, n_classes=5)  # never predicted originally; gains one patch
+    assert (c4["target_lost"], c4["target_kept"], c4["other_gained"], c4["n_target"]) == (0, 0, 1, 0)
+    assert c4["other_changed"] == 4  # every changed patch is "other" for class 4
+    row = add_rates(dict(c4))
+    assert np.isnan(row["target_change_rate_pct"]) and row["other_change_rate_pct"] == pytest.approx(50.0)
+
+
+def test_summary_macro_mean_vs_pooled_in_percent():
+    table = pd.DataFrame(
+        [
+            add_rates({"target_lost": 1, "n_target": 2, "other_changed": 0, "n_other": 10}),  # 50 %
+            add_rates({"target_lost": 10, "n_target": 100, "other_changed": 5, "n_other": 10}),  # 10 %
+            add_rates({"target_lost": 0, "n_target": 0, "other_changed": 1, "n_other": 10}),  # not rated
+        ]
+    )
+    s = summarize(table)
+    assert s["n_classes"] == 2
+    assert s["target_change_rate_mean_pct"] == pytest.approx(30.0)
+    assert s["target_change_rate_pooled_pct"] == pytest.approx(100 * 11 / 102)
+    assert s["target_change_rate_std_pct"] == pytest.approx(np.std([50, 10], ddof=1))
+    assert s["other_change_rate_mean_pct"] == pytest.approx(25.0)
+    assert s["other_change_rate_pooled_pct"] == pytest.approx(25.0)
+
+
+# ---- edits on a real tiny cache ------------------------------------------------
+@pytest.fixture
+def seg_val(project):
+    from pipeline.extract import extract
+
+    cfg = load_config("config.yaml")  # float32 cache
+    extract(cfg, CacheRef("dino", "seg"), "val", progress=False)
+    return cfg, CacheReader(cfg.store(CacheRef("dino", "seg"), "val"))
+
+
+def _parts(cfg, reader, seed=0):
+    from pipeline.models import load_backbone
+
+    backbone, _ = load_backbone(cfg.model("dino").spec)
+    sae = SparseAutoencoder(reader.d_model, 4 * reader.d_model, seed=seed)
+    acts = torch.from_numpy(reader.read(-2, 0, reader.n_images, reader.token_slice("patches")))
+    scaling = InputScaling.from_batches([acts.reshape(-1, reader.d_model)])
+    torch.manual_seed(seed)
+    probe = torch.nn.Linear(reader.d_model, reader.n_classes)
+    editor = LatentEditor(sae, scaling, n_prefix=reader.n_prefix)
+    predictor = ReforwardPredictor(backbone, probe, layer=reader.block(-2), n_prefix=reader.n_prefix)
+    return backbone, sae, scaling, probe, editor, predictor
+
+
+def _images(cfg, reader):
+    from pipeline.data import load_rgb, preprocess_image
+    from pipeline.extract import split_data
+
+    data = split_data(cfg, "seg", "val")
+    return torch.stack([preprocess_image(load_rgb(s.image), cfg.model("dino").preprocess) for s in data.samples])
+
+
+def test_edit_reforward_equals_hooked_full_forward(seg_val):
+    cfg, reader = seg_val
+    backbone, sae, scaling, probe, editor, predictor = _parts(cfg, reader)
+    acts = torch.from_numpy(reader.read(-2, 0, reader.n_images))
+    f = editor.latent_values(acts, tuple(range(sae.W_enc.shape[1])))
+    latent = int(f.amax(dim=(0, 1)).argmax())  # the latent that fires hardest: a real edit
+    edit = Edit((latent,), (-2.0 * float(f[..., latent].max()),))
+
+    reforward = predictor.logits(editor.apply(acts, edit))
+
+    pixels = _images(cfg, reader)
+    handle = backbone.edit_block_output(reader.block(-2), lambda x: editor.apply(x, edit).to(x.dtype))
+    try:
+        with torch.no_grad():
+            hooked = probe(backbone.forward(pixels)[:, reader.n_prefix :])
+    finally:
+        handle.remove()
+    rel = ((reforward - hooked).abs().max() / hooked.abs().max()).item()
+    print(f"edited re-forward vs hooked full forward: max relative logit error {rel:.2e}")
+    assert rel <= 1e-4
+    assert torch.equal(reforward[..., 1:].argmax(-1), hooked[..., 1:].argmax(-1))
+    # and the edit did something
+    assert not torch.equal(predictor.predict(acts), predictor.predict(editor.apply(acts, edit)))
+
+
+def test_setting_latents_to_their_own_values_changes_nothing(seg_val):
+    cfg, reader = seg_val
+    _, sae, _, _, editor, predictor = _parts(cfg, reader)
+    acts = torch.from_numpy(reader.read(-2, 0, reader.n_images))
+    latents = (0, 3, 7)
+    same = editor.apply_delta(acts, editor.set_latents(acts, latents, editor.latent_values(acts, latents)))
+    assert torch.equal(same, acts)
+    assert torch.equal(predictor.logits(same), predictor.logits(acts))  # bit for bit
+
+
+def test_random_vector_edit_adds_the_vector_to_patches_only(seg_val):
+    cfg, reader = seg_val
+    _, _, _, _, editor, _ = _parts(cfg, reader)
+    acts = torch.from_numpy(reader.read(-2, 0, 2))
+    u = np.arange(reader.d_model, dtype=np.float32)
+    out = editor.apply(acts, Edit(vector=u))
+    assert torch.equal(out[:, : reader.n_prefix], acts[:, : reader.n_prefix])
+    torch.testing.assert_close(out[:, reader.n_prefix :] - acts[:, reader.n_prefix :], torch.from_numpy(u).expand(2, reader.n_patches, -1))
+
+
+# ---- auto selection on a planted store --------------------------------------------
+def _planted_store(path, *, planted_latent=5, planted_class=3, n_images=8, d=8):
+    """Patch tokens whose dim ``planted_latent`` is 1 exactly on patches of ``planted_class``."""
+    rng = np.random.default_rng(0)
+    grid, p = (4, 4), 16
+    labels = rng.integers(0, 5, (n_images, p)).astype(np.uint16)
+    acts = np.zeros((n_images, 1, 1 + p, d), np.float32)
+    acts[:, 0, 1:] = rng.uniform(0.5, 1.0, (n_images, p, d))  # every other dim fires everywhere
+    acts[:, 0, 1:, planted_latent] = (labels == planted_class).astype(np.float32)
+    acts[:, 0, 1:, 2] = rng.uniform(0, 1, (n_images, p)) * (rng.uniform(size=(n_images, p)) < 0.05)  # rare and random
+    layout = StoreLayout(tuple(f"i{i}" for i in range(n_images)), (0,), ("cls",) + ("patch",) * p, grid, d, "float32", 4, "segmentation", 8)
+    attrs = {"config_hash": "x", "n_blocks": 1, "n_prefix_tokens": 1, "grid": list(grid), "task": "segmentation", "class_names": ["other", "a", "b", "c", "d"]}
+    group = create_or_open(path, layout, attrs)
+    for s in range(0, n_images, 4):
+        b = slice(s, s + 4)
+        write_chunk(group, s, {"acts": acts[b], "patch_label": labels[b], "patch_purity": np.ones((4, p), np.float16), "pixel_label": np.zeros((4, 8, 8), np.uint16), "bad": np.zeros(4, bool), "bad_reason": np.array([""] * 4, dtype=object)})
+    finalize(path)
+    return CacheReader(path)
+
+
+def test_auto_selection_recovers_a_planted_latent(tmp_path):
+    reader = _planted_store(tmp_path / "planted.zarr")
+    d = reader.d_model
+    sae = SparseAutoencoder(d, d)
+    with torch.no_grad():  # f = relu(x): latent k reads dim k
+        sae.W_enc.copy_(torch.eye(d)); sae.b_enc.zero_(); sae.b_dec.zero_(); sae.W_dec.copy_(torch.eye(d))
+    f1 = class_latent_f1(reader, 0, sae, InputScaling.identity(d), (0.0, 0.5))
+    freq = f1["fire_freq"].sel(threshold=0.0).values
+    best = ranked_latents(f1, 3, allowed_latents(freq, 0.5), 3)
+    assert best[0][0] == 5 and best[0][2] == pytest.approx(1.0)
+    assert float(f1["f1"].sel({"class": 1, "latent": 5}).max()) == 0.0  # it says nothing about another class
+    # latents firing on > max_firing_fraction of patches are never picked
+    assert {s for s, _, _ in best} <= {2, 5}
+
+
+# ---- manual features ---------------------------------------------------------------
+NAMES = ("other", "sky", "tree", "road")
+
+
+def test_manual_features_by_name_and_id():
+    assert resolve_manual({"tree": (4,), "3": (1, 2)}, NAMES, 8, "cfg.yaml") == {2: (4,), 3: (1, 2)}
+
+
+@pytest.mark.parametrize(
+    "manual,match",
+    [({"cloud": (1,)}, r"quantify/manual/cloud: unknown class name 'cloud'"), ({"sky": (8,)}, r"quantify/manual/sky: latent 8 does not exist"), ({"0": (1,)}, r"class id 0 is not a real class")],
+)
+def test_manual_feature_errors_name_the_culprit(manual, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_manual(manual, NAMES, 8, "cfg.yaml")
