@@ -11,7 +11,9 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/sae.smk"
 include: "workflow/rules/probe.smk"
+include: "workflow/rules/dimred.smk"
 
 
 rule all:

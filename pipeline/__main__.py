@@ -28,6 +28,7 @@ STEPS = {
     "sae-gallery": "pipeline.commands.sae",
     "probe-seg": "pipeline.commands.probe",
     "probe-cls": "pipeline.commands.probe",
+    "dimred": "pipeline.commands.dimred",
 }
 
 

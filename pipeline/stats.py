@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 KINDS = ("patches", "cls")
 STATS_FORMAT = 1
-# float64 rows converted at once inside one chunk (bounds temporaries per dask task).
-_SUB_ROWS = 1 << 16
+# Token rows converted to float64 at once inside a chunk (bounds temporaries per dask task).
+_SUB_ROWS = 1 << 12
 
 
 class StatsError(CacheError):
@@ -71,25 +71,24 @@ def _block_sums(block: np.ndarray, *, valid: np.ndarray, shift_LKD: np.ndarray, 
                 block_info=None) -> np.ndarray:
     """Partial sums of one zarr chunk ``[b, 1, T, D]`` → ``[1, 1, 1, 2 · (2D + 2)]``.
 
-    Per kind: ``[n, Σ(x − shift) (D), Σ(x − shift)² (D), Σ‖x‖]``.
+    Per kind: ``[n, Σ(x − shift) (D), Σ(x − shift)² (D), Σ‖x‖]``. Works on a few images at
+    a time, so the float64 temporaries stay small whatever the chunk size.
     """
     loc = block_info[0]["array-location"]
     (start, stop), (li, _) = loc[0], loc[1]
-    d = block.shape[-1]
+    _, _, t, d = block.shape
     keep = np.flatnonzero(valid[start:stop])
-    out = np.zeros(2 * (2 * d + 2), dtype=np.float64)
-    if keep.size:
-        x_bTD = block[keep, 0]
+    out = np.zeros((2, 2 * d + 2), dtype=np.float64)
+    step = max(1, _SUB_ROWS // t)
+    for s in range(0, keep.size, step):
+        x_bTD = block[keep[s:s + step], 0]
         for k, tok in enumerate(_kind_slices(n_prefix)):
-            rows = x_bTD[:, tok].reshape(-1, d)
-            base = k * (2 * d + 2)
-            out[base] = rows.shape[0]
-            for s in range(0, rows.shape[0], _SUB_ROWS):
-                r = rows[s:s + _SUB_ROWS].astype(np.float64)
-                out[base + 2 * d + 1] += np.sqrt(np.einsum("nd,nd->n", r, r)).sum()
-                r -= shift_LKD[li, k]
-                out[base + 1:base + 1 + d] += r.sum(0)
-                out[base + 1 + d:base + 1 + 2 * d] += np.einsum("nd,nd->d", r, r)
+            r = x_bTD[:, tok].astype(np.float64).reshape(-1, d)
+            out[k, 0] += r.shape[0]
+            out[k, 2 * d + 1] += np.sqrt(np.einsum("nd,nd->n", r, r)).sum()
+            r -= shift_LKD[li, k]
+            out[k, 1:1 + d] += r.sum(0)
+            out[k, 1 + d:1 + 2 * d] += np.einsum("nd,nd->d", r, r)
     return out.reshape(1, 1, 1, -1)
 
 
@@ -179,7 +178,7 @@ def compute_stats(
         for k, tok in enumerate(_kind_slices(n_prefix)):
             shift[li, k] = row_TD[tok].mean(0)
 
-    x = da.from_zarr(str(store), component="acts")
+    x = da.from_zarr(acts)  # the zarr array itself (LocalStore; picklable for distributed workers)
     func = functools.partial(_block_sums, valid=valid, shift_LKD=shift, n_prefix=n_prefix)
     k_sums = 2 * (2 * d + 2)
     parts = x.map_blocks(func, dtype=np.float64,

@@ -220,3 +220,25 @@ def test_segmentation_figure_colours(tmp_path):
     np.testing.assert_array_equal(img[top + 1, left + 1], [200, 200, 200])
     with pytest.raises(ValueError, match="class 15"):
         figures.segmentation_figure(images[:1], [true0 + 12], [pred0], names, tmp_path / "bad.png", random_weights=False)
+
+
+def test_sweep_adamw_matches_torch_adamw_per_member():
+    """The vectorised optimizer gives each member exactly torch's AdamW with that member's lr / wd."""
+    torch.manual_seed(0)
+    members = [linear.ProbeMember(1e-2, 1e-1), linear.ProbeMember(3e-3, 0.0), linear.ProbeMember(1e-1, 1e-3)]
+    sweep = linear.ProbeSweep(8, 3, members, seed=0)
+    opt = linear.SweepAdamW([sweep.weight_MCD, sweep.bias_MC], torch.tensor([m.lr for m in members]), torch.tensor([m.weight_decay for m in members]))
+    refs = [(torch.nn.Parameter(sweep.weights[m].detach().clone()), torch.nn.Parameter(sweep.biases[m].detach().clone())) for m in range(3)]
+    ref_opts = [torch.optim.AdamW(list(p), lr=m.lr, weight_decay=m.weight_decay) for p, m in zip(refs, members)]
+    for _ in range(5):
+        x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(sweep.forward_MCN(x), y.expand(3, -1), reduction="none").mean(1).sum().backward()
+        opt.step()
+        for (w, b), o in zip(refs, ref_opts):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, w, b), y).backward()
+            o.step()
+    for m, (w, b) in enumerate(refs):
+        torch.testing.assert_close(sweep.weights[m], w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(sweep.biases[m], b, rtol=1e-5, atol=1e-6)

@@ -45,7 +45,7 @@ from pipeline.runtime import describe_device, resolve_device, set_threads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OUTPUT_FILES", "cls_metrics", "run_cls_probe", "sweep_logits"]
+__all__ = ["OUTPUT_FILES", "evaluate_cls", "run_cls_probe"]
 
 OUTPUT_FILES = (
     "sweep.csv", "best.safetensors", "best.json", "per_class_accuracy.csv",
@@ -54,27 +54,34 @@ OUTPUT_FILES = (
 )
 
 
-def sweep_logits(sweep: ProbeSweep, x_ND: torch.Tensor, *, rows: int = 8192) -> np.ndarray:
-    """Every member's logits ``float32 [M, N, C]`` on the CPU, computed ``rows`` at a time."""
-    out = []
+def evaluate_cls(sweep: ProbeSweep, x_ND: torch.Tensor, y_N: np.ndarray, *, rows: int = 4096) -> list[tuple[dict[str, float], np.ndarray]]:
+    """Every member's val metrics and confusion matrix, from logits computed ``rows`` images at a time.
+
+    Top-k accuracies are accumulated as counts over the row blocks (``metrics.topk_accuracy``
+    times the block size), so no ``[M, N, C]`` array is ever held whole.
+    """
+    m, c, n = sweep.n_members, sweep.n_classes, len(y_N)
+    k5 = min(5, c)
+    hits = np.zeros((m, 2))
+    confs = np.zeros((m, c, c), dtype=np.int64)
     with torch.no_grad():
-        for s in range(0, len(x_ND), rows):
-            out.append(sweep(x_ND[s : s + rows]).float().cpu())
-    return torch.cat(out, dim=1).numpy()
-
-
-def cls_metrics(logits_NC: np.ndarray, y_N: np.ndarray, n_classes: int) -> tuple[dict[str, float], np.ndarray]:
-    """Top-1 / top-5 / mean per-class accuracy and the confusion matrix of one member."""
-    conf = metrics.confusion_matrix(y_N, logits_NC.argmax(axis=1), n_classes)
-    acc_C = metrics.per_class_accuracy(conf)
-    return (
-        {
-            "top1_acc": metrics.topk_accuracy(logits_NC, y_N, 1),
-            "top5_acc": metrics.topk_accuracy(logits_NC, y_N, min(5, n_classes)),
+        for s in range(0, n, rows):
+            logits_MNC = sweep(x_ND[s : s + rows]).float().cpu().numpy()
+            y = y_N[s : s + rows]
+            for k in range(m):
+                hits[k, 0] += metrics.topk_accuracy(logits_MNC[k], y, 1) * len(y)
+                hits[k, 1] += metrics.topk_accuracy(logits_MNC[k], y, k5) * len(y)
+                confs[k] += metrics.confusion_matrix(y, logits_MNC[k].argmax(axis=1), c)
+    out = []
+    for k in range(m):
+        acc_C = metrics.per_class_accuracy(confs[k])
+        row = {
+            "top1_acc": float(np.round(hits[k, 0]) / n),
+            "top5_acc": float(np.round(hits[k, 1]) / n),
             "mean_class_acc": float(np.nanmean(acc_C)) if np.isfinite(acc_C).any() else float("nan"),
-        },
-        conf,
-    )
+        }
+        out.append((row, confs[k]))
+    return out
 
 
 def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True) -> dict:
@@ -98,20 +105,19 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     epochs = in_memory_epochs(x_train, y_train, batch_size=pc.batch_size, seed=pc.seed)
     sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=c, members=members, cfg=train_cfg, device=device, progress=progress)
     t1 = time.perf_counter()
-    logits_MNC = sweep_logits(sweep, x_val)
     rows, confs = [], []
-    for k in range(len(members)):
-        row, conf = cls_metrics(logits_MNC[k], y_val, c)
+    for k, (row, conf) in enumerate(evaluate_cls(sweep, x_val, y_val)):
         rows.append({"train_loss": float(sweep.train_loss_M[k]), **row})
         confs.append(conf)
     t2 = time.perf_counter()
 
+    device_name = describe_device(device)
     table = sweep_table(members, rows)
     table["random_weights"] = stores.random_weights
+    table["device"] = device_name
     best = best_member(table, "top1_acc")
     table["best"] = table["member"] == best
     best_metrics = {k: float(v) for k, v in rows[best].items()}
-    device_name = describe_device(device)
     names = stores.class_names
     conf = confs[best]
 

@@ -15,7 +15,8 @@ normalising every token and then selecting; only those rows are normalised.
   :func:`pipeline.probes.linear.fit_sweep`: per epoch the store's chunks are read once, in a
   random order (``seed + epoch``), and rows are mixed in a bounded shuffle buffer
   (:func:`pipeline.cache.stream.token_rows` + :func:`pipeline.cache.stream.shuffle_buffer`).
-  The final norm runs per batch, so the buffer holds the stored dtype (float16: half the bytes).
+  The final norm runs per chunk on the CPU (large ops are cheaper than many small ones), per
+  batch on a GPU (the buffer then holds the stored dtype: half the bytes to move).
 - :func:`patch_chunks` yields val patches chunk by chunk, in order (evaluation).
 - :func:`cls_rows` reads every image's CLS row once (they fit in memory) and
   :func:`in_memory_epochs` shuffles them per epoch.
@@ -191,7 +192,12 @@ class FinalNorm:
 
     def __call__(self, acts: np.ndarray | Tensor) -> Tensor:
         """``[..., D]`` stored activations → final-normed float32 tensor on the device (no grad)."""
-        x = torch.from_numpy(np.ascontiguousarray(acts)) if isinstance(acts, np.ndarray) else acts
+        if isinstance(acts, np.ndarray):
+            if self.device.type == "cpu" and self.backbone.dtype == torch.float32:
+                acts = acts.astype(np.float32, copy=False)  # numpy's float16 -> float32 cast beats torch's on the CPU
+            x = torch.from_numpy(np.ascontiguousarray(acts))
+        else:
+            x = acts
         with torch.no_grad():
             x = x.to(self.device, dtype=self.backbone.dtype, non_blocking=True)
             return self.backbone.final_norm(x).float()
@@ -240,17 +246,22 @@ def patch_train_epochs(
     every batch holds ``batch_size`` usable patches (the last one may hold fewer).
     """
     images_N = (y_NP != IGNORE_LABEL).any(axis=1)
+    # Where the final norm runs: on the CPU, once per chunk (a few large ops beat many small
+    # per-batch ones ~4x) and the buffer holds float32; on a GPU, per batch on the device, so
+    # the buffer holds the stored dtype and only half the bytes cross to the device.
+    per_chunk = norm.device.type == "cpu"
 
     def rows(epoch_seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for acts_ND, image_N, token_N in token_rows(reader, layer, tokens="patches", shuffle=True, seed=epoch_seed, images=images_N):
             y_N = y_NP[image_N, token_N]
             keep_N = y_N != IGNORE_LABEL
-            yield acts_ND[keep_N], y_N[keep_N]
+            acts_ND = acts_ND[keep_N] if not keep_N.all() else acts_ND
+            yield (norm(acts_ND).numpy() if per_chunk else acts_ND), y_N[keep_N]
 
     def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         epoch_seed = seed + epoch
-        for acts_ND, y_N in shuffle_buffer(rows(epoch_seed), batch_size=batch_size, buffer_size=buffer_size, seed=epoch_seed):
-            yield norm(acts_ND), torch.from_numpy(y_N)
+        for x_ND, y_N in shuffle_buffer(rows(epoch_seed), batch_size=batch_size, buffer_size=buffer_size, seed=epoch_seed):
+            yield (torch.from_numpy(x_ND) if per_chunk else norm(x_ND)), torch.from_numpy(y_N)
 
     return epoch_batches
 

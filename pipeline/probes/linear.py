@@ -3,8 +3,9 @@
 A sweep is a grid of (learning rate, weight decay) members, as in saev's contrib.semseg
 (ADE20K patch probe) and contrib.classification (CLS probe). Every member starts from the same
 seeded initialisation and sees the same batches; each data batch is read once per step for the
-whole sweep and all members' logits come out of one matrix multiply. Each member's weights are
-separate parameters, so AdamW's param groups carry each member's own lr and weight decay.
+whole sweep and all members' logits come out of one matrix multiply. All members share one
+stacked parameter and a vectorised AdamW applies each member's own lr and weight decay, so a
+step costs nearly the same for 18 members as for one.
 
 This module works on in-memory tensors and iterators; reading the activation cache, shuffling
 and batching are the caller's job (see ``fit_sweep``).
@@ -111,10 +112,11 @@ class ProbeTrainConfig:
 class ProbeSweep(nn.Module):
     """M linear probes ``Linear(D, C)`` with one shared seeded initialisation.
 
-    ``weights[m]`` is ``[C, D]`` and ``biases[m]`` is ``[C]``, one parameter each per member;
-    ``forward`` stacks them and computes all members' logits with one matrix multiply.
-    ``train_loss_M`` holds each member's mean training loss over the last epoch (NaN before
-    training).
+    All members live in one parameter ``weight_MCD`` ([M, C, D]) and ``bias_MC`` ([M, C]), so
+    a training step is the same handful of tensor ops whatever M is; ``weights[m]`` ([C, D])
+    and ``biases[m]`` ([C]) are views of member ``m``. Each member's own lr and weight decay
+    are applied by :class:`SweepAdamW`. ``train_loss_M`` holds each member's mean training
+    loss over the last epoch (NaN before training).
     """
 
     def __init__(self, d_model: int, n_classes: int, members: Sequence[ProbeMember], *, seed: int = 0):
@@ -133,27 +135,80 @@ class ProbeSweep(nn.Module):
         bound = 1.0 / math.sqrt(d_model)
         w_CD = (torch.rand(n_classes, d_model, generator=gen) * 2 - 1) * bound
         b_C = (torch.rand(n_classes, generator=gen) * 2 - 1) * bound
-        self.weights = nn.ParameterList([nn.Parameter(w_CD.clone()) for _ in members])
-        self.biases = nn.ParameterList([nn.Parameter(b_C.clone()) for _ in members])
+        self.weight_MCD = nn.Parameter(w_CD.expand(len(members), -1, -1).clone())
+        self.bias_MC = nn.Parameter(b_C.expand(len(members), -1).clone())
         self.register_buffer("train_loss_M", torch.full((len(members),), float("nan")), persistent=False)
 
     @property
     def n_members(self) -> int:
         return len(self.members)
 
-    def forward_NMC(self, x_ND: Tensor) -> Tensor:
-        """Logits in ``[N, M, C]`` layout (contiguous; what training uses)."""
+    @property
+    def weights(self) -> tuple[Tensor, ...]:
+        """Per-member weight views ``[C, D]``."""
+        return tuple(self.weight_MCD.unbind(0))
+
+    @property
+    def biases(self) -> tuple[Tensor, ...]:
+        """Per-member bias views ``[C]``."""
+        return tuple(self.bias_MC.unbind(0))
+
+    def _check(self, x_ND: Tensor) -> None:
         if x_ND.ndim != 2 or x_ND.shape[1] != self.d_model:
             raise ValueError(f"x_ND must be [N, {self.d_model}]; got {tuple(x_ND.shape)}.")
+
+    def forward_NMC(self, x_ND: Tensor) -> Tensor:
+        """Logits in ``[N, M, C]`` layout, one matrix multiply for all members."""
+        self._check(x_ND)
         m, c = self.n_members, self.n_classes
-        w_MCD = torch.stack(list(self.weights))
-        b_MC = torch.stack(list(self.biases))
-        logits_N_MC = torch.addmm(b_MC.reshape(1, m * c), x_ND, w_MCD.reshape(m * c, self.d_model).T)
+        logits_N_MC = torch.addmm(self.bias_MC.reshape(1, m * c), x_ND, self.weight_MCD.reshape(m * c, self.d_model).T)
         return logits_N_MC.view(-1, m, c)
+
+    def forward_MCN(self, x_ND: Tensor) -> Tensor:
+        """Logits in ``[M, C, N]`` layout: what training's cross-entropy wants (classes on dim 1,
+        samples contiguous), which is far faster on CPU than ``[N·M, C]`` rows of a few classes."""
+        self._check(x_ND)
+        m = self.n_members
+        return torch.baddbmm(self.bias_MC.unsqueeze(-1), self.weight_MCD, x_ND.T.unsqueeze(0).expand(m, -1, -1))
 
     def forward(self, x_ND: Tensor) -> Tensor:
         """All members' logits, ``[M, N, C]`` (a transposed view of :meth:`forward_NMC`)."""
         return self.forward_NMC(x_ND).transpose(0, 1)
+
+
+class SweepAdamW:
+    """AdamW (decoupled weight decay, as ``torch.optim.AdamW``) with a per-member lr and weight
+    decay along dim 0 of every parameter, in a fixed number of tensor ops per step.
+
+    ``torch.optim.AdamW`` takes one lr per param group, which would force one parameter (and one
+    set of small ops) per member; this keeps the sweep's step cost flat in M.
+    """
+
+    def __init__(self, params: Sequence[Tensor], lr_M: Tensor, weight_decay_M: Tensor, *, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = list(params)
+        self.lr_M, self.wd_M = lr_M, weight_decay_M
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.t = 0
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr_scale: float = 1.0) -> None:
+        self.t += 1
+        bc1 = 1 - self.beta1**self.t
+        bc2_sqrt = math.sqrt(1 - self.beta2**self.t)
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            shape = (-1,) + (1,) * (p.ndim - 1)
+            lr = (self.lr_M * lr_scale).view(shape)
+            p.mul_(1 - lr * self.wd_M.view(shape))
+            m.lerp_(p.grad, 1 - self.beta1)
+            v.mul_(self.beta2).addcmul_(p.grad, p.grad, value=1 - self.beta2)
+            p.sub_(lr / bc1 * m / (v.sqrt() / bc2_sqrt + self.eps))
 
 
 def _as_batch(x_ND: Any, y_N: Any | None, *, d_model: int, n_classes: int) -> tuple[Tensor, Tensor | None]:
@@ -201,12 +256,10 @@ def fit_sweep(
     """
     device = torch.device(device)
     sweep = ProbeSweep(d_model, n_classes, members, seed=cfg.seed).to(device)
-    base_lrs = [m.lr for m in sweep.members]
-    optim = torch.optim.AdamW(
-        [
-            {"params": [w, b], "lr": m.lr, "weight_decay": m.weight_decay}
-            for m, w, b in zip(sweep.members, sweep.weights, sweep.biases)
-        ]
+    optim = SweepAdamW(
+        [sweep.weight_MCD, sweep.bias_MC],
+        torch.tensor([m.lr for m in sweep.members], device=device),
+        torch.tensor([m.weight_decay for m in sweep.members], device=device),
     )
     m_count = sweep.n_members
     warmup_steps: int | None = None
@@ -233,24 +286,18 @@ def fit_sweep(
                 continue
             x_ND = x_ND.to(device, dtype=torch.float32, non_blocking=True)
             y_N = y_N.to(device, dtype=torch.long, non_blocking=True)
-            if warmup_steps is not None:
-                scale = min(1.0, (step + 1) / warmup_steps)
-                for group, lr in zip(optim.param_groups, base_lrs):
-                    group["lr"] = lr * scale
-            logits_NMC = sweep.forward_NMC(x_ND)
-            n, c = x_ND.shape[0], n_classes
-            y_NM = y_N[:, None].expand(n, m_count)
-            loss_NM = F.cross_entropy(
-                logits_NMC.reshape(n * m_count, c), y_NM.reshape(-1), ignore_index=IGNORE_LABEL, reduction="none"
-            ).view(n, m_count)
+            scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps is not None else 1.0
+            logits_MCN = sweep.forward_MCN(x_ND)
+            y_MN = y_N.unsqueeze(0).expand(m_count, -1)
+            loss_MN = F.cross_entropy(logits_MCN, y_MN, ignore_index=IGNORE_LABEL, reduction="none")
             n_valid = (y_N != IGNORE_LABEL).sum()
-            loss_M = loss_NM.sum(dim=0) / n_valid.clamp(min=1)
-            optim.zero_grad(set_to_none=True)
+            loss_M = loss_MN.sum(dim=1) / n_valid.clamp(min=1)
+            optim.zero_grad()
             # Members share no parameters, so the sum gives each member its own mean-loss gradient.
             loss_M.sum().backward()
-            optim.step()
+            optim.step(scale)
             step += 1
-            loss_sum_M += loss_NM.detach().sum(dim=0)
+            loss_sum_M += loss_MN.detach().sum(dim=1)
             n_seen += n_valid
         if n_batches == 0:
             raise ValueError(f"epoch_batches({epoch}) yielded no batches.")

@@ -74,6 +74,7 @@ from pipeline.probes.features import (
     store_record,
 )
 from pipeline.probes.linear import (
+    IGNORE_LABEL,
     ProbeSweep,
     ProbeTrainConfig,
     best_member,
@@ -121,7 +122,7 @@ def _predict(logits: torch.Tensor, train_on_other: bool) -> torch.Tensor:
 
 
 def upsampled_predictions(logits_MBPC: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], train_on_other: bool) -> np.ndarray:
-    """Pixel predictions ``int64 [M, B, H, W]``: bilinear upsampling of each patch-logit map, then argmax.
+    """Pixel predictions ``[M, B, H, W]`` (uint8, or int32 beyond 256 classes): bilinear upsampling of each patch-logit map, then argmax.
 
     Works in slices so at most ``UPSAMPLE_BUDGET`` bytes of upsampled logits exist at once.
     """
@@ -134,8 +135,8 @@ def upsampled_predictions(logits_MBPC: torch.Tensor, grid: tuple[int, int], size
     out = []
     for s in range(0, m * b, step):
         up = F.interpolate(maps[s : s + step], size=size, mode="bilinear", align_corners=False)
-        out.append((up.argmax(dim=1) + offset).to(torch.int16 if c < 2**15 else torch.int64).cpu())
-    return torch.cat(out).view(m, b, *size).numpy().astype(np.int64)
+        out.append((up.argmax(dim=1) + offset).to(torch.uint8 if c <= 256 else torch.int32).cpu())
+    return torch.cat(out).view(m, b, *size).numpy()
 
 
 def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool, n_figure: int = 0) -> SegEvaluation:
@@ -164,7 +165,7 @@ def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, tra
         if take:
             fig_images.append(image_B[:take])
             fig_true.append(pixel_BHW[:take])
-            fig_pred.append(pixel_pred_MBHW[:, :take])
+            fig_pred.append(pixel_pred_MBHW[:, :take].astype(np.int64))
     h, w = val.group["pixel_label"].shape[1:]
     return SegEvaluation(
         patch_conf_MCC=patch_conf,
@@ -210,7 +211,7 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
         try:
             img = load_rgb(path)
             geo = crop_geometry(img.width, img.height, pre)
-            img = img.resize((geo.resized_W, geo.resized_H), resample=Image.Resampling.BICUBIC)
+            img = img.resize((geo.resized_W, geo.resized_H), resample=getattr(Image.Resampling, pre.interpolation.upper()))
             out.append(np.asarray(img.crop((geo.left, geo.top, geo.left + crop, geo.top + crop)), dtype=np.uint8))
         except Exception as err:  # noqa: BLE001
             if path is not None:
@@ -235,7 +236,7 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     epochs = patch_train_epochs(
         stores.train, pc.layer, y_NP, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=pc.seed
     )
-    n_train = int((y_NP != -1).sum())
+    n_train = int((y_NP != IGNORE_LABEL).sum())
     log.info("seg probe: %d members, %d training patches, %d epochs, device %s", len(members), n_train, pc.epochs, device)
 
     t0 = time.perf_counter()
@@ -250,12 +251,13 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         row.update(seg_metrics(ev.patch_conf_MCC[k], ev.pixel_conf_MCC[k]))
         rows.append(row)
     table = sweep_table(members, rows)
+    device_name = describe_device(device)
     table["random_weights"] = stores.random_weights
+    table["device"] = device_name
     best = best_member(table, "pixel_miou")
     table["best"] = table["member"] == best
     best_row = table.loc[table["member"] == best].iloc[0]
     best_metrics = {k: float(best_row[k]) for k in rows[0]}
-    device_name = describe_device(device)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "sweep.csv", index=False)

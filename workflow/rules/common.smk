@@ -103,3 +103,87 @@ _all_targets_before_probes = all_targets
 
 def all_targets(wildcards):
     return _all_targets_before_probes(wildcards) + probe_targets()
+
+
+# ---- sae
+# Statistics (any store) and the SAE stages (the one `sae:` section). The SAE folder is named
+# by the non-negative block number, resolved from the config (demo n_layers / config.json).
+from pipeline.config import CacheRef
+from pipeline.sae.stages import config_block, sae_dir, train_outputs
+
+SAE_REF = CFG.sae.cache if CFG.sae is not None else None
+SAE_DIR = str(sae_dir(CFG, config_block(CFG))) if CFG.sae is not None else None
+
+
+def stats_json(ref, split):
+    """The statistics file of a store (dask step `stats`)."""
+    return f"{RESULTS}/stats/{ref.model}/{ref.dataset}/{split}.json"
+
+
+def stats_inputs(wildcards):
+    return store_complete(CacheRef(wildcards.model, wildcards.dataset), wildcards.split)
+
+
+def sae_train_inputs(wildcards):
+    return {
+        "train": store_complete(SAE_REF, "train"),
+        "val": store_complete(SAE_REF, "val"),
+        "stats": stats_json(SAE_REF, "train"),
+    }
+
+
+def sae_train_outputs():
+    files = train_outputs(CFG)
+    return [str(p) for p in files["main"] + files["members"]]
+
+
+def sae_targets():
+    """What `rule sae` (and `all`) asks for; nothing without a `sae:` section."""
+    if CFG.sae is None:
+        return []
+    return [f"{SAE_DIR}/sweep.csv", f"{SAE_DIR}/sae.pt", f"{SAE_DIR}/latents.json", f"{SAE_DIR}/gallery/index.html"]
+
+
+_all_targets_before_sae = all_targets
+
+
+def all_targets(wildcards):
+    return _all_targets_before_sae(wildcards) + sae_targets()
+
+
+# ---- dimred
+# The STEGO study (rule in dimred.smk). The file list mirrors pipeline.dimred_study.output_files
+# (kept here so parsing the workflow does not import torch).
+DIMRED_CHART_EXTS = ("html", "png", "svg")
+
+
+def dimred_outputs():
+    """<results>/dimred.csv + <results>/dimred/{linear,cluster,pca_variance}.* + projections; [] without `dimred:`."""
+    if CFG.dimred is None:
+        return []
+    out = f"{RESULTS}/dimred"
+    stems = ["linear", "cluster"] + (["pca_variance"] if "pca" in CFG.dimred.methods else [])
+    files = [f"{RESULTS}/dimred.csv"] + [f"{out}/{s}.{e}" for s in stems for e in DIMRED_CHART_EXTS]
+    if "pca" in CFG.dimred.methods:
+        files.append(f"{out}/pca_variance.csv")
+    return files + [f"{out}/projections.safetensors", f"{out}/projections.json"]
+
+
+def dimred_inputs(wildcards):
+    """The finalized train and val stores (+ the demo model, whose final norm is loaded)."""
+    ref = CFG.dimred.cache
+    found = {split: store_complete(ref, split) for split in SPLITS}
+    if ref.model in DEMO_MODELS:
+        found["model"] = f"{RES}/models/{ref.model}/.complete"
+    return found
+
+
+def dimred_targets():
+    return dimred_outputs()
+
+
+_all_targets_before_dimred = all_targets
+
+
+def all_targets(wildcards):
+    return _all_targets_before_dimred(wildcards) + dimred_targets()

@@ -1,0 +1,149 @@
+"""The STEGO study's cost: the whole dim sweep from the cache ÷ one ViT forward pass over the same images.
+
+Prints one ratio measured in one run (absolute times depend on the machine):
+
+    (whole ``run_dimred_study``: sample + standardise + fit the reductions + train every
+     linear probe and k-means + one val pass scoring all of them + write the outputs)
+    ÷ (one forward pass of the backbone over as many images as the study reads, train + val,
+       at the store's image size and the config's extraction batch size)
+
+The forward pass runs on random pixels (a ViT's cost does not depend on the pixel values),
+so image decoding is not counted: the denominator is the cheapest possible "just run the
+model again", the numerator everything the study costs once the cache exists.
+
+Data: the ``dimred`` section of ``--config`` (default: the repo's demo ``config.yaml``) when
+both of its stores are finalized; otherwise a small cache built in a temp folder with the
+test helpers (tiny random-init DINOv2, D = 32; about a minute). Outputs go to a temp folder.
+
+    python benchmarks/bench_dimred.py [--config config.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from pipeline.cache import CacheReader  # noqa: E402
+from pipeline.config import Config, config_from_dict, load_config  # noqa: E402
+from pipeline.runtime import describe_device, resolve_device, set_threads  # noqa: E402
+
+SMALL_OVERRIDES = {
+    "demo": {"datasets": {"seg": {"n_train": 96, "n_val": 24}}},
+    "dimred": {
+        "cache": {"model": "dino", "dataset": "seg"},
+        "dims": [32, 16, 8, 4, 2],
+        "n_fit_tokens": 20000,
+        "probe_epochs": 5,
+        "probe_lr": 1e-3,
+    },
+}
+
+
+def _complete(cfg: Config) -> bool:
+    if cfg.dimred is None:
+        return False
+    for split in ("train", "val"):
+        try:
+            CacheReader(cfg.store(cfg.dimred.cache, split))
+        except Exception:  # noqa: BLE001 - missing or unfinished: build a small one
+            return False
+    return True
+
+
+def build_small(folder: Path) -> Config:
+    """A small seg cache made with the test helpers (tiny config, more images) in ``folder``."""
+    from helpers import TINY_CONFIG, build_demo_assets, deep_update
+
+    from pipeline.extract import extract
+
+    os.chdir(folder)
+    raw = deep_update(TINY_CONFIG, SMALL_OVERRIDES)
+    build_demo_assets(folder, raw)
+    cfg = config_from_dict(raw, source=folder / "config.yaml")
+    for split in ("train", "val"):
+        extract(cfg, cfg.dimred.cache, split, progress=False)
+    return cfg
+
+
+def forward_seconds(cfg: Config, n_images: int, image_size: int, device: torch.device) -> float:
+    """Wall time of one forward pass over ``n_images`` random images (after one warm-up batch)."""
+    from pipeline.models import load_backbone
+
+    backbone, _ = load_backbone(cfg.model(cfg.dimred.cache.model).spec, device=device)
+    bs = cfg.extract.batch_size
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randn(bs, 3, image_size, image_size, generator=gen).to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.inference_mode():
+        backbone(pixels[:1])
+        sync()
+        t0 = time.perf_counter()
+        for s in range(0, n_images, bs):
+            backbone(pixels[: min(bs, n_images - s)])
+        sync()
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=REPO / "config.yaml")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from pipeline.dimred_study import run_dimred_study
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench_dimred_")
+    os.chdir(args.config.resolve().parent)
+    cfg = load_config(args.config.resolve())
+    source = f"the dimred cache of {args.config}"
+    if not _complete(cfg):
+        print(f"no finalized dimred cache for {args.config.name}; building a small one in {tmp.name} ...", flush=True)
+        cfg = build_small(Path(tmp.name))
+        source = "small cache built with tests/helpers in a temp folder"
+    cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, results=Path(tmp.name) / "results"))
+    threads = set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    train = CacheReader(cfg.store(cfg.dimred.cache, "train"))
+    val = CacheReader(cfg.store(cfg.dimred.cache, "val"))
+    n_images = int(train.valid.sum() + val.valid.sum())
+    image_size = int(train.attrs["image_size"])
+
+    t0 = time.perf_counter()
+    summary = run_dimred_study(cfg, progress=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t_sweep = time.perf_counter() - t0
+    t_forward = forward_seconds(cfg, n_images, image_size, device)
+
+    n_variants = 1 + sum(len(summary["dims"]) for _ in summary["methods"])
+    print(f"\ndimred benchmark: {source}; model {cfg.dimred.cache.model} (D={summary['d_model']}), "
+          f"{n_images} images ({train.n_patches} patches each, {image_size} px); {describe_device(device)}, {threads} threads\n")
+    print(f"sweep: {n_variants} feature sets (full + {', '.join(summary['methods'])} x dims {summary['dims']}), "
+          f"2 probes each, {summary['n_fit_tokens']} fit tokens")
+    for part, secs in summary["seconds"].items():
+        print(f"  {part:<16} {secs:8.2f} s")
+    print(f"whole dim sweep from the cache      {t_sweep:8.2f} s")
+    print(f"one ViT forward pass, same images   {t_forward:8.2f} s  (random pixels, batch {cfg.extract.batch_size})")
+    print(f"\nratio sweep / forward: {t_sweep / t_forward:.2f}")
+    os.chdir(REPO)
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

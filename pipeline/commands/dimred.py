@@ -1,0 +1,25 @@
+"""``dimred`` step: the STEGO study (segmentation left after projecting cached features to few dims)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.commands import add_config_arg, config_from_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dimred",
+        help="fit PCA / random projections once on cached train patch features, score linear and cluster "
+        "probes per dim on val (config: dimred); writes <results>/dimred.csv and <results>/dimred/",
+    )
+    add_config_arg(p)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_dimred)
+
+
+def run_dimred(args: argparse.Namespace) -> dict:
+    from pipeline.dimred_study import run_dimred_study
+
+    cfg = config_from_args(args)
+    return run_dimred_study(cfg, progress=not args.no_progress)

@@ -1,0 +1,64 @@
+# Activation statistics (dask, CPU only) and the SAE stages: sweep -> latent stats -> gallery.
+# Paths and input functions: the `# ---- sae` section of common.smk.
+
+
+rule stats:
+    input:
+        stats_inputs,
+    output:
+        f"{RESULTS}/stats/{{model}}/{{dataset}}/{{split}}.json",
+    log:
+        "logs/stats/{model}/{dataset}/{split}.log",
+    threads: THREADS
+    shell:
+        "{PY} -m pipeline stats --config {CONFIG_FILE} --model {wildcards.model} --dataset {wildcards.dataset}"
+        " --split {wildcards.split} --out {output} > {log} 2>&1"
+
+
+if CFG.sae is not None:
+
+    rule sae_train:
+        input:
+            unpack(sae_train_inputs),
+        output:
+            sae_train_outputs(),
+        log:
+            f"logs/sae/{SAE_REF.model}/{SAE_REF.dataset}/layer{config_block(CFG)}/train.log",
+        threads: THREADS
+        resources:
+            gpu=1,
+        shell:
+            "{PY} -m pipeline sae-train --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+
+    rule sae_latents:
+        input:
+            sae=f"{SAE_DIR}/sae.pt",
+            train=store_complete(SAE_REF, "train"),
+        output:
+            f"{SAE_DIR}/latents.json",
+            f"{SAE_DIR}/latents.zarr/zarr.json",
+        log:
+            f"logs/sae/{SAE_REF.model}/{SAE_REF.dataset}/layer{config_block(CFG)}/latents.log",
+        threads: THREADS
+        resources:
+            gpu=1,
+        shell:
+            "{PY} -m pipeline sae-latents --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+
+    rule sae_gallery:
+        input:
+            latents=f"{SAE_DIR}/latents.json",
+            train=store_complete(SAE_REF, "train"),
+        output:
+            f"{SAE_DIR}/gallery/index.html",
+            f"{SAE_DIR}/gallery/selection.json",
+        log:
+            f"logs/sae/{SAE_REF.model}/{SAE_REF.dataset}/layer{config_block(CFG)}/gallery.log",
+        threads: THREADS
+        shell:
+            "{PY} -m pipeline sae-gallery --config {CONFIG_FILE} > {log} 2>&1"
+
+
+rule sae:
+    input:
+        sae_targets(),
