@@ -13,7 +13,8 @@ model again", the numerator everything the study costs once the cache exists.
 
 Data: the ``dimred`` section of ``--config`` (default: the repo's demo ``config.yaml``) when
 both of its stores are finalized; otherwise a small cache built in a temp folder with the
-test helpers (tiny random-init DINOv2, D = 32; about a minute). Outputs go to a temp folder.
+test helpers (96 + 24 synthetic images of 224 px, random-init 6-block DINOv2 with D = 96;
+about a minute). Outputs go to a temp folder.
 
     python benchmarks/bench_dimred.py [--config config.yaml]
 """
@@ -39,14 +40,21 @@ from pipeline.cache import CacheReader  # noqa: E402
 from pipeline.config import Config, config_from_dict, load_config  # noqa: E402
 from pipeline.runtime import describe_device, resolve_device, set_threads  # noqa: E402
 
+# The tests' tiny project, grown to demo size (224 px, 6-block D = 96 random DINOv2), so the
+# ViT forward pass is not trivially small.
 SMALL_OVERRIDES = {
-    "demo": {"datasets": {"seg": {"n_train": 96, "n_val": 24}}},
+    "demo": {
+        "datasets": {"seg": {"n_train": 96, "n_val": 24, "n_classes": 8, "image_size": 224}},
+        "models": {"dino": {"hidden_size": 96, "n_layers": 6, "n_heads": 4, "image_size": 224}},
+    },
+    "models": {"dino": {"preprocess": {"resize": 224, "crop": 224}}},
+    "extract": {"dtype": "float16", "batch_size": 16, "chunk_images": 32},
     "dimred": {
         "cache": {"model": "dino", "dataset": "seg"},
-        "dims": [32, 16, 8, 4, 2],
+        "dims": [96, 48, 24, 12, 6, 3],
         "n_fit_tokens": 20000,
-        "probe_epochs": 5,
-        "probe_lr": 1e-3,
+        "probe_epochs": 10,
+        "probe_lr": 1e-2,
     },
 }
 
@@ -109,8 +117,9 @@ def main() -> None:
     from pipeline.dimred_study import run_dimred_study
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_dimred_")
-    os.chdir(args.config.resolve().parent)
-    cfg = load_config(args.config.resolve())
+    config = args.config.resolve()
+    os.chdir(config.parent)
+    cfg = load_config(config)
     source = f"the dimred cache of {args.config}"
     if not _complete(cfg):
         print(f"no finalized dimred cache for {args.config.name}; building a small one in {tmp.name} ...", flush=True)

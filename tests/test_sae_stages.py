@@ -239,7 +239,7 @@ def test_cli_steps(sae_project):
     for name in ("sweep.csv", "sae.pt", "sae.safetensors", "chosen.json", "sweep.png"):
         assert (Path(out) / name).exists()
     # a max_l0 nothing satisfies: one error line naming max_l0, no traceback, the sweep still written
-    write_config(sae_project.folder, {"sae": {**SAE, "max_l0": 0.001}}, name="strict.yaml")
+    write_config(sae_project.folder, {"sae": {**SAE, "max_l0": 0.001, "n_tokens": 640}}, name="strict.yaml")
     proc = run_cli(["sae-train", "--config", "strict.yaml", "--out", "results/strict", "--no-progress"],
                    sae_project.folder, check=False)
     assert proc.returncode == 2 and "max_l0" in proc.stderr and "Traceback" not in proc.stderr
