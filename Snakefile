@@ -16,9 +16,10 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/extract.smk"
-include: "workflow/rules/sae.smk"
 include: "workflow/rules/probe.smk"
+include: "workflow/rules/sae.smk"
 include: "workflow/rules/dimred.smk"
+include: "workflow/rules/quantify.smk"
 
 
 rule all:

@@ -29,6 +29,9 @@ STEPS = {
     "probe-seg": "pipeline.commands.probe",
     "probe-cls": "pipeline.commands.probe",
     "dimred": "pipeline.commands.dimred",
+    "class-f1": "pipeline.commands.quantify",
+    "propose": "pipeline.commands.quantify",
+    "quantify": "pipeline.commands.quantify",
 }
 
 

@@ -238,7 +238,10 @@ def per_class_table(jobs: list[Job], totals: list[dict], class_names: tuple[str,
     for skip in skipped:
         if skip["method"] == method:
             rows.append({"class_id": skip["class_id"], "class_name": class_names[skip["class_id"]], "latent": "", "status": "skipped", "note": skip["reason"]})
-    return pd.DataFrame(rows).sort_values("class_id", kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(rows).sort_values("class_id", kind="stable").reset_index(drop=True)
+    counts = [c for c in table.columns if c.startswith(("n_", "target_lost", "target_kept", "other_")) and not c.endswith("_pct")]
+    counts += [c for c in table.columns if c.endswith("_count")]
+    return table.astype({c: "Int64" for c in counts})  # skipped rows leave counts empty, not 1645.0
 
 
 def change_chart(per_method: dict[str, pd.DataFrame], summary: pd.DataFrame, stem: Path, *, random_weights: bool) -> list[Path]:
@@ -249,11 +252,11 @@ def change_chart(per_method: dict[str, pd.DataFrame], summary: pd.DataFrame, ste
     x = alt.X("other_change_rate_pct:Q", title="other-class patches changed (%)")
     y = alt.Y("target_change_rate_pct:Q", title="target-class patches changed (%)", scale=alt.Scale(domain=[0, 100]))
     behind = alt.Chart(points).mark_circle(size=30, opacity=0.35).encode(x, y, color, tooltip=["method", "class_name", "latent", "target_change_rate_pct", "other_change_rate_pct"])
-    s = summary.assign(
-        t_lo=summary.target_change_rate_mean_pct - summary.target_change_rate_std_pct.fillna(0),
-        t_hi=summary.target_change_rate_mean_pct + summary.target_change_rate_std_pct.fillna(0),
-        o_lo=summary.other_change_rate_mean_pct - summary.other_change_rate_std_pct.fillna(0),
-        o_hi=summary.other_change_rate_mean_pct + summary.other_change_rate_std_pct.fillna(0),
+    mean_t, std_t = summary.target_change_rate_mean_pct, summary.target_change_rate_std_pct.fillna(0)
+    mean_o, std_o = summary.other_change_rate_mean_pct, summary.other_change_rate_std_pct.fillna(0)
+    s = summary.assign(  # ± std, clipped to the possible range of a percentage
+        t_lo=(mean_t - std_t).clip(0, 100), t_hi=(mean_t + std_t).clip(0, 100),
+        o_lo=(mean_o - std_o).clip(0, 100), o_hi=(mean_o + std_o).clip(0, 100),
     )
     base = alt.Chart(s)
     means = base.mark_point(size=160, filled=True, shape="diamond").encode(

@@ -55,11 +55,6 @@ class StatsError(CacheError):
     """A stats file that does not fit the store or the layer asked for (names the file)."""
 
 
-def stats_path(results: Path, model: str, dataset: str, split: str) -> Path:
-    """``<results>/stats/<model>/<dataset>/<split>.json``."""
-    return Path(results) / "stats" / model / dataset / f"{split}.json"
-
-
 # --------------------------------------------------------------------------- the reduction
 
 
@@ -266,12 +261,13 @@ def run_stats(cfg, model: str, dataset: str, split: str, *, scheduler: str | Non
               out: Path | None = None) -> dict[str, Any]:
     """The ``stats`` step: compute and write the stats of one store; return a short summary."""
     from pipeline.config import CacheRef
+    from pipeline.paths import stats_path
     from pipeline.runtime import available_cpus
 
     store = cfg.store(CacheRef(model, dataset), split)
     threads = max(1, min(int(cfg.threads), available_cpus()))
     stats = compute_stats(store, scheduler=scheduler, threads=threads)
-    path = write_stats(stats, out or stats_path(cfg.paths.results, model, dataset, split))
+    path = write_stats(stats, out or stats_path(cfg, CacheRef(model, dataset), split))
     summary = {"stats": str(path), "store": str(store), "computed_with": stats["computed_with"],
                "n_valid_images": stats["n_valid_images"]}
     for block, per_kind in stats["layers"].items():
@@ -282,4 +278,4 @@ def run_stats(cfg, model: str, dataset: str, split: str, *, scheduler: str | Non
 
 
 __all__ = ["KINDS", "StatsError", "compute_stats", "pooled", "read_stats", "run_stats",
-           "scaling_from_stats", "stats_path", "write_stats"]
+           "scaling_from_stats", "write_stats"]

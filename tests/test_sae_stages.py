@@ -36,7 +36,7 @@ from pipeline.stats import read_stats, run_stats
 
 SEG = CacheRef("dino", "seg")
 BLOCK = 1  # layer -2 of the 3-block tiny model
-OUT = Path("results/sae/dino/seg/layer1")
+OUT = Path("results/sae/dino/seg/layer-2")  # named by the layer as configured
 SAE = {
     "cache": {"model": "dino", "dataset": "seg"},
     "layer": -2,
@@ -256,6 +256,6 @@ def test_snakemake_dry_run_lists_the_sae_rules(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for rule in ("stats", "sae_train", "sae_latents", "sae_gallery"):
         assert re.search(rf"^rule {rule}:", proc.stdout, re.M), rule
-    for path in ("results/stats/dino/seg/train.json", "results/sae/dino/seg/layer1/sae.pt",
-                 "results/sae/dino/seg/layer1/latents.json", "results/sae/dino/seg/layer1/gallery/index.html"):
+    for path in ("results/stats/dino/seg/train.json", "results/sae/dino/seg/layer-2/sae.pt",
+                 "results/sae/dino/seg/layer-2/latents.json", "results/sae/dino/seg/layer-2/gallery/index.html"):
         assert path in proc.stdout

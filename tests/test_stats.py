@@ -15,7 +15,8 @@ from pipeline.cache import StoreLayout, create_or_open, finalize
 from pipeline.cache.store import open_group
 from pipeline.config import CacheRef, load_config
 from pipeline.extract import extract
-from pipeline.stats import StatsError, compute_stats, pooled, read_stats, scaling_from_stats, stats_path
+from pipeline.paths import stats_path
+from pipeline.stats import StatsError, compute_stats, pooled, read_stats, scaling_from_stats
 
 SEG = CacheRef("dino", "seg")
 
@@ -52,7 +53,7 @@ def test_stats_equal_numpy_on_a_tiny_store(project):
     valid = ~bad
 
     proc = run_cli(["stats", "--config", "config.yaml", "--model", "dino", "--dataset", "seg", "--split", "train"], project)
-    path = stats_path(cfg.paths.results, "dino", "seg", "train")
+    path = stats_path(cfg, CacheRef("dino", "seg"), "train")
     assert path.exists() and str(path) in proc.stdout
     stats = read_stats(path, config_hash=group.attrs["config_hash"])
     assert stats["config_hash"] == group.attrs["config_hash"] and stats["store"] == str(store)

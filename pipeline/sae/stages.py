@@ -53,6 +53,7 @@ import torch
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.store import CacheError
 from pipeline.cache.stream import shuffle_buffer, token_rows
+from pipeline.paths import sae_dir, stats_path
 from pipeline.config import CacheRef, Config, ConfigError, SAEConfig
 
 from .checkpoint import load_checkpoint
@@ -86,60 +87,8 @@ def require_sae(cfg: Config) -> SAEConfig:
     return cfg.sae
 
 
-def model_depth(cfg: Config, model: str) -> int | None:
-    """Number of blocks of a configured model without loading it (None if unknown yet).
-
-    Demo models: ``demo.models.<name>.n_layers``; local folders and hub models already in
-    the local HF cache: ``num_hidden_layers`` of their ``config.json``.
-    """
-    demo = cfg.demo.get("models", {}).get(model)
-    if demo and "n_layers" in demo:
-        return int(demo["n_layers"])
-    spec = cfg.model(model).spec
-    path: Path | None = Path(spec.source) / "config.json"
-    if not path.is_file():
-        path = None
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(spec.source, "config.json", revision=spec.revision)
-            path = Path(found) if isinstance(found, str) else None
-        except Exception:  # noqa: BLE001 - not a hub id, or no cache: unknown
-            path = None
-    if path is None:
-        return None
-    raw = json.loads(path.read_text())
-    raw = raw.get("vision_config", raw)
-    n = raw.get("num_hidden_layers")
-    return int(n) if n is not None else None
-
-
-def config_block(cfg: Config) -> int:
-    """The non-negative block number of ``sae.layer`` (for output paths before the store exists)."""
-    sc = require_sae(cfg)
-    if sc.layer >= 0:
-        return sc.layer
-    depth = model_depth(cfg, sc.cache.model)
-    if depth is None:
-        raise ConfigError(
-            f"{cfg.source}: key sae/layer: {sc.layer} counts from the end of model {sc.cache.model!r}, whose depth "
-            "cannot be read before it is downloaded; give a non-negative block number instead"
-        )
-    if not 0 <= depth + sc.layer < depth:
-        raise ConfigError(f"{cfg.source}: key sae/layer: {sc.layer} is out of range for {depth} blocks")
-    return depth + sc.layer
-
-
-def sae_dir(cfg: Config, block: int) -> Path:
-    """``<results>/sae/<model>/<dataset>/layer<block>``."""
-    ref = require_sae(cfg).cache
-    return cfg.paths.results / "sae" / ref.model / ref.dataset / f"layer{int(block)}"
-
-
 def stats_file(cfg: Config, ref: CacheRef, split: str) -> Path:
-    from pipeline.stats import stats_path
-
-    return stats_path(cfg.paths.results, ref.model, ref.dataset, split)
+    return stats_path(cfg, ref, split)
 
 
 def member_grid(sc: SAEConfig) -> list[SAEHparams]:
@@ -158,7 +107,7 @@ def member_slug(hp: SAEHparams) -> str:
 
 def train_outputs(cfg: Config) -> dict[str, list[Path]]:
     """Files ``sae-train`` writes (for the Snakemake rule)."""
-    out = sae_dir(cfg, config_block(cfg))
+    out = sae_dir(cfg)
     members = []
     for hp in member_grid(require_sae(cfg)):
         members += [out / "members" / f"{member_slug(hp)}.pt", out / "members" / f"{member_slug(hp)}.safetensors"]
@@ -311,7 +260,7 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
             raise SAEStageError(f"{val.path}: made with another model than {train.path}")
     else:
         log.warning("no val store at %s: sweep metrics come from the end of training", val_path)
-    out = Path(out_dir) if out_dir is not None else sae_dir(cfg, block)
+    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
     scaling, stats_path = load_train_scaling(cfg, train, block, sc.tokens)
     members = member_grid(sc)
     tc = TrainConfig(n_tokens=sc.n_tokens, batch_size=sc.batch_size, lr_warmup_steps=sc.lr_warmup_steps,
@@ -419,7 +368,7 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
     dev = resolve_device(device or cfg.device)
     reader = _open(cfg, sc.cache, "train")
     block = reader.block(sc.layer)
-    out = Path(out_dir) if out_dir is not None else sae_dir(cfg, block)
+    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
     ckpt = out / "sae.pt"
     sae, hcfg, scaling = load_sae_for(cfg, ckpt, reader)
     if int(hcfg.get("layer", block)) != block:
@@ -522,7 +471,7 @@ def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     sc = require_sae(cfg)
     reader = _open(cfg, sc.cache, "train")
     block = reader.block(sc.layer)
-    out = Path(out_dir) if out_dir is not None else sae_dir(cfg, block)
+    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
     info = json.loads((out / "latents.json").read_text())
     if info.get("store_config_hash") != reader.attrs["config_hash"]:
         raise SAEStageError(f"{out / 'latents.json'}: computed on another store than {reader.path}; re-run sae-latents")
@@ -574,8 +523,8 @@ def _json_default(obj: Any) -> Any:
 
 
 __all__ = [
-    "CHOICE_RULE", "EVAL_MAX_TOKENS", "NoMemberError", "SAEStageError", "choose_member", "config_block",
-    "eval_batches", "load_sae_for", "load_train_scaling", "member_grid", "member_slug", "model_depth",
+    "CHOICE_RULE", "EVAL_MAX_TOKENS", "NoMemberError", "SAEStageError", "choose_member",
+    "eval_batches", "load_sae_for", "load_train_scaling", "member_grid", "member_slug",
     "run_gallery", "run_latents", "run_train", "sae_dir", "spread_by_frequency", "store_image_loader",
     "token_parts", "tokens_per_pass", "train_batches", "train_outputs", "write_train_outputs",
 ]

@@ -6,7 +6,8 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
 
-from pipeline.config import SPLITS, config_from_dict
+from pipeline import paths
+from pipeline.config import SPLITS, CacheRef, QuantifyConfig, config_from_dict
 
 # The file the steps read: the last --configfile given, else config.yaml (the steps
 # re-validate it themselves, so a hand-run step and a rule see the same config).
@@ -56,11 +57,16 @@ def cache_targets():
     return [store_complete(ref, split) for ref in CFG.caches for split in SPLITS]
 
 
-def all_targets(wildcards):
-    return cache_targets()
+def model_inputs(ref):
+    """The demo model's sentinel when a stage loads the model (final norm, later blocks)."""
+    return {"model": f"{RES}/models/{ref.model}/.complete"} if ref.model in DEMO_MODELS else {}
 
 
-# ---- probes (linear probes fitted on the cache; rules in probe.smk)
+def store_inputs(ref, splits=SPLITS):
+    return {split: store_complete(ref, split) for split in splits}
+
+
+# ---- probes (rules in probe.smk; outputs in <results>/probes/{seg,cls}/<model>/<dataset>/)
 PROBE_SEG_FILES = (
     "best.json", "best.safetensors", "sweep.csv", "per_class_iou.csv", "examples.png",
     "sweep.html", "sweep.png", "sweep.svg", "per_class_iou.html", "per_class_iou.png", "per_class_iou.svg",
@@ -71,53 +77,22 @@ PROBE_CLS_FILES = (
 )
 
 
-def probe_dir(kind, section):
-    """``<results>/probes/<kind>/<model>/<dataset>`` of a probe config section."""
-    return f"{RESULTS}/probes/{kind}/{section.cache.model}/{section.cache.dataset}"
-
-
 def probe_outputs(kind):
     section, files = (CFG.seg_probe, PROBE_SEG_FILES) if kind == "seg" else (CFG.cls_probe, PROBE_CLS_FILES)
-    return [] if section is None else [f"{probe_dir(kind, section)}/{name}" for name in files]
+    return [] if section is None else [str(paths.probe_dir(CFG, kind) / name) for name in files]
 
 
 def probe_inputs(kind):
-    """Input function: the finalized train and val stores (+ the demo model, whose final norm is loaded)."""
     section = CFG.seg_probe if kind == "seg" else CFG.cls_probe
-
-    def inputs(wildcards):
-        found = {split: store_complete(section.cache, split) for split in SPLITS}
-        if section.cache.model in DEMO_MODELS:
-            found["model"] = f"{RES}/models/{section.cache.model}/.complete"
-        return found
-
-    return inputs
+    return lambda wildcards: {**store_inputs(section.cache), **model_inputs(section.cache)}
 
 
 def probe_targets():
     return probe_outputs("seg") + probe_outputs("cls")
 
 
-_all_targets_before_probes = all_targets
-
-
-def all_targets(wildcards):
-    return _all_targets_before_probes(wildcards) + probe_targets()
-
-
-# ---- sae
-# Statistics (any store) and the SAE stages (the one `sae:` section). The SAE folder is named
-# by the non-negative block number, resolved from the config (demo n_layers / config.json).
-from pipeline.config import CacheRef
-from pipeline.sae.stages import config_block, sae_dir, train_outputs
-
-SAE_REF = CFG.sae.cache if CFG.sae is not None else None
-SAE_DIR = str(sae_dir(CFG, config_block(CFG))) if CFG.sae is not None else None
-
-
-def stats_json(ref, split):
-    """The statistics file of a store (dask step `stats`)."""
-    return f"{RESULTS}/stats/{ref.model}/{ref.dataset}/{split}.json"
+# ---- statistics and SAE (rules in sae.smk; outputs in <results>/sae/<model>/<dataset>/layer<L>/)
+SAE_DIR = str(paths.sae_dir(CFG)) if CFG.sae is not None else None
 
 
 def stats_inputs(wildcards):
@@ -125,40 +100,27 @@ def stats_inputs(wildcards):
 
 
 def sae_train_inputs(wildcards):
-    return {
-        "train": store_complete(SAE_REF, "train"),
-        "val": store_complete(SAE_REF, "val"),
-        "stats": stats_json(SAE_REF, "train"),
-    }
+    return {**store_inputs(CFG.sae.cache), "stats": str(paths.stats_path(CFG, CFG.sae.cache, "train"))}
 
 
 def sae_train_outputs():
+    from pipeline.sae.stages import train_outputs
+
     files = train_outputs(CFG)
     return [str(p) for p in files["main"] + files["members"]]
 
 
 def sae_targets():
-    """What `rule sae` (and `all`) asks for; nothing without a `sae:` section."""
     if CFG.sae is None:
         return []
     return [f"{SAE_DIR}/sweep.csv", f"{SAE_DIR}/sae.pt", f"{SAE_DIR}/latents.json", f"{SAE_DIR}/gallery/index.html"]
 
 
-_all_targets_before_sae = all_targets
-
-
-def all_targets(wildcards):
-    return _all_targets_before_sae(wildcards) + sae_targets()
-
-
-# ---- dimred
-# The STEGO study (rule in dimred.smk). The file list mirrors pipeline.dimred_study.output_files
-# (kept here so parsing the workflow does not import torch).
+# ---- dimred: the STEGO study (rule in dimred.smk; mirrors pipeline.dimred_study.output_files)
 DIMRED_CHART_EXTS = ("html", "png", "svg")
 
 
 def dimred_outputs():
-    """<results>/dimred.csv + <results>/dimred/{linear,cluster,pca_variance}.* + projections; [] without `dimred:`."""
     if CFG.dimred is None:
         return []
     out = f"{RESULTS}/dimred"
@@ -170,20 +132,40 @@ def dimred_outputs():
 
 
 def dimred_inputs(wildcards):
-    """The finalized train and val stores (+ the demo model, whose final norm is loaded)."""
-    ref = CFG.dimred.cache
-    found = {split: store_complete(ref, split) for split in SPLITS}
-    if ref.model in DEMO_MODELS:
-        found["model"] = f"{RES}/models/{ref.model}/.complete"
-    return found
+    return {**store_inputs(CFG.dimred.cache), **model_inputs(CFG.dimred.cache)}
 
 
-def dimred_targets():
-    return dimred_outputs()
+# ---- quantify (rules in quantify.smk): interventions need the SAE and the seg probe
+QUANTIFY = CFG.sae is not None and CFG.seg_probe is not None
+if QUANTIFY:
+    _Q = paths.quantify_dir(CFG)
+    QUANTIFY_FILES = {
+        "class_f1": str(paths.class_f1_path(CFG).with_suffix(".json")),
+        "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html")],
+        "quantify": [str(paths.quantitative_csv(CFG))]
+        + [str(_Q / f"{m}.csv") for m in (CFG.quantify.methods if CFG.quantify else QuantifyConfig().methods)]
+        + [str(_Q / f"chart.{e}") for e in ("html", "png", "svg")],
+    }
 
 
-_all_targets_before_dimred = all_targets
+def quantify_inputs(step):
+    def inputs(wildcards):
+        found = {"sae": f"{SAE_DIR}/sae.pt"}
+        if step in ("class_f1", "propose"):
+            found["train"] = store_complete(CFG.sae.cache, "train")
+        if step in ("propose", "quantify"):
+            found.update(f1=QUANTIFY_FILES["class_f1"], latents=f"{SAE_DIR}/latents.json")
+        if step == "quantify":
+            found.update(val=store_complete(CFG.sae.cache, "val"), probe=str(paths.probe_stem(CFG)) + ".json", **model_inputs(CFG.sae.cache))
+        return found
+
+    return inputs
+
+
+def quantify_targets():
+    return QUANTIFY_FILES["quantify"] + QUANTIFY_FILES["proposals"] if QUANTIFY else []
 
 
 def all_targets(wildcards):
-    return _all_targets_before_dimred(wildcards) + dimred_targets()
+    """Everything the config defines (the default target)."""
+    return cache_targets() + probe_targets() + sae_targets() + dimred_outputs() + quantify_targets()

@@ -1,41 +1,48 @@
 # Quantify: SAE feature interventions re-forwarded from the cache (saev contrib.semseg quantify).
 # class_f1 (train) -> quantify (val) -> results/quantitative.csv; propose suggests manual latents.
 
+if QUANTIFY:
 
-rule class_f1:
+    rule class_f1:
+        input:
+            unpack(quantify_inputs("class_f1")),
+        output:
+            QUANTIFY_FILES["class_f1"],
+        log:
+            "logs/quantify/class_f1.log",
+        threads: THREADS
+        resources:
+            gpu=1,
+        shell:
+            "{PY} -m pipeline class-f1 --config {CONFIG_FILE} > {log} 2>&1"
+
+
+    rule propose:
+        input:
+            unpack(quantify_inputs("propose")),
+        output:
+            QUANTIFY_FILES["proposals"],
+        log:
+            "logs/quantify/propose.log",
+        shell:
+            "{PY} -m pipeline propose --config {CONFIG_FILE} > {log} 2>&1"
+
+
+    rule quantify:
+        input:
+            unpack(quantify_inputs("quantify")),
+        output:
+            QUANTIFY_FILES["quantify"],
+        log:
+            "logs/quantify/quantify.log",
+        threads: THREADS
+        resources:
+            gpu=1,
+        shell:
+            "{PY} -m pipeline quantify --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+
+
+# Named target: `snakemake quantitative` (= results/quantitative.csv under this config's results path).
+rule quantitative:
     input:
-        unpack(quantify_inputs("class_f1")),
-    output:
-        QUANTIFY_FILES["class_f1"],
-    log:
-        "logs/quantify/class_f1.log",
-    threads: THREADS
-    resources:
-        gpu=1,
-    shell:
-        "{PY} -m pipeline class-f1 --config {CONFIG_FILE} > {log} 2>&1"
-
-
-rule propose:
-    input:
-        unpack(quantify_inputs("propose")),
-    output:
-        QUANTIFY_FILES["proposals"],
-    log:
-        "logs/quantify/propose.log",
-    shell:
-        "{PY} -m pipeline propose --config {CONFIG_FILE} > {log} 2>&1"
-
-
-rule quantify:
-    input:
-        unpack(quantify_inputs("quantify")),
-    output:
-        QUANTIFY_FILES["quantify"],
-    log:
-        "logs/quantify/quantify.log",
-    threads: THREADS
-    resources:
-        gpu=1,
-    shell:
-        "{PY} -m pipeline quantify --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+        quantify_targets(),

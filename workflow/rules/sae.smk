@@ -15,7 +15,7 @@ rule stats:
         " --split {wildcards.split} --out {output} > {log} 2>&1"
 
 
-if CFG.sae is not None:
+if SAE_DIR is not None:
 
     rule sae_train:
         input:
@@ -23,7 +23,7 @@ if CFG.sae is not None:
         output:
             sae_train_outputs(),
         log:
-            f"logs/sae/{SAE_REF.model}/{SAE_REF.dataset}/layer{config_block(CFG)}/train.log",
+            f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/train.log",
         threads: THREADS
         resources:
             gpu=1,
@@ -33,12 +33,12 @@ if CFG.sae is not None:
     rule sae_latents:
         input:
             sae=f"{SAE_DIR}/sae.pt",
-            train=store_complete(SAE_REF, "train"),
+            train=store_complete(CFG.sae.cache, "train"),
         output:
             f"{SAE_DIR}/latents.json",
             f"{SAE_DIR}/latents.zarr/zarr.json",
         log:
-            f"logs/sae/{SAE_REF.model}/{SAE_REF.dataset}/layer{config_block(CFG)}/latents.log",
+            f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/latents.log",
         threads: THREADS
         resources:
             gpu=1,
@@ -48,12 +48,12 @@ if CFG.sae is not None:
     rule sae_gallery:
         input:
             latents=f"{SAE_DIR}/latents.json",
-            train=store_complete(SAE_REF, "train"),
+            train=store_complete(CFG.sae.cache, "train"),
         output:
             f"{SAE_DIR}/gallery/index.html",
             f"{SAE_DIR}/gallery/selection.json",
         log:
-            f"logs/sae/{SAE_REF.model}/{SAE_REF.dataset}/layer{config_block(CFG)}/gallery.log",
+            f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/gallery.log",
         threads: THREADS
         shell:
             "{PY} -m pipeline sae-gallery --config {CONFIG_FILE} > {log} 2>&1"
@@ -61,4 +61,4 @@ if CFG.sae is not None:
 
 rule sae:
     input:
-        sae_targets(),
+        lambda wildcards: sae_targets(),
