@@ -153,6 +153,34 @@ class DimredConfig:
 
 
 @dataclass(frozen=True)
+class ManipulateExample:
+    """One configured intervention on one image (``python -m pipeline manipulate``).
+
+    ``image`` is an image id (its path relative to the dataset root, as in the store) or an
+    index into the split. ``target_class`` (YAML key ``class``) and ``other_class`` are class
+    names or ids (None: chosen from the image). ``values`` are in [-1, 1]: the latent is set
+    to ``value x`` its max observed value on train. No ``latents``: the top latent of the class
+    and the top latent of the other class, with ``values`` (default -1 and +1).
+    """
+
+    name: str
+    image: str | int
+    split: str = "val"
+    target_class: str | int | None = None
+    other_class: str | int | None = None
+    latents: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ManipulateConfig:
+    examples: tuple[ManipulateExample, ...] = ()
+    n_top_latents: int = 5
+    n_top_classes: int = 5
+    rank_by: str = "auto"  # auto (f1 when the class F1 table exists, else activation) | f1 | activation
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     paths: Paths
@@ -168,6 +196,7 @@ class Config:
     sae: SAEConfig | None = None
     quantify: QuantifyConfig | None = None
     dimred: DimredConfig | None = None
+    manipulate: ManipulateConfig | None = None
 
     def model(self, name: str) -> ModelConfig:
         return _lookup(self.models, name, "models", self.source)
@@ -273,6 +302,7 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
         sae=_section(SAEConfig, raw.get("sae")),
         quantify=_quantify(raw.get("quantify")),
         dimred=_section(DimredConfig, raw.get("dimred")),
+        manipulate=_manipulate(raw.get("manipulate"), source),
     )
     _check_references(cfg, raw)
     return cfg
@@ -300,6 +330,31 @@ def _quantify(raw: dict | None) -> QuantifyConfig | None:
     return dataclasses.replace(_section(QuantifyConfig, raw), manual=manual)
 
 
+def _manipulate(raw: dict | None, source: Path) -> ManipulateConfig | None:
+    if raw is None:
+        return None
+    raw = dict(raw)
+    examples = []
+    for i, ex in enumerate(raw.pop("examples", [])):
+        ex = dict(ex)
+        key = f"{source}: key manipulate/examples/{i}"
+        latents, values = tuple(ex.pop("latents", ())), tuple(float(v) for v in ex.pop("values", ()))
+        if latents and len(values) != len(latents):
+            raise ConfigError(f"{key}/values: {len(values)} values for {len(latents)} latents; give one value in [-1, 1] per latent")
+        if not latents and values and len(values) != 2:
+            raise ConfigError(f"{key}/values: without latents the edit is (top latent of class, top latent of other_class): give 2 values, not {len(values)}")
+        examples.append(ManipulateExample(
+            name=ex.pop("name"), image=ex.pop("image"), split=ex.pop("split", "val"),
+            target_class=ex.pop("class", None), other_class=ex.pop("other_class", None),
+            latents=latents, values=values,
+        ))
+    names = [e.name for e in examples]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{source}: key manipulate/examples: example names must be unique; repeated: {', '.join(dupes)}")
+    return ManipulateConfig(examples=tuple(examples), **{k: v for k, v in raw.items()})
+
+
 def _check_references(cfg: Config, raw: dict) -> None:
     for i, ref in enumerate(cfg.caches):
         _check_ref(cfg, f"caches/{i}", ref)
@@ -316,8 +371,13 @@ def _check_references(cfg: Config, raw: dict) -> None:
         if section.cache not in cfg.caches:
             raise ConfigError(f"{cfg.source}: key {key}/cache: ({section.cache.model}, {section.cache.dataset}) is not listed in caches")
         found = cfg.datasets[section.cache.dataset].task
+        if key == "sae" and found == "classification" and section.tokens == "patches+cls":
+            continue  # an SAE that also reads CLS tokens may live on a classification cache (manipulate edits the CLS)
         if found != task:
-            raise ConfigError(f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}")
+            hint = " (or sae.tokens: patches+cls, to train on and edit CLS tokens)" if key == "sae" else ""
+            raise ConfigError(f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}{hint}")
+    if cfg.manipulate is not None and cfg.sae is None:
+        raise ConfigError(f"{cfg.source}: key manipulate: needs an `sae` section (the latents it edits)")
     demo = raw.get("demo", {})
     for name in demo.get("datasets", {}):
         if name not in cfg.datasets:

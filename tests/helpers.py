@@ -87,3 +87,32 @@ def build_demo_assets(folder: Path, config: dict | None = None) -> None:
     for name, spec in raw["demo"]["models"].items():
         spec = dict(spec)
         build_demo_model(spec.pop("family"), folder / cfg.model(name).spec.source, seed=0, **spec)
+
+
+# The whole chain on the tiny data: one seg cache, a small probe sweep, a small SAE sweep,
+# quantify. Used by the end-to-end workflow tests (local and SLURM).
+CHAIN_OVERRIDES = {
+    "caches": [{"model": "dino", "dataset": "seg"}],
+    "extract": {"parts": 2},
+    "probes": {
+        "seg": {"cache": {"model": "dino", "dataset": "seg"}, "lrs": [1.0e-3, 1.0e-2], "weight_decays": [1.0e-3], "epochs": 3, "batch_size": 256, "n_figure_images": 2}
+    },
+    "sae": {
+        "cache": {"model": "dino", "dataset": "seg"}, "layer": -2, "n_tokens": 4096, "batch_size": 256,
+        "lrs": [3.0e-3], "sparsity_coeffs": [1.0e-2], "exp_factors": [4], "lr_warmup_steps": 2,
+        "sparsity_warmup_steps": 4, "top_k": 4, "gallery_latents": 4, "shuffle_buffer": 1024,
+    },
+    "quantify": {"scale": -2.0, "manual": {"1": 3}, "batch_size": 8},
+}
+
+
+def chain_config(folder: Path) -> Path:
+    """The tiny chain config in ``folder`` (no classification cache: quantify needs seg only)."""
+    raw = deep_update(TINY_CONFIG, CHAIN_OVERRIDES)
+    raw["demo"]["datasets"].pop("cls")
+    raw["demo"]["models"].pop("clip")
+    raw["models"].pop("clip")
+    raw["datasets"].pop("cls")
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path

@@ -53,3 +53,29 @@ def test_real_run_builds_finalized_caches_in_parts(tmp_path):
     # a second run has nothing to do
     again = _snakemake(["--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache"], tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_whole_chain_to_quantitative_csv(tmp_path):
+    """`snakemake results/quantitative.csv` from nothing: demo data and models, extraction in
+    parts, statistics, probe sweep, SAE sweep, latent stats, class F1, quantification."""
+    import pandas as pd
+
+    from helpers import chain_config
+
+    chain_config(tmp_path)
+    proc = _snakemake(["--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "results/quantitative.csv"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "results" / "quantitative.csv")
+    assert summary["method"].tolist() == ["random_vector", "random_feature", "auto_feature", "manual_feature"]
+    assert (summary["layer"] == 1).all() and (summary["scale"] == -2.0).all() and summary["random_weights"].all()
+    auto = pd.read_csv(tmp_path / "results" / "quantitative" / "auto_feature.csv")
+    assert len(auto) == summary.loc[summary.method == "auto_feature", "n_classes"].item() + summary.loc[summary.method == "auto_feature", "n_skipped"].item()
+    rated = auto[auto.status == "evaluated"]
+    # the per-class table and the summary agree
+    assert summary.loc[summary.method == "auto_feature", "target_change_rate_mean_pct"].item() == pytest.approx(rated.target_change_rate_pct.mean(), abs=1e-3)
+    manual = pd.read_csv(tmp_path / "results" / "quantitative" / "manual_feature.csv")
+    assert manual.loc[manual.class_id == 1, "latent"].astype(str).tolist() in (["3"], [])  # class 1 if predicted at all
+    assert (manual.status == "skipped").sum() == summary.loc[summary.method == "manual_feature", "n_skipped"].item()
+    for ext in ("html", "png", "svg"):
+        assert (tmp_path / "results" / "quantitative" / f"chart.{ext}").stat().st_size > 1000
