@@ -13,6 +13,9 @@ if not workflow.overwrite_configfiles:
 
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/extract.smk"
@@ -20,6 +23,7 @@ include: "workflow/rules/probe.smk"
 include: "workflow/rules/sae.smk"
 include: "workflow/rules/dimred.smk"
 include: "workflow/rules/quantify.smk"
+include: "workflow/rules/manipulate.smk"
 
 
 rule all:

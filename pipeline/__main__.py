@@ -32,6 +32,7 @@ STEPS = {
     "class-f1": "pipeline.commands.quantify",
     "propose": "pipeline.commands.quantify",
     "quantify": "pipeline.commands.quantify",
+    "manipulate": "pipeline.commands.manipulate",
 }
 
 

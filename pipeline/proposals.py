@@ -10,7 +10,6 @@ pick the latents to name under ``quantify.manual``.
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

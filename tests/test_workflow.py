@@ -79,3 +79,15 @@ def test_whole_chain_to_quantitative_csv(tmp_path):
     assert (manual.status == "skipped").sum() == summary.loc[summary.method == "manual_feature", "n_skipped"].item()
     for ext in ("html", "png", "svg"):
         assert (tmp_path / "results" / "quantitative" / f"chart.{ext}").stat().st_size > 1000
+
+    # the Snakemake report bundles the charts and tables with their captions
+    report = tmp_path / "report.html"
+    proc = _snakemake(["--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--report", str(report), "results/quantitative.csv"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = report.read_text(errors="replace")
+    assert "interventions" in text and "percentage of target-class patches" in text
+
+
+def test_lint_is_clean():
+    proc = _snakemake(["--lint"], REPO)
+    assert proc.returncode == 0 and "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr, proc.stdout[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from pipeline.commands import add_config_arg, config_from_args
 from pipeline.config import Config, ConfigError

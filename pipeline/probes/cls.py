@@ -26,7 +26,6 @@ Dimension key: M members, N images, D width, C classes.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -35,11 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-import pipeline
 from pipeline import metrics
-from pipeline.config import Config, ConfigError, to_jsonable
+from pipeline.config import Config, ConfigError
 from pipeline.probes import figures
-from pipeline.probes.features import FinalNorm, cls_rows, default_out_dir, in_memory_epochs, open_probe_stores, store_record
+from pipeline.probes.features import best_meta, cls_rows, default_out_dir, FinalNorm, in_memory_epochs, open_probe_stores
 from pipeline.probes.linear import ProbeSweep, ProbeTrainConfig, best_member, fit_sweep, member_grid, member_state, save_probe, sweep_table
 from pipeline.runtime import describe_device, resolve_device, set_threads
 
@@ -134,31 +132,12 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     ).to_csv(out_dir / "per_class_accuracy.csv", index=False)
 
     member = members[best]
-    meta = {
-        "probe": "cls",
-        "member": {"index": best, "lr": member.lr, "weight_decay": member.weight_decay},
-        "metrics": best_metrics,
-        "top_k": min(5, c),
-        "selected_by": "val top1_acc",
-        "input": f"final_norm(CLS token of block {stores.block}'s output), float32",
-        "layer": pc.layer,
-        "block": stores.block,
-        "n_classes": c,
-        "class_names": list(names),
-        "confusion": conf,
-        "random_weights": stores.random_weights,
-        "model": {k: norm.provenance.get(k) for k in ("family", "source", "revision", "weights_sha256", "random_weights")} | {"name": pc.cache.model},
-        "dataset": pc.cache.dataset,
-        "stores": {"train": store_record(stores.train), "val": store_record(stores.val)},
-        "probe_config": to_jsonable(pc),
-        "n_train_images": len(y_train),
-        "n_val_images": len(y_val),
-        "device": device_name,
-        "threads": threads,
-        "seconds": {"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        "package_version": pipeline.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = best_meta(
+        "cls", pc, stores, norm, members, best, best_metrics, selected_by="val top1_acc",
+        device_name=device_name, threads=threads, seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
+        top_k=min(5, c), input=f"final_norm(CLS token of block {stores.block}'s output), float32", confusion=conf,
+        n_train_images=len(y_train), n_val_images=len(y_val),
+    )
     save_probe(out_dir / "best", member_state(sweep, best), meta)
     figures.sweep_chart(
         table, out_dir / "sweep", metric="top1_acc",

@@ -305,3 +305,36 @@ def in_memory_epochs(x_ND: Tensor, y_N: np.ndarray | Tensor, *, batch_size: int,
 def default_out_dir(cfg: Config, kind: str, ref: CacheRef) -> Path:
     """``<results>/probes/<kind>/<model>/<dataset>``."""
     return cfg.paths.results / "probes" / kind / ref.model / ref.dataset
+
+
+def best_meta(kind: str, pc, stores: ProbeStores, norm: FinalNorm, members, best: int, metrics: dict, *, selected_by: str,
+              device_name: str, threads: int, seconds: dict, **extra) -> dict:
+    """The ``best.json`` record shared by both probes: member, metrics, inputs and provenance."""
+    import datetime as dt
+
+    import pipeline
+    from pipeline.config import to_jsonable
+
+    member = members[best]
+    return {
+        "probe": kind,
+        "member": {"index": best, "lr": member.lr, "weight_decay": member.weight_decay},
+        "metrics": metrics,
+        "selected_by": selected_by,
+        "layer": pc.layer,
+        "block": stores.block,
+        "n_classes": stores.n_classes,
+        "class_names": list(stores.class_names),
+        "random_weights": stores.random_weights,
+        "model": {k: norm.provenance.get(k) for k in ("family", "source", "revision", "weights_sha256", "random_weights")} | {"name": pc.cache.model},
+        "dataset": pc.cache.dataset,
+        "stores": {"train": store_record(stores.train), "val": store_record(stores.val)},
+        "probe_config": to_jsonable(pc),
+        "device": device_name,
+        "threads": threads,
+        "seconds": seconds,
+        "package_version": pipeline.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+

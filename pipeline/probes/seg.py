@@ -46,7 +46,6 @@ H/W mask pixels.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
@@ -58,11 +57,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import pipeline
 from pipeline import metrics
-from pipeline.config import Config, ConfigError, to_jsonable
+from pipeline.config import Config, ConfigError
 from pipeline.probes import figures
 from pipeline.probes.features import (
+    best_meta,
     FinalNorm,
     ProbeStores,
     check_label_range,
@@ -71,7 +70,6 @@ from pipeline.probes.features import (
     patch_chunks,
     patch_train_epochs,
     seg_train_labels,
-    store_record,
 )
 from pipeline.probes.linear import (
     IGNORE_LABEL,
@@ -279,30 +277,12 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     per_class.to_csv(out_dir / "per_class_iou.csv", index=False)
 
     member = members[best]
-    meta = {
-        "probe": "seg",
-        "member": {"index": best, "lr": member.lr, "weight_decay": member.weight_decay},
-        "metrics": best_metrics,
-        "selected_by": "val pixel_miou",
-        "protocol": PROTOCOL,
-        "input": f"final_norm(output of block {stores.block}) at the patch tokens, float32",
-        "layer": pc.layer,
-        "block": stores.block,
-        "n_classes": stores.n_classes,
-        "class_names": list(names),
-        "random_weights": stores.random_weights,
-        "model": {k: norm.provenance.get(k) for k in ("family", "source", "revision", "weights_sha256", "random_weights")} | {"name": pc.cache.model},
-        "dataset": pc.cache.dataset,
-        "stores": {"train": store_record(stores.train), "val": store_record(stores.val)},
-        "probe_config": to_jsonable(pc),
-        "n_train_patches": n_train,
-        "n_val_images": int(stores.val.valid.sum()),
-        "device": device_name,
-        "threads": threads,
-        "seconds": {"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        "package_version": pipeline.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = best_meta(
+        "seg", pc, stores, norm, members, best, best_metrics, selected_by="val pixel_miou",
+        device_name=device_name, threads=threads, seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
+        protocol=PROTOCOL, input=f"final_norm(output of block {stores.block}) at the patch tokens, float32",
+        n_train_patches=n_train, n_val_images=int(stores.val.valid.sum()),
+    )
     save_probe(out_dir / "best", member_state(sweep, best), meta)
 
     figures.sweep_chart(

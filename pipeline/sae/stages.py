@@ -470,7 +470,7 @@ def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
 
     sc = require_sae(cfg)
     reader = _open(cfg, sc.cache, "train")
-    block = reader.block(sc.layer)
+    reader.block(sc.layer)  # fails early, naming the store, when the layer is not cached
     out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
     info = json.loads((out / "latents.json").read_text())
     if info.get("store_config_hash") != reader.attrs["config_hash"]:

@@ -14,7 +14,11 @@ from pipeline.config import SPLITS, CacheRef, QuantifyConfig, config_from_dict
 CONFIG_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "config.yaml"
 CFG = config_from_dict(config, source=CONFIG_FILE)
 RES, CACHE, RESULTS = str(CFG.paths.resources), str(CFG.paths.cache), str(CFG.paths.results)
-PY = sys.executable
+# The interpreter the steps run with: Snakemake's own (which has `pipeline` installed), or the
+# conda env's `python` under `--sdm conda` (envs/pipeline.yaml).
+_CONDA = any(str(m).lower().endswith("conda") for m in workflow.deployment_settings.deployment_method)
+PY = "python" if _CONDA else sys.executable
+CONDA_ENV = "../../envs/pipeline.yaml"
 THREADS = CFG.threads
 
 DEMO_DATASETS = set(CFG.demo.get("datasets", {}))
@@ -77,9 +81,28 @@ PROBE_CLS_FILES = (
 )
 
 
+REPORTED = {  # output file name -> (caption, category) for `snakemake --report`
+    "sweep.png": ("../report/probe_sweep.rst", "probes"),
+    "per_class_iou.png": ("../report/probe_per_class.rst", "probes"),
+    "per_class_accuracy.csv": ("../report/probe_per_class.rst", "probes"),
+    "confusion.png": ("../report/probe_per_class.rst", "probes"),
+    "examples.png": ("../report/probe_examples.rst", "probes"),
+}
+
+
+def reported(path, caption, category, subcategory=None):
+    return report(path, caption=caption, category=category, subcategory=subcategory)
+
+
 def probe_outputs(kind):
     section, files = (CFG.seg_probe, PROBE_SEG_FILES) if kind == "seg" else (CFG.cls_probe, PROBE_CLS_FILES)
-    return [] if section is None else [str(paths.probe_dir(CFG, kind) / name) for name in files]
+    if section is None:
+        return []
+    out = []
+    for name in files:
+        path = str(paths.probe_dir(CFG, kind) / name)
+        out.append(reported(path, *REPORTED[name], subcategory=kind) if name in REPORTED else path)
+    return out
 
 
 def probe_inputs(kind):
@@ -107,7 +130,10 @@ def sae_train_outputs():
     from pipeline.sae.stages import train_outputs
 
     files = train_outputs(CFG)
-    return [str(p) for p in files["main"] + files["members"]]
+    return [
+        reported(str(p), "../report/sae_sweep.rst", "SAE") if p.name == "sweep.png" else str(p)
+        for p in files["main"] + files["members"]
+    ]
 
 
 def sae_targets():
@@ -128,6 +154,7 @@ def dimred_outputs():
     files = [f"{RESULTS}/dimred.csv"] + [f"{out}/{s}.{e}" for s in stems for e in DIMRED_CHART_EXTS]
     if "pca" in CFG.dimred.methods:
         files.append(f"{out}/pca_variance.csv")
+    files = [reported(f, "../report/dimred.rst", "STEGO study") if f.endswith(".png") else f for f in files]
     return files + [f"{out}/projections.safetensors", f"{out}/projections.json"]
 
 
@@ -142,9 +169,9 @@ if QUANTIFY:
     QUANTIFY_FILES = {
         "class_f1": str(paths.class_f1_path(CFG).with_suffix(".json")),
         "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html")],
-        "quantify": [str(paths.quantitative_csv(CFG))]
+        "quantify": [reported(str(paths.quantitative_csv(CFG)), "../report/quantify_table.rst", "interventions")]
         + [str(_Q / f"{m}.csv") for m in (CFG.quantify.methods if CFG.quantify else QuantifyConfig().methods)]
-        + [str(_Q / f"chart.{e}") for e in ("html", "png", "svg")],
+        + [reported(str(_Q / f"chart.{e}"), "../report/quantify_chart.rst", "interventions") if e == "png" else str(_Q / f"chart.{e}") for e in ("html", "png", "svg")],
     }
 
 
@@ -166,6 +193,40 @@ def quantify_targets():
     return QUANTIFY_FILES["quantify"] + QUANTIFY_FILES["proposals"] if QUANTIFY else []
 
 
+# ---- manipulate (rule in manipulate.smk; outputs in <results>/manipulate/<example>/)
+MANIPULATE = {e.name: e for e in CFG.manipulate.examples} if CFG.manipulate is not None else {}
+if MANIPULATE:
+    from pipeline import manipulate as _manipulate
+
+    _manipulate.probe_section(CFG)  # a missing / mismatched probe is a config error now, not a failed job
+    MANIPULATE_STEM = str(_manipulate.probe_stem(CFG))
+
+
+def manipulate_outputs(name):
+    from pipeline.manipulate import example_outputs
+
+    return [str(p) for p in example_outputs(CFG, name)]
+
+
+def manipulate_inputs(wildcards):
+    """The SAE, its latent stats, the stores (train: value scale, class means; the example's split), the probe, the model."""
+    example = MANIPULATE[wildcards.example]
+    found = {
+        "sae": f"{SAE_DIR}/sae.pt",
+        "latents": f"{SAE_DIR}/latents.json",
+        **store_inputs(CFG.sae.cache, tuple(dict.fromkeys(("train", example.split)))),
+        "probe": MANIPULATE_STEM + ".json",
+        **model_inputs(CFG.sae.cache),
+    }
+    if QUANTIFY and CFG.manipulate.rank_by != "activation":
+        found["f1"] = QUANTIFY_FILES["class_f1"]  # rank_by auto: the F1 table when the workflow builds it
+    return found
+
+
+def manipulate_targets():
+    return [f for name in MANIPULATE for f in manipulate_outputs(name)]
+
+
 def all_targets(wildcards):
     """Everything the config defines (the default target)."""
-    return cache_targets() + probe_targets() + sae_targets() + dimred_outputs() + quantify_targets()
+    return cache_targets() + probe_targets() + sae_targets() + dimred_outputs() + quantify_targets() + manipulate_targets()

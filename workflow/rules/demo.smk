@@ -6,8 +6,13 @@ rule demo_dataset:
         f"{RES}/data/{{name}}/.complete",
     log:
         "logs/demo/data-{name}.log",
+    params:
+        py=PY,
+        config=CONFIG_FILE,
+    conda:
+        CONDA_ENV
     shell:
-        "{PY} -m pipeline demo-data --config {CONFIG_FILE} --name {wildcards.name} > {log} 2>&1"
+        "{params.py} -m pipeline demo-data --config {params.config} --name {wildcards.name} > {log} 2>&1"
 
 
 rule demo_model:
@@ -15,5 +20,10 @@ rule demo_model:
         f"{RES}/models/{{name}}/.complete",
     log:
         "logs/demo/model-{name}.log",
+    params:
+        py=PY,
+        config=CONFIG_FILE,
+    conda:
+        CONDA_ENV
     shell:
-        "{PY} -m pipeline demo-model --config {CONFIG_FILE} --name {wildcards.name} > {log} 2>&1"
+        "{params.py} -m pipeline demo-model --config {params.config} --name {wildcards.name} > {log} 2>&1"

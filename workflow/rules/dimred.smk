@@ -14,8 +14,13 @@ if CFG.dimred is not None:
         threads: THREADS
         resources:
             gpu=1,
+        params:
+            py=PY,
+            config=CONFIG_FILE,
+        conda:
+            CONDA_ENV
         shell:
-            "{PY} -m pipeline dimred --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline dimred --config {params.config} --no-progress > {log} 2>&1"
 
 
 # Named target: `snakemake stego` (nothing to do without a `dimred:` section).

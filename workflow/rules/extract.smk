@@ -12,8 +12,13 @@ rule extract_part:
     threads: THREADS
     resources:
         gpu=1,
+    params:
+        py=PY,
+        config=CONFIG_FILE,
+    conda:
+        CONDA_ENV
     shell:
-        "{PY} -m pipeline extract --config {CONFIG_FILE} --model {wildcards.model} --dataset {wildcards.dataset}"
+        "{params.py} -m pipeline extract --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset}"
         " --split {wildcards.split} --part {wildcards.part} --of {wildcards.of} --sentinel {output} > {log} 2>&1"
 
 
@@ -24,8 +29,13 @@ rule finalize_cache:
         f"{CACHE}/{{model}}/{{dataset}}/{{split}}.complete.json",
     log:
         "logs/extract/{model}/{dataset}/{split}-finalize.log",
+    params:
+        py=PY,
+        config=CONFIG_FILE,
+    conda:
+        CONDA_ENV
     shell:
-        "{PY} -m pipeline finalize --config {CONFIG_FILE} --model {wildcards.model} --dataset {wildcards.dataset}"
+        "{params.py} -m pipeline finalize --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset}"
         " --split {wildcards.split} --sentinel {output} > {log} 2>&1"
 
 

@@ -13,8 +13,13 @@ if CFG.seg_probe is not None:
         threads: THREADS
         resources:
             gpu=1,
+        params:
+            py=PY,
+            config=CONFIG_FILE,
+        conda:
+            CONDA_ENV
         shell:
-            "{PY} -m pipeline probe-seg --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline probe-seg --config {params.config} --no-progress > {log} 2>&1"
 
 
 if CFG.cls_probe is not None:
@@ -29,8 +34,13 @@ if CFG.cls_probe is not None:
         threads: THREADS
         resources:
             gpu=1,
+        params:
+            py=PY,
+            config=CONFIG_FILE,
+        conda:
+            CONDA_ENV
         shell:
-            "{PY} -m pipeline probe-cls --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline probe-cls --config {params.config} --no-progress > {log} 2>&1"
 
 
 rule probes:

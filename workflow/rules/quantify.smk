@@ -13,8 +13,13 @@ if QUANTIFY:
         threads: THREADS
         resources:
             gpu=1,
+        params:
+            py=PY,
+            config=CONFIG_FILE,
+        conda:
+            CONDA_ENV
         shell:
-            "{PY} -m pipeline class-f1 --config {CONFIG_FILE} > {log} 2>&1"
+            "{params.py} -m pipeline class-f1 --config {params.config} > {log} 2>&1"
 
 
     rule propose:
@@ -24,8 +29,13 @@ if QUANTIFY:
             QUANTIFY_FILES["proposals"],
         log:
             "logs/quantify/propose.log",
+        params:
+            py=PY,
+            config=CONFIG_FILE,
+        conda:
+            CONDA_ENV
         shell:
-            "{PY} -m pipeline propose --config {CONFIG_FILE} > {log} 2>&1"
+            "{params.py} -m pipeline propose --config {params.config} > {log} 2>&1"
 
 
     rule quantify:
@@ -38,8 +48,13 @@ if QUANTIFY:
         threads: THREADS
         resources:
             gpu=1,
+        params:
+            py=PY,
+            config=CONFIG_FILE,
+        conda:
+            CONDA_ENV
         shell:
-            "{PY} -m pipeline quantify --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline quantify --config {params.config} --no-progress > {log} 2>&1"
 
 
 # Named target: `snakemake quantitative` (= results/quantitative.csv under this config's results path).

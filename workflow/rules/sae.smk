@@ -10,8 +10,13 @@ rule stats:
     log:
         "logs/stats/{model}/{dataset}/{split}.log",
     threads: THREADS
+    params:
+        py=PY,
+        config=CONFIG_FILE,
+    conda:
+        CONDA_ENV
     shell:
-        "{PY} -m pipeline stats --config {CONFIG_FILE} --model {wildcards.model} --dataset {wildcards.dataset}"
+        "{params.py} -m pipeline stats --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset}"
         " --split {wildcards.split} --out {output} > {log} 2>&1"
 
 
@@ -27,8 +32,13 @@ if SAE_DIR is not None:
         threads: THREADS
         resources:
             gpu=1,
+        params:
+            py=PY,
+            config=CONFIG_FILE,
+        conda:
+            CONDA_ENV
         shell:
-            "{PY} -m pipeline sae-train --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline sae-train --config {params.config} --no-progress > {log} 2>&1"
 
     rule sae_latents:
         input:
@@ -42,8 +52,13 @@ if SAE_DIR is not None:
         threads: THREADS
         resources:
             gpu=1,
+        params:
+            py=PY,
+            config=CONFIG_FILE,
+        conda:
+            CONDA_ENV
         shell:
-            "{PY} -m pipeline sae-latents --config {CONFIG_FILE} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline sae-latents --config {params.config} --no-progress > {log} 2>&1"
 
     rule sae_gallery:
         input:
@@ -55,8 +70,13 @@ if SAE_DIR is not None:
         log:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/gallery.log",
         threads: THREADS
+        params:
+            py=PY,
+            config=CONFIG_FILE,
+        conda:
+            CONDA_ENV
         shell:
-            "{PY} -m pipeline sae-gallery --config {CONFIG_FILE} > {log} 2>&1"
+            "{params.py} -m pipeline sae-gallery --config {params.config} > {log} 2>&1"
 
 
 rule sae:
