@@ -237,19 +237,26 @@ def test_run_example_writes_tables_figures_and_summary(in_seg, tmp_path):
         assert im.width > 3 * 224 and im.height > 224  # image | before | after, legend below
 
 
-def test_cli_configured_and_ad_hoc_examples(seg, tmp_path):
+def test_cli_configured_and_ad_hoc_examples(seg, tmp_path, monkeypatch, capsys):
     proc = run_cli(["manipulate", "--config", "config.yaml", "--example", "named", "--out", str(tmp_path / "named")], seg.folder)
     summary = json.loads(proc.stdout)["examples"][0]
     assert summary["latents"] == [0, 5] and summary["unit_values"] == [1.0, -0.5]
     latents = pd.read_csv(tmp_path / "named" / "latents.csv")
     assert set(latents.latent[latents.unit_value.notna()]) == {0, 5}
-    proc = run_cli(["manipulate", "--config", "config.yaml", "--image", "images/validation/ADE_val_00000003.jpg",
-                    "--latents", "1", "--values", "-1", "--out", str(tmp_path / "adhoc")], seg.folder)
-    assert json.loads(proc.stdout)["examples"][0]["image_index"] == 2
-    bad = run_cli(["manipulate", "--config", "config.yaml", "--example", "nope"], seg.folder, check=False)
-    assert bad.returncode == 2 and "no example named nope" in bad.stderr
-    bad = run_cli(["manipulate", "--config", "config.yaml", "--image", "0", "--latents", "1", "--values", "3"], seg.folder, check=False)
-    assert bad.returncode == 2 and "outside [-1, 1]" in bad.stderr
+    # the rest in-process (same entry point, no interpreter start-up)
+    from pipeline.__main__ import main
+
+    monkeypatch.chdir(seg.folder)
+    capsys.readouterr()
+    assert main(["manipulate", "--image", "images/validation/ADE_val_00000003.jpg", "--latents", "1", "--values", "-1",
+                 "--out", str(tmp_path / "adhoc")]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"][0]["image_index"] == 2
+    assert main(["manipulate", "--example", "nope"]) == 2
+    assert "no example named nope" in capsys.readouterr().err
+    assert main(["manipulate", "--image", "0", "--latents", "1", "--values", "3"]) == 2
+    assert "outside [-1, 1]" in capsys.readouterr().err
+    assert main(["manipulate", "--image", "999"]) == 2
+    assert "outside [0, 12)" in capsys.readouterr().err
 
 
 # ---- config -------------------------------------------------------------------------------------

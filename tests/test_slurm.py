@@ -202,8 +202,9 @@ def _cannot_run_slurm() -> str | None:
         return "apt-get not found: start-slurm.sh cannot install SLURM"
     if not START_SLURM.exists():
         return f"{START_SLURM} not found (the shared SLURM start script)"
-    if shutil.which("timeout") is None:
-        return "coreutils `timeout` not found (the snakemake run must be killable)"
+    for tool in ("timeout", "nice"):
+        if shutil.which(tool) is None:
+            return f"coreutils `{tool}` not found (the test runs snakemake under it)"
     return None
 
 
