@@ -31,7 +31,12 @@ def _():
 @app.cell
 def _(Path, mo, os):
     from pipeline.config import load_config
-    from pipeline.manipulate import Manipulator, before_after_image
+    from pipeline.manipulate import (
+        Manipulator,
+        before_after_image,
+        probability_bars,
+        probability_table,
+    )
 
     config_path = Path(os.environ.get("MANIPULATE_CONFIG", "config.yaml"))
     try:
@@ -61,7 +66,7 @@ def _(Path, mo, os):
         A latent is edited only once its slider has left its start (the latent's current mean value on the class's tokens).
         """
     )
-    return before_after_image, cfg, m
+    return before_after_image, cfg, m, probability_bars, probability_table
 
 
 @app.cell
@@ -125,7 +130,7 @@ def _(m, mo, np, ranked):
 
 
 @app.cell
-def _(before_after_image, io, latents, m, mo, np, pd, sliders, starts, state):
+def _(before_after_image, io, latents, m, mo, np, pd, probability_bars, probability_table, sliders, starts, state):
     moved = [(s, float(v)) for s, v, v0 in zip(latents, sliders.value, starts) if abs(float(v) - v0) > 1e-9]
     result = m.apply(state, tuple(s for s, _ in moved), tuple(v for _, v in moved))
     readout = m.readout(result)
@@ -145,6 +150,11 @@ def _(before_after_image, io, latents, m, mo, np, pd, sliders, starts, state):
         buf = io.BytesIO()
         fig.save(buf, format="PNG")
         parts.append(mo.image(buf.getvalue(), alt="segmentation before and after"))
+    else:
+        probs = probability_table(m, result)
+        shown = {c for c, _, _ in m.top_classes(result.probs_before_C)} | {c for c, _, _ in m.top_classes(result.probs_after_C)}
+        parts.append(probability_bars(probs[probs.class_id.isin(shown)], title=f"val image {state.image_id}: class probabilities",
+                                      random_weights=m.random_weights, subtitle=[f"edits: {edits_ascii}"]))
     parts.append(mo.ui.table(top, selection=None, label="top classes (probability; segmentation: mean over patches)"))
     mo.vstack(parts)
     return (result,)

@@ -71,11 +71,13 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EditResult",
-    "Manipulator",
     "ManipulateError",
+    "Manipulator",
     "before_after_image",
     "example_outputs",
+    "probability_bars",
     "probability_chart",
+    "probability_table",
     "run_example",
 ]
 
@@ -236,7 +238,7 @@ class Manipulator:
         self.editor = LatentEditor(self.sae, self.scaling, n_prefix=self.n_prefix if self.task == "segmentation" else 0)
         self._class_means_CS: np.ndarray | None = None
         if self.task == "classification":
-            means, cls_max = self._train_class_means()
+            _, cls_max = self._train_class_means()
             self.max_value_S = np.maximum(self.max_value_S, cls_max)
             self.max_value_note = "max f over the train patch and CLS tokens"
 
@@ -494,14 +496,14 @@ class Manipulator:
 
 
 # ---------------------------------------------------------------------- figures
-def probability_chart(table: pd.DataFrame, stem: Path, *, title: str, random_weights: bool, subtitle: list[str] | None = None) -> list[Path]:
+def probability_bars(table: pd.DataFrame, *, title: str, random_weights: bool, subtitle: list[str] | None = None) -> alt.Chart:
     """Horizontal bars: each class's probability before and after the edit (percent)."""
-    from pipeline.plots import OKABE_ITO, RANDOM_WEIGHTS_NOTE, save_chart
+    from pipeline.plots import OKABE_ITO, RANDOM_WEIGHTS_NOTE
 
     long = table.melt(id_vars=["class_name"], value_vars=["prob_before", "prob_after"], var_name="state", value_name="probability")
     long["state"] = long["state"].map({"prob_before": "before", "prob_after": "after"})
     order = table.sort_values("prob_before", ascending=False)["class_name"].tolist()
-    chart = (
+    return (
         alt.Chart(long)
         .mark_bar()
         .encode(
@@ -517,7 +519,13 @@ def probability_chart(table: pd.DataFrame, stem: Path, *, title: str, random_wei
         .properties(width=360, height=alt.Step(12),
                     title=alt.TitleParams(title, subtitle=([RANDOM_WEIGHTS_NOTE] if random_weights else []) + (subtitle or [])))
     )
-    return save_chart(chart, stem)
+
+
+def probability_chart(table: pd.DataFrame, stem: Path, *, title: str, random_weights: bool, subtitle: list[str] | None = None) -> list[Path]:
+    """:func:`probability_bars` saved as ``stem.html``, ``.png`` and ``.svg``."""
+    from pipeline.plots import save_chart
+
+    return save_chart(probability_bars(table, title=title, random_weights=random_weights, subtitle=subtitle), stem)
 
 
 def _grid(mask_P: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -654,7 +662,7 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
     probs = probability_table(m, result)
     probs.to_csv(out / "probabilities.csv", index=False, float_format="%.6g")
     edit_text = ", ".join(f"latent {s} -> {u:+.2f} x {m.max_value_S[s]:.3g} = {t:.3g}" for s, u, t in zip(latents, values, result.target_values))
-    shown = set(c for c, _, _ in m.top_classes(result.probs_before_C)) | set(c for c, _, _ in m.top_classes(result.probs_after_C))
+    shown = {c for c, _, _ in m.top_classes(result.probs_before_C)} | {c for c, _, _ in m.top_classes(result.probs_after_C)}
     where = "mean over the patch tokens of the softmax over real classes" if m.task == "segmentation" else "softmax of the CLS-token probe"
     probability_chart(
         probs[probs.class_id.isin(shown)], out / "probabilities",
@@ -687,7 +695,7 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
         "value_scale": m.max_value_note,
         "edited_tokens": "every patch token" if m.task == "segmentation" else "the CLS token",
         "n_changed": result.n_changed,
-        "n_tokens_predicted": int(len(result.pred_after)),
+        "n_tokens_predicted": len(result.pred_after),
         "top_classes_before": [{"id": c, "name": n, "probability": p} for c, n, p in m.top_classes(result.probs_before_C)],
         "top_classes_after": [{"id": c, "name": n, "probability": p} for c, n, p in m.top_classes(result.probs_after_C)],
         "readout": m.readout(result),
@@ -700,7 +708,7 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
         "random_weights": m.random_weights,
         "device": str(m.device),
         "files": [str(f) for f in files],
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     return summary

@@ -17,10 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-
 from helpers import REPO
 from test_manipulate import built_project
 
@@ -51,6 +49,10 @@ def _browser() -> tuple[str, str]:
     return chrome, driver
 
 
+def _changed(readout: str | None, before: str) -> str | None:
+    return readout if readout and readout != before else None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,12 +75,14 @@ def served_app(tmp_path_factory, tiny_assets, tmp_path):
     _browser()
     built = built_project(tmp_path_factory, tiny_assets)
     port = _free_port()
-    log = open(tmp_path / "marimo.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "marimo", "run", str(APP), "--headless", "--host", "127.0.0.1", "--port", str(port), "--no-token"],
-        cwd=built.folder, env={**os.environ, "MANIPULATE_CONFIG": "config.yaml", "PYTHONPATH": str(REPO)},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    app = tmp_path / "manipulate.py"  # a copy: marimo writes a __marimo__/ session cache next to the notebook
+    shutil.copy(APP, app)
+    with open(tmp_path / "marimo.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "marimo", "run", str(app), "--headless", "--host", "127.0.0.1", "--port", str(port), "--no-token"],
+            cwd=built.folder, env={**os.environ, "MANIPULATE_CONFIG": "config.yaml", "PYTHONPATH": str(REPO)},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/"
 
     def up():
@@ -100,7 +104,6 @@ def served_app(tmp_path_factory, tiny_assets, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        log.close()
 
 
 def test_moving_a_slider_changes_the_shown_prediction(served_app, tmp_path):
@@ -131,7 +134,7 @@ def test_moving_a_slider_changes_the_shown_prediction(served_app, tmp_path):
                 slider.click()
                 slider.send_keys(key)
                 try:
-                    after = _wait(lambda: (lambda r: r if r and r != before else None)(driver.execute_script(READOUT)), 20,
+                    after = _wait(lambda: _changed(driver.execute_script(READOUT), before), 20,
                                   f"a new prediction after slider {i} -> {name}")
                 except AssertionError:
                     continue

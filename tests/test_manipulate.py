@@ -20,17 +20,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers import REPO, run_cli, write_config
+
 from pipeline.config import CacheRef, ConfigError, ManipulateExample, load_config
 
 SEG = CacheRef("dino", "seg")
 CLS = CacheRef("clip", "cls")
 SEGC = {"model": "dino", "dataset": "seg"}
 CLSC = {"model": "clip", "dataset": "cls"}
-SAE = {
+SAE = {  # top_k 9: propose draws 9 top images per latent (see the report on proposals)
     "cache": SEGC, "layer": -2, "n_tokens": 2048, "batch_size": 128, "lrs": [3e-3], "sparsity_coeffs": [1e-2],
-    "exp_factors": [4], "lr_warmup_steps": 2, "sparsity_warmup_steps": 4, "top_k": 4, "gallery_latents": 4,
+    "exp_factors": [4], "lr_warmup_steps": 2, "sparsity_warmup_steps": 4, "top_k": 9, "gallery_latents": 4,
     "shuffle_buffer": 512,
 }
 PROJECT = {  # everything the config can build, tiny
@@ -172,7 +172,7 @@ def test_no_edit_changes_nothing_and_an_edit_changes_only_patch_tokens(in_seg):
 def test_some_top_latent_moves_the_prediction(in_seg):
     m = in_seg.m
     state = m.load_image("val", 0)
-    target, other = m.default_classes(state, None, None)
+    target, _ = m.default_classes(state, None, None)
     changed = {}
     for s in m.rank_latents(state, target, 8)["latent"]:
         for u in (1.0, -1.0):
@@ -296,14 +296,14 @@ def test_the_demo_config_and_the_rule(tmp_path):
     assert cfg.manipulate is not None and cfg.manipulate.examples
     write_config(tmp_path, PROJECT)
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "manipulate"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "manipulate_example" in out and "results/manipulate/first/maps.png" in out and "results/manipulate/named/summary.json" in out
     # an example that names no probe for its task is refused when the workflow is parsed
     write_config(tmp_path, {**{k: v for k, v in PROJECT.items() if k not in ("probes", "quantify")}})
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "manipulate"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode != 0 and "probes/seg" in proc.stdout + proc.stderr
 
 
@@ -362,3 +362,17 @@ def test_classification_edits_the_cls_token(cls_project, monkeypatch):
     probs = pd.read_csv(cls_project.folder / "results/manipulate/cls-first/probabilities.csv")
     assert len(probs) == m.n_classes and probs.prob_before.sum() == pytest.approx(1.0, abs=1e-4)
     print("classification example:", summary["top_classes_before"][0], "->", summary["top_classes_after"][0])
+
+
+@pytest.mark.slow
+def test_snakemake_builds_a_classification_example_from_nothing(tmp_path):
+    """`snakemake manipulate` on the classification config: demo data and model, cache, probe, SAE, example (~1 min)."""
+    write_config(tmp_path, CLS_PROJECT)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                           "manipulate"], cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "results" / "manipulate" / "cls-first"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "classification" and summary["edited_tokens"] == "the CLS token"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["latents.csv", "probabilities.csv", "probabilities.html", "probabilities.png", "probabilities.svg", "summary.json"])

@@ -110,8 +110,13 @@ def probe_inputs(kind):
     return lambda wildcards: {**store_inputs(section.cache), **model_inputs(section.cache)}
 
 
+def plain(files):
+    """Paths without their report flags: target rules list outputs, they do not report them."""
+    return [str(f) for f in files]
+
+
 def probe_targets():
-    return probe_outputs("seg") + probe_outputs("cls")
+    return plain(probe_outputs("seg") + probe_outputs("cls"))
 
 
 # ---- statistics and SAE (rules in sae.smk; outputs in <results>/sae/<model>/<dataset>/layer<L>/)
@@ -190,7 +195,7 @@ def quantify_inputs(step):
 
 
 def quantify_targets():
-    return QUANTIFY_FILES["quantify"] + QUANTIFY_FILES["proposals"] if QUANTIFY else []
+    return plain(QUANTIFY_FILES["quantify"] + QUANTIFY_FILES["proposals"]) if QUANTIFY else []
 
 
 # ---- manipulate (rule in manipulate.smk; outputs in <results>/manipulate/<example>/)
@@ -229,4 +234,4 @@ def manipulate_targets():
 
 def all_targets(wildcards):
     """Everything the config defines (the default target)."""
-    return cache_targets() + probe_targets() + sae_targets() + dimred_outputs() + quantify_targets() + manipulate_targets()
+    return cache_targets() + probe_targets() + sae_targets() + plain(dimred_outputs()) + quantify_targets() + manipulate_targets()

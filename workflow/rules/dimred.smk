@@ -26,4 +26,4 @@ if CFG.dimred is not None:
 # Named target: `snakemake stego` (nothing to do without a `dimred:` section).
 rule stego:
     input:
-        dimred_outputs(),
+        plain(dimred_outputs()),
