@@ -30,7 +30,8 @@ def proposal_table(f1, freq_S: np.ndarray, max_value_S: np.ndarray, class_names,
                 {"class_id": c, "class_name": class_names[c], "rank": rank, "latent": s, "train_f1": score, "threshold": t,
                  "freq": float(freq_S[s]), "max_value": float(max_value_S[s]), "gallery": f"proposals/latent_{s}.png"}
             )
-    return pd.DataFrame(rows)
+    columns = ["class_id", "class_name", "rank", "latent", "train_f1", "threshold", "freq", "max_value", "gallery"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def proposals_html(table: pd.DataFrame, *, random_weights: bool) -> str:
@@ -43,6 +44,10 @@ def proposals_html(table: pd.DataFrame, *, random_weights: bool) -> str:
         banner,
         "<p>Name the ones you choose under <code>quantify.manual</code>, e.g. <code>manual: {sky: [12]}</code>.</p>",
     ]
+    if table.empty:
+        parts.append("<p>No latent qualifies: none fires on a class while firing on at most "
+                     "<code>quantify.max_firing_fraction</code> of train patches.</p>")
+        return "\n".join(parts) + "\n"
     for (c, name), group in table.groupby(["class_id", "class_name"], sort=True):
         parts.append(f"<h2>{html.escape(str(name))} (class {c})</h2>")
         for row in group.itertuples():
@@ -68,6 +73,7 @@ def write_proposals(cfg: Config, q: QuantifyConfig) -> dict:
         write_gallery(
             latents, ids, image_loader=store_image_loader(train), grid=train.grid, out_dir=out / "proposals",
             image_ids=[str(i) for i in train.image_ids], random_weights=train.random_weights,
+            n_images=min(9, cfg.sae.top_k),  # the latent stats keep top_k images per latent
         )
     table.to_csv(out / "proposals.csv", index=False, float_format="%.4f")
     page = out / "proposals.html"

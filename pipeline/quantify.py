@@ -47,7 +47,7 @@ from pipeline.cache import CacheReader
 from pipeline.config import ConfigError, QuantifyConfig
 from pipeline.feature_selection import allowed_latents, ranked_latents
 from pipeline.interventions import Edit, LatentEditor, ReforwardPredictor
-from pipeline.plots import CATEGORICAL_SCHEME, save_chart, title_with_note
+from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 
 METHODS = ("random_vector", "random_feature", "auto_feature", "manual_feature")
 TOP_INTO = 3
@@ -248,7 +248,7 @@ def change_chart(per_method: dict[str, pd.DataFrame], summary: pd.DataFrame, ste
     """Target vs other change rate: per-class points behind, method mean ± std in front."""
     points = pd.concat([df.assign(method=m) for m, df in per_method.items() if len(df)], ignore_index=True)
     points = points[points["status"] == "evaluated"]
-    color = alt.Color("method:N", scale=alt.Scale(scheme=CATEGORICAL_SCHEME), title="method")
+    color = alt.Color("method:N", scale=alt.Scale(range=OKABE_ITO), title="method")  # colour-blind safe
     x = alt.X("other_change_rate_pct:Q", title="other-class patches changed (%)")
     y = alt.Y("target_change_rate_pct:Q", title="target-class patches changed (%)", scale=alt.Scale(domain=[0, 100]))
     behind = alt.Chart(points).mark_circle(size=30, opacity=0.35).encode(x, y, color, tooltip=["method", "class_name", "latent", "target_change_rate_pct", "other_change_rate_pct"])

@@ -184,3 +184,17 @@ def test_manual_features_by_name_and_id():
 def test_manual_feature_errors_name_the_culprit(manual, match):
     with pytest.raises(ConfigError, match=match):
         resolve_manual(manual, NAMES, 8, "cfg.yaml")
+
+
+def test_proposals_page_with_no_qualifying_latent_says_so():
+    from pipeline.proposals import proposals_html, proposal_table
+    from pipeline.config import QuantifyConfig
+    import xarray as xr
+
+    f1 = xr.Dataset({"f1": (("class", "latent", "threshold"), np.ones((3, 4, 1), np.float32))},
+                    coords={"class": np.arange(3), "latent": np.arange(4), "threshold": [0.0]})
+    table = proposal_table(f1, np.full(4, 0.9), np.ones(4), ("other", "a", "b"), QuantifyConfig(max_firing_fraction=0.1))
+    assert table.empty and list(table.columns)[:4] == ["class_id", "class_name", "rank", "latent"]
+    assert "No latent qualifies" in proposals_html(table, random_weights=False)
+    full = proposal_table(f1, np.full(4, 0.05), np.ones(4), ("other", "a", "b"), QuantifyConfig(max_firing_fraction=0.1, n_proposals=2))
+    assert full.groupby("class_id").size().to_dict() == {1: 2, 2: 2}

@@ -144,7 +144,11 @@ def sae_train_outputs():
 def sae_targets():
     if CFG.sae is None:
         return []
-    return [f"{SAE_DIR}/sweep.csv", f"{SAE_DIR}/sae.pt", f"{SAE_DIR}/latents.json", f"{SAE_DIR}/gallery/index.html"]
+    files = [f"{SAE_DIR}/sweep.csv", f"{SAE_DIR}/sae.pt", f"{SAE_DIR}/latents.json"]
+    # the gallery shows patch heat-maps over images: segmentation caches only
+    if CFG.dataset(CFG.sae.cache.dataset).task == "segmentation":
+        files.append(f"{SAE_DIR}/gallery/index.html")
+    return files
 
 
 # ---- dimred: the STEGO study (rule in dimred.smk; mirrors pipeline.dimred_study.output_files)
@@ -168,7 +172,7 @@ def dimred_inputs(wildcards):
 
 
 # ---- quantify (rules in quantify.smk): interventions need the SAE and the seg probe
-QUANTIFY = CFG.sae is not None and CFG.seg_probe is not None
+QUANTIFY = CFG.sae is not None and CFG.seg_probe is not None and CFG.sae.cache == CFG.seg_probe.cache
 if QUANTIFY:
     _Q = paths.quantify_dir(CFG)
     QUANTIFY_FILES = {
