@@ -34,9 +34,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from helpers import TINY_CONFIG, build_demo_assets, deep_update
+    from helpers import benchmark_project
 
-    from pipeline.config import CacheRef, config_from_dict
+    from pipeline.config import CacheRef
     from pipeline.data import load_rgb, preprocess_image
     from pipeline.extract import extract, split_data
     from pipeline.models import load_backbone
@@ -44,25 +44,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        raw = deep_update(
-            TINY_CONFIG,
-            {
-                "device": args.device,
-                "demo": {
-                    "datasets": {"seg": {"n_train": args.images, "n_val": 1, "image_size": 224, "n_classes": 8}},
-                    "models": {"dino": {"hidden_size": args.hidden, "n_layers": args.layers, "n_heads": 6, "image_size": 224}},
-                },
-                "models": {"dino": {"source": str(tmp / "resources/models/dino"), "preprocess": {"resize": 224, "crop": 224}}},
-                "datasets": {"seg": {"root": str(tmp / "resources/data/seg")}},
-                "paths": {"cache": str(tmp / "cache")},
-                "extract": {"dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32, "num_workers": 1},
-                "caches": [{"model": "dino", "dataset": "seg"}],
-            },
-        )
-        raw["demo"]["datasets"].pop("cls")
-        raw["demo"]["models"].pop("clip")
-        build_demo_assets(tmp, raw)
-        cfg = config_from_dict(raw)
+        cfg = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract={"dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32, "num_workers": 1}, device=args.device)
         threads = set_threads(cfg.threads)
         device = resolve_device(cfg.device)
 
@@ -89,7 +71,7 @@ def main() -> None:
 
         store = cfg.store(CacheRef("dino", "seg"), "train")
         disk = sum(p.stat().st_size for p in (store / "acts").rglob("*") if p.is_file())
-        n_layers = len(raw["extract"]["layers"])
+        n_layers = len(cfg.extract.layers)
         tokens = 1 + (224 // 14) ** 2
         raw_f32 = args.images * n_layers * tokens * args.hidden * 4
 

@@ -32,10 +32,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from helpers import TINY_CONFIG, build_demo_assets, deep_update
+    from helpers import benchmark_project
 
     from pipeline.cache import CacheReader
-    from pipeline.config import CacheRef, config_from_dict
+    from pipeline.config import CacheRef
     from pipeline.data import load_rgb, preprocess_image
     from pipeline.extract import extract, split_data
     from pipeline.interventions import Edit, LatentEditor, ReforwardPredictor
@@ -47,25 +47,7 @@ def main() -> None:
     edit_layers = [n // 2, n - 2]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        raw = deep_update(
-            TINY_CONFIG,
-            {
-                "device": args.device,
-                "demo": {
-                    "datasets": {"seg": {"n_train": 1, "n_val": args.images, "image_size": 224, "n_classes": 8}},
-                    "models": {"dino": {"hidden_size": args.hidden, "n_layers": n, "n_heads": 6, "image_size": 224}},
-                },
-                "models": {"dino": {"source": str(tmp / "resources/models/dino"), "preprocess": {"resize": 224, "crop": 224}}},
-                "datasets": {"seg": {"root": str(tmp / "resources/data/seg")}},
-                "paths": {"cache": str(tmp / "cache")},
-                "extract": {"layers": edit_layers, "dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32},
-                "caches": [{"model": "dino", "dataset": "seg"}],
-            },
-        )
-        raw["demo"]["datasets"].pop("cls")
-        raw["demo"]["models"].pop("clip")
-        build_demo_assets(tmp, raw)
-        cfg = config_from_dict(raw)
+        cfg = benchmark_project(tmp, n_train=1, n_val=args.images, hidden=args.hidden, n_layers=n, extract={"layers": edit_layers, "dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32}, device=args.device)
         threads = set_threads(cfg.threads)
         device = resolve_device(cfg.device)
         extract(cfg, CacheRef("dino", "seg"), "val", progress=False)

@@ -116,3 +116,29 @@ def chain_config(folder: Path) -> Path:
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def benchmark_project(folder: Path, *, n_train: int, n_val: int, hidden: int, n_layers: int, extract: dict, device: str = "auto"):
+    """A 224 px segmentation dataset and a DINOv2-architecture model of the given size, built in
+    ``folder`` for the benchmarks; returns the validated Config (one cache: dino/seg)."""
+    from pipeline.config import config_from_dict
+
+    raw = deep_update(
+        TINY_CONFIG,
+        {
+            "device": device,
+            "demo": {
+                "datasets": {"seg": {"n_train": n_train, "n_val": n_val, "image_size": 224, "n_classes": 8}},
+                "models": {"dino": {"hidden_size": hidden, "n_layers": n_layers, "n_heads": 6, "image_size": 224}},
+            },
+            "models": {"dino": {"source": str(folder / "resources/models/dino"), "preprocess": {"resize": 224, "crop": 224}}},
+            "datasets": {"seg": {"root": str(folder / "resources/data/seg")}},
+            "paths": {"cache": str(folder / "cache")},
+            "extract": extract,
+            "caches": [{"model": "dino", "dataset": "seg"}],
+        },
+    )
+    for section in ("datasets", "models"):
+        raw["demo"][section] = {k: v for k, v in raw["demo"][section].items() if k in ("seg", "dino")}
+    build_demo_assets(folder, raw)
+    return config_from_dict(raw)
