@@ -102,7 +102,8 @@ CHAIN_OVERRIDES = {
         "lrs": [3.0e-3], "sparsity_coeffs": [1.0e-2], "exp_factors": [4], "lr_warmup_steps": 2,
         "sparsity_warmup_steps": 4, "top_k": 4, "gallery_latents": 4, "shuffle_buffer": 1024,
     },
-    "quantify": {"scale": -2.0, "manual": {"1": 3}, "batch_size": 8},
+    # tiny SAEs have few selective latents: let auto features use any latent that fires
+    "quantify": {"scale": -2.0, "manual": {"1": 3}, "batch_size": 8, "max_firing_fraction": 1.0},
 }
 
 
