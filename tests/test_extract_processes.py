@@ -72,16 +72,19 @@ def _final_acts(store: Path) -> np.ndarray:
     return zarr.open_array(store / "acts", mode="r")[:]
 
 
+def _uninterrupted_run(project: Path, folder: Path) -> np.ndarray:
+    """acts of one uninterrupted serial extraction in ``folder`` (same data, same config)."""
+    folder.mkdir()
+    os.symlink(project / "resources", folder / "resources")
+    (folder / "config.yaml").write_text((project / "config.yaml").read_text())
+    run_cli(ARGS, folder)
+    return _final_acts(folder / "cache" / "dino" / "seg" / "train.zarr")
+
+
 def test_kill_minus_nine_then_resume_equals_uninterrupted(big_project, tmp_path):
     store = big_project / "cache" / "dino" / "seg" / "train.zarr"
 
-    # the reference: an uninterrupted run in a copy of the project
-    ref = tmp_path / "reference"
-    ref.mkdir()
-    os.symlink(big_project / "resources", ref / "resources")
-    (ref / "config.yaml").write_text((big_project / "config.yaml").read_text())
-    run_cli(ARGS, ref)
-    expected = _final_acts(ref / "cache" / "dino" / "seg" / "train.zarr")
+    expected = _uninterrupted_run(big_project, tmp_path / "reference")
 
     kill_points = [
         ("store created", lambda: (store / "zarr.json").exists()),
@@ -123,11 +126,6 @@ def test_three_parallel_parts_equal_a_serial_run(big_project, tmp_path):
     run_cli(["finalize", "--model", "dino", "--dataset", "seg", "--split", "train"], big_project)
     parallel = _final_acts(big_project / "cache" / "dino" / "seg" / "train.zarr")
 
-    serial_dir = tmp_path / "serial"
-    serial_dir.mkdir()
-    os.symlink(big_project / "resources", serial_dir / "resources")
-    (serial_dir / "config.yaml").write_text((big_project / "config.yaml").read_text())
-    run_cli(ARGS, serial_dir)
-    serial = _final_acts(serial_dir / "cache" / "dino" / "seg" / "train.zarr")
+    serial = _uninterrupted_run(big_project, tmp_path / "serial")
     assert not np.isnan(parallel).any()
     np.testing.assert_array_equal(parallel, serial)
