@@ -35,11 +35,11 @@ import pandas as pd
 import torch
 
 from pipeline import metrics
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config
 from pipeline.probes import figures
-from pipeline.probes.features import best_meta, cls_rows, default_out_dir, FinalNorm, in_memory_epochs, open_probe_stores
+from pipeline.probes.features import best_meta, probe_setup, cls_rows, FinalNorm, in_memory_epochs
 from pipeline.probes.linear import ProbeSweep, ProbeTrainConfig, best_member, fit_sweep, member_grid, member_state, save_probe, sweep_table
-from pipeline.runtime import describe_device, resolve_device, set_threads
+from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +84,7 @@ def evaluate_cls(sweep: ProbeSweep, x_ND: torch.Tensor, y_N: np.ndarray, *, rows
 
 def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True) -> dict:
     """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a summary."""
-    pc = cfg.cls_probe
-    if pc is None:
-        raise ConfigError(f"{cfg.source}: key probes/cls: missing; the cls probe needs it (cache, layer, sweep)")
-    threads = set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task="classification", n_classes=pc.n_classes, key="probes/cls")
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg, "cls", pc.cache)
+    pc, threads, device, stores, out_dir = probe_setup(cfg, "cls", out_dir)
     norm = FinalNorm(cfg, stores, device)
     c = stores.n_classes
     x_train, y_train, _ = cls_rows(stores.train, pc.layer, norm)

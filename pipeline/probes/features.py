@@ -338,3 +338,19 @@ def best_meta(kind: str, pc, stores: ProbeStores, norm: FinalNorm, members, best
         **extra,
     }
 
+
+def probe_setup(cfg: Config, kind: str, out_dir: Path | None):
+    """What both probe stages start with: their config section, threads, device, the train/val
+    stores (checked) and the output folder. ``kind`` is "seg" or "cls"."""
+    from pipeline.runtime import resolve_device, set_threads
+
+    pc = cfg.seg_probe if kind == "seg" else cfg.cls_probe
+    if pc is None:
+        raise ConfigError(f"{cfg.source}: key probes/{kind}: missing; the {kind} probe needs it (cache, layer, sweep)")
+    threads = set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    task = "segmentation" if kind == "seg" else "classification"
+    stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task=task, n_classes=pc.n_classes, key=f"probes/{kind}")
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg, kind, pc.cache)
+    return pc, threads, device, stores, out_dir
+

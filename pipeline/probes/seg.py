@@ -58,15 +58,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline import metrics
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config
 from pipeline.probes import figures
 from pipeline.probes.features import (
     best_meta,
+    probe_setup,
     FinalNorm,
     ProbeStores,
     check_label_range,
-    default_out_dir,
-    open_probe_stores,
     patch_chunks,
     patch_train_epochs,
     seg_train_labels,
@@ -82,7 +81,7 @@ from pipeline.probes.linear import (
     save_probe,
     sweep_table,
 )
-from pipeline.runtime import describe_device, resolve_device, set_threads
+from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
 
@@ -220,13 +219,7 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
 
 def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True) -> dict:
     """Train the sweep on the train split, evaluate on val, write the outputs; return a summary."""
-    pc = cfg.seg_probe
-    if pc is None:
-        raise ConfigError(f"{cfg.source}: key probes/seg: missing; the seg probe needs it (cache, layer, sweep)")
-    threads = set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task="segmentation", n_classes=pc.n_classes, key="probes/seg")
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg, "seg", pc.cache)
+    pc, threads, device, stores, out_dir = probe_setup(cfg, "seg", out_dir)
     y_NP = seg_train_labels(stores.train, min_purity=pc.min_purity, train_on_other=pc.train_on_other)
     norm = FinalNorm(cfg, stores, device)
     members = member_grid(pc.lrs, pc.weight_decays)
