@@ -11,9 +11,6 @@ import altair as alt
 
 # Okabe & Ito (2008), the usual colour-blind-safe qualitative palette.
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
-# For more than 8 categories: vega's "tableau10" (not Tableau's colour-blind 10; prefer
-# OKABE_ITO whenever the categories fit in 8).
-CATEGORICAL_SCHEME = "tableau10"
 SEQUENTIAL_SCHEME = "viridis"
 
 RANDOM_WEIGHTS_NOTE = "random-init weights (demo): numbers say nothing about the real model"

@@ -9,7 +9,7 @@ mostly interpreter start-ups). For every ``*.html`` that embeds a Vega-Lite char
 * every x / y encoding with a field has an axis title (in one of the layers that share the
   axis; Vega-Lite merges them), unless the axis is hidden;
 * every colour encoding uses a palette from :mod:`pipeline.plots` (a ``scheme`` that is
-  ``CATEGORICAL_SCHEME`` or ``SEQUENTIAL_SCHEME``, or a ``range`` of Okabe-Ito / mask colours),
+  ``SEQUENTIAL_SCHEME``, or a ``range`` of Okabe-Ito / mask colours),
   never Vega's default category10;
 * class fields hold class names, not bare ids.
 
@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 from test_manipulate import built_project
 
-from pipeline.plots import CATEGORICAL_SCHEME, OKABE_ITO, SEQUENTIAL_SCHEME
+from pipeline.plots import OKABE_ITO, SEQUENTIAL_SCHEME
 from pipeline.probes.figures import class_colours
 
-ALLOWED_SCHEMES = {CATEGORICAL_SCHEME, SEQUENTIAL_SCHEME}
+ALLOWED_SCHEMES = {SEQUENTIAL_SCHEME}
 ALLOWED_COLOURS = {c.lower() for c in OKABE_ITO} | {"#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb)) for rgb in class_colours(64)}
 SPEC = re.compile(r"const spec = (\{.*\});\s*\n")
 COMPOSITES = ("layer", "hconcat", "vconcat", "concat")
