@@ -64,43 +64,46 @@ def _main(args: list[str]) -> None:
     assert rc == 0, f"pipeline {' '.join(args)} returned {rc}"
 
 
+def _run_chain(folder: Path, cfg, ref, steps: list[list[str]]) -> None:
+    """In ``folder``: extract both splits of ``ref``, then each ``python -m pipeline STEP`` in-process."""
+    from pipeline.extract import extract
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        for split in ("train", "val"):
+            extract(cfg, ref, split, progress=False)
+        for step in steps:
+            _main([step[0], "--config", "config.yaml", *step[1:]])
+
+
 def built_project(tmp_path_factory, tiny_assets: Path, *, full: bool = False) -> SimpleNamespace:
     """The tiny project with the seg chain built in-process (``full``: also cls probe, quantify, dimred).
 
     Built once per session (one folder, grown to ``full`` when a test asks for it); callers must
     not write into it.
     """
-    from pipeline.extract import extract
-
     if "project" not in _BUILT:
         folder = tmp_path_factory.mktemp("manipulate_project")
         shutil.copytree(tiny_assets / "resources", folder / "resources")
-        write_config(folder, PROJECT)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(folder)
-            cfg = load_config("config.yaml")
-            for split in ("train", "val"):
-                extract(cfg, SEG, split, progress=False)
-            c = ["--config", "config.yaml"]
-            _main(["probe-seg", *c, "--no-progress"])
-            _main(["stats", *c, "--model", "dino", "--dataset", "seg", "--split", "train"])
-            _main(["sae-train", *c, "--no-progress"])
-            _main(["sae-latents", *c, "--no-progress"])
-            _main(["class-f1", *c])
+        cfg = load_config(write_config(folder, PROJECT))
+        _run_chain(folder, cfg, SEG, [
+            ["probe-seg", "--no-progress"],
+            ["stats", "--model", "dino", "--dataset", "seg", "--split", "train"],
+            ["sae-train", "--no-progress"],
+            ["sae-latents", "--no-progress"],
+            ["class-f1"],
+        ])
         _BUILT["project"] = SimpleNamespace(folder=folder, cfg=cfg, full=False)
     built = _BUILT["project"]
     if full and not built.full:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(built.folder)
-            for split in ("train", "val"):
-                extract(built.cfg, CLS, split, progress=False)
-            c = ["--config", "config.yaml"]
-            _main(["probe-cls", *c, "--no-progress"])
-            _main(["sae-gallery", *c])
-            _main(["propose", *c])
-            _main(["quantify", *c, "--no-progress"])
-            _main(["dimred", *c, "--no-progress"])
-            _main(["manipulate", *c])
+        _run_chain(built.folder, built.cfg, CLS, [
+            ["probe-cls", "--no-progress"],
+            ["sae-gallery"],
+            ["propose"],
+            ["quantify", "--no-progress"],
+            ["dimred", "--no-progress"],
+            ["manipulate"],
+        ])
         built.full = True
     return built
 
@@ -318,21 +321,15 @@ CLS_PROJECT = {
 
 @pytest.fixture(scope="module")
 def cls_project(tiny_assets, tmp_path_factory):
-    from pipeline.extract import extract
-
     folder = tmp_path_factory.mktemp("manipulate_cls")
     shutil.copytree(tiny_assets / "resources", folder / "resources")
-    write_config(folder, CLS_PROJECT)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        cfg = load_config("config.yaml")
-        for split in ("train", "val"):
-            extract(cfg, CLS, split, progress=False)
-        c = ["--config", "config.yaml"]
-        _main(["stats", *c, "--model", "clip", "--dataset", "cls", "--split", "train"])
-        _main(["sae-train", *c, "--no-progress"])
-        _main(["sae-latents", *c, "--no-progress"])
-        _main(["probe-cls", *c, "--no-progress"])
+    cfg = load_config(write_config(folder, CLS_PROJECT))
+    _run_chain(folder, cfg, CLS, [
+        ["stats", "--model", "clip", "--dataset", "cls", "--split", "train"],
+        ["sae-train", "--no-progress"],
+        ["sae-latents", "--no-progress"],
+        ["probe-cls", "--no-progress"],
+    ])
     return SimpleNamespace(folder=folder, cfg=cfg)
 
 
