@@ -18,13 +18,20 @@ non-zero lr (saev's warm-up spent step 0 at lr = 0).
 Metrics (``mse``, ``normalized_mse``, ``l0``, ``n_dead``, ``n_dense``) come from a held-out
 pass when ``eval_batches`` is given, else from the last ``metrics_fraction`` of training
 (measured on each batch just before the step that uses it).
+
+History (per logged step and member: tokens seen, lr, λ_t, loss, MSE, L1, L0 and the fraction
+of latents dead over the last ``dead_window_tokens``) is written into a buffer preallocated
+for ``ceil(n_steps / log_every) + 1`` rows on the training device: no per-step allocation
+lives past its step, so peak memory does not grow with the token budget (small long-lived
+per-step tensors used to pin the allocator's heap between the batch buffers), and the loop
+never waits for the device to log. ``on_step`` (optional) is called after every logged step.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +76,10 @@ class TrainConfig:
     dense_threshold: float = 1e-2
     """A latent firing on more than this fraction of tokens counts as dense."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    log_every: int = 1
+    """History rows: steps 0, k, 2k, … and the step that completes ``n_tokens``."""
+    dead_window_tokens: int = 1 << 18
+    """History's ``frac_dead``: latents that did not fire in the last this many tokens."""
 
     def __post_init__(self) -> None:
         if self.n_tokens <= 0 or self.batch_size <= 0:
@@ -77,11 +88,18 @@ class TrainConfig:
             raise ValueError("warm-up steps must be >= 0")
         if not 0 < self.metrics_fraction <= 1:
             raise ValueError("metrics_fraction must be in (0, 1]")
+        if self.log_every < 1 or self.dead_window_tokens < 1:
+            raise ValueError("log_every and dead_window_tokens must be >= 1")
 
     @property
     def n_steps(self) -> int:
         """Steps for ``n_tokens`` at full batches."""
         return math.ceil(self.n_tokens / self.batch_size)
+
+    @property
+    def n_log_rows(self) -> int:
+        """Upper bound on history rows: every ``log_every``-th step plus the last one."""
+        return math.ceil(self.n_steps / self.log_every) + 1
 
 
 def lr_at(step: int, peak: float, warmup_steps: int) -> float:
@@ -186,6 +204,64 @@ class _Meter:
         )
 
 
+HISTORY_TERMS = ("loss", "mse", "l1", "l0", "frac_dead")
+"""Per-member values the history records on the device at each logged step."""
+
+
+class _History:
+    """Preallocated per-step history of M members (rows = logged steps); fixed size from the start.
+
+    Device values go into one ``[R, M, len(HISTORY_TERMS)]`` tensor without a host sync; the
+    schedule (lr, λ) and token counts into numpy arrays. Dead latents: per member the token
+    count at which each latent last fired (``-1`` = never), updated every step.
+    """
+
+    def __init__(self, cfg: TrainConfig, n_latents: Sequence[int], device: torch.device) -> None:
+        R, M = cfg.n_log_rows, len(n_latents)
+        self.every, self.window, self.rows = cfg.log_every, cfg.dead_window_tokens, 0
+        self.values_RMK = torch.full((R, M, len(HISTORY_TERMS)), float("nan"), device=device)
+        self.lr_RM = np.full((R, M), np.nan)
+        self.lam_RM = np.full((R, M), np.nan)
+        self.step_R = np.zeros(R, dtype=np.int64)
+        self.tokens_R = np.zeros(R, dtype=np.int64)
+        self.last_fired_S = [torch.full((s,), -1, dtype=torch.int64, device=device) for s in n_latents]
+
+    def logs(self, step: int, seen_after: int, n_tokens: int) -> bool:
+        return step % self.every == 0 or seen_after >= n_tokens
+
+    @torch.no_grad()
+    def fired(self, m: int, f_NS: Tensor, seen_after: int) -> Tensor:
+        """Record which latents fired in this batch; returns the ``[N, S]`` activity mask."""
+        active_NS = f_NS > 0
+        self.last_fired_S[m].masked_fill_(active_NS.any(0), seen_after)
+        return active_NS
+
+    @torch.no_grad()
+    def record(self, m: int, terms: LossTerms, active_NS: Tensor, seen_after: int, lr: float, lam: float) -> None:
+        r, last = self.rows, self.last_fired_S[m]
+        dead = (last < 0) | (seen_after - last >= self.window)
+        row = self.values_RMK[r, m]
+        row[0], row[1], row[2] = terms.loss, terms.mse, terms.l1
+        row[3] = active_NS.sum(1, dtype=torch.float32).mean()
+        row[4] = dead.float().mean()
+        self.lr_RM[r, m], self.lam_RM[r, m] = lr, lam
+
+    def end_row(self, step: int, seen_after: int) -> None:
+        self.step_R[self.rows], self.tokens_R[self.rows] = step, seen_after
+        self.rows += 1
+
+    def last(self, m: int, term: str) -> float:
+        return float(self.values_RMK[self.rows - 1, m, HISTORY_TERMS.index(term)]) if self.rows else float("nan")
+
+    def member(self, m: int) -> dict[str, np.ndarray]:
+        r = self.rows
+        values = self.values_RMK[:r, m].cpu().numpy()
+        out = {k: values[:, i] for i, k in enumerate(HISTORY_TERMS)}
+        out.update(lr=self.lr_RM[:r, m].copy(), sparsity_coeff=self.lam_RM[:r, m].copy(),
+                   step=self.step_R[:r].copy(), n_tokens=self.tokens_R[:r].copy())
+        return out
+
+
 @dataclass
 class TrainedSAE:
     """A trained member: model (eval mode), hyper-parameters, metrics and per-step history."""
@@ -209,7 +285,10 @@ class TrainedSAE:
     """"held-out" or "last <fraction> of training"."""
     scaling: InputScaling | None = None
     history: dict[str, np.ndarray] = field(default_factory=dict)
-    """Per step: ``lr``, ``sparsity_coeff``, ``loss``, ``mse``, ``l1``, ``n_tokens``."""
+    """Per logged step (``TrainConfig.log_every``): ``step``, ``n_tokens`` (seen after the step),
+    ``lr``, ``sparsity_coeff`` (λ_t), ``loss``, ``mse``, ``l1`` (of the batch the step trained on),
+    ``l0`` (mean active latents per token of that batch) and ``frac_dead`` (fraction of latents
+    that did not fire in the last ``dead_window_tokens`` tokens, or since the start)."""
 
     def checkpoint_cfg(self) -> dict[str, Any]:
         """JSON-ready cfg for :func:`save_checkpoint` (hyper-parameters, schedule, metrics)."""
@@ -255,6 +334,7 @@ def train_sweep(
     progress: bool = True,
     scaling: InputScaling | None = None,
     eval_batches: Iterable[Tensor] | None = None,
+    on_step: Callable[[int, int, "_History"], None] | None = None,
 ) -> list[TrainedSAE]:
     """Train every member on the same ``[B, D]`` batches in one pass over ``batches``.
 
@@ -270,6 +350,8 @@ def train_sweep(
         scaling: if given, applied to every batch on the device (batches are then raw model
             activations) and stored with the results, so checkpoints carry it.
         eval_batches: optional held-out ``[B, D]`` batches for the metrics (one pass).
+        on_step: called as ``on_step(step, tokens_seen, history)`` after every logged step
+            (progress reporting); ``history.last(m, "loss")`` reads a member's latest value.
     """
     if not members:
         raise ValueError("no sweep members")
@@ -302,10 +384,7 @@ def train_sweep(
     M = len(members)
     window_start = cfg.n_tokens * (1.0 - cfg.metrics_fraction)
     meter = _Meter([s.n_latents for s in saes], d_model, device)
-    hist_dev: dict[str, list[list[Tensor]]] = {k: [[] for _ in range(M)] for k in ("loss", "mse", "l1")}
-    hist_lr: list[list[float]] = [[] for _ in range(M)]
-    hist_lam: list[list[float]] = [[] for _ in range(M)]
-    hist_tokens: list[int] = []
+    history = _History(cfg, [s.n_latents for s in saes], device)
 
     seen, step = 0, 0
     bar = tqdm(total=cfg.n_tokens, unit="tok", unit_scale=True, disable=not progress,
@@ -324,23 +403,27 @@ def train_sweep(
             in_window = eval_batches is None and seen + x_ND.shape[0] > window_start
             if in_window:
                 meter.add_data(x_ND)
+            seen_after = seen + x_ND.shape[0]
+            logged = history.logs(step, seen_after, cfg.n_tokens)
             for m, (hp, sae, opt) in enumerate(zip(members, saes, opts)):
                 lr = lr_at(step, hp.lr, cfg.lr_warmup_steps)
                 lam = sparsity_coeff_at(step, hp.sparsity_coeff, cfg.sparsity_warmup_steps)
                 terms = train_step(sae, opt, x_ND, lr=lr, sparsity_coeff=lam)
                 if in_window:
                     meter.add_member(m, x_ND, terms.x_hat_ND, terms.f_NS)
-                hist_dev["loss"][m].append(terms.loss)
-                hist_dev["mse"][m].append(terms.mse)
-                hist_dev["l1"][m].append(terms.l1)
-                hist_lr[m].append(lr)
-                hist_lam[m].append(lam)
-            seen += x_ND.shape[0]
-            hist_tokens.append(seen)
+                active_NS = history.fired(m, terms.f_NS, seen_after)
+                if logged:
+                    history.record(m, terms, active_NS, seen_after, lr, lam)
+                del terms, active_NS
+            if logged:
+                history.end_row(step, seen_after)
+                if on_step is not None:
+                    on_step(step, seen_after, history)
+            seen = seen_after
             step += 1
             bar.update(x_ND.shape[0])
             if progress and step % 50 == 0:
-                bar.set_postfix(loss=f"{hist_dev['loss'][0][-1].item():.4g}")
+                bar.set_postfix(loss=f"{history.last(0, 'loss'):.4g}")
             if seen >= cfg.n_tokens:
                 break
     finally:
@@ -365,14 +448,9 @@ def train_sweep(
     results = []
     for m, (hp, sae) in enumerate(zip(members, saes)):
         metrics = meter.results(m, d_model, cfg.dense_threshold)
-        history = {k: torch.stack(v[m]).cpu().numpy() if v[m] else np.zeros(0, np.float32)
-                   for k, v in hist_dev.items()}
-        history["lr"] = np.asarray(hist_lr[m])
-        history["sparsity_coeff"] = np.asarray(hist_lam[m])
-        history["n_tokens"] = np.asarray(hist_tokens, dtype=np.int64)
         results.append(TrainedSAE(
             sae=sae, hparams=hp, train_cfg=cfg, n_tokens_seen=seen, n_metric_tokens=meter.n,
-            metrics_source=source, scaling=scaling, history=history, **metrics,
+            metrics_source=source, scaling=scaling, history=history.member(m), **metrics,
         ))
     return results
 
