@@ -121,6 +121,25 @@ def test_chosen_member_obeys_max_l0(sae_project):
         assert (OUT / f"sweep.{ext}").stat().st_size > 0
 
 
+def test_history_has_one_row_per_logged_step_per_member_and_charts(sae_project):
+    table = pd.read_csv(OUT / "sweep.csv")
+    history = pd.read_csv(OUT / "history.csv")
+    n_steps = SAE["n_tokens"] // SAE["batch_size"]  # 48 steps, all logged (fewer than HISTORY_ROWS)
+    for col in ("slug", "chosen", "step", "n_tokens", "loss", "mse", "l1", "l0", "frac_dead", "lr", "sparsity_coeff"):
+        assert col in history, col
+    assert len(history) == len(table) * n_steps
+    for slug, rows in history.groupby("slug"):
+        assert rows["step"].tolist() == list(range(n_steps))
+        assert rows["n_tokens"].tolist() == [SAE["batch_size"] * (s + 1) for s in range(n_steps)]
+        assert rows["chosen"].all() == bool(table.set_index("slug").loc[slug, "chosen"])
+    np.testing.assert_allclose(history["loss"], history["mse"] + history["sparsity_coeff"] * history["l1"], rtol=1e-4)
+    assert ((history["frac_dead"] >= 0) & (history["frac_dead"] <= 1)).all() and (history["l0"] > 0).all()
+    assert history["chosen"].sum() == n_steps
+    for stem in ("history", "density"):
+        for ext in ("html", "png", "svg"):
+            assert (OUT / f"{stem}.{ext}").stat().st_size > 0, f"{stem}.{ext}"
+
+
 def test_choose_member_rule_on_a_planted_table():
     table = pd.DataFrame({
         "slug": ["a", "b", "c", "d", "e"],

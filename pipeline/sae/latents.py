@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 from torch import Tensor
@@ -194,4 +195,37 @@ def select_latents(
     return np.asarray(ds["latent"].values)[ok].astype(np.int64)
 
 
-__all__ = ["latent_stats", "load_latent_stats", "save_latent_stats", "select_latents"]
+def density_chart(ds: xr.Dataset, stem: Path, *, random_weights: bool, title: str = "") -> list[Path]:
+    """saev's feature-density views of one SAE, side by side, via ``save_chart``:
+    the histogram of log10 firing frequency (latents that fired; the dead count in the title),
+    and log10 frequency vs log10 mean value when firing, one point per latent."""
+    import altair as alt
+
+    from ..plots import save_chart, title_with_note
+
+    freq = np.asarray(ds["freq"].values, dtype=np.float64)
+    value = np.asarray(ds["mean_value"].values, dtype=np.float64)
+    fired = freq > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_f, log_v = np.log10(freq[fired]), np.log10(value[fired])
+    counts, edges = np.histogram(log_f, bins=40) if fired.any() else (np.zeros(0, int), np.zeros(1))
+    hist = pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "latents": counts})
+    points = pd.DataFrame({"latent": np.asarray(ds["latent"].values)[fired], "log_freq": log_f, "log_value": log_v})
+    points = points[np.isfinite(points["log_value"])]
+    left = alt.Chart(hist).mark_bar().encode(
+        x=alt.X("lo:Q", bin="binned", title="log10 firing frequency"), x2="hi:Q",
+        y=alt.Y("latents:Q", title="latents"),
+        tooltip=[alt.Tooltip("lo:Q", format=".2f"), alt.Tooltip("hi:Q", format=".2f"), "latents:Q"],
+    ).properties(width=320, height=240, title=f"firing frequency ({int((~fired).sum())} dead latents not shown)")
+    right = alt.Chart(points).mark_circle(size=12, opacity=0.5).encode(
+        x=alt.X("log_freq:Q", title="log10 firing frequency", scale=alt.Scale(zero=False)),
+        y=alt.Y("log_value:Q", title="log10 mean value when firing", scale=alt.Scale(zero=False)),
+        tooltip=["latent:Q", alt.Tooltip("log_freq:Q", format=".2f"), alt.Tooltip("log_value:Q", format=".2f")],
+    ).properties(width=320, height=240, title="frequency vs mean value, per latent")
+    chart = alt.hconcat(left, right).properties(
+        title=title_with_note(title or f"SAE feature density ({ds.sizes['latent']} latents)", random_weights))
+    with alt.data_transformers.disable_max_rows():
+        return save_chart(chart, stem)
+
+
+__all__ = ["density_chart", "latent_stats", "load_latent_stats", "save_latent_stats", "select_latents"]

@@ -15,11 +15,14 @@ the SAE core (:mod:`pipeline.sae`); every stage writes into
     come from up to ``EVAL_MAX_TOKENS`` tokens of the VAL store (held out). Writes
     ``sweep.csv``, ``sweep.{html,png,svg}``, ``members/<slug>.pt`` (+ ``.safetensors``),
     ``sae.pt`` (+ ``sae.safetensors``) = the member with the lowest normalised MSE among
-    those with L0 ≤ ``max_l0`` (:func:`choose_member`), and ``chosen.json``.
+    those with L0 ≤ ``max_l0`` (:func:`choose_member`), ``chosen.json``, and the training
+    curves ``history.csv`` (one row per logged step per member, every
+    ``max(1, n_steps // HISTORY_ROWS)``-th step) with their chart ``history.{html,png,svg}``.
 
 ``sae-latents`` (:func:`run_latents`)
     ``sae.pt`` over every valid image's patch tokens of the TRAIN store, one zarr chunk at a
-    time, with the checkpoint's own scaling → :func:`latent_stats` → ``latents.zarr`` and a
+    time, with the checkpoint's own scaling → :func:`latent_stats` → ``latents.zarr``, saev's
+    feature-density views ``density.{html,png,svg}`` (:func:`density_chart`) and a
     ``latents.json`` summary (dead latents, the latents selected by ``log_freq_range`` /
     ``log_value_range`` on the mean value when firing, as saev).
 
@@ -35,6 +38,7 @@ Dimension key: N rows (tokens), B images in a chunk, P patches, D width, S laten
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -57,9 +61,10 @@ from pipeline.paths import sae_dir, stats_path
 from pipeline.config import CacheRef, Config, ConfigError, SAEConfig
 
 from .checkpoint import load_checkpoint
-from .latents import latent_stats, load_latent_stats, save_latent_stats, select_latents
+from .latents import density_chart, latent_stats, load_latent_stats, save_latent_stats, select_latents
 from .scaling import InputScaling
-from .train import SAEHparams, TrainConfig, TrainedSAE, sweep_chart, sweep_table, train_sweep
+from .train import (SAEHparams, TrainConfig, TrainedSAE, history_chart, history_table, sweep_chart, sweep_table,
+                    train_sweep)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +72,10 @@ EVAL_MAX_TOKENS = 1 << 18
 """Held-out tokens (from the VAL store, whole chunks in order) for the sweep's metrics."""
 EVAL_BATCH = 8192
 CHOICE_RULE = "lowest normalized_mse among members with l0 <= max_l0 (ties: first in sweep order)"
-TRAIN_OUTPUTS = ("sweep.csv", "sweep.html", "sweep.png", "sweep.svg", "sae.pt", "sae.safetensors", "chosen.json")
+TRAIN_OUTPUTS = ("sweep.csv", "sweep.html", "sweep.png", "sweep.svg", "sae.pt", "sae.safetensors", "chosen.json",
+                 "history.csv", "history.html", "history.png", "history.svg")
+HISTORY_ROWS = 2000
+"""sae-train logs every ``max(1, n_steps // HISTORY_ROWS)``-th step (at most ~2000 rows per member)."""
 
 
 class NoMemberError(ConfigError):
@@ -265,6 +273,7 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
     members = member_grid(sc)
     tc = TrainConfig(n_tokens=sc.n_tokens, batch_size=sc.batch_size, lr_warmup_steps=sc.lr_warmup_steps,
                      sparsity_warmup_steps=sc.sparsity_warmup_steps, seed=sc.seed)
+    tc = dataclasses.replace(tc, log_every=max(1, tc.n_steps // HISTORY_ROWS))
     per_pass = tokens_per_pass(train, sc.tokens)
     log.info("SAE sweep: %d members, %d tokens (%.2f passes of %d), block %d, device %s", len(members),
              sc.n_tokens, sc.n_tokens / per_pass, per_pass, block, dev)
@@ -296,17 +305,20 @@ def write_train_outputs(trained: list[TrainedSAE], members: list[SAEHparams], ou
     table["checkpoint"] = [str(out / "members" / f"{s}.pt") for s in slugs]
     table["random_weights"] = bool(prov.get("random_weights", False))
     table["chosen"] = False
+    random_weights = bool(prov.get("random_weights", False))
     try:
         pos, reason = choose_member(table, max_l0)
     except NoMemberError:
         table.to_csv(out / "sweep.csv", index=False)
-        sweep_chart(table, out / "sweep", random_weights=bool(prov.get("random_weights", False)))
+        sweep_chart(table, out / "sweep", random_weights=random_weights)
+        write_history(trained, slugs, out, chosen=None, random_weights=random_weights)
         for name in ("sae.pt", "sae.safetensors", "chosen.json"):
             (out / name).unlink(missing_ok=True)
         raise
     table.loc[pos, "chosen"] = True
     table.to_csv(out / "sweep.csv", index=False)
-    sweep_chart(table, out / "sweep", random_weights=bool(prov.get("random_weights", False)))
+    sweep_chart(table, out / "sweep", random_weights=random_weights)
+    write_history(trained, slugs, out, chosen=slugs[pos], random_weights=random_weights)
     chosen = trained[pos]
     record = {
         "member": slugs[pos],
@@ -339,6 +351,19 @@ def write_train_outputs(trained: list[TrainedSAE], members: list[SAEHparams], ou
         "metrics_source": chosen.metrics_source,
         "sweep": table[["slug", "l0", "normalized_mse", "n_dead", "n_dense"]].round(5).to_dict("records"),
     }
+
+
+def write_history(trained: list[TrainedSAE], slugs: list[str], out: Path, *, chosen: str | None,
+                  random_weights: bool) -> pd.DataFrame:
+    """``history.csv`` (one row per logged step per member: ``slug``, ``chosen`` and
+    :data:`~pipeline.sae.train.HISTORY_COLUMNS`) and its chart ``history.{html,png,svg}``."""
+    history = history_table(trained)
+    history.insert(1, "slug", [slugs[m] for m in history["member"]])
+    history.insert(2, "chosen", history["slug"] == chosen)
+    history.to_csv(out / "history.csv", index=False)
+    history_chart(history.rename(columns={"slug": "label"}), out / "history", chosen=chosen,
+                  random_weights=random_weights)
+    return history
 
 
 # --------------------------------------------------------------------------- sae-latents
@@ -384,6 +409,9 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
         "grid": list(reader.grid), "tokens": "patches (valid images of the train store)",
     })
     save_latent_stats(ds, out / "latents.zarr")
+    density_chart(ds, out / "density", random_weights=reader.random_weights,
+                  title=f"Feature density of the chosen SAE ({hcfg.get('member', '')}, block {block}, "
+                        f"{ds.sizes['latent']} latents, {ds.attrs['n_tokens']} train patch tokens)")
     selected = select_latents(ds, log_freq_range=tuple(sc.log_freq_range), log_value_range=tuple(sc.log_value_range))
     n_fired = ds["n_fired"].values
     max_value = ds["max_value"].values

@@ -508,7 +508,54 @@ def sweep_chart(df: pd.DataFrame, stem: str | Path, *, random_weights: bool) -> 
     return save_chart(chart, stem)
 
 
+HISTORY_COLUMNS = ("member", "step", "n_tokens", "lr", "sparsity_coeff", *HISTORY_TERMS)
+
+
+def history_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
+    """One row per logged step per member (long format): ``HISTORY_COLUMNS``."""
+    frames = []
+    for i, t in enumerate(trained):
+        frame = pd.DataFrame({k: t.history[k] for k in HISTORY_COLUMNS[1:]})
+        frame.insert(0, "member", i)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(HISTORY_COLUMNS))
+
+
+HISTORY_PANELS = {"loss": "loss", "mse": "MSE", "l1": "L1 (Σ f)", "l0": "L0", "frac_dead": "dead-latent fraction"}
+
+
+def history_chart(history: pd.DataFrame, stem: str | Path, *, chosen: str | None, random_weights: bool) -> list[Path]:
+    """Training curves over tokens seen: one small panel per ``HISTORY_PANELS`` term, one line per
+    member (``label`` column), the chosen member drawn thick and black; saved via save_chart."""
+    import altair as alt
+
+    from ..plots import save_chart, title_with_note
+
+    data = history.melt(id_vars=["label", "n_tokens"], value_vars=list(HISTORY_PANELS), var_name="term")
+    data["term"] = data["term"].map(HISTORY_PANELS)
+    data["chosen"] = data["label"] == chosen
+    base = alt.Chart().encode(
+        x=alt.X("n_tokens:Q", title="tokens seen"),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        detail="label:N",
+        tooltip=[alt.Tooltip("label:N", title="member"), alt.Tooltip("n_tokens:Q", title="tokens"),
+                 alt.Tooltip("value:Q", format=".4g")],
+    )
+    others = base.transform_filter(~alt.datum.chosen).mark_line(opacity=0.7, strokeWidth=1.2).encode(
+        color=alt.Color("label:N", title="member"))
+    best = base.transform_filter(alt.datum.chosen).mark_line(color="black", strokeWidth=3)
+    title = "SAE sweep training curves" + (f" (black: chosen member {chosen})" if chosen else "")
+    chart = (
+        alt.layer(others, best, data=data)
+        .properties(width=300, height=150)
+        .facet(facet=alt.Facet("term:N", title=None, sort=list(HISTORY_PANELS.values())), columns=2)
+        .resolve_scale(y="independent")
+        .properties(title=title_with_note(title, random_weights))
+    )
+    return save_chart(chart, stem)
+
+
 __all__ = [
-    "LossTerms", "SAEHparams", "TrainConfig", "TrainedSAE", "lr_at", "make_optimizer",
+    "HISTORY_COLUMNS", "HISTORY_TERMS", "history_chart", "history_table", "LossTerms", "SAEHparams", "TrainConfig", "TrainedSAE", "lr_at", "make_optimizer",
     "sae_loss", "sparsity_coeff_at", "sweep_chart", "sweep_table", "train_step", "train_sweep",
 ]

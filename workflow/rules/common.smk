@@ -136,7 +136,9 @@ def sae_train_outputs():
 
     files = train_outputs(CFG)
     return [
-        reported(str(p), "../report/sae_sweep.rst", "SAE") if p.name == "sweep.png" else str(p)
+        reported(str(p), "../report/sae_sweep.rst", "SAE") if p.name == "sweep.png"
+        else reported(str(p), "../report/sae_history.rst", "SAE") if p.name == "history.png"
+        else str(p)
         for p in files["main"] + files["members"]
     ]
 

@@ -47,6 +47,9 @@ if SAE_DIR is not None:
         output:
             f"{SAE_DIR}/latents.json",
             f"{SAE_DIR}/latents.zarr/zarr.json",
+            f"{SAE_DIR}/density.html",
+            reported(f"{SAE_DIR}/density.png", "../report/sae_density.rst", "SAE"),
+            f"{SAE_DIR}/density.svg",
         log:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/latents.log",
         threads: THREADS
