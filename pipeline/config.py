@@ -122,6 +122,7 @@ class SAEConfig:
     max_l0: float = 1e9
     seed: int = 0
     shuffle_buffer: int = 65536
+    token_source: str = "auto"
     top_k: int = 16
     log_freq_range: tuple[float, float] = (-6.0, -1.0)
     log_value_range: tuple[float, float] = (-2.0, 3.0)

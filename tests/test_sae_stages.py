@@ -18,6 +18,7 @@ import zarr
 
 from helpers import REPO, run_cli, write_config
 from pipeline.cache import CacheReader
+from pipeline.cache.stream import ChunkDecoder, load_tokens, resident_batches, shuffle_buffer, token_index
 from pipeline.config import CacheRef, load_config
 from pipeline.extract import extract
 from pipeline.sae import InputScaling, load_checkpoint, load_latent_stats
@@ -224,13 +225,19 @@ def test_spread_by_frequency():
 def test_stream_reads_each_chunk_once_per_pass(sae_project, monkeypatch):
     reader = CacheReader("cache/dino/seg/train.zarr")
     reads: list[tuple[int, int]] = []
-    original = CacheReader.read
+    original, original_decode = CacheReader.read, ChunkDecoder.read
 
     def counting(self, layer, start, stop, tokens=None):
         reads.append((start, stop))
         return original(self, layer, start, stop, tokens)
 
+    def counting_decode(self, layer, start, stop, out=None):  # the training stream's chunk reads
+        reads.append((start, stop))
+        return original_decode(self, layer, start, stop, out)
+
     monkeypatch.setattr(CacheReader, "read", counting)
+    monkeypatch.setattr(ChunkDecoder, "read", counting_decode)
+    assert ChunkDecoder(reader).direct  # the layout the fast path decodes itself
     per_pass = tokens_per_pass(reader, "patches")
     assert per_pass == 24 * 16
     n_passes = 3
@@ -248,6 +255,49 @@ def test_stream_reads_each_chunk_once_per_pass(sae_project, monkeypatch):
     parts = list(token_parts(reader, BLOCK, tokens="patches+cls"))
     assert len(reads) == len(chunks)
     assert sum(len(p[0]) for p in parts) == tokens_per_pass(reader, "patches+cls") == 24 * 17
+
+
+@pytest.mark.parametrize("tokens", ["patches", "patches+cls"])
+def test_stream_gives_the_row_wise_reference_batches_for_any_thread_count(sae_project, tokens):
+    """Seed contract: the batches of the row-wise reference (token_parts → shuffle_buffer), whatever
+    the decode threads; so every pass yields each valid token exactly once."""
+    reader = CacheReader("cache/dino/seg/train.zarr")
+    per_pass = tokens_per_pass(reader, tokens)
+    n_passes, seed = 3, 7
+    parts = ((acts,) for p in range(n_passes)
+             for acts, _, _ in token_parts(reader, BLOCK, tokens=tokens, shuffle=True, seed=seed + p))
+    reference = [torch.from_numpy(b[0]).float()
+                 for b in shuffle_buffer(parts, batch_size=64, buffer_size=256, seed=seed)]
+    for workers in (1, 2, 4):
+        batches = list(train_batches(reader, BLOCK, tokens=tokens, n_tokens=n_passes * per_pass, batch_size=64,
+                                     buffer_size=256, seed=seed, workers=workers))
+        assert len(batches) == len(reference)
+        assert all(b.dtype == torch.float32 and torch.equal(b, r) for b, r in zip(batches, reference))
+    rows = torch.cat(batches).numpy()
+    store_rows = load_tokens(reader, BLOCK, token_index(reader, tokens), device=torch.device("cpu")).float().numpy()
+    assert len(store_rows) == per_pass
+    # the multiset of rows: every store token n_passes times
+    ordered = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+    np.testing.assert_array_equal(ordered(rows), ordered(np.repeat(store_rows, n_passes, axis=0)))
+
+
+def test_chunk_decoder_matches_zarr_and_device_mode_covers_each_token_once_per_pass(sae_project):
+    reader = CacheReader("cache/dino/seg/train.zarr")
+    decoder = ChunkDecoder(reader)
+    for s, e in reader.chunks():
+        np.testing.assert_array_equal(decoder.read(BLOCK, s, e), reader.read(BLOCK, s, e))
+    tok = token_index(reader, "patches")
+    tokens_ND = load_tokens(reader, BLOCK, tok, device=torch.device("cpu"))
+    per_pass = len(tokens_ND)
+    batches = list(resident_batches(tokens_ND, n_tokens=2 * per_pass + 5, batch_size=100, seed=3))
+    assert [len(b) for b in batches[:-1]] == [100] * (len(batches) - 1) and sum(map(len, batches)) == 2 * per_pass + 5
+    again = list(resident_batches(tokens_ND, n_tokens=2 * per_pass + 5, batch_size=100, seed=3))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    first_two = torch.cat(batches)[: 2 * per_pass].numpy()
+    ordered = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+    store = tokens_ND.float().numpy()
+    for p in range(2):
+        np.testing.assert_array_equal(ordered(first_two[p * per_pass:(p + 1) * per_pass]), ordered(store))
 
 
 def test_cli_steps(sae_project):

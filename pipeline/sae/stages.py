@@ -56,7 +56,18 @@ import torch
 
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.store import CacheError
-from pipeline.cache.stream import shuffle_buffer, token_rows
+from pipeline.cache.stream import (
+    DEVICE_MEMORY_FRACTION,
+    ChunkDecoder,
+    RowShuffler,
+    chunk_order,
+    chunk_rows,
+    fits_on_device,
+    load_tokens,
+    resident_batches,
+    token_index,
+    token_rows,
+)
 from pipeline.paths import sae_dir, stats_path
 from pipeline.config import CacheRef, Config, ConfigError, SAEConfig
 
@@ -151,23 +162,52 @@ def tokens_per_pass(reader: CacheReader, tokens: str) -> int:
 
 
 def train_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int, batch_size: int,
-                  buffer_size: int, seed: int) -> Iterator[np.ndarray]:
-    """Shuffled ``[batch, D]`` batches (stored dtype) for ``n_tokens`` tokens.
+                  buffer_size: int, seed: int, workers: int = 2, pin_memory: bool = False) -> Iterator[torch.Tensor]:
+    """Shuffled float32 ``[batch, D]`` batches for ``n_tokens`` tokens, streamed from the store.
 
-    ``ceil(n_tokens / tokens_per_pass)`` passes; pass p visits every chunk once in the
-    order seeded ``seed + p``; all passes flow through one shuffle buffer (seed ``seed``),
-    so only the very last batch may be short. Raw activations: scaling happens on the device.
+    Seed contract: ``ceil(n_tokens / tokens_per_pass)`` passes; pass p visits every chunk once in
+    the order seeded ``seed + p`` (:func:`chunk_order`); all passes flow through one shuffle
+    buffer (:class:`RowShuffler`, seed ``seed``), so only the very last batch may be short. The
+    batches depend on the seed, the store's chunking, ``batch_size`` and ``buffer_size`` only, not
+    on ``workers`` (chunks decode ``workers`` at a time but are consumed in the seeded order), and
+    are the batches the row-wise ``shuffle_buffer`` over :func:`token_parts` gives (tested). Raw
+    activations, float32 (pinned for a CUDA trainer when ``pin_memory``): scaling happens on the device.
     """
     per_pass = tokens_per_pass(reader, tokens)
     if per_pass == 0:
         raise SAEStageError(f"{reader.path}: no valid image to train on")
+    _token_mode(tokens)
     n_passes = math.ceil(n_tokens / per_pass)
-    parts = itertools.chain.from_iterable(
-        token_parts(reader, layer, tokens=tokens, shuffle=True, seed=seed + p) for p in range(n_passes)
-    )
-    for batch in shuffle_buffer(((acts,) for acts, _, _ in parts), batch_size=batch_size,
-                                buffer_size=buffer_size, seed=seed):
-        yield batch[0]
+    order = (chunk for p in range(n_passes) for chunk in chunk_order(reader, shuffle=True, seed=seed + p))
+    shuffler = RowShuffler(d=reader.d_model, dtype=ChunkDecoder(reader).dtype, batch_size=batch_size,
+                           buffer_size=buffer_size, seed=seed, pin_memory=pin_memory)
+    for rows_ND in chunk_rows(reader, layer, order, token_index(reader, tokens), workers=workers):
+        yield from shuffler.add(rows_ND)
+    yield from shuffler.flush()
+
+
+def device_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int, batch_size: int, seed: int,
+                   device: torch.device, workers: int = 2) -> Iterator[torch.Tensor]:
+    """``token_source: device``: the layer's tokens loaded onto ``device`` once (:func:`load_tokens`),
+    then float32 batches of a fresh permutation per pass (:func:`resident_batches`, pass p seeded
+    ``seed + p``): the same tokens per pass as :func:`train_batches`, in another order."""
+    _token_mode(tokens)
+    tokens_ND = load_tokens(reader, layer, token_index(reader, tokens), device=device, workers=workers)
+    yield from resident_batches(tokens_ND, n_tokens=n_tokens, batch_size=batch_size, seed=seed)
+
+
+def token_source(reader: CacheReader, sc: SAEConfig, device: torch.device) -> str:
+    """``stream`` or ``device`` for ``sae.token_source`` (see the schema); the size rule is
+    :func:`pipeline.cache.stream.fits_on_device` (at most half the device's free memory)."""
+    n_bytes = tokens_per_pass(reader, sc.tokens) * reader.d_model * ChunkDecoder(reader).dtype.itemsize
+    if sc.token_source == "stream":
+        return "stream"
+    fits = fits_on_device(n_bytes, device)
+    if sc.token_source == "device" and not fits:
+        raise ConfigError(
+            f"sae/token_source: device: the layer's tokens take {n_bytes / 2**30:.2f} GiB, more than "
+            f"{DEVICE_MEMORY_FRACTION:g} of the free memory of {device}; use stream or auto")
+    return "device" if fits and (sc.token_source == "device" or device.type == "cuda") else "stream"
 
 
 def eval_batches(reader: CacheReader, layer: int, *, tokens: str, max_tokens: int = EVAL_MAX_TOKENS,
@@ -277,8 +317,15 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
     per_pass = tokens_per_pass(train, sc.tokens)
     log.info("SAE sweep: %d members, %d tokens (%.2f passes of %d), block %d, device %s", len(members),
              sc.n_tokens, sc.n_tokens / per_pass, per_pass, block, dev)
-    batches = train_batches(train, block, tokens=sc.tokens, n_tokens=sc.n_tokens, batch_size=sc.batch_size,
-                            buffer_size=sc.shuffle_buffer, seed=sc.seed)
+    source = token_source(train, sc, dev)
+    log.info("tokens from: %s (sae.token_source: %s)", source, sc.token_source)
+    if source == "device":
+        batches = device_batches(train, block, tokens=sc.tokens, n_tokens=sc.n_tokens, batch_size=sc.batch_size,
+                                 seed=sc.seed, device=dev, workers=max(2, threads))
+    else:
+        batches = train_batches(train, block, tokens=sc.tokens, n_tokens=sc.n_tokens, batch_size=sc.batch_size,
+                                buffer_size=sc.shuffle_buffer, seed=sc.seed, workers=max(2, threads),
+                                pin_memory=dev.type == "cuda")
     held_out = eval_batches(val, block, tokens=sc.tokens) if val is not None else None
     t0 = time.perf_counter()
     trained = train_sweep(
@@ -289,7 +336,7 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
     )
     seconds = time.perf_counter() - t0
     prov = {**_provenance(cfg, train, val, block, stats_path), "device": describe_device(dev), "threads": threads,
-            "n_passes": math.ceil(sc.n_tokens / per_pass), "tokens_per_pass": per_pass}
+            "n_passes": math.ceil(sc.n_tokens / per_pass), "tokens_per_pass": per_pass, "token_source": source}
     return write_train_outputs(trained, members, out, prov, max_l0=sc.max_l0, seconds=seconds)
 
 
