@@ -12,11 +12,13 @@ seed and epoch give the same batches.
 from __future__ import annotations
 
 import collections
+import os
 import concurrent.futures as cf
+import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -124,10 +126,13 @@ class ChunkDecoder:
         self._meta = meta
         self._root = reader.path / "acts"
 
-    def read(self, layer: int, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    def read(self, layer: int, start: int, stop: int, out: np.ndarray | None = None,
+             raw: bytearray | None = None) -> np.ndarray:
         """``acts[start:stop, layer]`` as stored (``[B, T, D]``); ``start`` on a chunk boundary.
 
-        ``out``: a reusable flat buffer of at least one chunk's elements (direct path only).
+        ``out`` (flat, at least ``chunk_elements``) and ``raw`` (the compressed bytes): reusable
+        buffers for the direct path, so a chunk read allocates nothing (fresh multi-MB arrays cost
+        a page fault per 4 KiB on first touch).
         """
         from numcodecs import blosc
 
@@ -139,7 +144,14 @@ class ChunkDecoder:
                 n = self.chunk_elements
                 if out is None or out.size < n or out.dtype != self.dtype:
                     out = np.empty(n, dtype=self.dtype)
-                blosc.decompress(path.read_bytes(), out[:n])
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if raw is None or len(raw) < size:
+                        data = f.read()
+                    else:
+                        got = f.readinto(memoryview(raw)[:size])
+                        data = memoryview(raw)[:got]
+                blosc.decompress(data, out[:n])
                 return out[:n].reshape(c, *self.chunk_shape[2:])[: stop - start]
         return self.reader.read(layer, start, stop)
 
@@ -189,36 +201,44 @@ def token_index(reader: CacheReader, tokens: str) -> np.ndarray:
 def chunk_rows(
     reader: CacheReader, layer: int, order: Iterable[tuple[int, int]], tok_T: np.ndarray, *, workers: int = 2,
 ) -> Iterator[np.ndarray]:
-    """``[rows, D]`` (stored dtype) per chunk of ``order``: the valid images' ``tok_T`` tokens.
+    """``[B', T', D]`` (stored dtype) per chunk of ``order``: the valid images' ``tok_T`` tokens.
 
-    Chunks are decoded ``workers`` at a time (several in flight); the rows come in ``order``,
-    image-major then token, exactly as ``token_parts`` gives them.
+    Chunks are decoded ``workers`` at a time (several in flight) into a small pool of reused
+    buffers; each item is a view that stays valid only until the next one is requested (copy
+    what you keep). Flattened, the rows come image-major then token, as ``token_parts`` gives them.
     """
     decoder = ChunkDecoder(reader)
-    local = threading.local()
     contiguous = tok_T.size > 0 and np.array_equal(tok_T, np.arange(tok_T[0], tok_T[0] + tok_T.size))
+    pool: queue.Queue = queue.Queue()
+    for _ in range(workers + 3):  # > the results read_ahead can hold at once: no task waits forever
+        pool.put(None)  # buffers are made on first use
 
-    def task(s: int, e: int) -> Callable[[], np.ndarray]:
-        def run() -> np.ndarray:
-            if decoder.direct and getattr(local, "buf", None) is None:
-                local.buf = np.empty(decoder.chunk_elements, dtype=decoder.dtype)  # one per thread, reused
-            acts_BTD = decoder.read(layer, s, e, out=getattr(local, "buf", None))
-            rows_B = np.flatnonzero(reader.valid[s:e])
-            if contiguous and rows_B.size == e - s:
-                # a view of the reused decode buffer: copy it out
-                return np.array(acts_BTD[:, tok_T[0]:tok_T[0] + tok_T.size]).reshape(-1, acts_BTD.shape[-1])
-            return acts_BTD[np.ix_(rows_B, tok_T)].reshape(-1, acts_BTD.shape[-1])  # fancy index: a copy
+    def task(s: int, e: int) -> Callable[[], tuple[int, int, Any, np.ndarray]]:
+        def run() -> tuple[int, int, Any, np.ndarray]:
+            bufs = pool.get()
+            if bufs is None and decoder.direct:
+                bufs = (np.empty(decoder.chunk_elements, dtype=decoder.dtype),
+                        bytearray(decoder.chunk_elements * decoder.dtype.itemsize + 4096))
+            out, raw = bufs if bufs is not None else (None, None)
+            return s, e, bufs, decoder.read(layer, s, e, out=out, raw=raw)
 
         return run
 
-    yield from read_ahead((task(s, e) for s, e in order), workers=workers)
+    for s, e, bufs, acts_BTD in read_ahead((task(s, e) for s, e in order), workers=workers):
+        rows_B = np.flatnonzero(reader.valid[s:e])
+        if contiguous:
+            sel = acts_BTD[:, tok_T[0]:tok_T[0] + tok_T.size]
+            yield sel if rows_B.size == e - s else sel[rows_B]
+        else:
+            yield acts_BTD[np.ix_(rows_B, tok_T)]
+        pool.put(bufs)
 
 
 class RowShuffler:
-    """``shuffle_buffer`` for one row array, in a preallocated buffer: the same batches in the same
-    order for the same seed (the same generator calls on the same row order), without
-    re-concatenating the held rows for every part. Batches come out as torch tensors of
-    ``dtype`` (pinned when ``pin_memory``), gathered with ``index_select``.
+    """``shuffle_buffer`` for one row array, in a preallocated buffer of the stored dtype: the same
+    batches in the same order for the same seed (the same generator calls on the same row order),
+    without re-concatenating the held rows for every part. Rows are gathered with ``np.take`` and
+    handed over as torch tensors of ``out_dtype`` (pinned when ``pin_memory``).
     """
 
     def __init__(self, *, d: int, dtype: np.dtype, batch_size: int, buffer_size: int, seed: int,
@@ -228,30 +248,31 @@ class RowShuffler:
         self.threshold = max(buffer_size, batch_size)
         self.batch_size, self.buffer_size = batch_size, buffer_size
         self.out_dtype, self.pin = out_dtype, pin_memory
-        self.buf = torch.empty((0, d), dtype=torch.from_numpy(np.zeros(0, dtype)).dtype)
+        self.buf = np.empty((0, d), dtype=dtype)
         self.spare = self.buf
         self.n = 0
 
     def _reserve(self, rows: int) -> None:
-        if rows > self.buf.shape[0]:
-            grown = torch.empty((rows, self.buf.shape[1]), dtype=self.buf.dtype)
+        if rows > len(self.buf):
+            grown = np.empty((rows, self.buf.shape[1]), dtype=self.buf.dtype)
             grown[: self.n] = self.buf[: self.n]
-            self.buf, self.spare = grown, torch.empty_like(grown)
+            self.buf, self.spare = grown, np.empty_like(grown)
 
-    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
-        rows = self.buf.index_select(0, idx)
+    def _batch(self, idx: np.ndarray) -> torch.Tensor:
+        rows = torch.from_numpy(np.take(self.buf, idx, axis=0))
         if rows.dtype == self.out_dtype and not self.pin:
             return rows
         out = torch.empty(rows.shape, dtype=self.out_dtype, pin_memory=self.pin)
         return out.copy_(rows)
 
-    def _order(self, n: int) -> torch.Tensor:
-        return torch.from_numpy(self.rng.permutation(n) if self.mixing else np.arange(n))
+    def _order(self, n: int) -> np.ndarray:
+        return self.rng.permutation(n) if self.mixing else np.arange(n)
 
-    def add(self, rows_ND: np.ndarray) -> Iterator[torch.Tensor]:
-        k = len(rows_ND)
+    def add(self, rows: np.ndarray) -> Iterator[torch.Tensor]:
+        """Copy ``rows`` (``[N, D]``, or ``[B, T, D]`` = B·T rows) in; yield the batches now due."""
+        k = int(np.prod(rows.shape[:-1]))
         self._reserve(self.threshold + k)
-        self.buf[self.n : self.n + k] = torch.from_numpy(rows_ND)
+        self.buf[self.n : self.n + k].reshape(rows.shape)[...] = rows
         self.n += k
         if self.n < self.threshold:
             return
@@ -261,9 +282,9 @@ class RowShuffler:
         for s in range(0, out_n, self.batch_size):
             yield self._batch(perm[s : s + self.batch_size])
         kept = perm[out_n:]
-        torch.index_select(self.buf, 0, kept, out=self.spare[: kept.numel()])
+        np.take(self.buf, kept, axis=0, out=self.spare[: kept.size], mode="clip")  # "raise" would buffer the copy
         self.buf, self.spare = self.spare, self.buf
-        self.n = kept.numel()
+        self.n = kept.size
 
     def flush(self) -> Iterator[torch.Tensor]:
         if self.n:
@@ -271,6 +292,53 @@ class RowShuffler:
             for s in range(0, self.n, self.batch_size):
                 yield self._batch(perm[s : s + self.batch_size])
             self.n = 0
+
+
+def in_background(items: Iterator[T], *, depth: int = 4) -> Iterator[T]:
+    """Run the generator ``items`` on a thread, up to ``depth`` results ahead; yield them in order.
+
+    The consumer's thread then only takes finished batches. (Torch operations on a helper thread
+    also run on one intra-op thread, which on a busy machine is far faster than the main thread's
+    team.) Exceptions are re-raised here; closing this generator stops the thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def run() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            q.put((done, err))
+
+    thread = threading.Thread(target=run, name="token-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
+        if hasattr(items, "close"):
+            items.close()
 
 
 DEVICE_MEMORY_FRACTION = 0.5
@@ -299,9 +367,10 @@ def load_tokens(reader: CacheReader, layer: int, tok_T: np.ndarray, *, device: t
     dtype = torch.from_numpy(np.zeros(0, ChunkDecoder(reader).dtype)).dtype
     out = torch.empty((n, reader.d_model), dtype=dtype, device=device)
     at = 0
-    for rows_ND in chunk_rows(reader, layer, chunk_order(reader, shuffle=False, seed=0), tok_T, workers=workers):
-        out[at : at + len(rows_ND)].copy_(torch.from_numpy(rows_ND), non_blocking=False)
-        at += len(rows_ND)
+    for rows in chunk_rows(reader, layer, chunk_order(reader, shuffle=False, seed=0), tok_T, workers=workers):
+        k = int(np.prod(rows.shape[:-1]))
+        out[at : at + k].copy_(torch.from_numpy(np.ascontiguousarray(rows).reshape(k, -1)))
+        at += k
     return out
 
 

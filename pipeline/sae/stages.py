@@ -63,6 +63,7 @@ from pipeline.cache.stream import (
     chunk_order,
     chunk_rows,
     fits_on_device,
+    in_background,
     load_tokens,
     resident_batches,
     token_index,
@@ -181,9 +182,13 @@ def train_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int
     order = (chunk for p in range(n_passes) for chunk in chunk_order(reader, shuffle=True, seed=seed + p))
     shuffler = RowShuffler(d=reader.d_model, dtype=ChunkDecoder(reader).dtype, batch_size=batch_size,
                            buffer_size=buffer_size, seed=seed, pin_memory=pin_memory)
-    for rows_ND in chunk_rows(reader, layer, order, token_index(reader, tokens), workers=workers):
-        yield from shuffler.add(rows_ND)
-    yield from shuffler.flush()
+
+    def produce() -> Iterator[torch.Tensor]:
+        for rows_ND in chunk_rows(reader, layer, order, token_index(reader, tokens), workers=workers):
+            yield from shuffler.add(rows_ND)
+        yield from shuffler.flush()
+
+    yield from in_background(produce())
 
 
 def device_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int, batch_size: int, seed: int,
