@@ -33,6 +33,7 @@ import scipy.optimize
 
 __all__ = [
     "confusion_matrix",
+    "confusion_matrices",
     "hungarian_match",
     "iou_per_class",
     "matched_confusion",
@@ -228,3 +229,41 @@ def matched_confusion(conf_true_cluster: npt.ArrayLike, mapping: npt.ArrayLike) 
     out = np.zeros((c, c + 1), dtype=np.int64)
     np.add.at(out, (slice(None), target_K), conf)
     return out
+
+
+def confusion_matrices(
+    true: npt.ArrayLike, pred_M: npt.ArrayLike, n_classes: int, *, ignore: int | None = None
+) -> np.ndarray:
+    """:func:`confusion_matrix` of each of M predictions against one truth: ``int64 [M, C, C]``.
+
+    ``pred_M`` has a leading member axis, then the shape of ``true``. The truth is converted,
+    masked and checked once for all members (predictions kept in their small integer dtype); the
+    same counts as M calls of :func:`confusion_matrix`.
+    """
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1; got {n_classes}.")
+    true_N = _as_int_labels(true, "true")
+    pred = np.asarray(pred_M)
+    m = pred.shape[0] if pred.ndim else 0
+    if pred.size != m * true_N.size:
+        raise ValueError(f"pred_M must be [M, *true.shape]; got {pred.shape} for {true_N.size} true labels.")
+    pred_MN = pred.reshape(m, -1)
+    if pred_MN.dtype.kind not in "iu":
+        pred_MN = _as_int_labels(pred_MN, "pred").reshape(m, -1)
+    keep_N = None if ignore is None else true_N != ignore
+    true_K = true_N if keep_N is None else true_N[keep_N]
+    pred_MK = pred_MN if keep_N is None else pred_MN[:, keep_N]
+    for name, arr in (("true", true_K), ("pred", pred_MK)):
+        bad = (arr < 0) | (arr >= n_classes)
+        if bad.any():
+            raise ValueError(
+                f"{name} label {int(arr[bad][0])} is outside [0, {n_classes}) "
+                f"({int(bad.sum())} bad values; ignore={ignore})."
+            )
+    # per member: one gather of its (small-int) predictions and one bincount, no int64 copies of
+    # the whole [M, N] block (memory traffic is what this costs)
+    base_K = true_K * n_classes
+    out = np.empty((m, n_classes * n_classes), dtype=np.int64)
+    for k in range(m):
+        out[k] = np.bincount(base_K + pred_MK[k], minlength=n_classes * n_classes)
+    return out.reshape(m, n_classes, n_classes)

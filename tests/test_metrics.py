@@ -137,3 +137,21 @@ def test_topk_accuracy():
     assert metrics.topk_accuracy(logits, true, 3) == 1.0
     with pytest.raises(ValueError, match="k must be"):
         metrics.topk_accuracy(logits, true, 4)
+
+
+def test_confusion_matrices_equal_one_call_per_member():
+    """The probe evaluation's stacked path gives exactly the per-member matrices (the old path)."""
+    from pipeline.metrics import confusion_matrices
+
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 6, (3, 20, 20))
+    pred_M = rng.integers(0, 6, (5, 3, 20, 20)).astype(np.uint8)
+    for ignore in (None, 0):
+        stacked = confusion_matrices(true, pred_M, 6, ignore=ignore)
+        assert stacked.dtype == np.int64 and stacked.shape == (5, 6, 6)
+        for m in range(5):
+            np.testing.assert_array_equal(stacked[m], metrics.confusion_matrix(true, pred_M[m], 6, ignore=ignore))
+    with pytest.raises(ValueError, match="pred label 7"):
+        confusion_matrices(true, np.full((2, 3, 20, 20), 7), 6, ignore=0)
+    with pytest.raises(ValueError, match="pred_M must be"):
+        confusion_matrices(true, pred_M[:, :2], 6)

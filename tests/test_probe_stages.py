@@ -86,7 +86,8 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
     used_chunks = sum((y_NP[s:e] != IGNORE_LABEL).any() for s, e in train.chunks())
     assert summary["n_members"] == 6 and used_chunks == 6
     assert reads["train.zarr"] == EPOCHS * used_chunks  # not x 6 members
-    assert reads["val.zarr"] == len(val.chunks())  # every member evaluated in one pass
+    # every member evaluated in one pass: after each epoch (patch-level curve) and at the end
+    assert reads["val.zarr"] == (EPOCHS + 1) * len(val.chunks())
 
     # ---- outputs, columns, names
     for name in seg_probe.OUTPUT_FILES:
@@ -97,6 +98,12 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
         assert col in sweep.columns and sweep[col].notna().all(), col
     best = sweep.loc[sweep["best"]].iloc[0]
     assert best["pixel_miou"] == sweep["pixel_miou"].max()
+    epochs = pd.read_csv(out / "epochs.csv")  # one row per epoch and member
+    assert len(epochs) == EPOCHS * 6 and sorted(set(epochs["epoch"])) == list(range(EPOCHS))
+    assert epochs["train_loss"].notna().all() and epochs["val_patch_miou"].between(0, 1).all()
+    last = epochs[epochs["epoch"] == EPOCHS - 1].set_index("member")
+    np.testing.assert_allclose(last.loc[sweep["member"], "train_loss"], sweep["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(last.loc[sweep["member"], "val_patch_miou"], sweep["patch_miou"], rtol=1e-9)
     per_class = pd.read_csv(out / "per_class_iou.csv")
     assert list(per_class.columns[:4]) == ["class_id", "class_name", "iou", "n_pixels"]
     assert per_class["class_name"].tolist() == list(val.class_names)
@@ -147,6 +154,9 @@ def test_cls_probe_above_chance(project, capsys):
     out = project / "custom_out"
     for name in cls_probe.OUTPUT_FILES:
         assert (out / name).stat().st_size > 0, name
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert len(epochs) == 40 * 6 and epochs["val_top1_acc"].between(0, 1).all()
+    assert epochs.loc[epochs["epoch"] == 39, "val_top1_acc"].max() == pytest.approx(summary["metrics"]["top1_acc"])
     val = CacheReader(cfg.store(CLS, "val"))
     n_val, chance = int(val.valid.sum()), 1.0 / val.n_classes
     top1, top5 = summary["metrics"]["top1_acc"], summary["metrics"]["top5_acc"]

@@ -38,7 +38,7 @@ from pipeline import metrics
 from pipeline.config import Config
 from pipeline.probes import figures
 from pipeline.probes.features import best_meta, probe_setup, cls_rows, FinalNorm, in_memory_epochs
-from pipeline.probes.linear import ProbeSweep, ProbeTrainConfig, best_member, fit_sweep, member_grid, member_state, save_probe, sweep_table
+from pipeline.probes.linear import ProbeSweep, ProbeTrainConfig, best_member, epoch_table, fit_sweep, member_grid, member_state, save_probe, sweep_table
 from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ OUTPUT_FILES = (
     "sweep.csv", "best.safetensors", "best.json", "per_class_accuracy.csv",
     "sweep.html", "sweep.png", "sweep.svg",
     "confusion.html", "confusion.png", "confusion.svg",
+    "epochs.csv", "epochs.html", "epochs.png", "epochs.svg",
 )
 
 
@@ -95,7 +96,8 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
 
     t0 = time.perf_counter()
     epochs = in_memory_epochs(x_train, y_train, batch_size=pc.batch_size, seed=pc.seed)
-    sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=c, members=members, cfg=train_cfg, device=device, progress=progress)
+    sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=c, members=members, cfg=train_cfg, device=device, progress=progress,
+                      on_epoch=lambda epoch, sw: {"val_top1_acc": [row["top1_acc"] for row, _ in evaluate_cls(sw, x_val, y_val)]})
     t1 = time.perf_counter()
     rows, confs = [], []
     for k, (row, conf) in enumerate(evaluate_cls(sweep, x_val, y_val)):
@@ -133,6 +135,10 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         n_train_images=len(y_train), n_val_images=len(y_val),
     )
     save_probe(out_dir / "best", member_state(sweep, best), meta)
+    epoch_rows = epoch_table(sweep)
+    epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
+    figures.epoch_chart(epoch_rows, out_dir / "epochs", metric="val_top1_acc", metric_title="val top-1 accuracy",
+                        best_slug=member.slug, random_weights=stores.random_weights)
     figures.sweep_chart(
         table, out_dir / "sweep", metric="top1_acc",
         metric_title=f"val top-1 accuracy (block {stores.block})",

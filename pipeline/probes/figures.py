@@ -334,3 +334,36 @@ def segmentation_figure(
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")
     return SegmentationLayout(path=path, size=(width, height), cells=tuple(cells))
+
+
+def epoch_chart(table: pd.DataFrame, stem: str | Path, *, metric: str, metric_title: str, best_slug: str,
+                random_weights: bool, percent: bool = True) -> list[Path]:
+    """Per-epoch curves of a probe sweep (``epoch_table``): training loss and ``metric``, one line
+    per member, the best member thick and black; saved via ``save_chart``."""
+    import altair as alt
+
+    from pipeline.plots import save_chart, title_with_note
+
+    data = table.copy()
+    if percent:
+        data[metric] = data[metric] * 100
+    data["best"] = data["slug"] == best_slug
+    long = data.melt(id_vars=["epoch", "slug", "best"], value_vars=["train_loss", metric], var_name="term")
+    long["term"] = long["term"].map({"train_loss": "training loss", metric: metric_title + (" (%)" if percent else "")})
+    base = alt.Chart().encode(
+        x=alt.X("epoch:O", title="epoch"),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        detail="slug:N",
+        tooltip=[alt.Tooltip("slug:N", title="member"), "epoch:O", alt.Tooltip("value:Q", format=".4g")],
+    )
+    others = base.transform_filter(~alt.datum.best).mark_line(point=True, opacity=0.6).encode(
+        color=alt.Color("slug:N", title="member (lr, wd)"))
+    best = base.transform_filter(alt.datum.best).mark_line(point=True, color="black", strokeWidth=3)
+    chart = (
+        alt.layer(others, best, data=long)
+        .properties(width=320, height=200)
+        .facet(column=alt.Column("term:N", title=None))
+        .resolve_scale(y="independent")
+        .properties(title=title_with_note(f"Probe sweep per epoch (black: best member {best_slug})", random_weights))
+    )
+    return save_chart(chart, stem)

@@ -41,6 +41,7 @@ __all__ = [
     "ProbeTrainConfig",
     "benchmark_sweep_step",
     "best_member",
+    "epoch_table",
     "fit_sweep",
     "load_probe",
     "member_grid",
@@ -138,6 +139,7 @@ class ProbeSweep(nn.Module):
         self.weight_MCD = nn.Parameter(w_CD.expand(len(members), -1, -1).clone())
         self.bias_MC = nn.Parameter(b_C.expand(len(members), -1).clone())
         self.register_buffer("train_loss_M", torch.full((len(members),), float("nan")), persistent=False)
+        self.epoch_history: list[dict[str, Any]] = []
 
     @property
     def n_members(self) -> int:
@@ -238,6 +240,7 @@ def fit_sweep(
     device: str | torch.device = "cpu",
     progress: bool = True,
     steps_per_epoch: int | None = None,
+    on_epoch: Callable[[int, ProbeSweep], dict[str, Any]] | None = None,
 ) -> ProbeSweep:
     """Train every member of a sweep with AdamW and cross-entropy, one data pass per epoch.
 
@@ -251,6 +254,11 @@ def fit_sweep(
 
     Warm-up (``cfg.lr_warmup_fraction > 0``) needs the steps per epoch: ``steps_per_epoch``,
     else ``len()`` of the first epoch's iterable.
+
+    ``sweep.epoch_history`` gets one row per epoch and member (``epoch``, ``member``,
+    ``train_loss``: that epoch's mean training loss) plus the per-member values (sequences of
+    length M) that ``on_epoch(epoch, sweep)`` returns, if given (e.g. a validation metric; the
+    sweep is in eval mode during the call). :func:`epoch_table` makes it a DataFrame.
     """
     device = torch.device(device)
     sweep = ProbeSweep(d_model, n_classes, members, seed=cfg.seed).to(device)
@@ -300,6 +308,16 @@ def fit_sweep(
         if n_batches == 0:
             raise ValueError(f"epoch_batches({epoch}) yielded no batches.")
         sweep.train_loss_M.copy_(loss_sum_M / n_seen.clamp(min=1))
+        extra: dict[str, Any] = {}
+        if on_epoch is not None:
+            sweep.eval()
+            extra = on_epoch(epoch, sweep) or {}
+            sweep.train()
+        loss_M = sweep.train_loss_M.cpu().numpy()
+        sweep.epoch_history.extend(
+            {"epoch": epoch, "member": k, "train_loss": float(loss_M[k]),
+             **{name: float(values[k]) for name, values in extra.items()}}
+            for k in range(m_count))
         if progress:
             bar.set_postfix(best_loss=f"{float(sweep.train_loss_M.min()):.4f}")
     sweep.eval()
@@ -337,6 +355,17 @@ def sweep_confusions(
         for m in range(m_count):
             conf_MCC[m] += metrics.confusion_matrix(y, pred_MN[m], c, ignore=ignore)
     return conf_MCC
+
+
+def epoch_table(sweep: ProbeSweep) -> pd.DataFrame:
+    """``sweep.epoch_history`` with each member's ``lr``, ``weight_decay`` and ``slug``: one row per
+    epoch and member."""
+    table = pd.DataFrame(sweep.epoch_history)
+    if table.empty:
+        return table
+    for name in ("lr", "weight_decay", "slug"):
+        table[name] = [getattr(sweep.members[k], name) for k in table["member"]]
+    return table
 
 
 def member_state(sweep: ProbeSweep, m: int) -> dict[str, Tensor]:

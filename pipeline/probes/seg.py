@@ -75,6 +75,7 @@ from pipeline.probes.linear import (
     ProbeSweep,
     ProbeTrainConfig,
     best_member,
+    epoch_table,
     fit_sweep,
     member_grid,
     member_state,
@@ -95,7 +96,7 @@ OUTPUT_FILES = (
     "sweep.csv", "best.safetensors", "best.json", "per_class_iou.csv",
     "sweep.html", "sweep.png", "sweep.svg",
     "per_class_iou.html", "per_class_iou.png", "per_class_iou.svg",
-    "examples.png",
+    "examples.png", "epochs.csv", "epochs.html", "epochs.png", "epochs.svg",
 )
 # Bytes of upsampled float logits held at once during pixel-level evaluation.
 UPSAMPLE_BUDGET = 256 * 2**20
@@ -129,11 +130,12 @@ def upsampled_predictions(logits_MBPC: torch.Tensor, grid: tuple[int, int], size
     c_used = c - offset
     maps = maps.permute(0, 1, 3, 2).reshape(m * b, c_used, *grid)
     step = max(1, UPSAMPLE_BUDGET // (c_used * size[0] * size[1] * 4))
-    out = []
+    out = torch.empty((m * b, *size), dtype=torch.uint8 if c <= 256 else torch.int32)
     for s in range(0, m * b, step):
         up = F.interpolate(maps[s : s + step], size=size, mode="bilinear", align_corners=False)
-        out.append((up.argmax(dim=1) + offset).to(torch.uint8 if c <= 256 else torch.int32).cpu())
-    return torch.cat(out).view(m, b, *size).numpy()
+        out[s : s + step] = (up.argmax(dim=1) + offset).to(out.dtype).cpu()
+    return out.view(m, b, *size).numpy()
+
 
 
 def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool, n_figure: int = 0) -> SegEvaluation:
@@ -154,9 +156,8 @@ def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, tra
             patch_pred_MBP = _predict(logits_MBPC, train_on_other).cpu().numpy()
             pixel_pred_MBHW = upsampled_predictions(logits_MBPC, val.grid, pixel_BHW.shape[1:], train_on_other)
         truth_BP = patch_label_NP[image_B]
-        for k in range(m):
-            patch_conf[k] += metrics.confusion_matrix(truth_BP, patch_pred_MBP[k], c, ignore=0)
-            pixel_conf[k] += metrics.confusion_matrix(pixel_BHW, pixel_pred_MBHW[k], c, ignore=0)
+        patch_conf += metrics.confusion_matrices(truth_BP, patch_pred_MBP, c, ignore=0)
+        pixel_conf += metrics.confusion_matrices(pixel_BHW, pixel_pred_MBHW, c, ignore=0)
         pixel_count += np.bincount(pixel_BHW.reshape(-1), minlength=c)
         take = max(0, n_figure - sum(len(i) for i in fig_images))
         if take:
@@ -172,6 +173,24 @@ def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, tra
         figure_true_KHW=np.concatenate(fig_true) if fig_true else np.zeros((0, h, w), dtype=np.int64),
         figure_pred_MKHW=np.concatenate(fig_pred, axis=1) if fig_pred else np.zeros((m, 0, h, w), dtype=np.int64),
     )
+
+
+def val_patch_miou(stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool):
+    """``sweep → [M]`` val mIoU at patch level (the per-epoch curve; one read of the val store,
+    no upsampling), with the protocol of :func:`evaluate_seg`."""
+    val, c = stores.val, stores.n_classes
+    patch_label_NP = val.labels("patch_label").astype(np.int64)
+
+    def score(sweep: ProbeSweep) -> np.ndarray:
+        conf = np.zeros((sweep.n_members, c, c), dtype=np.int64)
+        for image_B, x_BPD in patch_chunks(val, stores.layer, norm):
+            b, p, d = x_BPD.shape
+            with torch.no_grad():
+                pred_MBP = _predict(sweep(x_BPD.reshape(b * p, d)).reshape(sweep.n_members, b, p, c), train_on_other)
+            conf += metrics.confusion_matrices(patch_label_NP[image_B], pred_MBP.cpu().numpy(), c, ignore=0)
+        return np.array([metrics.mean_iou(conf_k) for conf_k in conf])
+
+    return score
 
 
 def seg_metrics(patch_conf: np.ndarray, pixel_conf: np.ndarray) -> dict[str, float]:
@@ -231,7 +250,9 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     log.info("seg probe: %d members, %d training patches, %d epochs, device %s", len(members), n_train, pc.epochs, device)
 
     t0 = time.perf_counter()
-    sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=stores.n_classes, members=members, cfg=train_cfg, device=device, progress=progress)
+    val_patch = val_patch_miou(stores, norm, train_on_other=pc.train_on_other)
+    sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=stores.n_classes, members=members, cfg=train_cfg, device=device, progress=progress,
+                      on_epoch=lambda epoch, sw: {"val_patch_miou": val_patch(sw)})
     t1 = time.perf_counter()
     ev = evaluate_seg(sweep, stores, norm, train_on_other=pc.train_on_other, n_figure=pc.n_figure_images)
     t2 = time.perf_counter()
@@ -283,6 +304,10 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         metric_title=f"val mIoU, pixel level (block {stores.block})",
         random_weights=stores.random_weights,
     )
+    epoch_rows = epoch_table(sweep)
+    epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
+    figures.epoch_chart(epoch_rows, out_dir / "epochs", metric="val_patch_miou", metric_title="val mIoU, patch level",
+                        best_slug=member.slug, random_weights=stores.random_weights)
     figures.per_class_chart(
         per_class.iloc[1:], out_dir / "per_class_iou", value="iou",  # class 0 is ignored, not scored
         title=f"Val IoU per class (0 = other ignored), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",

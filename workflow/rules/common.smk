@@ -74,10 +74,12 @@ def store_inputs(ref, splits=SPLITS):
 PROBE_SEG_FILES = (
     "best.json", "best.safetensors", "sweep.csv", "per_class_iou.csv", "examples.png",
     "sweep.html", "sweep.png", "sweep.svg", "per_class_iou.html", "per_class_iou.png", "per_class_iou.svg",
+    "epochs.csv", "epochs.html", "epochs.png", "epochs.svg",
 )
 PROBE_CLS_FILES = (
     "best.json", "best.safetensors", "sweep.csv", "per_class_accuracy.csv",
     "sweep.html", "sweep.png", "sweep.svg", "confusion.html", "confusion.png", "confusion.svg",
+    "epochs.csv", "epochs.html", "epochs.png", "epochs.svg",
 )
 
 
@@ -87,6 +89,7 @@ REPORTED = {  # output file name -> (caption, category) for `snakemake --report`
     "per_class_accuracy.csv": ("../report/probe_per_class.rst", "probes"),
     "confusion.png": ("../report/probe_per_class.rst", "probes"),
     "examples.png": ("../report/probe_examples.rst", "probes"),
+    "epochs.png": ("../report/probe_epochs.rst", "probes"),
 }
 
 
