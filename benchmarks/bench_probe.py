@@ -9,6 +9,10 @@ Prints ratios measured in one run (absolute times depend on the machine):
     (no "other", purity ≥ 0.5) is shown on an extra row, in tokens read from the store per s.
 (b) wall time of an 18-member sweep ÷ a 1-member sweep (``fit_sweep``), same stream, same
     epochs (target ≤ 1.5: the data pass is shared, members only add a wider matmul).
+(c) probe-seg evaluation of the whole sweep (``evaluate_seg``: patch and pixel level, every
+    member) ÷ the sweep's training time for the configured epochs (scaled from (b)'s run);
+    the same with the previous per-member confusion loop (its matrices must be equal); and the
+    per-epoch validation curve (``val_patch_miou``) ÷ one training epoch.
 
 Data: the demo config's seg probe caches (``config.yaml`` at the repo root) when both splits
 are finalized; otherwise a small demo cache built in a temp folder (about a minute).
@@ -147,6 +151,35 @@ def main() -> None:
     t_one, _ = _best_of(lambda: sweep(members[:1]), args.repeats)
     t_all, _ = _best_of(lambda: sweep(members), args.repeats)
 
+    from pipeline import metrics
+    from pipeline.probes import seg
+
+    trained = fit_sweep(epochs, d_model=stores.d_model, n_classes=stores.n_classes, members=members, cfg=train_cfg,
+                        device=device, progress=False)
+    stacked = metrics.confusion_matrices
+
+    def per_member(true, pred_M, n_classes, *, ignore=None):  # the loop evaluate_seg ran before
+        return np.stack([metrics.confusion_matrix(true, p, n_classes, ignore=ignore) for p in pred_M])
+
+    def evaluate(confusions):
+        metrics.confusion_matrices = confusions
+        try:
+            t0 = time.perf_counter()
+            ev = seg.evaluate_seg(trained, stores, norm, train_on_other=pc.train_on_other)
+            return time.perf_counter() - t0, ev
+        finally:
+            metrics.confusion_matrices = stacked
+
+    t_eval_old, ev_old = evaluate(per_member)
+    t_eval, ev_new = evaluate(stacked)
+    assert np.array_equal(ev_old.pixel_conf_MCC, ev_new.pixel_conf_MCC)
+    assert np.array_equal(ev_old.patch_conf_MCC, ev_new.patch_conf_MCC)
+    curve = seg.val_patch_miou(stores, norm, train_on_other=pc.train_on_other)
+    t0 = time.perf_counter()
+    curve(trained)
+    t_curve = time.perf_counter() - t0
+    t_train_cfg = t_all / args.epochs * pc.epochs
+
     rate = lambda n, t: f"{n / t:,.0f}"  # noqa: E731
     print(f"\nprobe benchmark: {source}; store {reader.path} ({reader.n_images} images x {reader.n_patches} patches, "
           f"D={reader.d_model}, {reader.attrs.get('dtype')}); {describe_device(device)}, {threads} threads; best of {args.repeats}\n")
@@ -156,6 +189,10 @@ def main() -> None:
         ("probe stream, default filter (store tokens/s)", rate(n_default, t_default), f"{(n_default / t_default) / (n_plain / t_plain):.2f}"),
         (f"1-member sweep, {args.epochs} epochs (s)", f"{t_one:.2f}", "1.00"),
         (f"{len(members)}-member sweep, {args.epochs} epochs (s)", f"{t_all:.2f}", f"{t_all / t_one:.2f}"),
+        (f"{len(members)}-member training, {pc.epochs} epochs (s, scaled)", f"{t_train_cfg:.2f}", "1.00"),
+        ("evaluation, stacked confusions (s)", f"{t_eval:.2f}", f"{t_eval / t_train_cfg:.2f}"),
+        ("evaluation, per-member confusions (previous) (s)", f"{t_eval_old:.2f}", f"{t_eval_old / t_train_cfg:.2f}"),
+        ("per-epoch val curve / one training epoch", f"{t_curve:.2f}", f"{t_curve / (t_all / args.epochs):.2f}"),
     ]
     w = max(len(r[0]) for r in rows)
     print(f"{'measure':<{w}}  {'value':>14}  {'ratio':>6}")
@@ -163,6 +200,8 @@ def main() -> None:
         print(f"{name:<{w}}  {value:>14}  {ratio:>6}")
     print(f"\n(a) stream / plain read rate: {(n_stream / t_stream) / (n_plain / t_plain):.2f}")
     print(f"(b) {len(members)}-member / 1-member sweep time: {t_all / t_one:.2f} (target <= 1.5)")
+    print(f"(c) evaluation / training time: {t_eval / t_train_cfg:.2f} (previous path {t_eval_old / t_train_cfg:.2f}; "
+          f"same confusion matrices)")
     if tmp is not None:
         os.chdir(REPO)
         tmp.cleanup()

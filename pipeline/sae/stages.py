@@ -6,10 +6,14 @@ the SAE core (:mod:`pipeline.sae`); every stage writes into
 
 ``sae-train`` (:func:`run_train`)
     Tokens of block L (``patches``; ``patches+cls`` adds the CLS token, never registers)
-    from the TRAIN store, streamed chunk-wise: each pass visits the store's chunks once in a
-    fresh random order (``token_rows(shuffle=True, seed=seed + pass)``), passes are chained
-    through one shuffle buffer (``shuffle_buffer``, ``sae.shuffle_buffer`` rows) until
-    ``n_tokens``. Inputs are scaled with :class:`InputScaling` built from the stats file of
+    from the TRAIN store. ``sae.token_source: stream`` (and ``auto`` off CUDA): streamed
+    chunk-wise (:func:`train_batches`): each pass visits the store's chunks once in a fresh
+    random order (seed ``seed + pass``), decoded several at a time on worker threads, passes
+    chained through one preallocated shuffle buffer (``sae.shuffle_buffer`` rows) until
+    ``n_tokens``, float32 batches (pinned for CUDA) made on a producer thread.
+    ``device`` (and ``auto`` on CUDA when they fit: at most half the free device memory): the
+    layer's tokens loaded onto the device once, a fresh permutation per pass
+    (:func:`device_batches`). Inputs are scaled with :class:`InputScaling` built from the stats file of
     the train store (``pipeline.stats``; mean and E‖x − mean‖² of those tokens). All members
     (lrs × sparsity_coeffs × exp_factors) train in one pass (:func:`train_sweep`); metrics
     come from up to ``EVAL_MAX_TOKENS`` tokens of the VAL store (held out). Writes
