@@ -231,9 +231,9 @@ def test_stream_reads_each_chunk_once_per_pass(sae_project, monkeypatch):
         reads.append((start, stop))
         return original(self, layer, start, stop, tokens)
 
-    def counting_decode(self, layer, start, stop, out=None):  # the training stream's chunk reads
+    def counting_decode(self, layer, start, stop, out=None, raw=None):  # the training stream's chunk reads
         reads.append((start, stop))
-        return original_decode(self, layer, start, stop, out)
+        return original_decode(self, layer, start, stop, out, raw)
 
     monkeypatch.setattr(CacheReader, "read", counting)
     monkeypatch.setattr(ChunkDecoder, "read", counting_decode)
