@@ -32,6 +32,10 @@ mIoU averages IoU over classes 1 … C-1 present in the val ground truth
 (``metrics.pixel_accuracy``). The best member is the one with the highest val pixel-level
 mIoU (ties: the first in the sweep).
 
+Per-epoch curve: after every epoch, every member's val mIoU at patch level (one more read of
+the val store per epoch, no upsampling) goes into ``epochs.csv`` with the epoch's mean
+training loss (one row per epoch and member) and ``epochs.{html,png,svg}``.
+
 Outputs: ``sweep.csv`` (one row per member: lr, weight decay, train loss, patch- and
 pixel-level mIoU / accuracy / mean class accuracy, ``random_weights``), ``best.safetensors``
 + ``best.json`` (hyper-parameters, metrics, the stores and their config hashes, layer,
