@@ -8,6 +8,7 @@ Snakemake rule declares. ``python -m pipeline STEP --help`` lists its options.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except USER_ERRORS as err:  # bad input: one clear line naming the file/key/value, no traceback
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"error: disk full ({err.filename or err}): free some space and re-run the same command; it resumes where it stopped", file=sys.stderr)
         return 2
     if isinstance(result, dict):
         print(json.dumps(result, indent=1, default=str))

@@ -65,7 +65,9 @@ class ExtractConfig:
     batch_size: int = 16
     chunk_images: int = 64
     parts: int = 1
-    num_workers: int = 1
+    num_workers: int = 1  # "auto" in the YAML: resolved here by resolve_auto_counts
+    write_threads: int = 2  # compression + write threads (each writes whole chunks); "auto" likewise
+    forward_dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
     on_bad_image: str = "error"
 
 
@@ -283,7 +285,7 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
             split_seed=d.get("split_seed", 0),
         )
 
-    ex = raw["extract"]
+    ex = resolve_auto_counts(raw["extract"])
     extract = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()})
     caches = tuple(CacheRef(**c) for c in raw["caches"])
 
@@ -291,7 +293,7 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
     cfg = Config(
         source=source,
         paths=paths,
-        threads=raw.get("threads", 2),
+        threads=resolve_auto_counts({"threads": raw.get("threads", 2)})["threads"],
         device=raw.get("device", "auto"),
         demo=raw.get("demo", {}),
         models=models,
@@ -307,6 +309,22 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
     )
     _check_references(cfg, raw)
     return cfg
+
+
+def resolve_auto_counts(section: dict) -> dict:
+    """``threads``, ``num_workers``, ``write_threads``: "auto" -> a count from the CPUs this process may use.
+
+    threads: all of them; num_workers (image decoders): all but one for the forward,
+    at most 8; write_threads: a quarter, 1 to 4. Counts from ``runtime.available_cpus``
+    (affinity mask, cgroup quota, SLURM allocation).
+    """
+    if "auto" not in section.values():
+        return section
+    from pipeline.runtime import available_cpus
+
+    n = available_cpus()
+    auto = {"threads": n, "num_workers": max(1, min(8, n - 1)), "write_threads": max(1, min(4, n // 4))}
+    return {k: auto[k] if v == "auto" and k in auto else v for k, v in section.items()}
 
 
 def _section(cls, raw: dict | None):

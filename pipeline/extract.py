@@ -7,6 +7,15 @@ store; a part that is killed and re-run recomputes only chunks not yet done.
 ``finalize`` (separate step, or automatic when ``of == 1``) checks that every
 image is done and consolidates the metadata.
 
+The stages run concurrently: ``extract.num_workers`` DataLoader processes decode
+and preprocess images (and die with the extraction, even on kill -9); the main
+thread runs the forward at ``extract.forward_dtype`` (autocast), casts the
+activations to the store dtype on the device and copies them to the host (pinned
+memory on CUDA); ``extract.write_threads`` threads assemble, compress and write
+whole chunks, each chunk by exactly one thread. Each stage's busy time is
+measured and reported (``ExtractReport.stages``): the images per second it could
+sustain and which stage bounded the run.
+
 Dimension key: B images in a batch, L cached layers, T tokens, D width,
 P patches, H/W pixels.
 """
@@ -15,7 +24,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import functools
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +38,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import pipeline
-from pipeline.cache import StoreLayout, chunk_ranges, create_or_open, finalize, part_chunks, pending_chunks, write_chunk
-from pipeline.config import CacheRef, Config, stable_hash, to_jsonable
-from pipeline.data import BadImageError, MaskError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
+from pipeline.cache import StoreLayout, StoreWriter, chunk_ranges, create_or_open, finalize, part_chunks, pending_chunks, write_chunk
+from pipeline.config import CacheRef, Config, ConfigError, stable_hash, to_jsonable
+from pipeline.data import BadImageError, DatasetError, MaskError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
 from pipeline.models import Backbone, load_backbone
-from pipeline.runtime import describe_device, resolve_device, set_threads
+from pipeline.runtime import describe_device, die_with_parent, forward_precision, resolve_device, resolve_forward_dtype, set_threads
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class ExtractReport:
@@ -46,6 +59,10 @@ class ExtractReport:
     images_computed: int = 0
     bad_images: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    forward_dtype: str = "float32"
+    num_workers: int = 0
+    write_threads: int = 1
+    stages: dict = field(default_factory=dict)  # stage -> img/s it could sustain; "bound_by": the slowest
 
     @property
     def images_per_second(self) -> float:
@@ -74,6 +91,7 @@ class _Images(Dataset):
         # Errors travel back as strings and are raised in the main process, in image
         # order: chunks before the culprit are written, and the exception keeps its type
         # (a custom exception does not survive DataLoader's worker re-raise).
+        t0 = time.perf_counter()
         index = int(self.indices[i])
         sample = self.data.samples[index]
         item = {"index": index, "bad": False, "reason": "", "mask_error": ""}
@@ -88,23 +106,32 @@ class _Images(Dataset):
             mask = np.zeros((crop, crop), dtype=np.int64)
             if img is not None:
                 try:
-                    mask = preprocess_mask(load_mask(sample.mask, image_path=sample.image, image_size=img.size), self.pre)
+                    raw = load_mask(sample.mask, image_path=sample.image, image_size=img.size)
+                    top = int(raw.max()) if raw.size else 0
+                    if top >= self.data.n_classes:
+                        raise MaskError(
+                            f"mask {sample.mask} (for image {sample.image}) holds label {top}, but dataset has "
+                            f"{self.data.n_classes} classes (ids 0..{self.data.n_classes - 1}, 0 = other)"
+                        )
+                    mask = preprocess_mask(raw, self.pre)
                 except MaskError as err:
                     item["mask_error"] = str(err)
             labels, purity = patch_labels(mask, self.patch_size)
             item.update(patch_label=labels, patch_purity=purity.astype(np.float16), pixel_label=mask.astype(np.uint16))
         else:
             item["label"] = -1 if item["bad"] else int(sample.label)
+        item["decode_s"] = time.perf_counter() - t0
         return item
 
 
-def _raise_input_errors(batch: dict, data: SplitData, skip_bad: bool) -> None:
-    """Raise, in the main process, the first unreadable image or mask of a batch."""
-    for index, bad, reason, mask_error in zip(batch["index"], batch["bad"], batch["reason"], batch["mask_error"]):
+def _first_input_error(batch: dict, data: SplitData, skip_bad: bool) -> tuple[int, Exception | None]:
+    """(position in the batch, exception) of the first unreadable image or mask; (len, None) if none."""
+    for pos, (index, bad, reason, mask_error) in enumerate(zip(batch["index"], batch["bad"], batch["reason"], batch["mask_error"])):
         if mask_error:
-            raise MaskError(mask_error)
+            return pos, MaskError(mask_error)
         if bad and not skip_bad:
-            raise BadImageError(data.samples[index].image, f"{reason} (set extract.on_bad_image: skip to record it and go on)")
+            return pos, BadImageError(data.samples[index].image, f"{reason} (set extract.on_bad_image: skip to record it and go on)")
+    return len(batch["index"]), None
 
 
 def _collate(items: list[dict]) -> dict:
@@ -115,14 +142,23 @@ def _collate(items: list[dict]) -> dict:
     return out
 
 
+def _head(batch: dict, n: int) -> dict:
+    """The first ``n`` images of a collated batch."""
+    return {k: v[:n] for k, v in batch.items()}
+
+
 def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, backbone: Backbone, provenance: dict) -> tuple[StoreLayout, dict]:
     """The store's shape and its provenance attrs (with the config hash that guards reuse)."""
     model, dataset, ex = cfg.model(ref.model), cfg.dataset(ref.dataset), cfg.extract
     pre = model.preprocess
     if pre.crop % backbone.patch_size:
-        raise ValueError(f"{cfg.source}: models/{ref.model}/preprocess/crop {pre.crop} is not a multiple of the patch size {backbone.patch_size}")
+        raise ConfigError(f"{cfg.source}: models/{ref.model}/preprocess/crop {pre.crop} is not a multiple of the patch size {backbone.patch_size}")
     side = pre.crop // backbone.patch_size
-    layers = tuple(sorted({backbone.resolve_layer(layer) for layer in ex.layers}))
+    try:
+        layers = tuple(sorted({backbone.resolve_layer(layer) for layer in ex.layers}))
+    except (ValueError, IndexError) as err:
+        raise ConfigError(f"{cfg.source}: extract/layers {list(ex.layers)}: {err} (model {ref.model} has {backbone.n_blocks} blocks)") from None
+    forward_dtype = resolve_forward_dtype(ex.forward_dtype, backbone.device)
     kinds = ("cls",) + ("register",) * backbone.n_registers + ("patch",) * (side * side)
     layout = StoreLayout(
         image_ids=tuple(s.id for s in data.samples),
@@ -145,6 +181,8 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
         "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.splits[split]},
         "images_sha256": stable_hash(layout.image_ids),
     }
+    if forward_dtype != "float32":  # stores made before this key existed ran in float32: their hash stays valid
+        hashed["forward_dtype"] = forward_dtype
     attrs = {
         "config_hash": stable_hash(hashed),
         "config": hashed,
@@ -166,6 +204,7 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
         "preprocess": to_jsonable(pre),
         "layers_note": "layer = 0-based block number; acts = that block's OUTPUT (residual stream, before the final norm)",
         "dtype": ex.dtype,
+        "forward_dtype": forward_dtype,
         "package": "pipeline",
         "package_version": pipeline.__version__,
         "torch_version": torch.__version__,
@@ -179,11 +218,13 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
 
 def extract(cfg: Config, ref: CacheRef, split: str, *, part: int = 0, of: int = 1, progress: bool = True) -> ExtractReport:
     """Fill part ``part`` of ``of`` of the store of (ref, split); finalize when ``of == 1``."""
+    if not (of >= 1 and 0 <= part < of):
+        raise ConfigError(f"--part {part} --of {of}: parts are numbered from 0, so need 0 <= part < of (here 0..{max(of - 1, 0)})")
     threads = set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     data = split_data(cfg, ref.dataset, split)
     if not data.samples:
-        raise ValueError(f"dataset {ref.dataset!r} split {split!r} ({cfg.dataset(ref.dataset).root}) has no images")
+        raise DatasetError(f"dataset {ref.dataset!r} split {split!r} ({cfg.dataset(ref.dataset).root}) has no images")
     backbone, provenance = load_backbone(cfg.model(ref.model).spec, device=device)
     layout, attrs = layout_and_attrs(cfg, ref, split, data, backbone, provenance)
     store = cfg.store(ref, split)
@@ -192,15 +233,69 @@ def extract(cfg: Config, ref: CacheRef, split: str, *, part: int = 0, of: int = 
     chunks = chunk_ranges(layout.n_images, layout.chunk_images)
     mine = [chunks[i] for i in part_chunks(len(chunks), part, of)]
     todo = pending_chunks(group, mine)
-    report = ExtractReport(str(store), part, of, describe_device(device), threads, len(mine), chunks_skipped=len(mine) - len(todo))
+    report = ExtractReport(
+        str(store), part, of, describe_device(device), threads, len(mine), chunks_skipped=len(mine) - len(todo),
+        forward_dtype=attrs["forward_dtype"], num_workers=cfg.extract.num_workers, write_threads=cfg.extract.write_threads,
+    )
     if todo:
-        _run(cfg, data, cfg.model(ref.model).preprocess, backbone, layout, group, todo, report, device, progress)
+        _run(cfg, data, cfg.model(ref.model).preprocess, backbone, layout, group, StoreWriter.of(store, group), todo, report, device, progress)
+        log.info("extract %s part %d/%d: %s", store, part + 1, of, stage_summary(report.stages))
     if of == 1:
         finalize(store)
     return report
 
 
-def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layout: StoreLayout, group, todo, report: ExtractReport, device, progress: bool) -> None:
+@dataclass
+class _StageClock:
+    """Busy seconds of each stage; rates = images / (busy seconds / concurrency)."""
+
+    decode_s: float = 0.0
+    forward_s: float = 0.0
+    write_s: float = 0.0
+
+    def rates(self, n_images: int, workers: int, writers: int) -> dict:
+        def rate(busy: float, concurrency: int) -> float:
+            return round(n_images / (busy / max(1, concurrency)), 2) if busy > 0 else float("inf")
+
+        stages = {"decode": rate(self.decode_s, workers), "forward": rate(self.forward_s, 1), "write": rate(self.write_s, writers)}
+        return {**{f"{k}_img_s": v for k, v in stages.items()}, "bound_by": min(stages, key=stages.get)}
+
+
+def stage_summary(stages: dict) -> str:
+    """One log line: each stage's img/s and the one that bounded the run."""
+    if not stages:
+        return "nothing computed"
+    parts = [f"{k.removesuffix('_img_s')} {v:.1f} img/s" for k, v in stages.items() if k.endswith("_img_s")]
+    return f"stages: {', '.join(parts)}; bounded by {stages['bound_by']}; whole run {stages['extract_img_s']:.1f} img/s"
+
+
+def _assemble_and_write(group, writer: StoreWriter, start: int, pieces: list[tuple[dict, int, int]], label_keys: tuple[str, ...], clock: _StageClock) -> None:
+    """Writer thread: wait for the device copies, concatenate one chunk's pieces, compress and write it."""
+    t0 = time.perf_counter()
+    for batch, _, _ in pieces:
+        if batch.get("copied") is not None:
+            batch["copied"].synchronize()  # the non-blocking device-to-host copy has landed
+    merged = {k: np.concatenate([np.asarray(b[k][lo:hi]) if k != "acts" else b[k][lo:hi].numpy() for b, lo, hi in pieces]) for k in ("acts", "bad", "reason") + label_keys}
+    chunk = {k: merged[k] for k in ("acts",) + label_keys}
+    chunk["bad"] = merged["bad"].astype(bool)
+    chunk["bad_reason"] = merged["reason"].astype(object)
+    write_chunk(group, start, chunk, writer)
+    clock.write_s += time.perf_counter() - t0  # += on a float under the GIL: whole-chunk granularity is enough
+
+
+def _to_host(acts_BLTD: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Cast on the device to the store dtype, then copy to the host (pinned, non-blocking on CUDA)."""
+    acts_BLTD = acts_BLTD.to(out_dtype)
+    if acts_BLTD.device.type != "cuda":
+        return acts_BLTD, None
+    host = torch.empty(acts_BLTD.shape, dtype=out_dtype, pin_memory=True)
+    host.copy_(acts_BLTD, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layout: StoreLayout, group, writer: StoreWriter, todo, report: ExtractReport, device, progress: bool) -> None:
     ex = cfg.extract
     indices = np.concatenate([np.arange(s, e) for s, e in todo])
     loader = DataLoader(
@@ -209,53 +304,77 @@ def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layo
         num_workers=ex.num_workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if ex.num_workers else None,
     )
     label_keys = ("patch_label", "patch_purity", "pixel_label") if data.task == "segmentation" else ("label",)
-    keys = ("acts", "bad", "index", "reason") + label_keys
-    out_dtype = np.dtype(layout.dtype)
+    out_dtype = getattr(torch, layout.dtype)
     layers = list(layout.layers)
-    buffer: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    clock = _StageClock()
+    pieces: list[tuple[dict, int, int]] = []  # (batch, lo, hi) slices waiting to complete the current chunk
     n_buffered = 0
     chunks = iter(todo)
     start, stop = next(chunks)
     bar = tqdm(total=len(indices), unit="img", desc=f"extract part {report.part + 1}/{report.of}", disable=not progress)
     t0 = time.perf_counter()
-    # One writer thread: compression and file writes overlap the next forward passes.
-    with cf.ThreadPoolExecutor(max_workers=1) as writer, torch.inference_mode():
+    error: Exception | None = None
+    # Several writer threads; each chunk is assembled and written by one of them (one writer per chunk).
+    with cf.ThreadPoolExecutor(max_workers=ex.write_threads, thread_name_prefix="chunk-writer") as pool, torch.inference_mode():
         pending: list[cf.Future] = []
-        for batch in loader:
-            _raise_input_errors(batch, data, ex.on_bad_image == "skip")
-            acts_BLTD = backbone.forward_to(batch["pixels"].to(device, non_blocking=True), layers)
-            buffer["acts"].append(acts_BLTD.to("cpu", torch.float32).numpy().astype(out_dtype))
-            for k in keys[1:]:
-                buffer[k].append(np.asarray(batch[k]))
-            n_buffered += len(batch["index"])
-            while start is not None and n_buffered >= stop - start:
-                size = stop - start
-                merged = {k: np.concatenate(v) for k, v in buffer.items()}
-                buffer = {k: [v[size:]] for k, v in merged.items()}
-                n_buffered -= size
-                chunk = {k: merged[k][:size] for k in ("acts",) + label_keys}
-                chunk["bad"] = merged["bad"][:size].astype(bool)
-                chunk["bad_reason"] = merged["reason"][:size].astype(object)
-                bad = [
-                    {"index": int(i), "id": data.samples[int(i)].id, "reason": str(r)}
-                    for i, r, flag in zip(merged["index"][:size], merged["reason"][:size], chunk["bad"])
-                    if flag
-                ]
-                pending.append(writer.submit(write_chunk, group, start, chunk))
-                while len(pending) > 2:  # bound memory: at most 2 chunks wait for the writer
-                    pending.pop(0).result()
-                report.chunks_computed += 1
-                report.images_computed += size
-                report.bad_images.extend(bad)
-                bar.update(size)
-                bar.set_postfix(img_s=f"{report.images_computed / (time.perf_counter() - t0):.1f}")
-                start, stop = next(chunks, (None, None))
-        for f in pending:
-            f.result()
+        try:
+            for batch in loader:
+                cut, error = _first_input_error(batch, data, ex.on_bad_image == "skip")
+                if error is not None:  # the images before the culprit still complete their chunks
+                    batch = _head(batch, cut)
+                n = len(batch["index"])
+                if n:
+                    clock.decode_s += sum(batch["decode_s"])
+                    f0 = time.perf_counter()
+                    with forward_precision(report.forward_dtype, device):
+                        acts_BLTD = backbone.forward_to(batch["pixels"].to(device, non_blocking=True), layers)
+                    batch["acts"], batch["copied"] = _to_host(acts_BLTD, out_dtype)
+                    del batch["pixels"]  # pieces keep the batch until its chunk is written
+                    if batch["copied"] is not None:
+                        batch["copied"].synchronize()  # forward time includes the GPU work it queued
+                    clock.forward_s += time.perf_counter() - f0
+                lo = 0
+                while start is not None and n_buffered + (n - lo) >= stop - start:
+                    take = (stop - start) - n_buffered
+                    pieces.append((batch, lo, lo + take))
+                    pending.append(pool.submit(_assemble_and_write, group, writer, start, pieces, label_keys, clock))
+                    bad = [
+                        {"index": int(i), "id": data.samples[int(i)].id, "reason": str(r)}
+                        for b, a, z in pieces
+                        for i, r, flag in zip(b["index"][a:z], b["reason"][a:z], b["bad"][a:z])
+                        if flag
+                    ]
+                    lo += take
+                    pieces, n_buffered = [], 0
+                    while len(pending) > ex.write_threads + 1:  # bound memory: a few chunks wait for the writers
+                        pending.pop(0).result()
+                    report.chunks_computed += 1
+                    report.images_computed += stop - start
+                    report.bad_images.extend(bad)
+                    bar.update(stop - start)
+                    bar.set_postfix(img_s=f"{report.images_computed / (time.perf_counter() - t0):.1f}")
+                    start, stop = next(chunks, (None, None))
+                if lo < n:
+                    pieces.append((batch, lo, n))
+                    n_buffered += n - lo
+                if error is not None:
+                    break
+        finally:
+            for f in pending:
+                f.result()
     bar.close()
     report.seconds = time.perf_counter() - t0
+    report.stages = {**clock.rates(report.images_computed, ex.num_workers, ex.write_threads), "extract_img_s": round(report.images_per_second, 2)}
+    if error is not None:
+        raise error
+
+
+def _worker_init(parent_pid: int, worker_id: int) -> None:
+    """DataLoader worker start: die with the extraction process (no orphan after kill -9)."""
+    die_with_parent(parent_pid)
 
 
 def write_part_sentinel(path: Path, report: ExtractReport) -> None:

@@ -113,6 +113,10 @@ SOURCE_URLS = {
 }
 
 
+class PrepareError(ValueError):
+    """Any failure of ``prepare`` on the command line (one ``error:`` line, exit 2)."""
+
+
 class UnsafeArchiveError(ValueError):
     """An archive member would land outside the extraction folder."""
 
@@ -554,7 +558,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         rec = _prepare(args.dataset, args.src, args.out, keep_background=args.keep_background)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"prepare: error: {e}") from None
+        raise PrepareError(f"prepare: {e}") from None
     counts = rec["counts"]
     totals = ", ".join(f"{p}: {sum(c.values())}" for p, c in counts.items())
     n_classes = len({c for per in counts.values() for c in per})

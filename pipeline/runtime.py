@@ -1,4 +1,4 @@
-"""Process-level settings for a job: how many CPU threads, which device.
+"""Process-level settings for a job: how many CPU threads, which device, which forward precision.
 
 Snakemake's ``--cores 8`` on a 2-core machine does not scale a job's threads
 down, and torch defaults to one thread per *visible* core, which inside a
@@ -9,11 +9,23 @@ torch there.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
+
+FORWARD_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class DeviceError(RuntimeError):
+    """The configured device is not there (``device: cuda`` without a GPU)."""
 
 
 def available_cpus() -> int:
@@ -58,7 +70,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for, but torch.cuda.is_available() is False")
+        raise DeviceError("config key device: cuda, but torch finds no CUDA GPU here (torch.cuda.is_available() is False); set device: auto or cpu")
     return torch.device(name)
 
 
@@ -68,3 +80,43 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def resolve_forward_dtype(name: str, device: torch.device) -> str:
+    """``auto`` → bfloat16 on CUDA, float32 on CPU; other names pass through."""
+    if name == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    if name not in FORWARD_DTYPES:
+        raise ValueError(f"forward dtype must be one of {FORWARD_DTYPES} or auto, got {name!r}")
+    return name
+
+
+def forward_precision(name: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast context for a forward pass at ``name`` (a resolved forward dtype); float32: none."""
+    if name == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, name))
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this (child) process exit when ``parent_pid`` dies, even by kill -9.
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG).
+    Everywhere: a daemon thread polls ``os.getppid()`` every 0.5 s and exits when
+    the process was re-parented. Used as the DataLoader workers' init.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the watchdog below still covers it
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()

@@ -337,7 +337,7 @@ def test_cli_add_parser(tmp_path, capsys):
     assert (out / "BACKGROUND_Google").is_dir()
     args = parser.parse_args(["prepare", "flowers102", "--src", str(tmp_path / "nope"),
                               "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="nope"):
+    with pytest.raises(prep.PrepareError, match="nope"):  # one `error:` line via USER_ERRORS (was SystemExit)
         args.func(args)
 
 

@@ -5,7 +5,9 @@ from pipeline.cache.store import (
     CacheError,
     CacheIncompleteError,
     CacheMismatchError,
+    ForeignWriterError,
     StoreLayout,
+    StoreWriter,
     chunk_ranges,
     create_or_open,
     finalize,
@@ -15,6 +17,6 @@ from pipeline.cache.store import (
 )
 
 __all__ = [
-    "CacheError", "CacheIncompleteError", "CacheMismatchError", "CacheReader", "StoreLayout",
+    "CacheError", "CacheIncompleteError", "CacheMismatchError", "CacheReader", "ForeignWriterError", "StoreLayout", "StoreWriter",
     "chunk_ranges", "create_or_open", "finalize", "open_cache", "part_chunks", "pending_chunks", "write_chunk",
 ]

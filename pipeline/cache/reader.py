@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from pipeline.cache.store import CacheError, CacheIncompleteError, chunk_ranges, open_group
+from pipeline.cache.store import CacheError, check_finalized, chunk_ranges, open_group
 
 
 def open_cache(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
@@ -29,12 +29,8 @@ def open_cache(path: str | Path, *, require_complete: bool = True) -> xr.Dataset
     """
     path = Path(path)
     group = open_group(path)
-    if require_complete and not group.attrs.get("complete", False):
-        done = group["done"][:]
-        raise CacheIncompleteError(
-            f"{path}: store is not finalized ({int(done.sum())} of {done.size} images done); "
-            "finish the extraction (and its finalize step) or open with require_complete=False"
-        )
+    if require_complete:
+        check_finalized(path, dict(group.attrs))  # or open with require_complete=False to look inside
     # finalize consolidates the metadata; a store still being written has none yet
     return xr.open_zarr(path, consolidated=bool(group.attrs.get("complete", False)), zarr_format=3)
 
@@ -46,8 +42,8 @@ class CacheReader:
         self.path = Path(path)
         self.group = open_group(self.path)
         self.attrs = dict(self.group.attrs)
-        if require_complete and not self.attrs.get("complete", False):
-            raise CacheIncompleteError(f"{self.path}: store is not finalized; run the extraction's finalize step first")
+        if require_complete:
+            check_finalized(self.path, self.attrs)
         acts = self.group["acts"]
         self.n_images, _, self.n_tokens, self.d_model = acts.shape
         self.chunk_images = acts.chunks[0]

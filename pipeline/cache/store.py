@@ -19,16 +19,32 @@ chunk of images is one set of files and a part owns whole chunks):
   numbers), ``token``/``token_kind``, ``patch``/``patch_row``/``patch_col``/``patch_token``.
 
 Creation is atomic (built in a temp folder, then renamed), so concurrent parts
-and a part killed mid-creation never leave a half-made store. A store made
-with a different config hash is refused, never silently reused.
+and a part killed mid-creation never leave a half-made store (a temp folder
+left by a dead process of this host is removed by the next creation). A store
+made with a different config hash is refused, never silently reused.
+
+Every store carries a random ``generation`` id, set at creation. A writer
+(``StoreWriter``) re-reads the store's ``zarr.json`` before each array it
+writes and stops with ``ForeignWriterError`` when the store at its path is no
+longer the one it opened (deleted, or re-created by another config): an orphan
+extraction cannot write into its successor's store. No lock is involved, so
+this holds on network file systems too.
+
+``finalize`` writes the bad-image summary, consolidates the metadata, and only
+then, in one atomic file replace, sets ``complete``: a kill between its writes
+leaves a store that is not complete, and re-running finalize (or extract)
+repairs it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import socket
+import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +71,11 @@ class CacheMismatchError(CacheError):
 
 
 class CacheIncompleteError(CacheError):
-    """The store has images that are not done yet."""
+    """The store has images that are not done yet, or was not finalized."""
+
+
+class ForeignWriterError(CacheError):
+    """The store at a writer's path is no longer the one it opened (deleted or re-created)."""
 
 
 @dataclass(frozen=True)
@@ -148,28 +168,83 @@ def create_or_open(path: Path, layout: StoreLayout, attrs: dict) -> zarr.Group:
     """Return the store's zarr group, creating it atomically if missing.
 
     ``attrs["config_hash"]`` must equal the existing store's, else CacheMismatchError.
+    Something at ``path`` that is not a store (an empty folder, a stray file) is a
+    CacheError that says what to delete.
     """
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temp_folders(path)
         tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        ds, enc = _skeleton(layout, {**attrs, "store_format": STORE_FORMAT, "complete": False})
-        ds.to_zarr(tmp, mode="w", compute=False, encoding=enc, zarr_format=3, consolidated=False)
+        meta = {**attrs, "store_format": STORE_FORMAT, "complete": False, "generation": uuid.uuid4().hex}
         try:
+            ds, enc = _skeleton(layout, meta)
+            ds.to_zarr(tmp, mode="w", compute=False, encoding=enc, zarr_format=3, consolidated=False)
             os.rename(tmp, path)  # atomic; fails if another part created it first
         except OSError:
+            if not path.exists():  # not a lost race: creation itself failed (disk full, permissions)
+                raise
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
     group = open_group(path, mode="r+")
     check_hash(path, group, attrs["config_hash"], attrs.get("config"))
     return group
 
 
+def _remove_dead_temp_folders(path: Path) -> None:
+    """Delete ``.<store>.tmp-<this host>-<pid>`` folders whose process is gone (killed mid-creation)."""
+    prefix = f".{path.name}.tmp-{socket.gethostname()}-"
+    for tmp in path.parent.glob(prefix + "*"):
+        pid = tmp.name[len(prefix) :]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def open_group(path: Path, mode: str = "r") -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").exists():
+        if path.exists():
+            what = "a file" if path.is_file() else ("an empty folder" if not any(path.iterdir()) else "a folder")
+            raise CacheError(
+                f"{path} is {what}, not an activation store (no zarr.json in it); "
+                f"delete it (rm -r '{path}') and run `python -m pipeline extract` for it"
+            )
         raise CacheError(f"{path}: no activation store here (run `python -m pipeline extract` for it first)")
     return zarr.open_group(path, mode=mode, zarr_format=3)
+
+
+def read_root_attrs(path: Path) -> dict | None:
+    """The store's attrs read straight from ``<path>/zarr.json`` (no caching); None if it is gone."""
+    meta = Path(path) / "zarr.json"
+    for attempt in range(5):
+        try:
+            return json.loads(meta.read_text()).get("attributes", {})
+        except FileNotFoundError:
+            return None
+        except ValueError:  # caught mid-rewrite by another process: read again
+            time.sleep(0.05 * (attempt + 1))
+    return json.loads(meta.read_text()).get("attributes", {})
+
+
+def finalize_command(path: Path, attrs: dict) -> str:
+    """The command that finalizes (or repairs the finalization of) the store at ``path``."""
+    parts = ["python -m pipeline finalize"]
+    if attrs.get("config_file"):
+        parts.append(f"--config '{attrs['config_file']}'")
+    for key, flag in (("model_name", "--model"), ("dataset_name", "--dataset"), ("split", "--split")):
+        parts.append(f"{flag} {attrs.get(key, '?')}")
+    return " ".join(parts)
 
 
 def check_hash(path: Path, group: zarr.Group, expected: str, config: dict | None = None) -> None:
@@ -193,24 +268,66 @@ def pending_chunks(group: zarr.Group, chunks: list[tuple[int, int]]) -> list[tup
     return [(s, e) for s, e in chunks if not done[s:e].all()]
 
 
-def write_chunk(group: zarr.Group, start: int, arrays: dict[str, np.ndarray]) -> None:
+@dataclass(frozen=True)
+class StoreWriter:
+    """The identity of the store a process opened; ``check`` proves it is still the one on disk."""
+
+    path: Path
+    generation: str
+    config_hash: str
+    config_file: str
+
+    @classmethod
+    def of(cls, path: Path, group: zarr.Group) -> StoreWriter:
+        attrs = group.attrs
+        # stores made before generation ids existed: their creation time identifies them
+        return cls(Path(path), str(attrs.get("generation", attrs.get("created"))), str(attrs["config_hash"]), str(attrs.get("config_file", "?")))
+
+    def check(self) -> None:
+        """Raise ForeignWriterError if the store at ``path`` was deleted or re-created since it was opened."""
+        found = read_root_attrs(self.path)
+        if found is not None and str(found.get("generation", found.get("created"))) == self.generation:
+            return
+        mine = f"config hash {self.config_hash[:12]} from {self.config_file}"
+        if found is None:
+            now = "no store at all (it was deleted)"
+        else:
+            now = f"a new store with config hash {str(found.get('config_hash'))[:12]} from {found.get('config_file', '?')}"
+        raise ForeignWriterError(
+            f"{self.path} was replaced while this process was writing it: this process writes {mine}, "
+            f"the path now holds {now}. This process stops without writing; the new store's own "
+            "extraction fills it (re-run extract with the config you want if that is not running)."
+        )
+
+
+def write_chunk(group: zarr.Group, start: int, arrays: dict[str, np.ndarray], writer: StoreWriter | None = None) -> None:
     """Write one whole chunk of images starting at ``start``, then mark it done.
 
     ``arrays["acts"]`` is [B, L, T, D]; it is written one layer at a time (each
     a whole zarr chunk). ``done`` goes last, so a kill leaves the chunk pending.
+    With ``writer``, the store's identity is re-checked before every array write.
     """
+    check = writer.check if writer is not None else (lambda: None)
     acts = arrays["acts"]
     stop = start + acts.shape[0]
     for li in range(acts.shape[1]):
+        check()
         group["acts"][start:stop, li] = acts[:, li]
     for name, value in arrays.items():
         if name != "acts":
+            check()
             group[name][start:stop] = value
+    check()
     group["done"][start:stop] = True
 
 
 def finalize(path: Path) -> dict:
-    """Check that every image is done, record bad images in attrs, consolidate metadata."""
+    """Check that every image is done, record bad images in attrs, consolidate metadata, mark complete.
+
+    ``complete: true`` is the last write, an atomic replace of the root ``zarr.json``
+    (which then also holds the consolidated metadata): until it lands, readers see an
+    unfinished store and the error tells them to run finalize, which is idempotent.
+    """
     path = Path(path)
     group = open_group(path, mode="r+")
     done = group["done"][:]
@@ -224,12 +341,36 @@ def finalize(path: Path) -> dict:
     ids, reasons = group["image"][:], group["bad_reason"][:]
     bad_records = [{"index": int(i), "id": str(ids[i]), "reason": str(reasons[i])} for i in np.flatnonzero(bad)]
     summary = {
-        "complete": True,
         "n_images": int(done.size),
         "n_bad": len(bad_records),
         "bad_images": bad_records,
         "finalized": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    group.attrs.update(summary)
+    group.attrs.update({**summary, "complete": False})
     zarr.consolidate_metadata(path, zarr_format=3)
-    return summary
+    _declare_complete(path)
+    return {"complete": True, **summary}
+
+
+def _declare_complete(path: Path) -> None:
+    """Set ``complete: true`` in the root zarr.json with one atomic replace.
+
+    Written by hand (not through zarr's attrs) because zarr rewrites the file in
+    place, and the flag must appear together with the consolidated metadata, or not at all.
+    """
+    meta = Path(path) / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["complete"] = True
+    tmp = meta.with_name(f".zarr.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, meta)
+
+
+def check_finalized(path: Path, attrs: dict) -> None:
+    """Raise CacheIncompleteError, with the command that fixes it, unless the store is finalized."""
+    if attrs.get("complete", False) and "consolidated_metadata" in json.loads((Path(path) / "zarr.json").read_text()):
+        return
+    raise CacheIncompleteError(
+        f"{path}: store is not finalized (its extraction is unfinished, or finalize was interrupted); "
+        f"run `{finalize_command(path, attrs)}` (it says which parts still need extracting, if any)"
+    )

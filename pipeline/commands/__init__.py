@@ -10,9 +10,16 @@ from pipeline.config import ConfigError, load_config
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from pipeline.data import BadImageError, MaskError
+    from pipeline.data import BadImageError, DatasetError, MaskError
+    from pipeline.models.load import ModelSourceError
+    from pipeline.prepare import PrepareError
+    from pipeline.runtime import DeviceError
+    from pipeline.sae.checkpoint import CheckpointError
 
-    return (ConfigError, CacheError, BadImageError, MaskError, FileNotFoundError, FileExistsError)
+    return (
+        ConfigError, CacheError, BadImageError, MaskError, DatasetError, CheckpointError, DeviceError,
+        ModelSourceError, PrepareError, FileNotFoundError, FileExistsError,
+    )
 
 
 USER_ERRORS = _user_errors()

@@ -18,6 +18,11 @@ Conventions
 * EXIF orientation is NOT applied, so an image and its mask stay pixel-aligned.
 * ``load_mask`` returns int64 [H, W] class ids taken from the raw stored values
   (palette masks: the palette INDEX, never the colour).
+* Work is bounded by the output size: an image whose long side is more than
+  ``MAX_ASPECT`` times its short side is refused before it is decoded (a 1x40000
+  PNG is 242 bytes, but resizing its short side to 256 px makes a 2.6-gigapixel
+  image), and Pillow's decompression-bomb check (``Image.MAX_IMAGE_PIXELS``,
+  error above twice its default of 89 478 485 pixels) bounds the pixel count.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # Mask modes whose raw stored values are class ids.
 _MASK_MODES = frozenset({"L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I", "1"})
+
+
+MAX_ASPECT = 10  # long side / short side; ADE20K's most elongated images are about 4:1
 
 
 class BadImageError(ValueError):
@@ -55,9 +63,10 @@ class MaskError(ValueError):
     """A segmentation mask that cannot be read or does not fit its image."""
 
 
-def _open_decoded(path: Path) -> Image.Image:
+def _open_decoded(path: Path, max_aspect: float | None = None) -> Image.Image:
     """Open ``path`` and decode every pixel; raise BadImageError on any failure.
 
+    With ``max_aspect``, an image more elongated than that is refused before decoding.
     Returns the image with its file closed (the pixel data lives in memory).
     """
     path = Path(path)
@@ -65,9 +74,17 @@ def _open_decoded(path: Path) -> Image.Image:
         raise BadImageError(path, "no such file" if not path.exists() else "not a regular file")
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if max_aspect is not None and max(w, h) > max_aspect * max(1, min(w, h)):
+                raise BadImageError(
+                    path, f"{w}x{h} (WxH) is more elongated than the limit of {max_aspect}:1 "
+                    "(resizing its short side would make a huge image); crop or drop it"
+                )
             img.load()  # decode now so truncation is detected here, not later
             # Multi-frame files (GIF, TIFF): the first frame is the image.
             return img.copy()
+    except BadImageError:
+        raise
     except UnidentifiedImageError:
         raise BadImageError(path, "not an image Pillow can identify") from None
     except Image.DecompressionBombError as e:
@@ -117,10 +134,11 @@ def load_rgb(path: Path) -> Image.Image:
 
     Raises:
         BadImageError: naming ``path``, if the file is missing, not an image,
-            truncated, corrupt, or in a mode that cannot be converted.
+            truncated, corrupt, in a mode that cannot be converted, or more
+            elongated than ``MAX_ASPECT``:1 (refused before decoding).
     """
     path = Path(path)
-    img = _open_decoded(path)
+    img = _open_decoded(path, max_aspect=MAX_ASPECT)
     mode = img.mode
     try:
         if mode == "RGB":

@@ -39,6 +39,10 @@ _PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 _HASH_CHUNK = 1 << 20
 
 
+class ModelSourceError(OSError):
+    """A hub id that could not be loaded (no network, unknown id or revision)."""
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The weight files of a saved model: *.safetensors, else *.bin, sorted by name."""
     folder = Path(folder)
@@ -124,9 +128,11 @@ def load_backbone(
         try:
             hf_model = hf_class.from_pretrained(spec.source, revision=spec.revision, **kwargs)
         except (OSError, HFValidationError) as error:
-            raise OSError(
+            raise ModelSourceError(
                 f"could not load {spec.family} model {spec.source!r} (revision {spec.revision!r}) "
-                f"from the Hugging Face hub or its local cache: {error}"
+                f"from the Hugging Face hub or its local cache (offline? download it once where there is "
+                f"network, e.g. `hf download {spec.source} --local-dir DIR`, and set the model's source: DIR): "
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
             ) from error
         resolved = _hub_snapshot(spec)
         commit = resolved.name
