@@ -1,28 +1,175 @@
-"""Extraction benchmark: ratios from one run, not absolute times (this machine is shared and noisy).
+"""Extraction benchmark: each stage alone, then the whole extraction; ratios from one run.
 
-1. extraction images/s ÷ bare forward images/s — the same model, images, batch size and
-   threads; "bare" = the HF model's own forward over images already decoded and
-   preprocessed in memory; "extraction" = the whole `pipeline.extract` (decode, labels,
-   forward, float16 conversion, Blosc compression, zarr writes, finalize). Target ≥ 0.95.
-2. cache bytes on disk ÷ bytes of the same tokens as raw float32 (saev's layout). Target ≤ 0.5.
+Same images, same model, same batch size, in one run:
 
-    python benchmarks/bench_extract.py [--images 64] [--hidden 384] [--layers 12]
+(a) forward    the backbone's forward to the cached blocks at the configured precision
+               (autocast), on pixels already in device memory;
+(b) decode     decode + preprocess + labels alone, through the extractor's DataLoader with
+               the configured ``num_workers``;
+(c) write      device-side cast to the store dtype + copy to the host + Blosc compression +
+               zarr writes alone, from activations already in memory, ``write_threads`` threads;
+(d) extraction the whole ``pipeline.extract`` loop (all stages concurrently).
 
-The default model is ViT-S/14-sized (random init, DINOv2 architecture) at 224 px.
+The stages share the machine, so the rate they allow together is the *stage limit*: on a
+GPU ``min(a, 1 / (1/b + 1/c))``, on CPU (the forward shares the cores too)
+``1 / (1/a + 1/b + 1/c)``. The line ``extraction ÷ stage limit`` says how close the
+pipelined extractor comes to it (target ≥ 0.9). Also printed: cache bytes ÷ raw float32
+bytes (target ≤ 0.5) and the peak proportional resident memory (PSS) of the extraction
+(this process and its DataLoader workers, sampled every 20 ms) above what it held before,
+which includes loading the model and starting the workers, in chunks of float32
+activations (it must stay bounded, not grow with the dataset).
+
+    python benchmarks/bench_extract.py                       # ViT-S/14-sized (D=384, 12 blocks)
+    python benchmarks/bench_extract.py --hidden 48 --layers 2  # tiny: decode and write bound it
+    python benchmarks/bench_extract.py --precision-distance  # bfloat16 vs float32 cache, per block
+
+``--precision-distance`` extracts every block of the same images twice (float32 store) with
+``forward_dtype`` float32 and bfloat16 and prints, per block, the relative distance
+‖bf16 − f32‖ / ‖f32‖ over all tokens and the median cosine similarity of token vectors.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+
+
+def _rss_bytes(pid: int) -> int:
+    """Proportional resident bytes (PSS: shared pages split between sharers) of ``pid`` and its
+    child processes, so forked DataLoader workers are not counted twice (Linux /proc; 0 elsewhere)."""
+    total = 0
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        return 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+class PeakMemory:
+    """Samples this process tree's RSS in a thread; ``peak`` minus ``start`` is the growth."""
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = _rss_bytes(os.getpid())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_bytes(os.getpid()))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, float]:
+    """(a) forward, (b) decode, (c) write rates in img/s, each stage alone."""
+    from torch.utils.data import DataLoader
+
+    from pipeline.cache import StoreWriter, create_or_open
+    from pipeline.config import CacheRef
+    from pipeline.data import load_rgb, preprocess_image
+    from pipeline.extract import _assemble_and_write, _collate, _Images, _StageClock, _to_host, layout_and_attrs, split_data
+    from pipeline.runtime import forward_precision, resolve_forward_dtype
+
+    ref = CacheRef("dino", "seg")
+    model = cfg.model("dino")
+    data = split_data(cfg, "seg", "train")
+    n = len(data.samples)
+    layout, attrs = layout_and_attrs(cfg, ref, "train", data, backbone, {"family": "dinov2", "source": "bench", "revision": None, "weights_sha256": "bench"})
+    layers = list(layout.layers)
+    precision = resolve_forward_dtype(cfg.extract.forward_dtype, device)
+
+    # (b) decode alone, with the configured workers
+    loader = DataLoader(_Images(data, np.arange(n), model.preprocess, backbone.patch_size), batch_size=batch_size, num_workers=cfg.extract.num_workers, collate_fn=_collate)
+    t0 = time.perf_counter()
+    batches = [b["pixels"] for b in loader]
+    decode = n / (time.perf_counter() - t0)
+
+    # (a) forward alone, pixels already on the device
+    pixels = [b.to(device) for b in batches]
+    with torch.inference_mode(), forward_precision(precision, device):
+        backbone.forward_to(pixels[0], layers)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        acts = [backbone.forward_to(p, layers) for p in pixels]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        forward = n / (time.perf_counter() - t0)
+
+    # (c) cast + copy + compress + write alone, from activations in (device) memory
+    acts_NLTD = torch.cat(acts)
+    labels = {k: np.zeros((n,) + shape, dtype) for k, shape, dtype in (("patch_label", (layout.n_patches,), np.uint16), ("patch_purity", (layout.n_patches,), np.float16), ("pixel_label", (layout.mask_size, layout.mask_size), np.uint16))}
+    store = Path(cfg.paths.cache) / "write-alone.zarr"
+    group = create_or_open(store, layout, attrs)
+    writer = StoreWriter.of(store, group)
+    out_dtype = getattr(torch, layout.dtype)
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(max_workers=cfg.extract.write_threads) as pool:
+        futures = []
+        for s in range(0, n, layout.chunk_images):
+            e = min(s + layout.chunk_images, n)
+            host, copied = _to_host(acts_NLTD[s:e], out_dtype)
+            piece = {"acts": host, "copied": copied, "bad": [False] * (e - s), "reason": [""] * (e - s), **{k: v[s:e] for k, v in labels.items()}}
+            futures.append(pool.submit(_assemble_and_write, group, writer, s, [(piece, 0, e - s)], tuple(labels), _StageClock()))
+        for f in futures:
+            f.result()
+    write = n / (time.perf_counter() - t0)
+    return forward, decode, write
+
+
+def precision_distance(args) -> None:
+    """Per block: ‖bf16 − f32‖ / ‖f32‖ and median token cosine of a bfloat16-forward cache."""
+    from helpers import benchmark_project
+
+    from pipeline.config import CacheRef, load_config
+    from pipeline.extract import extract
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = {"dtype": "float32", "batch_size": args.batch_size, "chunk_images": 16, "num_workers": 0, "layers": list(range(args.layers))}
+        cfg = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract={**base, "forward_dtype": "float32"}, device="cpu")
+        acts = {}
+        for precision in ("float32", "bfloat16"):
+            import dataclasses
+
+            run = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, forward_dtype=precision), paths=dataclasses.replace(cfg.paths, cache=tmp / f"cache-{precision}"))
+            extract(run, CacheRef("dino", "seg"), "train", progress=False)
+            import zarr
+
+            acts[precision] = zarr.open_array(run.store(CacheRef("dino", "seg"), "train") / "acts", mode="r")[:].astype(np.float64)
+    f32, bf16 = acts["float32"], acts["bfloat16"]
+    print(f"bfloat16-forward vs float32-forward cache, random-init DINOv2 arch D={args.hidden} x {args.layers} blocks, {args.images} images of 224 px, CPU")
+    print(f"{'block':>5}  {'|bf16-f32|/|f32|':>16}  {'median token cosine':>19}")
+    for li in range(f32.shape[1]):
+        a, b = f32[:, li].reshape(-1, f32.shape[-1]), bf16[:, li].reshape(-1, f32.shape[-1])
+        rel = np.linalg.norm(b - a) / np.linalg.norm(a)
+        cos = np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        print(f"{li:>5}  {rel:16.4f}  {np.median(cos):19.5f}")
 
 
 def main() -> None:
@@ -31,55 +178,58 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-workers", default="auto")
+    parser.add_argument("--write-threads", default="auto")
+    parser.add_argument("--forward-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision-distance", action="store_true", help="print the bfloat16 vs float32 cache distance per block instead")
     args = parser.parse_args()
+    if args.precision_distance:
+        return precision_distance(args)
 
     from helpers import benchmark_project
 
     from pipeline.config import CacheRef
-    from pipeline.data import load_rgb, preprocess_image
-    from pipeline.extract import extract, split_data
+    from pipeline.extract import extract
     from pipeline.models import load_backbone
     from pipeline.runtime import describe_device, resolve_device, set_threads
 
+    counts = {k: (v if v == "auto" else int(v)) for k, v in (("num_workers", args.num_workers), ("write_threads", args.write_threads))}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract={"dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32, "num_workers": 1}, device=args.device)
+        ex = {"dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32, "forward_dtype": args.forward_dtype, **counts}
+        cfg = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract=ex, device=args.device)
         threads = set_threads(cfg.threads)
         device = resolve_device(cfg.device)
+        backbone, _ = load_backbone(cfg.model("dino").spec, device=device)
+        a, b, c = stage_rates(cfg, backbone, device, args.batch_size)
+        del backbone
 
-        # bare forward: images decoded and preprocessed beforehand, HF model forward only
-        model = cfg.model("dino")
-        backbone, _ = load_backbone(model.spec, device=device)
-        data = split_data(cfg, "seg", "train")
-        pixels = torch.stack([preprocess_image(load_rgb(s.image), model.preprocess) for s in data.samples])
-        with torch.inference_mode():
-            backbone.hf(pixel_values=pixels[: args.batch_size].to(device))  # warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for s in range(0, len(pixels), args.batch_size):
-                backbone.hf(pixel_values=pixels[s : s + args.batch_size].to(device))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            bare = len(pixels) / (time.perf_counter() - t0)
-
-        t0 = time.perf_counter()
-        report = extract(cfg, CacheRef("dino", "seg"), "train", progress=False)
-        whole = args.images / (time.perf_counter() - t0)
-        loop = report.images_per_second
+        with PeakMemory() as mem:
+            report = extract(cfg, CacheRef("dino", "seg"), "train", progress=False)
+        d = report.images_per_second
 
         store = cfg.store(CacheRef("dino", "seg"), "train")
         disk = sum(p.stat().st_size for p in (store / "acts").rglob("*") if p.is_file())
         n_layers = len(cfg.extract.layers)
         tokens = 1 + (224 // 14) ** 2
         raw_f32 = args.images * n_layers * tokens * args.hidden * 4
+        chunk_f32 = cfg.extract.chunk_images * n_layers * tokens * args.hidden * 4
 
-    print(f"device: {describe_device(device)}, threads: {threads}, model: DINOv2 arch D={args.hidden} x {args.layers} blocks, {args.images} images")
-    print(f"{'ratio':<58} {'value':>7}  target")
-    print(f"{'extraction loop img/s / bare forward img/s':<58} {loop / bare:7.3f}  >= 0.95")
-    print(f"{'whole extract() call img/s / bare forward img/s':<58} {whole / bare:7.3f}  (incl. model load, store creation, finalize)")
-    print(f"{'cache bytes / raw float32 bytes':<58} {disk / raw_f32:7.3f}  <= 0.5")
+    limit = min(a, 1 / (1 / b + 1 / c)) if device.type == "cuda" else 1 / (1 / a + 1 / b + 1 / c)
+    print(f"device: {describe_device(device)}, threads: {threads}, num_workers: {cfg.extract.num_workers}, write_threads: {cfg.extract.write_threads}, "
+          f"forward: {report.forward_dtype}, model: DINOv2 arch D={args.hidden} x {args.layers} blocks, {args.images} images of 224 px, batch {args.batch_size}")
+    print(f"{'(a) forward alone img/s':<44} {a:9.1f}")
+    print(f"{'(b) decode + preprocess alone img/s':<44} {b:9.1f}")
+    print(f"{'(c) cast + copy + compress + write img/s':<44} {c:9.1f}")
+    print(f"{'(d) extraction img/s':<44} {d:9.1f}")
+    print(f"{'stage limit img/s':<44} {limit:9.1f}  ({'min(a, 1/(1/b+1/c))' if device.type == 'cuda' else '1/(1/a+1/b+1/c): CPU, stages share the cores'})")
+    print(f"stage report of the extraction: {report.stages}")
+    print(f"{'ratio':<44} {'value':>9}  target")
+    print(f"{'extraction ÷ stage limit':<44} {d / limit:9.2f}  >= 0.9")
+    print(f"{'d ÷ a':<44} {d / a:9.2f}")
+    print(f"{'cache bytes ÷ raw float32 bytes':<44} {disk / raw_f32:9.3f}  <= 0.5")
+    print(f"{'peak extra host memory, MiB (PSS)':<44} {(mem.peak - mem.start) / 2**20:9.0f}  (model load + workers + buffers; one float32 chunk is {chunk_f32 / 2**20:.0f} MiB)")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.models import Backbone
+from pipeline.runtime import forward_precision
 from pipeline.sae import InputScaling, SparseAutoencoder
 
 
@@ -93,17 +94,19 @@ class LatentEditor:
 class ReforwardPredictor:
     """Block ``l`` output → blocks l+1…N−1 → final norm → probe → argmax over real classes."""
 
-    def __init__(self, backbone: Backbone, probe: nn.Linear, *, layer: int, n_prefix: int, real_classes_only: bool = True):
+    def __init__(self, backbone: Backbone, probe: nn.Linear, *, layer: int, n_prefix: int, real_classes_only: bool = True, forward_dtype: str = "float32"):
         self.backbone = backbone
         self.probe = probe
         self.block = backbone.resolve_layer(layer)
         self.n_prefix = n_prefix
         self.real_classes_only = real_classes_only
+        self.forward_dtype = forward_dtype  # the precision the store was extracted at (its attrs say)
 
     @torch.no_grad()
     def logits(self, acts_BTD: Tensor) -> Tensor:
         """[B, P, C] probe logits of the patch tokens after re-forwarding."""
-        final_BTD = self.backbone.forward_from(self.block, acts_BTD)
+        with forward_precision(self.forward_dtype, self.backbone.device):
+            final_BTD = self.backbone.forward_from(self.block, acts_BTD)
         return self.probe(final_BTD[:, self.n_prefix :].float())
 
     @torch.no_grad()

@@ -294,7 +294,10 @@ class Manipulator:
     @torch.no_grad()
     def logits(self, acts_1TD: torch.Tensor) -> torch.Tensor:
         """Re-forward from block l: [P, C] patch logits or [1, C] CLS logits."""
-        final = self.backbone.forward_from(self.block, acts_1TD.to(self.device, self.backbone.dtype))
+        from pipeline.runtime import forward_precision
+
+        with forward_precision(self.reader("train").attrs.get("forward_dtype", "float32"), self.device):  # the store's precision
+            final = self.backbone.forward_from(self.block, acts_1TD.to(self.device, self.backbone.dtype))
         tokens = final[0, self.n_prefix:] if self.task == "segmentation" else final[0, :1]
         return self.probe(tokens.float())
 

@@ -81,10 +81,14 @@ def _uninterrupted_run(project: Path, folder: Path) -> np.ndarray:
     return _final_acts(folder / "cache" / "dino" / "seg" / "train.zarr")
 
 
-def test_kill_minus_nine_then_resume_equals_uninterrupted(big_project, tmp_path):
+@pytest.mark.parametrize("concurrency", [{}, {"num_workers": 2, "write_threads": 3}], ids=["default", "2-workers-3-writers"])
+def test_kill_minus_nine_then_resume_equals_uninterrupted(big_project, tmp_path, concurrency):
+    from helpers import deep_update
+
     store = big_project / "cache" / "dino" / "seg" / "train.zarr"
 
-    expected = _uninterrupted_run(big_project, tmp_path / "reference")
+    expected = _uninterrupted_run(big_project, tmp_path / "reference")  # the tiny config: decoding in-process
+    write_config(big_project, deep_update(BIG, {"extract": concurrency}))
 
     kill_points = [
         ("store created", lambda: (store / "zarr.json").exists()),

@@ -102,7 +102,7 @@ def run_quantify(args: argparse.Namespace) -> dict:
         raise ConfigError(f"{probe_stem(cfg)}: the probe has {probe.out_features} classes but {val.path} has {val.n_classes}")
     manual = resolve_manual(q.manual, val.class_names, sae.W_enc.shape[1], str(cfg.source))
     editor = LatentEditor(sae, scaling, n_prefix=val.n_prefix)
-    predictor = ReforwardPredictor(backbone, probe, layer=val.block(cfg.sae.layer), n_prefix=val.n_prefix)
+    predictor = ReforwardPredictor(backbone, probe, layer=val.block(cfg.sae.layer), n_prefix=val.n_prefix, forward_dtype=val.attrs.get("forward_dtype", "float32"))
     per_method, summary, timing = run(
         val=val,
         layer=cfg.sae.layer,
