@@ -28,6 +28,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +253,7 @@ class _StageClock:
     decode_s: float = 0.0
     forward_s: float = 0.0
     write_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)  # writer threads add to write_s
 
     def rates(self, n_images: int, workers: int, writers: int) -> dict:
         def rate(busy: float, concurrency: int) -> float:
@@ -280,7 +282,8 @@ def _assemble_and_write(group, writer: StoreWriter, start: int, pieces: list[tup
     chunk["bad"] = merged["bad"].astype(bool)
     chunk["bad_reason"] = merged["reason"].astype(object)
     write_chunk(group, start, chunk, writer)
-    clock.write_s += time.perf_counter() - t0  # += on a float under the GIL: whole-chunk granularity is enough
+    with clock.lock:
+        clock.write_s += time.perf_counter() - t0
 
 
 def _to_host(acts_BLTD: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.cuda.Event | None]:
