@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--chunk-images", type=int, default=32)
     parser.add_argument("--num-workers", default="auto")
     parser.add_argument("--write-threads", default="auto")
     parser.add_argument("--forward-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -197,7 +198,7 @@ def main() -> None:
     counts = {k: (v if v == "auto" else int(v)) for k, v in (("num_workers", args.num_workers), ("write_threads", args.write_threads))}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ex = {"dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32, "forward_dtype": args.forward_dtype, **counts}
+        ex = {"dtype": "float16", "batch_size": args.batch_size, "chunk_images": args.chunk_images, "forward_dtype": args.forward_dtype, **counts}
         cfg = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract=ex, device=args.device)
         threads = set_threads(cfg.threads)
         device = resolve_device(cfg.device)

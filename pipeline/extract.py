@@ -254,8 +254,27 @@ class _StageClock:
     forward_s: float = 0.0
     write_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)  # writer threads add to write_s
+    gpu_spans: list = field(default_factory=list)  # CUDA (start, end) events: timed without a sync per batch
+
+    def forward_started(self, device: torch.device):
+        if device.type != "cuda":
+            return time.perf_counter()
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        return start
+
+    def forward_ended(self, started) -> None:
+        if isinstance(started, float):
+            self.forward_s += time.perf_counter() - started
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self.gpu_spans.append((started, end))
 
     def rates(self, n_images: int, workers: int, writers: int) -> dict:
+        if self.gpu_spans:
+            self.gpu_spans[-1][1].synchronize()
+            self.forward_s = sum(a.elapsed_time(b) for a, b in self.gpu_spans) / 1000
         def rate(busy: float, concurrency: int) -> float:
             return round(n_images / (busy / max(1, concurrency)), 2) if busy > 0 else float("inf")
 
@@ -331,14 +350,12 @@ def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layo
                 n = len(batch["index"])
                 if n:
                     clock.decode_s += sum(batch["decode_s"])
-                    f0 = time.perf_counter()
+                    f0 = clock.forward_started(device)
                     with forward_precision(report.forward_dtype, device):
                         acts_BLTD = backbone.forward_to(batch["pixels"].to(device, non_blocking=True), layers)
+                    clock.forward_ended(f0)
                     batch["acts"], batch["copied"] = _to_host(acts_BLTD, out_dtype)
                     del batch["pixels"]  # pieces keep the batch until its chunk is written
-                    if batch["copied"] is not None:
-                        batch["copied"].synchronize()  # forward time includes the GPU work it queued
-                    clock.forward_s += time.perf_counter() - f0
                 lo = 0
                 while start is not None and n_buffered + (n - lo) >= stop - start:
                     take = (stop - start) - n_buffered
