@@ -11,8 +11,9 @@ from pipeline.config import ConfigError, load_config
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.data import BadImageError, MaskError
+    from pipeline.models.spec import ModelLoadError
 
-    return (ConfigError, CacheError, BadImageError, MaskError, FileNotFoundError, FileExistsError)
+    return (ConfigError, CacheError, BadImageError, MaskError, ModelLoadError, FileNotFoundError, FileExistsError)
 
 
 USER_ERRORS = _user_errors()
