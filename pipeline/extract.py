@@ -30,6 +30,7 @@ from pipeline.cache import StoreLayout, chunk_ranges, create_or_open, finalize, 
 from pipeline.config import CacheRef, Config, stable_hash, to_jsonable
 from pipeline.data import BadImageError, MaskError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
 from pipeline.models import Backbone, load_backbone
+from pipeline.models.family import READOUTS
 from pipeline.runtime import describe_device, resolve_device, set_threads
 
 
@@ -123,7 +124,7 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
         raise ValueError(f"{cfg.source}: models/{ref.model}/preprocess/crop {pre.crop} is not a multiple of the patch size {backbone.patch_size}")
     side = pre.crop // backbone.patch_size
     layers = tuple(sorted({backbone.resolve_layer(layer) for layer in ex.layers}))
-    kinds = ("cls",) + ("register",) * backbone.n_registers + ("patch",) * (side * side)
+    kinds = backbone.prefix.kinds + ("patch",) * (side * side)
     layout = StoreLayout(
         image_ids=tuple(s.id for s in data.samples),
         layers=layers,
@@ -159,7 +160,10 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
         "class_names": list(data.class_names),
         "n_blocks": backbone.n_blocks,
         "n_prefix_tokens": backbone.n_prefix,
+        "n_cls_tokens": backbone.n_cls,
         "n_registers": backbone.n_registers,
+        "image_readout": backbone.image_readout,
+        "image_readout_note": READOUTS[backbone.image_readout],
         "patch_size": backbone.patch_size,
         "grid": [side, side],
         "image_size": pre.crop,

@@ -31,7 +31,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-READOUTS = ("cls_token", "mean_patches")
+# image_readout -> what the image vector (the classification probe's input) is
+READOUTS = MappingProxyType(
+    {
+        "cls_token": "the final-normed CLS token",
+        "mean_patches": "the mean of the final-normed patch tokens (the model has no CLS token)",
+    }
+)
 Paths = tuple[str, ...]
 
 
@@ -133,7 +139,7 @@ class Family:
 
     def __post_init__(self) -> None:
         if self.image_readout not in READOUTS:
-            raise ValueError(f"family {self.name!r}: image_readout {self.image_readout!r} is not one of {READOUTS}")
+            raise ValueError(f"family {self.name!r}: image_readout {self.image_readout!r} is not one of {tuple(READOUTS)}")
 
 
 def registry(*families: Family) -> Mapping[str, Family]:
