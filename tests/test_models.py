@@ -272,6 +272,25 @@ def test_clip_vision_tower_loads_from_full_clip_checkpoint(tmp_path):
         assert rel_err(bb(x)[:, 0], reference.pooler_output) <= 1e-6
 
 
+def test_siglip_vision_tower_loads_from_full_siglip_checkpoint(tmp_path):
+    """A full SiglipModel checkpoint (text tower, logit scale/bias) is a harmless superset."""
+    config = transformers.SiglipConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "vocab_size": 64},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+                       "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
+    )
+    torch.manual_seed(0)
+    full = transformers.SiglipModel(config).eval()
+    full.save_pretrained(tmp_path)
+    bb, provenance = load_backbone(ModelSpec("siglip", str(tmp_path)))
+    assert provenance["model_class"] == "SiglipVisionModel" and provenance["n_prefix"] == 0
+    x = pixels(64)
+    with torch.no_grad():
+        reference = full.vision_model(pixel_values=x).last_hidden_state
+        assert rel_err(bb(x), reference) <= 1e-6
+
+
 def test_weights_sha256_deterministic_and_marker(tmp_path):
     kwargs = dict(image_size=56, **TINY)
     a = build_demo_model("dinov2", tmp_path / "a", seed=0, **kwargs)
@@ -393,12 +412,11 @@ def test_image_vector_is_cls_or_mean_of_patches(loaded):
         assert rel_err(vector, out.pooler_output) > 1e-2  # and it is not the pooling head
 
 
-def test_dinov3_blocks_get_rope_position_embeddings(loaded):
+def test_dinov3_blocks_get_rope_position_embeddings(tmp_path):
     """The RoPE inputs the backbone builds from the grid side equal HF's from the pixels,
     at the native size and at a larger one (forward_from has no pixels to give)."""
-    bb, _, _ = loaded
-    if bb.family != "dinov3":
-        pytest.skip("RoPE is DINOv3's")
+    folder = build_demo_model("dinov3", tmp_path / "m", image_size=IMAGE_SIZE["dinov3"], **TINY)
+    bb, _ = load_backbone(ModelSpec("dinov3", str(folder)))
     for size in (bb.image_size, bb.image_size + 2 * bb.patch_size):
         x = pixels(size, seed=7)
         with torch.no_grad():

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .family import Family
-from .spec import get_family
+from .spec import ModelLoadError, get_family
 
 
 def _as_square(value: Any, what: str) -> int:
@@ -78,7 +78,7 @@ def find_part(hf: nn.Module, family: Family, paths: tuple[str, ...], what: str) 
         except AttributeError:
             continue
         return path
-    raise TypeError(
+    raise ModelLoadError(
         f"{type(hf).__name__} (family {family.name!r}, transformers {transformers.__version__}) has none of "
         f"{', '.join(paths)} for its {what}; this transformers version is not supported"
     )
@@ -236,7 +236,7 @@ class Backbone(nn.Module):
 
     def _block_kwargs(self, x_BTD: Tensor) -> dict[str, Any]:
         """The keyword inputs every block gets for this stream (see "Calling blocks" above)."""
-        return self._block_signature.select(self.spec.block_inputs(self.hf, x_BTD, self.grid_side(x_BTD.shape[1])))
+        return self._block_signature.select(self.spec.block_inputs(self, x_BTD))
 
     def run_blocks(self, x_BTD: Tensor, start: int, stop: int) -> Tensor:
         """Run blocks start … stop-1 (0 ≤ start ≤ stop ≤ N) on x_BTD."""

@@ -91,7 +91,7 @@ class DemoRecipe:
     n_registers: int | None = None
 
 
-def _no_block_inputs(hf: Any, x_BTD: Any, grid: int) -> dict:
+def _no_block_inputs(backbone: Any, x_BTD: Any) -> dict:
     return {}
 
 
@@ -107,7 +107,7 @@ class Family:
     blocks:          paths to the ModuleList of transformer blocks.
     final_norm:      paths to the norm after the last block (applied to every token).
     pre_norm:        paths to a norm between the embeddings and block 0, or () for none.
-    block_inputs:    (hf, x_BTD, grid side) -> keyword inputs every block gets besides the
+    block_inputs:    (backbone, x_BTD) -> keyword inputs every block gets besides the
                      hidden states (e.g. RoPE cos/sin); computed once per run of blocks.
     prefix:          HF config -> PrefixTokens.
     image_readout:   one of READOUTS.
@@ -132,7 +132,7 @@ class Family:
     preprocess: Mapping[str, Any]
     demo: DemoRecipe
     pre_norm: Paths = ()
-    block_inputs: Callable[[Any, Any, int], dict] = _no_block_inputs
+    block_inputs: Callable[[Any, Any], dict] = _no_block_inputs
     load_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     harmless_missing: tuple[str, ...] = ()
     harmless_unexpected: tuple[str, ...] = ()
@@ -177,6 +177,6 @@ def one_cls_config_registers(config: Any) -> PrefixTokens:
     return PrefixTokens(n_cls=1, n_registers=int(getattr(config, "num_register_tokens", 0) or 0))
 
 
-def no_attention_mask(hf: Any, x_BTD: Any, grid: int) -> dict:
+def no_attention_mask(backbone: Any, x_BTD: Any) -> dict:
     """CLIP/SigLIP blocks take the attention mask as a required argument: no mask."""
     return {"attention_mask": None}

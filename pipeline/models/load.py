@@ -125,8 +125,8 @@ def check_checkpoint_keys(family: Family, loading_info: dict, where: str) -> Non
     if problems:
         raise ModelLoadError(
             f"{where}: the checkpoint's weights do not fit {family.hf_class} (family {family.name!r}, "
-            f"transformers {transformers.__version__}); {'; '.join(problems)}. Running it would use "
-            "randomly initialised weights for these parts; check the family and the checkpoint"
+            f"transformers {transformers.__version__}); {'; '.join(problems)}. Loaded anyway, the missing "
+            "weights would be random and the unexpected ones ignored; check the family and the checkpoint"
         )
 
 

@@ -20,12 +20,11 @@ from typing import Any
 from pipeline.models.family import IMAGENET_PREPROCESS, DemoRecipe, DemoShape, Family, embed_plain, one_cls_config_registers
 
 
-def _rope_inputs(hf: Any, x_BTD: Any, grid: int) -> dict:
-    patch = hf.config.patch_size
-    patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+def _rope_inputs(backbone: Any, x_BTD: Any) -> dict:
+    side = backbone.grid_side(x_BTD.shape[1]) * backbone.patch_size
     # A zero-stride stand-in for the pixels: rope_embeddings reads only its shape, device, dtype.
-    pixels = x_BTD.new_zeros(()).expand(1, 3, grid * patch, grid * patch)
-    return {"position_embeddings": hf.rope_embeddings(pixels)}
+    pixels = x_BTD.new_zeros(()).expand(1, 3, side, side)
+    return {"position_embeddings": backbone.hf.rope_embeddings(pixels)}
 
 
 def _demo_config(shape: DemoShape) -> dict:
