@@ -20,7 +20,7 @@ import jsonschema
 import yaml
 
 from pipeline.data.transforms import Preprocess
-from pipeline.models.spec import ModelSpec, default_preprocess
+from pipeline.models.spec import FAMILIES, ModelSpec, default_preprocess
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 SPLITS = ("train", "val")
@@ -226,7 +226,11 @@ def _lookup(table: dict, name: str, section: str, source: Path):
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The config schema, with the model-family names filled in from the family registry
+    (`pipeline.models.FAMILIES` owns them; the file says only "a string")."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema["$defs"]["model_family"]["enum"] = list(FAMILIES)
+    return schema
 
 
 def validate_raw(raw: Any, source: Path | str) -> None:

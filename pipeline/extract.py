@@ -43,6 +43,7 @@ from pipeline.cache import StoreLayout, StoreWriter, chunk_ranges, create_or_ope
 from pipeline.config import CacheRef, Config, ConfigError, stable_hash, to_jsonable
 from pipeline.data import BadImageError, DatasetError, MaskError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
 from pipeline.models import Backbone, load_backbone
+from pipeline.models.family import READOUTS
 from pipeline.runtime import describe_device, die_with_parent, forward_precision, resolve_device, resolve_forward_dtype, set_threads
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
     except (ValueError, IndexError) as err:
         raise ConfigError(f"{cfg.source}: extract/layers {list(ex.layers)}: {err} (model {ref.model} has {backbone.n_blocks} blocks)") from None
     forward_dtype = resolve_forward_dtype(ex.forward_dtype, backbone.device)
-    kinds = ("cls",) + ("register",) * backbone.n_registers + ("patch",) * (side * side)
+    kinds = backbone.prefix.kinds + ("patch",) * (side * side)
     layout = StoreLayout(
         image_ids=tuple(s.id for s in data.samples),
         layers=layers,
@@ -198,7 +199,10 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
         "class_names": list(data.class_names),
         "n_blocks": backbone.n_blocks,
         "n_prefix_tokens": backbone.n_prefix,
+        "n_cls_tokens": backbone.n_cls,
         "n_registers": backbone.n_registers,
+        "image_readout": backbone.image_readout,
+        "image_readout_note": READOUTS[backbone.image_readout],
         "patch_size": backbone.patch_size,
         "grid": [side, side],
         "image_size": pre.crop,

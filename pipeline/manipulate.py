@@ -196,6 +196,8 @@ class Manipulator:
         train = self.reader("train")
         self.block = train.block(sc.layer)
         self.n_prefix = train.n_prefix
+        if self.task == "classification" and not train.n_cls:
+            raise ManipulateError(f"{train.path}: the model has no CLS token to edit; manipulate on a classification cache edits CLS tokens")
         self.class_names = train.class_names
         self.n_classes = train.n_classes
         self.random_weights = train.random_weights

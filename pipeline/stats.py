@@ -58,12 +58,13 @@ class StatsError(CacheError):
 # --------------------------------------------------------------------------- the reduction
 
 
-def _kind_slices(n_prefix: int) -> tuple[slice, slice]:
-    return slice(n_prefix, None), slice(0, 1)
+def _kind_slices(n_prefix: int, n_cls: int = 1) -> tuple[slice, slice]:
+    """Token slices of KINDS; a model without a CLS token has an empty ``cls`` slice."""
+    return slice(n_prefix, None), slice(0, n_cls)
 
 
 def _block_sums(block: np.ndarray, *, valid: np.ndarray, shift_LKD: np.ndarray, n_prefix: int,
-                block_info=None) -> np.ndarray:
+                n_cls: int = 1, block_info=None) -> np.ndarray:
     """Partial sums of one zarr chunk ``[b, 1, T, D]`` → ``[1, 1, 1, 2 · (2D + 2)]``.
 
     Per kind: ``[n, Σ(x − shift) (D), Σ(x − shift)² (D), Σ‖x‖]``. Works on a few images at
@@ -77,7 +78,7 @@ def _block_sums(block: np.ndarray, *, valid: np.ndarray, shift_LKD: np.ndarray, 
     step = max(1, _SUB_ROWS // t)
     for s in range(0, keep.size, step):
         x_bTD = block[keep[s:s + step], 0]
-        for k, tok in enumerate(_kind_slices(n_prefix)):
+        for k, tok in enumerate(_kind_slices(n_prefix, n_cls)):
             r = x_bTD[:, tok].astype(np.float64).reshape(-1, d)
             out[k, 0] += r.shape[0]
             out[k, 2 * d + 1] += np.sqrt(np.einsum("nd,nd->n", r, r)).sum()
@@ -162,6 +163,7 @@ def compute_stats(
         if b not in cached:
             raise StatsError(f"{store}: block {b} is not cached; cached blocks: {cached}")
     n_prefix = int(attrs["n_prefix_tokens"])
+    n_cls = int(attrs.get("n_cls_tokens", 1))  # 0 for a model without a CLS token (SigLIP)
     acts = group["acts"]
     n, n_layers, t, d = acts.shape
 
@@ -170,11 +172,12 @@ def compute_stats(
     shift = np.zeros((n_layers, 2, d), dtype=np.float64)
     for li in range(n_layers):
         row_TD = acts[first, li].astype(np.float64)
-        for k, tok in enumerate(_kind_slices(n_prefix)):
-            shift[li, k] = row_TD[tok].mean(0)
+        for k, tok in enumerate(_kind_slices(n_prefix, n_cls)):
+            if tok.stop != tok.start:
+                shift[li, k] = row_TD[tok].mean(0)
 
     x = da.from_zarr(acts)  # the zarr array itself (LocalStore; picklable for distributed workers)
-    func = functools.partial(_block_sums, valid=valid, shift_LKD=shift, n_prefix=n_prefix)
+    func = functools.partial(_block_sums, valid=valid, shift_LKD=shift, n_prefix=n_prefix, n_cls=n_cls)
     k_sums = 2 * (2 * d + 2)
     parts = x.map_blocks(func, dtype=np.float64,
                          chunks=((1,) * len(x.chunks[0]), (1,) * n_layers, (1,), (k_sums,)))
@@ -186,6 +189,8 @@ def compute_stats(
             continue
         per_kind = {}
         for k, kind in enumerate(KINDS):
+            if kind == "cls" and not n_cls:
+                continue
             part = sums_LK[li, k * (2 * d + 2):(k + 1) * (2 * d + 2)]
             per_kind[kind] = _finish(part, shift[li, k])
         layers_out[str(block)] = per_kind
@@ -201,7 +206,7 @@ def compute_stats(
         "n_images": int(n),
         "n_valid_images": int(valid.sum()),
         "n_prefix_tokens": n_prefix,
-        "kinds": {"patches": "patch tokens (registers excluded)", "cls": "CLS token"},
+        "kinds": {"patches": "patch tokens (registers excluded)", "cls": "CLS token"} if n_cls else {"patches": "patch tokens (the model has no CLS token)"},
         "note": "float64 sums over valid images (done & ~bad); var is per dimension, ddof 0; "
                 "mean_sq_centred_norm = E||x - mean||^2 = sum(var)",
         "random_weights": bool(attrs.get("model", {}).get("random_weights", False)),
@@ -240,6 +245,10 @@ def pooled(stats: dict[str, Any], block: int, kinds: tuple[str, ...]) -> tuple[n
     layer = stats["layers"].get(str(int(block)))
     if layer is None:
         raise StatsError(f"{stats.get('store')}: stats have no block {block} (have {sorted(stats['layers'])})")
+    absent = [k for k in kinds if k not in layer]
+    if absent:
+        raise StatsError(f"{stats.get('store')}: the store has no {'/'.join(absent)} tokens (its model has no CLS token); "
+                         "use sae.tokens: patches")
     parts = [(np.asarray(layer[k]["mean"], dtype=np.float64), float(layer[k]["mean_sq_centred_norm"]),
               int(layer[k]["n_tokens"])) for k in kinds]
     n = sum(p[2] for p in parts)

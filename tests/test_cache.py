@@ -124,3 +124,67 @@ def test_unfinished_store_is_refused_by_readers(project):
         CacheReader(store)
     partial = open_cache(store, require_complete=False)
     assert partial.done.values.tolist() == [True] * 8 + [False] * 4
+
+
+# ---- model families whose prefix tokens differ -------------------------------
+def _family_cache(project, family: str, **demo):
+    """A classification cache of a tiny random `family` model (all blocks cached)."""
+    from pipeline.models import build_demo_model
+
+    build_demo_model(family, project / "resources" / "models" / family, seed=0, hidden_size=32, n_layers=3,
+                     n_heads=2, image_size=64, **demo)
+    write_config(project, {
+        "models": {family: {"family": family, "source": f"resources/models/{family}", "preprocess": {"resize": 64, "crop": 64}}},
+        "caches": [{"model": family, "dataset": "cls"}],
+        "extract": {"layers": [0, 1, 2]},
+    })
+    cfg = load_config("config.yaml")
+    ref = CacheRef(family, "cls")
+    extract(cfg, ref, "train", progress=False)
+    return cfg, ref
+
+
+def test_store_of_a_model_without_cls_token(project):
+    """SigLIP: no 'cls' token_kind, the image vector is the mean of the final-normed patches,
+    stats have no CLS kind and an SAE on patches+cls is refused."""
+    from pipeline.cache import CacheError
+    from pipeline.probes.features import cls_rows
+    from pipeline.stats import StatsError, compute_stats, scaling_from_stats
+
+    cfg, ref = _family_cache(project, "siglip")
+    ds = open_cache(cfg.store(ref, "train"))
+    assert set(ds.token_kind.values) == {"patch"} and ds.sizes["token"] == 16
+    assert ds.attrs["n_cls_tokens"] == 0 and ds.attrs["n_prefix_tokens"] == 0
+    assert ds.attrs["image_readout"] == "mean_patches" and "mean" in ds.attrs["image_readout_note"]
+
+    reader = CacheReader(cfg.store(ref, "train"))
+    with pytest.raises(CacheError, match="no CLS token"):
+        reader.token_slice("cls")
+    expected, data, backbone = _reference_acts(cfg, ref, "train", [2])
+    with torch.no_grad():
+        pixels = torch.stack([preprocess_image(load_rgb(s.image), cfg.model(ref.model).preprocess) for s in data.samples])
+        hf_final = backbone.hf(pixel_values=pixels).last_hidden_state  # SigLIP applies post_layernorm to every token
+        x_ND, _, image_N = cls_rows(reader, -1, lambda a: backbone.final_norm(torch.from_numpy(a).float()))
+    torch.testing.assert_close(x_ND, hf_final.mean(1)[torch.from_numpy(image_N)], rtol=0, atol=1e-5)
+
+    stats = compute_stats(cfg.store(ref, "train"), threads=1)
+    assert set(stats["layers"]["2"]) == {"patches"}
+    assert stats["layers"]["2"]["patches"]["n_tokens"] == int(reader.valid.sum()) * 16
+    scaling_from_stats(stats, 2, "patches")
+    with pytest.raises(StatsError, match="no cls tokens"):
+        scaling_from_stats(stats, 2, "patches+cls")
+
+
+def test_store_of_dinov3_with_registers_reforwards(project):
+    """DINOv3: CLS, 4 registers, patches; re-forward from the cache (RoPE rebuilt from the grid)."""
+    cfg, ref = _family_cache(project, "dinov3")
+    ds = open_cache(cfg.store(ref, "train"))
+    assert list(ds.token_kind.values[:6]) == ["cls"] + ["register"] * 4 + ["patch"]
+    assert ds.attrs["n_cls_tokens"] == 1 and ds.attrs["n_prefix_tokens"] == 5 and ds.attrs["image_readout"] == "cls_token"
+    expected, _, backbone = _reference_acts(cfg, ref, "train", [0, 1, 2])
+    np.testing.assert_allclose(ds.acts.values, expected, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        for layer in (0, 1):
+            again = backbone.forward_from(layer, torch.from_numpy(ds.acts.values[:, layer]))
+            last = backbone.final_norm(torch.from_numpy(expected[:, 2]))
+            assert ((again - last).abs().max() / last.abs().max()).item() <= 1e-5

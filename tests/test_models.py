@@ -21,16 +21,27 @@ import transformers
 from pipeline.models import (
     FAMILIES,
     Backbone,
+    ModelLoadError,
     ModelSpec,
     build_demo_model,
     default_preprocess,
+    get_family,
     load_backbone,
     weights_sha256,
 )
-from pipeline.models.backbone import FAMILY_ACCESS
+from pipeline.models.backbone import _BlockSignature
 
 TINY = {"hidden_size": 32, "n_layers": 3, "n_heads": 2}
-IMAGE_SIZE = {"dinov2": 56, "dinov2_reg": 56, "clip": 64, "vit": 64}
+IMAGE_SIZE = {"dinov2": 56, "dinov2_reg": 56, "clip": 64, "vit": 64, "dinov3": 64, "siglip": 64}
+# Written down from the HF architectures (not read from the registry): CLS tokens,
+# register tokens of the demo model, patch size of the demo model.
+LAYOUT = {
+    "dinov2": (1, 0, 14), "dinov2_reg": (1, 4, 14), "clip": (1, 0, 16), "vit": (1, 0, 16),
+    "dinov3": (1, 4, 16), "siglip": (0, 0, 16),
+}
+# HF's own forward needs `interpolate_pos_encoding=True` at a non-native size for these
+# (DINOv2 interpolates by itself; DINOv3's RoPE covers any grid).
+NEEDS_INTERPOLATE_FLAG = {"clip", "vit", "siglip"}
 BATCH = 2
 
 
@@ -46,8 +57,8 @@ def pixels(image_size: int, seed: int = 0, batch: int = BATCH) -> torch.Tensor:
 
 def hf_final(bb: Backbone, out) -> torch.Tensor:
     """HF's final representation for every token."""
-    if bb.family == "clip":
-        return bb.hf.post_layernorm(out.last_hidden_state)
+    if bb.family == "clip":  # early transformers 5 releases keep CLIP's parts under vision_model
+        return getattr(bb.hf, "vision_model", bb.hf).post_layernorm(out.last_hidden_state)
     return out.last_hidden_state
 
 
@@ -106,7 +117,7 @@ def test_forward_matches_hf_final(loaded):
         ours = bb(x)
     assert ours.shape == (BATCH, bb.n_tokens(bb.image_size), bb.d_model)
     assert rel_err(ours, hf_final(bb, out)) <= 1e-6
-    if out.pooler_output is not None:  # ViT is loaded without its pooler
+    if out.pooler_output is not None and bb.n_cls:  # ViT is loaded without its pooler
         assert rel_err(ours[:, 0], out.pooler_output) <= 1e-6  # CLS row = HF's pooled CLS
 
 
@@ -114,7 +125,7 @@ def test_non_native_image_size_interpolates_like_hf(loaded):
     bb, _, _ = loaded
     size = bb.image_size + 2 * bb.patch_size
     x = pixels(size, seed=2)
-    kwargs = {} if bb.family.startswith("dinov2") else {"interpolate_pos_encoding": True}
+    kwargs = {"interpolate_pos_encoding": True} if bb.family in NEEDS_INTERPOLATE_FLAG else {}
     with torch.no_grad():
         out = bb.hf(pixel_values=x, output_hidden_states=True, **kwargs)
         acts = bb.forward_to(x, [1])
@@ -187,19 +198,23 @@ def test_gradient_flows_through_forward_from(loaded):
 def test_token_layout_and_attributes(loaded):
     bb, provenance, _ = loaded
     n_patches = (bb.image_size // bb.patch_size) ** 2
-    expected_registers = 4 if bb.family == "dinov2_reg" else 0
+    expected_cls, expected_registers, expected_patch = LAYOUT[bb.family]
+    assert bb.n_cls == expected_cls
     assert bb.n_registers == expected_registers
-    assert bb.n_prefix == 1 + expected_registers
-    assert bb.n_tokens(bb.image_size) == 1 + expected_registers + n_patches
+    assert bb.n_prefix == expected_cls + expected_registers
+    assert bb.prefix.kinds == ("cls",) * expected_cls + ("register",) * expected_registers
+    assert bb.n_tokens(bb.image_size) == expected_cls + expected_registers + n_patches
     assert (bb.n_blocks, bb.d_model) == (3, 32)
-    assert bb.patch_size == (14 if bb.family.startswith("dinov2") else 16)
+    assert bb.patch_size == expected_patch
     with torch.no_grad():
-        assert bb.embed(pixels(bb.image_size)).shape[1] == 1 + expected_registers + n_patches
+        assert bb.embed(pixels(bb.image_size)).shape[1] == expected_cls + expected_registers + n_patches
     for key in ("n_blocks", "d_model", "patch_size", "n_registers"):
         assert provenance[key] == getattr(bb, key)
+    assert provenance["n_cls_tokens"] == expected_cls
+    assert provenance["image_readout"] == ("cls_token" if expected_cls else "mean_patches")
     assert provenance["family"] == bb.family
     assert provenance["random_weights"] is True
-    assert provenance["model_class"] == FAMILY_ACCESS[bb.family].hf_class
+    assert provenance["model_class"] == get_family(bb.family).hf_class
     assert provenance["transformers_version"] == transformers.__version__
     assert provenance["attn_implementation"] == "sdpa"
     assert isinstance(provenance["hidden_act"], str)
@@ -243,10 +258,37 @@ def test_clip_vision_tower_loads_from_full_clip_checkpoint(tmp_path):
     assert provenance["model_class"] == "CLIPVisionModel"
     assert provenance["random_weights"] is False
     x = pixels(64)
+    # block 1's output read with a hook (transformers 5.0's CLIPVisionTransformer returns no hidden_states)
+    captured = []
+    handle = full.vision_model.encoder.layers[1].register_forward_hook(lambda m, a, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            reference = full.vision_model(pixel_values=x)
+    finally:
+        handle.remove()
+    block1 = captured[0][0] if isinstance(captured[0], tuple) else captured[0]
     with torch.no_grad():
-        reference = full.vision_model(pixel_values=x, output_hidden_states=True)
-        assert rel_err(bb.forward_to(x, [1])[:, 0], reference.hidden_states[2]) <= 1e-6
+        assert rel_err(bb.forward_to(x, [1])[:, 0], block1) <= 1e-6
         assert rel_err(bb(x)[:, 0], reference.pooler_output) <= 1e-6
+
+
+def test_siglip_vision_tower_loads_from_full_siglip_checkpoint(tmp_path):
+    """A full SiglipModel checkpoint (text tower, logit scale/bias) is a harmless superset."""
+    config = transformers.SiglipConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "vocab_size": 64},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+                       "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
+    )
+    torch.manual_seed(0)
+    full = transformers.SiglipModel(config).eval()
+    full.save_pretrained(tmp_path)
+    bb, provenance = load_backbone(ModelSpec("siglip", str(tmp_path)))
+    assert provenance["model_class"] == "SiglipVisionModel" and provenance["n_prefix"] == 0
+    x = pixels(64)
+    with torch.no_grad():
+        reference = full.vision_model(pixel_values=x).last_hidden_state
+        assert rel_err(bb(x), reference) <= 1e-6
 
 
 def test_weights_sha256_deterministic_and_marker(tmp_path):
@@ -339,7 +381,118 @@ def test_default_preprocess_values():
     assert (clip["resize"], clip["crop"]) == (224, 224)
     assert clip["mean"] == (0.48145466, 0.4578275, 0.40821073)
     assert clip["std"] == (0.26862954, 0.26130258, 0.27577711)
+    assert default_preprocess("dinov3") == dino  # the DINOv3 repo's classification eval transform
+    siglip = default_preprocess("siglip")  # SiglipImageProcessor: 224 px, bicubic, mean = std = 0.5
+    assert (siglip["resize"], siglip["crop"], siglip["interpolation"]) == (224, 224, "bicubic")
+    assert siglip["mean"] == (0.5, 0.5, 0.5) and siglip["std"] == (0.5, 0.5, 0.5)
 
 
-def test_every_family_has_an_access_entry():
-    assert set(FAMILY_ACCESS) == set(FAMILIES)
+def test_config_schema_lists_exactly_the_registered_families():
+    from pipeline.config import load_schema
+
+    assert load_schema()["$defs"]["model_family"]["enum"] == list(FAMILIES)
+    assert {"dinov2", "dinov2_reg", "clip", "vit", "dinov3", "siglip"} <= set(FAMILIES)
+
+
+# ------------------------------------------------- image vector, block calls
+def test_image_vector_is_cls_or_mean_of_patches(loaded):
+    """CLS families: token 0 (= HF's pooled CLS where HF pools); SigLIP: the mean of HF's
+    final (post_layernorm) patch tokens, not its attention-pooling head."""
+    bb, _, _ = loaded
+    x = pixels(bb.image_size, seed=6)
+    with torch.no_grad():
+        out = bb.hf(pixel_values=x)
+        vector = bb.image_vector(bb(x))
+    final = hf_final(bb, out)
+    assert vector.shape == (BATCH, bb.d_model)
+    if bb.n_cls:
+        assert rel_err(vector, final[:, 0]) <= 1e-6
+    else:
+        assert rel_err(vector, final.mean(1)) <= 1e-6  # SigLIP: every token is a patch
+        assert rel_err(vector, out.pooler_output) > 1e-2  # and it is not the pooling head
+
+
+def test_dinov3_blocks_get_rope_position_embeddings(tmp_path):
+    """The RoPE inputs the backbone builds from the grid side equal HF's from the pixels,
+    at the native size and at a larger one (forward_from has no pixels to give)."""
+    folder = build_demo_model("dinov3", tmp_path / "m", image_size=IMAGE_SIZE["dinov3"], **TINY)
+    bb, _ = load_backbone(ModelSpec("dinov3", str(folder)))
+    for size in (bb.image_size, bb.image_size + 2 * bb.patch_size):
+        x = pixels(size, seed=7)
+        with torch.no_grad():
+            cos, sin = bb.hf.rope_embeddings(x)
+            acts = bb.embed(x)
+            ours = bb._block_kwargs(acts)["position_embeddings"]
+        assert torch.equal(ours[0], cos) and torch.equal(ours[1], sin)
+
+
+class _OnlyHidden(torch.nn.Module):
+    def forward(self, hidden_states):
+        return hidden_states
+
+
+class _MaskRequired(torch.nn.Module):
+    def forward(self, hidden_states, attention_mask, **kwargs):
+        return hidden_states
+
+
+def test_block_signature_passes_only_what_the_block_takes():
+    only = _BlockSignature(_OnlyHidden())
+    assert only.select({"attention_mask": None}) == {}  # an absent mask is simply not passed
+    with pytest.raises(TypeError, match="_OnlyHidden.forward takes no 'position_embeddings'"):
+        only.select({"position_embeddings": (torch.zeros(1), torch.zeros(1))})
+    needs_mask = _BlockSignature(_MaskRequired())
+    assert needs_mask.select({"attention_mask": None}) == {"attention_mask": None}
+    with pytest.raises(TypeError, match=r"requires \['attention_mask'\]"):
+        needs_mask.select({})
+
+
+# ------------------------------------------------------- checkpoint keys
+def _rename_keys(folder: Path, old: str, new: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    state = load_file(path)
+    save_file({key.replace(old, new): value for key, value in state.items()}, path, metadata={"format": "pt"})
+
+
+def test_mis_keyed_checkpoint_is_refused_naming_the_keys(tmp_path):
+    """Block 1's weights under another name: HF would leave block 1 randomly initialised."""
+    folder = build_demo_model("dinov2", tmp_path / "m", image_size=56, **TINY)
+    (folder / "RANDOM_WEIGHTS.txt").unlink()
+    _rename_keys(folder, "layer.1.", "blk.1.")
+    with pytest.raises(ModelLoadError) as info:
+        load_backbone(ModelSpec("dinov2", str(folder)))
+    message = str(info.value)
+    assert str(folder) in message
+    assert "missing keys: encoder.layer.1." in message and "unexpected keys: encoder.blk.1." in message
+
+
+def test_documented_harmless_keys_load(tmp_path):
+    """A DINOv2 checkpoint without the masked-pretraining mask_token loads (never used here),
+    and gives the same activations as with it."""
+    from safetensors.torch import load_file, save_file
+
+    folder = build_demo_model("dinov2", tmp_path / "m", image_size=56, **TINY)
+    full, _ = load_backbone(ModelSpec("dinov2", str(folder)))
+    state = load_file(folder / "model.safetensors")
+    assert state.pop("embeddings.mask_token") is not None
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    bb, _ = load_backbone(ModelSpec("dinov2", str(folder)))
+    x = pixels(56)
+    with torch.no_grad():
+        assert torch.equal(bb(x), full(x))
+
+
+def test_cli_refuses_mis_keyed_model_in_one_line(tmp_path):
+    from helpers import build_demo_assets, run_cli, write_config
+
+    write_config(tmp_path)
+    build_demo_assets(tmp_path)
+    _rename_keys(tmp_path / "resources" / "models" / "dino", "layer.1.", "blk.1.")
+    proc = run_cli(["extract", "--model", "dino", "--dataset", "seg", "--split", "val"], tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "missing keys: encoder.layer.1." in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.zarr"))

@@ -50,6 +50,9 @@ class CacheReader:
         self.layers = tuple(int(x) for x in self.group["layer"][:])
         self.n_blocks = int(self.attrs["n_blocks"])
         self.n_prefix = int(self.attrs["n_prefix_tokens"])
+        # stores written before model families could lack a CLS token had one, read as its image vector
+        self.n_cls = int(self.attrs.get("n_cls_tokens", 1))
+        self.image_readout = self.attrs.get("image_readout", "cls_token")
         self.grid = tuple(self.attrs["grid"])
         self.n_patches = self.grid[0] * self.grid[1]
         self.task = self.attrs["task"]
@@ -101,7 +104,13 @@ class CacheReader:
         return self.group["acts"][sel]
 
     def token_slice(self, which: str) -> slice:
-        """``patches`` → the patch tokens, ``cls`` → CLS only, ``all`` → every token."""
+        """``patches`` → the patch tokens, ``cls`` → CLS only, ``all`` → every token,
+        ``image`` → the tokens whose mean is the image vector (``image_readout``: the CLS
+        token, or the patches for a model without one)."""
+        if which == "image":
+            which = "cls" if self.image_readout == "cls_token" else "patches"
+        if which == "cls" and not self.n_cls:
+            raise CacheError(f"{self.path}: the store's model ({self.attrs.get('model', {}).get('family')}) has no CLS token")
         return {"patches": slice(self.n_prefix, None), "cls": slice(0, 1), "all": slice(None)}[which]
 
     def iter_chunks(

@@ -12,13 +12,14 @@ from pipeline.config import ConfigError, load_config
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.data import BadImageError, DatasetError, MaskError
     from pipeline.models.load import ModelSourceError
+    from pipeline.models.spec import ModelLoadError
     from pipeline.prepare import PrepareError
     from pipeline.runtime import DeviceError
     from pipeline.sae.checkpoint import CheckpointError
 
     return (
         ConfigError, CacheError, BadImageError, MaskError, DatasetError, CheckpointError, DeviceError,
-        ModelSourceError, PrepareError, FileNotFoundError, FileExistsError,
+        ModelSourceError, ModelLoadError, PrepareError, FileNotFoundError, FileExistsError,
     )
 
 

@@ -1,9 +1,10 @@
 """One interface over HF vision transformers: embed, run any range of blocks, final norm.
 
 The residual stream is the sequence of token vectors carried between blocks,
-shape [B, T, D] (B images, T tokens, D width). Tokens are in HF's order:
-CLS, then the register tokens (dinov2_reg only), then the patches row by row;
-`n_prefix` = 1 + n_registers tokens come before the patches.
+shape [B, T, D] (B images, T tokens, D width). Tokens are in HF's order: the
+family's prefix tokens (CLS if it has one, then registers), then the patches row
+by row; `n_prefix` = n_cls + n_registers tokens come before the patches (see
+`pipeline.models.family.PrefixTokens`; SigLIP has none).
 
 Blocks are numbered 0 … N-1 (N = `n_blocks`); a negative block counts from the
 end (-1 is the last block). "The output of block l" is what block l hands to
@@ -15,10 +16,22 @@ block l+1, before any final norm; it equals HF's `hidden_states[l + 1]`.
     forward_to(pixels, ls)   outputs of blocks ls, [B, L, T, D]; stops after the deepest
     forward_from(l, acts)    blocks l+1 … N-1 then final_norm; reproduces forward()
     forward(pixels)          embed, all blocks, final_norm
+    image_vector(final)      one [B, D] vector per image: CLS token or mean of patches
 
-Per-family differences (where the embeddings, blocks and norms live in the HF
-model) are one `FamilyAccess` entry in `FAMILY_ACCESS`; adding a family is one
-entry there plus one name in `spec.FAMILIES`.
+Per-family differences (where the parts live in the HF model, what blocks need
+besides hidden states, prefix tokens, image vector) are one `Family` in
+`pipeline.models.families`; this module has no per-family branch.
+
+Calling blocks: a block is called the way the installed transformers' own encoder
+calls it, with the hidden states positionally plus only the keyword inputs its
+`forward` signature names (or accepts through **kwargs). The signature is read
+once, when the Backbone is built. Inputs the family provides but the block does not
+take are dropped when they are None (e.g. an absent attention mask) and are an error
+otherwise; a required argument the family does not provide is an error naming it.
+This avoids passing private keyword arguments whose presence changes between
+transformers releases (5.17's Dinov2Layer takes no `attention_mask`; 5.24's does).
+The alternative, running the HF encoder module itself, cannot start at block l or
+stop after block l, which `forward_to` / `forward_from` need.
 
 CLIP note: HF's CLIPVisionModel applies `post_layernorm` only to the pooled CLS
 token and returns un-normed `last_hidden_state`. `final_norm` here applies the
@@ -33,17 +46,19 @@ in `torch.no_grad()` / `torch.inference_mode()` when they want no gradient.
 
 from __future__ import annotations
 
+import inspect
+import math
 import operator
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import transformers
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .spec import check_family
+from .family import Family
+from .spec import ModelLoadError, get_family
 
 
 def _as_square(value: Any, what: str) -> int:
@@ -55,89 +70,48 @@ def _as_square(value: Any, what: str) -> int:
     return int(value)
 
 
-def _is_native_size(hf: nn.Module, pixels_B3HW: Tensor) -> bool:
-    native = _as_square(hf.config.image_size, "image_size")
-    return tuple(pixels_B3HW.shape[-2:]) == (native, native)
+def find_part(hf: nn.Module, family: Family, paths: tuple[str, ...], what: str) -> str:
+    """The first of `paths` (dotted attribute paths) present in `hf`; error naming them all."""
+    for path in paths:
+        try:
+            operator.attrgetter(path)(hf)
+        except AttributeError:
+            continue
+        return path
+    raise ModelLoadError(
+        f"{type(hf).__name__} (family {family.name!r}, transformers {transformers.__version__}) has none of "
+        f"{', '.join(paths)} for its {what}; this transformers version is not supported"
+    )
 
 
-def _embed_dinov2(hf: nn.Module, pixels_B3HW: Tensor) -> Tensor:
-    # Dinov2(WithRegisters)Embeddings interpolate positions themselves and insert registers.
-    return hf.embeddings(pixels_B3HW)
+class _BlockSignature:
+    """Which keyword inputs the blocks' `forward` accepts, read once from its signature."""
 
+    def __init__(self, block: nn.Module) -> None:
+        params = list(inspect.signature(block.forward).parameters.values())[1:]  # [0] = hidden states
+        self.block_class = type(block).__name__
+        self.names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        self.any_keyword = any(p.kind is p.VAR_KEYWORD for p in params)
+        self.required = {p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
-def _embed_interp_flag(hf: nn.Module, pixels_B3HW: Tensor) -> Tensor:
-    # CLIP and ViT embeddings refuse non-native sizes unless asked to interpolate.
-    return hf.embeddings(pixels_B3HW, interpolate_pos_encoding=not _is_native_size(hf, pixels_B3HW))
-
-
-def _no_registers(config: Any) -> int:
-    return 0
-
-
-@dataclass(frozen=True)
-class FamilyAccess:
-    """Where one family keeps its parts inside the HF model.
-
-    hf_class:     name of the transformers class to load.
-    load_kwargs:  extra keyword arguments for `hf_class.from_pretrained` / its constructor.
-    embeddings:   (hf, pixels_B3HW) -> [B, T, D] token embeddings incl. positions (and registers).
-    pre_norm:     hf -> norm applied after the embeddings, before block 0, or None.
-    blocks:       hf -> the ModuleList of transformer blocks.
-    final_norm:   hf -> the norm applied after the last block.
-    n_registers:  config -> number of register tokens.
-    """
-
-    hf_class: str
-    embeddings: Callable[[nn.Module, Tensor], Tensor]
-    pre_norm: Callable[[nn.Module], nn.Module | None]
-    blocks: Callable[[nn.Module], nn.ModuleList]
-    final_norm: Callable[[nn.Module], nn.Module]
-    n_registers: Callable[[Any], int] = _no_registers
-    load_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-
-
-FAMILY_ACCESS: Mapping[str, FamilyAccess] = MappingProxyType(
-    {
-        "dinov2": FamilyAccess(
-            hf_class="Dinov2Model",
-            embeddings=_embed_dinov2,
-            pre_norm=lambda hf: None,
-            blocks=lambda hf: hf.encoder.layer,
-            final_norm=lambda hf: hf.layernorm,
-        ),
-        "dinov2_reg": FamilyAccess(
-            hf_class="Dinov2WithRegistersModel",
-            embeddings=_embed_dinov2,
-            pre_norm=lambda hf: None,
-            blocks=lambda hf: hf.encoder.layer,
-            final_norm=lambda hf: hf.layernorm,
-            n_registers=lambda config: int(config.num_register_tokens),
-        ),
-        "clip": FamilyAccess(
-            hf_class="CLIPVisionModel",
-            embeddings=_embed_interp_flag,
-            pre_norm=lambda hf: hf.pre_layrnorm,
-            blocks=lambda hf: hf.encoder.layers,
-            final_norm=lambda hf: hf.post_layernorm,
-        ),
-        "vit": FamilyAccess(
-            hf_class="ViTModel",
-            embeddings=_embed_interp_flag,
-            pre_norm=lambda hf: None,
-            blocks=lambda hf: hf.layers,
-            final_norm=lambda hf: hf.layernorm,
-            load_kwargs=MappingProxyType({"add_pooling_layer": False}),
-        ),
-    }
-)
-
-
-def family_access(family: str) -> FamilyAccess:
-    """The `FamilyAccess` entry for `family` (ValueError naming it if unknown)."""
-    check_family(family)
-    if family not in FAMILY_ACCESS:
-        raise ValueError(f"family {family!r} is in FAMILIES but has no FAMILY_ACCESS entry")
-    return FAMILY_ACCESS[family]
+    def select(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The subset of `inputs` to pass; errors for inputs that matter but cannot be passed."""
+        missing = self.required - inputs.keys()
+        if missing:
+            raise TypeError(
+                f"{self.block_class}.forward requires {sorted(missing)} (transformers {transformers.__version__}), "
+                "which the model family does not provide"
+            )
+        chosen = {}
+        for name, value in inputs.items():
+            if name in self.names or self.any_keyword:
+                chosen[name] = value
+            elif value is not None:
+                raise TypeError(
+                    f"{self.block_class}.forward takes no {name!r} (transformers {transformers.__version__}), "
+                    "but the model family needs it"
+                )
+        return chosen
 
 
 def _block_tensor(out: Any) -> Tensor:
@@ -148,23 +122,38 @@ def _block_tensor(out: Any) -> Tensor:
 class Backbone(nn.Module):
     """A HF vision transformer behind one residual-stream interface (see module docstring).
 
-    Attributes: family, hf (the HF model), n_blocks (N), d_model (D), patch_size,
-    image_size (native), n_registers, n_prefix (= 1 + n_registers).
+    Attributes: family (name), spec (its `Family`), hf (the HF model), n_blocks (N),
+    d_model (D), patch_size, image_size (native), prefix (`PrefixTokens`), n_cls
+    (0 or 1), n_registers, n_prefix (= n_cls + n_registers), image_readout.
     """
 
     def __init__(self, family: str, hf_model: nn.Module) -> None:
         super().__init__()
-        self.family = check_family(family)
-        self.access = family_access(family)
+        self.spec = get_family(family)
+        self.family = self.spec.name
         self.hf = hf_model
         config = hf_model.config
+        # dotted paths (not module attributes, which would register the parts twice)
+        self._paths = {
+            what: find_part(hf_model, self.spec, paths, what)
+            for what, paths in (("embeddings", self.spec.embeddings), ("blocks", self.spec.blocks),
+                                ("final_norm", self.spec.final_norm), ("pre_norm", self.spec.pre_norm))
+            if paths
+        }
         self.n_blocks = len(self.blocks)
+        self._block_signature = _BlockSignature(self.blocks[0])
         self.d_model = int(config.hidden_size)
         self.patch_size = _as_square(config.patch_size, "patch_size")
         self.image_size = _as_square(config.image_size, "image_size")
-        self.n_registers = int(self.access.n_registers(config))
-        self.n_prefix = 1 + self.n_registers
+        self.prefix = self.spec.prefix(config)
+        self.n_cls = self.prefix.n_cls
+        self.n_registers = self.prefix.n_registers
+        self.n_prefix = self.prefix.n_prefix
+        self.image_readout = self.spec.image_readout
         self.eval()
+
+    def _part(self, what: str) -> nn.Module:
+        return operator.attrgetter(self._paths[what])(self.hf)
 
     # ----------------------------------------------------------------- state
     def train(self, mode: bool = True) -> Backbone:
@@ -174,7 +163,7 @@ class Backbone(nn.Module):
     @property
     def blocks(self) -> nn.ModuleList:
         """The HF blocks (register hooks on `blocks[l]` to edit block l's output)."""
-        return self.access.blocks(self.hf)
+        return self._part("blocks")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -187,7 +176,7 @@ class Backbone(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"family={self.family!r}, n_blocks={self.n_blocks}, d_model={self.d_model}, "
-            f"patch_size={self.patch_size}, n_registers={self.n_registers}"
+            f"patch_size={self.patch_size}, n_cls={self.n_cls}, n_registers={self.n_registers}"
         )
 
     # --------------------------------------------------------------- helpers
@@ -233,21 +222,43 @@ class Backbone(nn.Module):
         if pixels_B3HW.ndim != 4 or pixels_B3HW.shape[1] != 3:
             raise ValueError(f"expected pixels of shape [B, 3, H, W], got {tuple(pixels_B3HW.shape)}")
         pixels = pixels_B3HW.to(device=self.device, dtype=self.dtype)
-        x_BTD = self.access.embeddings(self.hf, pixels)
-        pre_norm = self.access.pre_norm(self.hf)
-        return x_BTD if pre_norm is None else pre_norm(x_BTD)
+        native = tuple(pixels.shape[-2:]) == (self.image_size, self.image_size)
+        x_BTD = self.spec.embed(self._part("embeddings"), pixels, native)
+        return self._part("pre_norm")(x_BTD) if "pre_norm" in self._paths else x_BTD
+
+    def grid_side(self, n_tokens: int) -> int:
+        """Patches per side of a square grid from the token count T."""
+        n_patches = n_tokens - self.n_prefix
+        side = math.isqrt(max(n_patches, 0))
+        if n_patches <= 0 or side * side != n_patches:
+            raise ValueError(f"{n_tokens} tokens minus {self.n_prefix} prefix tokens is not a square grid of patches")
+        return side
+
+    def _block_kwargs(self, x_BTD: Tensor) -> dict[str, Any]:
+        """The keyword inputs every block gets for this stream (see "Calling blocks" above)."""
+        return self._block_signature.select(self.spec.block_inputs(self, x_BTD))
 
     def run_blocks(self, x_BTD: Tensor, start: int, stop: int) -> Tensor:
         """Run blocks start … stop-1 (0 ≤ start ≤ stop ≤ N) on x_BTD."""
         if not 0 <= start <= stop <= self.n_blocks:
             raise ValueError(f"block range [{start}, {stop}) is not within [0, {self.n_blocks}]")
+        if start == stop:
+            return x_BTD
+        kwargs = self._block_kwargs(x_BTD)
         for block in self.blocks[start:stop]:
-            x_BTD = _block_tensor(block(x_BTD, attention_mask=None))
+            x_BTD = _block_tensor(block(x_BTD, **kwargs))
         return x_BTD
 
     def final_norm(self, x_BTD: Tensor) -> Tensor:
         """The model's final norm on every token (CLIP: post_layernorm, see module docstring)."""
-        return self.access.final_norm(self.hf)(x_BTD)
+        return self._part("final_norm")(x_BTD)
+
+    def image_vector(self, final_BTD: Tensor) -> Tensor:
+        """One vector per image, [B, D], from final-normed tokens: the family's `image_readout`
+        (the CLS token, or the mean of the patch tokens for families without one)."""
+        if self.image_readout == "cls_token":
+            return final_BTD[:, 0]
+        return final_BTD[:, self.n_prefix :].mean(1)
 
     def forward_to(self, pixels_B3HW: Tensor, layers: Sequence[int]) -> Tensor:
         """Outputs of the given blocks, [B, L, T, D], in the order given.
@@ -260,8 +271,9 @@ class Backbone(nn.Module):
         wanted = set(resolved)
         outputs: dict[int, Tensor] = {}
         x_BTD = self.embed(pixels_B3HW)
-        for index in range(max(resolved) + 1):
-            x_BTD = self.run_blocks(x_BTD, index, index + 1)
+        kwargs = self._block_kwargs(x_BTD)
+        for index, block in enumerate(self.blocks[: max(resolved) + 1]):
+            x_BTD = _block_tensor(block(x_BTD, **kwargs))
             if index in wanted:
                 outputs[index] = x_BTD
         return torch.stack([outputs[index] for index in resolved], dim=1)

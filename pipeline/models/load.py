@@ -11,18 +11,27 @@ Where the weights come from:
     failure is re-raised as OSError naming the source and revision.
 
 Attention: "sdpa" (torch's scaled_dot_product_attention) wherever the HF class
-declares support for it (all four families do in transformers 5), else "eager".
+declares support for it (every registered family does in transformers 5), else "eager".
 Both compute the same attention; sdpa is faster and uses less memory.
+
+Checkpoint keys: a checkpoint whose weights do not fit the architecture (keys the
+model expects but the files lack, or keys the files have but the model does not use)
+is refused with `ModelLoadError` naming the keys, instead of running on randomly
+initialised parts. Only the family's documented harmless keys are allowed
+(`Family.harmless_missing` / `harmless_unexpected`, e.g. CLIP's text tower in a full
+CLIPModel checkpoint, or DINOv2's masked-pretraining `mask_token`).
 
 Provenance keys: family, source, revision, commit (hub snapshot commit, None for
 folders), resolved_path, weight_files, weights_sha256, n_blocks, d_model,
-patch_size, image_size, n_registers, n_prefix, hidden_act, random_weights,
-attn_implementation, dtype, model_class, transformers_version, torch_version.
+patch_size, image_size, n_cls_tokens, n_registers, n_prefix, image_readout,
+hidden_act, random_weights, attn_implementation, dtype, model_class,
+transformers_version, torch_version.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import torch
@@ -31,8 +40,9 @@ from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .backbone import Backbone, family_access
-from .spec import ModelSpec
+from .backbone import Backbone
+from .family import Family
+from .spec import ModelLoadError, ModelSpec, get_family
 
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"
 _PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
@@ -108,6 +118,22 @@ def _hub_snapshot(spec: ModelSpec) -> Path:
     return Path(cached).parent
 
 
+def check_checkpoint_keys(family: Family, loading_info: dict, where: str) -> None:
+    """Refuse missing / unexpected checkpoint keys other than the family's harmless ones."""
+    problems = []
+    for kind, allowed in (("missing_keys", family.harmless_missing), ("unexpected_keys", family.harmless_unexpected)):
+        bad = sorted(key for key in loading_info.get(kind) or () if not any(re.match(p, key) for p in allowed))
+        if bad:
+            shown = ", ".join(bad[:8]) + (f", … ({len(bad)} in all)" if len(bad) > 8 else "")
+            problems.append(f"{kind.replace('_', ' ')}: {shown}")
+    if problems:
+        raise ModelLoadError(
+            f"{where}: the checkpoint's weights do not fit {family.hf_class} (family {family.name!r}, "
+            f"transformers {transformers.__version__}); {'; '.join(problems)}. Loaded anyway, the missing "
+            "weights would be random and the unexpected ones ignored; check the family and the checkpoint"
+        )
+
+
 def load_backbone(
     spec: ModelSpec,
     *,
@@ -115,18 +141,18 @@ def load_backbone(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Backbone, dict]:
     """Load `spec` as a `Backbone` in eval mode on `device`/`dtype`, plus its provenance dict."""
-    access = family_access(spec.family)
-    hf_class = getattr(transformers, access.hf_class)
+    family = get_family(spec.family)
+    hf_class = getattr(transformers, family.hf_class)
     attn = _attn_implementation(hf_class)
-    kwargs = dict(access.load_kwargs, dtype=dtype, attn_implementation=attn)
+    kwargs = dict(family.load_kwargs, dtype=dtype, attn_implementation=attn, output_loading_info=True)
 
     folder = _local_folder(spec.source)
     if folder is not None:
-        hf_model = hf_class.from_pretrained(folder, **kwargs)
+        hf_model, loading_info = hf_class.from_pretrained(folder, **kwargs)
         resolved, commit = folder, None
     else:
         try:
-            hf_model = hf_class.from_pretrained(spec.source, revision=spec.revision, **kwargs)
+            hf_model, loading_info = hf_class.from_pretrained(spec.source, revision=spec.revision, **kwargs)
         except (OSError, HFValidationError) as error:
             raise ModelSourceError(
                 f"could not load {spec.family} model {spec.source!r} (revision {spec.revision!r}) "
@@ -137,6 +163,7 @@ def load_backbone(
         resolved = _hub_snapshot(spec)
         commit = resolved.name
 
+    check_checkpoint_keys(family, loading_info, f"model {spec.source!r}")
     backbone = Backbone(spec.family, hf_model.to(device))
     config = hf_model.config
     provenance = {
@@ -151,8 +178,10 @@ def load_backbone(
         "d_model": backbone.d_model,
         "patch_size": backbone.patch_size,
         "image_size": backbone.image_size,
+        "n_cls_tokens": backbone.n_cls,
         "n_registers": backbone.n_registers,
         "n_prefix": backbone.n_prefix,
+        "image_readout": backbone.image_readout,
         "hidden_act": getattr(config, "hidden_act", None),
         "random_weights": (resolved / RANDOM_WEIGHTS_MARKER).is_file(),
         "attn_implementation": attn,

@@ -1,34 +1,35 @@
 """What model to load: the family, where its weights live, and its default preprocessing.
 
-A `ModelSpec` names one of the supported `FAMILIES` and a `source`, which is either
+A `ModelSpec` names one of the registered `FAMILIES` and a `source`, which is either
 a local folder written by `save_pretrained` or a Hugging Face hub id. The family
-decides which HF class is used and how the residual stream is read out of it
-(see `pipeline.models.backbone`).
-
-Families (HF class):
-    dinov2      Dinov2Model                 (DINOv2, no registers)
-    dinov2_reg  Dinov2WithRegistersModel    (DINOv2 with register tokens)
-    clip        CLIPVisionModel             (vision tower; also loads from a full CLIPModel checkpoint)
-    vit         ViTModel                    (plain ViT, e.g. DINO v1 `facebook/dino-vitb16`)
+decides which HF class is used and how the residual stream is read out of it; the
+families and their facts live in `pipeline.models.families` (one module each).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-FAMILIES = ("dinov2", "dinov2_reg", "clip", "vit")
+from pipeline.models.families import FAMILY_REGISTRY
+from pipeline.models.family import Family
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+FAMILIES = tuple(FAMILY_REGISTRY)
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint that does not fit its family's architecture (names the folder and the keys)."""
 
 
 def check_family(family: str) -> str:
     """Return `family` unchanged if it is one of `FAMILIES`, else raise ValueError naming it."""
-    if family not in FAMILIES:
+    if family not in FAMILY_REGISTRY:
         raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
     return family
+
+
+def get_family(family: str) -> Family:
+    """The registered `Family` named `family` (ValueError naming it if unknown)."""
+    return FAMILY_REGISTRY[check_family(family)]
 
 
 @dataclass(frozen=True)
@@ -57,19 +58,4 @@ def default_preprocess(family: str) -> dict:
     Returns a dict with keys: resize (shorter side, px), crop (centre crop, px),
     mean and std (per RGB channel, for pixels in [0, 1]) and interpolation.
     """
-    check_family(family)
-    if family == "clip":
-        return {
-            "resize": 224,
-            "crop": 224,
-            "mean": _CLIP_MEAN,
-            "std": _CLIP_STD,
-            "interpolation": "bicubic",
-        }
-    return {
-        "resize": 256,
-        "crop": 224,
-        "mean": _IMAGENET_MEAN,
-        "std": _IMAGENET_STD,
-        "interpolation": "bicubic",
-    }
+    return dict(get_family(family).preprocess)

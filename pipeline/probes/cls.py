@@ -1,4 +1,4 @@
-"""Image-classification linear probe on cached CLS tokens (saev contrib.classification, from the cache).
+"""Image-classification linear probe on cached image vectors (saev contrib.classification, from the cache).
 
 Reads only the activation store (train and val splits of ``probes.cls.cache``); no image is
 decoded and no ViT block runs (the backbone is loaded for its final norm only). Outputs go
@@ -7,7 +7,9 @@ to ``<results>/probes/cls/<model>/<dataset>/``.
 Input
     ``final_norm(CLS token of block layer's output)``, float32 [D] per image. For CLIP the
     final norm is ``post_layernorm``, so at the last block this is HF's ``pooler_output``.
-    All CLS rows fit in memory: each split is read once; every epoch is a fresh permutation
+    A model family without a CLS token (SigLIP) gives the mean of the final-normed patch
+    tokens instead (the store's ``image_readout``; see ``features.cls_rows``).
+    All image vectors fit in memory: each split is read once; every epoch is a fresh permutation
     (seeded ``seed + epoch``) of the train rows, shared by every sweep member (``fit_sweep``).
 
 Evaluation (val split, every member at once)
@@ -37,6 +39,7 @@ import torch
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.probes import figures
+from pipeline.models.family import READOUTS
 from pipeline.probes.features import best_meta, probe_setup, cls_rows, FinalNorm, in_memory_epochs
 from pipeline.probes.linear import ProbeSweep, ProbeTrainConfig, best_member, epoch_table, fit_sweep, member_grid, member_state, save_probe, sweep_table
 from pipeline.runtime import describe_device
@@ -131,7 +134,7 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     meta = best_meta(
         "cls", pc, stores, norm, members, best, best_metrics, selected_by="val top1_acc",
         device_name=device_name, threads=threads, seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        top_k=min(5, c), input=f"final_norm(CLS token of block {stores.block}'s output), float32", confusion=conf,
+        top_k=min(5, c), input=f"{READOUTS[stores.train.image_readout]} of block {stores.block}'s output, float32", confusion=conf,
         n_train_images=len(y_train), n_val_images=len(y_val),
     )
     save_probe(out_dir / "best", member_state(sweep, best), meta)

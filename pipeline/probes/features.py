@@ -18,7 +18,8 @@ normalising every token and then selecting; only those rows are normalised.
   The final norm runs per chunk on the CPU (large ops are cheaper than many small ones), per
   batch on a GPU (the buffer then holds the stored dtype: half the bytes to move).
 - :func:`patch_chunks` yields val patches chunk by chunk, in order (evaluation).
-- :func:`cls_rows` reads every image's CLS row once (they fit in memory) and
+- :func:`cls_rows` reads every image's vector once (the CLS row, or the mean of the patch
+  rows for a model without a CLS token; they fit in memory) and
   :func:`in_memory_epochs` shuffles them per epoch.
 
 Store problems (missing, unfinished, no labels, labels out of range, mismatched train/val)
@@ -276,11 +277,15 @@ def patch_chunks(reader: CacheReader, layer: int, norm: FinalNorm) -> Iterator[t
 
 
 def cls_rows(reader: CacheReader, layer: int, norm: FinalNorm) -> tuple[Tensor, np.ndarray, np.ndarray]:
-    """Every valid image's final CLS vector, read once: ``(x_ND float32 on device, y_N int64, image_N)``."""
+    """Every valid image's final image vector, read once: ``(x_ND float32 on device, y_N int64, image_N)``.
+
+    The image vector is the store's ``image_readout``: the final-normed CLS token, or for a
+    model without one (SigLIP) the mean of the final-normed patch tokens.
+    """
     labels_N = reader.labels("label").astype(np.int64)
     xs, images = [], []
-    for image_B, acts_B1D in reader.iter_chunks(layer, tokens="cls"):
-        xs.append(norm(acts_B1D[:, 0]))
+    for image_B, acts_BTD in reader.iter_chunks(layer, tokens="image"):
+        xs.append(norm(acts_BTD).mean(1))  # one CLS token: itself; patches: their mean
         images.append(image_B)
     image_N = np.concatenate(images)
     y_N = labels_N[image_N]
