@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-from pipeline.commands import USER_ERRORS
+from pipeline import commands, provenance
 
 # step name -> module that defines add_parser(subparsers); imported lazily so --help is fast.
 STEPS = {
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        provenance.check_cli_step(args)  # an upstream output made from another config: refused here
         result = args.func(args)
-    except USER_ERRORS as err:  # bad input: one clear line naming the file/key/value, no traceback
+    except commands.USER_ERRORS as err:  # bad input: one clear line naming the file/key/value, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

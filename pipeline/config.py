@@ -1,7 +1,7 @@
 """The configuration: read once, validated once, passed down as frozen dataclasses.
 
 Reads a YAML file (``config.yaml`` by default), validates it against
-``workflow/schemas/config.schema.yaml`` (JSON Schema draft 2020-12, the same
+``pipeline/schemas/config.schema.yaml`` (JSON Schema draft 2020-12, the same
 schema Snakemake validates with), fills defaults, checks cross references
 (a cache names a model and a dataset that exist), and returns a ``Config``.
 Nothing below this module reads the YAML or the environment.
@@ -22,7 +22,8 @@ import yaml
 from pipeline.data.transforms import Preprocess
 from pipeline.models.spec import FAMILIES, ModelSpec, default_preprocess
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+# Ships inside the package (package-data), so a wheel install validates like a clone does.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 SPLITS = ("train", "val")
 
 

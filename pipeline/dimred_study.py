@@ -72,6 +72,7 @@ from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 from pipeline.probes.features import FinalNorm, ProbeStores, check_label_range, in_memory_epochs, open_probe_stores, patch_chunks, seg_train_labels, store_record
 from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep
 from pipeline.probes.seg import PROTOCOL, seg_metrics, upsampled_predictions
+from pipeline.provenance import record
 from pipeline.runtime import describe_device, resolve_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -384,6 +385,7 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
         "stores": {"train": store_record(stores.train), "val": store_record(stores.val)},
         "random_weights": stores.random_weights,
         "config": to_jsonable(dc),
+        "provenance": record(cfg, "dimred"),
         "package_version": pipeline.__version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

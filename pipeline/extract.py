@@ -401,7 +401,9 @@ def _worker_init(parent_pid: int, worker_id: int) -> None:
     die_with_parent(parent_pid)
 
 
-def write_part_sentinel(path: Path, report: ExtractReport) -> None:
-    """The file Snakemake tracks for a part (the store itself is shared, never a job output)."""
+def write_part_sentinel(path: Path, report: ExtractReport, provenance: dict | None = None) -> None:
+    """The file Snakemake tracks for a part (the store itself is shared, never a job output),
+    with the config record of the extraction (``pipeline.provenance.record``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**report.__dict__, "images_per_second": report.images_per_second}, indent=1) + "\n")
+    doc = {**report.__dict__, "images_per_second": report.images_per_second, "provenance": provenance}
+    path.write_text(json.dumps(doc, indent=1) + "\n")

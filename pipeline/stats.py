@@ -271,11 +271,13 @@ def run_stats(cfg, model: str, dataset: str, split: str, *, scheduler: str | Non
     """The ``stats`` step: compute and write the stats of one store; return a short summary."""
     from pipeline.config import CacheRef
     from pipeline.paths import stats_path
+    from pipeline.provenance import record
     from pipeline.runtime import available_cpus
 
     store = cfg.store(CacheRef(model, dataset), split)
     threads = max(1, min(int(cfg.threads), available_cpus()))
     stats = compute_stats(store, scheduler=scheduler, threads=threads)
+    stats["provenance"] = record(cfg, "stats", model=model, dataset=dataset, split=split)
     path = write_stats(stats, out or stats_path(cfg, CacheRef(model, dataset), split))
     summary = {"stats": str(path), "store": str(store), "computed_with": stats["computed_with"],
                "n_valid_images": stats["n_valid_images"]}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cache import CacheError
+from typing import Any
+
 from pipeline.config import ConfigError, load_config
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from pipeline.cache import CacheError
     from pipeline.data import BadImageError, DatasetError, MaskError
     from pipeline.models.load import ModelSourceError
     from pipeline.models.spec import ModelLoadError
@@ -23,7 +25,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-USER_ERRORS = _user_errors()
+def __getattr__(name: str) -> Any:
+    # USER_ERRORS is built on first use: the cache's classes import zarr / xarray / dask, which
+    # `python -m pipeline --help` and a config error need not pay for.
+    if name == "USER_ERRORS":
+        return _user_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:

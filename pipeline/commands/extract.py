@@ -32,11 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_extract(args: argparse.Namespace) -> dict:
     from pipeline.extract import extract, write_part_sentinel
+    from pipeline.provenance import record
 
     cfg = config_from_args(args)
     report = extract(cfg, CacheRef(args.model, args.dataset), args.split, part=args.part, of=args.of, progress=not args.no_progress)
     if args.sentinel:
-        write_part_sentinel(args.sentinel, report)
+        write_part_sentinel(args.sentinel, report, record(cfg, "extract", model=args.model, dataset=args.dataset, split=args.split))
     return {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
 
 
@@ -44,10 +45,12 @@ def run_finalize(args: argparse.Namespace) -> dict:
     import json
 
     from pipeline.cache import finalize
+    from pipeline.provenance import record
 
     cfg = config_from_args(args)
     summary = finalize(cfg.store(CacheRef(args.model, args.dataset), args.split))
     if args.sentinel:
         args.sentinel.parent.mkdir(parents=True, exist_ok=True)
-        args.sentinel.write_text(json.dumps(summary, indent=1) + "\n")
+        doc = {**summary, "provenance": record(cfg, "finalize", model=args.model, dataset=args.dataset, split=args.split)}
+        args.sentinel.write_text(json.dumps(doc, indent=1) + "\n")
     return summary

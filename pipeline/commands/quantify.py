@@ -24,30 +24,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_quantify)
 
 
-def _require(cfg: Config):
-    if cfg.sae is None or cfg.seg_probe is None:
-        raise ConfigError(f"{cfg.source}: quantify needs both an `sae` and a `probes: seg` section")
-    q = cfg.quantify
-    if q is None:
-        from pipeline.config import QuantifyConfig
+def _require(cfg: Config, step: str):
+    """The checked ``quantify`` section (upstream outputs were checked by ``provenance.check_cli_step``)."""
+    from pipeline.provenance import require_quantify
 
-        q = QuantifyConfig()
-    if cfg.sae.cache != cfg.seg_probe.cache:
-        raise ConfigError(f"{cfg.source}: key sae/cache and probes/seg/cache must name the same (model, dataset) for quantify")
-    if cfg.seg_probe.layer != -1:
-        raise ConfigError(f"{cfg.source}: key probes/seg/layer must be -1 (the final representation) for quantify")
-    return q
+    return require_quantify(cfg)
 
 
 def run_class_f1(args: argparse.Namespace) -> dict:
     from pipeline.cache import CacheReader
     from pipeline.feature_selection import class_latent_f1, save_f1
     from pipeline.paths import class_f1_path, sae_dir
+    from pipeline.provenance import record
     from pipeline.runtime import resolve_device, set_threads
     from pipeline.sae import load_checkpoint
 
     cfg = config_from_args(args)
-    q = _require(cfg)
+    q = _require(cfg, "class-f1")
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     sae, _, scaling = load_checkpoint(sae_dir(cfg) / "sae.pt")
@@ -55,7 +48,8 @@ def run_class_f1(args: argparse.Namespace) -> dict:
     ds = class_latent_f1(train, cfg.sae.layer, sae, scaling, q.thresholds, device=device)
     out = class_f1_path(cfg)
     save_f1(ds, out)
-    summary = {"store": str(train.path), "n_tokens": ds.attrs["n_tokens"], "thresholds": list(q.thresholds), "written": str(out)}
+    summary = {"store": str(train.path), "n_tokens": ds.attrs["n_tokens"], "thresholds": list(q.thresholds), "written": str(out),
+               "provenance": record(cfg, "class-f1")}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -64,7 +58,7 @@ def run_propose(args: argparse.Namespace) -> dict:
     from pipeline.proposals import write_proposals
 
     cfg = config_from_args(args)
-    q = _require(cfg)
+    q = _require(cfg, "propose")
     return write_proposals(cfg, q)
 
 
@@ -77,17 +71,19 @@ def run_quantify(args: argparse.Namespace) -> dict:
     from pipeline.models import load_backbone
     from pipeline.paths import class_f1_path, probe_stem, quantify_dir, quantitative_csv, sae_dir
     from pipeline.probes import load_probe
+    from pipeline.provenance import check_weights
     from pipeline.quantify import provenance_columns, resolve_manual, run, write_outputs
     from pipeline.runtime import describe_device, resolve_device, set_threads
     from pipeline.sae import load_checkpoint, load_latent_stats
 
     cfg = config_from_args(args)
-    q = _require(cfg)
+    q = _require(cfg, "quantify")
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     val = CacheReader(cfg.store(cfg.sae.cache, "val"))
     val.require("patch_label")
-    backbone, _ = load_backbone(cfg.model(cfg.sae.cache.model).spec, device=device)
+    backbone, model_provenance = load_backbone(cfg.model(cfg.sae.cache.model).spec, device=device)
+    check_weights(val.attrs, model_provenance, val.path)
     sae_path = sae_dir(cfg) / "sae.pt"
     sae, _, scaling = load_checkpoint(sae_path)
     if scaling is None:

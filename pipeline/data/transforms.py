@@ -15,10 +15,13 @@ PIL + numpy only (no torchvision).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: reading a config must not load it
+    import torch
 
 __all__ = ["Preprocess", "CropGeometry", "crop_geometry", "preprocess_image", "preprocess_mask"]
 
@@ -114,6 +117,8 @@ def preprocess_image(img: Image.Image, pre: Preprocess) -> torch.Tensor:
 
     Raises ValueError if ``img`` is not mode "RGB" (use ``load_rgb`` first).
     """
+    import torch
+
     if img.mode != "RGB":
         raise ValueError(f"preprocess_image needs an RGB image, got mode {img.mode!r}")
     geo = crop_geometry(img.width, img.height, pre)

@@ -42,7 +42,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .backbone import Backbone
 from .family import Family
-from .spec import ModelLoadError, ModelSpec, get_family
+from .spec import ModelLoadError, ModelSpec, get_family, weight_files
 
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"
 _PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
@@ -51,17 +51,6 @@ _HASH_CHUNK = 1 << 20
 
 class ModelSourceError(OSError):
     """A hub id that could not be loaded (no network, unknown id or revision)."""
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The weight files of a saved model: *.safetensors, else *.bin, sorted by name."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors"), key=lambda p: p.name)
-    if not files:
-        files = sorted(folder.glob("*.bin"), key=lambda p: p.name)
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors or *.bin weight files in {str(folder)!r}")
-    return files
 
 
 def weights_sha256(folder: Path) -> str:

@@ -9,6 +9,7 @@ families and their facts live in `pipeline.models.families` (one module each).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.models.families import FAMILY_REGISTRY
 from pipeline.models.family import Family
@@ -59,3 +60,17 @@ def default_preprocess(family: str) -> dict:
     mean and std (per RGB channel, for pixels in [0, 1]) and interpolation.
     """
     return dict(get_family(family).preprocess)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a saved model: *.safetensors, else *.bin, sorted by name.
+
+    Here, not in ``load``, so the workflow can list them as inputs without importing torch.
+    """
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"), key=lambda p: p.name)
+    if not files:
+        files = sorted(folder.glob("*.bin"), key=lambda p: p.name)
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors or *.bin weight files in {str(folder)!r}")
+    return files

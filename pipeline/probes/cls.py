@@ -42,6 +42,7 @@ from pipeline.probes import figures
 from pipeline.models.family import READOUTS
 from pipeline.probes.features import best_meta, probe_setup, cls_rows, FinalNorm, in_memory_epochs
 from pipeline.probes.linear import ProbeSweep, ProbeTrainConfig, best_member, epoch_table, fit_sweep, member_grid, member_state, save_probe, sweep_table
+from pipeline.provenance import record
 from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
 
     member = members[best]
     meta = best_meta(
-        "cls", pc, stores, norm, members, best, best_metrics, selected_by="val top1_acc",
+        "cls", pc, stores, norm, members, best, best_metrics, selected_by="val top1_acc", provenance=record(cfg, "probe-cls"),
         device_name=device_name, threads=threads, seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
         top_k=min(5, c), input=f"{READOUTS[stores.train.image_readout]} of block {stores.block}'s output, float32", confusion=conf,
         n_train_images=len(y_train), n_val_images=len(y_val),

@@ -86,6 +86,7 @@ from pipeline.probes.linear import (
     save_probe,
     sweep_table,
 )
+from pipeline.provenance import record
 from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
@@ -296,7 +297,7 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
 
     member = members[best]
     meta = best_meta(
-        "seg", pc, stores, norm, members, best, best_metrics, selected_by="val pixel_miou",
+        "seg", pc, stores, norm, members, best, best_metrics, selected_by="val pixel_miou", provenance=record(cfg, "probe-seg"),
         device_name=device_name, threads=threads, seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
         protocol=PROTOCOL, input=f"final_norm(output of block {stores.block}) at the patch tokens, float32",
         n_train_patches=n_train, n_val_images=int(stores.val.valid.sum()),

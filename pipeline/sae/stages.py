@@ -74,6 +74,7 @@ from pipeline.cache.stream import (
     token_rows,
 )
 from pipeline.paths import sae_dir, stats_path
+from pipeline.provenance import record
 from pipeline.config import CacheRef, Config, ConfigError, SAEConfig
 
 from .checkpoint import load_checkpoint
@@ -296,6 +297,7 @@ def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block:
         "stats": str(stats),
         "scaling_note": f"(x - mean) * scalar, mean and E||x - mean||^2 of the {sc.tokens} tokens of the train store",
         "random_weights": train.random_weights,
+        "provenance": record(cfg, "sae-train"),
     }
 
 
@@ -395,7 +397,7 @@ def write_train_outputs(trained: list[TrainedSAE], members: list[SAEHparams], ou
                 f"(its L0: {reason['l0']:.3g})"),
     }
     chosen.save(out / "sae.pt", extra_cfg={**prov, "member": slugs[pos], "chosen": reason})
-    _write_json(out / "chosen.json", {**record, **{k: prov[k] for k in ("store", "store_config_hash", "layer", "tokens")},
+    _write_json(out / "chosen.json", {**record, **{k: prov[k] for k in ("store", "store_config_hash", "layer", "tokens", "provenance") if k in prov},
                                       "created": _now()})
     return {
         "out": str(out),
@@ -491,6 +493,7 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
         "selected": [int(i) for i in selected],
         "seconds": round(seconds, 2),
         "created": _now(),
+        "provenance": record(cfg, "sae-latents"),
     }
     _write_json(out / "latents.json", summary)
     return {k: v for k, v in summary.items() if k != "selected"}
@@ -580,6 +583,7 @@ def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
                "at evenly spaced ranks of their firing frequency; listed most frequent first",
         "random_weights": reader.random_weights,
         "created": _now(),
+        "provenance": record(cfg, "sae-gallery"),
     })
     return {"index": str(index), "n_latents": int(latent_ids.size), "candidates": int(selected.size), "source": source}
 

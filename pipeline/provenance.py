@@ -1,0 +1,403 @@
+"""Which config keys each step reads, the provenance record its outputs carry, and the check
+that refuses an upstream output made from another config.
+
+One table (:data:`STEPS`) says, per ``python -m pipeline STEP``, the config keys the step reads
+(dotted YAML keys, ``{model}``-style fields filled from the step's own keys) and the upstream
+steps whose outputs it reads. From it:
+
+* :func:`record` — ``{"step", "keys", "config", "hash"}``: ``config`` is every key the step
+  depends on, its own and its upstream steps' (transitively), with its resolved value
+  (defaults filled in), and ``hash`` is :func:`~pipeline.config.stable_hash` of it. Each stage
+  writes it into its JSON output; each Snakemake rule passes ``hash`` as a ``params`` value,
+  so Snakemake's params trigger reruns exactly the steps whose keys changed (and, through
+  their newer outputs, everything downstream). No file path of the config itself and no
+  ``paths`` entry is hashed: two configs sharing a cache plan the same extraction, and
+  ``--configfile config.yaml`` plans what ``config.yaml`` by default does.
+* :func:`check_inputs` — before a step runs by hand: each upstream JSON's recorded hash must
+  equal the one the current config gives, and each store it reads must have been extracted
+  with the current ``models`` / ``datasets`` / ``extract`` keys; else :class:`StaleInputError`
+  names the file and the changed keys.
+* :func:`check_plan` — the cross-stage checks Snakemake runs when it builds the DAG (before
+  any job): every stage's layer is cached.
+
+Reads: the config, upstream JSON outputs, store attributes (``zarr.json``). Writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import paths
+from pipeline.config import SPLITS, CacheRef, Config, ConfigError, QuantifyConfig, stable_hash, to_jsonable
+
+Keys = dict[str, str]
+Upstream = list[tuple[str, Keys]]
+
+
+class StaleInputError(ConfigError):
+    """An upstream output (or store) was made from other config values than the current ones."""
+
+
+@dataclass(frozen=True)
+class Step:
+    reads: tuple[str, ...]  # dotted config keys; "{model}", "{dataset}", "{split}", "{example}" filled from the keys
+    upstream: Callable[[Config, Keys], Upstream] = lambda cfg, keys: []
+    output: Callable[[Config, Keys], Path] | None = None  # the JSON holding the step's record (None: a store / none)
+    needs: tuple[str, ...] = ()  # Config attributes that must be set (else the step itself reports the missing section)
+
+
+def _ref(ref: CacheRef, split: str) -> Keys:
+    return {"model": ref.model, "dataset": ref.dataset, "split": split}
+
+
+def _demo(cfg: Config, keys: Keys) -> Upstream:
+    """A demo dataset / model is made by a step too: its keys belong to the extraction's."""
+    up = []
+    if keys["dataset"] in cfg.demo.get("datasets", {}):
+        up.append(("demo-data", {"dataset": keys["dataset"]}))
+    if keys["model"] in cfg.demo.get("models", {}):
+        up.append(("demo-model", {"model": keys["model"]}))
+    return up
+
+
+def _stores(ref: CacheRef, splits: tuple[str, ...] = SPLITS) -> Upstream:
+    return [("extract", _ref(ref, split)) for split in splits]
+
+
+def _sae(cfg: Config) -> CacheRef:
+    return cfg.sae.cache
+
+
+def _manipulate_probe(cfg: Config) -> str:
+    return "probe-seg" if cfg.dataset(cfg.sae.cache.dataset).task == "segmentation" else "probe-cls"
+
+
+def _manipulate_upstream(cfg: Config, keys: Keys) -> Upstream:
+    up = [*_stores(_sae(cfg)), ("sae-train", {}), ("sae-latents", {})]
+    probe = _manipulate_probe(cfg)
+    if (cfg.seg_probe if probe == "probe-seg" else cfg.cls_probe) is not None:  # else manipulate reports it
+        up.append((probe, {}))
+    if cfg.quantify is not None and (cfg.manipulate is None or cfg.manipulate.rank_by != "activation"):
+        up.append(("class-f1", {}))
+    return up
+
+
+# The extraction's keys are those that change a store's numbers or layout (as the store's own
+# config hash in pipeline.extract): not parts, batch_size or num_workers.
+EXTRACT_KEYS = (
+    "models.{model}", "datasets.{dataset}.kind", "datasets.{dataset}.root", "datasets.{dataset}.splits.{split}",
+    "datasets.{dataset}.val_fraction", "datasets.{dataset}.split_seed",
+    "extract.layers", "extract.dtype", "extract.chunk_images", "extract.on_bad_image",
+)
+SAE_TRAIN_KEYS = tuple(f"sae.{k}" for k in (
+    "cache", "layer", "tokens", "n_tokens", "batch_size", "lrs", "sparsity_coeffs", "exp_factors",
+    "lr_warmup_steps", "sparsity_warmup_steps", "max_l0", "seed", "shuffle_buffer",
+))
+QUANTIFY_KEYS = tuple(f"quantify.{k}" for k in (
+    "scale", "methods", "thresholds", "max_firing_fraction", "manual", "batch_size", "seed",
+))
+
+STEPS: dict[str, Step] = {
+    "demo-data": Step(("demo.seed", "demo.datasets.{dataset}")),
+    "demo-model": Step(("demo.seed", "demo.models.{model}")),
+    "extract": Step(EXTRACT_KEYS, _demo),
+    "finalize": Step((), lambda cfg, k: [("extract", k)]),
+    "stats": Step((), lambda cfg, k: [("extract", k)], lambda cfg, k: paths.stats_path(cfg, CacheRef(k["model"], k["dataset"]), k["split"])),
+    "probe-seg": Step(("probes.seg",), lambda cfg, k: _stores(cfg.seg_probe.cache), lambda cfg, k: paths.probe_stem(cfg).with_suffix(".json"), needs=("seg_probe",)),
+    "probe-cls": Step(("probes.cls",), lambda cfg, k: _stores(cfg.cls_probe.cache), lambda cfg, k: paths.probe_dir(cfg, "cls") / "best.json", needs=("cls_probe",)),
+    "sae-train": Step(
+        SAE_TRAIN_KEYS,
+        lambda cfg, k: [*_stores(_sae(cfg)), ("stats", _ref(_sae(cfg), "train"))],
+        lambda cfg, k: paths.sae_dir(cfg) / "chosen.json",
+        needs=("sae",),
+    ),
+    "sae-latents": Step(
+        ("sae.top_k", "sae.log_freq_range", "sae.log_value_range"),
+        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
+        lambda cfg, k: paths.sae_dir(cfg) / "latents.json",
+        needs=("sae",),
+    ),
+    "sae-gallery": Step(
+        ("sae.gallery_latents",),
+        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {})],
+        lambda cfg, k: paths.sae_dir(cfg) / "gallery" / "selection.json",
+        needs=("sae",),
+    ),
+    "class-f1": Step(
+        ("quantify.thresholds",),
+        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
+        lambda cfg, k: paths.class_f1_path(cfg).with_suffix(".json"),
+        needs=("sae",),
+    ),
+    "propose": Step(
+        ("quantify.max_firing_fraction", "quantify.n_proposals"),
+        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {}), ("class-f1", {})],
+        needs=("sae",),
+    ),
+    "quantify": Step(
+        QUANTIFY_KEYS,
+        lambda cfg, k: [*_stores(_sae(cfg), ("val",)), ("sae-train", {}), ("sae-latents", {}), ("class-f1", {}), ("probe-seg", {})],
+        needs=("sae", "seg_probe"),
+    ),
+    "dimred": Step(("dimred",), lambda cfg, k: _stores(cfg.dimred.cache), lambda cfg, k: cfg.paths.results / "dimred" / "projections.json", needs=("dimred",)),
+    "manipulate": Step(
+        ("manipulate.n_top_latents", "manipulate.n_top_classes", "manipulate.rank_by", "manipulate.examples.{example}"),
+        _manipulate_upstream,
+        needs=("sae",),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------- the config, flat
+
+
+def config_view(cfg: Config) -> dict[str, Any]:
+    """The resolved config (defaults filled in) shaped as the YAML is: ``probes.seg``, not ``seg_probe``."""
+    manipulate = to_jsonable(cfg.manipulate)
+    if manipulate is not None:
+        manipulate["examples"] = {e["name"]: e for e in manipulate["examples"]}
+    return {
+        "demo": to_jsonable(cfg.demo),
+        "models": {n: {"family": m.spec.family, "source": str(m.spec.source), "revision": m.spec.revision,
+                       "preprocess": to_jsonable(m.preprocess)} for n, m in cfg.models.items()},
+        "datasets": {n: {k: v for k, v in to_jsonable(d).items() if k != "name"} for n, d in cfg.datasets.items()},
+        "extract": to_jsonable(cfg.extract),
+        "probes": {"seg": to_jsonable(cfg.seg_probe), "cls": to_jsonable(cfg.cls_probe)},
+        "sae": to_jsonable(cfg.sae),
+        "quantify": to_jsonable(cfg.quantify),
+        "dimred": to_jsonable(cfg.dimred),
+        "manipulate": manipulate,
+    }
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}", sub, out)
+    else:
+        out[prefix] = value
+
+
+def _lookup(view: dict, dotted: str) -> Any:
+    node: Any = view
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def step_config(cfg: Config, step: str, keys: Keys | None = None, *, _view: dict | None = None) -> dict[str, Any]:
+    """Every config key ``step`` depends on (its own and its upstream steps'), flattened, with its value."""
+    keys = keys or {}
+    view = _view if _view is not None else config_view(cfg)
+    out: dict[str, Any] = {}
+    for up, up_keys in STEPS[step].upstream(cfg, keys):
+        out.update(step_config(cfg, up, up_keys, _view=view))
+    for pattern in STEPS[step].reads:
+        dotted = pattern.format(**keys)
+        _flatten(dotted, _lookup(view, dotted), out)
+    return dict(sorted(out.items()))
+
+
+def record(cfg: Config, step: str, **keys: str) -> dict[str, Any]:
+    """What an output of ``step`` records about the config it was made from."""
+    flat = step_config(cfg, step, keys)
+    return {"step": step, "keys": keys, "hash": stable_hash(flat), "config": flat}
+
+
+def step_hash(cfg: Config, step: str, **keys: str) -> str:
+    """The ``params`` value of ``step``'s rule: changes exactly when a key the step depends on does."""
+    return record(cfg, step, **keys)["hash"]
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def changed_keys(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k, "<absent>") != now.get(k, "<absent>"))
+
+
+def _describe(recorded: dict[str, Any], now: dict[str, Any], keys: list[str], limit: int = 6) -> str:
+    shown = [f"{k} ({json.dumps(recorded.get(k))} -> {json.dumps(now.get(k))})" for k in keys[:limit]]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _recorded(path: Path) -> dict | None:
+    """The provenance record in a step's JSON output: top level, or in a probe's ``meta``."""
+    doc = json.loads(path.read_text())
+    return doc.get("provenance") or (doc.get("meta") or {}).get("provenance")
+
+
+def check_output(cfg: Config, step: str, keys: Keys | None = None) -> None:
+    """Raise StaleInputError unless ``step``'s JSON output records the hash the config gives now."""
+    keys = keys or {}
+    path = STEPS[step].output(cfg, keys)
+    if not path.exists():
+        return  # the reading step reports the missing file itself (FileNotFoundError / CacheError)
+    found = _recorded(path)
+    now = record(cfg, step, **keys)
+    if found is None:
+        raise StaleInputError(f"{path}: records no config provenance (made by an older version); rerun `{step}`")
+    if found.get("hash") != now["hash"]:
+        diff = changed_keys(found.get("config", {}), now["config"])
+        raise StaleInputError(
+            f"{path}: made from another config ({cfg.source} changed since: {_describe(found.get('config', {}), now['config'], diff)}); "
+            f"rerun `{step}` (snakemake reruns it and what depends on it)"
+        )
+
+
+def store_expectation(cfg: Config, ref: CacheRef, split: str, attrs: dict) -> dict[str, tuple[Any, Any]]:
+    """Config key -> (value in the store, value the config gives) for what a store records of the config."""
+    stored = attrs.get("config", {})
+    model, dataset, ex = cfg.model(ref.model), cfg.dataset(ref.dataset), cfg.extract
+    n_blocks = attrs.get("n_blocks")
+    layers = sorted({layer % n_blocks for layer in ex.layers}) if n_blocks else list(ex.layers)
+    m, d = f"models.{ref.model}", f"datasets.{ref.dataset}"
+    return {
+        f"{m}.family": (stored.get("model", {}).get("family"), model.spec.family),
+        f"{m}.source": (stored.get("model", {}).get("source"), str(model.spec.source)),
+        f"{m}.revision": (stored.get("model", {}).get("revision"), model.spec.revision),
+        f"{m}.preprocess": (stored.get("preprocess"), to_jsonable(model.preprocess)),
+        "extract.layers": (stored.get("layers"), layers),
+        "extract.dtype": (stored.get("dtype"), ex.dtype),
+        "extract.chunk_images": (stored.get("chunk_images"), ex.chunk_images),
+        f"{d}.kind": (stored.get("dataset", {}).get("kind"), dataset.kind),
+        f"{d}.root": (stored.get("dataset", {}).get("root"), str(dataset.root)),
+        f"{d}.splits.{split}": (stored.get("dataset", {}).get("split"), dataset.splits[split]),
+    }
+
+
+def check_store(cfg: Config, ref: CacheRef, split: str) -> None:
+    """Raise StaleInputError if the store of (ref, split) was extracted with other config values."""
+    store = cfg.store(ref, split)
+    meta = store / "zarr.json"
+    if not meta.exists():
+        return  # the reading step reports a missing store itself (CacheError naming it)
+    attrs = json.loads(meta.read_text()).get("attributes", {})
+    # a JSON round trip makes tuples lists on both sides
+    pairs = {k: json.loads(json.dumps(v)) for k, v in store_expectation(cfg, ref, split, attrs).items()}
+    diff = sorted(k for k, (was, now) in pairs.items() if was != now)
+    if diff:
+        shown = ", ".join(f"{k} ({json.dumps(pairs[k][0])} -> {json.dumps(pairs[k][1])})" for k in diff)
+        raise StaleInputError(
+            f"{store}: extracted with another config ({cfg.source} changed since: {shown}); rerun `extract` "
+            "for it (snakemake reschedules it), after deleting the store or pointing paths.cache elsewhere"
+        )
+
+
+def check_inputs(cfg: Config, step: str, **keys: str) -> None:
+    """Before ``step`` runs: every upstream output it reads was made from the current config."""
+    if step not in STEPS or any(getattr(cfg, name) is None for name in STEPS[step].needs):
+        return
+    for up, up_keys in STEPS[step].upstream(cfg, keys):
+        if up == "extract":
+            check_store(cfg, CacheRef(up_keys["model"], up_keys["dataset"]), up_keys["split"])
+        elif STEPS[up].output is not None:
+            check_output(cfg, up, up_keys)
+
+
+def check_cli_step(args: Any) -> None:
+    """``python -m pipeline STEP``: refuse upstream outputs made from another config before the
+    step starts. Keys come from ``--model/--dataset/--split``; an SAE step given ``--out`` reads
+    its inputs from that folder, which the config does not name, so only its stores are checked."""
+    step, config = getattr(args, "step", None), getattr(args, "config", None)
+    if step not in STEPS or config is None:
+        return
+    from pipeline.config import load_config
+
+    cfg = load_config(config)
+    keys = {k: getattr(args, k) for k in ("model", "dataset", "split") if getattr(args, k, None) is not None}
+    if step.startswith("sae-") and getattr(args, "out", None) is not None:
+        for up, up_keys in STEPS[step].upstream(cfg, keys):
+            if up == "extract":
+                check_store(cfg, CacheRef(up_keys["model"], up_keys["dataset"]), up_keys["split"])
+        return
+    check_inputs(cfg, step, **keys)
+
+
+def check_weights(store_attrs: dict, model_provenance: dict, store: Path | str) -> None:
+    """The model loaded now has the weights the store was extracted with (later blocks must match)."""
+    stored = store_attrs.get("model", {}).get("weights_sha256")
+    found = model_provenance.get("weights_sha256")
+    if stored and found and stored != found:
+        raise StaleInputError(
+            f"{store}: extracted with model weights {stored[:12]}…, the model loaded now has {found[:12]}…; "
+            "re-extract (snakemake reschedules it when the weights file changes)"
+        )
+
+
+# ---------------------------------------------------------------------------- plan-time checks
+
+
+def known_n_blocks(cfg: Config, model: str) -> int | None:
+    """The model's block count when it is known without loading it: the demo spec, or a local
+    folder's ``config.json``; None for a hub id not yet downloaded."""
+    spec = cfg.demo.get("models", {}).get(model)
+    if spec is not None:
+        return int(spec["n_layers"])
+    config_json = Path(str(cfg.model(model).spec.source)) / "config.json"
+    if config_json.is_file():
+        raw = json.loads(config_json.read_text())
+        raw = raw.get("vision_config", raw)
+        return raw.get("num_hidden_layers")
+    return None
+
+
+def require_quantify(cfg: Config) -> QuantifyConfig:
+    """The ``quantify`` section, checked against the stages it reads: an SAE and a seg probe on
+    one cache, the probe on the final representation (layer -1)."""
+    if cfg.quantify is None:
+        raise ConfigError(f"{cfg.source}: key quantify: missing; the interventions need it (scale, methods, thresholds)")
+    if cfg.sae is None or cfg.seg_probe is None:
+        raise ConfigError(f"{cfg.source}: key quantify: needs both an `sae` and a `probes: seg` section")
+    if cfg.sae.cache != cfg.seg_probe.cache:
+        raise ConfigError(
+            f"{cfg.source}: key sae/cache and probes/seg/cache must name the same (model, dataset) for quantify "
+            f"(now {cfg.sae.cache.model}/{cfg.sae.cache.dataset} and {cfg.seg_probe.cache.model}/{cfg.seg_probe.cache.dataset})"
+        )
+    if cfg.seg_probe.layer != -1:
+        raise ConfigError(f"{cfg.source}: key probes/seg/layer must be -1 (the final representation) for quantify")
+    return cfg.quantify
+
+
+def check_plan(cfg: Config) -> None:
+    """Cross-stage checks for the workflow, at DAG build time (before any job runs): a
+    ``quantify`` section fits the SAE and probe (:func:`require_quantify`), and each stage's
+    layer is among ``extract.layers`` (compared as block numbers when the model's depth is known)."""
+    if cfg.quantify is not None:
+        require_quantify(cfg)
+    stages = (("probes/seg", cfg.seg_probe), ("probes/cls", cfg.cls_probe), ("sae", cfg.sae), ("dimred", cfg.dimred))
+    for key, section in stages:
+        if section is None:
+            continue
+        n_blocks = known_n_blocks(cfg, section.cache.model)
+        cached = set(cfg.extract.layers)
+        wanted = section.layer
+        if n_blocks:
+            if not -n_blocks <= wanted < n_blocks:
+                raise ConfigError(f"{cfg.source}: key {key}/layer: {wanted} is not a block of {section.cache.model} ({n_blocks} blocks)")
+            cached, wanted = {layer % n_blocks for layer in cached}, wanted % n_blocks
+        if wanted not in cached:
+            raise ConfigError(
+                f"{cfg.source}: key {key}/layer: {section.layer} is not cached; add it to extract.layers "
+                f"(now {list(cfg.extract.layers)})"
+            )
+
+
+def weights_inputs(cfg: Config, model: str) -> list[str]:
+    """A local model folder's ``config.json`` and weight files, as workflow inputs (a newer file
+    reschedules extraction); nothing for a hub id (its revision is in the extraction's keys)."""
+    from pipeline.models.spec import weight_files
+
+    folder = Path(str(cfg.model(model).spec.source)).expanduser()
+    if not (folder / "config.json").is_file():
+        return []
+    try:
+        return [str(folder / "config.json")] + [str(p) for p in weight_files(folder)]
+    except FileNotFoundError:
+        return [str(folder / "config.json")]
