@@ -4,15 +4,30 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-validate(config, "../schemas/config.schema.yaml")
+from pipeline import paths, provenance
+from pipeline.config import SCHEMA_PATH, SPLITS, CacheRef, config_from_dict
 
-from pipeline import paths
-from pipeline.config import SPLITS, CacheRef, QuantifyConfig, config_from_dict
+validate(config, str(SCHEMA_PATH))  # the schema ships inside the package (pipeline/schemas/)
 
 # The file the steps read: the last --configfile given, else config.yaml (the steps
-# re-validate it themselves, so a hand-run step and a rule see the same config).
+# re-validate it themselves, so a hand-run step and a rule see the same config). Shell commands
+# use it as {CONFIG_FILE:q}, never as a param: the params rerun trigger must see what the config
+# says, not where it is (`--configfile config.yaml` reruns nothing).
 CONFIG_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "config.yaml"
 CFG = config_from_dict(config, source=CONFIG_FILE)
+provenance.check_plan(CFG)  # quantify's needs and every stage's layer: errors now, before any job
+
+
+def prov(step, **keys):
+    """A rule's `params: prov=...`: the hash of the config keys its step depends on
+    (pipeline/provenance.py owns which keys); Snakemake reruns the rule when it changes."""
+    return provenance.step_hash(CFG, step, **keys)
+
+
+def prov_of(step, **fields):
+    """`prov` for a wildcard rule: ``fields`` maps the step's keys to wildcard names."""
+    return lambda wildcards: prov(step, **{key: wildcards[name] for key, name in fields.items()})
+
 RES, CACHE, RESULTS = str(CFG.paths.resources), str(CFG.paths.cache), str(CFG.paths.results)
 # The interpreter the steps run with: Snakemake's own (which has `pipeline` installed), or the
 # conda env's `python` under `--sdm conda` (envs/pipeline.yaml).
@@ -38,12 +53,15 @@ wildcard_constraints:
 
 
 def demo_inputs(wildcards):
-    """The demo dataset / model sentinels a cache needs (nothing for real data)."""
+    """The demo dataset / model sentinels a cache needs, or a local model folder's weight files
+    (a newer weights file reschedules extraction; a hub id's revision is in the params hash)."""
     inputs = {}
     if wildcards.dataset in DEMO_DATASETS:
         inputs["dataset"] = f"{RES}/data/{wildcards.dataset}/.complete"
     if wildcards.model in DEMO_MODELS:
         inputs["model"] = f"{RES}/models/{wildcards.model}/.complete"
+    elif wildcards.model in CFG.models:
+        inputs["weights"] = provenance.weights_inputs(CFG, wildcards.model)
     return inputs
 
 
@@ -176,15 +194,15 @@ def dimred_inputs(wildcards):
     return {**store_inputs(CFG.dimred.cache), **model_inputs(CFG.dimred.cache)}
 
 
-# ---- quantify (rules in quantify.smk): interventions need the SAE and the seg probe
-QUANTIFY = CFG.sae is not None and CFG.seg_probe is not None and CFG.sae.cache == CFG.seg_probe.cache
+# ---- quantify (rules in quantify.smk): a `quantify:` section (check_plan checked the SAE and seg probe it needs)
+QUANTIFY = CFG.quantify is not None
 if QUANTIFY:
     _Q = paths.quantify_dir(CFG)
     QUANTIFY_FILES = {
         "class_f1": str(paths.class_f1_path(CFG).with_suffix(".json")),
         "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html")],
         "quantify": [reported(str(paths.quantitative_csv(CFG)), "../report/quantify_table.rst", "interventions")]
-        + [str(_Q / f"{m}.csv") for m in (CFG.quantify.methods if CFG.quantify else QuantifyConfig().methods)]
+        + [str(_Q / f"{m}.csv") for m in CFG.quantify.methods]
         + [reported(str(_Q / f"chart.{e}"), "../report/quantify_chart.rst", "interventions") if e == "png" else str(_Q / f"chart.{e}") for e in ("html", "png", "svg")],
     }
 

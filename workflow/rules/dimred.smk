@@ -16,11 +16,11 @@ if CFG.dimred is not None:
             gpu=1,
         params:
             py=PY,
-            config=CONFIG_FILE,
+            prov=prov("dimred"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline dimred --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py:q} -m pipeline dimred --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
 
 
 # Named target: `snakemake stego` (nothing to do without a `dimred:` section).

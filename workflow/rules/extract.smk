@@ -14,12 +14,12 @@ rule extract_part:
         gpu=1,
     params:
         py=PY,
-        config=CONFIG_FILE,
+        prov=prov_of("extract", model="model", dataset="dataset", split="split"),
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline extract --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset}"
-        " --split {wildcards.split} --part {wildcards.part} --of {wildcards.of} --sentinel {output} > {log} 2>&1"
+        "{params.py:q} -m pipeline extract --config {CONFIG_FILE:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
+        " --split {wildcards.split:q} --part {wildcards.part:q} --of {wildcards.of:q} --sentinel {output:q} > {log:q} 2>&1"
 
 
 rule finalize_cache:
@@ -31,12 +31,12 @@ rule finalize_cache:
         "logs/extract/{model}/{dataset}/{split}-finalize.log",
     params:
         py=PY,
-        config=CONFIG_FILE,
+        prov=prov_of("finalize", model="model", dataset="dataset", split="split"),
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline finalize --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset}"
-        " --split {wildcards.split} --sentinel {output} > {log} 2>&1"
+        "{params.py:q} -m pipeline finalize --config {CONFIG_FILE:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
+        " --split {wildcards.split:q} --sentinel {output:q} > {log:q} 2>&1"
 
 
 rule cache:

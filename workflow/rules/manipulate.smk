@@ -17,11 +17,11 @@ if MANIPULATE:
         threads: THREADS
         params:
             py=PY,
-            config=CONFIG_FILE,
+            prov=prov_of("manipulate", example="example"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline manipulate --config {params.config} --example {wildcards.example} > {log} 2>&1"
+            "{params.py:q} -m pipeline manipulate --config {CONFIG_FILE:q} --example {wildcards.example:q} > {log:q} 2>&1"
 
 
 # Named target: `snakemake manipulate` (every configured example).

@@ -15,11 +15,11 @@ if CFG.seg_probe is not None:
             gpu=1,
         params:
             py=PY,
-            config=CONFIG_FILE,
+            prov=prov("probe-seg"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline probe-seg --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py:q} -m pipeline probe-seg --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
 
 
 if CFG.cls_probe is not None:
@@ -36,11 +36,11 @@ if CFG.cls_probe is not None:
             gpu=1,
         params:
             py=PY,
-            config=CONFIG_FILE,
+            prov=prov("probe-cls"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline probe-cls --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py:q} -m pipeline probe-cls --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
 
 
 rule probes:

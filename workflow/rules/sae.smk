@@ -12,12 +12,12 @@ rule stats:
     threads: THREADS
     params:
         py=PY,
-        config=CONFIG_FILE,
+        prov=prov_of("stats", model="model", dataset="dataset", split="split"),
     conda:
         CONDA_ENV
     shell:
-        "{params.py} -m pipeline stats --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset}"
-        " --split {wildcards.split} --out {output} > {log} 2>&1"
+        "{params.py:q} -m pipeline stats --config {CONFIG_FILE:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
+        " --split {wildcards.split:q} --out {output:q} > {log:q} 2>&1"
 
 
 if SAE_DIR is not None:
@@ -34,11 +34,11 @@ if SAE_DIR is not None:
             gpu=1,
         params:
             py=PY,
-            config=CONFIG_FILE,
+            prov=prov("sae-train"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline sae-train --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py:q} -m pipeline sae-train --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
 
     rule sae_latents:
         input:
@@ -57,11 +57,11 @@ if SAE_DIR is not None:
             gpu=1,
         params:
             py=PY,
-            config=CONFIG_FILE,
+            prov=prov("sae-latents"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline sae-latents --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py:q} -m pipeline sae-latents --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
 
     rule sae_gallery:
         input:
@@ -75,11 +75,11 @@ if SAE_DIR is not None:
         threads: THREADS
         params:
             py=PY,
-            config=CONFIG_FILE,
+            prov=prov("sae-gallery"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline sae-gallery --config {params.config} > {log} 2>&1"
+            "{params.py:q} -m pipeline sae-gallery --config {CONFIG_FILE:q} > {log:q} 2>&1"
 
 
 rule sae:
