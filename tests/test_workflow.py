@@ -53,6 +53,9 @@ def test_real_run_builds_finalized_caches_in_parts(tmp_path):
     # a second run has nothing to do
     again = _snakemake(["--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache"], tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # nor with the same config file passed explicitly (the rules' params hold no config path)
+    again = _snakemake(["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache", "--configfile", "config.yaml"], tmp_path)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 @pytest.mark.slow

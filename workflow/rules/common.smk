@@ -10,10 +10,13 @@ from pipeline.config import SCHEMA_PATH, SPLITS, CacheRef, config_from_dict
 validate(config, str(SCHEMA_PATH))  # the schema ships inside the package (pipeline/schemas/)
 
 # The file the steps read: the last --configfile given, else config.yaml (the steps
-# re-validate it themselves, so a hand-run step and a rule see the same config). Shell commands
-# use it as {CONFIG_FILE:q}, never as a param: the params rerun trigger must see what the config
-# says, not where it is (`--configfile config.yaml` reruns nothing).
+# re-validate it themselves, so a hand-run step and a rule see the same config).
 CONFIG_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "config.yaml"
+# Rules pass it as `params: config=CONFIG_PATH`. A Path, not a str: Snakemake's params rerun
+# trigger ignores values it cannot represent (only builtin types count), so what reruns a rule
+# is its `prov` hash, never where the config lives (`--configfile config.yaml`, or a second
+# config sharing a cache, reruns nothing; tests/test_provenance.py checks this).
+CONFIG_PATH = Path(CONFIG_FILE)
 CFG = config_from_dict(config, source=CONFIG_FILE)
 provenance.check_plan(CFG)  # quantify's needs and every stage's layer: errors now, before any job
 

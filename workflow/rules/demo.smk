@@ -8,11 +8,12 @@ rule demo_dataset:
         "logs/demo/data-{name}.log",
     params:
         py=PY,
+        config=CONFIG_PATH,
         prov=prov_of("demo-data", dataset="name"),
     conda:
         CONDA_ENV
     shell:
-        "{params.py:q} -m pipeline demo-data --config {CONFIG_FILE:q} --name {wildcards.name:q} > {log:q} 2>&1"
+        "{params.py:q} -m pipeline demo-data --config {params.config:q} --name {wildcards.name:q} > {log:q} 2>&1"
 
 
 rule demo_model:
@@ -22,8 +23,9 @@ rule demo_model:
         "logs/demo/model-{name}.log",
     params:
         py=PY,
+        config=CONFIG_PATH,
         prov=prov_of("demo-model", model="name"),
     conda:
         CONDA_ENV
     shell:
-        "{params.py:q} -m pipeline demo-model --config {CONFIG_FILE:q} --name {wildcards.name:q} > {log:q} 2>&1"
+        "{params.py:q} -m pipeline demo-model --config {params.config:q} --name {wildcards.name:q} > {log:q} 2>&1"

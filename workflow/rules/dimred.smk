@@ -16,11 +16,12 @@ if CFG.dimred is not None:
             gpu=1,
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov("dimred"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline dimred --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline dimred --config {params.config:q} --no-progress > {log:q} 2>&1"
 
 
 # Named target: `snakemake stego` (nothing to do without a `dimred:` section).

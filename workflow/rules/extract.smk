@@ -14,11 +14,12 @@ rule extract_part:
         gpu=1,
     params:
         py=PY,
+        config=CONFIG_PATH,
         prov=prov_of("extract", model="model", dataset="dataset", split="split"),
     conda:
         CONDA_ENV
     shell:
-        "{params.py:q} -m pipeline extract --config {CONFIG_FILE:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
+        "{params.py:q} -m pipeline extract --config {params.config:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
         " --split {wildcards.split:q} --part {wildcards.part:q} --of {wildcards.of:q} --sentinel {output:q} > {log:q} 2>&1"
 
 
@@ -31,11 +32,12 @@ rule finalize_cache:
         "logs/extract/{model}/{dataset}/{split}-finalize.log",
     params:
         py=PY,
+        config=CONFIG_PATH,
         prov=prov_of("finalize", model="model", dataset="dataset", split="split"),
     conda:
         CONDA_ENV
     shell:
-        "{params.py:q} -m pipeline finalize --config {CONFIG_FILE:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
+        "{params.py:q} -m pipeline finalize --config {params.config:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
         " --split {wildcards.split:q} --sentinel {output:q} > {log:q} 2>&1"
 
 

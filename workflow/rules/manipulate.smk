@@ -17,11 +17,12 @@ if MANIPULATE:
         threads: THREADS
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov_of("manipulate", example="example"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline manipulate --config {CONFIG_FILE:q} --example {wildcards.example:q} > {log:q} 2>&1"
+            "{params.py:q} -m pipeline manipulate --config {params.config:q} --example {wildcards.example:q} > {log:q} 2>&1"
 
 
 # Named target: `snakemake manipulate` (every configured example).

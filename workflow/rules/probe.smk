@@ -15,11 +15,12 @@ if CFG.seg_probe is not None:
             gpu=1,
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov("probe-seg"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline probe-seg --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline probe-seg --config {params.config:q} --no-progress > {log:q} 2>&1"
 
 
 if CFG.cls_probe is not None:
@@ -36,11 +37,12 @@ if CFG.cls_probe is not None:
             gpu=1,
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov("probe-cls"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline probe-cls --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline probe-cls --config {params.config:q} --no-progress > {log:q} 2>&1"
 
 
 rule probes:

@@ -15,11 +15,12 @@ if QUANTIFY:
             gpu=1,
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov("class-f1"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline class-f1 --config {CONFIG_FILE:q} > {log:q} 2>&1"
+            "{params.py:q} -m pipeline class-f1 --config {params.config:q} > {log:q} 2>&1"
 
 
     rule propose:
@@ -31,11 +32,12 @@ if QUANTIFY:
             "logs/quantify/propose.log",
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov("propose"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline propose --config {CONFIG_FILE:q} > {log:q} 2>&1"
+            "{params.py:q} -m pipeline propose --config {params.config:q} > {log:q} 2>&1"
 
 
     rule quantify:
@@ -50,11 +52,12 @@ if QUANTIFY:
             gpu=1,
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov("quantify"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline quantify --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline quantify --config {params.config:q} --no-progress > {log:q} 2>&1"
 
 
 # Named target: `snakemake quantitative` (= results/quantitative.csv under this config's results path).

@@ -12,11 +12,12 @@ rule stats:
     threads: THREADS
     params:
         py=PY,
+        config=CONFIG_PATH,
         prov=prov_of("stats", model="model", dataset="dataset", split="split"),
     conda:
         CONDA_ENV
     shell:
-        "{params.py:q} -m pipeline stats --config {CONFIG_FILE:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
+        "{params.py:q} -m pipeline stats --config {params.config:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
         " --split {wildcards.split:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -34,11 +35,12 @@ if SAE_DIR is not None:
             gpu=1,
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov("sae-train"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline sae-train --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline sae-train --config {params.config:q} --no-progress > {log:q} 2>&1"
 
     rule sae_latents:
         input:
@@ -57,11 +59,12 @@ if SAE_DIR is not None:
             gpu=1,
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov("sae-latents"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline sae-latents --config {CONFIG_FILE:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline sae-latents --config {params.config:q} --no-progress > {log:q} 2>&1"
 
     rule sae_gallery:
         input:
@@ -75,11 +78,12 @@ if SAE_DIR is not None:
         threads: THREADS
         params:
             py=PY,
+            config=CONFIG_PATH,
             prov=prov("sae-gallery"),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline sae-gallery --config {CONFIG_FILE:q} > {log:q} 2>&1"
+            "{params.py:q} -m pipeline sae-gallery --config {params.config:q} > {log:q} 2>&1"
 
 
 rule sae:
