@@ -658,6 +658,8 @@ def probability_table(m: Manipulator, result: EditResult) -> pd.DataFrame:
 
 def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = None) -> dict[str, Any]:
     """Everything for one example in ``out`` (default ``<results>/manipulate/<name>``); returns the summary."""
+    from pipeline.provenance import record
+
     out = Path(out) if out is not None else out_dir(m.cfg, example.name)
     out.mkdir(parents=True, exist_ok=True)
     state = m.load_image(example.split, example.image)
@@ -714,6 +716,7 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
         "device": str(m.device),
         "files": [str(f) for f in files],
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "provenance": record(m.cfg, "manipulate", example=example.name),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     return summary

@@ -159,7 +159,9 @@ def config_view(cfg: Config) -> dict[str, Any]:
     """The resolved config (defaults filled in) shaped as the YAML is: ``probes.seg``, not ``seg_probe``."""
     manipulate = to_jsonable(cfg.manipulate)
     if manipulate is not None:
-        manipulate["examples"] = {e["name"]: e for e in manipulate["examples"]}
+        # by name, with the YAML's key `class` (the dataclass field is target_class)
+        manipulate["examples"] = {e["name"]: {("class" if k == "target_class" else k): v for k, v in e.items()}
+                                  for e in manipulate["examples"]}
     return {
         "demo": to_jsonable(cfg.demo),
         "models": {n: {"family": m.spec.family, "source": str(m.spec.source), "revision": m.spec.revision,
