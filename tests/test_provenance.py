@@ -190,7 +190,7 @@ def _run_planned(folder: Path, rules: list[str], *extra: str) -> None:
 @pytest.mark.slow
 def test_editing_one_key_reruns_exactly_the_affected_rules(tmp_path):
     path = chain_config(tmp_path)
-    base = deep_update(yaml.safe_load(path.read_text()), DIMRED)
+    base = deep_update(yaml.safe_load(path.read_text()), {**DIMRED, "quantify": {"methods": ["random_vector", "manual_feature"]}})
     path.write_text(yaml.safe_dump(base, sort_keys=False))
     _run_planned(tmp_path, list(_planned(tmp_path)))
     assert _planned(tmp_path) == {}
@@ -214,6 +214,13 @@ def test_editing_one_key_reruns_exactly_the_affected_rules(tmp_path):
         planned = _planned(tmp_path)
         planned.pop("all", None)
         assert planned == expected, f"after {edit}: {planned}"
+    # the README's file target: a sweep edit (new member names) and a new method still rerun
+    for edit, expected in (
+        ({"sae": {"lrs": [1.0e-3]}}, {"sae_train": 1, "sae_latents": 1, "class_f1": 1, "quantify": 1}),
+        ({"quantify": {"methods": ["random_vector", "auto_feature", "manual_feature"]}}, {"quantify": 1}),
+    ):
+        path.write_text(yaml.safe_dump(deep_update(base, edit), sort_keys=False))
+        assert _planned(tmp_path, "results/quantitative.csv") == expected, edit
     path.write_text(yaml.safe_dump(base, sort_keys=False))
 
     # a second config sharing the cache (own results, another probe) plans no extraction ...
@@ -254,12 +261,12 @@ SPACED = {
 def test_paths_with_spaces_are_quoted_in_every_rule(tmp_path):
     write_config(tmp_path, deep_update(TINY_CONFIG, SPACED), name="my config.yaml")
     args = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", "my config.yaml"]
-    dry = subprocess.run(SNAKEMAKE + ["-n", "-p", *args, "cache"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    dry = subprocess.run(SNAKEMAKE + ["-n", "-p", "cache", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
     commands = [line for line in dry.stdout.splitlines() if " -m pipeline " in line]
     assert commands and all("--config 'my config.yaml'" in c for c in commands)
     assert any("--sentinel 'cache dir/dino/seg/train.parts/0-of-1.json'" in c for c in commands)
-    real = subprocess.run(SNAKEMAKE + ["--cores", "2", *args, "cache"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    real = subprocess.run(SNAKEMAKE + ["--cores", "2", "cache", *args], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert real.returncode == 0, real.stdout[-3000:] + real.stderr[-3000:]
     done = json.loads((tmp_path / "cache dir/dino/seg/val.complete.json").read_text())
     assert done["complete"] is True and done["n_images"] == 12

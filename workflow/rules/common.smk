@@ -35,7 +35,8 @@ RES, CACHE, RESULTS = str(CFG.paths.resources), str(CFG.paths.cache), str(CFG.pa
 # The interpreter the steps run with: Snakemake's own (which has `pipeline` installed), or the
 # conda env's `python` under `--sdm conda` (envs/pipeline.yaml).
 _CONDA = any(str(m).lower().endswith("conda") for m in workflow.deployment_settings.deployment_method)
-PY = "python" if _CONDA else sys.executable
+# A Path, like CONFIG_PATH: which interpreter runs a step does not rerun it (see above).
+PY = Path("python") if _CONDA else Path(sys.executable)
 CONDA_ENV = "../../envs/pipeline.yaml"
 THREADS = CFG.threads
 
@@ -156,14 +157,17 @@ def sae_train_inputs(wildcards):
 
 
 def sae_train_outputs():
+    """The sweep's files with fixed names. The member checkpoints (members/<slug>.pt, named by
+    the sweep's values) are written but not declared: Snakemake checks a rule's params only
+    when every declared output has a record, so a sweep edit that renamed a declared member
+    would not rerun the sweep (sweep.csv lists the members and their files)."""
     from pipeline.sae.stages import train_outputs
 
-    files = train_outputs(CFG)
     return [
         reported(str(p), "../report/sae_sweep.rst", "SAE") if p.name == "sweep.png"
         else reported(str(p), "../report/sae_history.rst", "SAE") if p.name == "history.png"
         else str(p)
-        for p in files["main"] + files["members"]
+        for p in train_outputs(CFG)["main"]
     ]
 
 
@@ -204,8 +208,10 @@ if QUANTIFY:
     QUANTIFY_FILES = {
         "class_f1": str(paths.class_f1_path(CFG).with_suffix(".json")),
         "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html")],
+        # not the per-method tables (<method>.csv, written too): named by quantify.methods, they
+        # would keep an edit of the methods from rerunning `snakemake results/quantitative.csv`
+        # (see sae_train_outputs)
         "quantify": [reported(str(paths.quantitative_csv(CFG)), "../report/quantify_table.rst", "interventions")]
-        + [str(_Q / f"{m}.csv") for m in CFG.quantify.methods]
         + [reported(str(_Q / f"chart.{e}"), "../report/quantify_chart.rst", "interventions") if e == "png" else str(_Q / f"chart.{e}") for e in ("html", "png", "svg")],
     }
 
