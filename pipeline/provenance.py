@@ -18,7 +18,9 @@ steps whose outputs it reads. From it:
   with the current ``models`` / ``datasets`` / ``extract`` keys; else :class:`StaleInputError`
   names the file and the changed keys.
 * :func:`check_plan` — the cross-stage checks Snakemake runs when it builds the DAG (before
-  any job): every stage's layer is cached.
+  any job): a ``quantify`` section fits the SAE and probe it reads (:func:`require_quantify`),
+  and every stage's layer is cached.
+* :func:`weights_inputs` — a local model folder's weight files, as extraction inputs.
 
 Reads: the config, upstream JSON outputs, store attributes (``zarr.json``). Writes nothing.
 """
