@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from typing import Any
@@ -10,25 +11,29 @@ from typing import Any
 from pipeline.config import ConfigError, load_config
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pipeline.cache import CacheError
-    from pipeline.data import BadImageError, DatasetError, MaskError
-    from pipeline.models.load import ModelSourceError
-    from pipeline.models.spec import ModelLoadError
-    from pipeline.prepare import PrepareError
-    from pipeline.runtime import DeviceError
-    from pipeline.sae.checkpoint import CheckpointError
+# Bad-input errors by (module, class). An exception can only be an instance of a class whose
+# module is already imported, so USER_ERRORS holds just those: catching a config error never
+# imports torch, zarr or transformers for the other classes.
+_USER_ERROR_CLASSES = (
+    ("pipeline.cache.store", "CacheError"),
+    ("pipeline.data.images", "BadImageError"),
+    ("pipeline.data.images", "MaskError"),
+    ("pipeline.data.datasets", "DatasetError"),
+    ("pipeline.sae.checkpoint", "CheckpointError"),
+    ("pipeline.runtime", "DeviceError"),
+    ("pipeline.models.load", "ModelSourceError"),
+    ("pipeline.models.spec", "ModelLoadError"),
+    ("pipeline.prepare", "PrepareError"),
+)
 
-    return (
-        ConfigError, CacheError, BadImageError, MaskError, DatasetError, CheckpointError, DeviceError,
-        ModelSourceError, ModelLoadError, PrepareError, FileNotFoundError, FileExistsError,
-    )
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    loaded = [getattr(sys.modules[m], name) for m, name in _USER_ERROR_CLASSES if m in sys.modules]
+    return (ConfigError, *loaded, FileNotFoundError, FileExistsError)
 
 
 def __getattr__(name: str) -> Any:
-    # USER_ERRORS is built on first use: the cache's classes import zarr / xarray / dask, which
-    # `python -m pipeline --help` and a config error need not pay for.
-    if name == "USER_ERRORS":
+    if name == "USER_ERRORS":  # built when an error is caught (see _USER_ERROR_CLASSES)
         return _user_errors()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
