@@ -20,7 +20,7 @@ if CFG.dimred is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline dimred --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline dimred --config {params.config} > {log} 2>&1"
 
 
 # Named target: `snakemake stego` (nothing to do without a `dimred:` section).

@@ -19,7 +19,7 @@ if CFG.seg_probe is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline probe-seg --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline probe-seg --config {params.config} > {log} 2>&1"
 
 
 if CFG.cls_probe is not None:
@@ -40,7 +40,7 @@ if CFG.cls_probe is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline probe-cls --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline probe-cls --config {params.config} > {log} 2>&1"
 
 
 rule probes:

@@ -54,7 +54,7 @@ if QUANTIFY:
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline quantify --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline quantify --config {params.config} > {log} 2>&1"
 
 
 # Named target: `snakemake quantitative` (= results/quantitative.csv under this config's results path).

@@ -38,7 +38,7 @@ if SAE_DIR is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline sae-train --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline sae-train --config {params.config} > {log} 2>&1"
 
     rule sae_latents:
         input:
@@ -61,7 +61,7 @@ if SAE_DIR is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py} -m pipeline sae-latents --config {params.config} --no-progress > {log} 2>&1"
+            "{params.py} -m pipeline sae-latents --config {params.config} > {log} 2>&1"
 
     rule sae_gallery:
         input:
