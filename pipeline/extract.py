@@ -340,7 +340,7 @@ def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layo
     n_buffered = 0
     chunks = iter(todo)
     start, stop = next(chunks)
-    bar = Progress(f"extract {"/".join(Path(report.store).parts[-3:])} part {report.part + 1}/{report.of}", len(indices), "img", enabled=progress)
+    bar = Progress("extract " + "/".join(Path(report.store).parts[-3:]) + f" part {report.part + 1}/{report.of}", len(indices), "img", enabled=progress)
     t0 = time.perf_counter()
     error: Exception | None = None
     # Several writer threads; each chunk is assembled and written by one of them (one writer per chunk).

@@ -2,9 +2,10 @@
 
 Snakemake rules send a step's stderr to its log file (``logs/…``), where a tqdm bar would be
 one ever-growing line of carriage returns; there each :class:`Progress` writes, at most once
-per ``PIPELINE_PROGRESS_SECONDS`` (default 10; 0 = every update), one ``logging`` line::
+per ``PIPELINE_PROGRESS_SECONDS`` (default 10; 0 = every update), one line through the
+``pipeline.progress`` logger::
 
-    progress: SAE sweep (6 members): 12288/40000 tok (30.7%), 850 tok/s, elapsed 0:00:14, ETA 0:00:32 | step=12 loss=…
+    2026-11-29 20:41:07,512 INFO pipeline.progress: SAE sweep (6 members): 12288/40000 tok (30.7%), 850 tok/s, elapsed 0:00:14, ETA 0:00:32 | step=12 loss=…
 
 plus a first line when it starts and a last one when it ends. On a terminal (stderr is a
 tty) the same numbers show as a tqdm bar instead. ``enabled=False`` (``--no-progress``)
@@ -75,7 +76,7 @@ class Progress:
         self.closed = False
         self.postfix: Mapping[str, Any] = {}
         if self.enabled and self.bar is None:
-            log.info("progress: %s: start, %s %s to do", what, "?" if total is None else _fmt(total), unit)
+            log.info("%s: start, %s %s to do", what, "?" if total is None else _fmt(total), unit)
 
     def __enter__(self) -> Progress:
         return self
@@ -98,7 +99,7 @@ class Progress:
                 self.last = now
         elif due:
             self.last = now
-            log.info("progress: %s", self.line(now, info))
+            log.info("%s", self.line(now, info))
 
     def set_postfix(self, **info: Any) -> None:
         """Fields for every later line (tqdm's name, so a tqdm bar can be swapped for this)."""
@@ -130,7 +131,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
         elif self.enabled:
-            log.info("progress: %s done", self.line(None, info))
+            log.info("%s done", self.line(None, info))
 
 
 def _resolve(info: Info) -> Mapping[str, Any]:

@@ -13,9 +13,9 @@ import torch
 from helpers import REPO, chain_config
 from pipeline.progress import Progress, SAESweepProgress
 
-# progress: WHAT: done/total unit (pct%), rate unit/s, elapsed h:mm:ss, ETA h:mm:ss[ | k=v ...]
+# WHAT: done/total unit (pct%), rate unit/s, elapsed h:mm:ss, ETA h:mm:ss[ | k=v ...]
 LINE = re.compile(
-    r"progress: (?P<what>.+?): (?P<done>[\d.]+)/(?P<total>[\d.]+) (?P<unit>[^()]+?) \((?P<pct>[\d.]+)%\), "
+    r"(?P<what>.+?): (?P<done>[\d.]+)/(?P<total>[\d.]+) (?P<unit>[^()]+?) \((?P<pct>[\d.]+)%\), "
     r"(?P<rate>[\d.e+-]+) (?P=unit)/s, elapsed \d+:\d\d:\d\d, ETA (\d+:\d\d:\d\d|\?)(?P<info> \| .*)?"
 )
 
@@ -30,7 +30,7 @@ def test_lines_have_what_done_total_rate_and_eta(caplog):
         for i in range(4):
             bar.update(1, {"chunk": i})
     lines = _lines(caplog)
-    assert lines[0] == "progress: reading: start, 4 img to do"
+    assert lines[0] == "reading: start, 4 img to do"
     matches = [LINE.fullmatch(line.removesuffix(" done")) for line in lines[1:]]
     assert all(matches), lines
     assert [m["done"] for m in matches] == ["1", "2", "3", "4", "4"]

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.plots import OKABE_ITO, RANDOM_WEIGHTS_NOTE, SEQUENTIAL_SCHEME, save_chart, title_with_note
+from pipeline.plots import OKABE_ITO, OTHER_COLOUR, RANDOM_WEIGHTS_NOTE, SEQUENTIAL_SCHEME, _hex_rgb, class_palette, save_chart, title_with_note
 
 __all__ = [
     "OTHER_COLOUR",
@@ -33,9 +33,6 @@ __all__ = [
 
 # The colour each sequential scheme gives 0 (vega's definitions), for empty heat-map cells.
 _SCHEME_ZERO = {"viridis": "#440154"}
-
-OTHER_COLOUR = (64, 64, 64)
-"""Class 0 ("other") in segmentation masks: dark grey."""
 
 
 def _check_stem(stem: str | Path) -> Path:
@@ -201,20 +198,13 @@ def confusion_chart(
     return save_chart(chart, stem)
 
 
-def _hex_rgb(h: str) -> tuple[int, int, int]:
-    h = h.lstrip("#")
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+def class_colours(n_classes: int, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """``uint8 [C, 3]`` mask colours (:func:`pipeline.plots.class_palette`): ADE20K's own palette
+    for its 150 classes, else a distinct colour per class; class 0 dark grey."""
+    return class_palette(n_classes, class_names)
 
 
-def class_colours(n_classes: int) -> np.ndarray:
-    """``uint8 [C, 3]`` mask colours: class 0 dark grey, then Okabe-Ito's seven colours cycled.
-
-    Okabe-Ito's black is left out so it cannot be confused with the dark-grey "other". Classes
-    k and k + 7 share a colour; the legend names the classes in a figure.
-    """
-    palette = [_hex_rgb(h) for h in OKABE_ITO if h.upper() != "#000000"]
-    colours = [OTHER_COLOUR] + [palette[(k - 1) % len(palette)] for k in range(1, n_classes)]
-    return np.array(colours[:n_classes], dtype=np.uint8)
+LEGEND_TITLE = "classes in these masks (0 = other, dark grey)"
 
 
 @dataclass(frozen=True)
@@ -264,7 +254,7 @@ def segmentation_figure(
             f"{len(images)}, {len(true_masks)}, {len(pred_masks)}."
         )
     n_classes = len(class_names)
-    colours_C3 = class_colours(n_classes)
+    colours_C3 = class_colours(n_classes, class_names)
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     present: set[int] = set()
     for i, (img, t, p) in enumerate(zip(images, true_masks, pred_masks)):
@@ -289,7 +279,7 @@ def segmentation_figure(
     line = 20
     max_w = max(r[0].shape[1] for r in rows)
     header_lines = [title] + ([RANDOM_WEIGHTS_NOTE] if random_weights else [])
-    legend_title = "classes (colours repeat every 7 classes; 0 = other, dark grey)"
+    legend_title = LEGEND_TITLE
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max(
         [int(probe.textlength(header_lines[0], font=font))]
