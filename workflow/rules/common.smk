@@ -146,13 +146,18 @@ def sae_train_outputs():
     ]
 
 
+def gallery_output():
+    """The gallery folder (index.html, latent_<id>.png, selection.json), in the report as one page."""
+    return report(directory(f"{SAE_DIR}/gallery"), htmlindex="index.html", caption="../report/sae_gallery.rst", category="SAE")
+
+
 def sae_targets():
     if CFG.sae is None:
         return []
     files = [f"{SAE_DIR}/sweep.csv", f"{SAE_DIR}/sae.pt", f"{SAE_DIR}/latents.json"]
     # the gallery shows patch heat-maps over images: segmentation caches only
     if CFG.dataset(CFG.sae.cache.dataset).task == "segmentation":
-        files.append(f"{SAE_DIR}/gallery/index.html")
+        files.append(f"{SAE_DIR}/gallery")
     return files
 
 
@@ -182,7 +187,8 @@ if QUANTIFY:
     _Q = paths.quantify_dir(CFG)
     QUANTIFY_FILES = {
         "class_f1": str(paths.class_f1_path(CFG).with_suffix(".json")),
-        "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html")],
+        "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html"),
+                      report(directory(str(_Q / "proposals")), htmlindex="index.html", caption="../report/proposals.rst", category="interventions")],
         "quantify": [reported(str(paths.quantitative_csv(CFG)), "../report/quantify_table.rst", "interventions")]
         + [str(_Q / f"{m}.csv") for m in (CFG.quantify.methods if CFG.quantify else QuantifyConfig().methods)]
         + [reported(str(_Q / f"chart.{e}"), "../report/quantify_chart.rst", "interventions") if e == "png" else str(_Q / f"chart.{e}") for e in ("html", "png", "svg")],
@@ -216,10 +222,16 @@ if MANIPULATE:
     MANIPULATE_STEM = str(_manipulate.probe_stem(CFG))
 
 
+MANIPULATE_REPORTED = ("probabilities.png", "maps.png")
+
+
 def manipulate_outputs(name):
     from pipeline.manipulate import example_outputs
 
-    return [str(p) for p in example_outputs(CFG, name)]
+    return [
+        reported(str(p), "../report/manipulate.rst", "manipulate", subcategory=name) if p.name in MANIPULATE_REPORTED else str(p)
+        for p in example_outputs(CFG, name)
+    ]
 
 
 def manipulate_inputs(wildcards):
@@ -238,7 +250,7 @@ def manipulate_inputs(wildcards):
 
 
 def manipulate_targets():
-    return [f for name in MANIPULATE for f in manipulate_outputs(name)]
+    return [f for name in MANIPULATE for f in plain(manipulate_outputs(name))]
 
 
 def all_targets(wildcards):

@@ -68,8 +68,7 @@ if SAE_DIR is not None:
             latents=f"{SAE_DIR}/latents.json",
             train=store_complete(CFG.sae.cache, "train"),
         output:
-            f"{SAE_DIR}/gallery/index.html",
-            f"{SAE_DIR}/gallery/selection.json",
+            gallery_output(),
         log:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/gallery.log",
         threads: THREADS
