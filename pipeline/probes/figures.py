@@ -136,7 +136,8 @@ def per_class_chart(
             x=alt.X(
                 f"{value}:Q",
                 title=value_title,
-                axis=alt.Axis(format="~%") if percent else alt.Axis(),
+                # ticks every 20 %: vega's default 10 % ticks ran "90%100%" together at this width
+                axis=alt.Axis(format="~%", values=[0, 0.2, 0.4, 0.6, 0.8, 1.0]) if percent else alt.Axis(tickCount=5),
                 scale=alt.Scale(domain=[0, 1]) if percent and data[value].between(0, 1).all() else alt.Scale(),
             ),
             y=alt.Y(f"{label}:N", sort="-x", title="class"),
