@@ -92,8 +92,9 @@ def class_palette(n_classes: int, class_names: Sequence[str] | None = None) -> n
     * up to 7 other classes: Okabe-Ito without its black (colour-blind safe).
     * more: colorcet's ``glasbey_bw_minc_20``, 256 colours picked one by one to be as far as
       possible (in CAM02-UCS) from all before them, without black, white or greys (so none
-      looks like "other"); the first C - 1 are used, so every class up to 256 has its own
-      colour (no palette of that size is colour-blind safe); beyond 256 they repeat.
+      looks like "other", and none of the few dark ones close to its grey); the first C - 1 are
+      used, so every class up to about 240 has its own colour (no palette of that size is
+      colour-blind safe); beyond, they repeat.
     """
     if class_names is not None and is_ade20k(class_names) and n_classes == 151:
         return np.concatenate([np.array([OTHER_COLOUR], np.uint8), ADE20K_PALETTE])
@@ -103,6 +104,8 @@ def class_palette(n_classes: int, class_names: Sequence[str] | None = None) -> n
     else:
         import colorcet
 
-        glasbey = colorcet.glasbey_bw_minc_20
-        colours = [tuple(round(255 * v) for v in glasbey[k % len(glasbey)]) for k in range(n_real)]
+        # dark colours next to "other"'s grey are left out (a few of the 256): ~240 remain
+        glasbey = [rgb for rgb in (tuple(round(255 * v) for v in c) for c in colorcet.glasbey_bw_minc_20)
+                   if sum(abs(a - b) for a, b in zip(rgb, OTHER_COLOUR)) >= 90]
+        colours = [glasbey[k % len(glasbey)] for k in range(n_real)]
     return np.array([OTHER_COLOUR] + colours, dtype=np.uint8)[:n_classes]

@@ -146,9 +146,14 @@ def sae_train_outputs():
     ]
 
 
+def reported_folder(path, caption, category):
+    """A folder output shown in the report as its index.html, with every file beside it (needs a .zip report)."""
+    return report(directory(path), htmlindex="index.html", caption=caption, category=category)
+
+
 def gallery_output():
     """The gallery folder (index.html, latent_<id>.png, selection.json), in the report as one page."""
-    return report(directory(f"{SAE_DIR}/gallery"), htmlindex="index.html", caption="../report/sae_gallery.rst", category="SAE")
+    return reported_folder(f"{SAE_DIR}/gallery", "../report/sae_gallery.rst", "SAE")
 
 
 def sae_targets():
@@ -188,7 +193,7 @@ if QUANTIFY:
     QUANTIFY_FILES = {
         "class_f1": str(paths.class_f1_path(CFG).with_suffix(".json")),
         "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html"),
-                      report(directory(str(_Q / "proposals")), htmlindex="index.html", caption="../report/proposals.rst", category="interventions")],
+                      reported_folder(str(_Q / "proposals"), "../report/proposals.rst", "interventions")],
         "quantify": [reported(str(paths.quantitative_csv(CFG)), "../report/quantify_table.rst", "interventions")]
         + [str(_Q / f"{m}.csv") for m in (CFG.quantify.methods if CFG.quantify else QuantifyConfig().methods)]
         + [reported(str(_Q / f"chart.{e}"), "../report/quantify_chart.rst", "interventions") if e == "png" else str(_Q / f"chart.{e}") for e in ("html", "png", "svg")],
