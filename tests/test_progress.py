@@ -93,11 +93,16 @@ def test_rule_logs_show_progress_during_a_short_run(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    logs = tmp_path / "logs"
+    check_rule_logs(tmp_path / "logs")
 
-    def progress_lines(path):
-        return [m for m in (LINE.search(line) for line in path.read_text().splitlines()) if m]
 
+def progress_lines(path) -> list[re.Match]:
+    """Lines of the pipeline.progress logger in a log file, parsed (time / level / logger prefix cut)."""
+    found = [line.split(" INFO pipeline.progress: ", 1) for line in path.read_text().splitlines()]
+    return [m for m in (LINE.fullmatch(f[1].removesuffix(" done")) for f in found if len(f) == 2) if m]
+
+
+def check_rule_logs(logs) -> None:
     extract = progress_lines(logs / "extract" / "dino" / "seg" / "train-0-of-2.log")
     assert extract and extract[0]["what"].startswith("extract ") and extract[0]["unit"] == "img"
     assert progress_lines(logs / "stats" / "dino" / "seg" / "train.log")[-1]["unit"] == "task"
