@@ -69,6 +69,7 @@ import pipeline
 from pipeline import cluster_probe, dimred, metrics
 from pipeline.config import Config, ConfigError, to_jsonable
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
+from pipeline.progress import Progress
 from pipeline.probes.features import FinalNorm, ProbeStores, check_label_range, in_memory_epochs, open_probe_stores, patch_chunks, seg_train_labels, store_record
 from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep
 from pipeline.probes.seg import PROTOCOL, seg_metrics, upsampled_predictions
@@ -219,14 +220,16 @@ class Confusions:
     cluster_pixel: np.ndarray
 
 
-def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler: dimred.Standardizer) -> list[Confusions]:
+def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler: dimred.Standardizer, progress: bool = False) -> list[Confusions]:
     """One pass over the val store: every variant, both probes, patch and pixel level (truth 0 ignored)."""
     val, c = stores.val, stores.n_classes
     confs = [Confusions(*(np.zeros((c, c), np.int64) for _ in range(4))) for _ in fitted]
     patch_label_NP = val.labels("patch_label").astype(np.int64)
     check_label_range(val, "patch_label", patch_label_NP[val.valid], np.flatnonzero(val.valid))
     variants = [f.variant for f in fitted]
+    bar = Progress(f"dimred: evaluate {len(fitted)} variants on val", int(val.valid.sum()), "img", enabled=progress)
     for image_B, x_BPD in patch_chunks(val, stores.layer, norm):
+        bar.update(len(image_B))
         b, p, d = x_BPD.shape
         pixel_BHW = val.pixel_labels(int(image_B[0]), int(image_B[-1]) + 1)[image_B - image_B[0]].astype(np.int64)
         check_label_range(val, "pixel_label", pixel_BHW, image_B)
@@ -245,6 +248,7 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
                 pixel_cl = upsampled_predictions(sims_1BPK, val.grid, pixel_BHW.shape[1:], train_on_other=True)[0]
                 conf.cluster_patch += metrics.confusion_matrix(truth_BP, patch_cl, c, ignore=0)
                 conf.cluster_pixel += metrics.confusion_matrix(pixel_BHW, pixel_cl, c, ignore=0)
+    bar.close()
     return confs
 
 
@@ -336,13 +340,16 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
         raise ConfigError(f"{cfg.source}: key dimred/n_fit_tokens: the sample of {len(sample)} tokens holds no patch with a usable label; raise it")
     variants = _variants(reductions, dims, d_model)
     fitted = []
+    bar = Progress("dimred: fit linear probe + k-means per variant", len(variants), "variant", enabled=progress)
     for i, v in enumerate(variants):
         fitted.append(_fit_variant(v, x_std_t, y_N, n_classes=c, epochs=dc.probe_epochs, lr=dc.probe_lr, seed=dc.seed, device=device))
         log.info("dimred: fitted %s (%d/%d): probe train loss %.4f, k-means objective %.4f after %d steps",
                  v.name, i + 1, len(variants), float(fitted[-1].probe.train_loss_M[0]), fitted[-1].kmeans.objective, fitted[-1].kmeans.n_iter)
+        bar.update(1, {"last": v.name})
+    bar.close()
     del x_std_t
     t3 = time.perf_counter()
-    confs = _evaluate(fitted, stores, norm, scaler)
+    confs = _evaluate(fitted, stores, norm, scaler, progress=progress)
     t4 = time.perf_counter()
 
     evr = reductions["pca"].extras["explained_variance_ratio"] if "pca" in reductions else None

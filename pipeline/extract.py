@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 import pipeline
 from pipeline.cache import StoreLayout, StoreWriter, chunk_ranges, create_or_open, finalize, part_chunks, pending_chunks, write_chunk
@@ -44,6 +43,7 @@ from pipeline.config import CacheRef, Config, ConfigError, stable_hash, to_jsona
 from pipeline.data import BadImageError, DatasetError, MaskError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
 from pipeline.models import Backbone, load_backbone
 from pipeline.models.family import READOUTS
+from pipeline.progress import Progress
 from pipeline.runtime import describe_device, die_with_parent, forward_precision, resolve_device, resolve_forward_dtype, set_threads
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layo
     n_buffered = 0
     chunks = iter(todo)
     start, stop = next(chunks)
-    bar = tqdm(total=len(indices), unit="img", desc=f"extract part {report.part + 1}/{report.of}", disable=not progress)
+    bar = Progress("extract " + "/".join(Path(report.store).parts[-3:]) + f" part {report.part + 1}/{report.of}", len(indices), "img", enabled=progress)
     t0 = time.perf_counter()
     error: Exception | None = None
     # Several writer threads; each chunk is assembled and written by one of them (one writer per chunk).

@@ -23,6 +23,7 @@ import torch
 import xarray as xr
 
 from pipeline.cache import CacheReader
+from pipeline.progress import Progress
 from pipeline.sae import InputScaling, SparseAutoencoder
 
 
@@ -35,6 +36,7 @@ def class_latent_f1(
     thresholds: tuple[float, ...],
     *,
     device: torch.device | str = "cpu",
+    progress: bool = True,
 ) -> xr.Dataset:
     """F1[class, latent, threshold] and firing frequencies over the store's patch tokens."""
     labels_NP = reader.labels("patch_label")
@@ -44,7 +46,9 @@ def class_latent_f1(
     fires_Sθ = torch.zeros(n_latents, len(thresholds), dtype=torch.float64, device=device)
     n_labelled_C = torch.zeros(n_classes, dtype=torch.float64, device=device)
     sae = sae.to(device)
+    bar = Progress(f"class-latent F1 ({len(thresholds)} thresholds)", int(reader.valid.sum()), "img", enabled=progress)
     for image_B, acts_BPD in reader.iter_chunks(layer, tokens="patches"):
+        bar.update(len(image_B))
         b, p, d = acts_BPD.shape
         x = scaling.apply(torch.from_numpy(acts_BPD.reshape(b * p, d)).to(device, torch.float32))
         f_NS = sae.encode(x)
@@ -54,6 +58,7 @@ def class_latent_f1(
             fire_NS = (f_NS > theta[k]).double()
             fires_Sθ[:, k] += fire_NS.sum(0)
             tp_CSθ[:, :, k].index_add_(0, y_N, fire_NS)
+    bar.close()
     f1 = (2 * tp_CSθ / (fires_Sθ[None] + n_labelled_C[:, None, None]).clamp_min(1)).float().cpu().numpy()
     n_tokens = float(n_labelled_C.sum())
     return xr.Dataset(

@@ -551,10 +551,10 @@ def before_after_image(
 ) -> Image.Image:
     """image | before | after (patch maps in class colours, changed patches outlined) + legend."""
     from pipeline.plots import OKABE_ITO, RANDOM_WEIGHTS_NOTE
-    from pipeline.probes.figures import _font, _hex_rgb, class_colours
+    from pipeline.probes.figures import LEGEND_TITLE, _font, _hex_rgb, class_colours
 
     rows, cols = grid
-    colours = class_colours(len(class_names))
+    colours = class_colours(len(class_names), class_names)
     side = max(min_size, image.shape[0] if image is not None else 0)
     cell = max(1, side // rows)
     side = cell * rows
@@ -596,7 +596,7 @@ def before_after_image(
                 draw.rectangle((box[0] + 1, box[1] + 1, box[2] - 1, box[3] - 1), outline=(0, 0, 0), width=1)
         x += cell * cols + pad
     y = top + side + pad
-    draw.text((pad, y), "classes (colours repeat every 7 classes; 0 = other, dark grey)", fill=(0, 0, 0), font=small)
+    draw.text((pad, y), LEGEND_TITLE, fill=(0, 0, 0), font=small)
     y += line
     for i, (k, text) in enumerate(zip(present, labels)):
         xx, yy = pad + (i % n_cols) * entry_w, y + (i // n_cols) * 18

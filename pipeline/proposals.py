@@ -4,7 +4,8 @@ saev's semseg ``visuals`` step, done from the cache: reads the class–latent F1
 latent statistics, renders a gallery page for every proposed latent (its top train images
 with patch heat-maps), and writes ``<results>/quantitative/proposals.csv`` and
 ``proposals.html`` (one section per class, thumbnails linking to the pages) so a user can
-pick the latents to name under ``quantify.manual``.
+pick the latents to name under ``quantify.manual``. The pages and the same overview, as
+``index.html``, live in ``proposals/``: the folder the Snakemake report bundles.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def proposal_table(f1, freq_S: np.ndarray, max_value_S: np.ndarray, class_names,
     return pd.DataFrame(rows, columns=columns)
 
 
-def proposals_html(table: pd.DataFrame, *, random_weights: bool) -> str:
+def proposals_html(table: pd.DataFrame, *, random_weights: bool, folder: str = "proposals/") -> str:
+    """The overview page; ``folder`` is where the latent pages are, relative to the page."""
     banner = "<p class='warn'>Random-init weights (demo): these latents say nothing about a real model.</p>" if random_weights else ""
     parts = [
         "<!doctype html><meta charset='utf-8'><title>Latent proposals per class</title>",
@@ -52,7 +54,8 @@ def proposals_html(table: pd.DataFrame, *, random_weights: bool) -> str:
         parts.append(f"<h2>{html.escape(str(name))} (class {c})</h2>")
         for row in group.itertuples():
             caption = f"latent {row.latent} · F1 {row.train_f1:.3f} at f&gt;{row.threshold:g} · freq {row.freq:.2e} · max {row.max_value:.3g}"
-            parts.append(f"<figure><a href='{row.gallery}'><img src='{row.gallery}' alt='latent {row.latent}'></a><figcaption>{caption}</figcaption></figure>")
+            page = folder + row.gallery.removeprefix("proposals/")
+            parts.append(f"<figure><a href='{page}'><img src='{page}' alt='latent {row.latent}'></a><figcaption>{caption}</figcaption></figure>")
     return "\n".join(parts) + "\n"
 
 
@@ -67,7 +70,7 @@ def write_proposals(cfg: Config, q: QuantifyConfig) -> dict:
     freq, max_value = latents["freq"].values, latents["max_value"].values
     table = proposal_table(f1, freq, max_value, train.class_names, q)
     out = quantify_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "proposals").mkdir(parents=True, exist_ok=True)
     ids = sorted(set(table["latent"].tolist())) if len(table) else []
     if ids:
         write_gallery(
@@ -78,4 +81,5 @@ def write_proposals(cfg: Config, q: QuantifyConfig) -> dict:
     table.to_csv(out / "proposals.csv", index=False, float_format="%.4f")
     page = out / "proposals.html"
     page.write_text(proposals_html(table, random_weights=train.random_weights))
+    (out / "proposals" / "index.html").write_text(proposals_html(table, random_weights=train.random_weights, folder=""))
     return {"written": str(page), "n_classes": int(table["class_id"].nunique()) if len(table) else 0, "n_latents": len(ids)}

@@ -167,14 +167,19 @@ def make_jobs(
 
 # ---- the two passes over the val store -------------------------------------
 @torch.no_grad()
-def baseline_predictions(reader: CacheReader, layer: int, predictor: ReforwardPredictor, device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def baseline_predictions(reader: CacheReader, layer: int, predictor: ReforwardPredictor, device, batch_size: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(image indices [N], predictions [N, P]) through the re-forward path on the unedited cache."""
+    from pipeline.progress import Progress
+
     images, preds = [], []
+    bar = Progress("quantify baseline (unedited re-forward)", int(reader.valid.sum()), "img", enabled=progress)
     for image_B, acts_BTD in reader.iter_chunks(layer, tokens="all"):
         for s in range(0, len(image_B), batch_size):
             acts = torch.from_numpy(acts_BTD[s : s + batch_size]).to(device, torch.float32)
             preds.append(predictor.predict(acts).cpu())
+            bar.update(acts.shape[0])
         images.append(image_B)
+    bar.close()
     return np.concatenate(images), torch.cat(preds).numpy()
 
 
@@ -193,11 +198,11 @@ def edited_counts(
     progress: bool = True,
 ) -> list[dict]:
     """Accumulate change counts per job over all val patches; edits are stacked G per re-forward."""
-    from tqdm import tqdm
+    from pipeline.progress import Progress
 
     totals = [None] * len(jobs)
     row = 0
-    bar = tqdm(total=reader.valid.sum() * len(jobs), unit="edited img", disable=not progress, desc="quantify")
+    bar = Progress(f"quantify ({len(jobs)} edit jobs)", int(reader.valid.sum()) * len(jobs), "edited img", enabled=progress)
     for image_B, acts_BTD in reader.iter_chunks(layer, tokens="all"):
         for s in range(0, len(image_B), batch_size):
             acts = torch.from_numpy(acts_BTD[s : s + batch_size]).to(device, torch.float32)
@@ -294,7 +299,7 @@ def run(
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict]:
     """Baseline once, every (method, class) edit, per-class tables and the per-method summary."""
     t0 = time.perf_counter()
-    _, orig_NP = baseline_predictions(val, layer, predictor, device, cfg.batch_size)
+    _, orig_NP = baseline_predictions(val, layer, predictor, device, cfg.batch_size, progress=progress)
     classes = sorted(int(c) for c in np.unique(orig_NP) if c != 0)
     jobs, skipped = make_jobs(
         cfg, classes, max_value_S=max_value_S, freq_S=freq_S, f1=f1, manual=manual, scalar=editor.scaling.scalar, d_model=val.d_model

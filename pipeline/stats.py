@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.cache.store import CacheError, CacheIncompleteError, open_group
+from pipeline.progress import dask_progress
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def compute_stats(
     scheduler: str | None = None,
     threads: int | None = None,
     require_complete: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Statistics of every cached layer (or ``layers``, block numbers) of ``store``.
 
@@ -181,7 +183,7 @@ def compute_stats(
     k_sums = 2 * (2 * d + 2)
     parts = x.map_blocks(func, dtype=np.float64,
                          chunks=((1,) * len(x.chunks[0]), (1,) * n_layers, (1,), (k_sums,)))
-    with _dask_scheduler(scheduler, threads) as how:
+    with _dask_scheduler(scheduler, threads) as how, dask_progress(f"stats {store.name}", enabled=progress):
         (sums_LK,) = dask.compute(parts.sum(axis=0)[:, 0])
     layers_out: dict[str, Any] = {}
     for li, block in enumerate(cached):

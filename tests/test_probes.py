@@ -207,7 +207,7 @@ def test_segmentation_figure_colours(tmp_path):
     assert img.shape[:2] == (layout.size[1], layout.size[0])
     colours = figures.class_colours(len(names))
     assert tuple(colours[0]) == figures.OTHER_COLOUR
-    assert tuple(colours[1]) == tuple(colours[8])  # cycled after 7 colours
+    assert len({tuple(c) for c in colours}) == len(names)  # one colour per class (issue 16: no longer cycled after 7)
     left, top, right, bottom = layout.cells[0][1]  # row 0, ground truth
     assert (right - left, bottom - top) == (w, h)
     np.testing.assert_array_equal(img[top + 5, left + 3], colours[0])

@@ -9,12 +9,14 @@ from pipeline.config import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("demo-data", help="generate a synthetic dataset named under demo.datasets")
+    d = sub.add_parser("demo-data", help="generate a synthetic dataset named under demo.datasets",
+                       description="Reads the config's demo.datasets.<name> entry; writes synthetic images (and masks or class folders) under datasets.<name>.root, then a .complete sentinel there.")
     add_config_arg(d)
     d.add_argument("--name", required=True, help="a name under demo.datasets (its root comes from datasets.<name>.root)")
     d.set_defaults(func=run_demo_data)
 
-    m = sub.add_parser("demo-model", help="build a random-init model named under demo.models")
+    m = sub.add_parser("demo-model", help="build a random-init model named under demo.models",
+                       description="Reads the config's demo.models.<name> entry; writes a random-init Hugging Face model (save_pretrained) to models.<name>.source, then a .complete sentinel there.")
     add_config_arg(m)
     m.add_argument("--name", required=True, help="a name under demo.models (saved to models.<name>.source)")
     m.set_defaults(func=run_demo_model)

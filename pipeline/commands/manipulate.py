@@ -14,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "manipulate",
         help="top SAE latents of an image's class and another class, probe predictions before/after setting latents "
         "(configured examples in manipulate.examples, or one given on the command line)",
+        description="Reads the chosen SAE, its latent stats, the train and example stores, the seg probe and the model; writes probabilities, maps and an index.html per example under <results>/manipulate/<name>/.",
     )
     add_config_arg(p)
     p.add_argument("--example", action="append", default=[], metavar="NAME",

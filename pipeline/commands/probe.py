@@ -13,10 +13,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("probe-seg", "seg", "semantic-segmentation probe on cached patch tokens (config: probes.seg)"),
         ("probe-cls", "cls", "image-classification probe on cached CLS tokens (config: probes.cls)"),
     ):
-        p = sub.add_parser(step, help=f"sweep a linear {what}; prints a JSON summary")
+        p = sub.add_parser(step, help=f"sweep a linear {what}; prints a JSON summary",
+                           description=f"Reads the train and val stores of probes.{kind}.cache (and the model's final norm); writes "
+                           f"sweep.csv, best.json/.safetensors, per-class table and charts to <results>/probes/{kind}/<model>/<dataset>/.")
         add_config_arg(p)
         p.add_argument("--out", type=Path, help=f"output folder (default: <results>/probes/{kind}/<model>/<dataset>)")
-        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar and no progress lines in the log")
         p.set_defaults(func=run_probe, probe=kind)
 
 

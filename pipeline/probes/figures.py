@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.plots import OKABE_ITO, RANDOM_WEIGHTS_NOTE, SEQUENTIAL_SCHEME, save_chart, title_with_note
+from pipeline.plots import OKABE_ITO, OTHER_COLOUR, RANDOM_WEIGHTS_NOTE, SEQUENTIAL_SCHEME, _hex_rgb, class_palette, save_chart, title_with_note
 
 __all__ = [
     "OTHER_COLOUR",
@@ -33,9 +33,6 @@ __all__ = [
 
 # The colour each sequential scheme gives 0 (vega's definitions), for empty heat-map cells.
 _SCHEME_ZERO = {"viridis": "#440154"}
-
-OTHER_COLOUR = (64, 64, 64)
-"""Class 0 ("other") in segmentation masks: dark grey."""
 
 
 def _check_stem(stem: str | Path) -> Path:
@@ -55,22 +52,33 @@ def sweep_chart(
     random_weights: bool,
     percent: bool = True,
 ) -> list[Path]:
-    """``metric`` against learning rate (log axis), one coloured line per weight decay.
+    """``metric`` against learning rate (log axis), one panel per weight decay (shared y axis,
+    so lines that would lie on top of each other stay visible); the best member (highest
+    ``metric``, :func:`pipeline.probes.linear.best_member`) ringed.
 
     ``df`` is a :func:`pipeline.probes.linear.sweep_table` (columns ``lr``, ``weight_decay``,
     ``metric``). ``percent``: the metric is a fraction shown as percent.
     """
+    from pipeline.probes.linear import best_member
+
     stem = _check_stem(stem)
     for col in ("lr", "weight_decay", metric):
         if col not in df.columns:
             raise KeyError(f"sweep table has no column {col!r}; have {list(df.columns)}.")
     data = df.copy()
     data["weight decay"] = data["weight_decay"].map(lambda v: f"{v:g}")
+    data["best"] = False
+    if "member" in data.columns and data[metric].notna().any():
+        data.loc[data["member"] == best_member(data, metric), "best"] = True
     wd_order = [f"{v:g}" for v in sorted(data["weight_decay"].unique(), reverse=True)]
     fmt = ".1%" if percent else ".4g"
+    # ticks at the swept rates only, written 1e-3 (default log ticks run into each other in a narrow panel)
+    x = alt.X("lr:Q", scale=alt.Scale(type="log"), title="learning rate (AdamW; log scale)",
+              axis=alt.Axis(values=sorted(data["lr"].unique().tolist()), format=".0e", labelOverlap="greedy"))
+    y = alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False), title=metric_title, axis=alt.Axis(format="~%") if percent else alt.Axis())
     base = alt.Chart(data).encode(
-        x=alt.X("lr:Q", scale=alt.Scale(type="log"), title="learning rate (AdamW; log scale)"),
-        y=alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False), title=metric_title, axis=alt.Axis(format="~%") if percent else alt.Axis()),
+        x=x,
+        y=y,
         color=alt.Color(
             "weight decay:N", sort=wd_order, scale=alt.Scale(domain=wd_order, range=OKABE_ITO), title="weight decay"
         ),
@@ -81,8 +89,15 @@ def sweep_chart(
         ]
         + ([alt.Tooltip("member:Q", title="member")] if "member" in data.columns else []),
     )
-    chart = (base.mark_line() + base.mark_point(filled=True, size=60)).properties(
-        width=420, height=280, title=title_with_note(f"{metric_title} vs learning rate", random_weights)
+    best = alt.Chart(data).transform_filter(alt.datum.best == True).mark_point(  # noqa: E712 (a Vega expression)
+        shape="circle", size=300, filled=False, color="black", strokeWidth=2
+    ).encode(x=x, y=y)
+    n_wd = len(wd_order)
+    chart = (
+        alt.layer(base.mark_line(), base.mark_point(filled=True, size=60), best)
+        .properties(width=420 if n_wd == 1 else max(200, 600 // n_wd), height=280)
+        .facet(column=alt.Column("weight decay:N", sort=wd_order, title="weight decay"))
+        .properties(title=title_with_note(f"{metric_title} vs learning rate (ringed: best member)", random_weights))
     )
     return save_chart(chart, stem)
 
@@ -121,7 +136,8 @@ def per_class_chart(
             x=alt.X(
                 f"{value}:Q",
                 title=value_title,
-                axis=alt.Axis(format="~%") if percent else alt.Axis(),
+                # ticks every 20 %: vega's default 10 % ticks ran "90%100%" together at this width
+                axis=alt.Axis(format="~%", values=[0, 0.2, 0.4, 0.6, 0.8, 1.0]) if percent else alt.Axis(tickCount=5),
                 scale=alt.Scale(domain=[0, 1]) if percent and data[value].between(0, 1).all() else alt.Scale(),
             ),
             y=alt.Y(f"{label}:N", sort="-x", title="class"),
@@ -201,20 +217,14 @@ def confusion_chart(
     return save_chart(chart, stem)
 
 
-def _hex_rgb(h: str) -> tuple[int, int, int]:
-    h = h.lstrip("#")
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+def class_colours(n_classes: int, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """``uint8 [C, 3]`` mask colours (:func:`pipeline.plots.class_palette`): ADE20K's own palette
+    for its 150 classes, else a distinct colour per class; class 0 dark grey."""
+    return class_palette(n_classes, class_names)
 
 
-def class_colours(n_classes: int) -> np.ndarray:
-    """``uint8 [C, 3]`` mask colours: class 0 dark grey, then Okabe-Ito's seven colours cycled.
-
-    Okabe-Ito's black is left out so it cannot be confused with the dark-grey "other". Classes
-    k and k + 7 share a colour; the legend names the classes in a figure.
-    """
-    palette = [_hex_rgb(h) for h in OKABE_ITO if h.upper() != "#000000"]
-    colours = [OTHER_COLOUR] + [palette[(k - 1) % len(palette)] for k in range(1, n_classes)]
-    return np.array(colours[:n_classes], dtype=np.uint8)
+LEGEND_TITLE = "classes in these masks (0 = other, dark grey)"
+COLUMNS = ("image", "ground truth", "prediction")
 
 
 @dataclass(frozen=True)
@@ -264,7 +274,7 @@ def segmentation_figure(
             f"{len(images)}, {len(true_masks)}, {len(pred_masks)}."
         )
     n_classes = len(class_names)
-    colours_C3 = class_colours(n_classes)
+    colours_C3 = class_colours(n_classes, class_names)
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     present: set[int] = set()
     for i, (img, t, p) in enumerate(zip(images, true_masks, pred_masks)):
@@ -289,13 +299,15 @@ def segmentation_figure(
     line = 20
     max_w = max(r[0].shape[1] for r in rows)
     header_lines = [title] + ([RANDOM_WEIGHTS_NOTE] if random_weights else [])
-    legend_title = "classes (colours repeat every 7 classes; 0 = other, dark grey)"
+    legend_title = LEGEND_TITLE
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max(
         [int(probe.textlength(header_lines[0], font=font))]
         + [int(probe.textlength(s, font=small)) for s in header_lines[1:] + [legend_title]]
     )
-    width = max(pad + 3 * (max_w + pad), text_w + 2 * pad)
+    # a column is as wide as its image or its header, whichever is wider (headers must not run together)
+    col_w = max([max_w] + [int(probe.textlength(name, font=small)) + 4 for name in COLUMNS])
+    width = max(pad + 3 * (col_w + pad), text_w + 2 * pad)
     top = pad + line * len(header_lines) + pad + line  # title block, then column headers
     # Legend: swatch + "id name" entries in as many columns as fit.
     legend = sorted(present)
@@ -311,15 +323,15 @@ def segmentation_figure(
     for j, text in enumerate(header_lines):
         draw.text((pad, y), text, fill=(0, 0, 0) if j == 0 else _hex_rgb(OKABE_ITO[5]), font=font if j == 0 else small)
         y += line
-    for col, name in enumerate(("image", "ground truth", "prediction")):
-        draw.text((pad + col * (max_w + pad), top - line), name, fill=(0, 0, 0), font=small)
+    for col, name in enumerate(COLUMNS):
+        draw.text((pad + col * (col_w + pad), top - line), name, fill=(0, 0, 0), font=small)
     cells = []
     y = top
     for img, true_rgb, pred_rgb in rows:
         h, w = img.shape[:2]
         row_cells = []
         for col, arr in enumerate((img, true_rgb, pred_rgb)):
-            x = pad + col * (max_w + pad)
+            x = pad + col * (col_w + pad)
             canvas.paste(Image.fromarray(np.ascontiguousarray(arr)), (x, y))
             row_cells.append((x, y, x + w, y + h))
         cells.append(tuple(row_cells))

@@ -30,9 +30,9 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from pipeline import metrics
+from pipeline.progress import Progress
 
 __all__ = [
     "IGNORE_LABEL",
@@ -270,9 +270,12 @@ def fit_sweep(
     m_count = sweep.n_members
     warmup_steps: int | None = None
     step = 0
-    bar = tqdm(range(cfg.epochs), desc="probe sweep", unit="epoch", disable=not progress)
-    for epoch in bar:
+    bar: Progress | None = None
+    for epoch in range(cfg.epochs):
         batches = epoch_batches(epoch)
+        if bar is None:  # batches per epoch: known once the first epoch's iterable exists
+            n = steps_per_epoch if steps_per_epoch is not None else (len(batches) if hasattr(batches, "__len__") else None)
+            bar = Progress(f"probe sweep ({m_count} members)", cfg.epochs * n if n else None, "batch", enabled=progress)
         if cfg.lr_warmup_fraction > 0 and warmup_steps is None:
             per_epoch = steps_per_epoch if steps_per_epoch is not None else getattr(batches, "__len__", None)
             if per_epoch is None:
@@ -305,6 +308,7 @@ def fit_sweep(
             step += 1
             loss_sum_M += loss_MN.detach().sum(dim=1)
             n_seen += n_valid
+            bar.update(1, lambda: {"epoch": f"{epoch + 1}/{cfg.epochs}", "best_loss": float((loss_sum_M / n_seen.clamp(min=1)).min())})
         if n_batches == 0:
             raise ValueError(f"epoch_batches({epoch}) yielded no batches.")
         sweep.train_loss_M.copy_(loss_sum_M / n_seen.clamp(min=1))
@@ -318,8 +322,8 @@ def fit_sweep(
             {"epoch": epoch, "member": k, "train_loss": float(loss_M[k]),
              **{name: float(values[k]) for name, values in extra.items()}}
             for k in range(m_count))
-        if progress:
-            bar.set_postfix(best_loss=f"{float(sweep.train_loss_M.min()):.4f}")
+    if bar is not None:
+        bar.close({"best_loss": float(sweep.train_loss_M.min())})
     sweep.eval()
     return sweep
 

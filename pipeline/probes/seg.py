@@ -257,7 +257,7 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     t0 = time.perf_counter()
     val_patch = val_patch_miou(stores, norm, train_on_other=pc.train_on_other)
     sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=stores.n_classes, members=members, cfg=train_cfg, device=device, progress=progress,
-                      on_epoch=lambda epoch, sw: {"val_patch_miou": val_patch(sw)})
+                      steps_per_epoch=-(-n_train // pc.batch_size), on_epoch=lambda epoch, sw: {"val_patch_miou": val_patch(sw)})
     t1 = time.perf_counter()
     ev = evaluate_seg(sweep, stores, norm, train_on_other=pc.train_on_other, n_figure=pc.n_figure_images)
     t2 = time.perf_counter()

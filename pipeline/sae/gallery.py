@@ -3,7 +3,8 @@
 For each latent, ``latent_<id>.png`` shows its top images (ranked by the image's max patch
 value) in a grid; each tile is the image with the latent's patch map upsampled (nearest) and
 overlaid in viridis, opacity rising with the value (normalised by the latent's ``max_value``,
-so tiles of one latent are comparable), captioned with the image id and its max value.
+so tiles of one latent are comparable), captioned with its max value and the image id (file name without folders; a long one
+keeps its end).
 ``index.html`` lists the latents (frequency, max and mean value, thumbnails; click a column
 header to sort) with relative links only, so the folder can be opened from disk or copied.
 """
@@ -91,6 +92,15 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "…"
 
 
+def _fit_tail(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text``, or "…" + as much of its end as fits: the end of an image id is what tells images apart."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength("…" + text, font=font) > width:
+        text = text[1:]
+    return "…" + text
+
+
 def _latent_sheet(ds_l: xr.Dataset, lid: int, *, tile_of: Callable[[int], Image.Image],
                   grid: tuple[int, int], image_ids: Sequence[str], n_images: int,
                   tile_size: int, random_weights: bool) -> Image.Image:
@@ -117,8 +127,10 @@ def _latent_sheet(ds_l: xr.Dataset, lid: int, *, tile_of: Callable[[int], Image.
         tile = Image.alpha_composite(
             tile_of(idx), heat_overlay(maps[r], grid, tile_size, vmax=vmax))
         sheet.paste(tile.convert("RGB"), (x0, y0))
-        name = str(image_ids[idx]) if idx < len(image_ids) else str(idx)
-        caption = _fit(draw, f"{vals[r]:.3g}  {name}", font, tile_size)
+        # the file name without its folders (ADE20K ids all start "images/training/")
+        name = str(image_ids[idx]).rsplit("/", 1)[-1] if idx < len(image_ids) else str(idx)
+        value = f"{vals[r]:.3g}  "
+        caption = value + _fit_tail(draw, name, font, tile_size - int(draw.textlength(value, font=font)))
         draw.text((x0, y0 + tile_size + 2), caption, fill=(0, 0, 0), font=font)
     return sheet
 

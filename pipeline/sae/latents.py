@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 import xarray as xr
 from torch import Tensor
-from tqdm.auto import tqdm
+from pipeline.progress import Progress
 
 from .model import SparseAutoencoder
 from .scaling import InputScaling
@@ -73,7 +73,7 @@ def latent_stats(
     top_map_SkP: Tensor | None = None
     n_tok = n_img = 0
 
-    bar = tqdm(total=n_images, unit="img", disable=not progress, desc="latent stats")
+    bar = Progress("latent stats", n_images, "img", enabled=progress)
     for image_idx_B, acts_BPD in batches:
         idx_B = torch.from_numpy(np.array(image_idx_B, dtype=np.int64).reshape(-1))
         acts_BPD = torch.as_tensor(acts_BPD)

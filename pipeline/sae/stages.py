@@ -304,6 +304,7 @@ def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block:
 def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
               device: str | None = None) -> dict[str, Any]:
     """Train the sweep from the cache, write the outputs; return a summary."""
+    from pipeline.progress import SAESweepProgress
     from pipeline.runtime import describe_device, resolve_device, set_threads
 
     sc = require_sae(cfg)
@@ -339,12 +340,16 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
                                 pin_memory=dev.type == "cuda")
     held_out = eval_batches(val, block, tokens=sc.tokens) if val is not None else None
     t0 = time.perf_counter()
-    trained = train_sweep(
-        batches, train.d_model, members, tc,
-        # the scaled data has mean 0 (the scaling centres on the data mean): b_dec starts there
-        data_mean_D=torch.zeros(train.d_model), device=dev, progress=progress, scaling=scaling,
-        eval_batches=held_out,
-    )
+    watch = SAESweepProgress(sc.n_tokens, [hp.label for hp in members], max_l0=sc.max_l0, enabled=progress)
+    try:
+        trained = train_sweep(
+            batches, train.d_model, members, tc,
+            # the scaled data has mean 0 (the scaling centres on the data mean): b_dec starts there
+            data_mean_D=torch.zeros(train.d_model), device=dev, progress=False, scaling=scaling,
+            eval_batches=held_out, on_step=watch,
+        )
+    finally:
+        watch.close()
     seconds = time.perf_counter() - t0
     prov = {**_provenance(cfg, train, val, block, stats_path), "device": describe_device(dev), "threads": threads,
             "n_passes": math.ceil(sc.n_tokens / per_pass), "tokens_per_pass": per_pass, "token_source": source}

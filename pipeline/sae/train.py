@@ -473,13 +473,18 @@ def sweep_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
 
 
 def sweep_chart(df: pd.DataFrame, stem: str | Path, *, random_weights: bool) -> list[Path]:
-    """Scatter L0 (x) vs normalised MSE (y); colour λ, shape expansion factor; saved via save_chart."""
+    """Scatter L0 (x) vs normalised MSE (y), one panel per learning rate; colour λ, shape
+    expansion factor; the member used downstream (``chosen`` column, when present) ringed and
+    labelled. Saved via save_chart."""
     import altair as alt
 
     from ..plots import SEQUENTIAL_SCHEME, save_chart, title_with_note
 
     data = df.copy()
     data["exp_factor"] = data["exp_factor"].astype(str)
+    data["learning rate"] = data["lr"].map(lambda v: f"lr = {v:g}")
+    if "chosen" not in data.columns:
+        data["chosen"] = False
     tooltip = [
         alt.Tooltip("label:N", title="member"),
         alt.Tooltip("sparsity_coeff:Q", title="λ", format=".3g"),
@@ -490,20 +495,26 @@ def sweep_chart(df: pd.DataFrame, stem: str | Path, *, random_weights: bool) -> 
         alt.Tooltip("mse:Q", title="MSE", format=".4g"),
         alt.Tooltip("n_dead:Q", title="dead latents"),
         alt.Tooltip("n_dense:Q", title="dense latents"),
+        alt.Tooltip("chosen:N", title="chosen"),
     ]
+    x = alt.X("l0:Q", title="L0 (active latents per token)", scale=alt.Scale(zero=False))
+    y = alt.Y("normalized_mse:Q", title="normalised MSE", scale=alt.Scale(zero=False))
+    base = alt.Chart(data)
+    points = base.mark_point(filled=True, size=90, opacity=0.9).encode(
+        x, y,
+        color=alt.Color("sparsity_coeff:O", title="λ (sparsity)", scale=alt.Scale(scheme=SEQUENTIAL_SCHEME)),
+        shape=alt.Shape("exp_factor:N", title="expansion"),
+        tooltip=tooltip,
+    )
+    chosen = base.transform_filter(alt.datum.chosen == True)  # noqa: E712 (a Vega expression)
+    ring = chosen.mark_point(shape="circle", size=420, filled=False, color="black", strokeWidth=2).encode(x, y)
+    label = chosen.mark_text(align="left", dx=14, dy=-10, fontWeight="bold").encode(x, y, text=alt.value("chosen"))
+    n_lr = data["lr"].nunique()
     chart = (
-        alt.Chart(data)
-        .mark_point(filled=True, size=90, opacity=0.9)
-        .encode(
-            x=alt.X("l0:Q", title="L0 (active latents per token)", scale=alt.Scale(zero=False)),
-            y=alt.Y("normalized_mse:Q", title="normalised MSE", scale=alt.Scale(zero=False)),
-            color=alt.Color("sparsity_coeff:O", title="λ (sparsity)",
-                            scale=alt.Scale(scheme=SEQUENTIAL_SCHEME)),
-            shape=alt.Shape("exp_factor:N", title="expansion"),
-            tooltip=tooltip,
-        )
-        .properties(title=title_with_note("SAE sweep: sparsity vs reconstruction", random_weights),
-                    width=420, height=300)
+        alt.layer(points, ring, label)
+        .properties(width=420 if n_lr == 1 else 300, height=300)
+        .facet(column=alt.Column("learning rate:N", title="learning rate (Adam)", sort=sorted(data["learning rate"].unique(), key=lambda t: float(t[5:]))))
+        .properties(title=title_with_note("SAE sweep: sparsity vs reconstruction (ringed: the member used downstream)", random_weights))
     )
     return save_chart(chart, stem)
 

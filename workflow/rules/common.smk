@@ -171,13 +171,23 @@ def sae_train_outputs():
     ]
 
 
+def reported_folder(path, caption, category):
+    """A folder output shown in the report as its index.html, with every file beside it (needs a .zip report)."""
+    return report(directory(path), htmlindex="index.html", caption=caption, category=category)
+
+
+def gallery_output():
+    """The gallery folder (index.html, latent_<id>.png, selection.json), in the report as one page."""
+    return reported_folder(f"{SAE_DIR}/gallery", "../report/sae_gallery.rst", "SAE")
+
+
 def sae_targets():
     if CFG.sae is None:
         return []
     files = [f"{SAE_DIR}/sweep.csv", f"{SAE_DIR}/sae.pt", f"{SAE_DIR}/latents.json"]
     # the gallery shows patch heat-maps over images: segmentation caches only
     if CFG.dataset(CFG.sae.cache.dataset).task == "segmentation":
-        files.append(f"{SAE_DIR}/gallery/index.html")
+        files.append(f"{SAE_DIR}/gallery")
     return files
 
 
@@ -207,7 +217,8 @@ if QUANTIFY:
     _Q = paths.quantify_dir(CFG)
     QUANTIFY_FILES = {
         "class_f1": str(paths.class_f1_path(CFG).with_suffix(".json")),
-        "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html")],
+        "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html"),
+                      reported_folder(str(_Q / "proposals"), "../report/proposals.rst", "interventions")],
         # not the per-method tables (<method>.csv, written too): named by quantify.methods, they
         # would keep an edit of the methods from rerunning `snakemake results/quantitative.csv`
         # (see sae_train_outputs)
@@ -243,10 +254,16 @@ if MANIPULATE:
     MANIPULATE_STEM = str(_manipulate.probe_stem(CFG))
 
 
+MANIPULATE_REPORTED = ("probabilities.png", "maps.png")
+
+
 def manipulate_outputs(name):
     from pipeline.manipulate import example_outputs
 
-    return [str(p) for p in example_outputs(CFG, name)]
+    return [
+        reported(str(p), "../report/manipulate.rst", "manipulate", subcategory=name) if p.name in MANIPULATE_REPORTED else str(p)
+        for p in example_outputs(CFG, name)
+    ]
 
 
 def manipulate_inputs(wildcards):
@@ -265,7 +282,7 @@ def manipulate_inputs(wildcards):
 
 
 def manipulate_targets():
-    return [f for name in MANIPULATE for f in manipulate_outputs(name)]
+    return [f for name in MANIPULATE for f in plain(manipulate_outputs(name))]
 
 
 def all_targets(wildcards):

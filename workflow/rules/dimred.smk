@@ -21,7 +21,7 @@ if CFG.dimred is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline dimred --config {params.config:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline dimred --config {params.config:q} > {log:q} 2>&1"
 
 
 # Named target: `snakemake stego` (nothing to do without a `dimred:` section).

@@ -20,7 +20,7 @@ if CFG.seg_probe is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline probe-seg --config {params.config:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline probe-seg --config {params.config:q} > {log:q} 2>&1"
 
 
 if CFG.cls_probe is not None:
@@ -42,7 +42,7 @@ if CFG.cls_probe is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline probe-cls --config {params.config:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline probe-cls --config {params.config:q} > {log:q} 2>&1"
 
 
 rule probes:

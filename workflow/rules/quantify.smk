@@ -57,7 +57,7 @@ if QUANTIFY:
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline quantify --config {params.config:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline quantify --config {params.config:q} > {log:q} 2>&1"
 
 
 # Named target: `snakemake quantitative` (= results/quantitative.csv under this config's results path).

@@ -40,7 +40,7 @@ if SAE_DIR is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline sae-train --config {params.config:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline sae-train --config {params.config:q} > {log:q} 2>&1"
 
     rule sae_latents:
         input:
@@ -64,15 +64,14 @@ if SAE_DIR is not None:
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline sae-latents --config {params.config:q} --no-progress > {log:q} 2>&1"
+            "{params.py:q} -m pipeline sae-latents --config {params.config:q} > {log:q} 2>&1"
 
     rule sae_gallery:
         input:
             latents=f"{SAE_DIR}/latents.json",
             train=store_complete(CFG.sae.cache, "train"),
         output:
-            f"{SAE_DIR}/gallery/index.html",
-            f"{SAE_DIR}/gallery/selection.json",
+            gallery_output(),
         log:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/gallery.log",
         threads: THREADS
