@@ -102,7 +102,9 @@ def run_quantify(args: argparse.Namespace) -> dict:
         raise ConfigError(f"{probe_stem(cfg)}: the probe has {probe.out_features} classes but {val.path} has {val.n_classes}")
     manual = resolve_manual(q.manual, val.class_names, sae.W_enc.shape[1], str(cfg.source))
     editor = LatentEditor(sae, scaling, n_prefix=val.n_prefix)
-    predictor = ReforwardPredictor(backbone, probe, layer=val.block(cfg.sae.layer), n_prefix=val.n_prefix, forward_dtype=val.attrs.get("forward_dtype", "float32"))
+    train_on_other = bool(probe_meta.get("probe_config", {}).get("train_on_other", False))
+    predictor = ReforwardPredictor(backbone, probe, layer=val.block(cfg.sae.layer), n_prefix=val.n_prefix,
+                                   forward_dtype=val.attrs.get("forward_dtype", "float32"), real_classes_only=not train_on_other)
     per_method, summary, timing = run(
         val=val,
         layer=cfg.sae.layer,
@@ -125,6 +127,7 @@ def run_quantify(args: argparse.Namespace) -> dict:
         probe=str(probe_stem(cfg)),
         store=str(val.path),
         n_val_images=int(val.valid.sum()),
+        predicts="all classes 0..C-1 (probe trained with train_on_other)" if train_on_other else "real classes 1..C-1",
         random_weights=val.random_weights,
         device=describe_device(device),
     )
