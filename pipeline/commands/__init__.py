@@ -16,9 +16,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.prepare import PrepareError
     from pipeline.runtime import DeviceError
     from pipeline.sae.checkpoint import CheckpointError
+    from pipeline.sae.scaling import NonFiniteInputError
 
     return (
-        ConfigError, CacheError, BadImageError, MaskError, DatasetError, CheckpointError, DeviceError,
+        ConfigError, CacheError, BadImageError, MaskError, DatasetError, CheckpointError, NonFiniteInputError, DeviceError,
         ModelSourceError, ModelLoadError, PrepareError, FileNotFoundError, FileExistsError,
     )
 
