@@ -95,6 +95,9 @@ class SegProbeConfig:
     min_purity: float = 0.5
     train_on_other: bool = False
     n_figure_images: int = 6
+    protocol: str = "ade20k"  # ade20k | zero_is_class (pipeline.metrics.SEG_PROTOCOLS)
+    selection_fraction: float = 0.1  # train images held out to choose the best member (0: choose on val, as saev)
+    selection_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class ClsProbeConfig:
     weight_decays: tuple[float, ...] = (1e-1, 1e-3, 1e-5)
     epochs: int = 50
     batch_size: int = 256
+    selection_fraction: float = 0.1  # train images held out to choose the best member (0: choose on val, as saev)
+    selection_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -399,6 +404,9 @@ def _check_references(cfg: Config, raw: dict) -> None:
         if found != task:
             hint = " (or sae.tokens: patches+cls, to train on and edit CLS tokens)" if key == "sae" else ""
             raise ConfigError(f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}{hint}")
+    if cfg.seg_probe is not None and cfg.seg_probe.protocol == "zero_is_class" and not cfg.seg_probe.train_on_other:
+        raise ConfigError(f"{cfg.source}: key probes/seg/protocol: zero_is_class scores label 0 as a class; "
+                          "it needs probes/seg/train_on_other: true (a probe that never predicts 0 would score IoU 0 on it)")
     if cfg.manipulate is not None and cfg.sae is None:
         raise ConfigError(f"{cfg.source}: key manipulate: needs an `sae` section (the latents it edits)")
     demo = raw.get("demo", {})
