@@ -115,9 +115,31 @@ class ClsProbeConfig:
 
 
 @dataclass(frozen=True)
+class SAESource:
+    """Where the SAE comes from (``sae.source``); ``sae.cache`` is where it is APPLIED.
+
+    ``kind`` is ``cache`` (train on ``cache``: any cache of the same model as ``sae.cache``),
+    ``checkpoint`` (a local saev-format or ``pipeline`` ``.pt`` at ``path``) or ``hub``
+    (``file`` of the Hugging Face hub repo ``repo`` at ``revision``; ``sha256`` pins the
+    file). ``scaling`` (checkpoints): ``auto`` = the checkpoint's own recorded scaling, else
+    saev's convention computed on ``sae.cache``'s train split; ``saev`` forces the latter.
+    """
+
+    kind: str
+    cache: CacheRef | None = None
+    path: str | None = None
+    repo: str | None = None
+    file: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    scaling: str = "auto"
+
+
+@dataclass(frozen=True)
 class SAEConfig:
     cache: CacheRef
     layer: int
+    source: SAESource | None = None
     tokens: str = "patches"
     n_tokens: int = 1_000_000
     batch_size: int = 1024
@@ -311,7 +333,7 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
         caches=caches,
         seg_probe=_section(SegProbeConfig, probes.get("seg")),
         cls_probe=_section(ClsProbeConfig, probes.get("cls")),
-        sae=_section(SAEConfig, raw.get("sae")),
+        sae=_sae(raw.get("sae")),
         quantify=_quantify(raw.get("quantify")),
         dimred=_section(DimredConfig, raw.get("dimred")),
         manipulate=_manipulate(raw.get("manipulate"), source),
@@ -347,6 +369,24 @@ def _section(cls, raw: dict | None):
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _sae(raw: dict | None) -> SAEConfig | None:
+    if raw is None:
+        return None
+    raw = dict(raw)
+    src = raw.pop("source", None)
+    sae = _section(SAEConfig, raw)
+    if src is None:
+        return sae
+    if "cache" in src:
+        source = SAESource("cache", cache=CacheRef(**src["cache"]))
+    elif "checkpoint" in src:
+        source = SAESource("checkpoint", path=str(src["checkpoint"]), sha256=src.get("sha256"), scaling=src.get("scaling", "auto"))
+    else:
+        source = SAESource("hub", repo=src["hub"], file=src["file"], revision=src.get("revision"), sha256=src.get("sha256"),
+                           scaling=src.get("scaling", "auto"))
+    return dataclasses.replace(sae, source=source)
 
 
 def _quantify(raw: dict | None) -> QuantifyConfig | None:
@@ -404,6 +444,14 @@ def _check_references(cfg: Config, raw: dict) -> None:
         if found != task:
             hint = " (or sae.tokens: patches+cls, to train on and edit CLS tokens)" if key == "sae" else ""
             raise ConfigError(f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}{hint}")
+    src = cfg.sae.source if cfg.sae is not None else None
+    if src is not None and src.kind == "cache":
+        _check_ref(cfg, "sae/source/cache", src.cache)
+        if src.cache not in cfg.caches:
+            raise ConfigError(f"{cfg.source}: key sae/source/cache: ({src.cache.model}, {src.cache.dataset}) is not listed in caches")
+        if src.cache.model != cfg.sae.cache.model:
+            raise ConfigError(f"{cfg.source}: key sae/source/cache/model: {src.cache.model!r} differs from sae/cache/model "
+                              f"{cfg.sae.cache.model!r}; an SAE applies only to activations of the model it was trained on")
     if cfg.seg_probe is not None and cfg.seg_probe.protocol == "zero_is_class" and not cfg.seg_probe.train_on_other:
         raise ConfigError(f"{cfg.source}: key probes/seg/protocol: zero_is_class scores label 0 as a class; "
                           "it needs probes/seg/train_on_other: true (a probe that never predicts 0 would score IoU 0 on it)")

@@ -33,7 +33,8 @@ def _require(cfg: Config):
 
         q = QuantifyConfig()
     if cfg.sae.cache != cfg.seg_probe.cache:
-        raise ConfigError(f"{cfg.source}: key sae/cache and probes/seg/cache must name the same (model, dataset) for quantify")
+        raise ConfigError(f"{cfg.source}: key sae/cache and probes/seg/cache must name the same (model, dataset) for quantify: "
+                          "sae.cache is where the SAE is applied; train it elsewhere with sae.source")
     if cfg.seg_probe.layer != -1:
         raise ConfigError(f"{cfg.source}: key probes/seg/layer must be -1 (the final representation) for quantify")
     return q
@@ -44,14 +45,14 @@ def run_class_f1(args: argparse.Namespace) -> dict:
     from pipeline.feature_selection import class_latent_f1, save_f1
     from pipeline.paths import class_f1_path, sae_dir
     from pipeline.runtime import resolve_device, set_threads
-    from pipeline.sae import load_checkpoint
+    from pipeline.sae.stages import load_sae_for
 
     cfg = config_from_args(args)
     q = _require(cfg)
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    sae, _, scaling = load_checkpoint(sae_dir(cfg) / "sae.pt")
     train = CacheReader(cfg.store(cfg.sae.cache, "train"))
+    sae, _, scaling = load_sae_for(cfg, sae_dir(cfg) / "sae.pt", train)  # refuses an SAE of another model / block / width
     ds = class_latent_f1(train, cfg.sae.layer, sae, scaling, q.thresholds, device=device)
     out = class_f1_path(cfg)
     save_f1(ds, out)
@@ -79,7 +80,8 @@ def run_quantify(args: argparse.Namespace) -> dict:
     from pipeline.probes import load_probe
     from pipeline.quantify import provenance_columns, resolve_manual, run, write_outputs
     from pipeline.runtime import describe_device, resolve_device, set_threads
-    from pipeline.sae import load_checkpoint, load_latent_stats
+    from pipeline.sae import load_latent_stats
+    from pipeline.sae.stages import load_sae_for
 
     cfg = config_from_args(args)
     q = _require(cfg)
@@ -89,11 +91,7 @@ def run_quantify(args: argparse.Namespace) -> dict:
     val.require("patch_label")
     backbone, _ = load_backbone(cfg.model(cfg.sae.cache.model).spec, device=device)
     sae_path = sae_dir(cfg) / "sae.pt"
-    sae, _, scaling = load_checkpoint(sae_path)
-    if scaling is None:
-        from pipeline.sae import InputScaling
-
-        scaling = InputScaling.identity(sae.W_enc.shape[0])
+    sae, _, scaling = load_sae_for(cfg, sae_path, val)  # refuses an SAE of another model / block / width
     sae = sae.to(device)
     latents = load_latent_stats(sae_dir(cfg) / "latents.zarr")
     probe, probe_meta = load_probe(probe_stem(cfg))
