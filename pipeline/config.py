@@ -52,6 +52,7 @@ class DatasetConfig:
     splits: dict[str, str]  # our split name -> the dataset's own split name
     val_fraction: float = 0.2
     split_seed: int = 0
+    class_list: Path | None = None  # ade20k / segfolder: a class-list file instead of objectInfo150.* / classes.txt
 
     @property
     def task(self) -> str:
@@ -314,7 +315,10 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
             splits={**default_splits, **d.get("splits", {})},
             val_fraction=d.get("val_fraction", 0.2),
             split_seed=d.get("split_seed", 0),
+            class_list=Path(d["class_list"]) if d.get("class_list") is not None else None,
         )
+        if d.get("class_list") is not None and d["kind"] == "imagefolder":
+            raise ConfigError(f"{source}: key datasets/{name}/class_list: an imagefolder's classes are its folder names")
 
     ex = resolve_auto_counts(raw["extract"])
     extract = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()})

@@ -269,7 +269,8 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
     crop = int(attrs["image_size"])
     try:
         pre = Preprocess(**attrs["preprocess"])
-        data = load_split(attrs["dataset_kind"], Path(attrs["dataset_root"]), attrs["config"]["dataset"]["split"])
+        extra = {"class_list": attrs["config"]["dataset"]["class_list"]} if "class_list" in attrs["config"]["dataset"] else {}
+        data = load_split(attrs["dataset_kind"], Path(attrs["dataset_root"]), attrs["config"]["dataset"]["split"], **extra)
         by_id = {s.id: s.image for s in data.samples}
     except Exception as err:  # noqa: BLE001 - only a picture: say so and go on
         log.warning("examples.png: cannot list the dataset (%s); drawing placeholders", err)

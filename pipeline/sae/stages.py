@@ -696,7 +696,8 @@ def store_image_loader(reader: CacheReader) -> Callable[[int], Any]:
     split = attrs["config"]["dataset"]["split"]
     if kind == "imagefolder":
         raise SAEStageError(f"{reader.path}: the gallery needs a segmentation dataset, this store is an image folder")
-    data = load_split(kind, root, split)
+    extra = {"class_list": attrs["config"]["dataset"]["class_list"]} if "class_list" in attrs["config"]["dataset"] else {}
+    data = load_split(kind, root, split, **extra)
     path_of = {s.id: s.image for s in data.samples}
     ids = reader.image_ids
     pre = Preprocess(**attrs["preprocess"])
