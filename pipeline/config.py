@@ -181,6 +181,8 @@ class DimredConfig:
     probe_epochs: int = 5
     probe_lr: float = 1e-3
     seed: int = 0
+    crf: bool = True  # dense CRF on the full-feature rows (pipeline.crf, STEGO's settings)
+    crf_window: int = 7  # pairwise terms within this many pixels (Chebyshev distance)
 
 
 @dataclass(frozen=True)

@@ -260,6 +260,11 @@ def test_end_to_end_tiny_project(project, monkeypatch):
         got = set(zip(df.loc[df["probe"] == probe, "method"], df.loc[df["probe"] == probe, "dim"]))
         assert got == expected, (probe, got)
     assert len(df) == 2 * len(expected)
+    # STEGO's mIoU and the protocol named on every row; CRF rows for the full features (issue 15)
+    assert (df["miou_definition"] == "stego").all() and (df["protocol"] == "ade20k").all()
+    full = df[df["method"] == "full"]
+    assert full["miou_crf"].between(0, 1).all() and full["accuracy_crf"].between(0, 1).all()
+    assert df.loc[df["method"] != "full", "miou_crf"].isna().all()
     for col in ("miou", "accuracy", "patch_miou", "patch_accuracy"):
         assert df[col].between(0, 1).all(), col
     assert (df["n_fit_tokens"] == summary["n_fit_tokens"]).all() and df["random_weights"].all()
@@ -307,3 +312,19 @@ def test_cli_and_sample_is_chunkwise(project, monkeypatch):
 
     proc = run_cli(["dimred", "--help"], project)
     assert "dimred" in proc.stdout
+
+
+def test_study_runs_hnne_with_stegos_miou(project):
+    """h-NNE in the study itself (the real package): rows per dim, scored like the others."""
+    from pipeline import dimred_study
+
+    write_config(project, {"dimred": {**DIMRED, "methods": ["hnne"], "dims": [8, 2], "crf": False}})
+    cfg = load_config("config.yaml")
+    for split in ("train", "val"):
+        extract(cfg, SEG, split, progress=False)
+    summary = dimred_study.run_dimred_study(cfg, progress=False)
+    df = pd.read_csv(project / "results" / "dimred.csv")
+    assert summary["methods"] == ["hnne"]
+    assert set(zip(df["method"], df["dim"], df["probe"])) == {(m, d, p) for m, d in (("full", 32), ("hnne", 8), ("hnne", 2))
+                                                              for p in ("linear", "cluster")}
+    assert df["miou"].between(0, 1).all() and df["miou_crf"].isna().all()
