@@ -182,7 +182,7 @@ class DimredConfig:
     probe_lr: float = 1e-3
     seed: int = 0
     crf: bool = True  # dense CRF on the full-feature rows (pipeline.crf, STEGO's settings)
-    crf_window: int = 7  # pairwise terms within this many pixels (Chebyshev distance)
+    crf_window: int = 3  # pairwise terms within this many pixels (Chebyshev distance)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ Dimension key: C classes (channels), H/W pixels, O window offsets, N = H·W pixe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +92,7 @@ class DenseCRF:
                 d2 = float(dy * dy + dx * dx)
                 rgb2 = ((nb - img) ** 2).sum(0)
                 k = params.w_bi * torch.exp(-d2 / (2 * params.theta_alpha**2) - rgb2 / (2 * params.theta_beta**2))
-                k = k + params.w_pos * torch.exp(torch.tensor(-d2 / (2 * params.theta_gamma**2)))
+                k = k + params.w_pos * math.exp(-d2 / (2 * params.theta_gamma**2))
                 kernels.append(k * ok)
                 self.offsets.append((dy, dx))
         self.kernel_OHW = torch.stack(kernels)
@@ -107,7 +108,7 @@ class DenseCRF:
 
     def refine(self, probs_CHW: Tensor) -> Tensor:
         """Refined marginals Q ``[C, H, W]`` (each pixel sums to 1) from probabilities ``probs_CHW``."""
-        _check(probs_CHW, torch.zeros(3, *self.shape))
+        _check(probs_CHW, torch.zeros(3, *self.shape, device=probs_CHW.device))
         log_p = torch.log(probs_CHW.float().clamp_min(1e-8))
         q = torch.softmax(log_p, dim=0)
         for _ in range(self.params.iterations):

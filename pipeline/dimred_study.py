@@ -294,12 +294,14 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
                     size = pixel_BHW.shape[1:]
                     lin_p = _upsampled_probs(logits_1BPC[0], val.grid, size, offset=1)
                     clu_p = _upsampled_probs(sims_1BPK[0], val.grid, size, offset=0, alpha=CLUSTER_ALPHA)
-                    for j, img in enumerate(_crf_images(val, load, image_B, size)):
-                        field = crf.DenseCRF(img, crf.STEGO, window=crf_window)
-                        lin = (field.refine(lin_p[j]).argmax(0) + 1).numpy()
-                        clu = field.refine(clu_p[j]).argmax(0).numpy()
-                        conf.linear_crf += metrics.confusion_matrix(pixel_BHW[j], lin, c, ignore=0)
-                        conf.cluster_crf += metrics.confusion_matrix(pixel_BHW[j], clu, c, ignore=0)
+                    # per-image ops of ~1e5 elements: one CPU thread is faster than several on shared cores
+                    with _cpu_threads_for(0.0, lin_p.device):
+                        for j, img in enumerate(_crf_images(val, load, image_B, size)):
+                            field = crf.DenseCRF(img.to(lin_p.device), crf.STEGO, window=crf_window)
+                            lin = (field.refine(lin_p[j]).argmax(0) + 1).cpu().numpy()
+                            clu = field.refine(clu_p[j]).argmax(0).cpu().numpy()
+                            conf.linear_crf += metrics.confusion_matrix(pixel_BHW[j], lin, c, ignore=0)
+                            conf.cluster_crf += metrics.confusion_matrix(pixel_BHW[j], clu, c, ignore=0)
     return confs
 
 
