@@ -87,18 +87,20 @@ def confusion_matrix(
 ) -> np.ndarray:
     """Count (true, predicted) label pairs into an ``int64 [C, C]`` matrix (rows: truth).
 
-    ``true`` and ``pred`` may have any shape (they are flattened) but must have the same size.
+    ``true`` and ``pred`` may have any shape (they are flattened) but must have the SAME shape
+    (same size is not enough: a transposed array would pair the wrong samples) and not be empty.
     Samples whose *true* label equals ``ignore`` are dropped before counting (their prediction
     is not checked). Any other label outside ``[0, n_classes)`` is a ``ValueError`` naming it.
     """
     if n_classes < 1:
         raise ValueError(f"n_classes must be >= 1; got {n_classes}.")
+    true_shape, pred_shape = np.shape(true), np.shape(pred)
+    if true_shape != pred_shape:
+        raise ValueError(f"true and pred must have the same shape (not only the same number of elements); got {true_shape} and {pred_shape}.")
     true_N = _as_int_labels(true, "true")
     pred_N = _as_int_labels(pred, "pred")
-    if true_N.shape != pred_N.shape:
-        raise ValueError(
-            f"true and pred must have the same number of elements; got {true_N.size} and {pred_N.size}."
-        )
+    if true_N.size == 0:
+        raise ValueError("true and pred are empty: nothing to count.")
     if ignore is not None:
         keep_N = true_N != ignore
         true_N, pred_N = true_N[keep_N], pred_N[keep_N]

@@ -216,3 +216,10 @@ def test_zero_is_class_needs_train_on_other(tmp_path):
     raw["probes"]["seg"]["train_on_other"] = True
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     assert load_config(tmp_path / "c.yaml").seg_probe.protocol == "zero_is_class"
+
+
+def test_transposed_or_empty_counting_is_an_error():
+    with pytest.raises(ValueError, match=r"same shape .*\(2, 3\) and \(3, 2\)"):
+        metrics.confusion_matrix(np.zeros((2, 3), int), np.zeros((3, 2), int), 3)
+    with pytest.raises(ValueError, match="empty"):
+        metrics.confusion_matrix(np.zeros(0, int), np.zeros(0, int), 3)
