@@ -53,6 +53,7 @@ class DatasetConfig:
     splits: dict[str, str]  # our split name -> the dataset's own split name
     val_fraction: float = 0.2
     split_seed: int = 0
+    class_list: Path | None = None  # ade20k / segfolder: a class-list file instead of objectInfo150.* / classes.txt
 
     @property
     def task(self) -> str:
@@ -96,6 +97,9 @@ class SegProbeConfig:
     min_purity: float = 0.5
     train_on_other: bool = False
     n_figure_images: int = 6
+    protocol: str = "ade20k"  # ade20k | zero_is_class (pipeline.metrics.SEG_PROTOCOLS)
+    selection_fraction: float = 0.1  # train images held out to choose the best member (0: choose on val, as saev)
+    selection_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,12 +112,36 @@ class ClsProbeConfig:
     weight_decays: tuple[float, ...] = (1e-1, 1e-3, 1e-5)
     epochs: int = 50
     batch_size: int = 256
+    selection_fraction: float = 0.1  # train images held out to choose the best member (0: choose on val, as saev)
+    selection_seed: int = 0
+
+
+@dataclass(frozen=True)
+class SAESource:
+    """Where the SAE comes from (``sae.source``); ``sae.cache`` is where it is APPLIED.
+
+    ``kind`` is ``cache`` (train on ``cache``: any cache of the same model as ``sae.cache``),
+    ``checkpoint`` (a local saev-format or ``pipeline`` ``.pt`` at ``path``) or ``hub``
+    (``file`` of the Hugging Face hub repo ``repo`` at ``revision``; ``sha256`` pins the
+    file). ``scaling`` (checkpoints): ``auto`` = the checkpoint's own recorded scaling, else
+    saev's convention computed on ``sae.cache``'s train split; ``saev`` forces the latter.
+    """
+
+    kind: str
+    cache: CacheRef | None = None
+    path: str | None = None
+    repo: str | None = None
+    file: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    scaling: str = "auto"
 
 
 @dataclass(frozen=True)
 class SAEConfig:
     cache: CacheRef
     layer: int
+    source: SAESource | None = None
     tokens: str = "patches"
     n_tokens: int = 1_000_000
     batch_size: int = 1024
@@ -154,6 +182,8 @@ class DimredConfig:
     probe_epochs: int = 5
     probe_lr: float = 1e-3
     seed: int = 0
+    crf: bool = True  # dense CRF on the full-feature rows (pipeline.crf, STEGO's settings)
+    crf_window: int = 3  # pairwise terms within this many pixels (Chebyshev distance)
 
 
 @dataclass(frozen=True)
@@ -288,7 +318,10 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
             splits={**default_splits, **d.get("splits", {})},
             val_fraction=d.get("val_fraction", 0.2),
             split_seed=d.get("split_seed", 0),
+            class_list=Path(d["class_list"]) if d.get("class_list") is not None else None,
         )
+        if d.get("class_list") is not None and d["kind"] == "imagefolder":
+            raise ConfigError(f"{source}: key datasets/{name}/class_list: an imagefolder's classes are its folder names")
 
     ex = resolve_auto_counts(raw["extract"])
     extract = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()})
@@ -307,7 +340,7 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
         caches=caches,
         seg_probe=_section(SegProbeConfig, probes.get("seg")),
         cls_probe=_section(ClsProbeConfig, probes.get("cls")),
-        sae=_section(SAEConfig, raw.get("sae")),
+        sae=_sae(raw.get("sae")),
         quantify=_quantify(raw.get("quantify")),
         dimred=_section(DimredConfig, raw.get("dimred")),
         manipulate=_manipulate(raw.get("manipulate"), source),
@@ -343,6 +376,24 @@ def _section(cls, raw: dict | None):
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _sae(raw: dict | None) -> SAEConfig | None:
+    if raw is None:
+        return None
+    raw = dict(raw)
+    src = raw.pop("source", None)
+    sae = _section(SAEConfig, raw)
+    if src is None:
+        return sae
+    if "cache" in src:
+        source = SAESource("cache", cache=CacheRef(**src["cache"]))
+    elif "checkpoint" in src:
+        source = SAESource("checkpoint", path=str(src["checkpoint"]), sha256=src.get("sha256"), scaling=src.get("scaling", "auto"))
+    else:
+        source = SAESource("hub", repo=src["hub"], file=src["file"], revision=src.get("revision"), sha256=src.get("sha256"),
+                           scaling=src.get("scaling", "auto"))
+    return dataclasses.replace(sae, source=source)
 
 
 def _quantify(raw: dict | None) -> QuantifyConfig | None:
@@ -400,6 +451,17 @@ def _check_references(cfg: Config, raw: dict) -> None:
         if found != task:
             hint = " (or sae.tokens: patches+cls, to train on and edit CLS tokens)" if key == "sae" else ""
             raise ConfigError(f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}{hint}")
+    src = cfg.sae.source if cfg.sae is not None else None
+    if src is not None and src.kind == "cache":
+        _check_ref(cfg, "sae/source/cache", src.cache)
+        if src.cache not in cfg.caches:
+            raise ConfigError(f"{cfg.source}: key sae/source/cache: ({src.cache.model}, {src.cache.dataset}) is not listed in caches")
+        if src.cache.model != cfg.sae.cache.model:
+            raise ConfigError(f"{cfg.source}: key sae/source/cache/model: {src.cache.model!r} differs from sae/cache/model "
+                              f"{cfg.sae.cache.model!r}; an SAE applies only to activations of the model it was trained on")
+    if cfg.seg_probe is not None and cfg.seg_probe.protocol == "zero_is_class" and not cfg.seg_probe.train_on_other:
+        raise ConfigError(f"{cfg.source}: key probes/seg/protocol: zero_is_class scores label 0 as a class; "
+                          "it needs probes/seg/train_on_other: true (a probe that never predicts 0 would score IoU 0 on it)")
     if cfg.manipulate is not None and cfg.sae is None:
         raise ConfigError(f"{cfg.source}: key manipulate: needs an `sae` section (the latents it edits)")
     demo = raw.get("demo", {})
@@ -427,3 +489,13 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def sae_is_imported(sc: SAEConfig) -> bool:
+    """True when ``sae.source`` is a checkpoint (local or hub): ``sae-train`` imports instead of training."""
+    return sc.source is not None and sc.source.kind in ("checkpoint", "hub")
+
+
+def sae_train_ref(sc: SAEConfig) -> CacheRef:
+    """The cache the SAE trains on: ``sae.source.cache``, else ``sae.cache``."""
+    return sc.source.cache if sc.source is not None and sc.source.kind == "cache" else sc.cache

@@ -38,10 +38,12 @@ Reductions, each fitted ONCE on the standardised sample at the largest dim d_max
       ``sqrt(d_max / d)`` so the entries are N(0, 1/d), the Johnson-Lindenstrauss scaling a
       fresh d-dimensional GaussianRandomProjection would have; a dim-d projection is the
       first d columns of the d_max one times that factor. Nothing is redrawn per dim.
-    - ``hnne`` (optional, only when the ``hnne`` package imports): h-NNE (Sarfraz et al.,
-      CVPR 2022) is non-linear and has no "first d components"; its FINCH hierarchy is built
-      once on the sample and the projection to each dim is fitted on that one hierarchy.
-      h-NNE can only save itself with pickle, so it is not written to disk.
+    - ``hnne``: h-NNE (Sarfraz et al., CVPR 2022; the ``hnne`` package, a dependency) is
+      non-linear and has no "first d components"; its FINCH hierarchy is built once on the
+      sample (``HNNE(metric="cosine", random_state=seed).fit_only_hierarchy``) and the
+      projection to each dim is fitted on that one hierarchy (``fit(x,
+      override_n_components=d)``); new points go through ``transform``. h-NNE can only save
+      itself with pickle, so it is not written to disk.
     Dims larger than D (or than the sample) are skipped with a note.
 
 Saved (:func:`save_projections`): ``<stem>.safetensors`` (standardisation mean/std, PCA
@@ -333,17 +335,17 @@ class HNNEReduction:
     def __init__(self, x_ND: np.ndarray, dims: Sequence[int], *, seed: int = 0):
         from hnne import HNNE
 
-        np.random.seed(seed)  # h-NNE draws from numpy's global generator
-        base = HNNE(metric="cosine")
+        np.random.seed(seed)  # older h-NNE releases drew from numpy's global generator
+        base = HNNE(metric="cosine", random_state=seed)
         base.fit_only_hierarchy(x_ND)
         self.models: dict[int, Any] = {}
         for d in dims:
             model = copy.deepcopy(base)
-            model.fit(x_ND, dim=int(d))
+            model.fit(x_ND, override_n_components=int(d))
             self.models[int(d)] = model
         self.dims = tuple(int(d) for d in dims)
         self.info = {
-            "solver": "hnne.HNNE(metric='cosine'): one hierarchy, one projection fitted per dim",
+            "solver": f"hnne.HNNE(metric='cosine', random_state={seed}): one hierarchy, one projection fitted per dim",
             "dim_rule": "non-linear: a separate projection per dim over the one FINCH hierarchy (no 'first d components')",
             "saved": False,
         }
@@ -369,10 +371,11 @@ def fit_reductions(x_ND: np.ndarray, methods: Sequence[str], dims: Sequence[int]
         elif method == "random_projection":
             out[method] = fit_random_projection(x_ND, k, seed=seed)
         elif method == "hnne":
-            if not hnne_available():
-                notes.append("hnne skipped: the hnne package is not installed (pip install hnne; needs numba and pynndescent)")
-                log.warning(notes[-1])
-                continue
+            if not hnne_available():  # a dependency: a broken install is an error, not a silent skip
+                from pipeline.config import ConfigError
+
+                raise ConfigError("dimred/methods: hnne needs the hnne package (a dependency of this project: "
+                                  "pip install -e . installs it with numba, pynndescent and finch-clust)")
             hdims = [d for d in dims if d < x_ND.shape[1]]
             out[method] = HNNEReduction(x_ND, hdims, seed=seed)
         else:

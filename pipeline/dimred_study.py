@@ -27,13 +27,23 @@ Steps (see :mod:`pipeline.dimred` for the sampling, standardisation and projecti
        ``pixel_label``). The linear probe predicts the real classes 1 … C-1. Clusters are
        matched to classes 1 … C-1 by the Hungarian algorithm on the VALIDATION pixel-level
        confusion (STEGO's "unsupervised" metrics); the same mapping scores the patch level.
-    Metrics: the ADE20K protocol of the seg probe (:data:`pipeline.probes.seg.PROTOCOL`):
-    true label 0 ignored, mIoU over classes 1 … C-1 present in the val truth; accuracy over
-    the non-ignored pixels. All from :mod:`pipeline.metrics`.
+    6. Dense CRF (``dimred.crf``, on by default): for the ``full`` features, the pixel-level
+       probabilities of both probes (linear: softmax of the upsampled logits over the real
+       classes; cluster: softmax(2 · upsampled cosine similarity), STEGO's eval-time
+       ``alpha``) are refined with :class:`pipeline.crf.DenseCRF` (STEGO's kernel settings,
+       pairwise terms within ``crf_window`` pixels) on the val image as the model saw it
+       (read from the dataset with the store's resize / crop), then scored like the rest;
+       the cluster probe's CRF output gets its own Hungarian match.
+    Metrics: protocol ``ade20k`` (true label 0, "unlabelled", ignored; classes 1 … C-1
+    scored) and STEGO's mIoU (:data:`pipeline.metrics.MIOU_DEFINITIONS` ``stego``: every
+    scored class with a defined IoU, a class only predicted counts 0); accuracy over the
+    non-ignored pixels. All from :mod:`pipeline.metrics`; every row names both.
 
 Outputs (``<results>`` = ``paths.results``)
     ``<results>/dimred.csv``: one row per (method, dim, probe), plus ``method = full`` rows:
-    ``method, dim, probe, miou, accuracy`` (pixel level, fractions), ``patch_miou,
+    ``method, dim, probe, miou, accuracy`` (pixel level, fractions), ``miou_crf,
+    accuracy_crf`` (the same after the dense CRF; ``full`` rows only, NaN elsewhere),
+    ``protocol, miou_definition``, ``patch_miou,
     patch_accuracy, mean_class_accuracy``, ``n_fit_tokens`` (tokens the reductions were
     fitted on), ``n_train_tokens`` (tokens the probe trained on), ``k``, ``train_loss`` /
     ``kmeans_objective``, ``explained_variance`` (PCA, cumulative at d), ``layer, block,
@@ -63,16 +73,17 @@ import altair as alt
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 import pipeline
-from pipeline import cluster_probe, dimred, metrics
+from pipeline import cluster_probe, crf, dimred, metrics
 from pipeline.config import Config, ConfigError, to_jsonable
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 from pipeline.progress import Progress
 from pipeline.probes.features import FinalNorm, ProbeStores, check_label_range, in_memory_epochs, open_probe_stores, patch_chunks, seg_train_labels, store_record
 from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep
-from pipeline.probes.seg import PROTOCOL, seg_metrics, upsampled_predictions
+from pipeline.probes.seg import protocol_text, seg_metrics, upsampled_predictions
 from pipeline.provenance import record
 from pipeline.runtime import describe_device, resolve_device, set_threads
 
@@ -97,6 +108,10 @@ SMALL_STEP_FLOPS = 1e8  # CPU steps below this run on one thread (see _cpu_threa
 CHART_STEMS = ("linear", "cluster", "pca_variance")
 CHART_EXTS = ("html", "png", "svg")
 PROBES = ("linear", "cluster")
+PROTOCOL_NAME = "ade20k"
+MIOU_DEFINITION = "stego"  # the STEGO study scores with STEGO's mIoU
+PROTOCOL = protocol_text(PROTOCOL_NAME, MIOU_DEFINITION)
+CLUSTER_ALPHA = 2.0  # STEGO's cluster probe at evaluation: softmax(2 * cosine similarity)
 
 
 # ---- where ---------------------------------------------------------------------------------
@@ -218,12 +233,43 @@ class Confusions:
     linear_pixel: np.ndarray
     cluster_patch: np.ndarray  # [C, C], cluster ids in the first K columns
     cluster_pixel: np.ndarray
+    linear_crf: np.ndarray | None = None  # pixel level after the dense CRF (full features only)
+    cluster_crf: np.ndarray | None = None
 
 
-def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler: dimred.Standardizer, progress: bool = False) -> list[Confusions]:
-    """One pass over the val store: every variant, both probes, patch and pixel level (truth 0 ignored)."""
+def _upsampled_probs(maps_BPC: Tensor, grid: tuple[int, int], size: tuple[int, int], *, offset: int, alpha: float = 1.0) -> Tensor:
+    """softmax(alpha · bilinear upsampling of patch maps) over channels offset…: ``[B, C', H, W]``."""
+    b, p, c = maps_BPC.shape
+    maps = maps_BPC[..., offset:].permute(0, 2, 1).reshape(b, c - offset, *grid).float()
+    up = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return torch.softmax(alpha * up, dim=1)
+
+
+def _crf_images(val, load, image_B: np.ndarray, size: tuple[int, int]) -> list[Tensor]:
+    """The val images as the model saw them (``load``: the store's geometry), float RGB 0 … 255, ``[3, H, W]`` each."""
+    out = []
+    for i in image_B:
+        img = torch.from_numpy(np.asarray(load(int(i)), dtype=np.float32)).permute(2, 0, 1)
+        if tuple(img.shape[1:]) != tuple(size):
+            raise ConfigError(f"{val.path}: image {i} is {tuple(img.shape[1:])} px after the store's crop, its mask {tuple(size)}: cannot run the CRF")
+        out.append(img)
+    return out
+
+
+def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler: dimred.Standardizer, *,
+              crf_window: int | None = None, progress: bool = False) -> list[Confusions]:
+    """One pass over the val store: every variant, both probes, patch and pixel level (truth 0 ignored);
+    with ``crf_window``, also the dense-CRF pixel level of the ``full`` variant."""
     val, c = stores.val, stores.n_classes
     confs = [Confusions(*(np.zeros((c, c), np.int64) for _ in range(4))) for _ in fitted]
+    load = None
+    if crf_window is not None:
+        from pipeline.sae.stages import store_image_loader
+
+        load = store_image_loader(val)  # images read only for the CRF's appearance kernel
+    for f, conf in zip(fitted, confs):
+        if crf_window is not None and f.variant.method == "full":
+            conf.linear_crf, conf.cluster_crf = np.zeros((c, c), np.int64), np.zeros((c, c), np.int64)
     patch_label_NP = val.labels("patch_label").astype(np.int64)
     check_label_range(val, "patch_label", patch_label_NP[val.valid], np.flatnonzero(val.valid))
     variants = [f.variant for f in fitted]
@@ -248,6 +294,18 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
                 pixel_cl = upsampled_predictions(sims_1BPK, val.grid, pixel_BHW.shape[1:], train_on_other=True)[0]
                 conf.cluster_patch += metrics.confusion_matrix(truth_BP, patch_cl, c, ignore=0)
                 conf.cluster_pixel += metrics.confusion_matrix(pixel_BHW, pixel_cl, c, ignore=0)
+                if conf.linear_crf is not None:
+                    size = pixel_BHW.shape[1:]
+                    lin_p = _upsampled_probs(logits_1BPC[0], val.grid, size, offset=1)
+                    clu_p = _upsampled_probs(sims_1BPK[0], val.grid, size, offset=0, alpha=CLUSTER_ALPHA)
+                    # per-image ops of ~1e5 elements: one CPU thread is faster than several on shared cores
+                    with _cpu_threads_for(0.0, lin_p.device):
+                        for j, img in enumerate(_crf_images(val, load, image_B, size)):
+                            field = crf.DenseCRF(img.to(lin_p.device), crf.STEGO, window=crf_window)
+                            lin = (field.refine(lin_p[j]).argmax(0) + 1).cpu().numpy()
+                            clu = field.refine(clu_p[j]).argmax(0).cpu().numpy()
+                            conf.linear_crf += metrics.confusion_matrix(pixel_BHW[j], lin, c, ignore=0)
+                            conf.cluster_crf += metrics.confusion_matrix(pixel_BHW[j], clu, c, ignore=0)
     bar.close()
     return confs
 
@@ -349,7 +407,7 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
     bar.close()
     del x_std_t
     t3 = time.perf_counter()
-    confs = _evaluate(fitted, stores, norm, scaler, progress=progress)
+    confs = _evaluate(fitted, stores, norm, scaler, crf_window=dc.crf_window if dc.crf else None, progress=progress)
     t4 = time.perf_counter()
 
     evr = reductions["pca"].extras["explained_variance_ratio"] if "pca" in reductions else None
@@ -360,16 +418,22 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
         common = {"method": v.method, "dim": v.dim, "n_fit_tokens": len(sample),
                   "explained_variance": float(np.sum(evr[: v.dim], dtype=np.float64)) if v.method == "pca" else np.nan,
                   "layer": dc.layer, "block": block, "random_weights": stores.random_weights}
-        lin = seg_metrics(conf.linear_patch, conf.linear_pixel)
-        rows.append({**common, "probe": "linear", **_metric_columns(lin), "n_train_tokens": n_train, "k": np.nan,
+        lin = seg_metrics(conf.linear_patch, conf.linear_pixel, PROTOCOL_NAME, MIOU_DEFINITION)
+        rows.append({**common, "probe": "linear", **_metric_columns(lin), **_crf_columns(conf.linear_crf),
+                     "n_train_tokens": n_train, "k": np.nan,
                      "train_loss": float(f.probe.train_loss_M[0]), "kmeans_objective": np.nan})
         k = f.centroids_KD.shape[0]
         mapping, pixel_matched = cluster_probe.cluster_scores(conf.cluster_pixel[:, :k])
         patch_matched = metrics.matched_confusion(conf.cluster_patch[:, :k], mapping)
-        clu = seg_metrics(patch_matched, pixel_matched)
-        rows.append({**common, "probe": "cluster", **_metric_columns(clu), "n_train_tokens": len(sample), "k": k,
+        clu = seg_metrics(patch_matched, pixel_matched, PROTOCOL_NAME, MIOU_DEFINITION)
+        crf_matched = cluster_probe.cluster_scores(conf.cluster_crf[:, :k])[1] if conf.cluster_crf is not None else None
+        rows.append({**common, "probe": "cluster", **_metric_columns(clu), **_crf_columns(crf_matched),
+                     "n_train_tokens": len(sample), "k": k,
                      "train_loss": np.nan, "kmeans_objective": f.kmeans.objective})
-    cols = ["method", "dim", "probe", "miou", "accuracy", "patch_miou", "patch_accuracy", "mean_class_accuracy",
+    for r in rows:
+        r.update(protocol=PROTOCOL_NAME, miou_definition=MIOU_DEFINITION)
+    cols = ["method", "dim", "probe", "miou", "accuracy", "miou_crf", "accuracy_crf", "protocol", "miou_definition",
+            "patch_miou", "patch_accuracy", "mean_class_accuracy",
             "n_fit_tokens", "n_train_tokens", "k", "train_loss", "kmeans_objective", "explained_variance", "layer", "block", "random_weights"]
     table = pd.DataFrame(rows)[cols]
 
@@ -379,6 +443,9 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
     table.to_csv(dimred_csv(cfg), index=False)
     meta = {
         "study": "stego-studies dimensionality reduction (Koenig et al., CVPR-W 2023)",
+        "protocol": PROTOCOL,
+        "crf": ({"params": to_jsonable(crf.STEGO), "window": dc.crf_window, "on": "full features, both probes, pixel level",
+                 "cluster_alpha": CLUSTER_ALPHA} if dc.crf else None),
         "input": f"final_norm(output of block {block}) at the patch tokens, float32, standardised with the train sample's statistics",
         "cache": to_jsonable(dc.cache),
         "layer": dc.layer,
@@ -425,6 +492,15 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
         "seconds": {"sample": round(t1 - t0, 2), "fit_reductions": round(t2 - t1, 2), "fit_probes": round(t3 - t2, 2),
                     "evaluate": round(t4 - t3, 2), "outputs": round(t5 - t4, 2)},
     }
+
+
+def _crf_columns(conf: np.ndarray | None) -> dict[str, float]:
+    """mIoU (STEGO's) and accuracy after the CRF; NaN where no CRF ran."""
+    if conf is None:
+        return {"miou_crf": np.nan, "accuracy_crf": np.nan}
+    exclude = metrics.protocol_exclude(PROTOCOL_NAME)
+    return {"miou_crf": metrics.mean_iou_as(conf, MIOU_DEFINITION, exclude=exclude),
+            "accuracy_crf": metrics.pixel_accuracy(conf, exclude=exclude)}
 
 
 def _metric_columns(m: dict[str, float]) -> dict[str, float]:

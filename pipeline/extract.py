@@ -77,6 +77,8 @@ def split_data(cfg: Config, dataset: str, split: str) -> SplitData:
     kwargs = {}
     if ds.kind == "imagefolder":
         kwargs = dict(split_file=cfg.paths.cache / "splits" / f"{dataset}.json", val_fraction=ds.val_fraction, seed=ds.split_seed)
+    elif ds.class_list is not None:
+        kwargs = dict(class_list=ds.class_list)
     return load_split(ds.kind, ds.root, ds.splits[split], **kwargs)
 
 
@@ -180,7 +182,8 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
         "layers": list(layers),
         "dtype": ex.dtype,
         "chunk_images": ex.chunk_images,
-        "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.splits[split]},
+        "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.splits[split],
+                    **({"class_list": str(dataset.class_list)} if dataset.class_list is not None else {})},
         "images_sha256": stable_hash(layout.image_ids),
     }
     if forward_dtype != "float32":  # stores made before this key existed ran in float32: their hash stays valid

@@ -17,7 +17,14 @@ Conventions:
   "other" pixels entirely instead (the mmseg ``reduce_zero_label`` convention), build the
   matrix with ``confusion_matrix(..., ignore=0)``.
 - ``mean_iou`` averages over classes present in the *ground truth* by default; classes absent
-  from both truth and prediction have IoU NaN and never enter a mean.
+  from both truth and prediction have IoU NaN and never enter a mean. :data:`MIOU_DEFINITIONS`
+  names the two averages a user compares against (``present_in_truth``, saev / mmseg style,
+  and ``stego``: every class with a defined IoU, so a class only ever *predicted* scores 0,
+  as STEGO's ``UnsupervisedMetrics``); :func:`mean_iou_as` computes one by name.
+- :data:`SEG_PROTOCOLS` names the two segmentation evaluation protocols: ``ade20k`` (true
+  label 0 ignored, mean over classes 1 … C-1) and ``zero_is_class`` (label 0 is an ordinary
+  class: nothing ignored, mean over all C classes, an n+1-way problem);
+  :func:`protocol_confusion` and :func:`protocol_exclude` implement them.
 
 Dimension key: N samples (pixels, patches or images), C classes (C_true, C_pred when they
 differ), K clusters.
@@ -32,16 +39,34 @@ import numpy.typing as npt
 import scipy.optimize
 
 __all__ = [
+    "MIOU_DEFINITIONS",
+    "SEG_PROTOCOLS",
     "confusion_matrix",
     "confusion_matrices",
     "hungarian_match",
     "iou_per_class",
     "matched_confusion",
     "mean_iou",
+    "mean_iou_as",
     "per_class_accuracy",
     "pixel_accuracy",
+    "protocol_confusion",
+    "protocol_exclude",
     "topk_accuracy",
 ]
+
+
+MIOU_DEFINITIONS = {
+    "present_in_truth": "mean IoU over the scored classes present in the ground truth (saev, mmseg)",
+    "stego": "mean IoU over every scored class with a defined IoU; a class only predicted counts 0 (STEGO)",
+}
+"""mIoU definition name -> what it averages (the name goes into every output that reports mIoU)."""
+
+SEG_PROTOCOLS = {
+    "ade20k": "true label 0 (other / unlabelled) ignored; classes 1..C-1 scored (mmseg reduce_zero_label)",
+    "zero_is_class": "label 0 is a class like any other: nothing ignored, all C classes scored (n+1-way)",
+}
+"""Segmentation evaluation protocol name -> its rule."""
 
 
 def _as_int_labels(a: npt.ArrayLike, name: str) -> np.ndarray:
@@ -62,18 +87,20 @@ def confusion_matrix(
 ) -> np.ndarray:
     """Count (true, predicted) label pairs into an ``int64 [C, C]`` matrix (rows: truth).
 
-    ``true`` and ``pred`` may have any shape (they are flattened) but must have the same size.
+    ``true`` and ``pred`` may have any shape (they are flattened) but must have the SAME shape
+    (same size is not enough: a transposed array would pair the wrong samples) and not be empty.
     Samples whose *true* label equals ``ignore`` are dropped before counting (their prediction
     is not checked). Any other label outside ``[0, n_classes)`` is a ``ValueError`` naming it.
     """
     if n_classes < 1:
         raise ValueError(f"n_classes must be >= 1; got {n_classes}.")
+    true_shape, pred_shape = np.shape(true), np.shape(pred)
+    if true_shape != pred_shape:
+        raise ValueError(f"true and pred must have the same shape (not only the same number of elements); got {true_shape} and {pred_shape}.")
     true_N = _as_int_labels(true, "true")
     pred_N = _as_int_labels(pred, "pred")
-    if true_N.shape != pred_N.shape:
-        raise ValueError(
-            f"true and pred must have the same number of elements; got {true_N.size} and {pred_N.size}."
-        )
+    if true_N.size == 0:
+        raise ValueError("true and pred are empty: nothing to count.")
     if ignore is not None:
         keep_N = true_N != ignore
         true_N, pred_N = true_N[keep_N], pred_N[keep_N]
@@ -143,6 +170,30 @@ def mean_iou(conf: npt.ArrayLike, *, exclude: Sequence[int] = (0,), present_only
     if not keep_C.any():
         return float("nan")
     return float(iou_C[keep_C].mean())
+
+
+def mean_iou_as(conf: npt.ArrayLike, definition: str, *, exclude: Sequence[int] = (0,)) -> float:
+    """Mean IoU by :data:`MIOU_DEFINITIONS` name (``present_in_truth`` or ``stego``)."""
+    if definition not in MIOU_DEFINITIONS:
+        raise ValueError(f"unknown mIoU definition {definition!r}; known: {', '.join(MIOU_DEFINITIONS)}")
+    return mean_iou(conf, exclude=exclude, present_only=definition == "present_in_truth")
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in SEG_PROTOCOLS:
+        raise ValueError(f"unknown segmentation protocol {protocol!r}; known: {', '.join(SEG_PROTOCOLS)}")
+
+
+def protocol_confusion(true: npt.ArrayLike, pred: npt.ArrayLike, n_classes: int, protocol: str) -> np.ndarray:
+    """:func:`confusion_matrix` under a :data:`SEG_PROTOCOLS` protocol (``ade20k`` ignores truth 0)."""
+    _check_protocol(protocol)
+    return confusion_matrix(true, pred, n_classes, ignore=0 if protocol == "ade20k" else None)
+
+
+def protocol_exclude(protocol: str) -> tuple[int, ...]:
+    """Classes left out of means and accuracies under ``protocol``: (0,) for ``ade20k``, () otherwise."""
+    _check_protocol(protocol)
+    return (0,) if protocol == "ade20k" else ()
 
 
 def pixel_accuracy(conf: npt.ArrayLike, *, exclude: Sequence[int] = ()) -> float:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
-from pipeline.config import SPLITS, CacheRef, Config, ConfigError, QuantifyConfig, stable_hash, to_jsonable
+from pipeline.config import SPLITS, CacheRef, Config, ConfigError, QuantifyConfig, sae_is_imported, sae_train_ref, stable_hash, to_jsonable
 
 Keys = dict[str, str]
 Upstream = list[tuple[str, Keys]]
@@ -74,6 +74,14 @@ def _sae(cfg: Config) -> CacheRef:
     return cfg.sae.cache
 
 
+def _sae_train_upstream(cfg: Config, keys: Keys) -> Upstream:
+    """Training reads its train cache's stores + stats; an imported checkpoint reads sae.cache's train store."""
+    if sae_is_imported(cfg.sae):
+        return _stores(_sae(cfg), ("train",))
+    ref = sae_train_ref(cfg.sae)
+    return [*_stores(ref), ("stats", _ref(ref, "train"))]
+
+
 def _manipulate_probe(cfg: Config) -> str:
     return "probe-seg" if cfg.dataset(cfg.sae.cache.dataset).task == "segmentation" else "probe-cls"
 
@@ -93,11 +101,12 @@ def _manipulate_upstream(cfg: Config, keys: Keys) -> Upstream:
 EXTRACT_KEYS = (
     "models.{model}", "datasets.{dataset}.kind", "datasets.{dataset}.root", "datasets.{dataset}.splits.{split}",
     "datasets.{dataset}.val_fraction", "datasets.{dataset}.split_seed",
-    "extract.layers", "extract.dtype", "extract.chunk_images", "extract.on_bad_image",
+    "datasets.{dataset}.class_list",
+    "extract.layers", "extract.dtype", "extract.forward_dtype", "extract.chunk_images", "extract.on_bad_image",
 )
 SAE_TRAIN_KEYS = tuple(f"sae.{k}" for k in (
     "cache", "layer", "tokens", "n_tokens", "batch_size", "lrs", "sparsity_coeffs", "exp_factors",
-    "lr_warmup_steps", "sparsity_warmup_steps", "max_l0", "seed", "shuffle_buffer",
+    "lr_warmup_steps", "sparsity_warmup_steps", "max_l0", "seed", "shuffle_buffer", "source", "token_source",
 ))
 QUANTIFY_KEYS = tuple(f"quantify.{k}" for k in (
     "scale", "methods", "thresholds", "max_firing_fraction", "manual", "batch_size", "seed",
@@ -113,7 +122,7 @@ STEPS: dict[str, Step] = {
     "probe-cls": Step(("probes.cls",), lambda cfg, k: _stores(cfg.cls_probe.cache), lambda cfg, k: paths.probe_dir(cfg, "cls") / "best.json", needs=("cls_probe",)),
     "sae-train": Step(
         SAE_TRAIN_KEYS,
-        lambda cfg, k: [*_stores(_sae(cfg)), ("stats", _ref(_sae(cfg), "train"))],
+        _sae_train_upstream,
         lambda cfg, k: paths.sae_dir(cfg) / "chosen.json",
         needs=("sae",),
     ),
@@ -362,7 +371,8 @@ def require_quantify(cfg: Config) -> QuantifyConfig:
     if cfg.sae.cache != cfg.seg_probe.cache:
         raise ConfigError(
             f"{cfg.source}: key sae/cache and probes/seg/cache must name the same (model, dataset) for quantify "
-            f"(now {cfg.sae.cache.model}/{cfg.sae.cache.dataset} and {cfg.seg_probe.cache.model}/{cfg.seg_probe.cache.dataset})"
+            f"(now {cfg.sae.cache.model}/{cfg.sae.cache.dataset} and {cfg.seg_probe.cache.model}/{cfg.seg_probe.cache.dataset}); "
+            "sae.cache is where the SAE is applied: train it on another cache with sae.source"
         )
     if cfg.seg_probe.layer != -1:
         raise ConfigError(f"{cfg.source}: key probes/seg/layer must be -1 (the final representation) for quantify")

@@ -13,8 +13,11 @@ Baseline predictions come from the same re-forward path as the edits (cached blo
 blocks l+1…N−1 → final norm → probe → argmax over real classes), computed once and reused
 for every method. Each edit is applied to every patch token of every val image.
 
-For class c (each class the baseline predicts at least once; class = original prediction,
-as in saev), over all val patches:
+Predictions: the argmax over the real classes 1 … C-1, or over all C classes when the probe
+was trained with ``train_on_other`` (read from the probe's ``best.json``, as manipulate does).
+
+For class c (each real class 1 … C-1 the baseline predicts at least once; class = original
+prediction, as in saev), over all val patches:
 
 - ``target_lost``   original-c patches now not c
 - ``target_kept``   original-c patches still c
@@ -22,9 +25,18 @@ as in saev), over all val patches:
 - ``other_changed`` original-not-c patches whose prediction changed at all
 - target change rate = 100 · lost / (lost + kept);  other change rate = 100 · changed / #original-not-c
 
-Summaries report, in PERCENT, both the macro mean over classes (with its std) and the pooled
-ratio (Σ lost / Σ original-c). saev's quantify printed the pooled ratio as a fraction and
-called it a mean percentage; we report both, named for what they are.
+saev's "target patches" are what the baseline *predicts* as c; with a probe that cannot
+predict 0, unlabelled background patches count as targets. The same counts restricted to
+LABELLED patches sit beside them (``*_labelled``): target = original-c patches whose ground
+truth (``patch_label``) is c; other = original-not-c patches whose ground truth is a real
+class other than c (truth 0, "other/unlabelled", left out of both).
+
+Summaries report, in PERCENT, the macro mean over the evaluated classes with its SAMPLE
+standard deviation (ddof 1, over the evaluated classes: ``*_std_pct``), saev's POPULATION
+standard deviation over ALL real classes 1 … C-1, a class without target patches counting
+0 (``*_std_saev_pct``, saev's ``np.std`` over its 150 classes), and the pooled ratio
+(Σ lost / Σ original-c). saev's quantify printed the pooled ratio as a fraction and called
+it a mean percentage; we report both, named for what they are.
 
 Random-vector norm: |scale| · median over live latents of the max observed f_i, divided by
 the SAE input scalar. That is the model-space norm of a typical feature edit on a patch where
@@ -65,40 +77,106 @@ class Job:
 
 
 # ---- counting --------------------------------------------------------------
-def change_counts(orig: np.ndarray | torch.Tensor, new: np.ndarray | torch.Tensor, class_id: int, n_classes: int) -> dict:
-    """The four counts and the 'changed into' histogram [C] for one class (any array shapes)."""
-    orig, new = torch.as_tensor(orig).reshape(-1), torch.as_tensor(new).reshape(-1)
+class CountingError(ValueError):
+    """Prediction arrays that cannot be counted (shapes, ids, emptiness); the message says which."""
+
+
+def _check_ids(name: str, t: torch.Tensor, n_classes: int) -> None:
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise CountingError(f"{name}: class ids must be integers, got dtype {t.dtype}")
+    bad = (t < 0) | (t >= n_classes)
+    if bool(bad.any()):
+        raise CountingError(f"{name}: class id {int(t[bad][0])} is outside [0, {n_classes}) ({int(bad.sum())} such values)")
+
+
+def change_counts(orig: np.ndarray | torch.Tensor, new: np.ndarray | torch.Tensor, class_id: int, n_classes: int,
+                  truth: np.ndarray | torch.Tensor | None = None) -> dict:
+    """The four counts (saev's, and restricted to labelled patches when ``truth`` is given) and the
+    'changed into' histogram [C] for one class.
+
+    ``orig``, ``new`` and ``truth`` must have the same shape, hold ids in ``[0, n_classes)`` and
+    not be empty: anything else raises :class:`CountingError` instead of counting wrong numbers.
+    """
+    orig, new = torch.as_tensor(orig), torch.as_tensor(new)
+    if orig.shape != new.shape:
+        raise CountingError(f"original predictions have shape {tuple(orig.shape)}, edited ones {tuple(new.shape)}")
+    if orig.numel() == 0:
+        raise CountingError("no predictions to count (empty input)")
+    if not 0 <= class_id < n_classes:
+        raise CountingError(f"class {class_id} is outside [0, {n_classes})")
+    _check_ids("original predictions", orig, n_classes)
+    _check_ids("edited predictions", new, n_classes)
+    shape = tuple(orig.shape)
+    orig, new = orig.reshape(-1), new.reshape(-1)
     is_c, now_c = orig == class_id, new == class_id
     lost = is_c & ~now_c
-    return {
+    changed = new != orig
+    out = {
         "target_lost": int(lost.sum()),
         "target_kept": int((is_c & now_c).sum()),
         "other_gained": int((~is_c & now_c).sum()),
-        "other_changed": int((~is_c & (new != orig)).sum()),
+        "other_changed": int((~is_c & changed).sum()),
         "n_target": int(is_c.sum()),
         "n_other": int((~is_c).sum()),
         "into": torch.bincount(new[lost].long(), minlength=n_classes).numpy(),
     }
+    if truth is not None:
+        truth = torch.as_tensor(truth)
+        if tuple(truth.shape) != shape:
+            raise CountingError(f"ground truth has shape {tuple(truth.shape)}, the predictions {shape}")
+        _check_ids("ground truth", truth, n_classes)
+        truth = truth.reshape(-1)
+        target = is_c & (truth == class_id)
+        other = ~is_c & (truth != 0) & (truth != class_id)
+        out.update({
+            "n_target_labelled": int(target.sum()),
+            "target_lost_labelled": int((target & ~now_c).sum()),
+            "n_other_labelled": int(other.sum()),
+            "other_changed_labelled": int((other & changed).sum()),
+        })
+    return out
+
+
+RATES = {  # rate column -> (numerator, denominator)
+    "target_change_rate_pct": ("target_lost", "n_target"),
+    "other_change_rate_pct": ("other_changed", "n_other"),
+    "target_change_rate_labelled_pct": ("target_lost_labelled", "n_target_labelled"),
+    "other_change_rate_labelled_pct": ("other_changed_labelled", "n_other_labelled"),
+}
 
 
 def add_rates(row: dict) -> dict:
-    """Target and other change rates in percent (NaN when the denominator is 0)."""
-    row["target_change_rate_pct"] = 100.0 * row["target_lost"] / row["n_target"] if row["n_target"] else float("nan")
-    row["other_change_rate_pct"] = 100.0 * row["other_changed"] / row["n_other"] if row["n_other"] else float("nan")
+    """Target and other change rates in percent, saev's and labelled-only (NaN when the denominator is 0)."""
+    for rate, (num, den) in RATES.items():
+        if den in row:
+            row[rate] = 100.0 * row[num] / row[den] if row[den] else float("nan")
     return row
 
 
-def summarize(per_class: pd.DataFrame) -> dict:
-    """Macro mean / std over classes and pooled ratios, all in percent."""
+def summarize(per_class: pd.DataFrame, n_real_classes: int | None = None) -> dict:
+    """Macro mean and sample std over the evaluated classes, saev's population std over all
+    ``n_real_classes`` (absent classes count 0), and pooled ratios; all in percent."""
     rated = per_class.dropna(subset=["target_change_rate_pct"])
     out = {"n_classes": int(len(rated))}
-    for kind, num, den in (("target", "target_lost", "n_target"), ("other", "other_changed", "n_other")):
-        rates = rated[f"{kind}_change_rate_pct"].to_numpy(float)
-        out[f"{kind}_change_rate_mean_pct"] = float(rates.mean()) if rates.size else float("nan")
-        out[f"{kind}_change_rate_std_pct"] = float(rates.std(ddof=1)) if rates.size > 1 else float("nan")
+    for rate, (num, den) in RATES.items():
+        if rate not in rated.columns:
+            continue
+        kind = rate.removesuffix("_pct")
+        rates = rated[rate].to_numpy(float)
+        finite = rates[np.isfinite(rates)]
+        out[f"{kind}_mean_pct"] = float(finite.mean()) if finite.size else float("nan")
+        out[f"{kind}_std_pct"] = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+        if n_real_classes is not None:
+            padded = np.zeros(max(n_real_classes, finite.size))
+            padded[: rates.size] = np.nan_to_num(rates, nan=0.0)
+            out[f"{kind}_std_saev_pct"] = float(padded.std(ddof=0))
         den_sum = rated[den].sum()
-        out[f"{kind}_change_rate_pooled_pct"] = float(100.0 * rated[num].sum() / den_sum) if den_sum else float("nan")
+        out[f"{kind}_pooled_pct"] = float(100.0 * rated[num].sum() / den_sum) if den_sum else float("nan")
     return out
+
+
+STD_NOTE = ("*_std_pct: sample std (ddof=1) over the evaluated classes; *_std_saev_pct: population std (ddof=0) "
+            "over all real classes, a class without target patches counting 0 (saev)")
 
 
 # ---- choosing edits ----------------------------------------------------------
@@ -195,6 +273,7 @@ def edited_counts(
     device,
     batch_size: int,
     n_classes: int,
+    truth_NP: np.ndarray | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Accumulate change counts per job over all val patches; edits are stacked G per re-forward."""
@@ -208,13 +287,14 @@ def edited_counts(
             acts = torch.from_numpy(acts_BTD[s : s + batch_size]).to(device, torch.float32)
             b = acts.shape[0]
             orig = torch.from_numpy(orig_NP[row : row + b])
+            truth = torch.from_numpy(truth_NP[row : row + b]) if truth_NP is not None else None
             group = max(1, batch_size // b)  # G edits of this batch per forward: G·b ≈ batch_size images
             for j0 in range(0, len(jobs), group):
                 chunk_jobs = jobs[j0 : j0 + group]
                 stacked = torch.cat([editor.apply(acts, job.edit) for job in chunk_jobs])  # [G·b, T, D]
                 new = predictor.predict(stacked).cpu().view(len(chunk_jobs), b, -1)
                 for g, job in enumerate(chunk_jobs):
-                    counts = change_counts(orig, new[g], job.class_id, n_classes)
+                    counts = change_counts(orig, new[g], job.class_id, n_classes, truth)
                     j = j0 + g
                     totals[j] = counts if totals[j] is None else {k: totals[j][k] + v for k, v in counts.items()}
                 bar.update(b * len(chunk_jobs))
@@ -231,7 +311,9 @@ def per_class_table(jobs: list[Job], totals: list[dict], class_names: tuple[str,
             continue
         into = counts["into"].copy()
         row = {"class_id": job.class_id, "class_name": class_names[job.class_id], "latent": job.label, "status": "evaluated", "note": job.note}
-        row.update({k: counts[k] for k in ("n_target", "target_lost", "target_kept", "other_gained", "other_changed", "n_other")})
+        row.update({k: counts[k] for k in ("n_target", "target_lost", "target_kept", "other_gained", "other_changed", "n_other",
+                                           "n_target_labelled", "target_lost_labelled", "n_other_labelled", "other_changed_labelled")
+                    if k in counts})
         add_rates(row)
         for rank in range(TOP_INTO):
             top = int(into.argmax())
@@ -299,20 +381,21 @@ def run(
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict]:
     """Baseline once, every (method, class) edit, per-class tables and the per-method summary."""
     t0 = time.perf_counter()
-    _, orig_NP = baseline_predictions(val, layer, predictor, device, cfg.batch_size, progress=progress)
+    images_N, orig_NP = baseline_predictions(val, layer, predictor, device, cfg.batch_size, progress=progress)
+    truth_NP = val.labels("patch_label").astype(np.int64)[images_N]
     classes = sorted(int(c) for c in np.unique(orig_NP) if c != 0)
     jobs, skipped = make_jobs(
         cfg, classes, max_value_S=max_value_S, freq_S=freq_S, f1=f1, manual=manual, scalar=editor.scaling.scalar, d_model=val.d_model
     )
     t_base = time.perf_counter() - t0
-    totals = edited_counts(val, layer, jobs, editor, predictor, orig_NP, device=device, batch_size=cfg.batch_size, n_classes=val.n_classes, progress=progress)
+    totals = edited_counts(val, layer, jobs, editor, predictor, orig_NP, device=device, batch_size=cfg.batch_size, n_classes=val.n_classes, truth_NP=truth_NP, progress=progress)
     per_method = {m: per_class_table(jobs, totals, val.class_names, skipped, m) for m in cfg.methods}
     rows = []
     for method, df in per_method.items():
         evaluated = df[df["status"] == "evaluated"] if len(df) else df
-        stats = summarize(evaluated) if len(evaluated) else {"n_classes": 0}
+        stats = summarize(evaluated, n_real_classes=val.n_classes - 1) if len(evaluated) else {"n_classes": 0}
         n_skipped = int((df["status"] == "skipped").sum()) if len(df) else 0
-        rows.append({"method": method, **stats, "n_skipped": n_skipped})
+        rows.append({"method": method, **stats, "n_skipped": n_skipped, "std_note": STD_NOTE})
     timing = {"baseline_seconds": t_base, "edit_seconds": time.perf_counter() - t0 - t_base, "n_jobs": len(jobs), "n_classes_predicted": len(classes)}
     return per_method, pd.DataFrame(rows), timing
 

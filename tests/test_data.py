@@ -543,3 +543,45 @@ def test_segmentation_folder_and_missing_mask(tmp_path):
 def test_load_split_unknown_kind_lists_known_kinds(tmp_path):
     with pytest.raises(ValueError, match=r"'coco'.*\['ade20k', 'imagefolder', 'segfolder'\]"):
         load_split("coco", tmp_path, "train")
+
+
+# ---- ADE20K class names: .txt, .csv, another objectInfo*, a configured file (issue 15) ------
+def test_ade20k_class_names_from_csv_renamed_file_or_configured_list(tmp_path):
+    base = make_segmentation_demo(tmp_path, n_train=1, n_val=1, n_classes=2, image_size=16)
+    (base / "objectInfo150.txt").unlink()
+    # the .csv ADE20K also ships (quoted names with synonyms)
+    (base / "objectInfo150.csv").write_text('Idx,Ratio,Train,Val,Name\n1,0.1576,11664,1172,wall\n2,0.1072,6046,612,"building;edifice"\n')
+    assert ade20k(tmp_path, "train").class_names == ("other", "wall", "building")
+    # a 10-class ADE-layout set's objectInfo10.txt: found when it is the only objectInfo file
+    (base / "objectInfo150.csv").rename(base / "objectInfo10.csv")
+    assert ade20k(tmp_path, "train").class_names == ("other", "wall", "building")
+    (base / "objectInfo10.txt").write_text("Idx Ratio Train Val Name\n1 0.5 1 1 sky\n2 0.5 1 1 tree\n")
+    with pytest.raises(DatasetError, match="several class lists .* datasets.<name>.class_list"):
+        ade20k(tmp_path, "train")
+    # a configured file: objectInfo style, or a plain list (line 0 = id 0)
+    assert ade20k(tmp_path, "train", class_list=base / "objectInfo10.txt").class_names == ("other", "sky", "tree")
+    (tmp_path / "names.txt").write_text("background\nroad\ncar\n")
+    assert ade20k(tmp_path, "train", class_list=tmp_path / "names.txt").class_names == ("background", "road", "car")
+    with pytest.raises(DatasetError, match="class_list .*missing.txt does not exist"):
+        ade20k(tmp_path, "train", class_list=tmp_path / "missing.txt")
+
+
+def test_configured_class_list_reaches_the_store(project):
+    import yaml
+
+    from pipeline.config import CacheRef, load_config
+    from pipeline.extract import extract
+    from pipeline.cache import CacheReader
+
+    base = project / "resources/data/seg/ADEChallengeData2016"
+    names = (base / "objectInfo150.txt").read_text()
+    (base / "objectInfo150.txt").unlink()
+    (project / "classes10.txt").write_text(names.replace("red-stripes", "stripes-renamed"))
+    raw = yaml.safe_load((project / "config.yaml").read_text())
+    raw["datasets"]["seg"]["class_list"] = "classes10.txt"
+    (project / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config("config.yaml")
+    extract(cfg, CacheRef("dino", "seg"), "val", progress=False)
+    reader = CacheReader(cfg.store(CacheRef("dino", "seg"), "val"))
+    assert "stripes-renamed" in reader.class_names
+    assert reader.attrs["config"]["dataset"]["class_list"] == "classes10.txt"

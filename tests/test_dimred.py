@@ -147,19 +147,19 @@ def test_plan_dims_skips_dims_above_width():
 
 
 def test_hnne_plumbing_with_a_stand_in_module(monkeypatch):
-    """h-NNE is optional (not installed here); its path is exercised with a stand-in module."""
+    """The plumbing (one hierarchy, one fit per dim) with a stand-in module; the real one below."""
     fake = types.ModuleType("hnne")
 
     class HNNE:
-        def __init__(self, dim=2, metric="cosine", **_):
-            self.dim, self.hierarchies = dim, 0
+        def __init__(self, n_components=2, metric="cosine", random_state=None, **_):
+            self.dim, self.hierarchies = n_components, 0
 
         def fit_only_hierarchy(self, x):
             self.hierarchies += 1
 
-        def fit(self, x, dim=2, **_):
-            self.dim = dim
-            return x[:, :dim]
+        def fit(self, x, override_n_components=None, **_):
+            self.dim = override_n_components
+            return self
 
         def transform(self, x):
             return x[:, : self.dim] * 2
@@ -172,9 +172,31 @@ def test_hnne_plumbing_with_a_stand_in_module(monkeypatch):
     assert not notes and red.dims == (8, 4) and all(m.hierarchies == 1 for m in red.models.values())
     z = red.transform(torch.from_numpy(x), 4)
     assert z.shape == (100, 4)
-    monkeypatch.setitem(sys.modules, "hnne", None)  # import fails -> skipped with a note
-    reductions, notes = dimred.fit_reductions(x, ["hnne"], (8, 4), seed=0)
-    assert reductions == {} and "not installed" in notes[0]
+    monkeypatch.setitem(sys.modules, "hnne", None)  # a broken install: an error naming the package
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hnne needs the hnne package"):
+        dimred.fit_reductions(x, ["hnne"], (8, 4), seed=0)
+
+
+def test_real_hnne_separates_planted_clusters_and_is_seeded():
+    """h-NNE (hnne 2.0.1, installed as a dependency) on 3 planted clusters in 20 dims: in 2 dims
+    the clusters stay apart (1-NN accuracy on held-out points), and the same seed gives the same map."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((3, 20)) * 5
+    x = np.concatenate([c + rng.standard_normal((150, 20)) for c in centers]).astype(np.float32)
+    y = np.repeat(np.arange(3), 150)
+    reductions, notes = dimred.fit_reductions(x, ["hnne"], (4, 2), seed=0)
+    red = reductions["hnne"]
+    assert not notes and red.dims == (4, 2)
+    z = red.transform_many(torch.from_numpy(x), (4, 2))
+    assert z[4].shape == (450, 4) and z[2].shape == (450, 2)
+    z2 = z[2].numpy()
+    assert KNeighborsClassifier(1).fit(z2[::2], y[::2]).score(z2[1::2], y[1::2]) >= 0.95
+    again = dimred.fit_reductions(x, ["hnne"], (4, 2), seed=0)[0]["hnne"].transform(torch.from_numpy(x), 2)
+    torch.testing.assert_close(again, z[2])
 
 
 # ---- end to end -------------------------------------------------------------------------------
@@ -238,6 +260,11 @@ def test_end_to_end_tiny_project(project, monkeypatch):
         got = set(zip(df.loc[df["probe"] == probe, "method"], df.loc[df["probe"] == probe, "dim"]))
         assert got == expected, (probe, got)
     assert len(df) == 2 * len(expected)
+    # STEGO's mIoU and the protocol named on every row; CRF rows for the full features (issue 15)
+    assert (df["miou_definition"] == "stego").all() and (df["protocol"] == "ade20k").all()
+    full = df[df["method"] == "full"]
+    assert full["miou_crf"].between(0, 1).all() and full["accuracy_crf"].between(0, 1).all()
+    assert df.loc[df["method"] != "full", "miou_crf"].isna().all()
     for col in ("miou", "accuracy", "patch_miou", "patch_accuracy"):
         assert df[col].between(0, 1).all(), col
     assert (df["n_fit_tokens"] == summary["n_fit_tokens"]).all() and df["random_weights"].all()
@@ -285,3 +312,19 @@ def test_cli_and_sample_is_chunkwise(project, monkeypatch):
 
     proc = run_cli(["dimred", "--help"], project)
     assert "dimred" in proc.stdout
+
+
+def test_study_runs_hnne_with_stegos_miou(project):
+    """h-NNE in the study itself (the real package): rows per dim, scored like the others."""
+    from pipeline import dimred_study
+
+    write_config(project, {"dimred": {**DIMRED, "methods": ["hnne"], "dims": [8, 2], "crf": False}})
+    cfg = load_config("config.yaml")
+    for split in ("train", "val"):
+        extract(cfg, SEG, split, progress=False)
+    summary = dimred_study.run_dimred_study(cfg, progress=False)
+    df = pd.read_csv(project / "results" / "dimred.csv")
+    assert summary["methods"] == ["hnne"]
+    assert set(zip(df["method"], df["dim"], df["probe"])) == {(m, d, p) for m, d in (("full", 32), ("hnne", 8), ("hnne", 2))
+                                                              for p in ("linear", "cluster")}
+    assert df["miou"].between(0, 1).all() and df["miou_crf"].isna().all()

@@ -155,3 +155,71 @@ def test_confusion_matrices_equal_one_call_per_member():
         confusion_matrices(true, np.full((2, 3, 20, 20), 7), 6, ignore=0)
     with pytest.raises(ValueError, match="pred_M must be"):
         confusion_matrices(true, pred_M[:, :2], 6)
+
+
+# ---- protocols and mIoU definitions on a hand-built confusion matrix (issue 15) ------------
+# 4 classes, 0 = other. Rows: truth, columns: prediction.
+#   class 1: tp 6, row 8, col 6 + 2 (from 0) + 1 (from 2) = 9   -> IoU_1 = 6 / (8 + 9 - 6) = 6/11
+#   class 2: tp 3, row 4, col 3 + 2 (from 1)            = 5   -> IoU_2 = 3 / (4 + 5 - 3) = 3/6
+#   class 3: never in the truth, predicted once (from 0)     -> IoU_3 = 0 / (0 + 1 - 0) = 0
+#   class 0: tp 1, row 4, col 1 (+0)                         -> IoU_0 = 1 / (4 + 1 - 1) = 1/4
+HAND_CONF = np.array([
+    [1, 2, 0, 1],
+    [0, 6, 2, 0],
+    [0, 1, 3, 0],
+    [0, 0, 0, 0],
+])
+
+
+def _truth_pred(conf):
+    t, p = np.nonzero(conf)
+    reps = conf[t, p]
+    return np.repeat(t, reps), np.repeat(p, reps)
+
+
+def test_each_protocol_and_miou_definition_on_a_hand_built_matrix():
+    true, pred = _truth_pred(HAND_CONF)
+    # ade20k: truth 0 ignored -> row 0 dropped, so class 1's column loses the 2 from "other"
+    ade = metrics.protocol_confusion(true, pred, 4, "ade20k")
+    assert ade[0].sum() == 0 and metrics.protocol_exclude("ade20k") == (0,)
+    iou1, iou2, iou3 = 6 / (8 + 7 - 6), 3 / 6, float("nan")  # class 3 neither true nor predicted now
+    assert metrics.mean_iou_as(ade, "present_in_truth") == pytest.approx((iou1 + iou2) / 2)
+    assert metrics.mean_iou_as(ade, "stego") == pytest.approx((iou1 + iou2) / 2)  # class 3: 0/0, undefined
+    # zero_is_class: nothing ignored, class 0 scored; class 3 was only predicted: 0 in STEGO's mean
+    z = metrics.protocol_confusion(true, pred, 4, "zero_is_class")
+    np.testing.assert_array_equal(z, HAND_CONF)
+    ex = metrics.protocol_exclude("zero_is_class")
+    assert ex == ()
+    assert metrics.mean_iou_as(z, "present_in_truth", exclude=ex) == pytest.approx((1 / 4 + 6 / 11 + 3 / 6) / 3)
+    assert metrics.mean_iou_as(z, "stego", exclude=ex) == pytest.approx((1 / 4 + 6 / 11 + 3 / 6 + 0) / 4)
+    assert metrics.pixel_accuracy(z, exclude=ex) == pytest.approx(10 / 16)
+    del iou3
+
+
+def test_unknown_protocol_or_definition_is_an_error():
+    with pytest.raises(ValueError, match="unknown segmentation protocol 'mmseg'"):
+        metrics.protocol_exclude("mmseg")
+    with pytest.raises(ValueError, match="unknown mIoU definition 'all'"):
+        metrics.mean_iou_as(HAND_CONF, "all")
+
+
+def test_zero_is_class_needs_train_on_other(tmp_path):
+    import yaml
+
+    from pipeline.config import ConfigError, load_config
+
+    raw = yaml.safe_load(open("config.yaml"))
+    raw["probes"]["seg"]["protocol"] = "zero_is_class"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="probes/seg/protocol: zero_is_class .*probes/seg/train_on_other: true"):
+        load_config(tmp_path / "c.yaml")
+    raw["probes"]["seg"]["train_on_other"] = True
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert load_config(tmp_path / "c.yaml").seg_probe.protocol == "zero_is_class"
+
+
+def test_transposed_or_empty_counting_is_an_error():
+    with pytest.raises(ValueError, match=r"same shape .*\(2, 3\) and \(3, 2\)"):
+        metrics.confusion_matrix(np.zeros((2, 3), int), np.zeros((3, 2), int), 3)
+    with pytest.raises(ValueError, match="empty"):
+        metrics.confusion_matrix(np.zeros(0, int), np.zeros(0, int), 3)

@@ -83,9 +83,13 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
     train = CacheReader(cfg.store(SEG, "train"))
     val = CacheReader(cfg.store(SEG, "val"))
     y_NP = seg_train_labels(train, min_purity=0.5, train_on_other=False)
-    used_chunks = sum((y_NP[s:e] != IGNORE_LABEL).any() for s, e in train.chunks())
-    assert summary["n_members"] == 6 and used_chunks == 6
-    assert reads["train.zarr"] == EPOCHS * used_chunks  # not x 6 members
+    held_out = seg_probe.selection_images(train, y_NP, 0.1, 0)  # the defaults: 10 % of train, seed 0
+    y_fit = np.where(held_out[:, None], IGNORE_LABEL, y_NP)
+    used_chunks = sum((y_fit[s:e] != IGNORE_LABEL).any() for s, e in train.chunks())
+    selection_chunks = sum(held_out[s:e].any() for s, e in train.chunks())
+    assert summary["n_members"] == 6 and used_chunks == 6 and selection_chunks >= 1
+    # one pass per epoch (not x 6 members), plus one pass over the chunks holding held-out images
+    assert reads["train.zarr"] == EPOCHS * used_chunks + selection_chunks
     # every member evaluated in one pass: after each epoch (patch-level curve) and at the end
     assert reads["val.zarr"] == (EPOCHS + 1) * len(val.chunks())
 
@@ -97,7 +101,10 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
     for col in ("member", "lr", "weight_decay", "train_loss", "patch_miou", "patch_acc", "pixel_miou", "pixel_acc"):
         assert col in sweep.columns and sweep[col].notna().all(), col
     best = sweep.loc[sweep["best"]].iloc[0]
-    assert best["pixel_miou"] == sweep["pixel_miou"].max()
+    # chosen on the held-out part of train, not on val (issue 15: no peeking)
+    assert best["selection_pixel_miou"] == sweep["selection_pixel_miou"].max()
+    assert (sweep["protocol"] == "ade20k").all() and (sweep["miou_definition"] == "present_in_truth").all()
+    assert summary["val_pixel_miou"] == pytest.approx(best["pixel_miou"])
     epochs = pd.read_csv(out / "epochs.csv")  # one row per epoch and member
     assert len(epochs) == EPOCHS * 6 and sorted(set(epochs["epoch"])) == list(range(EPOCHS))
     assert epochs["train_loss"].notna().all() and epochs["val_patch_miou"].between(0, 1).all()
@@ -114,6 +121,11 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
     assert meta["stores"]["train"]["config_hash"] == train.attrs["config_hash"]
     assert meta["stores"]["val"]["config_hash"] == val.attrs["config_hash"]
     assert meta["layer"] == -1 and meta["block"] == 2 and meta["member"]["index"] == int(best["member"])
+    # the held-out selection images are train images, recorded, and disjoint from val
+    ids = meta["selection"]["image_ids"]
+    assert len(ids) == int(held_out.sum()) >= 1 and meta["selection"]["seed"] == 0
+    assert set(ids) <= {str(i) for i in train.image_ids} and not set(ids) & {str(i) for i in val.image_ids}
+    assert set(ids) == {str(train.image_ids[i]) for i in np.flatnonzero(held_out)}
 
     # ---- majority-class baseline, same metric code
     labels, counts = np.unique(y_NP[y_NP != IGNORE_LABEL], return_counts=True)
@@ -176,6 +188,13 @@ def test_cls_probe_above_chance(project, capsys):
     per_class = pd.read_csv(out / "per_class_accuracy.csv")
     assert per_class["class_name"].tolist() == list(val.class_names) and per_class["n_images"].sum() == n_val
     assert "cpu" in summary["device"] and meta["device"] == summary["device"]
+    # selection on held-out train rows: recorded, disjoint from val, best by selection accuracy
+    train = CacheReader(cfg.store(CLS, "train"))
+    ids = meta["selection"]["image_ids"]
+    assert len(ids) == round(0.1 * int(train.valid.sum())) and summary["n_members"] == 6
+    assert set(ids) <= {str(i) for i in train.image_ids} and not set(ids) & {str(i) for i in val.image_ids}
+    assert sweep.loc[sweep["best"], "selection_top1_acc"].iloc[0] == sweep["selection_top1_acc"].max()
+    assert summary["val_top1_acc"] == pytest.approx(top1)
 
 
 # ---- bad input: one clear error naming the store and the culprit -----------------------------

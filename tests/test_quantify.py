@@ -198,3 +198,49 @@ def test_proposals_page_with_no_qualifying_latent_says_so():
     assert "No latent qualifies" in proposals_html(table, random_weights=False)
     full = proposal_table(f1, np.full(4, 0.05), np.ones(4), ("other", "a", "b"), QuantifyConfig(max_firing_fraction=0.1, n_proposals=2))
     assert full.groupby("class_id").size().to_dict() == {1: 2, 2: 2}
+
+
+# ---- labelled-only rates and loud counting errors (issue 15) -------------------
+def test_labelled_only_rates_on_a_planted_example():
+    # Class 1 is predicted on 4 patches; only 2 of them are truly class 1, 2 are unlabelled
+    # background (truth 0). The edit flips both background patches and one true class-1 patch.
+    orig = np.array([[1, 1, 1, 1, 2, 2, 3, 3]])
+    new = np.array([[2, 1, 2, 2, 2, 1, 3, 3]])
+    truth = np.array([[1, 1, 0, 0, 2, 0, 3, 1]])
+    c = change_counts(orig, new, 1, n_classes=4, truth=truth)
+    assert (c["n_target"], c["target_lost"]) == (4, 3)  # saev: every predicted-1 patch is a target
+    assert (c["n_target_labelled"], c["target_lost_labelled"]) == (2, 1)  # truth = 1 as well
+    # other, labelled: not predicted 1 and truth a real class other than 1 -> positions 4 (2) and 6 (3);
+    # position 5 (truth 0) and 7 (truth 1) are left out
+    assert (c["n_other_labelled"], c["other_changed_labelled"]) == (2, 0)
+    assert (c["n_other"], c["other_changed"]) == (4, 1)
+    row = add_rates(dict(c))
+    assert row["target_change_rate_pct"] == pytest.approx(75.0)
+    assert row["target_change_rate_labelled_pct"] == pytest.approx(50.0)
+    assert row["other_change_rate_labelled_pct"] == pytest.approx(0.0)
+
+
+def test_saev_population_std_over_all_classes_counts_absent_classes_as_zero():
+    table = pd.DataFrame([
+        add_rates({"target_lost": 1, "n_target": 2, "other_changed": 0, "n_other": 10}),  # 50 %
+        add_rates({"target_lost": 1, "n_target": 10, "other_changed": 5, "n_other": 10}),  # 10 %
+    ])
+    s = summarize(table, n_real_classes=4)
+    assert s["target_change_rate_std_pct"] == pytest.approx(np.std([50, 10], ddof=1))
+    assert s["target_change_rate_std_saev_pct"] == pytest.approx(np.std([50, 10, 0, 0], ddof=0))
+    assert s["other_change_rate_std_saev_pct"] == pytest.approx(np.std([0, 50, 0, 0], ddof=0))
+
+
+@pytest.mark.parametrize("orig, new, truth, match", [
+    (np.zeros((2, 3), int), np.zeros((3, 2), int), None, "shape"),
+    (np.zeros((0,), int), np.zeros((0,), int), None, "empty"),
+    (np.array([1, 7]), np.array([1, 1]), None, r"outside \[0, 5\)"),
+    (np.array([1, 1]), np.array([1, -1]), None, r"-1 is outside"),
+    (np.array([1.0, 1.0]), np.array([1, 1]), None, "integers"),
+    (np.array([1, 1]), np.array([1, 1]), np.array([1, 1, 1]), "ground truth has shape"),
+])
+def test_counting_mistakes_are_loud(orig, new, truth, match):
+    from pipeline.quantify import CountingError
+
+    with pytest.raises(CountingError, match=match):
+        change_counts(orig, new, 1, n_classes=5, truth=truth)

@@ -406,3 +406,56 @@ def test_sweep_trains_all_members_in_one_pass(tmp_path):
     assert header["cfg"]["metrics"]["l0"] == pytest.approx(trained[2].l0)
     assert header["cfg"]["sparsity_coeff"] == 3e-3 and sc is None
     torch.testing.assert_close(sae.W_dec, trained[2].sae.W_dec)
+
+
+# ---- schema-1 headers: the commit decides the encoder (issue 15) ---------------
+@pytest.mark.parametrize("commit, subtracts", [
+    ("d991de3", True),   # "Linting", 2025-07-22: the parent of e7ca004, still relu((x - b_dec) @ W_enc + b_enc)
+    ("5951e84", True),   # the first schema-1 writer ("successfully load old checkpoints")
+    ("e7ca004660a3ab414da7002fcecfc157d5b786aa", False),  # full SHA of the commit that dropped the subtraction
+    ("fad9929", False),  # a descendant of e7ca004 that still wrote schema 1
+])
+def test_schema1_commit_decides_the_encoder(tmp_path, commit, subtracts):
+    import warnings as _w
+
+    x = torch.tensor([[2.0, 1.0]])
+    header = {"schema": 1, "cls": "Relu", "cfg": LEGACY_HEADER | {"sparsity_coeff": None}, "commit": commit}
+    _write_raw(tmp_path / "s1.pt", header, _legacy_state())
+    with _w.catch_warnings():
+        _w.simplefilter("error")  # a known commit: no guess, no warning
+        sae, _, _ = load_checkpoint(tmp_path / "s1.pt")
+    assert sae.encoder_subtracts_b_dec is subtracts
+    st = _legacy_state()
+    x_in = x - st["b_dec"] if subtracts else x  # saev's own forward at that commit
+    torch.testing.assert_close(sae.encode(x), torch.relu(x_in @ st["W_enc"] + st["b_enc"]))
+
+
+def test_schema1_with_unknown_commit_falls_back_to_the_warning(tmp_path):
+    header = {"schema": 1, "cfg": LEGACY_HEADER | {"sparsity_coeff": None, "activation": {"cls": "Relu", "params": {}}},
+              "cls": "SparseAutoencoderConfig", "commit": "unknown"}
+    _write_raw(tmp_path / "s1.pt", header, _legacy_state())
+    with pytest.warns(UserWarning, match="commit='unknown'"):
+        sae, _, _ = load_checkpoint(tmp_path / "s1.pt")
+    assert not sae.encoder_subtracts_b_dec
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, bad):
+    from pipeline.sae import CheckpointError
+
+    st = _legacy_state()
+    st["W_dec"][1, 0] = bad
+    _write_raw(tmp_path / "nan.pt", LEGACY_HEADER, st)
+    with pytest.raises(CheckpointError, match="W_dec holds 1 NaN/inf"):
+        load_checkpoint(tmp_path / "nan.pt")
+
+
+def test_non_finite_sae_input_is_refused():
+    from pipeline.sae.scaling import NonFiniteInputError
+
+    sc = InputScaling.identity(2)
+    with pytest.raises(NonFiniteInputError, match="SAE input holds 1 NaN/inf"):
+        sc.apply(torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(NonFiniteInputError, match="2 NaN/inf"):
+        sc.apply(np.array([[np.inf, -np.inf]], dtype=np.float32))
+    torch.testing.assert_close(sc.apply(torch.tensor([[1.0, 2.0]])), torch.tensor([[1.0, 2.0]]))

@@ -20,6 +20,7 @@ _USER_ERROR_CLASSES = (
     ("pipeline.data.images", "MaskError"),
     ("pipeline.data.datasets", "DatasetError"),
     ("pipeline.sae.checkpoint", "CheckpointError"),
+    ("pipeline.sae.scaling", "NonFiniteInputError"),
     ("pipeline.runtime", "DeviceError"),
     ("pipeline.models.load", "ModelSourceError"),
     ("pipeline.models.spec", "ModelLoadError"),

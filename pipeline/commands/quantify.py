@@ -40,14 +40,14 @@ def run_class_f1(args: argparse.Namespace) -> dict:
     from pipeline.paths import class_f1_path, sae_dir
     from pipeline.provenance import record
     from pipeline.runtime import resolve_device, set_threads
-    from pipeline.sae import load_checkpoint
+    from pipeline.sae.stages import load_sae_for
 
     cfg = config_from_args(args)
     q = _require(cfg, "class-f1")
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    sae, _, scaling = load_checkpoint(sae_dir(cfg) / "sae.pt")
     train = CacheReader(cfg.store(cfg.sae.cache, "train"))
+    sae, _, scaling = load_sae_for(cfg, sae_dir(cfg) / "sae.pt", train)  # refuses an SAE of another model / block / width
     ds = class_latent_f1(train, cfg.sae.layer, sae, scaling, q.thresholds, device=device)
     out = class_f1_path(cfg)
     save_f1(ds, out)
@@ -77,7 +77,8 @@ def run_quantify(args: argparse.Namespace) -> dict:
     from pipeline.provenance import check_weights
     from pipeline.quantify import provenance_columns, resolve_manual, run, write_outputs
     from pipeline.runtime import describe_device, resolve_device, set_threads
-    from pipeline.sae import load_checkpoint, load_latent_stats
+    from pipeline.sae import load_latent_stats
+    from pipeline.sae.stages import load_sae_for
 
     cfg = config_from_args(args)
     q = _require(cfg, "quantify")
@@ -88,11 +89,7 @@ def run_quantify(args: argparse.Namespace) -> dict:
     backbone, model_provenance = load_backbone(cfg.model(cfg.sae.cache.model).spec, device=device)
     check_weights(val.attrs, model_provenance, val.path)
     sae_path = sae_dir(cfg) / "sae.pt"
-    sae, _, scaling = load_checkpoint(sae_path)
-    if scaling is None:
-        from pipeline.sae import InputScaling
-
-        scaling = InputScaling.identity(sae.W_enc.shape[0])
+    sae, _, scaling = load_sae_for(cfg, sae_path, val)  # refuses an SAE of another model / block / width
     sae = sae.to(device)
     latents = load_latent_stats(sae_dir(cfg) / "latents.zarr")
     probe, probe_meta = load_probe(probe_stem(cfg))
@@ -101,7 +98,9 @@ def run_quantify(args: argparse.Namespace) -> dict:
         raise ConfigError(f"{probe_stem(cfg)}: the probe has {probe.out_features} classes but {val.path} has {val.n_classes}")
     manual = resolve_manual(q.manual, val.class_names, sae.W_enc.shape[1], str(cfg.source))
     editor = LatentEditor(sae, scaling, n_prefix=val.n_prefix)
-    predictor = ReforwardPredictor(backbone, probe, layer=val.block(cfg.sae.layer), n_prefix=val.n_prefix, forward_dtype=val.attrs.get("forward_dtype", "float32"))
+    train_on_other = bool(probe_meta.get("probe_config", {}).get("train_on_other", False))
+    predictor = ReforwardPredictor(backbone, probe, layer=val.block(cfg.sae.layer), n_prefix=val.n_prefix,
+                                   forward_dtype=val.attrs.get("forward_dtype", "float32"), real_classes_only=not train_on_other)
     per_method, summary, timing = run(
         val=val,
         layer=cfg.sae.layer,
@@ -124,6 +123,7 @@ def run_quantify(args: argparse.Namespace) -> dict:
         probe=str(probe_stem(cfg)),
         store=str(val.path),
         n_val_images=int(val.valid.sum()),
+        predicts="all classes 0..C-1 (probe trained with train_on_other)" if train_on_other else "real classes 1..C-1",
         random_weights=val.random_weights,
         device=describe_device(device),
     )

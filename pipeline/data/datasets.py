@@ -161,9 +161,17 @@ def _first_name(raw: str) -> str:
 
 
 def read_object_info(path: Path) -> tuple[str, ...]:
-    """Class names 1..N from an ADE20K ``objectInfo150.txt`` (header, then
-    ``Idx Ratio Train Val Name`` rows, tab- or space-separated).  Returns (name_1, ..., name_N)."""
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Class names 1..N from an ADE20K ``objectInfo*.txt`` (header, then ``Idx Ratio Train Val
+    Name`` rows, tab- or space-separated) or ``objectInfo*.csv`` (the same columns, comma-separated,
+    names quoted).  Returns (name_1, ..., name_N)."""
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with open(path, encoding="utf-8", newline="") as fd:
+            rows = [r for r in csv.reader(fd) if any(f.strip() for f in r)]
+        lines = ["\t".join(f.strip() for f in r) for r in rows]
+    else:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines or not lines[0].split()[0].lower() == "idx":
         raise DatasetError(f"{path}: first line must be the header 'Idx Ratio Train Val Name'")
     names = []
@@ -188,12 +196,48 @@ def read_object_info(path: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-def ade20k(root: Path, split: str) -> SplitData:
+def ade20k_class_names(root: Path, class_list: Path | None = None) -> tuple[tuple[str, ...], Path]:
+    """("other", name_1, ...) and the file they came from.
+
+    ``class_list`` (config ``datasets.<name>.class_list``): an ``objectInfo``-style ``.txt`` /
+    ``.csv`` (header first) or a plain list (one name per line, line 0 = id 0).  Otherwise the
+    first of ``objectInfo150.txt``, ``objectInfo150.csv`` in the ADEChallengeData2016 folder or
+    ``root``, else the only ``objectInfo*.txt`` / ``objectInfo*.csv`` there (e.g. a 10-class
+    ADE-layout set's ``objectInfo10.txt``).
+    """
+    base = _ade_base(Path(root))
+    if class_list is not None:
+        path = Path(class_list)
+        if not path.is_file():
+            raise DatasetError(f"ADE20K: class_list {path} does not exist")
+        first = path.read_text(encoding="utf-8").lstrip().split(None, 1)
+        if first and first[0].lower().rstrip(",") == "idx":
+            return ("other",) + read_object_info(path), path
+        return read_class_list(path), path
+    folders = list(dict.fromkeys([base, Path(root)]))
+    named = [f / n for f in folders for n in ("objectInfo150.txt", "objectInfo150.csv")]
+    found = next((p for p in named if p.is_file()), None)
+    if found is None:
+        others = sorted({p for f in folders for pat in ("objectInfo*.txt", "objectInfo*.csv") for p in f.glob(pat)})
+        if len(others) == 1:
+            found = others[0]
+        elif len(others) > 1:
+            raise DatasetError(f"ADE20K: several class lists ({', '.join(map(str, others))}); name one with datasets.<name>.class_list")
+    if found is None:
+        raise DatasetError(
+            f"ADE20K: class list not found; expected {named[0]} (or objectInfo150.csv; the real dataset "
+            "ships it; pipeline.data.demo.make_segmentation_demo writes it for the demo), or set datasets.<name>.class_list"
+        )
+    return ("other",) + read_object_info(found), found
+
+
+def ade20k(root: Path, split: str, class_list: Path | None = None) -> SplitData:
     """ADE20K SceneParsing (or the synthetic demo written in the same layout).
 
     Args:
         root: the ADEChallengeData2016 folder or its parent.
         split: "training" / "train" or "validation" / "val".
+        class_list: a class-list file instead of objectInfo150.txt (see :func:`ade20k_class_names`).
 
     Returns:
         SplitData(task="segmentation", class_names=("other", <N names from
@@ -209,14 +253,7 @@ def ade20k(root: Path, split: str) -> SplitData:
         raise DatasetError(f"ADE20K split must be one of {sorted(_ADE_SPLITS)}, got {split!r}")
     folder = _ADE_SPLITS[split]
     base = _ade_base(Path(root))
-    info_candidates = [base / "objectInfo150.txt", Path(root) / "objectInfo150.txt"]
-    info = next((p for p in info_candidates if p.is_file()), None)
-    if info is None:
-        raise DatasetError(
-            f"ADE20K: class list not found; expected {info_candidates[0]} (the real dataset "
-            "ships it; pipeline.data.demo.make_segmentation_demo writes it for the demo)"
-        )
-    class_names = ("other",) + read_object_info(info)
+    class_names, _ = ade20k_class_names(root, class_list)
     image_dir, mask_dir = base / "images" / folder, base / "annotations" / folder
     _require_dir(image_dir, f"ADE20K {folder} images")
     _require_dir(mask_dir, f"ADE20K {folder} annotations")
@@ -394,7 +431,7 @@ def read_class_list(path: Path) -> tuple[str, ...]:
     return names
 
 
-def segmentation_folder(root: Path, split: str) -> SplitData:
+def segmentation_folder(root: Path, split: str, class_list: Path | None = None) -> SplitData:
     """``root/classes.txt`` + ``root/<split>/images/*.{jpg,jpeg,png}`` +
     ``root/<split>/masks/<same stem>.png``.  Ids are relative to ``root``.
 
@@ -403,7 +440,7 @@ def segmentation_folder(root: Path, split: str) -> SplitData:
             without its mask (naming both paths).
     """
     root = Path(root)
-    class_names = read_class_list(root / "classes.txt")
+    class_names = read_class_list(Path(class_list) if class_list is not None else root / "classes.txt")
     image_dir, mask_dir = root / split / "images", root / split / "masks"
     _require_dir(image_dir, f"segmentation folder split {split!r} images")
     _require_dir(mask_dir, f"segmentation folder split {split!r} masks")

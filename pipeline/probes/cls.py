@@ -15,8 +15,14 @@ Input
 Evaluation (val split, every member at once)
     Top-1 and top-5 accuracy (``metrics.topk_accuracy``; with fewer than 5 classes "top-5"
     is top-C, i.e. 1.0 — ``top_k`` in best.json says which k was used), mean per-class
-    accuracy and the confusion matrix (``metrics.confusion_matrix``; rows: truth). The best
-    member has the highest val top-1 accuracy (ties: the first in the sweep).
+    accuracy and the confusion matrix (``metrics.confusion_matrix``; rows: truth).
+
+Model selection (held out, no peeking at val)
+    ``selection_fraction`` of the train images (a seeded permutation, ``selection_seed``) are
+    held out of training; the best member has the highest top-1 accuracy on them (ties: the
+    first in the sweep) and is reported on val. ``sweep.csv`` holds both
+    (``selection_top1_acc`` and the val columns), ``best.json`` the held-out image ids.
+    ``selection_fraction: 0`` selects on val, as saev did (optimistic).
 
 Outputs: ``sweep.csv`` (one row per member), ``best.safetensors`` + ``best.json``,
 ``per_class_accuracy.csv``, ``sweep.{html,png,svg}`` (top-1 vs lr, one line per weight
@@ -47,7 +53,7 @@ from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OUTPUT_FILES", "evaluate_cls", "run_cls_probe"]
+__all__ = ["OUTPUT_FILES", "evaluate_cls", "run_cls_probe", "selection_rows"]
 
 OUTPUT_FILES = (
     "sweep.csv", "best.safetensors", "best.json", "per_class_accuracy.csv",
@@ -87,25 +93,47 @@ def evaluate_cls(sweep: ProbeSweep, x_ND: torch.Tensor, y_N: np.ndarray, *, rows
     return out
 
 
+def selection_rows(n: int, fraction: float, seed: int) -> np.ndarray:
+    """bool [n]: the held-out selection rows of train (a seeded choice; none when fraction is 0).
+
+    At least one row is held out and at least one left to train on.
+    """
+    out = np.zeros(n, dtype=bool)
+    if fraction <= 0:
+        return out
+    if n < 2:
+        raise ValueError(f"{n} train image(s): cannot hold out a selection part (set probes.cls.selection_fraction: 0)")
+    k = min(n - 1, max(1, round(fraction * n)))
+    out[np.random.default_rng(seed).choice(n, size=k, replace=False)] = True
+    return out
+
+
 def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True) -> dict:
     """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a summary."""
     pc, threads, device, stores, out_dir = probe_setup(cfg, "cls", out_dir)
     norm = FinalNorm(cfg, stores, device)
     c = stores.n_classes
-    x_train, y_train, _ = cls_rows(stores.train, pc.layer, norm)
+    x_all, y_all, image_all = cls_rows(stores.train, pc.layer, norm)
     x_val, y_val, _ = cls_rows(stores.val, pc.layer, norm)
+    held_out = selection_rows(len(y_all), pc.selection_fraction, pc.selection_seed)
+    fit_idx, sel_idx = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+    x_train, y_train = x_all[torch.from_numpy(fit_idx).to(x_all.device)], y_all[fit_idx]
     members = member_grid(pc.lrs, pc.weight_decays)
     train_cfg = ProbeTrainConfig(epochs=pc.epochs, batch_size=pc.batch_size, seed=pc.seed)
-    log.info("cls probe: %d members, %d train / %d val images, %d epochs, device %s", len(members), len(y_train), len(y_val), pc.epochs, device)
+    log.info("cls probe: %d members, %d train (+%d held out for selection) / %d val images, %d epochs, device %s",
+             len(members), len(y_train), len(sel_idx), len(y_val), pc.epochs, device)
 
     t0 = time.perf_counter()
     epochs = in_memory_epochs(x_train, y_train, batch_size=pc.batch_size, seed=pc.seed)
     sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=c, members=members, cfg=train_cfg, device=device, progress=progress,
                       on_epoch=lambda epoch, sw: {"val_top1_acc": [row["top1_acc"] for row, _ in evaluate_cls(sw, x_val, y_val)]})
     t1 = time.perf_counter()
+    selection = (evaluate_cls(sweep, x_all[torch.from_numpy(sel_idx).to(x_all.device)], y_all[sel_idx])
+                 if len(sel_idx) else None)
     rows, confs = [], []
     for k, (row, conf) in enumerate(evaluate_cls(sweep, x_val, y_val)):
-        rows.append({"train_loss": float(sweep.train_loss_M[k]), **row})
+        sel_top1 = selection[k][0]["top1_acc"] if selection is not None else row["top1_acc"]
+        rows.append({"train_loss": float(sweep.train_loss_M[k]), **row, "selection_top1_acc": sel_top1})
         confs.append(conf)
     t2 = time.perf_counter()
 
@@ -113,9 +141,17 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     table = sweep_table(members, rows)
     table["random_weights"] = stores.random_weights
     table["device"] = device_name
-    best = best_member(table, "top1_acc")
+    best = best_member(table, "selection_top1_acc")
     table["best"] = table["member"] == best
     best_metrics = {k: float(v) for k, v in rows[best].items()}
+    where = "val (selection_fraction 0: saev's choice, optimistic)" if not len(sel_idx) else (
+        f"{len(sel_idx)} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})")
+    selection_record = {
+        "metric": "top1_acc", "on": where, "fraction": pc.selection_fraction, "seed": pc.selection_seed,
+        "n_images": int(len(sel_idx)), "best_selection_top1_acc": best_metrics["selection_top1_acc"],
+        "best_val_top1_acc": best_metrics["top1_acc"],
+        "image_ids": [str(stores.train.image_ids[i]) for i in image_all[sel_idx]],
+    }
     names = stores.class_names
     conf = confs[best]
 
@@ -133,10 +169,10 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
 
     member = members[best]
     meta = best_meta(
-        "cls", pc, stores, norm, members, best, best_metrics, selected_by="val top1_acc", provenance=record(cfg, "probe-cls"),
+        "cls", pc, stores, norm, members, best, best_metrics, selected_by=f"top1_acc on {where}", selection=selection_record, provenance=record(cfg, "probe-cls"),
         device_name=device_name, threads=threads, seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
         top_k=min(5, c), input=f"{READOUTS[stores.train.image_readout]} of block {stores.block}'s output, float32", confusion=conf,
-        n_train_images=len(y_train), n_val_images=len(y_val),
+        n_train_images=len(y_train), n_val_images=len(y_val), n_selection_images=int(len(sel_idx)),
     )
     save_probe(out_dir / "best", member_state(sweep, best), meta)
     epoch_rows = epoch_table(sweep)
@@ -158,6 +194,9 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         "out": str(out_dir),
         "best": meta["member"],
         "metrics": best_metrics,
+        "selected_on": where,
+        "selection_top1_acc": selection_record["best_selection_top1_acc"],
+        "val_top1_acc": selection_record["best_val_top1_acc"],
         "chance": 1.0 / c,
         "n_members": len(members),
         "random_weights": stores.random_weights,

@@ -25,20 +25,29 @@ Evaluation (val split, every member, one read of the store)
     Predictions are the argmax over the real classes 1 … C-1 (class 0 is never predicted)
     unless ``train_on_other``, when all C classes compete.
 
-Metrics (ADE20K protocol, as mmseg with ``reduce_zero_label``): pixels/patches whose TRUE
-label is 0 are ignored (``metrics.confusion_matrix(..., ignore=0)``) for mIoU and accuracy;
-mIoU averages IoU over classes 1 … C-1 present in the val ground truth
-(``metrics.mean_iou``); accuracy is the fraction of non-ignored pixels predicted right
-(``metrics.pixel_accuracy``). The best member is the one with the highest val pixel-level
-mIoU (ties: the first in the sweep).
+Metrics, by ``protocol`` (:data:`pipeline.metrics.SEG_PROTOCOLS`): ``ade20k`` (the default,
+as mmseg with ``reduce_zero_label``) ignores pixels/patches whose TRUE label is 0 and scores
+classes 1 … C-1; ``zero_is_class`` (needs ``train_on_other``) scores all C classes with
+nothing ignored. mIoU averages IoU over the scored classes present in the ground truth
+(``metrics.mean_iou``, definition ``present_in_truth``); accuracy is the fraction of scored
+pixels predicted right (``metrics.pixel_accuracy``). The protocol and mIoU definition are
+recorded in ``sweep.csv``, ``best.json`` and ``per_class_iou.csv``.
+
+Model selection (held out, no peeking at val): ``selection_fraction`` of the valid train
+images (seeded ``selection_seed``) are held out of training; every member is scored on them
+and the best is the one with the highest pixel-level mIoU there (ties: the first in the
+sweep). Val metrics are then reported for every member and for the chosen one; both figures
+are printed and stored (``selection_*`` and val columns). ``selection_fraction: 0`` selects
+on val, as saev did (the reported figure is then optimistic).
 
 Per-epoch curve: after every epoch, every member's val mIoU at patch level (one more read of
 the val store per epoch, no upsampling) goes into ``epochs.csv`` with the epoch's mean
 training loss (one row per epoch and member) and ``epochs.{html,png,svg}``.
 
 Outputs: ``sweep.csv`` (one row per member: lr, weight decay, train loss, patch- and
-pixel-level mIoU / accuracy / mean class accuracy, ``random_weights``), ``best.safetensors``
-+ ``best.json`` (hyper-parameters, metrics, the stores and their config hashes, layer,
+pixel-level mIoU / accuracy / mean class accuracy on val, ``selection_pixel_miou``,
+``protocol``, ``miou_definition``, ``random_weights``), ``best.safetensors``
++ ``best.json`` (hyper-parameters, val metrics, selection metrics and the held-out image ids, the stores and their config hashes, layer,
 class names, random_weights, device), ``per_class_iou.csv`` (best member, pixel level),
 ``sweep.{html,png,svg}``, ``per_class_iou.{html,png,svg}`` and ``examples.png`` (val
 images | truth | prediction; the images themselves are read from the dataset only for the
@@ -68,6 +77,7 @@ from pipeline.probes.features import (
     best_meta,
     probe_setup,
     FinalNorm,
+    ProbeDataError,
     ProbeStores,
     check_label_range,
     patch_chunks,
@@ -91,12 +101,19 @@ from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OUTPUT_FILES", "PROTOCOL", "SegEvaluation", "evaluate_seg", "run_seg_probe", "seg_metrics", "upsampled_predictions"]
+__all__ = ["OUTPUT_FILES", "PROTOCOL", "SegEvaluation", "evaluate_seg", "protocol_text", "run_seg_probe", "seg_metrics",
+           "selection_images", "upsampled_predictions"]
 
-PROTOCOL = (
-    "ADE20K (mmseg reduce_zero_label): true label 0 ignored; mIoU over classes 1..C-1 present in the val ground "
-    "truth; pixel level = bilinear upsampling (align_corners=False) of patch logits to the cropped mask"
-)
+MIOU_DEFINITION = "present_in_truth"
+
+
+def protocol_text(protocol: str, miou_definition: str = MIOU_DEFINITION) -> str:
+    """One line naming the protocol, the mIoU definition and the pixel-level rule (stored in outputs)."""
+    return (f"{protocol}: {metrics.SEG_PROTOCOLS[protocol]}; mIoU {miou_definition}: {metrics.MIOU_DEFINITIONS[miou_definition]}; "
+            "pixel level = bilinear upsampling (align_corners=False) of patch logits to the cropped mask")
+
+
+PROTOCOL = protocol_text("ade20k")
 OUTPUT_FILES = (
     "sweep.csv", "best.safetensors", "best.json", "per_class_iou.csv",
     "sweep.html", "sweep.png", "sweep.svg",
@@ -109,7 +126,7 @@ UPSAMPLE_BUDGET = 256 * 2**20
 
 @dataclass
 class SegEvaluation:
-    """Every member's val confusion matrices (int64 [M, C, C], truth 0 ignored) and figure material."""
+    """Every member's confusion matrices (int64 [M, C, C], under the protocol) and figure material."""
 
     patch_conf_MCC: np.ndarray
     pixel_conf_MCC: np.ndarray
@@ -143,16 +160,27 @@ def upsampled_predictions(logits_MBPC: torch.Tensor, grid: tuple[int, int], size
 
 
 
-def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool, n_figure: int = 0) -> SegEvaluation:
-    """Patch- and pixel-level confusion matrices of every member on the val split (one pass over it)."""
-    val, c, m = stores.val, stores.n_classes, sweep.n_members
+def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool, n_figure: int = 0,
+                 protocol: str = "ade20k", reader=None, images_N: np.ndarray | None = None) -> SegEvaluation:
+    """Patch- and pixel-level confusion matrices of every member (one pass over the store).
+
+    ``reader`` defaults to the val store; ``images_N`` (bool [N]) restricts the evaluation to
+    those images (the held-out selection part of train).
+    """
+    val = stores.val if reader is None else reader
+    c, m = stores.n_classes, sweep.n_members
     patch_conf = np.zeros((m, c, c), dtype=np.int64)
     pixel_conf = np.zeros((m, c, c), dtype=np.int64)
     pixel_count = np.zeros(c, dtype=np.int64)
     patch_label_NP = val.labels("patch_label").astype(np.int64)
     check_label_range(val, "patch_label", patch_label_NP[val.valid], np.flatnonzero(val.valid))
     fig_images, fig_true, fig_pred = [], [], []
-    for image_B, x_BPD in patch_chunks(val, stores.layer, norm):
+    chunks = (patch_chunks(val, stores.layer, norm) if images_N is None else  # only the chunks holding those images
+              ((image_B, norm(acts_BPD)) for image_B, acts_BPD in val.iter_chunks(stores.layer, tokens="patches", images=images_N)))
+    for image_B, x_BPD in chunks:
+        if images_N is not None:
+            keep_B = images_N[image_B]
+            image_B, x_BPD = image_B[keep_B], x_BPD[torch.from_numpy(keep_B).to(x_BPD.device)]
         b, p, d = x_BPD.shape
         pixel_BHW = val.pixel_labels(int(image_B[0]), int(image_B[-1]) + 1)[image_B - image_B[0]].astype(np.int64)
         check_label_range(val, "pixel_label", pixel_BHW, image_B)
@@ -161,8 +189,9 @@ def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, tra
             patch_pred_MBP = _predict(logits_MBPC, train_on_other).cpu().numpy()
             pixel_pred_MBHW = upsampled_predictions(logits_MBPC, val.grid, pixel_BHW.shape[1:], train_on_other)
         truth_BP = patch_label_NP[image_B]
-        patch_conf += metrics.confusion_matrices(truth_BP, patch_pred_MBP, c, ignore=0)
-        pixel_conf += metrics.confusion_matrices(pixel_BHW, pixel_pred_MBHW, c, ignore=0)
+        ignore = 0 if protocol == "ade20k" else None  # metrics.SEG_PROTOCOLS
+        patch_conf += metrics.confusion_matrices(truth_BP, patch_pred_MBP, c, ignore=ignore)
+        pixel_conf += metrics.confusion_matrices(pixel_BHW, pixel_pred_MBHW, c, ignore=ignore)
         pixel_count += np.bincount(pixel_BHW.reshape(-1), minlength=c)
         take = max(0, n_figure - sum(len(i) for i in fig_images))
         if take:
@@ -180,11 +209,12 @@ def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, tra
     )
 
 
-def val_patch_miou(stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool):
+def val_patch_miou(stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool, protocol: str = "ade20k"):
     """``sweep → [M]`` val mIoU at patch level (the per-epoch curve; one read of the val store,
     no upsampling), with the protocol of :func:`evaluate_seg`."""
     val, c = stores.val, stores.n_classes
     patch_label_NP = val.labels("patch_label").astype(np.int64)
+    ignore, exclude = (0 if protocol == "ade20k" else None), metrics.protocol_exclude(protocol)
 
     def score(sweep: ProbeSweep) -> np.ndarray:
         conf = np.zeros((sweep.n_members, c, c), dtype=np.int64)
@@ -192,20 +222,40 @@ def val_patch_miou(stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool
             b, p, d = x_BPD.shape
             with torch.no_grad():
                 pred_MBP = _predict(sweep(x_BPD.reshape(b * p, d)).reshape(sweep.n_members, b, p, c), train_on_other)
-            conf += metrics.confusion_matrices(patch_label_NP[image_B], pred_MBP.cpu().numpy(), c, ignore=0)
-        return np.array([metrics.mean_iou(conf_k) for conf_k in conf])
+            conf += metrics.confusion_matrices(patch_label_NP[image_B], pred_MBP.cpu().numpy(), c, ignore=ignore)
+        return np.array([metrics.mean_iou_as(conf_k, MIOU_DEFINITION, exclude=exclude) for conf_k in conf])
 
     return score
 
 
-def seg_metrics(patch_conf: np.ndarray, pixel_conf: np.ndarray) -> dict[str, float]:
-    """One member's metrics from its confusion matrices (truth 0 already ignored in them)."""
+def seg_metrics(patch_conf: np.ndarray, pixel_conf: np.ndarray, protocol: str = "ade20k",
+                miou_definition: str = MIOU_DEFINITION) -> dict[str, float]:
+    """One member's metrics from its confusion matrices (built under ``protocol``)."""
+    exclude = metrics.protocol_exclude(protocol)
     out = {}
     for level, conf in (("patch", patch_conf), ("pixel", pixel_conf)):
-        acc_C = metrics.per_class_accuracy(conf)[1:]
-        out[f"{level}_miou"] = metrics.mean_iou(conf)
-        out[f"{level}_acc"] = metrics.pixel_accuracy(conf, exclude=(0,))
+        acc_C = np.delete(metrics.per_class_accuracy(conf), list(exclude))
+        out[f"{level}_miou"] = metrics.mean_iou_as(conf, miou_definition, exclude=exclude)
+        out[f"{level}_acc"] = metrics.pixel_accuracy(conf, exclude=exclude)
         out[f"{level}_mean_class_acc"] = float(np.nanmean(acc_C)) if np.isfinite(acc_C).any() else float("nan")
+    return out
+
+
+def selection_images(reader, y_NP: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """bool [N]: the held-out selection images of the train store (seeded; empty when fraction is 0).
+
+    Drawn from the valid images that have a usable training patch; at least one image is
+    held out and at least one is left to train on.
+    """
+    usable = np.flatnonzero(reader.valid & (y_NP != IGNORE_LABEL).any(axis=1))
+    out = np.zeros(reader.n_images, dtype=bool)
+    if fraction <= 0:
+        return out
+    if usable.size < 2:
+        raise ProbeDataError(f"{reader.path}: {usable.size} usable train image(s): cannot hold out a selection part "
+                             "(set probes.seg.selection_fraction: 0 to select on val)")
+    n = min(usable.size - 1, max(1, round(fraction * usable.size)))
+    out[np.random.default_rng(seed).choice(usable, size=n, replace=False)] = True
     return out
 
 
@@ -220,7 +270,8 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
     crop = int(attrs["image_size"])
     try:
         pre = Preprocess(**attrs["preprocess"])
-        data = load_split(attrs["dataset_kind"], Path(attrs["dataset_root"]), attrs["config"]["dataset"]["split"])
+        extra = {"class_list": attrs["config"]["dataset"]["class_list"]} if "class_list" in attrs["config"]["dataset"] else {}
+        data = load_split(attrs["dataset_kind"], Path(attrs["dataset_root"]), attrs["config"]["dataset"]["split"], **extra)
         by_id = {s.id: s.image for s in data.samples}
     except Exception as err:  # noqa: BLE001 - only a picture: say so and go on
         log.warning("examples.png: cannot list the dataset (%s); drawing placeholders", err)
@@ -245,36 +296,53 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     """Train the sweep on the train split, evaluate on val, write the outputs; return a summary."""
     pc, threads, device, stores, out_dir = probe_setup(cfg, "seg", out_dir)
     y_NP = seg_train_labels(stores.train, min_purity=pc.min_purity, train_on_other=pc.train_on_other)
+    held_out_N = selection_images(stores.train, y_NP, pc.selection_fraction, pc.selection_seed)
+    y_fit_NP = y_NP.copy()
+    y_fit_NP[held_out_N] = IGNORE_LABEL
     norm = FinalNorm(cfg, stores, device)
     members = member_grid(pc.lrs, pc.weight_decays)
     train_cfg = ProbeTrainConfig(epochs=pc.epochs, batch_size=pc.batch_size, seed=pc.seed)
     epochs = patch_train_epochs(
-        stores.train, pc.layer, y_NP, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=pc.seed
+        stores.train, pc.layer, y_fit_NP, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=pc.seed
     )
-    n_train = int((y_NP != IGNORE_LABEL).sum())
-    log.info("seg probe: %d members, %d training patches, %d epochs, device %s", len(members), n_train, pc.epochs, device)
+    n_train = int((y_fit_NP != IGNORE_LABEL).sum())
+    log.info("seg probe: %d members, %d training patches (%d images held out for selection), %d epochs, device %s",
+             len(members), n_train, int(held_out_N.sum()), pc.epochs, device)
 
     t0 = time.perf_counter()
-    val_patch = val_patch_miou(stores, norm, train_on_other=pc.train_on_other)
+    val_patch = val_patch_miou(stores, norm, train_on_other=pc.train_on_other, protocol=pc.protocol)
     sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=stores.n_classes, members=members, cfg=train_cfg, device=device, progress=progress,
                       steps_per_epoch=-(-n_train // pc.batch_size), on_epoch=lambda epoch, sw: {"val_patch_miou": val_patch(sw)})
     t1 = time.perf_counter()
-    ev = evaluate_seg(sweep, stores, norm, train_on_other=pc.train_on_other, n_figure=pc.n_figure_images)
+    ev = evaluate_seg(sweep, stores, norm, train_on_other=pc.train_on_other, n_figure=pc.n_figure_images, protocol=pc.protocol)
+    sel = (evaluate_seg(sweep, stores, norm, train_on_other=pc.train_on_other, protocol=pc.protocol,
+                        reader=stores.train, images_N=held_out_N) if held_out_N.any() else ev)
     t2 = time.perf_counter()
 
     rows = []
     for k in range(len(members)):
         row = {"train_loss": float(sweep.train_loss_M[k])}
-        row.update(seg_metrics(ev.patch_conf_MCC[k], ev.pixel_conf_MCC[k]))
+        row.update(seg_metrics(ev.patch_conf_MCC[k], ev.pixel_conf_MCC[k], pc.protocol))
+        row["selection_pixel_miou"] = seg_metrics(sel.patch_conf_MCC[k], sel.pixel_conf_MCC[k], pc.protocol)["pixel_miou"]
         rows.append(row)
     table = sweep_table(members, rows)
     device_name = describe_device(device)
+    table["protocol"] = pc.protocol
+    table["miou_definition"] = MIOU_DEFINITION
     table["random_weights"] = stores.random_weights
     table["device"] = device_name
-    best = best_member(table, "pixel_miou")
+    best = best_member(table, "selection_pixel_miou")
     table["best"] = table["member"] == best
     best_row = table.loc[table["member"] == best].iloc[0]
     best_metrics = {k: float(best_row[k]) for k in rows[0]}
+    where = "val (selection_fraction 0: saev's choice, optimistic)" if not held_out_N.any() else (
+        f"{int(held_out_N.sum())} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})")
+    selection = {
+        "metric": "pixel_miou", "on": where, "fraction": pc.selection_fraction, "seed": pc.selection_seed,
+        "n_images": int(held_out_N.sum()), "best_selection_pixel_miou": float(best_row["selection_pixel_miou"]),
+        "best_val_pixel_miou": float(best_row["pixel_miou"]),
+        "image_ids": [str(stores.train.image_ids[i]) for i in np.flatnonzero(held_out_N)],
+    }
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "sweep.csv", index=False)
@@ -282,25 +350,28 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     conf = ev.pixel_conf_MCC[best]
     names = stores.class_names
     iou_C = metrics.iou_per_class(conf)
+    scored_C = ~np.isin(np.arange(stores.n_classes), metrics.protocol_exclude(pc.protocol))
     per_class = pd.DataFrame(
         {
             "class_id": np.arange(stores.n_classes),
             "class_name": list(names),
             "iou": iou_C,
             "n_pixels": ev.pixel_count_C,
-            "in_miou": (np.arange(stores.n_classes) != 0) & (conf.sum(axis=1) > 0),
+            "in_miou": scored_C & (conf.sum(axis=1) > 0),
+            "protocol": pc.protocol,
             "random_weights": stores.random_weights,
         }
     )
-    per_class.loc[0, "iou"] = np.nan  # class 0 is ignored (ADE20K protocol), never scored
+    per_class.loc[~scored_C, "iou"] = np.nan  # ignored under the protocol (ade20k: class 0), never scored
     per_class.to_csv(out_dir / "per_class_iou.csv", index=False)
 
     member = members[best]
     meta = best_meta(
-        "seg", pc, stores, norm, members, best, best_metrics, selected_by="val pixel_miou", provenance=record(cfg, "probe-seg"),
+        "seg", pc, stores, norm, members, best, best_metrics, selected_by=f"pixel_miou on {where}", selection=selection, provenance=record(cfg, "probe-seg"),
+        miou_definition=MIOU_DEFINITION,
         device_name=device_name, threads=threads, seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        protocol=PROTOCOL, input=f"final_norm(output of block {stores.block}) at the patch tokens, float32",
-        n_train_patches=n_train, n_val_images=int(stores.val.valid.sum()),
+        protocol=protocol_text(pc.protocol), input=f"final_norm(output of block {stores.block}) at the patch tokens, float32",
+        n_train_patches=n_train, n_val_images=int(stores.val.valid.sum()), n_selection_images=int(held_out_N.sum()),
     )
     save_probe(out_dir / "best", member_state(sweep, best), meta)
 
@@ -314,8 +385,8 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     figures.epoch_chart(epoch_rows, out_dir / "epochs", metric="val_patch_miou", metric_title="val mIoU, patch level",
                         best_slug=member.slug, random_weights=stores.random_weights)
     figures.per_class_chart(
-        per_class.iloc[1:], out_dir / "per_class_iou", value="iou",  # class 0 is ignored, not scored
-        title=f"Val IoU per class (0 = other ignored), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
+        per_class[scored_C], out_dir / "per_class_iou", value="iou",  # classes the protocol scores
+        title=f"Val IoU per class ({pc.protocol}), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
         random_weights=stores.random_weights, value_title="IoU, pixel level (%)",
     )
     _examples(stores, ev, best, out_dir / "examples.png", title=f"Linear probe, {pc.cache.model} block {stores.block} on {pc.cache.dataset} val")
@@ -326,6 +397,10 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         "out": str(out_dir),
         "best": meta["member"],
         "metrics": best_metrics,
+        "selected_on": where,
+        "selection_pixel_miou": selection["best_selection_pixel_miou"],
+        "val_pixel_miou": selection["best_val_pixel_miou"],
+        "protocol": pc.protocol,
         "n_members": len(members),
         "random_weights": stores.random_weights,
         "device": device_name,

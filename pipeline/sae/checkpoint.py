@@ -19,9 +19,13 @@ Reading accepts three header styles (the encoder convention each implies is docu
 * saev pre-schema / legacy (no ``schema``; ``d_vit``, ``exp_factor``, ``n_reinit_samples``,
   ``sparsity_coeff``, ``ghost_grads``, ``remove_parallel_grads``, ``normalize_w_dec``, ``seed``;
   the public ``osunlp/SAE_*`` files): ``relu((x − b_dec) @ W_enc + b_enc)``;
-* saev ``schema`` 1-5: ``relu(x @ W_enc + b_enc)``; for schema 1 with ``cls`` = ``Relu`` (the
-  oldest schema-1 dumps, written by code of both conventions) that is a guess and a warning says
+* saev ``schema`` 1-5: ``relu(x @ W_enc + b_enc)``, except schema 1, which saev wrote with
+  both conventions: its header's ``commit`` decides (saev subtracted ``b_dec`` before commit
+  ``e7ca004`` and not after; the table of schema-1 writers is :mod:`pipeline.sae.saev_history`).
+  Only when ``commit`` is absent or unknown is the plain encoder a guess, and a warning says
   so; pass ``encoder_subtracts_b_dec=`` to override. TopK/BatchTopK SAEs are refused.
+
+Tensors holding NaN or inf are refused (:class:`CheckpointError` naming the tensor).
 
 Only ``torch.load(..., weights_only=True)`` is used: a payload that needs any pickled object
 other than tensors and plain containers raises :class:`CheckpointError` and nothing in it runs.
@@ -184,11 +188,21 @@ def _interpret_header(path: Path, header: dict) -> tuple[dict, bool, InputScalin
         raise CheckpointError(f"{path}: activation {cls!r} is not supported (ReLU SAEs only)")
     if "d_model" not in cfg and "d_vit" in cfg:
         cfg["d_model"] = cfg["d_vit"]
-    if schema == 1 and header.get("cls") in ("Relu", "TopK", "BatchTopK"):
+    if schema == 1:
+        from .saev_history import SCHEMA1_FIRST_PLAIN, schema1_subtracts_b_dec
+
+        subtracts = schema1_subtracts_b_dec(header.get("commit"))
+        if subtracts is not None:
+            cfg["encoder_from_commit"] = (
+                f"saev commit {str(header['commit'])[:7]} "
+                f"{'precedes' if subtracts else 'includes'} {SCHEMA1_FIRST_PLAIN}: "
+                f"{ENCODER_SUBTRACT if subtracts else ENCODER_PLAIN}"
+            )
+            return cfg, subtracts, None
         warnings.warn(
-            f"{path}: saev schema-1 checkpoint with cls={header.get('cls')!r}: saev wrote this "
-            "header with both encoder conventions; assuming relu(x @ W_enc + b_enc). Pass "
-            "encoder_subtracts_b_dec=True if it was trained with (x - b_dec).",
+            f"{path}: saev schema-1 checkpoint with commit={header.get('commit')!r} (absent or not a known "
+            "saev schema-1 writer): saev wrote this header with both encoder conventions; assuming "
+            "relu(x @ W_enc + b_enc). Pass encoder_subtracts_b_dec=True if it was trained with (x - b_dec).",
             stacklevel=3,
         )
     return cfg, False, None
@@ -219,6 +233,10 @@ def load_checkpoint(
     if extra:
         raise CheckpointError(f"{path}: unexpected tensors {extra}")
 
+    for k in _PARAM_NAMES:
+        if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()):
+            n_bad = int((~torch.isfinite(state[k])).sum())
+            raise CheckpointError(f"{path}: tensor {k} holds {n_bad} NaN/inf values")
     cfg, subtracts, scaling = _interpret_header(path, header)
     if encoder_subtracts_b_dec is not None:
         subtracts = bool(encoder_subtracts_b_dec)

@@ -21,6 +21,21 @@ import torch
 from torch import Tensor
 
 
+class NonFiniteInputError(ValueError):
+    """An SAE input (activations) holding NaN or inf."""
+
+
+def check_finite(x: Tensor | np.ndarray, what: str) -> None:
+    """Raise :class:`NonFiniteInputError` naming ``what`` and the count when ``x`` has NaN/inf."""
+    if isinstance(x, Tensor):
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise NonFiniteInputError(f"{what} holds {int((~torch.isfinite(x)).sum())} NaN/inf values (of {x.numel()})")
+    else:
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise NonFiniteInputError(f"{what} holds {int((~np.isfinite(x)).sum())} NaN/inf values (of {x.size})")
+
+
 @dataclass(frozen=True)
 class InputScaling:
     """``apply(x) = (x − mean_D) · scalar``; ``mean_D`` is float32 [D]."""
@@ -82,7 +97,12 @@ class InputScaling:
         return cls.from_stats(mean_D.numpy(), mean_sq_norm)
 
     def apply(self, x: Tensor | np.ndarray) -> Tensor | np.ndarray:
-        """(x − mean) · scalar over the last axis; a tensor stays on its device and dtype."""
+        """(x − mean) · scalar over the last axis; a tensor stays on its device and dtype.
+
+        Every SAE input passes here, so a NaN or inf in it raises :class:`NonFiniteInputError`
+        (a ``ValueError``) instead of silently turning latents and edits into NaN.
+        """
+        check_finite(x, "SAE input")
         if isinstance(x, Tensor):
             mean = torch.tensor(self.mean_D, device=x.device)
             if x.is_floating_point():

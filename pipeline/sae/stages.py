@@ -23,6 +23,18 @@ the SAE core (:mod:`pipeline.sae`); every stage writes into
     curves ``history.csv`` (one row per logged step per member, every
     ``max(1, n_steps // HISTORY_ROWS)``-th step) with their chart ``history.{html,png,svg}``.
 
+``sae.source`` (where the SAE comes from; ``sae.cache`` is where it is applied)
+    ``cache`` (or no source): the sweep above trains on that cache's train store (any cache
+    of the same model: its stores must carry the same model weights hash, block and width as
+    ``sae.cache``'s). ``checkpoint`` / ``hub`` (:func:`run_import`): the file (downloaded with
+    ``huggingface_hub.hf_hub_download`` at the configured revision, its sha256 checked against
+    ``sha256`` when given) is loaded with :func:`load_checkpoint` and re-saved as ``sae.pt``
+    with its provenance (source, revision, resolved commit, sha256, encoder convention) and
+    its input scaling: the checkpoint's own when it records one, else saev's convention
+    (:func:`saev_scaling`) computed on ``sae.cache``'s train store. Every later stage loads
+    ``sae.pt`` through :func:`load_sae_for`, which refuses an SAE whose recorded model
+    weights hash, block or width differs from the store it is applied to.
+
 ``sae-latents`` (:func:`run_latents`)
     ``sae.pt`` over every valid image's patch tokens of the TRAIN store, one zarr chunk at a
     time, with the checkpoint's own scaling → :func:`latent_stats` → ``latents.zarr``, saev's
@@ -75,7 +87,7 @@ from pipeline.cache.stream import (
 )
 from pipeline.paths import sae_dir, stats_path
 from pipeline.provenance import record
-from pipeline.config import CacheRef, Config, ConfigError, SAEConfig
+from pipeline.config import sae_is_imported, sae_train_ref, CacheRef, Config, ConfigError, SAEConfig
 
 from .checkpoint import load_checkpoint
 from .latents import density_chart, latent_stats, load_latent_stats, save_latent_stats, select_latents
@@ -130,9 +142,18 @@ def member_slug(hp: SAEHparams) -> str:
     return f"x{hp.exp_factor}_lr{hp.lr:g}_lambda{hp.sparsity_coeff:g}"
 
 
+IMPORT_OUTPUTS = ("sae.pt", "sae.safetensors", "chosen.json")
+
+
+# is_imported / train_ref live in pipeline.config (no torch): the workflow and provenance use them too
+is_imported, train_ref = sae_is_imported, sae_train_ref
+
+
 def train_outputs(cfg: Config) -> dict[str, list[Path]]:
     """Files ``sae-train`` writes (for the Snakemake rule)."""
     out = sae_dir(cfg)
+    if is_imported(require_sae(cfg)):
+        return {"main": [out / name for name in IMPORT_OUTPUTS], "members": []}
     members = []
     for hp in member_grid(require_sae(cfg)):
         members += [out / "members" / f"{member_slug(hp)}.pt", out / "members" / f"{member_slug(hp)}.safetensors"]
@@ -276,16 +297,24 @@ def load_train_scaling(cfg: Config, reader: CacheReader, block: int, tokens: str
     """The scaling from the train store's stats file (refusing one made from another store)."""
     from pipeline.stats import read_stats, scaling_from_stats
 
-    path = stats_file(cfg, require_sae(cfg).cache, "train")
+    path = stats_file(cfg, train_ref(require_sae(cfg)), "train")
     stats = read_stats(path, config_hash=reader.attrs["config_hash"])
     return scaling_from_stats(stats, block, tokens), path
 
 
+def weights_sha256(reader: CacheReader) -> str | None:
+    """The model weights hash a store was extracted with (its provenance)."""
+    return reader.attrs.get("model", {}).get("weights_sha256")
+
+
 def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block: int, stats: Path) -> dict:
     sc = require_sae(cfg)
+    ref = train_ref(sc)
     return {
-        "model": sc.cache.model,
-        "dataset": sc.cache.dataset,
+        "model": ref.model,
+        "dataset": ref.dataset,
+        "model_weights_sha256": weights_sha256(train),
+        "d_model": int(train.d_model),
         "store": str(train.path),
         "store_config_hash": train.attrs["config_hash"],
         "val_store": str(val.path) if val is not None else None,
@@ -308,11 +337,18 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
     from pipeline.runtime import describe_device, resolve_device, set_threads
 
     sc = require_sae(cfg)
+    if is_imported(sc):
+        return run_import(cfg, out_dir=out_dir)
     threads = set_threads(cfg.threads)
     dev = resolve_device(device or cfg.device)
-    train = _open(cfg, sc.cache, "train")
+    ref = train_ref(sc)
+    train = _open(cfg, ref, "train")
     block = train.block(sc.layer)
-    val_path = cfg.store(sc.cache, "val")
+    if ref != sc.cache:  # trained elsewhere: it must apply to sae.cache (same weights, block, width)
+        target = _open(cfg, sc.cache, "train")
+        check_applies(train.path, {"model_weights_sha256": weights_sha256(train), "layer": block, "d_model": train.d_model},
+                      target, target.block(sc.layer))
+    val_path = cfg.store(ref, "val")
     val = CacheReader(val_path) if (val_path / "zarr.json").exists() else None
     if val is not None:
         val.layer_index(block)
@@ -432,18 +468,159 @@ def write_history(trained: list[TrainedSAE], slugs: list[str], out: Path, *, cho
 # --------------------------------------------------------------------------- sae-latents
 
 
+def check_applies(path: Path | str, hcfg: dict, reader: CacheReader, block: int) -> dict[str, str]:
+    """Refuse an SAE (header cfg ``hcfg``) that does not fit ``reader``'s block-``block`` activations.
+
+    Width must agree; the block and the model weights hash must agree when the checkpoint
+    records them (ours always do; saev's record neither). Returns what was checked, and how.
+    """
+    checked = {}
+    d_sae = hcfg.get("d_model", hcfg.get("d_vit"))
+    if d_sae is not None and int(d_sae) != reader.d_model:
+        raise SAEStageError(f"{path}: the SAE reads width D={d_sae}, {reader.path} holds D={reader.d_model}")
+    checked["width"] = f"D={reader.d_model}"
+    if hcfg.get("layer") is not None:
+        if int(hcfg["layer"]) != int(block):
+            raise SAEStageError(f"{path}: the SAE was trained on block {hcfg['layer']}, sae.layer is block {block} of {reader.path}")
+        checked["block"] = f"block {block}"
+    else:
+        checked["block"] = "not recorded in the checkpoint"
+    mine, theirs = hcfg.get("model_weights_sha256"), weights_sha256(reader)
+    if mine is not None and theirs is not None:
+        if mine != theirs:
+            raise SAEStageError(f"{path}: the SAE was trained on activations of model weights sha256 {mine[:12]}, "
+                                f"{reader.path} was extracted with {theirs[:12]}: another model")
+        checked["model_weights_sha256"] = theirs
+    else:
+        checked["model_weights_sha256"] = "not recorded in the checkpoint" if mine is None else "not recorded in the store"
+    return checked
+
+
 def load_sae_for(cfg: Config, path: Path, reader: CacheReader):
-    """Load a checkpoint written by ``sae-train`` and check it was trained on ``reader``'s store."""
+    """Load ``sae.pt`` (trained or imported by ``sae-train``) and check it applies to ``reader``."""
     sae, header, scaling = load_checkpoint(path)
-    hcfg = header.get("cfg", {})
-    if hcfg.get("store_config_hash") != reader.attrs["config_hash"]:
-        raise SAEStageError(
-            f"{path}: trained on store {hcfg.get('store')} (config hash {str(hcfg.get('store_config_hash'))[:12]}), "
-            f"not on {reader.path} ({reader.attrs['config_hash'][:12]}); re-run sae-train"
-        )
+    hcfg = header.get("cfg", header)
+    check_applies(path, hcfg, reader, reader.block(require_sae(cfg).layer))
     if scaling is None:
         raise SAEStageError(f"{path}: checkpoint has no input scaling")
     return sae, hcfg, scaling
+
+
+# --------------------------------------------------------------------------- import (sae.source: checkpoint / hub)
+
+SAEV_SCALING_SAMPLES = 1 << 19
+SAEV_SCALING_SEED = 42
+SAEV_SCALING_NOTE = (
+    "saev's convention (saev.activations.Dataset, scale_mean and scale_norm true): x -> (x - mean) / s with mean "
+    "and s = E||x - mean|| / sqrt(D) from a seeded sample of up to 2^19 tokens of the data the SAE reads "
+    "(here sae.cache's train store); i.e. InputScaling(mean, scalar = sqrt(D) / E||x - mean||)"
+)
+
+
+def saev_scaling(reader: CacheReader, block: int, *, tokens: str = "patches", n_samples: int = SAEV_SCALING_SAMPLES,
+                 seed: int = SAEV_SCALING_SEED) -> InputScaling:
+    """saev's input scaling for a checkpoint that records none (see ``SAEV_SCALING_NOTE``).
+
+    saev took the mean and the mean L2 norm of the centred activations over a random sample
+    of ``2^19`` examples (seed 42) of the dataset it read, and divided by ``norm / sqrt(D)``.
+    Here: every token when the store holds at most ``n_samples``, else a seeded uniform
+    subset of each chunk's tokens in proportion (the same rule, drawn chunk by chunk).
+    """
+    total = tokens_per_pass(reader, tokens)
+    if total == 0:
+        raise SAEStageError(f"{reader.path}: no valid token to compute saev's input scaling from")
+    keep = min(1.0, n_samples / total)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for acts_ND, _, _ in token_parts(reader, block, tokens=tokens):
+        if keep < 1.0:
+            acts_ND = acts_ND[rng.random(len(acts_ND)) < keep]
+        parts.append(np.asarray(acts_ND, dtype=np.float64))
+    x_ND = np.concatenate(parts)
+    mean_D = x_ND.mean(axis=0)
+    l2_mean = float(np.linalg.norm(x_ND - mean_D, axis=1).mean())
+    if not l2_mean > 0:
+        raise SAEStageError(f"{reader.path}: block {block} activations are constant; saev's scaling is undefined")
+    return InputScaling(mean_D.astype(np.float32), math.sqrt(reader.d_model) / l2_mean)
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fd:
+        for block in iter(lambda: fd.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_checkpoint(cfg: Config) -> tuple[Path, dict[str, Any]]:
+    """The local file of ``sae.source`` (downloading a hub file) and its provenance record."""
+    src = require_sae(cfg).source
+    if src.kind == "checkpoint":
+        path = Path(src.path)
+        if not path.is_file():
+            raise ConfigError(f"{cfg.source}: key sae/source/checkpoint: {path} does not exist")
+        record: dict[str, Any] = {"kind": "checkpoint", "path": str(path)}
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(repo_id=src.repo, filename=src.file, revision=src.revision))
+        except Exception as err:  # network, unknown repo / file / revision: all name the source
+            raise SAEStageError(f"sae/source: cannot download {src.file} from hub repo {src.repo} "
+                                f"(revision {src.revision or 'main'}): {err}") from err
+        # hub cache layout: .../snapshots/<commit>/<file>: the commit the revision resolved to
+        parts = path.parts
+        resolved = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+        record = {"kind": "hub", "repo": src.repo, "file": src.file, "revision": src.revision, "resolved_commit": resolved,
+                  "path": str(path)}
+    digest = sha256_file(path)
+    if src.sha256 is not None and digest != src.sha256:
+        raise SAEStageError(f"{path}: sha256 {digest} differs from sae/source/sha256 {src.sha256}; refusing another file")
+    record["sha256"] = digest
+    record["sha256_pinned"] = src.sha256 is not None
+    return path, record
+
+
+def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
+    """``sae-train`` for ``sae.source: checkpoint | hub``: check, scale and re-save the SAE as ``sae.pt``."""
+    sc = require_sae(cfg)
+    src = sc.source
+    path, record = resolve_checkpoint(cfg)
+    sae, header, scaling = load_checkpoint(path)
+    hcfg = dict(header.get("cfg", header))
+    reader = _open(cfg, sc.cache, "train")
+    block = reader.block(sc.layer)
+    checked = check_applies(path, hcfg, reader, block)
+    if scaling is not None and src.scaling == "auto":
+        scaling_note = "the checkpoint's own recorded scaling"
+    else:
+        scaling = saev_scaling(reader, block, tokens=sc.tokens)
+        scaling_note = SAEV_SCALING_NOTE
+    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
+    prov = {
+        "model": sc.cache.model, "dataset": sc.cache.dataset,
+        "model_weights_sha256": hcfg.get("model_weights_sha256"), "d_model": int(sae.d_model),
+        "layer": int(hcfg["layer"]) if hcfg.get("layer") is not None else int(block),
+        "layer_config": int(sc.layer), "tokens": sc.tokens,
+        "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"],
+        "random_weights": reader.random_weights,
+        "imported_from": record, "imported_header": header, "checked_against_store": checked,
+        "scaling_note": scaling_note, "encoder": sae.encoder,
+    }
+    for key in ("lr", "sparsity_coeff", "exp_factor"):
+        if key in hcfg:
+            prov[f"source_{key}"] = hcfg[key]
+    if prov["model_weights_sha256"] is None:
+        log.warning("%s records no model weights hash: checked width (and block when recorded) only", path)
+    out.mkdir(parents=True, exist_ok=True)
+    from .checkpoint import save_checkpoint
+
+    save_checkpoint(out / "sae.pt", sae, cfg=prov, scaling=scaling)
+    _write_json(out / "chosen.json", {"member": "imported", "checkpoint": str(out / "sae.pt"), **prov, "created": _now()})
+    return {"out": str(out), "imported": record, "checked": checked, "scaling": scaling_note, "encoder": sae.encoder,
+            "n_latents": int(sae.n_latents), "d_model": int(sae.d_model)}
 
 
 def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
@@ -459,8 +636,6 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
     out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
     ckpt = out / "sae.pt"
     sae, hcfg, scaling = load_sae_for(cfg, ckpt, reader)
-    if int(hcfg.get("layer", block)) != block:
-        raise SAEStageError(f"{ckpt}: trained on block {hcfg.get('layer')}, sae.layer is block {block}")
     sae = sae.to(dev)
     t0 = time.perf_counter()
     ds = latent_stats(reader.iter_chunks(block, tokens="patches"), sae, scaling, n_images=reader.n_images,
@@ -523,7 +698,8 @@ def store_image_loader(reader: CacheReader) -> Callable[[int], Any]:
     split = attrs["config"]["dataset"]["split"]
     if kind == "imagefolder":
         raise SAEStageError(f"{reader.path}: the gallery needs a segmentation dataset, this store is an image folder")
-    data = load_split(kind, root, split)
+    extra = {"class_list": attrs["config"]["dataset"]["class_list"]} if "class_list" in attrs["config"]["dataset"] else {}
+    data = load_split(kind, root, split, **extra)
     path_of = {s.id: s.image for s in data.samples}
     ids = reader.image_ids
     pre = Preprocess(**attrs["preprocess"])
@@ -616,8 +792,9 @@ def _json_default(obj: Any) -> Any:
 
 
 __all__ = [
-    "CHOICE_RULE", "EVAL_MAX_TOKENS", "NoMemberError", "SAEStageError", "choose_member",
-    "eval_batches", "load_sae_for", "load_train_scaling", "member_grid", "member_slug",
+    "CHOICE_RULE", "EVAL_MAX_TOKENS", "NoMemberError", "SAEStageError", "check_applies", "choose_member",
+    "eval_batches", "is_imported", "load_sae_for", "load_train_scaling", "resolve_checkpoint", "run_import", "saev_scaling",
+    "train_ref", "member_grid", "member_slug",
     "run_gallery", "run_latents", "run_train", "sae_dir", "spread_by_frequency", "store_image_loader",
     "token_parts", "tokens_per_pass", "train_batches", "train_outputs", "write_train_outputs",
 ]

@@ -153,7 +153,16 @@ def stats_inputs(wildcards):
 
 
 def sae_train_inputs(wildcards):
-    return {**store_inputs(CFG.sae.cache), "stats": str(paths.stats_path(CFG, CFG.sae.cache, "train"))}
+    """Training: the train cache's stores + stats (and sae.cache's train store when that differs);
+    an imported checkpoint (sae.source): sae.cache's train store and the local file, if any."""
+    from pipeline.sae.stages import is_imported, train_ref
+
+    if is_imported(CFG.sae):
+        src = CFG.sae.source
+        return {**store_inputs(CFG.sae.cache, ("train",)), **({"checkpoint": src.path} if src.kind == "checkpoint" else {})}
+    ref = train_ref(CFG.sae)
+    return {**store_inputs(ref), "stats": str(paths.stats_path(CFG, ref, "train")),
+            **({"target": store_complete(CFG.sae.cache, "train")} if ref != CFG.sae.cache else {})}
 
 
 def sae_train_outputs():
@@ -184,7 +193,9 @@ def gallery_output():
 def sae_targets():
     if CFG.sae is None:
         return []
-    files = [f"{SAE_DIR}/sweep.csv", f"{SAE_DIR}/sae.pt", f"{SAE_DIR}/latents.json"]
+    from pipeline.sae.stages import is_imported
+
+    files = ([] if is_imported(CFG.sae) else [f"{SAE_DIR}/sweep.csv"]) + [f"{SAE_DIR}/sae.pt", f"{SAE_DIR}/latents.json"]
     # the gallery shows patch heat-maps over images: segmentation caches only
     if CFG.dataset(CFG.sae.cache.dataset).task == "segmentation":
         files.append(f"{SAE_DIR}/gallery")
