@@ -74,6 +74,19 @@ class DemoShape:
     patch_size: int
     n_registers: int
 
+    def hf_config(self, **extra: object) -> dict:
+        """The HF config keywords the ViT families share (hidden, MLP, depth, heads, image and
+        patch size), plus the family's own ``extra`` ones."""
+        return dict(
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            **extra,
+        )
+
 
 @dataclass(frozen=True)
 class DemoRecipe:

@@ -28,13 +28,7 @@ def _rope_inputs(backbone: Any, x_BTD: Any) -> dict:
 
 
 def _demo_config(shape: DemoShape) -> dict:
-    return dict(
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.n_layers,
-        num_attention_heads=shape.n_heads,
-        image_size=shape.image_size,
-        patch_size=shape.patch_size,
+    return shape.hf_config(
         num_register_tokens=shape.n_registers,
         layerscale_value=1.0,
         initializer_range=shape.hidden_size**-0.5,

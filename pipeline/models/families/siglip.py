@@ -20,14 +20,7 @@ from pipeline.models.family import DemoRecipe, DemoShape, Family, PrefixTokens, 
 
 
 def _demo_config(shape: DemoShape) -> dict:
-    return dict(
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.n_layers,
-        num_attention_heads=shape.n_heads,
-        image_size=shape.image_size,
-        patch_size=shape.patch_size,
-    )
+    return shape.hf_config()
 
 
 SIGLIP = Family(

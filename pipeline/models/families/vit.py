@@ -12,13 +12,7 @@ from pipeline.models.family import IMAGENET_PREPROCESS, DemoRecipe, DemoShape, F
 
 
 def _demo_config(shape: DemoShape) -> dict:
-    return dict(
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.n_layers,
-        num_attention_heads=shape.n_heads,
-        image_size=shape.image_size,
-        patch_size=shape.patch_size,
+    return shape.hf_config(
         layer_norm_eps=1e-6,
         initializer_range=shape.hidden_size**-0.5,
     )
