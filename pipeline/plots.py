@@ -109,3 +109,11 @@ def class_palette(n_classes: int, class_names: Sequence[str] | None = None) -> n
                    if sum(abs(a - b) for a, b in zip(rgb, OTHER_COLOUR)) >= 90]
         colours = [glasbey[k % len(glasbey)] for k in range(n_real)]
     return np.array([OTHER_COLOUR] + colours, dtype=np.uint8)[:n_classes]
+
+
+def category_colours(names: Sequence[str]) -> alt.Scale:
+    """A colour scale for ``names`` that are not classes (sweep members): the class palette's
+    distinct colours without "other" (Okabe-Ito up to 7, glasbey beyond), in the given order."""
+    rgb = class_palette(len(names) + 1)[1:]
+    return alt.Scale(domain=list(names), range=["#{:02x}{:02x}{:02x}".format(*(int(v) for v in c)) for c in rgb])
+

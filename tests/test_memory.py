@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent(
             from pipeline.sae import InputScaling
             labels = rng.integers(0, 8, (n_images, P)).astype(np.uint8)
             reader = SimpleNamespace(
-                labels=lambda name: labels, n_classes=8, class_names=[str(c) for c in range(8)],
+                labels=lambda name: labels, n_classes=8, class_names=[str(c) for c in range(8)], valid=np.ones(n_images, bool),
                 iter_chunks=lambda layer, tokens: chunks(), path="synthetic", attrs={"config_hash": "x"})
             scaling = InputScaling(mean_D=np.zeros(D, np.float32), scalar=1.0)
             class_latent_f1(reader, 0, sae, scaling, (0.0, 0.5, 1.0))

@@ -180,9 +180,11 @@ def _run_planned(folder: Path, rules: list[str], *extra: str) -> None:
     assert summary.returncode == 0, summary.stderr[-3000:]
     for line in summary.stdout.splitlines()[1:]:
         out = folder / line.split("\t")[0]
-        if not out.exists():
+        if not out.exists() and "." in out.name:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.touch()
+        elif not out.exists():  # a folder output (the SAE gallery, the proposals pages): --touch stamps inside it
+            out.mkdir(parents=True)
     touched = subprocess.run(base + ["--touch", "--forcerun", *rules, "--cores", "1"], cwd=folder, capture_output=True, text=True, timeout=600)
     assert touched.returncode == 0, touched.stderr[-3000:]
 

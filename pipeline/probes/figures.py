@@ -354,7 +354,7 @@ def epoch_chart(table: pd.DataFrame, stem: str | Path, *, metric: str, metric_ti
     per member, the best member thick and black; saved via ``save_chart``."""
     import altair as alt
 
-    from pipeline.plots import save_chart, title_with_note
+    from pipeline.plots import category_colours, save_chart, title_with_note
 
     data = table.copy()
     if percent:
@@ -364,12 +364,12 @@ def epoch_chart(table: pd.DataFrame, stem: str | Path, *, metric: str, metric_ti
     long["term"] = long["term"].map({"train_loss": "training loss", metric: metric_title + (" (%)" if percent else "")})
     base = alt.Chart().encode(
         x=alt.X("epoch:O", title="epoch"),
-        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        y=alt.Y("value:Q", title="value (term in the panel's title)", scale=alt.Scale(zero=False)),
         detail="slug:N",
         tooltip=[alt.Tooltip("slug:N", title="member"), "epoch:O", alt.Tooltip("value:Q", format=".4g")],
     )
     others = base.transform_filter(~alt.datum.best).mark_line(point=True, opacity=0.6).encode(
-        color=alt.Color("slug:N", title="member (lr, wd)"))
+        color=alt.Color("slug:N", title="member (lr, wd)", scale=category_colours(sorted(data["slug"].unique()))))
     best = base.transform_filter(alt.datum.best).mark_line(point=True, color="black", strokeWidth=3)
     chart = (
         alt.layer(others, best, data=long)

@@ -540,20 +540,20 @@ def history_chart(history: pd.DataFrame, stem: str | Path, *, chosen: str | None
     member (``label`` column), the chosen member drawn thick and black; saved via save_chart."""
     import altair as alt
 
-    from ..plots import save_chart, title_with_note
+    from ..plots import category_colours, save_chart, title_with_note
 
     data = history.melt(id_vars=["label", "n_tokens"], value_vars=list(HISTORY_PANELS), var_name="term")
     data["term"] = data["term"].map(HISTORY_PANELS)
     data["chosen"] = data["label"] == chosen
     base = alt.Chart().encode(
         x=alt.X("n_tokens:Q", title="tokens seen"),
-        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        y=alt.Y("value:Q", title="value (term in the panel's title)", scale=alt.Scale(zero=False)),
         detail="label:N",
         tooltip=[alt.Tooltip("label:N", title="member"), alt.Tooltip("n_tokens:Q", title="tokens"),
                  alt.Tooltip("value:Q", format=".4g")],
     )
     others = base.transform_filter(~alt.datum.chosen).mark_line(opacity=0.7, strokeWidth=1.2).encode(
-        color=alt.Color("label:N", title="member"))
+        color=alt.Color("label:N", title="member", scale=category_colours(sorted(data["label"].unique()))))
     best = base.transform_filter(alt.datum.chosen).mark_line(color="black", strokeWidth=3)
     title = "SAE sweep training curves" + (f" (black: chosen member {chosen})" if chosen else "")
     chart = (
