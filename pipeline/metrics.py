@@ -82,6 +82,17 @@ def _as_int_labels(a: npt.ArrayLike, name: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def _check_label_range(n_classes: int, ignore: int | None, **labels: np.ndarray) -> None:
+    """ValueError naming the first array (by keyword) holding a label outside ``[0, n_classes)``."""
+    for name, arr in labels.items():
+        bad = (arr < 0) | (arr >= n_classes)
+        if bad.any():
+            raise ValueError(
+                f"{name} label {int(arr[bad][0])} is outside [0, {n_classes}) "
+                f"({int(bad.sum())} bad values; ignore={ignore})."
+            )
+
+
 def confusion_matrix(
     true: npt.ArrayLike, pred: npt.ArrayLike, n_classes: int, *, ignore: int | None = None
 ) -> np.ndarray:
@@ -104,13 +115,7 @@ def confusion_matrix(
     if ignore is not None:
         keep_N = true_N != ignore
         true_N, pred_N = true_N[keep_N], pred_N[keep_N]
-    for name, arr in (("true", true_N), ("pred", pred_N)):
-        bad = (arr < 0) | (arr >= n_classes)
-        if bad.any():
-            raise ValueError(
-                f"{name} label {int(arr[bad][0])} is outside [0, {n_classes}) "
-                f"({int(bad.sum())} bad values; ignore={ignore})."
-            )
+    _check_label_range(n_classes, ignore, true=true_N, pred=pred_N)
     flat_N = true_N * n_classes + pred_N
     return np.bincount(flat_N, minlength=n_classes * n_classes).reshape(n_classes, n_classes).astype(np.int64)
 
@@ -304,13 +309,7 @@ def confusion_matrices(
     keep_N = None if ignore is None else true_N != ignore
     true_K = true_N if keep_N is None else true_N[keep_N]
     pred_MK = pred_MN if keep_N is None else pred_MN[:, keep_N]
-    for name, arr in (("true", true_K), ("pred", pred_MK)):
-        bad = (arr < 0) | (arr >= n_classes)
-        if bad.any():
-            raise ValueError(
-                f"{name} label {int(arr[bad][0])} is outside [0, {n_classes}) "
-                f"({int(bad.sum())} bad values; ignore={ignore})."
-            )
+    _check_label_range(n_classes, ignore, true=true_K, pred=pred_MK)
     # per member: one gather of its (small-int) predictions and one bincount, no int64 copies of
     # the whole [M, N] block (memory traffic is what this costs)
     base_K = true_K * n_classes
