@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import os
 import sys
 import tempfile
@@ -183,6 +184,7 @@ def main() -> None:
     parser.add_argument("--write-threads", default="auto")
     parser.add_argument("--forward-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--cached", default="2", help="numbers of cached blocks (the last ones), comma-separated: one table each, same images")
     parser.add_argument("--precision-distance", action="store_true", help="print the bfloat16 vs float32 cache distance per block instead")
     args = parser.parse_args()
     if args.precision_distance:
@@ -190,36 +192,51 @@ def main() -> None:
 
     from helpers import benchmark_project
 
-    from pipeline.config import CacheRef
-    from pipeline.extract import extract
-    from pipeline.models import load_backbone
-    from pipeline.runtime import describe_device, resolve_device, set_threads
+    from pipeline.runtime import resolve_device, set_threads
 
     counts = {k: (v if v == "auto" else int(v)) for k, v in (("num_workers", args.num_workers), ("write_threads", args.write_threads))}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ex = {"dtype": "float16", "batch_size": args.batch_size, "chunk_images": args.chunk_images, "forward_dtype": args.forward_dtype, **counts}
-        cfg = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract=ex, device=args.device)
-        threads = set_threads(cfg.threads)
-        device = resolve_device(cfg.device)
-        backbone, _ = load_backbone(cfg.model("dino").spec, device=device)
-        a, b, c = stage_rates(cfg, backbone, device, args.batch_size)
-        del backbone
+        heads = args.hidden // 64 if args.hidden % 64 == 0 else 6  # ViT-S/B/L: 64-wide heads
+        base = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract=ex, device=args.device, n_heads=heads)
+        threads = set_threads(base.threads)
+        device = resolve_device(base.device)
+        for n_cached in [int(c) for c in args.cached.split(",")]:
+            # the last n_cached blocks, same images and model; a cache folder of their own
+            layers = tuple(range(-n_cached, 0))
+            cfg = dataclasses.replace(base, extract=dataclasses.replace(base.extract, layers=layers), paths=dataclasses.replace(base.paths, cache=tmp / f"cache-{n_cached}"))
+            measure(cfg, args, device, threads, heads)
 
-        with PeakMemory() as mem:
-            report = extract(cfg, CacheRef("dino", "seg"), "train", progress=False)
-        d = report.images_per_second
 
-        store = cfg.store(CacheRef("dino", "seg"), "train")
-        disk = sum(p.stat().st_size for p in (store / "acts").rglob("*") if p.is_file())
-        n_layers = len(cfg.extract.layers)
-        tokens = 1 + (224 // 14) ** 2
-        raw_f32 = args.images * n_layers * tokens * args.hidden * 4
-        chunk_f32 = cfg.extract.chunk_images * n_layers * tokens * args.hidden * 4
+def measure(cfg, args, device, threads: int, heads: int) -> None:
+    """Stage rates (a)–(c), then the whole extraction (d), of one config; prints the table."""
+    from pipeline.config import CacheRef
+    from pipeline.extract import extract
+    from pipeline.models import load_backbone
+    from pipeline.runtime import describe_device
+
+    backbone, _ = load_backbone(cfg.model("dino").spec, device=device)
+    a, b, c = stage_rates(cfg, backbone, device, args.batch_size)
+    del backbone
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    with PeakMemory() as mem:
+        report = extract(cfg, CacheRef("dino", "seg"), "train", progress=False)
+    d = report.images_per_second
+
+    store = cfg.store(CacheRef("dino", "seg"), "train")
+    disk = sum(p.stat().st_size for p in (store / "acts").rglob("*") if p.is_file())
+    n_layers = len(cfg.extract.layers)
+    tokens = 1 + (224 // 14) ** 2
+    raw_f32 = args.images * n_layers * tokens * args.hidden * 4
+    chunk_f32 = cfg.extract.chunk_images * n_layers * tokens * args.hidden * 4
 
     limit = min(a, 1 / (1 / b + 1 / c)) if device.type == "cuda" else 1 / (1 / a + 1 / b + 1 / c)
-    print(f"device: {describe_device(device)}, threads: {threads}, num_workers: {cfg.extract.num_workers}, write_threads: {cfg.extract.write_threads}, "
-          f"forward: {report.forward_dtype}, model: DINOv2 arch D={args.hidden} x {args.layers} blocks, {args.images} images of 224 px, batch {args.batch_size}")
+    print(f"\ndevice: {describe_device(device)}, threads: {threads}, num_workers: {cfg.extract.num_workers}, write_threads: {cfg.extract.write_threads}, "
+          f"forward: {report.forward_dtype}, model: DINOv2 arch D={args.hidden} x {args.layers} blocks ({heads} heads), "
+          f"{n_layers} cached block(s) {list(cfg.extract.layers)}, {args.images} images of 224 px, batch {args.batch_size}")
     print(f"{'(a) forward alone img/s':<44} {a:9.1f}")
     print(f"{'(b) decode + preprocess alone img/s':<44} {b:9.1f}")
     print(f"{'(c) cast + copy + compress + write img/s':<44} {c:9.1f}")
@@ -231,7 +248,6 @@ def main() -> None:
     print(f"{'d ÷ a':<44} {d / a:9.2f}")
     print(f"{'cache bytes ÷ raw float32 bytes':<44} {disk / raw_f32:9.3f}  <= 0.5")
     print(f"{'peak extra host memory, MiB (PSS)':<44} {(mem.peak - mem.start) / 2**20:9.0f}  (model load + workers + buffers; one float32 chunk is {chunk_f32 / 2**20:.0f} MiB)")
-
 
 if __name__ == "__main__":
     main()

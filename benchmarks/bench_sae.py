@@ -12,10 +12,11 @@
    store's chunk files of that layer ÷ the same tokens as raw float32 (target ≤ 0.5; activations
    of a random-init model barely compress, so the ratio is float16's 0.5 minus what Blosc finds;
    real models' activations compress better).
-2. GPU-scale sweep on the CPU path: width 768, 16× expansion (12,288 latents), 8 members, the
-   same store; tokens/s streamed (``train_batches`` → ``train_sweep`` with scaling on the device)
-   ÷ the same batches already in memory. Target ≥ 0.9. The token count is small (the CPU does
-   ~0.5 TFLOP per 1024-token step for 8 such members).
+2. GPU-scale sweep (``--device``: cpu by default, cuda on a GPU node; the same code path): width
+   768, 16× expansion (12,288 latents), 8 members, the same store; tokens/s streamed
+   (``train_batches``, pinned batches on CUDA → ``train_sweep`` with scaling on the device) ÷ the
+   same scaled batches already in device memory. Target ≥ 0.9. On CPU keep the token count small
+   (the CPU does ~0.5 TFLOP per 1024-token step for 8 such members).
 3. (unless ``--skip-demo-sweeps``) the demo-size sweeps, streamed ÷ in memory, on ``--store``, else
    the demo cache if complete, else a tiny temp cache; target ≥ 0.8.
 
@@ -136,37 +137,51 @@ def stream_vs_memmap(store: Path, folder: Path, *, passes: int, batch_size: int,
             "bytes_ratio": disk / raw_f32, "disk_bytes": disk}
 
 
-def gpu_scale_sweep(store: Path, *, n_tokens: int, batch_size: int, buffer: int, workers: int) -> dict:
-    """Section 2: width 768, 16x expansion, 8 members; streamed ÷ in-memory tokens/s."""
+def gpu_scale_sweep(store: Path, *, n_tokens: int, batch_size: int, buffer: int, workers: int,
+                    device: torch.device) -> dict:
+    """Section 2: width 768, 16x expansion, 8 members; streamed ÷ in-memory tokens/s on ``device``.
+
+    In memory: the same scaled float32 batches already on ``device``. Streamed: ``train_batches``
+    (pinned host batches on CUDA) with scaling applied on the device, as ``sae-train`` does."""
     from pipeline.cache import CacheReader
     from pipeline.sae import SAEHparams, TrainConfig, train_sweep
     from pipeline.sae.scaling import InputScaling
+    from pipeline.runtime import describe_device
     from pipeline.sae.stages import train_batches
 
     reader = CacheReader(store)
     block = reader.layers[0]
     d = reader.d_model
 
+    cuda = device.type == "cuda"
+
     def stream():
         return train_batches(reader, block, tokens="patches", n_tokens=n_tokens, batch_size=batch_size,
-                             buffer_size=buffer, seed=0, workers=workers)
+                             buffer_size=buffer, seed=0, workers=workers, pin_memory=cuda)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
 
     first = torch.cat(list(stream()))
     scaling = InputScaling.from_batches(first.split(batch_size))
-    in_memory = [scaling.apply(b) for b in stream()]
+    in_memory = [scaling.apply(b).to(device) for b in stream()]
     members = [SAEHparams(lr, lam, 16) for lr in (1e-4, 3e-4) for lam in (1e-4, 3e-4, 1e-3, 3e-3)]
     tc = TrainConfig(n_tokens=n_tokens, batch_size=batch_size, lr_warmup_steps=2, sparsity_warmup_steps=2)
     zeros = torch.zeros(d)
     warm = TrainConfig(n_tokens=batch_size, batch_size=batch_size, lr_warmup_steps=1, sparsity_warmup_steps=1)
-    train_sweep(iter(in_memory), d, members[:1], warm, data_mean_D=zeros, progress=False)
+    train_sweep(iter(in_memory), d, members, warm, data_mean_D=zeros, progress=False, device=device)
+    sync()
     t0 = time.perf_counter()
-    train_sweep(iter(in_memory), d, members, tc, data_mean_D=zeros, progress=False)
+    train_sweep(iter(in_memory), d, members, tc, data_mean_D=zeros, progress=False, device=device)
+    sync()
     memory = n_tokens / (time.perf_counter() - t0)
     t0 = time.perf_counter()
-    train_sweep(stream(), d, members, tc, data_mean_D=zeros, progress=False, scaling=scaling)
+    train_sweep(stream(), d, members, tc, data_mean_D=zeros, progress=False, scaling=scaling, device=device)
+    sync()
     streamed = n_tokens / (time.perf_counter() - t0)
     return {"members": len(members), "n_latents": 16 * d, "tokens": n_tokens, "memory_tok_s": memory,
-            "stream_tok_s": streamed, "ratio": streamed / memory}
+            "stream_tok_s": streamed, "ratio": streamed / memory, "device": describe_device(device)}
 
 
 def run(store: Path, *, passes: float, batch_size: int, buffer: int, threads: int, repeats: int) -> list[dict]:
@@ -246,11 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="decode threads of the stream (default 2)")
     p.add_argument("--sweep-tokens", type=int, default=4096, help="tokens of the GPU-scale sweep (default 4096)")
     p.add_argument("--skip-demo-sweeps", action="store_true", help="only sections 1 and 2")
+    p.add_argument("--device", default="cpu", help="where section 2's sweep trains (cpu, cuda, auto)")
     args = p.parse_args(argv)
 
     from pipeline.runtime import set_threads
 
+    from pipeline.runtime import resolve_device
+
     set_threads(args.threads)
+    device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         wide = build_wide_store(Path(tmp) / "wide", images=args.wide_images)
         read = stream_vs_memmap(wide, Path(tmp), passes=args.read_passes, batch_size=args.batch_size,
@@ -267,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   ratio our stream / previous     {r['stream'] / r['previous']:6.2f}")
         print(f"   bytes on disk / raw float32     {read['bytes_ratio']:6.3f}   (target <= 0.5; random-init activations)")
         sweep = gpu_scale_sweep(wide, n_tokens=args.sweep_tokens, batch_size=args.batch_size, buffer=args.buffer,
-                                workers=args.workers)
-        print(f"\n2. GPU-scale sweep on the CPU path: D={read['d_model']}, {sweep['n_latents']} latents (16x), "
+                                workers=args.workers, device=device)
+        print(f"\n2. GPU-scale sweep on {sweep['device']}: D={read['d_model']}, {sweep['n_latents']} latents (16x), "
               f"{sweep['members']} members, {sweep['tokens']} tokens")
         print(f"   streamed {sweep['stream_tok_s']:,.0f} tok/s, in memory {sweep['memory_tok_s']:,.0f} tok/s: "
               f"ratio {sweep['ratio']:.2f} (target >= 0.9)")

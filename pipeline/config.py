@@ -352,16 +352,18 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
 def resolve_auto_counts(section: dict) -> dict:
     """``threads``, ``num_workers``, ``write_threads``: "auto" -> a count from the CPUs this process may use.
 
-    threads: all of them; num_workers (image decoders): all but one for the forward,
-    at most 8; write_threads: a quarter, 1 to 4. Counts from ``runtime.available_cpus``
-    (affinity mask, cgroup quota, SLURM allocation).
+    threads: all of them; write_threads: a quarter, 1 to 4; num_workers (image decoders): the
+    rest but one for the forward's own thread, 1 to 16 (on a GPU node decode bounds the
+    extraction, so it gets every core the writers do not need). Counts from
+    ``runtime.available_cpus`` (affinity mask, cgroup quota, SLURM allocation).
     """
     if "auto" not in section.values():
         return section
     from pipeline.runtime import available_cpus
 
     n = available_cpus()
-    auto = {"threads": n, "num_workers": max(1, min(8, n - 1)), "write_threads": max(1, min(4, n // 4))}
+    writers = max(1, min(4, n // 4))
+    auto = {"threads": n, "num_workers": max(1, min(16, n - 1 - writers)), "write_threads": writers}
     return {k: auto[k] if v == "auto" and k in auto else v for k, v in section.items()}
 
 

@@ -119,7 +119,8 @@ def chain_config(folder: Path) -> Path:
     return path
 
 
-def benchmark_project(folder: Path, *, n_train: int, n_val: int, hidden: int, n_layers: int, extract: dict, device: str = "auto"):
+def benchmark_project(folder: Path, *, n_train: int, n_val: int, hidden: int, n_layers: int, extract: dict, device: str = "auto",
+                      n_heads: int = 6):
     """A 224 px segmentation dataset and a DINOv2-architecture model of the given size, built in
     ``folder`` for the benchmarks; returns the validated Config (one cache: dino/seg)."""
     from pipeline.config import config_from_dict
@@ -130,7 +131,7 @@ def benchmark_project(folder: Path, *, n_train: int, n_val: int, hidden: int, n_
             "device": device,
             "demo": {
                 "datasets": {"seg": {"n_train": n_train, "n_val": n_val, "image_size": 224, "n_classes": 8}},
-                "models": {"dino": {"hidden_size": hidden, "n_layers": n_layers, "n_heads": 6, "image_size": 224}},
+                "models": {"dino": {"hidden_size": hidden, "n_layers": n_layers, "n_heads": n_heads, "image_size": 224}},
             },
             "models": {"dino": {"source": str(folder / "resources/models/dino"), "preprocess": {"resize": 224, "crop": 224}}},
             "datasets": {"seg": {"root": str(folder / "resources/data/seg")}},

@@ -585,3 +585,18 @@ def test_configured_class_list_reaches_the_store(project):
     reader = CacheReader(cfg.store(CacheRef("dino", "seg"), "val"))
     assert "stripes-renamed" in reader.class_names
     assert reader.attrs["config"]["dataset"]["class_list"] == "classes10.txt"
+
+
+def test_segmentation_demo_files_do_not_depend_on_the_process_pool(tmp_path, monkeypatch):
+    """Large demo sets are written by a process pool; every byte equals the one-process output."""
+    import pipeline.data.demo as demo
+
+    def files(root: Path) -> dict:
+        return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+    monkeypatch.setattr(demo, "_IMAGES_PER_PROCESS", 8)  # 26 images -> a pool of up to 3 processes
+    pooled = files(demo.make_segmentation_demo(tmp_path / "pool", n_train=24, n_val=2, image_size=32, seed=3))
+    monkeypatch.setattr(demo, "_IMAGES_PER_PROCESS", 10**9)
+    serial = files(demo.make_segmentation_demo(tmp_path / "one", n_train=24, n_val=2, image_size=32, seed=3))
+    assert len(serial) == 2 * 26 + 2  # images, masks, objectInfo150.txt, README.txt
+    assert pooled == serial

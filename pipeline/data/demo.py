@@ -26,6 +26,9 @@ regions are class 0 ("other"), painted near-black.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -244,6 +247,22 @@ def _object_info(class_names: list[str], pixel_share: np.ndarray, n_images: np.n
     return "\n".join(rows) + "\n"
 
 
+_IMAGES_PER_PROCESS = 256  # below this many images per process, one process writes them all
+
+
+def _write_segmentation_image(job: tuple, *, seed: int, n_classes: int, image_size: int) -> np.ndarray:
+    """Render and write one image + mask (generator seeded ``[seed, split, i]``); its label counts."""
+    partial, folder, prefix, split_code, i = job
+    yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float64)
+    rng = np.random.default_rng([seed, split_code, i])
+    labels_HW = _voronoi_labels(rng, yy, xx, n_classes)
+    image_HW3 = _render_segmentation(rng, yy, xx, labels_HW)
+    stem = f"ADE_{prefix}_{i:08d}"
+    Image.fromarray(image_HW3).save(partial / "images" / folder / f"{stem}.jpg", quality=95)
+    Image.fromarray(labels_HW).save(partial / "annotations" / folder / f"{stem}.png")
+    return np.bincount(labels_HW.ravel(), minlength=n_classes + 1)
+
+
 def make_segmentation_demo(
     root: Path,
     *,
@@ -271,22 +290,23 @@ def make_segmentation_demo(
         )
     final = Path(root) / "ADEChallengeData2016"
     partial = _prepare_partial(final)
-    yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float64)
     pixel_count = np.zeros(n_classes + 1, dtype=np.int64)  # training pixels per id
     n_images = np.zeros((2, n_classes), dtype=np.int64)  # [split, class] images containing it
+    jobs = []
     for folder, prefix, split_code in _SPLITS:
-        image_dir = partial / "images" / folder
-        mask_dir = partial / "annotations" / folder
-        image_dir.mkdir(parents=True)
-        mask_dir.mkdir(parents=True)
-        for i in range(1, (n_train if split_code == 0 else n_val) + 1):
-            rng = np.random.default_rng([seed, split_code, i])
-            labels_HW = _voronoi_labels(rng, yy, xx, n_classes)
-            image_HW3 = _render_segmentation(rng, yy, xx, labels_HW)
-            stem = f"ADE_{prefix}_{i:08d}"
-            Image.fromarray(image_HW3).save(image_dir / f"{stem}.jpg", quality=95)
-            Image.fromarray(labels_HW).save(mask_dir / f"{stem}.png")
-            counts = np.bincount(labels_HW.ravel(), minlength=n_classes + 1)
+        (partial / "images" / folder).mkdir(parents=True)
+        (partial / "annotations" / folder).mkdir(parents=True)
+        jobs += [(partial, folder, prefix, split_code, i) for i in range(1, (n_train if split_code == 0 else n_val) + 1)]
+    write = functools.partial(_write_segmentation_image, seed=seed, n_classes=n_classes, image_size=image_size)
+    # Each image has its own seeded generator, so the files do not depend on the process count;
+    # large sets (benchmarks) are written by a process pool, small ones in this process.
+    n_proc = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                 len(jobs) // _IMAGES_PER_PROCESS)
+    with contextlib.ExitStack() as stack:
+        mapper = map
+        if n_proc > 1:
+            mapper = functools.partial(stack.enter_context(cf.ProcessPoolExecutor(n_proc)).map, chunksize=32)
+        for (_, _, _, split_code, _), counts in zip(jobs, mapper(write, jobs)):
             n_images[split_code] += counts[1:] > 0
             if split_code == 0:
                 pixel_count += counts
