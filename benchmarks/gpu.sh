@@ -6,7 +6,9 @@
 #   bash benchmarks/gpu.sh                     # there, from the project root (carry .whl)
 #
 # Sizes (environment): IMAGES (extraction images, default 8192), WIDE_IMAGES (SAE store images,
-# 256 patch tokens each, default 512), SWEEP_TOKENS (default 262144), DEVICE (default cuda).
+# 256 patch tokens each, default 512), SWEEP_TOKENS (default 262144), DEVICE (default cuda);
+# COUNTS="W,T ..." adds a 2-block extraction table per decode-worker,write-thread pair;
+# SKIP_SAE=1 leaves the SAE benchmark out.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -23,7 +25,13 @@ SECONDS=0
 python3 benchmarks/bench_extract.py --images "${IMAGES:-8192}" --hidden 768 --layers 12 --batch-size 128 \
   --chunk-images 32 --device "$DEVICE" --forward-dtype bfloat16 --cached 1,2 2>&1 \
   | grep -v "it/s\]" | tee "$OUT/extract.txt"
+for wt in ${COUNTS:-}; do
+  python3 benchmarks/bench_extract.py --images "${IMAGES:-8192}" --hidden 768 --layers 12 --batch-size 128 \
+    --chunk-images 32 --device "$DEVICE" --forward-dtype bfloat16 --cached 2 --num-workers "${wt%,*}" \
+    --write-threads "${wt#*,}" 2>&1 | grep -v "it/s\]" | tee -a "$OUT/extract.txt"
+done
 echo "bench_extract: ${SECONDS} s" | tee -a "$OUT/extract.txt"
+[ -n "${SKIP_SAE:-}" ] && exit 0
 SECONDS=0
 python3 benchmarks/bench_sae.py --device "$DEVICE" --threads "$(nproc)" --workers 8 --wide-images "${WIDE_IMAGES:-512}" \
   --sweep-tokens "${SWEEP_TOKENS:-262144}" --skip-demo-sweeps --json "$OUT/sae.json" 2>&1 \

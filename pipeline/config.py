@@ -67,7 +67,7 @@ class ExtractConfig:
     batch_size: int = 16
     chunk_images: int = 64
     parts: int = 1
-    num_workers: int = 1  # "auto" in the YAML: resolved here by resolve_auto_counts
+    num_workers: int = 1  # "auto" in the YAML: resolved here by resolve_auto_counts (CPU or GPU)
     write_threads: int = 2  # compression + write threads (each writes whole chunks); "auto" likewise
     forward_dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
     on_bad_image: str = "error"
@@ -323,7 +323,7 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
         if d.get("class_list") is not None and d["kind"] == "imagefolder":
             raise ConfigError(f"{source}: key datasets/{name}/class_list: an imagefolder's classes are its folder names")
 
-    ex = resolve_auto_counts(raw["extract"])
+    ex = resolve_auto_counts(raw["extract"], raw.get("device", "auto"))
     extract = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()})
     caches = tuple(CacheRef(**c) for c in raw["caches"])
 
@@ -349,12 +349,15 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
     return cfg
 
 
-def resolve_auto_counts(section: dict) -> dict:
+def resolve_auto_counts(section: dict, device: str = "auto") -> dict:
     """``threads``, ``num_workers``, ``write_threads``: "auto" -> a count from the CPUs this process may use.
 
-    threads: all of them; write_threads: a quarter, 1 to 4; num_workers (image decoders): the
-    rest but one for the forward's own thread, 1 to 16 (on a GPU node decode bounds the
-    extraction, so it gets every core the writers do not need). Counts from
+    threads: all of them. On a GPU (``device`` cuda, or auto with CUDA present) the CPUs only
+    decode and write, and decode bounds the extraction: write_threads a quarter, 1 to 4, and
+    num_workers (image decoders) the rest but one for the forward's own thread, 1 to 16. On
+    CPU the forward needs every core, and decoders or writers running beside its threads slow
+    it more than they save (measured with ``benchmarks/bench_extract.py``): num_workers 0
+    (decode in the forward's process, between batches) and write_threads 1. Counts from
     ``runtime.available_cpus`` (affinity mask, cgroup quota, SLURM allocation).
     """
     if "auto" not in section.values():
@@ -362,9 +365,24 @@ def resolve_auto_counts(section: dict) -> dict:
     from pipeline.runtime import available_cpus
 
     n = available_cpus()
-    writers = max(1, min(4, n // 4))
-    auto = {"threads": n, "num_workers": max(1, min(16, n - 1 - writers)), "write_threads": writers}
+    if {"num_workers", "write_threads"} & {k for k, v in section.items() if v == "auto"} and _gpu_device(device):
+        writers = max(1, min(4, n // 4))
+        auto = {"threads": n, "num_workers": max(1, min(16, n - 1 - writers)), "write_threads": writers}
+    else:
+        auto = {"threads": n, "num_workers": 0, "write_threads": 1}
     return {k: auto[k] if v == "auto" and k in auto else v for k, v in section.items()}
+
+
+def _gpu_device(device: str) -> bool:
+    """Whether the forward runs on a GPU (``runtime.resolve_device``'s answer; imports torch for auto)."""
+    if device in ("cpu", "mps"):
+        return False
+    from pipeline.runtime import resolve_device
+
+    try:
+        return resolve_device(device).type == "cuda"
+    except RuntimeError:  # device: cuda without one: the step that needs it says so
+        return False
 
 
 def _section(cls, raw: dict | None):

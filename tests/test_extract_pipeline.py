@@ -81,15 +81,30 @@ def test_auto_counts_follow_a_restricted_affinity_mask(project):
     proc = subprocess.run([sys.executable, "-c", AUTO_SCRIPT], cwd=project, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert counts == {"threads": 1, "num_workers": 1, "write_threads": 1, "report_threads": 1}
+    # device: cpu -> decode in the extracting process, one writer
+    assert counts == {"threads": 1, "num_workers": 0, "write_threads": 1, "report_threads": 1}
     # SLURM's --cpus-per-task caps it as well
     from pipeline.config import resolve_auto_counts
 
     os.environ["SLURM_CPUS_PER_TASK"] = "1"
     try:
-        assert resolve_auto_counts({"threads": "auto", "num_workers": "auto", "batch_size": 3}) == {"threads": 1, "num_workers": 1, "batch_size": 3}
+        assert resolve_auto_counts({"threads": "auto", "num_workers": "auto", "batch_size": 3}, "cpu") == {"threads": 1, "num_workers": 0, "batch_size": 3}
     finally:
         del os.environ["SLURM_CPUS_PER_TASK"]
+
+
+@pytest.mark.parametrize(("cpus", "workers", "writers"), [(1, 1, 1), (2, 1, 1), (8, 5, 2), (16, 11, 4), (64, 16, 4)])
+def test_auto_counts_on_a_gpu_give_decoders_the_cores_writers_leave(monkeypatch, cpus, workers, writers):
+    import pipeline.config as config
+    import pipeline.runtime as runtime
+
+    monkeypatch.setattr(runtime, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(config, "_gpu_device", lambda device: device == "cuda")
+    auto = {"threads": "auto", "num_workers": "auto", "write_threads": "auto"}
+    assert config.resolve_auto_counts(auto, "cuda") == {"threads": cpus, "num_workers": workers, "write_threads": writers}
+    assert config.resolve_auto_counts(auto, "cpu") == {"threads": cpus, "num_workers": 0, "write_threads": 1}
+    # explicit counts are kept
+    assert config.resolve_auto_counts({**auto, "num_workers": 3}, "cuda")["num_workers"] == 3
 
 
 def test_stage_report_in_log_and_sentinel(project, caplog, tmp_path):

@@ -300,19 +300,34 @@ class StoreWriter:
         )
 
 
+def _whole_chunk_writer(array: zarr.Array) -> zarr.Array:
+    """``array`` with zarr's ``write_empty_chunks`` on.
+
+    Activations are written in whole chunks of computed values, so zarr's default check of
+    each chunk against the fill value only costs time: an ``array_equal`` with NaN over the
+    whole chunk, on zarr's one event-loop thread, so it serialises the writer threads (it
+    took longer than the Blosc encode itself: ``benchmarks/bench_extract.py``, stage (c)).
+    """
+    if hasattr(array, "with_config"):  # zarr >= 3.1.1
+        return array.with_config({"write_empty_chunks": True})
+    a = array._async_array  # zarr 3.1.0: the same array object, built with the runtime config
+    return zarr.Array(type(a)(metadata=a.metadata, store_path=a.store_path,
+                              config={"order": a.order, "write_empty_chunks": True}))
+
+
 def write_chunk(group: zarr.Group, start: int, arrays: dict[str, np.ndarray], writer: StoreWriter | None = None) -> None:
     """Write one whole chunk of images starting at ``start``, then mark it done.
 
-    ``arrays["acts"]`` is [B, L, T, D]; it is written one layer at a time (each
-    a whole zarr chunk). ``done`` goes last, so a kill leaves the chunk pending.
+    ``arrays["acts"]`` is [B, L, T, D]: L whole zarr chunks (one per layer), written by
+    one zarr call so that zarr encodes them concurrently. ``done`` goes last, so a kill
+    leaves the chunk pending.
     With ``writer``, the store's identity is re-checked before every array write.
     """
     check = writer.check if writer is not None else (lambda: None)
     acts = arrays["acts"]
     stop = start + acts.shape[0]
-    for li in range(acts.shape[1]):
-        check()
-        group["acts"][start:stop, li] = acts[:, li]
+    check()
+    _whole_chunk_writer(group["acts"])[start:stop] = acts  # L whole chunks, encoded concurrently by zarr
     for name, value in arrays.items():
         if name != "acts":
             check()
