@@ -85,7 +85,8 @@ from pipeline.cache.stream import (
     token_index,
     token_rows,
 )
-from pipeline.paths import sae_dir, stats_path
+from pipeline import layout
+from pipeline.layout import SAE_IMPORT_FILES as IMPORT_OUTPUTS, SAE_TRAIN_FILES as TRAIN_OUTPUTS, sae_dir, stats_path
 from pipeline.provenance import record
 from pipeline.config import sae_is_imported, sae_train_ref, CacheRef, Config, ConfigError, SAEConfig
 
@@ -101,8 +102,6 @@ EVAL_MAX_TOKENS = 1 << 18
 """Held-out tokens (from the VAL store, whole chunks in order) for the sweep's metrics."""
 EVAL_BATCH = 8192
 CHOICE_RULE = "lowest normalized_mse among members with l0 <= max_l0 (ties: first in sweep order)"
-TRAIN_OUTPUTS = ("sweep.csv", "sweep.html", "sweep.png", "sweep.svg", "sae.pt", "sae.safetensors", "chosen.json",
-                 "history.csv", "history.html", "history.png", "history.svg")
 HISTORY_ROWS = 2000
 """sae-train logs every ``max(1, n_steps // HISTORY_ROWS)``-th step (at most ~2000 rows per member)."""
 
@@ -138,11 +137,8 @@ def member_grid(sc: SAEConfig) -> list[SAEHparams]:
 
 
 def member_slug(hp: SAEHparams) -> str:
-    """File-name-safe member name, e.g. ``x8_lr0.001_lambda0.0003``."""
-    return f"x{hp.exp_factor}_lr{hp.lr:g}_lambda{hp.sparsity_coeff:g}"
-
-
-IMPORT_OUTPUTS = ("sae.pt", "sae.safetensors", "chosen.json")
+    """File-name-safe member name, e.g. ``x8_lr0.001_lambda0.0003`` (pipeline.layout owns the spelling)."""
+    return layout.member_slug(hp.exp_factor, hp.lr, hp.sparsity_coeff)
 
 
 # is_imported / train_ref live in pipeline.config (no torch): the workflow and provenance use them too
@@ -150,14 +146,11 @@ is_imported, train_ref = sae_is_imported, sae_train_ref
 
 
 def train_outputs(cfg: Config) -> dict[str, list[Path]]:
-    """Files ``sae-train`` writes (for the Snakemake rule)."""
-    out = sae_dir(cfg)
-    if is_imported(require_sae(cfg)):
-        return {"main": [out / name for name in IMPORT_OUTPUTS], "members": []}
-    members = []
-    for hp in member_grid(require_sae(cfg)):
-        members += [out / "members" / f"{member_slug(hp)}.pt", out / "members" / f"{member_slug(hp)}.safetensors"]
-    return {"main": [out / name for name in TRAIN_OUTPUTS], "members": members}
+    """Files ``sae-train`` writes: ``main`` (declared by the rule), ``members`` (written, not declared);
+    from :func:`pipeline.layout.step_outputs`."""
+    require_sae(cfg)
+    outs = layout.step_outputs(cfg, "sae-train")
+    return {"main": outs.files, "members": outs.undeclared}
 
 
 # --------------------------------------------------------------------------- token streams
@@ -333,14 +326,15 @@ def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block:
 def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
               device: str | None = None) -> dict[str, Any]:
     """Train the sweep from the cache, write the outputs; return a summary."""
+    from pipeline.context import RunContext
     from pipeline.progress import SAESweepProgress
-    from pipeline.runtime import describe_device, resolve_device, set_threads
+    from pipeline.runtime import describe_device
 
     sc = require_sae(cfg)
     if is_imported(sc):
         return run_import(cfg, out_dir=out_dir)
-    threads = set_threads(cfg.threads)
-    dev = resolve_device(device or cfg.device)
+    ctx = RunContext.start(cfg, device=device)
+    threads, dev = ctx.threads, ctx.device
     ref = train_ref(sc)
     train = _open(cfg, ref, "train")
     block = train.block(sc.layer)
@@ -626,11 +620,10 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
 def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
                 device: str | None = None) -> dict[str, Any]:
     """Latent statistics of ``sae.pt`` over the train store's patch tokens."""
-    from pipeline.runtime import resolve_device, set_threads
+    from pipeline.context import RunContext
 
     sc = require_sae(cfg)
-    set_threads(cfg.threads)
-    dev = resolve_device(device or cfg.device)
+    dev = RunContext.start(cfg, device=device).device
     reader = _open(cfg, sc.cache, "train")
     block = reader.block(sc.layer)
     out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
