@@ -41,6 +41,7 @@ import pipeline
 from pipeline.cache import StoreLayout, StoreWriter, chunk_ranges, create_or_open, finalize, part_chunks, pending_chunks, write_chunk
 from pipeline.config import CacheRef, Config, ConfigError, stable_hash, to_jsonable
 from pipeline.context import RunContext
+from pipeline.layout import split_file
 from pipeline.stages import STORE_HASHED_KEYS
 from pipeline.data import BadImageError, DatasetError, MaskError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
 from pipeline.models import Backbone, load_backbone
@@ -78,7 +79,7 @@ def split_data(cfg: Config, dataset: str, split: str) -> SplitData:
     ds = cfg.dataset(dataset)
     kwargs = {}
     if ds.kind == "imagefolder":
-        kwargs = dict(split_file=cfg.paths.cache / "splits" / f"{dataset}.json", val_fraction=ds.val_fraction, seed=ds.split_seed)
+        kwargs = dict(split_file=split_file(cfg, dataset), val_fraction=ds.val_fraction, seed=ds.split_seed)
     elif ds.class_list is not None:
         kwargs = dict(class_list=ds.class_list)
     return load_split(ds.kind, ds.root, ds.splits[split], **kwargs)

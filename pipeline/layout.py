@@ -80,6 +80,12 @@ def store_path(cfg: Config, ref: CacheRef, split: str) -> Path:
     return ref.store(cfg.paths, split)
 
 
+def split_file(cfg: Config, dataset: str) -> Path:
+    """An image-folder dataset's seeded train/val split, saved beside the caches by the first
+    extraction that reads it and reused by every later one: ``<cache>/splits/<dataset>.json``."""
+    return cfg.paths.cache / "splits" / f"{dataset}.json"
+
+
 def part_sentinel(cfg: Config, ref: CacheRef, split: str, part: int | str, of: int | str) -> Path:
     """The sentinel of one extraction part: ``<cache>/<m>/<d>/<split>.parts/<part>-of-<of>.json``."""
     return cfg.paths.cache / ref.model / ref.dataset / f"{split}.parts" / f"{part}-of-{of}.json"
@@ -224,12 +230,15 @@ def log_path(step: str, name: str) -> Path:
 @dataclass(frozen=True)
 class Outputs:
     """What one step writes. ``files`` and ``folders`` are declared by its rule; the rest is
-    written but not declared (see the module docstring)."""
+    written but not declared (see the module docstring): ``undeclared`` files every run writes,
+    ``undeclared_folders`` whose files it may write, ``shared`` files the first job that needs
+    them writes and later jobs reuse."""
 
     files: list[Path] = field(default_factory=list)
     folders: list[Path] = field(default_factory=list)
     undeclared: list[Path] = field(default_factory=list)
     undeclared_folders: list[Path] = field(default_factory=list)
+    shared: list[Path] = field(default_factory=list)
 
     def declared(self) -> list[Path]:
         return self.files + self.folders
@@ -247,8 +256,9 @@ def _demo_model(cfg: Config, k: dict) -> Outputs:
 
 def _extract(cfg: Config, k: dict) -> Outputs:
     ref = CacheRef(k["model"], k["dataset"])
+    shared = [split_file(cfg, ref.dataset)] if cfg.dataset(ref.dataset).kind == "imagefolder" else []
     return Outputs([part_sentinel(cfg, ref, k["split"], k.get("part", 0), k.get("of", cfg.extract.parts))],
-                   undeclared_folders=[store_path(cfg, ref, k["split"])])
+                   undeclared_folders=[store_path(cfg, ref, k["split"])], shared=shared)
 
 
 def _finalize(cfg: Config, k: dict) -> Outputs:
@@ -318,6 +328,6 @@ __all__ = [
     "demo_dataset_root", "demo_model_dir", "demo_sentinel", "dimred_csv", "dimred_dir", "dimred_files", "gallery_dir",
     "latents_json", "latents_zarr", "layer_tag", "log_path", "manipulate_dir", "manipulate_files", "member_slug",
     "method_csv", "part_sentinel", "probe_dir", "probe_dir_of", "probe_files", "probe_stem", "quantify_dir",
-    "quantitative_csv", "sae_checkpoint", "sae_dir", "sae_member_files", "stats_path", "store_complete", "store_path",
+    "quantitative_csv", "sae_checkpoint", "sae_dir", "sae_member_files", "split_file", "stats_path", "store_complete", "store_path",
     "step_outputs",
 ]
