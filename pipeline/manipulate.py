@@ -180,7 +180,7 @@ class Manipulator:
         from pipeline.probes import load_probe
         from pipeline.runtime import resolve_device
         from pipeline.sae import load_latent_stats
-        from pipeline.sae.stages import load_sae_for
+        from pipeline.sae.stages import load_sae_for, trained_block
 
         self.cfg = cfg
         self.settings = cfg.manipulate or ManipulateConfig()
@@ -204,8 +204,9 @@ class Manipulator:
         if not self.sae_path.exists():
             raise FileNotFoundError(f"{self.sae_path}: no SAE checkpoint; run sae-train first")
         sae, self.sae_cfg, self.scaling = load_sae_for(cfg, self.sae_path, train)
-        if int(self.sae_cfg.get("layer", self.block)) != self.block:
-            raise ManipulateError(f"{self.sae_path}: trained on block {self.sae_cfg.get('layer')}, sae.layer is block {self.block}")
+        trained = trained_block(self.sae_cfg)
+        if trained is not None and trained != self.block:
+            raise ManipulateError(f"{self.sae_path}: trained on block {trained}, sae.layer is block {self.block}")
         self.sae = sae.to(self.device).eval()
         self.n_latents = int(self.sae.W_enc.shape[1])
         latents_path = sae_dir(cfg) / "latents.zarr"

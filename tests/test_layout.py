@@ -128,6 +128,30 @@ def test_every_stage_writes_what_the_layout_declares(tmp_path, monkeypatch):
     # every stage the workflow runs was run here
     assert seen == {name for name, stage in stages.STAGES.items() if stage.workflow}
 
+    # every artefact records `layer` as configured and `block` resolved (3-block models: -2 -> 1, -1 -> 2)
+    import json
+
+    import pandas as pd
+
+    from pipeline.sae.checkpoint import load_checkpoint
+
+    sae_dir = layout.sae_dir(cfg)
+    records = {
+        "probe-seg best.json": json.loads((layout.probe_dir(cfg, "seg") / "best.json").read_text())["meta"],
+        "probe-cls best.json": json.loads((layout.probe_dir(cfg, "cls") / "best.json").read_text())["meta"],
+        "dimred projections.json": json.loads((layout.dimred_dir(cfg) / "projections.json").read_text())["meta"],
+        "sae.pt": load_checkpoint(sae_dir / "sae.pt")[1]["cfg"],
+        "chosen.json": json.loads((sae_dir / "chosen.json").read_text()),
+        "latents.json": json.loads((sae_dir / "latents.json").read_text()),
+    }
+    expected = {"probe-seg best.json": (-1, 2), "probe-cls best.json": (-1, 2), "dimred projections.json": (-1, 2)}
+    for name, doc in records.items():
+        assert (doc["layer"], doc["block"]) == expected.get(name, (-2, 1)), name
+    for table in (layout.quantitative_csv(cfg), layout.dimred_csv(cfg)):
+        rows = pd.read_csv(table)
+        want = (-2, 1) if table == layout.quantitative_csv(cfg) else (-1, 2)
+        assert (rows["layer"] == want[0]).all() and (rows["block"] == want[1]).all(), table
+
 
 @pytest.mark.parametrize("step", sorted(n for n, s in stages.STAGES.items() if s.workflow))
 def test_every_workflow_stage_has_outputs_in_the_layout(step):

@@ -109,7 +109,8 @@ def run_quantify(args: argparse.Namespace) -> dict:
     summary = provenance_columns(
         summary,
         scale=q.scale,
-        layer=val.block(cfg.sae.layer),
+        layer=cfg.sae.layer,  # as configured; block: its block number
+        block=val.block(cfg.sae.layer),
         n_blocks=val.n_blocks,
         sae=str(sae_path),
         probe=str(probe_stem(cfg)),

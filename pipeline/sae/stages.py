@@ -312,9 +312,9 @@ def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block:
         "store_config_hash": train.attrs["config_hash"],
         "val_store": str(val.path) if val is not None else None,
         "val_store_config_hash": val.attrs["config_hash"] if val is not None else None,
-        "layer": int(block),
-        "layer_config": int(sc.layer),
-        "layer_note": "block number; input = that block's output (residual stream), as cached",
+        "layer": int(sc.layer),
+        "block": int(block),
+        "block_note": "layer: as configured (sae.layer); block: its block number; input = that block's output (residual stream), as cached",
         "tokens": sc.tokens,
         "stats": str(stats),
         "scaling_note": f"(x - mean) * scalar, mean and E||x - mean||^2 of the {sc.tokens} tokens of the train store",
@@ -340,7 +340,7 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
     block = train.block(sc.layer)
     if ref != sc.cache:  # trained elsewhere: it must apply to sae.cache (same weights, block, width)
         target = _open(cfg, sc.cache, "train")
-        check_applies(train.path, {"model_weights_sha256": weights_sha256(train), "layer": block, "d_model": train.d_model},
+        check_applies(train.path, {"model_weights_sha256": weights_sha256(train), "block": block, "d_model": train.d_model},
                       target, target.block(sc.layer))
     val_path = cfg.store(ref, "val")
     val = CacheReader(val_path) if (val_path / "zarr.json").exists() else None
@@ -432,7 +432,7 @@ def write_train_outputs(trained: list[TrainedSAE], members: list[SAEHparams], ou
                 f"(its L0: {reason['l0']:.3g})"),
     }
     chosen.save(out / "sae.pt", extra_cfg={**prov, "member": slugs[pos], "chosen": reason})
-    _write_json(out / "chosen.json", {**record, **{k: prov[k] for k in ("store", "store_config_hash", "layer", "tokens", "provenance") if k in prov},
+    _write_json(out / "chosen.json", {**record, **{k: prov[k] for k in ("store", "store_config_hash", "layer", "block", "tokens", "provenance") if k in prov},
                                       "created": _now()})
     return {
         "out": str(out),
@@ -462,6 +462,13 @@ def write_history(trained: list[TrainedSAE], slugs: list[str], out: Path, *, cho
 # --------------------------------------------------------------------------- sae-latents
 
 
+def trained_block(hcfg: dict) -> int | None:
+    """The block an SAE was trained on, from its header cfg: ``block``; a checkpoint written before
+    ``block`` was recorded (and saev's) has the block number under ``layer``."""
+    found = hcfg.get("block", hcfg.get("layer"))
+    return None if found is None else int(found)
+
+
 def check_applies(path: Path | str, hcfg: dict, reader: CacheReader, block: int) -> dict[str, str]:
     """Refuse an SAE (header cfg ``hcfg``) that does not fit ``reader``'s block-``block`` activations.
 
@@ -473,9 +480,10 @@ def check_applies(path: Path | str, hcfg: dict, reader: CacheReader, block: int)
     if d_sae is not None and int(d_sae) != reader.d_model:
         raise SAEStageError(f"{path}: the SAE reads width D={d_sae}, {reader.path} holds D={reader.d_model}")
     checked["width"] = f"D={reader.d_model}"
-    if hcfg.get("layer") is not None:
-        if int(hcfg["layer"]) != int(block):
-            raise SAEStageError(f"{path}: the SAE was trained on block {hcfg['layer']}, sae.layer is block {block} of {reader.path}")
+    trained = trained_block(hcfg)
+    if trained is not None:
+        if trained != int(block):
+            raise SAEStageError(f"{path}: the SAE was trained on block {trained}, sae.layer is block {block} of {reader.path}")
         checked["block"] = f"block {block}"
     else:
         checked["block"] = "not recorded in the checkpoint"
@@ -596,8 +604,7 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     prov = {
         "model": sc.cache.model, "dataset": sc.cache.dataset,
         "model_weights_sha256": hcfg.get("model_weights_sha256"), "d_model": int(sae.d_model),
-        "layer": int(hcfg["layer"]) if hcfg.get("layer") is not None else int(block),
-        "layer_config": int(sc.layer), "tokens": sc.tokens,
+        "layer": int(sc.layer), "block": int(block), "tokens": sc.tokens,
         "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"],
         "random_weights": reader.random_weights,
         "imported_from": record, "imported_header": header, "checked_against_store": checked,
@@ -635,7 +642,7 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
                       top_k=sc.top_k, device=dev, progress=progress)
     seconds = time.perf_counter() - t0
     ds.attrs.update({
-        "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"], "layer": int(block),
+        "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"], "layer": int(sc.layer), "block": int(block),
         "checkpoint": str(ckpt), "member": hcfg.get("member", ""), "random_weights": int(reader.random_weights),
         "grid": list(reader.grid), "tokens": "patches (valid images of the train store)",
     })
@@ -652,7 +659,8 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
         "member": hcfg.get("member"),
         "store": str(reader.path),
         "store_config_hash": reader.attrs["config_hash"],
-        "layer": int(block),
+        "layer": int(sc.layer),
+        "block": int(block),
         "random_weights": reader.random_weights,
         "n_latents": int(ds.sizes["latent"]),
         "n_dead": int((n_fired == 0).sum()),
@@ -787,7 +795,7 @@ def _json_default(obj: Any) -> Any:
 __all__ = [
     "CHOICE_RULE", "EVAL_MAX_TOKENS", "NoMemberError", "SAEStageError", "check_applies", "choose_member",
     "eval_batches", "is_imported", "load_sae_for", "load_train_scaling", "resolve_checkpoint", "run_import", "saev_scaling",
-    "train_ref", "member_grid", "member_slug",
+    "train_ref", "trained_block", "member_grid", "member_slug",
     "run_gallery", "run_latents", "run_train", "sae_dir", "spread_by_frequency", "store_image_loader",
     "token_parts", "tokens_per_pass", "train_batches", "train_outputs", "write_train_outputs",
 ]
