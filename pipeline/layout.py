@@ -19,6 +19,8 @@ Layers appear in paths as written in the config (``layer-2``), so the workflow c
 its outputs before any model is loaded; files inside record both ``layer`` (as configured)
 and ``block`` (the resolved block number).
 
+Rule logs (``logs/…``) are Snakemake's, not the steps': the rules name them.
+
 Reads the config only (no torch, no file system): Snakemake imports it at plan time.
 """
 
@@ -219,11 +221,6 @@ def manipulate_files(cfg: Config, name: str) -> list[Path]:
     return [manipulate_dir(cfg, name) / f for f in MANIPULATE_FILES[task]]
 
 
-def log_path(step: str, name: str) -> Path:
-    """A rule's log: ``logs/<step>/<name>.log`` (relative to the working directory)."""
-    return Path("logs") / step / f"{name}.log"
-
-
 # ---------------------------------------------------------------------------- per step
 
 
@@ -326,7 +323,7 @@ __all__ = [
     "CHART_EXTS", "DIMRED_CHART_STEMS", "MANIPULATE_FILES", "PROBE_COMMON_FILES", "PROPOSAL_FILES", "SAE_IMPORT_FILES",
     "SAE_LATENTS_FILES", "SAE_TRAIN_FILES", "SPLITS", "STEP_OUTPUTS", "Outputs", "chart", "class_f1_path",
     "demo_dataset_root", "demo_model_dir", "demo_sentinel", "dimred_csv", "dimred_dir", "dimred_files", "gallery_dir",
-    "latents_json", "latents_zarr", "layer_tag", "log_path", "manipulate_dir", "manipulate_files", "member_slug",
+    "latents_json", "latents_zarr", "layer_tag", "manipulate_dir", "manipulate_files", "member_slug",
     "method_csv", "part_sentinel", "probe_dir", "probe_dir_of", "probe_files", "probe_stem", "quantify_dir",
     "quantitative_csv", "sae_checkpoint", "sae_dir", "sae_member_files", "split_file", "stats_path", "store_complete", "store_path",
     "step_outputs",

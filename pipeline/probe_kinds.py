@@ -33,7 +33,6 @@ class ProbeKind:
     files: tuple[str, ...]  # file names it writes beside the shared probe files (layout.PROBE_COMMON_FILES)
     help: str  # one line for `python -m pipeline --help`
     reads: str  # what it reads of the cache, for the step's description
-    runtime_min: int = 240  # SLURM time limit of the rule's first attempt (minutes)
 
     @property
     def step(self) -> str:
@@ -60,7 +59,6 @@ PROBE_KINDS: dict[str, ProbeKind] = {
         files=("per_class_accuracy.csv", "confusion.html", "confusion.png", "confusion.svg"),
         help="image-classification probe on cached CLS tokens (config: probes.cls)",
         reads="image vectors (CLS token, or the mean of patches)",
-        runtime_min=120,
     ),
 }
 

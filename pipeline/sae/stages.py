@@ -2,7 +2,9 @@
 
 Glue between the store (:mod:`pipeline.cache`), the statistics (:mod:`pipeline.stats`) and
 the SAE core (:mod:`pipeline.sae`); every stage writes into
-``<results>/sae/<model>/<dataset>/layer<L>/`` (L = the non-negative block number).
+``<results>/sae/<model>/<dataset>/layer<L>/`` (L = ``sae.layer`` as configured, e.g. ``layer-2``;
+the files record it as ``layer`` and its block number as ``block``; :mod:`pipeline.layout`
+owns these paths and file lists).
 
 ``sae-train`` (:func:`run_train`)
     Tokens of block L (``patches``; ``patches+cls`` adds the CLS token, never registers)

@@ -12,7 +12,7 @@ for _kind in configured_probe_kinds(CFG):
         output:
             probe_outputs(_kind.name),
         log:
-            str(layout.log_path(f"probes/{_kind.name}", f"{probe_section(CFG, _kind.name).cache.model}/{probe_section(CFG, _kind.name).cache.dataset}")),
+            f"logs/probes/{_kind.name}/{probe_section(CFG, _kind.name).cache.model}/{probe_section(CFG, _kind.name).cache.dataset}.log",
         threads: threads_of(_kind.step)
         resources:
             gpu=1,
