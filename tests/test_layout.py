@@ -102,6 +102,12 @@ def test_every_stage_writes_what_the_layout_declares(tmp_path, monkeypatch):
             _run(tmp_path, "finalize", [*where, "--sentinel", str(layout.store_complete(cfg, ref, split))],
                  model=ref.model, dataset=ref.dataset, split=split)
     seen |= {"extract", "finalize"}
+    # a store's config hash covers exactly the entries the stage registry lists (float32 forward: not recorded)
+    import json
+
+    attrs = json.loads((layout.store_path(cfg, CacheRef(**SEGC), "train") / "zarr.json").read_text())["attributes"]
+    assert set(attrs["config"]) == set(stages.STORE_HASHED_KEYS) - {"forward_dtype"}
+    assert set(stages.EXTRACT_KEYS) == {k for keys in stages.STORE_HASHED_KEYS.values() for k in keys} | {"extract.on_bad_image"}
 
     ref = CacheRef(**SEGC)
     stats_out = layout.stats_path(cfg, ref, "train")
@@ -129,8 +135,6 @@ def test_every_stage_writes_what_the_layout_declares(tmp_path, monkeypatch):
     assert seen == {name for name, stage in stages.STAGES.items() if stage.workflow}
 
     # every artefact records `layer` as configured and `block` resolved (3-block models: -2 -> 1, -1 -> 2)
-    import json
-
     import pandas as pd
 
     from pipeline.sae.checkpoint import load_checkpoint
