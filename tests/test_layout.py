@@ -170,3 +170,15 @@ def test_every_workflow_stage_has_outputs_in_the_layout(step):
     # every declared path is under the results, cache or resources folder of the config
     roots = (cfg.paths.results, cfg.paths.cache, cfg.paths.resources)
     assert all(any(r in p.parents for r in roots) for p in outs.declared())
+
+
+def test_every_probe_kind_has_a_stage_a_sub_command_and_its_files():
+    """The probe-kind registry is the one switch: each kind gets its step, CLI sub-command and file list."""
+    from pipeline.__main__ import build_parser
+
+    choices = next(a for a in build_parser()._actions if a.dest == "step").choices
+    for kind, pk in PROBE_KINDS.items():
+        assert pk.step in stages.STAGES and stages.STAGES[pk.step].reads == (f"probes.{kind}",)
+        assert pk.step in choices and choices[pk.step].get_default("probe") == kind
+        files = layout.probe_files(kind)
+        assert set(layout.PROBE_COMMON_FILES) < set(files) and set(pk.files) <= set(files)
