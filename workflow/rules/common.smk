@@ -35,14 +35,12 @@ def prov_of(step, **fields):
     """`prov` for a wildcard rule: ``fields`` maps the step's keys to wildcard names."""
     return lambda wildcards: prov(step, **{key: wildcards[name] for key, name in fields.items()})
 
-RES, CACHE, RESULTS = str(CFG.paths.resources), str(CFG.paths.cache), str(CFG.paths.results)
 # The interpreter the steps run with: Snakemake's own (which has `pipeline` installed), or the
 # conda env's `python` under `--sdm conda` (envs/pipeline.yaml).
 _CONDA = any(str(m).lower().endswith("conda") for m in workflow.deployment_settings.deployment_method)
 # A Path, like CONFIG_PATH: which interpreter runs a step does not rerun it (see above).
 PY = Path("python") if _CONDA else Path(sys.executable)
 CONDA_ENV = "../../envs/pipeline.yaml"
-THREADS = CFG.threads
 
 DEMO_DATASETS = set(CFG.demo.get("datasets", {}))
 DEMO_MODELS = set(CFG.demo.get("models", {}))
