@@ -15,26 +15,11 @@ import logging
 import sys
 
 from pipeline import commands, provenance
+from pipeline.stages import STAGES
 
-# step name -> module that defines add_parser(subparsers); imported lazily so --help is fast.
-STEPS = {
-    "demo-data": "pipeline.commands.demo",
-    "demo-model": "pipeline.commands.demo",
-    "extract": "pipeline.commands.extract",
-    "finalize": "pipeline.commands.extract",
-    "prepare": "pipeline.prepare",
-    "stats": "pipeline.commands.sae",
-    "sae-train": "pipeline.commands.sae",
-    "sae-latents": "pipeline.commands.sae",
-    "sae-gallery": "pipeline.commands.sae",
-    "probe-seg": "pipeline.commands.probe",
-    "probe-cls": "pipeline.commands.probe",
-    "dimred": "pipeline.commands.dimred",
-    "class-f1": "pipeline.commands.quantify",
-    "propose": "pipeline.commands.quantify",
-    "quantify": "pipeline.commands.quantify",
-    "manipulate": "pipeline.commands.manipulate",
-}
+# step name -> module that defines add_parser(subparsers), from the stage registry (pipeline.stages);
+# imported lazily so --help is fast.
+STEPS = {name: stage.cli for name, stage in STAGES.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:

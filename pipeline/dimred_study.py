@@ -77,7 +77,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import pipeline
-from pipeline import cluster_probe, crf, dimred, metrics
+from pipeline import cluster_probe, crf, dimred, layout, metrics
 from pipeline.config import Config, ConfigError, to_jsonable
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 from pipeline.progress import Progress
@@ -106,7 +106,6 @@ KMEANS_N_INIT = 3
 KMEANS_MAX_ITER = 100
 SMALL_STEP_FLOPS = 1e8  # CPU steps below this run on one thread (see _cpu_threads_for)
 CHART_STEMS = ("linear", "cluster", "pca_variance")
-CHART_EXTS = ("html", "png", "svg")
 PROBES = ("linear", "cluster")
 PROTOCOL_NAME = "ade20k"
 MIOU_DEFINITION = "stego"  # the STEGO study scores with STEGO's mIoU
@@ -117,22 +116,8 @@ CLUSTER_ALPHA = 2.0  # STEGO's cluster probe at evaluation: softmax(2 * cosine s
 # ---- where ---------------------------------------------------------------------------------
 
 
-def dimred_csv(cfg: Config) -> Path:
-    return cfg.paths.results / "dimred.csv"
-
-
-def dimred_dir(cfg: Config) -> Path:
-    return cfg.paths.results / "dimred"
-
-
-def output_files(cfg: Config) -> list[Path]:
-    """Every file the study writes (what the Snakemake rule declares; common.smk mirrors it)."""
-    out = dimred_dir(cfg)
-    stems = ["linear", "cluster"] + (["pca_variance"] if "pca" in cfg.dimred.methods else [])
-    files = [dimred_csv(cfg)] + [out / f"{s}.{e}" for s in stems for e in CHART_EXTS]
-    if "pca" in cfg.dimred.methods:
-        files.append(out / "pca_variance.csv")
-    return files + [out / "projections.safetensors", out / "projections.json"]
+# pipeline.layout owns the study's paths and file list (what the Snakemake rule declares)
+dimred_csv, dimred_dir, output_files = layout.dimred_csv, layout.dimred_dir, layout.dimred_files
 
 
 # ---- variants ------------------------------------------------------------------------------

@@ -40,11 +40,14 @@ from torch.utils.data import DataLoader, Dataset
 import pipeline
 from pipeline.cache import StoreLayout, StoreWriter, chunk_ranges, create_or_open, finalize, part_chunks, pending_chunks, write_chunk
 from pipeline.config import CacheRef, Config, ConfigError, stable_hash, to_jsonable
+from pipeline.context import RunContext
+from pipeline.layout import split_file
+from pipeline.stages import STORE_HASHED_KEYS
 from pipeline.data import BadImageError, DatasetError, MaskError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
 from pipeline.models import Backbone, load_backbone
 from pipeline.models.family import READOUTS
 from pipeline.progress import Progress
-from pipeline.runtime import describe_device, die_with_parent, forward_precision, resolve_device, resolve_forward_dtype, set_threads
+from pipeline.runtime import describe_device, die_with_parent, forward_precision, resolve_forward_dtype
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ def split_data(cfg: Config, dataset: str, split: str) -> SplitData:
     ds = cfg.dataset(dataset)
     kwargs = {}
     if ds.kind == "imagefolder":
-        kwargs = dict(split_file=cfg.paths.cache / "splits" / f"{dataset}.json", val_fraction=ds.val_fraction, seed=ds.split_seed)
+        kwargs = dict(split_file=split_file(cfg, dataset), val_fraction=ds.val_fraction, seed=ds.split_seed)
     elif ds.class_list is not None:
         kwargs = dict(class_list=ds.class_list)
     return load_split(ds.kind, ds.root, ds.splits[split], **kwargs)
@@ -175,19 +178,21 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
         task=data.task,
         mask_size=pre.crop if data.task == "segmentation" else None,
     )
-    # Everything that changes the numbers or the layout; not parts, batch size or workers.
-    hashed = {
+    # Everything that changes the numbers or the layout; not parts, batch size or workers. The
+    # entries are pipeline.stages.STORE_HASHED_KEYS (which also gives the extract step's config keys).
+    values = {
         "model": {k: provenance[k] for k in ("family", "source", "revision", "weights_sha256")},
         "preprocess": to_jsonable(pre),
         "layers": list(layers),
         "dtype": ex.dtype,
+        # stores made before this key existed ran in float32: their hash stays valid
+        "forward_dtype": forward_dtype if forward_dtype != "float32" else None,
         "chunk_images": ex.chunk_images,
         "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.splits[split],
                     **({"class_list": str(dataset.class_list)} if dataset.class_list is not None else {})},
         "images_sha256": stable_hash(layout.image_ids),
     }
-    if forward_dtype != "float32":  # stores made before this key existed ran in float32: their hash stays valid
-        hashed["forward_dtype"] = forward_dtype
+    hashed = {key: values[key] for key in STORE_HASHED_KEYS if values[key] is not None}
     attrs = {
         "config_hash": stable_hash(hashed),
         "config": hashed,
@@ -228,8 +233,8 @@ def extract(cfg: Config, ref: CacheRef, split: str, *, part: int = 0, of: int = 
     """Fill part ``part`` of ``of`` of the store of (ref, split); finalize when ``of == 1``."""
     if not (of >= 1 and 0 <= part < of):
         raise ConfigError(f"--part {part} --of {of}: parts are numbered from 0, so need 0 <= part < of (here 0..{max(of - 1, 0)})")
-    threads = set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    ctx = RunContext.start(cfg)
+    threads, device = ctx.threads, ctx.device
     data = split_data(cfg, ref.dataset, split)
     if not data.samples:
         raise DatasetError(f"dataset {ref.dataset!r} split {split!r} ({cfg.dataset(ref.dataset).root}) has no images")

@@ -66,6 +66,10 @@ from PIL import Image, ImageDraw
 from pipeline.cache import CacheReader
 from pipeline.config import Config, ConfigError, ManipulateConfig, ManipulateExample
 from pipeline.interventions import Edit, LatentEditor
+from pipeline.layout import MANIPULATE_FILES, manipulate_dir, manipulate_files
+from pipeline.layout import probe_stem as layout_probe_stem
+from pipeline.probe_kinds import kind_for_task
+from pipeline.probe_kinds import probe_section as probe_section_of
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +86,20 @@ __all__ = [
 ]
 
 RANK_BY = ("auto", "f1", "activation")
-FILES = {
-    "segmentation": ("latents.csv", "probabilities.csv", "probabilities.html", "probabilities.png", "probabilities.svg", "maps.png", "summary.json"),
-    "classification": ("latents.csv", "probabilities.csv", "probabilities.html", "probabilities.png", "probabilities.svg", "summary.json"),
-}
+FILES = MANIPULATE_FILES  # per task (pipeline.layout owns the list)
 
 
 class ManipulateError(ConfigError):
     """A manipulate request that does not fit the config, the store or the SAE (names what)."""
 
 
-def out_dir(cfg: Config, name: str) -> Path:
-    """``<results>/manipulate/<name>``."""
-    return cfg.paths.results / "manipulate" / name
+out_dir = manipulate_dir  # ``<results>/manipulate/<name>`` (pipeline.layout)
 
 
 def example_outputs(cfg: Config, name: str) -> list[Path]:
     """The files :func:`run_example` writes for an example of this config's task."""
-    task = cfg.dataset(_require_sae(cfg).cache.dataset).task
-    return [out_dir(cfg, name) / f for f in FILES[task]]
+    _require_sae(cfg)
+    return manipulate_files(cfg, name)
 
 
 def _require_sae(cfg: Config):
@@ -113,7 +112,8 @@ def probe_section(cfg: Config):
     """The probe that reads what the SAE's cache is for: ``probes.seg`` or ``probes.cls``."""
     sc = _require_sae(cfg)
     task = cfg.dataset(sc.cache.dataset).task
-    key, section = ("probes/seg", cfg.seg_probe) if task == "segmentation" else ("probes/cls", cfg.cls_probe)
+    kind = kind_for_task(task)
+    key, section = kind.key, probe_section_of(cfg, kind.name)
     if section is None:
         raise ManipulateError(f"{cfg.source}: key {key}: missing; manipulate on a {task} SAE needs that probe")
     if section.cache != sc.cache:
@@ -126,10 +126,8 @@ def probe_section(cfg: Config):
 
 
 def probe_stem(cfg: Config) -> Path:
-    from pipeline.paths import probe_dir
-
     task = cfg.dataset(_require_sae(cfg).cache.dataset).task
-    return probe_dir(cfg, "seg" if task == "segmentation" else "cls") / "best"
+    return layout_probe_stem(cfg, kind_for_task(task).name)
 
 
 @dataclass
@@ -178,11 +176,11 @@ class Manipulator:
     def __init__(self, cfg: Config, *, device: str | torch.device | None = None):
         from pipeline.feature_selection import load_f1
         from pipeline.models import load_backbone
-        from pipeline.paths import class_f1_path, sae_dir
+        from pipeline.layout import class_f1_path, sae_dir
         from pipeline.probes import load_probe
         from pipeline.runtime import resolve_device
         from pipeline.sae import load_latent_stats
-        from pipeline.sae.stages import load_sae_for
+        from pipeline.sae.stages import load_sae_for, trained_block
 
         self.cfg = cfg
         self.settings = cfg.manipulate or ManipulateConfig()
@@ -206,8 +204,9 @@ class Manipulator:
         if not self.sae_path.exists():
             raise FileNotFoundError(f"{self.sae_path}: no SAE checkpoint; run sae-train first")
         sae, self.sae_cfg, self.scaling = load_sae_for(cfg, self.sae_path, train)
-        if int(self.sae_cfg.get("layer", self.block)) != self.block:
-            raise ManipulateError(f"{self.sae_path}: trained on block {self.sae_cfg.get('layer')}, sae.layer is block {self.block}")
+        trained = trained_block(self.sae_cfg)
+        if trained is not None and trained != self.block:
+            raise ManipulateError(f"{self.sae_path}: trained on block {trained}, sae.layer is block {self.block}")
         self.sae = sae.to(self.device).eval()
         self.n_latents = int(self.sae.W_enc.shape[1])
         latents_path = sae_dir(cfg) / "latents.zarr"

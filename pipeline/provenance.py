@@ -1,9 +1,9 @@
 """Which config keys each step reads, the provenance record its outputs carry, and the check
 that refuses an upstream output made from another config.
 
-One table (:data:`STEPS`) says, per ``python -m pipeline STEP``, the config keys the step reads
-(dotted YAML keys, ``{model}``-style fields filled from the step's own keys) and the upstream
-steps whose outputs it reads. From it:
+One table (:data:`STEPS`, the stage registry :data:`pipeline.stages.STAGES`) says, per
+``python -m pipeline STEP``, the config keys the step reads (dotted YAML keys, ``{model}``-style
+fields filled from the step's own keys) and the upstream steps whose outputs it reads. From it:
 
 * :func:`record` — ``{"step", "keys", "config", "hash"}``: ``config`` is every key the step
   depends on, its own and its upstream steps' (transitively), with its resolved value
@@ -28,139 +28,22 @@ Reads: the config, upstream JSON outputs, store attributes (``zarr.json``). Writ
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import paths
-from pipeline.config import SPLITS, CacheRef, Config, ConfigError, QuantifyConfig, sae_is_imported, sae_train_ref, stable_hash, to_jsonable
-
-Keys = dict[str, str]
-Upstream = list[tuple[str, Keys]]
+from pipeline.config import CacheRef, Config, ConfigError, QuantifyConfig, stable_hash, to_jsonable
+from pipeline.probe_kinds import PROBE_KINDS, probe_section
+from pipeline.stages import EXTRACT_KEYS, QUANTIFY_KEYS, SAE_TRAIN_KEYS, STAGES, Keys, Stage  # noqa: F401  (re-exported)
 
 
 class StaleInputError(ConfigError):
     """An upstream output (or store) was made from other config values than the current ones."""
 
 
-@dataclass(frozen=True)
-class Step:
-    reads: tuple[str, ...]  # dotted config keys; "{model}", "{dataset}", "{split}", "{example}" filled from the keys
-    upstream: Callable[[Config, Keys], Upstream] = lambda cfg, keys: []
-    output: Callable[[Config, Keys], Path] | None = None  # the JSON holding the step's record (None: a store / none)
-    needs: tuple[str, ...] = ()  # Config attributes that must be set (else the step itself reports the missing section)
-
-
-def _ref(ref: CacheRef, split: str) -> Keys:
-    return {"model": ref.model, "dataset": ref.dataset, "split": split}
-
-
-def _demo(cfg: Config, keys: Keys) -> Upstream:
-    """A demo dataset / model is made by a step too: its keys belong to the extraction's."""
-    up = []
-    if keys["dataset"] in cfg.demo.get("datasets", {}):
-        up.append(("demo-data", {"dataset": keys["dataset"]}))
-    if keys["model"] in cfg.demo.get("models", {}):
-        up.append(("demo-model", {"model": keys["model"]}))
-    return up
-
-
-def _stores(ref: CacheRef, splits: tuple[str, ...] = SPLITS) -> Upstream:
-    return [("extract", _ref(ref, split)) for split in splits]
-
-
-def _sae(cfg: Config) -> CacheRef:
-    return cfg.sae.cache
-
-
-def _sae_train_upstream(cfg: Config, keys: Keys) -> Upstream:
-    """Training reads its train cache's stores + stats; an imported checkpoint reads sae.cache's train store."""
-    if sae_is_imported(cfg.sae):
-        return _stores(_sae(cfg), ("train",))
-    ref = sae_train_ref(cfg.sae)
-    return [*_stores(ref), ("stats", _ref(ref, "train"))]
-
-
-def _manipulate_probe(cfg: Config) -> str:
-    return "probe-seg" if cfg.dataset(cfg.sae.cache.dataset).task == "segmentation" else "probe-cls"
-
-
-def _manipulate_upstream(cfg: Config, keys: Keys) -> Upstream:
-    up = [*_stores(_sae(cfg)), ("sae-train", {}), ("sae-latents", {})]
-    probe = _manipulate_probe(cfg)
-    if (cfg.seg_probe if probe == "probe-seg" else cfg.cls_probe) is not None:  # else manipulate reports it
-        up.append((probe, {}))
-    if cfg.quantify is not None and (cfg.manipulate is None or cfg.manipulate.rank_by != "activation"):
-        up.append(("class-f1", {}))
-    return up
-
-
-# The extraction's keys are those that change a store's numbers or layout (as the store's own
-# config hash in pipeline.extract): not parts, batch_size or num_workers.
-EXTRACT_KEYS = (
-    "models.{model}", "datasets.{dataset}.kind", "datasets.{dataset}.root", "datasets.{dataset}.splits.{split}",
-    "datasets.{dataset}.val_fraction", "datasets.{dataset}.split_seed",
-    "datasets.{dataset}.class_list",
-    "extract.layers", "extract.dtype", "extract.forward_dtype", "extract.chunk_images", "extract.on_bad_image",
-)
-SAE_TRAIN_KEYS = tuple(f"sae.{k}" for k in (
-    "cache", "layer", "tokens", "n_tokens", "batch_size", "lrs", "sparsity_coeffs", "exp_factors",
-    "lr_warmup_steps", "sparsity_warmup_steps", "max_l0", "seed", "shuffle_buffer", "source", "token_source",
-))
-QUANTIFY_KEYS = tuple(f"quantify.{k}" for k in (
-    "scale", "methods", "thresholds", "max_firing_fraction", "manual", "batch_size", "seed",
-))
-
-STEPS: dict[str, Step] = {
-    "demo-data": Step(("demo.seed", "demo.datasets.{dataset}")),
-    "demo-model": Step(("demo.seed", "demo.models.{model}")),
-    "extract": Step(EXTRACT_KEYS, _demo),
-    "finalize": Step((), lambda cfg, k: [("extract", k)]),
-    "stats": Step((), lambda cfg, k: [("extract", k)], lambda cfg, k: paths.stats_path(cfg, CacheRef(k["model"], k["dataset"]), k["split"])),
-    "probe-seg": Step(("probes.seg",), lambda cfg, k: _stores(cfg.seg_probe.cache), lambda cfg, k: paths.probe_stem(cfg).with_suffix(".json"), needs=("seg_probe",)),
-    "probe-cls": Step(("probes.cls",), lambda cfg, k: _stores(cfg.cls_probe.cache), lambda cfg, k: paths.probe_dir(cfg, "cls") / "best.json", needs=("cls_probe",)),
-    "sae-train": Step(
-        SAE_TRAIN_KEYS,
-        _sae_train_upstream,
-        lambda cfg, k: paths.sae_dir(cfg) / "chosen.json",
-        needs=("sae",),
-    ),
-    "sae-latents": Step(
-        ("sae.top_k", "sae.log_freq_range", "sae.log_value_range"),
-        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
-        lambda cfg, k: paths.sae_dir(cfg) / "latents.json",
-        needs=("sae",),
-    ),
-    "sae-gallery": Step(
-        ("sae.gallery_latents",),
-        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {})],
-        lambda cfg, k: paths.sae_dir(cfg) / "gallery" / "selection.json",
-        needs=("sae",),
-    ),
-    "class-f1": Step(
-        ("quantify.thresholds",),
-        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
-        lambda cfg, k: paths.class_f1_path(cfg).with_suffix(".json"),
-        needs=("sae",),
-    ),
-    "propose": Step(
-        ("quantify.max_firing_fraction", "quantify.n_proposals"),
-        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {}), ("class-f1", {})],
-        needs=("sae",),
-    ),
-    "quantify": Step(
-        QUANTIFY_KEYS,
-        lambda cfg, k: [*_stores(_sae(cfg), ("val",)), ("sae-train", {}), ("sae-latents", {}), ("class-f1", {}), ("probe-seg", {})],
-        needs=("sae", "seg_probe"),
-    ),
-    "dimred": Step(("dimred",), lambda cfg, k: _stores(cfg.dimred.cache), lambda cfg, k: cfg.paths.results / "dimred" / "projections.json", needs=("dimred",)),
-    "manipulate": Step(
-        ("manipulate.n_top_latents", "manipulate.n_top_classes", "manipulate.rank_by", "manipulate.examples.{example}"),
-        _manipulate_upstream,
-        needs=("sae",),
-    ),
-}
+# The table of steps (keys each reads, upstream steps, the JSON holding its record) is the
+# stage registry's: pipeline.stages owns it, and the extraction's keys with it.
+STEPS = STAGES
+Step = Stage
 
 
 # ---------------------------------------------------------------------------- the config, flat
@@ -179,7 +62,7 @@ def config_view(cfg: Config) -> dict[str, Any]:
                        "preprocess": to_jsonable(m.preprocess)} for n, m in cfg.models.items()},
         "datasets": {n: {k: v for k, v in to_jsonable(d).items() if k != "name"} for n, d in cfg.datasets.items()},
         "extract": to_jsonable(cfg.extract),
-        "probes": {"seg": to_jsonable(cfg.seg_probe), "cls": to_jsonable(cfg.cls_probe)},
+        "probes": {kind: to_jsonable(probe_section(cfg, kind)) for kind in PROBE_KINDS},
         "sae": to_jsonable(cfg.sae),
         "quantify": to_jsonable(cfg.quantify),
         "dimred": to_jsonable(cfg.dimred),
@@ -385,7 +268,7 @@ def check_plan(cfg: Config) -> None:
     layer is among ``extract.layers`` (compared as block numbers when the model's depth is known)."""
     if cfg.quantify is not None:
         require_quantify(cfg)
-    stages = (("probes/seg", cfg.seg_probe), ("probes/cls", cfg.cls_probe), ("sae", cfg.sae), ("dimred", cfg.dimred))
+    stages = (*((pk.key, probe_section(cfg, pk.name)) for pk in PROBE_KINDS.values()), ("sae", cfg.sae), ("dimred", cfg.dimred))
     for key, section in stages:
         if section is None:
             continue

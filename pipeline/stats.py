@@ -272,7 +272,7 @@ def run_stats(cfg, model: str, dataset: str, split: str, *, scheduler: str | Non
               out: Path | None = None) -> dict[str, Any]:
     """The ``stats`` step: compute and write the stats of one store; return a short summary."""
     from pipeline.config import CacheRef
-    from pipeline.paths import stats_path
+    from pipeline.layout import stats_path
     from pipeline.provenance import record
     from pipeline.runtime import available_cpus
 

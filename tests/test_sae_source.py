@@ -67,7 +67,7 @@ def test_cross_cache_quantify_on_the_demo(cross, monkeypatch):
     # trained on the classification cache's store, with ITS stats; recorded so
     assert hcfg["store"] == str(cls_train.path) and hcfg["dataset"] == "cls"
     assert hcfg["model_weights_sha256"] == seg_train.attrs["model"]["weights_sha256"] is not None
-    assert hcfg["layer"] == seg_train.block(-2) == 1
+    assert hcfg["block"] == seg_train.block(-2) == 1 and hcfg["layer"] == -2  # block: was recorded as "layer"
     # applied to the seg cache: latents over the seg train store, quantify over seg val
     info = json.loads((cross.folder / OUT / "latents.json").read_text())
     assert info["store"] == str(seg_train.path) and info["n_tokens"] == int(seg_train.valid.sum()) * seg_train.n_patches

@@ -92,7 +92,7 @@ def test_checkpoint_carries_the_stats_scaling_and_provenance(sae_project):
         cfg = header["cfg"]
         assert cfg["store"] == "cache/dino/seg/train.zarr"
         assert cfg["store_config_hash"] == reader.attrs["config_hash"] == stats["config_hash"]
-        assert cfg["layer"] == BLOCK and cfg["tokens"] == "patches"
+        assert cfg["block"] == BLOCK and cfg["layer"] == -2 and cfg["tokens"] == "patches"  # block: was recorded as "layer"
         assert cfg["scaling"] == expected.to_dict()
         assert cfg["metrics"]["source"] == "held-out" and cfg["val_store"] == "cache/dino/seg/val.zarr"
     # every member carries the same scaling

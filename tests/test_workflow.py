@@ -71,7 +71,7 @@ def test_whole_chain_to_quantitative_csv(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "results" / "quantitative.csv")
     assert summary["method"].tolist() == ["random_vector", "random_feature", "auto_feature", "manual_feature"]
-    assert (summary["layer"] == 1).all() and (summary["scale"] == -2.0).all() and summary["random_weights"].all()
+    assert (summary["block"] == 1).all() and (summary["layer"] == -2).all() and (summary["scale"] == -2.0).all() and summary["random_weights"].all()
     auto = pd.read_csv(tmp_path / "results" / "quantitative" / "auto_feature.csv")
     assert len(auto) == summary.loc[summary.method == "auto_feature", "n_classes"].item() + summary.loc[summary.method == "auto_feature", "n_skipped"].item()
     rated = auto[auto.status == "evaluated"]

@@ -32,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_manipulate(args: argparse.Namespace) -> dict:
     from pipeline.config import ManipulateConfig, ManipulateExample
+    from pipeline.context import RunContext
     from pipeline.manipulate import Manipulator, run_example
-    from pipeline.runtime import set_threads
 
     cfg = config_from_args(args)
     settings = cfg.manipulate or ManipulateConfig()
@@ -55,6 +55,6 @@ def run_manipulate(args: argparse.Namespace) -> dict:
             raise ConfigError(f"{cfg.source}: key manipulate/examples: no example configured; add one or pass --image")
     if args.out is not None and len(examples) > 1:
         raise ConfigError("--out names one folder: give one --example with it")
-    set_threads(cfg.threads)
-    m = Manipulator(cfg)
+    ctx = RunContext.start(cfg)
+    m = Manipulator(cfg, device=ctx.device)
     return {"examples": [run_example(m, ex, args.out) for ex in examples]}

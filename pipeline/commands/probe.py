@@ -1,4 +1,4 @@
-"""``probe-seg`` and ``probe-cls`` steps: linear-probe sweeps fitted on the activation cache."""
+"""``probe-<kind>`` steps (``probe-seg``, ``probe-cls``, one per pipeline.probe_kinds entry): linear-probe sweeps fitted on the activation cache."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import argparse
 from pathlib import Path
 
 from pipeline.commands import add_config_arg, config_from_args
+from pipeline.probe_kinds import PROBE_KINDS, run_kind
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    for step, kind, what in (
-        ("probe-seg", "seg", "semantic-segmentation probe on cached patch tokens (config: probes.seg)"),
-        ("probe-cls", "cls", "image-classification probe on cached CLS tokens (config: probes.cls)"),
-    ):
-        p = sub.add_parser(step, help=f"sweep a linear {what}; prints a JSON summary",
-                           description=f"Reads the train and val stores of probes.{kind}.cache (and the model's final norm); writes "
+    """One ``probe-<kind>`` sub-command per registered probe kind (pipeline.probe_kinds)."""
+    for kind, pk in PROBE_KINDS.items():
+        p = sub.add_parser(pk.step, help=f"sweep a linear {pk.help}; prints a JSON summary",
+                           description=f"Reads the train and val stores of probes.{kind}.cache ({pk.reads}; and the model's final norm); writes "
                            f"sweep.csv, best.json/.safetensors, per-class table and charts to <results>/probes/{kind}/<model>/<dataset>/.")
         add_config_arg(p)
         p.add_argument("--out", type=Path, help=f"output folder (default: <results>/probes/{kind}/<model>/<dataset>)")
@@ -23,11 +22,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> dict:
-    cfg = config_from_args(args)
-    if args.probe == "seg":
-        from pipeline.probes.seg import run_seg_probe
-
-        return run_seg_probe(cfg, out_dir=args.out, progress=not args.no_progress)
-    from pipeline.probes.cls import run_cls_probe
-
-    return run_cls_probe(cfg, out_dir=args.out, progress=not args.no_progress)
+    return run_kind(args.probe, config_from_args(args), out_dir=args.out, progress=not args.no_progress)

@@ -35,20 +35,17 @@ def _require(cfg: Config, step: str):
 
 
 def run_class_f1(args: argparse.Namespace) -> dict:
-    from pipeline.cache import CacheReader
+    from pipeline.context import RunContext
     from pipeline.feature_selection import class_latent_f1, save_f1
-    from pipeline.paths import class_f1_path, sae_dir
+    from pipeline.layout import class_f1_path, sae_checkpoint
     from pipeline.provenance import record
-    from pipeline.runtime import resolve_device, set_threads
-    from pipeline.sae.stages import load_sae_for
 
     cfg = config_from_args(args)
     q = _require(cfg, "class-f1")
-    set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    train = CacheReader(cfg.store(cfg.sae.cache, "train"))
-    sae, _, scaling = load_sae_for(cfg, sae_dir(cfg) / "sae.pt", train)  # refuses an SAE of another model / block / width
-    ds = class_latent_f1(train, cfg.sae.layer, sae, scaling, q.thresholds, device=device)
+    ctx = RunContext.start(cfg)
+    train = ctx.store(cfg.sae.cache, "train")
+    sae, _, scaling = ctx.sae(sae_checkpoint(cfg), train)  # refuses an SAE of another model / block / width
+    ds = class_latent_f1(train, cfg.sae.layer, sae, scaling, q.thresholds, device=ctx.device)
     out = class_f1_path(cfg)
     save_f1(ds, out)
     summary = {"store": str(train.path), "n_tokens": ds.attrs["n_tokens"], "thresholds": list(q.thresholds), "written": str(out),
@@ -68,30 +65,25 @@ def run_propose(args: argparse.Namespace) -> dict:
 def run_quantify(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from pipeline.cache import CacheReader
+    from pipeline.context import RunContext
     from pipeline.feature_selection import load_f1
     from pipeline.interventions import LatentEditor, ReforwardPredictor
-    from pipeline.models import load_backbone
-    from pipeline.paths import class_f1_path, probe_stem, quantify_dir, quantitative_csv, sae_dir
+    from pipeline.layout import class_f1_path, latents_zarr, probe_stem, quantify_dir, quantitative_csv, sae_checkpoint
     from pipeline.probes import load_probe
-    from pipeline.provenance import check_weights
     from pipeline.quantify import provenance_columns, resolve_manual, run, write_outputs
-    from pipeline.runtime import describe_device, resolve_device, set_threads
     from pipeline.sae import load_latent_stats
-    from pipeline.sae.stages import load_sae_for
 
     cfg = config_from_args(args)
     q = _require(cfg, "quantify")
-    set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    val = CacheReader(cfg.store(cfg.sae.cache, "val"))
+    ctx = RunContext.start(cfg)
+    device = ctx.device
+    val = ctx.store(cfg.sae.cache, "val")
     val.require("patch_label")
-    backbone, model_provenance = load_backbone(cfg.model(cfg.sae.cache.model).spec, device=device)
-    check_weights(val.attrs, model_provenance, val.path)
-    sae_path = sae_dir(cfg) / "sae.pt"
-    sae, _, scaling = load_sae_for(cfg, sae_path, val)  # refuses an SAE of another model / block / width
+    backbone, _ = ctx.backbone(cfg.sae.cache, val)  # refuses a model whose weights differ from the store's
+    sae_path = sae_checkpoint(cfg)
+    sae, _, scaling = ctx.sae(sae_path, val)  # refuses an SAE of another model / block / width
     sae = sae.to(device)
-    latents = load_latent_stats(sae_dir(cfg) / "latents.zarr")
+    latents = load_latent_stats(latents_zarr(cfg))
     probe, probe_meta = load_probe(probe_stem(cfg))
     probe = probe.to(device)
     if probe.out_features != val.n_classes:
@@ -117,7 +109,8 @@ def run_quantify(args: argparse.Namespace) -> dict:
     summary = provenance_columns(
         summary,
         scale=q.scale,
-        layer=val.block(cfg.sae.layer),
+        layer=cfg.sae.layer,  # as configured; block: its block number
+        block=val.block(cfg.sae.layer),
         n_blocks=val.n_blocks,
         sae=str(sae_path),
         probe=str(probe_stem(cfg)),
@@ -125,7 +118,7 @@ def run_quantify(args: argparse.Namespace) -> dict:
         n_val_images=int(val.valid.sum()),
         predicts="all classes 0..C-1 (probe trained with train_on_other)" if train_on_other else "real classes 1..C-1",
         random_weights=val.random_weights,
-        device=describe_device(device),
+        device=ctx.describe_device(),
     )
     write_outputs(quantify_dir(cfg), quantitative_csv(cfg), per_method, summary, random_weights=val.random_weights)
     return {"written": str(quantitative_csv(cfg)), **timing, "summary": summary.to_dict(orient="records")}

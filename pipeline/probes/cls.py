@@ -49,18 +49,14 @@ from pipeline.models.family import READOUTS
 from pipeline.probes.features import best_meta, probe_setup, cls_rows, FinalNorm, in_memory_epochs
 from pipeline.probes.linear import ProbeSweep, ProbeTrainConfig, best_member, epoch_table, fit_sweep, member_grid, member_state, save_probe, sweep_table
 from pipeline.provenance import record
+from pipeline.layout import probe_files
 from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
 
 __all__ = ["OUTPUT_FILES", "evaluate_cls", "run_cls_probe", "selection_rows"]
 
-OUTPUT_FILES = (
-    "sweep.csv", "best.safetensors", "best.json", "per_class_accuracy.csv",
-    "sweep.html", "sweep.png", "sweep.svg",
-    "confusion.html", "confusion.png", "confusion.svg",
-    "epochs.csv", "epochs.html", "epochs.png", "epochs.svg",
-)
+OUTPUT_FILES = probe_files("cls")  # what run_cls_probe writes (pipeline.layout owns the list)
 
 
 def evaluate_cls(sweep: ProbeSweep, x_ND: torch.Tensor, y_N: np.ndarray, *, rows: int = 4096) -> list[tuple[dict[str, float], np.ndarray]]:

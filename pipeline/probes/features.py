@@ -308,8 +308,10 @@ def in_memory_epochs(x_ND: Tensor, y_N: np.ndarray | Tensor, *, batch_size: int,
 
 
 def default_out_dir(cfg: Config, kind: str, ref: CacheRef) -> Path:
-    """``<results>/probes/<kind>/<model>/<dataset>``."""
-    return cfg.paths.results / "probes" / kind / ref.model / ref.dataset
+    """``<results>/probes/<kind>/<model>/<dataset>`` (pipeline.layout owns it)."""
+    from pipeline.layout import probe_dir_of
+
+    return probe_dir_of(cfg, kind, ref)
 
 
 def best_meta(kind: str, pc, stores: ProbeStores, norm: FinalNorm, members, best: int, metrics: dict, *, selected_by: str,
@@ -346,15 +348,16 @@ def best_meta(kind: str, pc, stores: ProbeStores, norm: FinalNorm, members, best
 
 def probe_setup(cfg: Config, kind: str, out_dir: Path | None):
     """What both probe stages start with: their config section, threads, device, the train/val
-    stores (checked) and the output folder. ``kind`` is "seg" or "cls"."""
-    from pipeline.runtime import resolve_device, set_threads
+    stores (checked) and the output folder. ``kind``: a name in pipeline.probe_kinds.PROBE_KINDS."""
+    from pipeline.context import RunContext
+    from pipeline.probe_kinds import PROBE_KINDS, probe_section
 
-    pc = cfg.seg_probe if kind == "seg" else cfg.cls_probe
+    pc = probe_section(cfg, kind)
     if pc is None:
         raise ConfigError(f"{cfg.source}: key probes/{kind}: missing; the {kind} probe needs it (cache, layer, sweep)")
-    threads = set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    task = "segmentation" if kind == "seg" else "classification"
+    ctx = RunContext.start(cfg)
+    threads, device = ctx.threads, ctx.device
+    task = PROBE_KINDS[kind].task
     stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task=task, n_classes=pc.n_classes, key=f"probes/{kind}")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg, kind, pc.cache)
     return pc, threads, device, stores, out_dir

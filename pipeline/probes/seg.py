@@ -97,6 +97,7 @@ from pipeline.probes.linear import (
     sweep_table,
 )
 from pipeline.provenance import record
+from pipeline.layout import probe_files
 from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
@@ -114,12 +115,7 @@ def protocol_text(protocol: str, miou_definition: str = MIOU_DEFINITION) -> str:
 
 
 PROTOCOL = protocol_text("ade20k")
-OUTPUT_FILES = (
-    "sweep.csv", "best.safetensors", "best.json", "per_class_iou.csv",
-    "sweep.html", "sweep.png", "sweep.svg",
-    "per_class_iou.html", "per_class_iou.png", "per_class_iou.svg",
-    "examples.png", "epochs.csv", "epochs.html", "epochs.png", "epochs.svg",
-)
+OUTPUT_FILES = probe_files("seg")  # what run_seg_probe writes (pipeline.layout owns the list)
 # Bytes of upsampled float logits held at once during pixel-level evaluation.
 UPSAMPLE_BUDGET = 256 * 2**20
 

@@ -2,7 +2,9 @@
 
 Glue between the store (:mod:`pipeline.cache`), the statistics (:mod:`pipeline.stats`) and
 the SAE core (:mod:`pipeline.sae`); every stage writes into
-``<results>/sae/<model>/<dataset>/layer<L>/`` (L = the non-negative block number).
+``<results>/sae/<model>/<dataset>/layer<L>/`` (L = ``sae.layer`` as configured, e.g. ``layer-2``;
+the files record it as ``layer`` and its block number as ``block``; :mod:`pipeline.layout`
+owns these paths and file lists).
 
 ``sae-train`` (:func:`run_train`)
     Tokens of block L (``patches``; ``patches+cls`` adds the CLS token, never registers)
@@ -85,7 +87,8 @@ from pipeline.cache.stream import (
     token_index,
     token_rows,
 )
-from pipeline.paths import sae_dir, stats_path
+from pipeline import layout
+from pipeline.layout import SAE_IMPORT_FILES as IMPORT_OUTPUTS, SAE_TRAIN_FILES as TRAIN_OUTPUTS, sae_dir, stats_path
 from pipeline.provenance import record
 from pipeline.config import sae_is_imported, sae_train_ref, CacheRef, Config, ConfigError, SAEConfig
 
@@ -101,8 +104,6 @@ EVAL_MAX_TOKENS = 1 << 18
 """Held-out tokens (from the VAL store, whole chunks in order) for the sweep's metrics."""
 EVAL_BATCH = 8192
 CHOICE_RULE = "lowest normalized_mse among members with l0 <= max_l0 (ties: first in sweep order)"
-TRAIN_OUTPUTS = ("sweep.csv", "sweep.html", "sweep.png", "sweep.svg", "sae.pt", "sae.safetensors", "chosen.json",
-                 "history.csv", "history.html", "history.png", "history.svg")
 HISTORY_ROWS = 2000
 """sae-train logs every ``max(1, n_steps // HISTORY_ROWS)``-th step (at most ~2000 rows per member)."""
 
@@ -138,11 +139,8 @@ def member_grid(sc: SAEConfig) -> list[SAEHparams]:
 
 
 def member_slug(hp: SAEHparams) -> str:
-    """File-name-safe member name, e.g. ``x8_lr0.001_lambda0.0003``."""
-    return f"x{hp.exp_factor}_lr{hp.lr:g}_lambda{hp.sparsity_coeff:g}"
-
-
-IMPORT_OUTPUTS = ("sae.pt", "sae.safetensors", "chosen.json")
+    """File-name-safe member name, e.g. ``x8_lr0.001_lambda0.0003`` (pipeline.layout owns the spelling)."""
+    return layout.member_slug(hp.exp_factor, hp.lr, hp.sparsity_coeff)
 
 
 # is_imported / train_ref live in pipeline.config (no torch): the workflow and provenance use them too
@@ -150,14 +148,11 @@ is_imported, train_ref = sae_is_imported, sae_train_ref
 
 
 def train_outputs(cfg: Config) -> dict[str, list[Path]]:
-    """Files ``sae-train`` writes (for the Snakemake rule)."""
-    out = sae_dir(cfg)
-    if is_imported(require_sae(cfg)):
-        return {"main": [out / name for name in IMPORT_OUTPUTS], "members": []}
-    members = []
-    for hp in member_grid(require_sae(cfg)):
-        members += [out / "members" / f"{member_slug(hp)}.pt", out / "members" / f"{member_slug(hp)}.safetensors"]
-    return {"main": [out / name for name in TRAIN_OUTPUTS], "members": members}
+    """Files ``sae-train`` writes: ``main`` (declared by the rule), ``members`` (written, not declared);
+    from :func:`pipeline.layout.step_outputs`."""
+    require_sae(cfg)
+    outs = layout.step_outputs(cfg, "sae-train")
+    return {"main": outs.files, "members": outs.undeclared}
 
 
 # --------------------------------------------------------------------------- token streams
@@ -319,9 +314,9 @@ def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block:
         "store_config_hash": train.attrs["config_hash"],
         "val_store": str(val.path) if val is not None else None,
         "val_store_config_hash": val.attrs["config_hash"] if val is not None else None,
-        "layer": int(block),
-        "layer_config": int(sc.layer),
-        "layer_note": "block number; input = that block's output (residual stream), as cached",
+        "layer": int(sc.layer),
+        "block": int(block),
+        "block_note": "layer: as configured (sae.layer); block: its block number; input = that block's output (residual stream), as cached",
         "tokens": sc.tokens,
         "stats": str(stats),
         "scaling_note": f"(x - mean) * scalar, mean and E||x - mean||^2 of the {sc.tokens} tokens of the train store",
@@ -333,20 +328,21 @@ def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block:
 def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
               device: str | None = None) -> dict[str, Any]:
     """Train the sweep from the cache, write the outputs; return a summary."""
+    from pipeline.context import RunContext
     from pipeline.progress import SAESweepProgress
-    from pipeline.runtime import describe_device, resolve_device, set_threads
+    from pipeline.runtime import describe_device
 
     sc = require_sae(cfg)
     if is_imported(sc):
         return run_import(cfg, out_dir=out_dir)
-    threads = set_threads(cfg.threads)
-    dev = resolve_device(device or cfg.device)
+    ctx = RunContext.start(cfg, device=device)
+    threads, dev = ctx.threads, ctx.device
     ref = train_ref(sc)
     train = _open(cfg, ref, "train")
     block = train.block(sc.layer)
     if ref != sc.cache:  # trained elsewhere: it must apply to sae.cache (same weights, block, width)
         target = _open(cfg, sc.cache, "train")
-        check_applies(train.path, {"model_weights_sha256": weights_sha256(train), "layer": block, "d_model": train.d_model},
+        check_applies(train.path, {"model_weights_sha256": weights_sha256(train), "block": block, "d_model": train.d_model},
                       target, target.block(sc.layer))
     val_path = cfg.store(ref, "val")
     val = CacheReader(val_path) if (val_path / "zarr.json").exists() else None
@@ -438,7 +434,7 @@ def write_train_outputs(trained: list[TrainedSAE], members: list[SAEHparams], ou
                 f"(its L0: {reason['l0']:.3g})"),
     }
     chosen.save(out / "sae.pt", extra_cfg={**prov, "member": slugs[pos], "chosen": reason})
-    _write_json(out / "chosen.json", {**record, **{k: prov[k] for k in ("store", "store_config_hash", "layer", "tokens", "provenance") if k in prov},
+    _write_json(out / "chosen.json", {**record, **{k: prov[k] for k in ("store", "store_config_hash", "layer", "block", "tokens", "provenance") if k in prov},
                                       "created": _now()})
     return {
         "out": str(out),
@@ -468,6 +464,13 @@ def write_history(trained: list[TrainedSAE], slugs: list[str], out: Path, *, cho
 # --------------------------------------------------------------------------- sae-latents
 
 
+def trained_block(hcfg: dict) -> int | None:
+    """The block an SAE was trained on, from its header cfg: ``block``; a checkpoint written before
+    ``block`` was recorded (and saev's) has the block number under ``layer``."""
+    found = hcfg.get("block", hcfg.get("layer"))
+    return None if found is None else int(found)
+
+
 def check_applies(path: Path | str, hcfg: dict, reader: CacheReader, block: int) -> dict[str, str]:
     """Refuse an SAE (header cfg ``hcfg``) that does not fit ``reader``'s block-``block`` activations.
 
@@ -479,9 +482,10 @@ def check_applies(path: Path | str, hcfg: dict, reader: CacheReader, block: int)
     if d_sae is not None and int(d_sae) != reader.d_model:
         raise SAEStageError(f"{path}: the SAE reads width D={d_sae}, {reader.path} holds D={reader.d_model}")
     checked["width"] = f"D={reader.d_model}"
-    if hcfg.get("layer") is not None:
-        if int(hcfg["layer"]) != int(block):
-            raise SAEStageError(f"{path}: the SAE was trained on block {hcfg['layer']}, sae.layer is block {block} of {reader.path}")
+    trained = trained_block(hcfg)
+    if trained is not None:
+        if trained != int(block):
+            raise SAEStageError(f"{path}: the SAE was trained on block {trained}, sae.layer is block {block} of {reader.path}")
         checked["block"] = f"block {block}"
     else:
         checked["block"] = "not recorded in the checkpoint"
@@ -602,8 +606,7 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     prov = {
         "model": sc.cache.model, "dataset": sc.cache.dataset,
         "model_weights_sha256": hcfg.get("model_weights_sha256"), "d_model": int(sae.d_model),
-        "layer": int(hcfg["layer"]) if hcfg.get("layer") is not None else int(block),
-        "layer_config": int(sc.layer), "tokens": sc.tokens,
+        "layer": int(sc.layer), "block": int(block), "tokens": sc.tokens,
         "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"],
         "random_weights": reader.random_weights,
         "imported_from": record, "imported_header": header, "checked_against_store": checked,
@@ -626,11 +629,10 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
 def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
                 device: str | None = None) -> dict[str, Any]:
     """Latent statistics of ``sae.pt`` over the train store's patch tokens."""
-    from pipeline.runtime import resolve_device, set_threads
+    from pipeline.context import RunContext
 
     sc = require_sae(cfg)
-    set_threads(cfg.threads)
-    dev = resolve_device(device or cfg.device)
+    dev = RunContext.start(cfg, device=device).device
     reader = _open(cfg, sc.cache, "train")
     block = reader.block(sc.layer)
     out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
@@ -642,7 +644,7 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
                       top_k=sc.top_k, device=dev, progress=progress)
     seconds = time.perf_counter() - t0
     ds.attrs.update({
-        "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"], "layer": int(block),
+        "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"], "layer": int(sc.layer), "block": int(block),
         "checkpoint": str(ckpt), "member": hcfg.get("member", ""), "random_weights": int(reader.random_weights),
         "grid": list(reader.grid), "tokens": "patches (valid images of the train store)",
     })
@@ -659,7 +661,8 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
         "member": hcfg.get("member"),
         "store": str(reader.path),
         "store_config_hash": reader.attrs["config_hash"],
-        "layer": int(block),
+        "layer": int(sc.layer),
+        "block": int(block),
         "random_weights": reader.random_weights,
         "n_latents": int(ds.sizes["latent"]),
         "n_dead": int((n_fired == 0).sum()),
@@ -794,7 +797,7 @@ def _json_default(obj: Any) -> Any:
 __all__ = [
     "CHOICE_RULE", "EVAL_MAX_TOKENS", "NoMemberError", "SAEStageError", "check_applies", "choose_member",
     "eval_batches", "is_imported", "load_sae_for", "load_train_scaling", "resolve_checkpoint", "run_import", "saev_scaling",
-    "train_ref", "member_grid", "member_slug",
+    "train_ref", "trained_block", "member_grid", "member_slug",
     "run_gallery", "run_latents", "run_train", "sae_dir", "spread_by_frequency", "store_image_loader",
     "token_parts", "tokens_per_pass", "train_batches", "train_outputs", "write_train_outputs",
 ]

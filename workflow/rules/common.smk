@@ -1,11 +1,15 @@
-# Config validation and every input function, in one place; rules stay declarative.
+# Config validation and every input / output function, in one place; rules stay declarative.
+# Every path comes from pipeline.layout, every step's outputs, threads and keys from the stage
+# registry (pipeline.stages), the probe kinds from pipeline.probe_kinds.
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from pipeline import paths, provenance
+from pipeline import layout, provenance
+from pipeline import stages as registry
 from pipeline.config import SCHEMA_PATH, SPLITS, CacheRef, config_from_dict
+from pipeline.probe_kinds import PROBE_KINDS, configured as configured_probe_kinds, probe_section
 
 validate(config, str(SCHEMA_PATH))  # the schema ships inside the package (pipeline/schemas/)
 
@@ -31,23 +35,39 @@ def prov_of(step, **fields):
     """`prov` for a wildcard rule: ``fields`` maps the step's keys to wildcard names."""
     return lambda wildcards: prov(step, **{key: wildcards[name] for key, name in fields.items()})
 
-RES, CACHE, RESULTS = str(CFG.paths.resources), str(CFG.paths.cache), str(CFG.paths.results)
 # The interpreter the steps run with: Snakemake's own (which has `pipeline` installed), or the
 # conda env's `python` under `--sdm conda` (envs/pipeline.yaml).
 _CONDA = any(str(m).lower().endswith("conda") for m in workflow.deployment_settings.deployment_method)
 # A Path, like CONFIG_PATH: which interpreter runs a step does not rerun it (see above).
 PY = Path("python") if _CONDA else Path(sys.executable)
 CONDA_ENV = "../../envs/pipeline.yaml"
-THREADS = CFG.threads
 
 DEMO_DATASETS = set(CFG.demo.get("datasets", {}))
 DEMO_MODELS = set(CFG.demo.get("models", {}))
 for _name in DEMO_DATASETS:
-    if CFG.dataset(_name).root != Path(RES) / "data" / _name:
-        raise ValueError(f"{CONFIG_FILE}: key datasets/{_name}/root must be {RES}/data/{_name} for a demo dataset")
+    if CFG.dataset(_name).root != layout.demo_dataset_root(CFG, _name):
+        raise ValueError(f"{CONFIG_FILE}: key datasets/{_name}/root must be {layout.demo_dataset_root(CFG, _name)} for a demo dataset")
 for _name in DEMO_MODELS:
-    if Path(CFG.model(_name).spec.source) != Path(RES) / "models" / _name:
-        raise ValueError(f"{CONFIG_FILE}: key models/{_name}/source must be {RES}/models/{_name} for a demo model")
+    if Path(CFG.model(_name).spec.source) != layout.demo_model_dir(CFG, _name):
+        raise ValueError(f"{CONFIG_FILE}: key models/{_name}/source must be {layout.demo_model_dir(CFG, _name)} for a demo model")
+
+# Wildcard patterns, built by the layout's own functions (one spelling of each path)
+_WILD = CacheRef("{model}", "{dataset}")
+PART_PATTERN = str(layout.part_sentinel(CFG, _WILD, "{split}", "{part}", "{of}"))
+COMPLETE_PATTERN = str(layout.store_complete(CFG, _WILD, "{split}"))
+STATS_PATTERN = str(layout.stats_path(CFG, _WILD, "{split}"))
+DEMO_DATA_PATTERN = str(layout.demo_sentinel(layout.demo_dataset_root(CFG, "{name}")))
+DEMO_MODEL_PATTERN = str(layout.demo_sentinel(layout.demo_model_dir(CFG, "{name}")))
+
+
+def outputs(step, **keys):
+    """The files and folders ``step``'s rule declares (pipeline.layout via the stage registry)."""
+    return [str(p) for p in registry.rule_outputs(CFG, step, **keys)]
+
+
+def threads_of(step):
+    """The rule's threads: the config's `threads`, or 1 for the light steps (pipeline.stages)."""
+    return registry.rule_threads(CFG, step)
 
 
 wildcard_constraints:
@@ -61,9 +81,9 @@ def demo_inputs(wildcards):
     (a newer weights file reschedules extraction; a hub id's revision is in the params hash)."""
     inputs = {}
     if wildcards.dataset in DEMO_DATASETS:
-        inputs["dataset"] = f"{RES}/data/{wildcards.dataset}/.complete"
+        inputs["dataset"] = str(layout.demo_sentinel(layout.demo_dataset_root(CFG, wildcards.dataset)))
     if wildcards.model in DEMO_MODELS:
-        inputs["model"] = f"{RES}/models/{wildcards.model}/.complete"
+        inputs["model"] = str(layout.demo_sentinel(layout.demo_model_dir(CFG, wildcards.model)))
     elif wildcards.model in CFG.models:
         inputs["weights"] = provenance.weights_inputs(CFG, wildcards.model)
     return inputs
@@ -71,12 +91,12 @@ def demo_inputs(wildcards):
 
 def store_complete(ref, split):
     """The sentinel of a finalized store."""
-    return f"{CACHE}/{ref.model}/{ref.dataset}/{split}.complete.json"
+    return str(layout.store_complete(CFG, ref, split))
 
 
 def extract_parts(wildcards):
-    n = CFG.extract.parts
-    return [f"{CACHE}/{wildcards.model}/{wildcards.dataset}/{wildcards.split}.parts/{i}-of-{n}.json" for i in range(n)]
+    n, ref = CFG.extract.parts, CacheRef(wildcards.model, wildcards.dataset)
+    return [str(layout.part_sentinel(CFG, ref, wildcards.split, i, n)) for i in range(n)]
 
 
 def cache_targets():
@@ -85,26 +105,14 @@ def cache_targets():
 
 def model_inputs(ref):
     """The demo model's sentinel when a stage loads the model (final norm, later blocks)."""
-    return {"model": f"{RES}/models/{ref.model}/.complete"} if ref.model in DEMO_MODELS else {}
+    return {"model": str(layout.demo_sentinel(layout.demo_model_dir(CFG, ref.model)))} if ref.model in DEMO_MODELS else {}
 
 
 def store_inputs(ref, splits=SPLITS):
     return {split: store_complete(ref, split) for split in splits}
 
 
-# ---- probes (rules in probe.smk; outputs in <results>/probes/{seg,cls}/<model>/<dataset>/)
-PROBE_SEG_FILES = (
-    "best.json", "best.safetensors", "sweep.csv", "per_class_iou.csv", "examples.png",
-    "sweep.html", "sweep.png", "sweep.svg", "per_class_iou.html", "per_class_iou.png", "per_class_iou.svg",
-    "epochs.csv", "epochs.html", "epochs.png", "epochs.svg",
-)
-PROBE_CLS_FILES = (
-    "best.json", "best.safetensors", "sweep.csv", "per_class_accuracy.csv",
-    "sweep.html", "sweep.png", "sweep.svg", "confusion.html", "confusion.png", "confusion.svg",
-    "epochs.csv", "epochs.html", "epochs.png", "epochs.svg",
-)
-
-
+# ---- probes (rules in probe.smk, one per configured kind of pipeline.probe_kinds; outputs in <results>/probes/<kind>/<model>/<dataset>/)
 REPORTED = {  # output file name -> (caption, category) for `snakemake --report`
     "sweep.png": ("../report/probe_sweep.rst", "probes"),
     "per_class_iou.png": ("../report/probe_per_class.rst", "probes"),
@@ -120,18 +128,14 @@ def reported(path, caption, category, subcategory=None):
 
 
 def probe_outputs(kind):
-    section, files = (CFG.seg_probe, PROBE_SEG_FILES) if kind == "seg" else (CFG.cls_probe, PROBE_CLS_FILES)
-    if section is None:
+    if probe_section(CFG, kind) is None:
         return []
-    out = []
-    for name in files:
-        path = str(paths.probe_dir(CFG, kind) / name)
-        out.append(reported(path, *REPORTED[name], subcategory=kind) if name in REPORTED else path)
-    return out
+    return [reported(path, *REPORTED[Path(path).name], subcategory=kind) if Path(path).name in REPORTED else path
+            for path in outputs(PROBE_KINDS[kind].step)]
 
 
 def probe_inputs(kind):
-    section = CFG.seg_probe if kind == "seg" else CFG.cls_probe
+    section = probe_section(CFG, kind)
     return lambda wildcards: {**store_inputs(section.cache), **model_inputs(section.cache)}
 
 
@@ -141,11 +145,11 @@ def plain(files):
 
 
 def probe_targets():
-    return plain(probe_outputs("seg") + probe_outputs("cls"))
+    return [f for pk in configured_probe_kinds(CFG) for f in plain(probe_outputs(pk.name))]
 
 
 # ---- statistics and SAE (rules in sae.smk; outputs in <results>/sae/<model>/<dataset>/layer<L>/)
-SAE_DIR = str(paths.sae_dir(CFG)) if CFG.sae is not None else None
+SAE_DIR = str(layout.sae_dir(CFG)) if CFG.sae is not None else None
 
 
 def stats_inputs(wildcards):
@@ -161,23 +165,25 @@ def sae_train_inputs(wildcards):
         src = CFG.sae.source
         return {**store_inputs(CFG.sae.cache, ("train",)), **({"checkpoint": src.path} if src.kind == "checkpoint" else {})}
     ref = train_ref(CFG.sae)
-    return {**store_inputs(ref), "stats": str(paths.stats_path(CFG, ref, "train")),
+    return {**store_inputs(ref), "stats": str(layout.stats_path(CFG, ref, "train")),
             **({"target": store_complete(CFG.sae.cache, "train")} if ref != CFG.sae.cache else {})}
 
 
 def sae_train_outputs():
     """The sweep's files with fixed names. The member checkpoints (members/<slug>.pt, named by
-    the sweep's values) are written but not declared: Snakemake checks a rule's params only
-    when every declared output has a record, so a sweep edit that renamed a declared member
-    would not rerun the sweep (sweep.csv lists the members and their files)."""
-    from pipeline.sae.stages import train_outputs
-
+    the sweep's values) are written but not declared (pipeline.layout lists them as undeclared):
+    Snakemake checks a rule's params only when every declared output has a record, so a sweep
+    edit that renamed a declared member would not rerun the sweep (sweep.csv lists the members)."""
     return [
-        reported(str(p), "../report/sae_sweep.rst", "SAE") if p.name == "sweep.png"
-        else reported(str(p), "../report/sae_history.rst", "SAE") if p.name == "history.png"
-        else str(p)
-        for p in train_outputs(CFG)["main"]
+        reported(p, "../report/sae_sweep.rst", "SAE") if Path(p).name == "sweep.png"
+        else reported(p, "../report/sae_history.rst", "SAE") if Path(p).name == "history.png"
+        else p
+        for p in outputs("sae-train")
     ]
+
+
+def sae_latents_outputs():
+    return [reported(p, "../report/sae_density.rst", "SAE") if Path(p).name == "density.png" else p for p in outputs("sae-latents")]
 
 
 def reported_folder(path, caption, category):
@@ -187,35 +193,24 @@ def reported_folder(path, caption, category):
 
 def gallery_output():
     """The gallery folder (index.html, latent_<id>.png, selection.json), in the report as one page."""
-    return reported_folder(f"{SAE_DIR}/gallery", "../report/sae_gallery.rst", "SAE")
+    return reported_folder(str(layout.gallery_dir(CFG)), "../report/sae_gallery.rst", "SAE")
 
 
 def sae_targets():
     if CFG.sae is None:
         return []
-    from pipeline.sae.stages import is_imported
-
-    files = ([] if is_imported(CFG.sae) else [f"{SAE_DIR}/sweep.csv"]) + [f"{SAE_DIR}/sae.pt", f"{SAE_DIR}/latents.json"]
+    files = outputs("sae-train") + outputs("sae-latents")
     # the gallery shows patch heat-maps over images: segmentation caches only
     if CFG.dataset(CFG.sae.cache.dataset).task == "segmentation":
-        files.append(f"{SAE_DIR}/gallery")
+        files += outputs("sae-gallery")
     return files
 
 
-# ---- dimred: the STEGO study (rule in dimred.smk; mirrors pipeline.dimred_study.output_files)
-DIMRED_CHART_EXTS = ("html", "png", "svg")
-
-
+# ---- dimred: the STEGO study (rule in dimred.smk)
 def dimred_outputs():
     if CFG.dimred is None:
         return []
-    out = f"{RESULTS}/dimred"
-    stems = ["linear", "cluster"] + (["pca_variance"] if "pca" in CFG.dimred.methods else [])
-    files = [f"{RESULTS}/dimred.csv"] + [f"{out}/{s}.{e}" for s in stems for e in DIMRED_CHART_EXTS]
-    if "pca" in CFG.dimred.methods:
-        files.append(f"{out}/pca_variance.csv")
-    files = [reported(f, "../report/dimred.rst", "STEGO study") if f.endswith(".png") else f for f in files]
-    return files + [f"{out}/projections.safetensors", f"{out}/projections.json"]
+    return [reported(f, "../report/dimred.rst", "STEGO study") if f.endswith(".png") else f for f in outputs("dimred")]
 
 
 def dimred_inputs(wildcards):
@@ -225,28 +220,29 @@ def dimred_inputs(wildcards):
 # ---- quantify (rules in quantify.smk): a `quantify:` section (check_plan checked the SAE and seg probe it needs)
 QUANTIFY = CFG.quantify is not None
 if QUANTIFY:
-    _Q = paths.quantify_dir(CFG)
+    _P = registry.STAGES["propose"].outputs(CFG)
     QUANTIFY_FILES = {
-        "class_f1": str(paths.class_f1_path(CFG).with_suffix(".json")),
-        "proposals": [str(_Q / "proposals.csv"), str(_Q / "proposals.html"),
-                      reported_folder(str(_Q / "proposals"), "../report/proposals.rst", "interventions")],
-        # not the per-method tables (<method>.csv, written too): named by quantify.methods, they
-        # would keep an edit of the methods from rerunning `snakemake results/quantitative.csv`
-        # (see sae_train_outputs)
-        "quantify": [reported(str(paths.quantitative_csv(CFG)), "../report/quantify_table.rst", "interventions")]
-        + [reported(str(_Q / f"chart.{e}"), "../report/quantify_chart.rst", "interventions") if e == "png" else str(_Q / f"chart.{e}") for e in ("html", "png", "svg")],
+        "class_f1": outputs("class-f1")[0],
+        "proposals": [str(p) for p in _P.files]
+        + [reported_folder(str(p), "../report/proposals.rst", "interventions") for p in _P.folders],
+        # not the per-method tables (<method>.csv, written too; pipeline.layout lists them as
+        # undeclared): named by quantify.methods, they would keep an edit of the methods from
+        # rerunning `snakemake results/quantitative.csv` (see sae_train_outputs)
+        "quantify": [reported(p, "../report/quantify_table.rst", "interventions") if p.endswith(".csv")
+                     else reported(p, "../report/quantify_chart.rst", "interventions") if p.endswith(".png") else p
+                     for p in outputs("quantify")],
     }
 
 
 def quantify_inputs(step):
     def inputs(wildcards):
-        found = {"sae": f"{SAE_DIR}/sae.pt"}
+        found = {"sae": str(layout.sae_checkpoint(CFG))}
         if step in ("class_f1", "propose"):
             found["train"] = store_complete(CFG.sae.cache, "train")
         if step in ("propose", "quantify"):
-            found.update(f1=QUANTIFY_FILES["class_f1"], latents=f"{SAE_DIR}/latents.json")
+            found.update(f1=QUANTIFY_FILES["class_f1"], latents=str(layout.latents_json(CFG)))
         if step == "quantify":
-            found.update(val=store_complete(CFG.sae.cache, "val"), probe=str(paths.probe_stem(CFG)) + ".json", **model_inputs(CFG.sae.cache))
+            found.update(val=store_complete(CFG.sae.cache, "val"), probe=str(layout.probe_stem(CFG, "seg")) + ".json", **model_inputs(CFG.sae.cache))
         return found
 
     return inputs
@@ -269,11 +265,9 @@ MANIPULATE_REPORTED = ("probabilities.png", "maps.png")
 
 
 def manipulate_outputs(name):
-    from pipeline.manipulate import example_outputs
-
     return [
-        reported(str(p), "../report/manipulate.rst", "manipulate", subcategory=name) if p.name in MANIPULATE_REPORTED else str(p)
-        for p in example_outputs(CFG, name)
+        reported(p, "../report/manipulate.rst", "manipulate", subcategory=name) if Path(p).name in MANIPULATE_REPORTED else p
+        for p in outputs("manipulate", example=name)
     ]
 
 
@@ -281,8 +275,8 @@ def manipulate_inputs(wildcards):
     """The SAE, its latent stats, the stores (train: value scale, class means; the example's split), the probe, the model."""
     example = MANIPULATE[wildcards.example]
     found = {
-        "sae": f"{SAE_DIR}/sae.pt",
-        "latents": f"{SAE_DIR}/latents.json",
+        "sae": str(layout.sae_checkpoint(CFG)),
+        "latents": str(layout.latents_json(CFG)),
         **store_inputs(CFG.sae.cache, tuple(dict.fromkeys(("train", example.split)))),
         "probe": MANIPULATE_STEM + ".json",
         **model_inputs(CFG.sae.cache),

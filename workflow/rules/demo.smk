@@ -3,7 +3,7 @@
 
 rule demo_dataset:
     output:
-        f"{RES}/data/{{name}}/.complete",
+        DEMO_DATA_PATTERN,
     log:
         "logs/demo/data-{name}.log",
     params:
@@ -18,7 +18,7 @@ rule demo_dataset:
 
 rule demo_model:
     output:
-        f"{RES}/models/{{name}}/.complete",
+        DEMO_MODEL_PATTERN,
     log:
         "logs/demo/model-{name}.log",
     params:

@@ -11,7 +11,7 @@ if CFG.dimred is not None:
             dimred_outputs(),
         log:
             f"logs/dimred/{CFG.dimred.cache.model}/{CFG.dimred.cache.dataset}.log",
-        threads: THREADS
+        threads: threads_of("dimred")
         resources:
             gpu=1,
         params:

@@ -6,10 +6,10 @@ rule extract_part:
     input:
         unpack(demo_inputs),
     output:
-        f"{CACHE}/{{model}}/{{dataset}}/{{split}}.parts/{{part}}-of-{{of}}.json",
+        PART_PATTERN,
     log:
         "logs/extract/{model}/{dataset}/{split}-{part}-of-{of}.log",
-    threads: THREADS
+    threads: threads_of("extract")
     resources:
         gpu=1,
     params:
@@ -27,7 +27,7 @@ rule finalize_cache:
     input:
         extract_parts,
     output:
-        f"{CACHE}/{{model}}/{{dataset}}/{{split}}.complete.json",
+        COMPLETE_PATTERN,
     log:
         "logs/extract/{model}/{dataset}/{split}-finalize.log",
     params:

@@ -14,7 +14,7 @@ if MANIPULATE:
             "logs/manipulate/{example}.log",
         wildcard_constraints:
             example="|".join(map(re.escape, MANIPULATE)),
-        threads: THREADS
+        threads: threads_of("manipulate")
         params:
             py=PY,
             config=CONFIG_PATH,

@@ -1,48 +1,30 @@
-# Linear probes on the cache (no image is read, no ViT block runs): one sweep per probe
-# config section; outputs in <results>/probes/{seg,cls}/<model>/<dataset>/.
+# Linear probes on the cache (no image is read, no ViT block runs): one rule `probe_<kind>` per
+# configured kind of the probe-kind registry (pipeline.probe_kinds: seg, cls); outputs in
+# <results>/probes/<kind>/<model>/<dataset>/ (pipeline.layout).
 
-if CFG.seg_probe is not None:
+for _kind in configured_probe_kinds(CFG):
 
-    rule probe_seg:
+    rule:
+        name:
+            _kind.rule
         input:
-            unpack(probe_inputs("seg")),
+            unpack(probe_inputs(_kind.name)),
         output:
-            probe_outputs("seg"),
+            probe_outputs(_kind.name),
         log:
-            f"logs/probes/seg/{CFG.seg_probe.cache.model}/{CFG.seg_probe.cache.dataset}.log",
-        threads: THREADS
+            f"logs/probes/{_kind.name}/{probe_section(CFG, _kind.name).cache.model}/{probe_section(CFG, _kind.name).cache.dataset}.log",
+        threads: threads_of(_kind.step)
         resources:
             gpu=1,
         params:
             py=PY,
             config=CONFIG_PATH,
-            prov=prov("probe-seg"),
+            step=_kind.step,
+            prov=prov(_kind.step),
         conda:
             CONDA_ENV
         shell:
-            "{params.py:q} -m pipeline probe-seg --config {params.config:q} > {log:q} 2>&1"
-
-
-if CFG.cls_probe is not None:
-
-    rule probe_cls:
-        input:
-            unpack(probe_inputs("cls")),
-        output:
-            probe_outputs("cls"),
-        log:
-            f"logs/probes/cls/{CFG.cls_probe.cache.model}/{CFG.cls_probe.cache.dataset}.log",
-        threads: THREADS
-        resources:
-            gpu=1,
-        params:
-            py=PY,
-            config=CONFIG_PATH,
-            prov=prov("probe-cls"),
-        conda:
-            CONDA_ENV
-        shell:
-            "{params.py:q} -m pipeline probe-cls --config {params.config:q} > {log:q} 2>&1"
+            "{params.py:q} -m pipeline {params.step} --config {params.config:q} > {log:q} 2>&1"
 
 
 rule probes:

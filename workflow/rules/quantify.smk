@@ -10,7 +10,7 @@ if QUANTIFY:
             QUANTIFY_FILES["class_f1"],
         log:
             "logs/quantify/class_f1.log",
-        threads: THREADS
+        threads: threads_of("class-f1")
         resources:
             gpu=1,
         params:
@@ -47,7 +47,7 @@ if QUANTIFY:
             QUANTIFY_FILES["quantify"],
         log:
             "logs/quantify/quantify.log",
-        threads: THREADS
+        threads: threads_of("quantify")
         resources:
             gpu=1,
         params:

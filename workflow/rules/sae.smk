@@ -6,10 +6,10 @@ rule stats:
     input:
         stats_inputs,
     output:
-        f"{RESULTS}/stats/{{model}}/{{dataset}}/{{split}}.json",
+        STATS_PATTERN,
     log:
         "logs/stats/{model}/{dataset}/{split}.log",
-    threads: THREADS
+    threads: threads_of("stats")
     params:
         py=PY,
         config=CONFIG_PATH,
@@ -30,7 +30,7 @@ if SAE_DIR is not None:
             sae_train_outputs(),
         log:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/train.log",
-        threads: THREADS
+        threads: threads_of("sae-train")
         resources:
             gpu=1,
         params:
@@ -44,17 +44,13 @@ if SAE_DIR is not None:
 
     rule sae_latents:
         input:
-            sae=f"{SAE_DIR}/sae.pt",
+            sae=str(layout.sae_checkpoint(CFG)),
             train=store_complete(CFG.sae.cache, "train"),
         output:
-            f"{SAE_DIR}/latents.json",
-            f"{SAE_DIR}/latents.zarr/zarr.json",
-            f"{SAE_DIR}/density.html",
-            reported(f"{SAE_DIR}/density.png", "../report/sae_density.rst", "SAE"),
-            f"{SAE_DIR}/density.svg",
+            sae_latents_outputs(),
         log:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/latents.log",
-        threads: THREADS
+        threads: threads_of("sae-latents")
         resources:
             gpu=1,
         params:
@@ -68,13 +64,13 @@ if SAE_DIR is not None:
 
     rule sae_gallery:
         input:
-            latents=f"{SAE_DIR}/latents.json",
+            latents=str(layout.latents_json(CFG)),
             train=store_complete(CFG.sae.cache, "train"),
         output:
             gallery_output(),
         log:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/gallery.log",
-        threads: THREADS
+        threads: threads_of("sae-gallery")
         params:
             py=PY,
             config=CONFIG_PATH,

@@ -1,0 +1,184 @@
+"""The stage registry: every ``python -m pipeline STEP``, declared once.
+
+Each :class:`Stage` says its name, the config section it needs, the config keys it reads and
+the upstream stages whose outputs it reads (:mod:`pipeline.provenance` hashes and checks
+them: ``provenance.STEPS`` is this table), the JSON that records its provenance, its outputs
+(asked of :mod:`pipeline.layout`), its resources (threads from the config or one, a GPU or
+not) and its front end (the ``pipeline.commands`` module whose ``add_parser`` builds the
+sub-command; ``run`` there builds a :class:`pipeline.context.RunContext`).
+
+Who reads it: ``pipeline/__main__.py`` (the sub-commands), ``pipeline/provenance.py`` (keys,
+upstream, records), ``workflow/rules/common.smk`` (a rule's outputs, threads and GPU resource via
+:func:`rule_outputs`, :func:`rule_threads`, :func:`rule_resources`). Probe stages come from the
+probe-kind registry (:mod:`pipeline.probe_kinds`), one per kind.
+
+Reads the config only; imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import layout
+from pipeline.config import SPLITS, CacheRef, Config, sae_is_imported, sae_train_ref
+from pipeline.probe_kinds import PROBE_KINDS, kind_for_task, probe_section
+
+Keys = dict[str, str]
+Upstream = list[tuple[str, Keys]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # python -m pipeline NAME (the rule runs exactly this)
+    cli: str  # module defining add_parser(subparsers) for this step
+    reads: tuple[str, ...] = ()  # dotted config keys; "{model}", "{dataset}", "{split}", "{example}" filled from the keys
+    upstream: Callable[[Config, Keys], Upstream] = lambda cfg, keys: []
+    output: Callable[[Config, Keys], Path] | None = None  # the JSON holding the step's provenance record (None: a store / none)
+    needs: tuple[str, ...] = ()  # Config attributes that must be set (else the step itself reports the missing section)
+    section: str | None = None  # the config section it is configured by (YAML spelling), for docs and --help
+    threads: str = "config"  # "config": the config's `threads` (the step caps torch there); "one": a single CPU
+    gpu: bool = False  # the rule asks for `resources: gpu=1`
+    workflow: bool = True  # run by a Snakemake rule (False: a hand-run tool such as prepare)
+
+    def outputs(self, cfg: Config, **keys) -> layout.Outputs:
+        """What the step writes (pipeline.layout owns it)."""
+        return layout.step_outputs(cfg, self.name, **keys)
+
+
+# ---------------------------------------------------------------------------- upstream
+
+
+def _ref(ref: CacheRef, split: str) -> Keys:
+    return {"model": ref.model, "dataset": ref.dataset, "split": split}
+
+
+def _demo(cfg: Config, keys: Keys) -> Upstream:
+    """A demo dataset / model is made by a step too: its keys belong to the extraction's."""
+    up = []
+    if keys["dataset"] in cfg.demo.get("datasets", {}):
+        up.append(("demo-data", {"dataset": keys["dataset"]}))
+    if keys["model"] in cfg.demo.get("models", {}):
+        up.append(("demo-model", {"model": keys["model"]}))
+    return up
+
+
+def _stores(ref: CacheRef, splits: tuple[str, ...] = SPLITS) -> Upstream:
+    return [("extract", _ref(ref, split)) for split in splits]
+
+
+def _sae(cfg: Config) -> CacheRef:
+    return cfg.sae.cache
+
+
+def _sae_train_upstream(cfg: Config, keys: Keys) -> Upstream:
+    """Training reads its train cache's stores + stats; an imported checkpoint reads sae.cache's train store."""
+    if sae_is_imported(cfg.sae):
+        return _stores(_sae(cfg), ("train",))
+    ref = sae_train_ref(cfg.sae)
+    return [*_stores(ref), ("stats", _ref(ref, "train"))]
+
+
+def _manipulate_upstream(cfg: Config, keys: Keys) -> Upstream:
+    up = [*_stores(_sae(cfg)), ("sae-train", {}), ("sae-latents", {})]
+    kind = kind_for_task(cfg.dataset(cfg.sae.cache.dataset).task)
+    if probe_section(cfg, kind.name) is not None:  # else manipulate reports it
+        up.append((kind.step, {}))
+    if cfg.quantify is not None and (cfg.manipulate is None or cfg.manipulate.rank_by != "activation"):
+        up.append(("class-f1", {}))
+    return up
+
+
+# ---------------------------------------------------------------------------- keys
+
+# What a store's config hash covers (pipeline.extract.layout_and_attrs builds exactly these
+# entries) and the config keys each entry comes from. `images_sha256` is the split's image ids,
+# which the dataset's split keys decide; `model` adds the weights' sha256, read when loading.
+STORE_HASHED_KEYS: dict[str, tuple[str, ...]] = {
+    "model": ("models.{model}",),
+    "preprocess": ("models.{model}.preprocess",),
+    "layers": ("extract.layers",),
+    "dtype": ("extract.dtype",),
+    "forward_dtype": ("extract.forward_dtype",),
+    "chunk_images": ("extract.chunk_images",),
+    "dataset": ("datasets.{dataset}.kind", "datasets.{dataset}.root", "datasets.{dataset}.splits.{split}",
+                "datasets.{dataset}.class_list"),
+    "images_sha256": ("datasets.{dataset}.val_fraction", "datasets.{dataset}.split_seed"),
+}
+# The extraction's keys: those that change a store's numbers or layout (the store's own hash,
+# above), and on_bad_image (a store made with `skip` has bad rows one made with `error` lacks);
+# not parts, batch_size or num_workers.
+EXTRACT_KEYS = tuple(dict.fromkeys(k for keys in STORE_HASHED_KEYS.values() for k in keys)) + ("extract.on_bad_image",)
+SAE_TRAIN_KEYS = tuple(f"sae.{k}" for k in (
+    "cache", "layer", "tokens", "n_tokens", "batch_size", "lrs", "sparsity_coeffs", "exp_factors",
+    "lr_warmup_steps", "sparsity_warmup_steps", "max_l0", "seed", "shuffle_buffer", "source", "token_source",
+))
+QUANTIFY_KEYS = tuple(f"quantify.{k}" for k in (
+    "scale", "methods", "thresholds", "max_firing_fraction", "manual", "batch_size", "seed",
+))
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+def _probe_stage(kind: str) -> Stage:
+    pk = PROBE_KINDS[kind]
+    return Stage(
+        pk.step, "pipeline.commands.probe", (f"probes.{kind}",),
+        lambda cfg, k: _stores(probe_section(cfg, kind).cache),
+        lambda cfg, k: layout.probe_dir(cfg, kind) / "best.json",
+        needs=(pk.attr,), section=f"probes.{kind}", gpu=True,
+    )
+
+
+_SAE = ("sae",)
+STAGES: dict[str, Stage] = {
+    "demo-data": Stage("demo-data", "pipeline.commands.demo", ("demo.seed", "demo.datasets.{dataset}"), threads="one"),
+    "demo-model": Stage("demo-model", "pipeline.commands.demo", ("demo.seed", "demo.models.{model}"), threads="one"),
+    "extract": Stage("extract", "pipeline.commands.extract", EXTRACT_KEYS, _demo, section="extract", gpu=True),
+    "finalize": Stage("finalize", "pipeline.commands.extract", (), lambda cfg, k: [("extract", k)], threads="one"),
+    "prepare": Stage("prepare", "pipeline.prepare", workflow=False),
+    "stats": Stage("stats", "pipeline.commands.sae", (), lambda cfg, k: [("extract", k)],
+                   lambda cfg, k: layout.stats_path(cfg, CacheRef(k["model"], k["dataset"]), k["split"])),
+    "sae-train": Stage("sae-train", "pipeline.commands.sae", SAE_TRAIN_KEYS, _sae_train_upstream,
+                       lambda cfg, k: layout.sae_dir(cfg) / "chosen.json", _SAE, "sae", gpu=True),
+    "sae-latents": Stage("sae-latents", "pipeline.commands.sae", ("sae.top_k", "sae.log_freq_range", "sae.log_value_range"),
+                         lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
+                         lambda cfg, k: layout.latents_json(cfg), _SAE, "sae", gpu=True),
+    "sae-gallery": Stage("sae-gallery", "pipeline.commands.sae", ("sae.gallery_latents",),
+                         lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {})],
+                         lambda cfg, k: layout.gallery_dir(cfg) / "selection.json", _SAE, "sae"),
+    **{PROBE_KINDS[kind].step: _probe_stage(kind) for kind in PROBE_KINDS},
+    "dimred": Stage("dimred", "pipeline.commands.dimred", ("dimred",), lambda cfg, k: _stores(cfg.dimred.cache),
+                    lambda cfg, k: layout.dimred_dir(cfg) / "projections.json", ("dimred",), "dimred", gpu=True),
+    "class-f1": Stage("class-f1", "pipeline.commands.quantify", ("quantify.thresholds",),
+                      lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
+                      lambda cfg, k: layout.class_f1_path(cfg).with_suffix(".json"), _SAE, "quantify", gpu=True),
+    "propose": Stage("propose", "pipeline.commands.quantify", ("quantify.max_firing_fraction", "quantify.n_proposals"),
+                     lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {}), ("class-f1", {})],
+                     needs=_SAE, section="quantify", threads="one"),
+    "quantify": Stage("quantify", "pipeline.commands.quantify", QUANTIFY_KEYS,
+                      lambda cfg, k: [*_stores(_sae(cfg), ("val",)), ("sae-train", {}), ("sae-latents", {}), ("class-f1", {}), ("probe-seg", {})],
+                      needs=("sae", "seg_probe"), section="quantify", gpu=True),
+    "manipulate": Stage("manipulate", "pipeline.commands.manipulate",
+                        ("manipulate.n_top_latents", "manipulate.n_top_classes", "manipulate.rank_by", "manipulate.examples.{example}"),
+                        _manipulate_upstream, needs=_SAE, section="manipulate"),
+}
+
+
+# ---------------------------------------------------------------------------- for the rules
+
+
+def rule_outputs(cfg: Config, step: str, **keys) -> list[Path]:
+    """The files and folders a step's rule declares (common.smk adds report flags and directory())."""
+    return STAGES[step].outputs(cfg, **keys).declared()
+
+
+def rule_threads(cfg: Config, step: str) -> int:
+    return 1 if STAGES[step].threads == "one" else cfg.threads
+
+
+def rule_resources(step: str) -> dict[str, int]:
+    """``resources:`` of the step's rule: ``gpu=1`` for the GPU steps (the SLURM profiles read it)."""
+    return {"gpu": 1} if STAGES[step].gpu else {}
