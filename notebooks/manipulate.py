@@ -95,7 +95,7 @@ def _(class_picker, image_picker, m, mo, other_picker, pd):
     mo.vstack([
         mo.md(f"**{state.image_id}** (index {state.index}) · class **{m.class_names[target]}** · other class **{m.class_names[other]}**"),
         mo.ui.table(
-            ranked[["role", "class_name", "rank", "latent", "score", "score_kind", "value_on_class_tokens", "value_max_on_image", "train_max", "train_freq"]].round(4),
+            ranked[["role", "class_name", "rank", "latent", "score", "score_kind", "value_on_class_tokens", "value_max_on_image", "train_max", "train_freq_pct"]].round(4),
             selection=None, label="top latents (values on this image, zeros included)", page_size=20,
         ),
     ])

@@ -5,11 +5,19 @@ Reads a YAML file (``config.yaml`` by default), validates it against
 schema Snakemake validates with), fills defaults, checks cross references
 (a cache names a model and a dataset that exist), and returns a ``Config``.
 Nothing below this module reads the YAML or the environment.
+
+The schema owns every default: each dataclass field with a default takes it from the
+schema's ``default:`` of its YAML key (:func:`default`, read when this module is imported),
+so a config read here, a dataclass built in code and Snakemake's ``validate`` (which fills
+the same ``default:`` values into ``config``) agree. ``tests/test_config_defaults.py`` checks
+that no field keeps a default of its own. Defaults that depend on another value (a model
+family's preprocessing, a dataset kind's split names) are not in the schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -31,11 +39,70 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the file and the key."""
 
 
+@functools.cache
+def _schema_file() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _resolve(node: dict) -> dict:
+    """``node`` with its local ``$ref`` (``#/$defs/...``) merged in; the node's own keys win."""
+    while "$ref" in node:
+        target: Any = _schema_file()
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def schema_node(key: str) -> dict:
+    """The schema of YAML key ``key`` (``sae/max_l0``; ``*`` = any name of a mapping such as
+    ``datasets/*``, ``[]`` = an item of a list), ``$ref`` resolved; a key found only in a
+    ``oneOf`` branch (``sae/source/scaling``) is taken from the first branch that has it."""
+    node = _schema_file()
+    for part in key.split("/"):
+        node = _resolve(node)
+        if part == "*":
+            node = node["additionalProperties"]
+        elif part == "[]":
+            node = node["items"]
+        else:
+            branches = [node] + [_resolve(b) for b in node.get("oneOf", [])]
+            found = [b["properties"][part] for b in branches if part in b.get("properties", {})]
+            if not found:
+                raise KeyError(f"{SCHEMA_PATH.name}: no key {key!r}")
+            node = found[0]
+    return _resolve(node)
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+def schema_default(key: str) -> Any:
+    """The schema's ``default:`` of YAML key ``key`` (lists as tuples, as the dataclasses hold them)."""
+    node = schema_node(key)
+    if "default" not in node:
+        raise KeyError(f"{SCHEMA_PATH.name}: key {key!r} has no default")
+    return _frozen(node["default"])
+
+
+def default(key: str) -> Any:
+    """A dataclass field whose default is the schema's for YAML key ``key`` (see the module docstring)."""
+    value = schema_default(key)
+    if isinstance(value, dict):
+        return field(default_factory=lambda: dict(value))
+    return field(default=value)
+
+
 @dataclass(frozen=True)
 class Paths:
-    resources: Path = Path("resources")
-    cache: Path = Path("cache")
-    results: Path = Path("results")
+    resources: Path = default("paths/resources")
+    cache: Path = default("paths/cache")
+    results: Path = default("paths/results")
+
+    def __post_init__(self) -> None:  # the YAML (and the schema's defaults) give strings
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, Path(getattr(self, f.name)))
 
 
 @dataclass(frozen=True)
@@ -51,8 +118,8 @@ class DatasetConfig:
     kind: str  # ade20k | imagefolder | segfolder
     root: Path
     splits: dict[str, str]  # our split name -> the dataset's own split name
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    val_fraction: float = default("datasets/*/val_fraction")
+    split_seed: int = default("datasets/*/split_seed")
     class_list: Path | None = None  # ade20k / segfolder: a class-list file instead of objectInfo150.* / classes.txt
 
     @property
@@ -62,15 +129,15 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    layers: tuple[int, ...] = (-2, -1)
-    dtype: str = "float16"
-    batch_size: int = 16
-    chunk_images: int = 64
-    parts: int = 1
-    num_workers: int = 1  # "auto" in the YAML: resolved here by resolve_auto_counts (CPU or GPU)
-    write_threads: int = 2  # compression + write threads (each writes whole chunks); "auto" likewise
-    forward_dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
-    on_bad_image: str = "error"
+    layers: tuple[int, ...] = default("extract/layers")
+    dtype: str = default("extract/dtype")
+    batch_size: int = default("extract/batch_size")
+    chunk_images: int = default("extract/chunk_images")
+    parts: int = default("extract/parts")
+    num_workers: int = default("extract/num_workers")  # "auto" in the YAML: resolved here by resolve_auto_counts (CPU or GPU)
+    write_threads: int = default("extract/write_threads")  # compression + write threads (each writes whole chunks); "auto" likewise
+    forward_dtype: str = default("extract/forward_dtype")  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
+    on_bad_image: str = default("extract/on_bad_image")
 
 
 @dataclass(frozen=True)
@@ -86,34 +153,34 @@ class CacheRef:
 @dataclass(frozen=True)
 class SegProbeConfig:
     cache: CacheRef
-    layer: int = -1
+    layer: int = default("probes/seg/layer")
     n_classes: int | None = None
-    shuffle_buffer: int = 65536
-    seed: int = 0
-    lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-    weight_decays: tuple[float, ...] = (1e-1, 1e-3, 1e-5)
-    epochs: int = 10
-    batch_size: int = 1024
-    min_purity: float = 0.5
-    train_on_other: bool = False
-    n_figure_images: int = 6
-    protocol: str = "ade20k"  # ade20k | zero_is_class (pipeline.metrics.SEG_PROTOCOLS)
-    selection_fraction: float = 0.1  # train images held out to choose the best member (0: choose on val, as saev)
-    selection_seed: int = 0
+    shuffle_buffer: int = default("probes/seg/shuffle_buffer")
+    seed: int = default("probes/seg/seed")
+    lrs: tuple[float, ...] = default("probes/seg/lrs")
+    weight_decays: tuple[float, ...] = default("probes/seg/weight_decays")
+    epochs: int = default("probes/seg/epochs")
+    batch_size: int = default("probes/seg/batch_size")
+    min_purity: float = default("probes/seg/min_purity")
+    train_on_other: bool = default("probes/seg/train_on_other")
+    n_figure_images: int = default("probes/seg/n_figure_images")
+    protocol: str = default("probes/seg/protocol")  # ade20k | zero_is_class (pipeline.metrics.SEG_PROTOCOLS)
+    selection_fraction: float = default("probes/seg/selection_fraction")  # train images held out to choose the best member (0: choose on val, as saev)
+    selection_seed: int = default("probes/seg/selection_seed")
 
 
 @dataclass(frozen=True)
 class ClsProbeConfig:
     cache: CacheRef
-    layer: int = -1
+    layer: int = default("probes/cls/layer")
     n_classes: int | None = None
-    seed: int = 0
-    lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-    weight_decays: tuple[float, ...] = (1e-1, 1e-3, 1e-5)
-    epochs: int = 50
-    batch_size: int = 256
-    selection_fraction: float = 0.1  # train images held out to choose the best member (0: choose on val, as saev)
-    selection_seed: int = 0
+    seed: int = default("probes/cls/seed")
+    lrs: tuple[float, ...] = default("probes/cls/lrs")
+    weight_decays: tuple[float, ...] = default("probes/cls/weight_decays")
+    epochs: int = default("probes/cls/epochs")
+    batch_size: int = default("probes/cls/batch_size")
+    selection_fraction: float = default("probes/cls/selection_fraction")  # train images held out to choose the best member (0: choose on val, as saev)
+    selection_seed: int = default("probes/cls/selection_seed")
 
 
 @dataclass(frozen=True)
@@ -134,7 +201,7 @@ class SAESource:
     file: str | None = None
     revision: str | None = None
     sha256: str | None = None
-    scaling: str = "auto"
+    scaling: str = default("sae/source/scaling")
 
 
 @dataclass(frozen=True)
@@ -142,48 +209,48 @@ class SAEConfig:
     cache: CacheRef
     layer: int
     source: SAESource | None = None
-    tokens: str = "patches"
-    n_tokens: int = 1_000_000
-    batch_size: int = 1024
-    lrs: tuple[float, ...] = (4e-4,)
-    sparsity_coeffs: tuple[float, ...] = (4e-4,)
-    exp_factors: tuple[int, ...] = (16,)
-    lr_warmup_steps: int = 500
-    sparsity_warmup_steps: int = 500
-    max_l0: float = 1e9
-    seed: int = 0
-    shuffle_buffer: int = 65536
-    token_source: str = "auto"
-    top_k: int = 16
-    log_freq_range: tuple[float, float] = (-6.0, -1.0)
-    log_value_range: tuple[float, float] = (-2.0, 3.0)
-    gallery_latents: int = 32
+    tokens: str = default("sae/tokens")
+    n_tokens: int = default("sae/n_tokens")
+    batch_size: int = default("sae/batch_size")
+    lrs: tuple[float, ...] = default("sae/lrs")
+    sparsity_coeffs: tuple[float, ...] = default("sae/sparsity_coeffs")
+    exp_factors: tuple[int, ...] = default("sae/exp_factors")
+    lr_warmup_steps: int = default("sae/lr_warmup_steps")
+    sparsity_warmup_steps: int = default("sae/sparsity_warmup_steps")
+    max_l0: float = default("sae/max_l0")
+    seed: int = default("sae/seed")
+    shuffle_buffer: int = default("sae/shuffle_buffer")
+    token_source: str = default("sae/token_source")
+    top_k: int = default("sae/top_k")
+    log_freq_range: tuple[float, float] = default("sae/log_freq_range")
+    log_value_range: tuple[float, float] = default("sae/log_value_range")
+    gallery_latents: int = default("sae/gallery_latents")
 
 
 @dataclass(frozen=True)
 class QuantifyConfig:
-    scale: float = -2.0
-    methods: tuple[str, ...] = ("random_vector", "random_feature", "auto_feature", "manual_feature")
-    thresholds: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)
-    max_firing_fraction: float = 0.1
-    manual: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    batch_size: int = 16
-    seed: int = 0
-    n_proposals: int = 5
+    scale: float = default("quantify/scale")
+    methods: tuple[str, ...] = default("quantify/methods")
+    thresholds: tuple[float, ...] = default("quantify/thresholds")
+    max_firing_fraction: float = default("quantify/max_firing_fraction")
+    manual: dict[str, tuple[int, ...]] = default("quantify/manual")
+    batch_size: int = default("quantify/batch_size")
+    seed: int = default("quantify/seed")
+    n_proposals: int = default("quantify/n_proposals")
 
 
 @dataclass(frozen=True)
 class DimredConfig:
     cache: CacheRef
-    layer: int = -1
-    methods: tuple[str, ...] = ("pca", "random_projection")
-    dims: tuple[int, ...] = (768, 384, 192, 100, 96, 48, 24, 12, 6, 3)
-    n_fit_tokens: int = 100_000
-    probe_epochs: int = 5
-    probe_lr: float = 1e-3
-    seed: int = 0
-    crf: bool = True  # dense CRF on the full-feature rows (pipeline.crf, STEGO's settings)
-    crf_window: int = 3  # pairwise terms within this many pixels (Chebyshev distance)
+    layer: int = default("dimred/layer")
+    methods: tuple[str, ...] = default("dimred/methods")
+    dims: tuple[int, ...] = default("dimred/dims")
+    n_fit_tokens: int = default("dimred/n_fit_tokens")
+    probe_epochs: int = default("dimred/probe_epochs")
+    probe_lr: float = default("dimred/probe_lr")
+    seed: int = default("dimred/seed")
+    crf: bool = default("dimred/crf")  # dense CRF on the full-feature rows (pipeline.crf, STEGO's settings)
+    crf_window: int = default("dimred/crf_window")  # pairwise terms within this many pixels (Chebyshev distance)
 
 
 @dataclass(frozen=True)
@@ -199,7 +266,7 @@ class ManipulateExample:
 
     name: str
     image: str | int
-    split: str = "val"
+    split: str = default("manipulate/examples/[]/split")
     target_class: str | int | None = None
     other_class: str | int | None = None
     latents: tuple[int, ...] = ()
@@ -209,9 +276,9 @@ class ManipulateExample:
 @dataclass(frozen=True)
 class ManipulateConfig:
     examples: tuple[ManipulateExample, ...] = ()
-    n_top_latents: int = 5
-    n_top_classes: int = 5
-    rank_by: str = "auto"  # auto (f1 when the class F1 table exists, else activation) | f1 | activation
+    n_top_latents: int = default("manipulate/n_top_latents")
+    n_top_classes: int = default("manipulate/n_top_classes")
+    rank_by: str = default("manipulate/rank_by")  # auto (f1 when the class F1 table exists, else activation) | f1 | activation
 
 
 @dataclass(frozen=True)
@@ -290,7 +357,7 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
     """Build a Config from an already-parsed mapping (validates it first)."""
     source = Path(str(source))
     validate_raw(raw, source)
-    paths = Paths(**{k: Path(v) for k, v in raw.get("paths", {}).items()})
+    paths = Paths(**raw.get("paths", {}))
 
     models = {}
     for name, m in raw["models"].items():
@@ -316,14 +383,13 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
             kind=d["kind"],
             root=Path(d["root"]),
             splits={**default_splits, **d.get("splits", {})},
-            val_fraction=d.get("val_fraction", 0.2),
-            split_seed=d.get("split_seed", 0),
             class_list=Path(d["class_list"]) if d.get("class_list") is not None else None,
+            **{k: d[k] for k in ("val_fraction", "split_seed") if k in d},
         )
         if d.get("class_list") is not None and d["kind"] == "imagefolder":
             raise ConfigError(f"{source}: key datasets/{name}/class_list: an imagefolder's classes are its folder names")
 
-    ex = resolve_auto_counts(raw["extract"], raw.get("device", "auto"))
+    ex = resolve_auto_counts(raw["extract"], raw.get("device", schema_default("device")))
     extract = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()})
     caches = tuple(CacheRef(**c) for c in raw["caches"])
 
@@ -331,8 +397,8 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
     cfg = Config(
         source=source,
         paths=paths,
-        threads=resolve_auto_counts({"threads": raw.get("threads", 2)})["threads"],
-        device=raw.get("device", "auto"),
+        threads=resolve_auto_counts({"threads": raw.get("threads", schema_default("threads"))})["threads"],
+        device=raw.get("device", schema_default("device")),
         demo=raw.get("demo", {}),
         models=models,
         datasets=datasets,
@@ -409,10 +475,11 @@ def _sae(raw: dict | None) -> SAEConfig | None:
     if "cache" in src:
         source = SAESource("cache", cache=CacheRef(**src["cache"]))
     elif "checkpoint" in src:
-        source = SAESource("checkpoint", path=str(src["checkpoint"]), sha256=src.get("sha256"), scaling=src.get("scaling", "auto"))
+        source = SAESource("checkpoint", path=str(src["checkpoint"]), sha256=src.get("sha256"),
+                           **{k: src[k] for k in ("scaling",) if k in src})
     else:
         source = SAESource("hub", repo=src["hub"], file=src["file"], revision=src.get("revision"), sha256=src.get("sha256"),
-                           scaling=src.get("scaling", "auto"))
+                           **{k: src[k] for k in ("scaling",) if k in src})
     return dataclasses.replace(sae, source=source)
 
 
@@ -439,9 +506,8 @@ def _manipulate(raw: dict | None, source: Path) -> ManipulateConfig | None:
         if not latents and values and len(values) != 2:
             raise ConfigError(f"{key}/values: without latents the edit is (top latent of class, top latent of other_class): give 2 values, not {len(values)}")
         examples.append(ManipulateExample(
-            name=ex.pop("name"), image=ex.pop("image"), split=ex.pop("split", "val"),
-            target_class=ex.pop("class", None), other_class=ex.pop("other_class", None),
-            latents=latents, values=values,
+            name=ex.pop("name"), image=ex.pop("image"), target_class=ex.pop("class", None), other_class=ex.pop("other_class", None),
+            latents=latents, values=values, **{k: ex.pop(k) for k in ("split",) if k in ex},
         ))
     names = [e.name for e in examples]
     dupes = sorted({n for n in names if names.count(n) > 1})

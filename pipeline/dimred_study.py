@@ -41,17 +41,18 @@ Steps (see :mod:`pipeline.dimred` for the sampling, standardisation and projecti
 
 Outputs (``<results>`` = ``paths.results``)
     ``<results>/dimred.csv``: one row per (method, dim, probe), plus ``method = full`` rows:
-    ``method, dim, probe, miou, accuracy`` (pixel level, fractions), ``miou_crf,
-    accuracy_crf`` (the same after the dense CRF; ``full`` rows only, NaN elsewhere),
-    ``protocol, miou_definition``, ``patch_miou,
-    patch_accuracy, mean_class_accuracy``, ``n_fit_tokens`` (tokens the reductions were
+    ``method, dim, probe, miou_pct, accuracy_pct`` (pixel level, percent as every table:
+    :mod:`pipeline.units`), ``miou_crf_pct, accuracy_crf_pct`` (the same after the dense CRF;
+    ``full`` rows only, NaN elsewhere), ``protocol, miou_definition``, ``patch_miou_pct,
+    patch_accuracy_pct, mean_class_accuracy_pct``, ``n_fit_tokens`` (tokens the reductions were
     fitted on), ``n_train_tokens`` (tokens the probe trained on), ``k``, ``train_loss`` /
-    ``kmeans_objective``, ``explained_variance`` (PCA, cumulative at d), ``layer, block,
+    ``kmeans_objective``, ``explained_variance_pct`` (PCA, cumulative at d), ``layer, block,
     random_weights``.
     ``<results>/dimred/linear.{html,png,svg}``, ``cluster.{html,png,svg}``: val mIoU vs dim
     (log x), one line per method, the full-feature baseline as a dashed rule (Figure 4).
-    ``<results>/dimred/pca_variance.{html,png,svg}`` (+ ``pca_variance.csv``): cumulative
-    explained variance vs number of components (Figure 3), when ``pca`` is a method.
+    ``<results>/dimred/pca_variance.{html,png,svg}`` (+ ``pca_variance.csv``: ``components``,
+    ``explained_variance_ratio_pct``, ``cumulative_pct``): cumulative explained variance vs
+    number of components (Figure 3), when ``pca`` is a method.
     ``<results>/dimred/projections.{safetensors,json}``: the standardisation and the fitted
     projections (:func:`pipeline.dimred.save_projections`).
 
@@ -77,8 +78,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import pipeline
-from pipeline import cluster_probe, crf, dimred, layout, metrics
-from pipeline.config import Config, ConfigError, to_jsonable
+from pipeline import cluster_probe, crf, dimred, layout, metrics, units
+from pipeline.config import Config, ConfigError, schema_default, to_jsonable
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 from pipeline.progress import Progress
 from pipeline.probes.features import FinalNorm, ProbeStores, check_label_range, in_memory_epochs, open_probe_stores, patch_chunks, seg_train_labels, store_record
@@ -99,7 +100,7 @@ __all__ = [
     "run_dimred_study",
 ]
 
-MIN_PURITY = 0.5  # probes.seg's default: patches below it are not trained on
+MIN_PURITY = schema_default("probes/seg/min_purity")  # probes.seg's default: patches below it are not trained on
 PROBE_BATCH_SIZE = 1024
 PROBE_WEIGHT_DECAY = 0.0
 KMEANS_N_INIT = 3
@@ -111,6 +112,8 @@ PROTOCOL_NAME = "ade20k"
 MIOU_DEFINITION = "stego"  # the STEGO study scores with STEGO's mIoU
 PROTOCOL = protocol_text(PROTOCOL_NAME, MIOU_DEFINITION)
 CLUSTER_ALPHA = 2.0  # STEGO's cluster probe at evaluation: softmax(2 * cosine similarity)
+PCT_COLUMNS = ("miou", "accuracy", "miou_crf", "accuracy_crf", "patch_miou", "patch_accuracy", "mean_class_accuracy",
+               "explained_variance")  # fractions written in percent (pipeline.units)
 
 
 # ---- where ---------------------------------------------------------------------------------
@@ -299,25 +302,26 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
 
 
 def dims_chart(df: pd.DataFrame, stem: Path, *, probe: str, d_model: int, random_weights: bool, notes: list[str]) -> list[Path]:
-    """Val mIoU vs dim (log x), one line per method, the full-feature baseline as a dashed rule."""
+    """Val mIoU (``miou_pct``, percent) vs dim (log x), one line per method, the full-feature
+    baseline as a dashed rule."""
     rows = df[(df["probe"] == probe) & (df["method"] != "full")].copy()
     full = df[(df["probe"] == probe) & (df["method"] == "full")]
-    baseline = float(full["miou"].iloc[0]) if len(full) else float("nan")
+    baseline = float(full["miou_pct"].iloc[0]) if len(full) else float("nan")
     methods = list(dict.fromkeys(rows["method"]))
     dims = sorted(set(rows["dim"].tolist()) | {d_model})
     x = alt.X("dim:Q", scale=alt.Scale(type="log", domain=[min(dims), max(dims)], nice=False),
               axis=alt.Axis(values=dims, format="d"), title="dims kept (log scale)")
-    y_axis = alt.Axis(format="~%")
     lines = alt.Chart(rows).mark_line(point=True).encode(
         x=x,
-        y=alt.Y("miou:Q", title="val mIoU, pixel level", axis=y_axis, scale=alt.Scale(domain=[0, max(1e-6, float(np.nanmax([baseline, *rows["miou"].tolist(), 0.01])) * 1.1)])),
+        y=alt.Y("miou_pct:Q", title="val mIoU, pixel level (%)",
+                scale=alt.Scale(domain=[0, max(1e-4, float(np.nanmax([baseline, *rows["miou_pct"].tolist(), 1.0])) * 1.1)])),
         color=alt.Color("method:N", sort=methods, scale=alt.Scale(domain=methods, range=OKABE_ITO[: max(1, len(methods))]), title="reduction"),
-        tooltip=[alt.Tooltip("method:N"), alt.Tooltip("dim:Q"), alt.Tooltip("miou:Q", format=".1%", title="mIoU"),
-                 alt.Tooltip("accuracy:Q", format=".1%", title="pixel accuracy")],
+        tooltip=[alt.Tooltip("method:N"), alt.Tooltip("dim:Q"), alt.Tooltip("miou_pct:Q", format=".1f", title="mIoU (%)"),
+                 alt.Tooltip("accuracy_pct:Q", format=".1f", title="pixel accuracy (%)")],
     )
-    base_df = pd.DataFrame({"miou": [baseline], "dim": [min(dims)], "label": [f"full features (D={d_model}): {baseline:.1%}"]})
-    rule = alt.Chart(base_df).mark_rule(strokeDash=[6, 4], color="black").encode(y="miou:Q")
-    text = alt.Chart(base_df).mark_text(align="left", dx=4, dy=-7, fontSize=11).encode(x=x, y="miou:Q", text="label:N")
+    base_df = pd.DataFrame({"miou_pct": [baseline], "dim": [min(dims)], "label": [f"full features (D={d_model}): {baseline:.1f} %"]})
+    rule = alt.Chart(base_df).mark_rule(strokeDash=[6, 4], color="black").encode(y="miou_pct:Q")
+    text = alt.Chart(base_df).mark_text(align="left", dx=4, dy=-7, fontSize=11).encode(x=x, y="miou_pct:Q", text="label:N")
     what = "linear probe" if probe == "linear" else "cluster probe (spherical k-means + Hungarian on val)"
     title = title_with_note(f"Segmentation left after projection: {what}", random_weights)
     if notes:
@@ -327,19 +331,20 @@ def dims_chart(df: pd.DataFrame, stem: Path, *, probe: str, d_model: int, random
 
 
 def pca_variance_chart(evr_K: np.ndarray, stem: Path, *, dims: tuple[int, ...], random_weights: bool) -> tuple[list[Path], pd.DataFrame]:
-    """Cumulative explained variance vs number of PCA components (log x), the study's dims marked."""
+    """Cumulative explained variance vs number of PCA components (log x), the study's dims marked;
+    returns the paths and the table (``components``, ``explained_variance_ratio_pct``, ``cumulative_pct``)."""
     k = len(evr_K)
-    data = pd.DataFrame({"components": np.arange(1, k + 1), "explained_variance_ratio": evr_K.astype(float),
-                         "cumulative": np.cumsum(evr_K.astype(np.float64))})
-    marks = data[data["components"].isin(dims)]
+    data = units.to_pct(pd.DataFrame({"components": np.arange(1, k + 1), "explained_variance_ratio": evr_K.astype(float),
+                                      "cumulative": np.cumsum(evr_K.astype(np.float64))}), ["explained_variance_ratio", "cumulative"])
+    marks = data[data["components"].isin(dims)].assign(label=lambda d: [f"{v:.0f}%" for v in d["cumulative_pct"]])
     ticks = sorted({1, k} | {d for d in dims if d <= k})
     x = alt.X("components:Q", scale=alt.Scale(type="log", domain=[1, max(k, 2)], nice=False), axis=alt.Axis(format="d", values=ticks),
               title="number of principal components (log scale)")
-    y = alt.Y("cumulative:Q", axis=alt.Axis(format="~%"), scale=alt.Scale(domain=[0, 1]), title="cumulative explained variance (train sample)")
+    y = alt.Y("cumulative_pct:Q", scale=alt.Scale(domain=[0, 100]), title="cumulative explained variance, train sample (%)")
     line = alt.Chart(data).mark_line(color=OKABE_ITO[4]).encode(x=x, y=y)
     points = alt.Chart(marks).mark_point(filled=True, size=50, color=OKABE_ITO[5]).encode(
-        x=x, y=y, tooltip=[alt.Tooltip("components:Q"), alt.Tooltip("cumulative:Q", format=".1%")])
-    labels = alt.Chart(marks).mark_text(dy=-9, fontSize=10).encode(x=x, y=y, text=alt.Text("cumulative:Q", format=".0%"))
+        x=x, y=y, tooltip=[alt.Tooltip("components:Q"), alt.Tooltip("cumulative_pct:Q", format=".1f", title="cumulative (%)")])
+    labels = alt.Chart(marks).mark_text(dy=-9, fontSize=10).encode(x=x, y=y, text="label:N")
     chart = alt.layer(line, points, labels).properties(
         width=420, height=280, title=title_with_note("PCA of standardised patch features: cumulative explained variance", random_weights))
     return save_chart(chart, stem), data
@@ -420,7 +425,7 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
     cols = ["method", "dim", "probe", "miou", "accuracy", "miou_crf", "accuracy_crf", "protocol", "miou_definition",
             "patch_miou", "patch_accuracy", "mean_class_accuracy",
             "n_fit_tokens", "n_train_tokens", "k", "train_loss", "kmeans_objective", "explained_variance", "layer", "block", "random_weights"]
-    table = pd.DataFrame(rows)[cols]
+    table = units.to_pct(pd.DataFrame(rows)[cols], PCT_COLUMNS)
 
     out = dimred_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -458,7 +463,7 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
         data.to_csv(out / "pca_variance.csv", index=False)
     t5 = time.perf_counter()
 
-    summary_rows = {f"{r['probe']}/{r['method']}@{r['dim']}": round(float(r["miou"]), 4) for r in rows}
+    summary_rows = {f"{r['probe']}/{r['method']}@{r['dim']}": round(float(r["miou"]), 4) for r in rows}  # fractions, as JSON
     return {
         "study": "dimred",
         "csv": str(dimred_csv(cfg)),

@@ -37,9 +37,10 @@ Ranking a class's latents (``manipulate.rank_by``):
 Every row says which score it is (``score_kind``) and shows the latent's value on this image
 (mean over the class's tokens and max over the edited tokens), zeros included.
 
-Outputs of :func:`run_example` in ``<results>/manipulate/<name>/``: ``latents.csv``,
-``probabilities.csv`` (class probabilities before / after; segmentation: mean over patches of
-the softmax over real classes, plus patch counts), ``probabilities.{html,png,svg}`` (bars,
+Outputs of :func:`run_example` in ``<results>/manipulate/<name>/``: ``latents.csv`` (train
+firing frequency and F1 scores in percent, as every table: :mod:`pipeline.units`),
+``probabilities.csv`` (class probabilities before / after in percent; segmentation: mean over
+patches of the softmax over real classes, plus patch counts), ``probabilities.{html,png,svg}`` (bars,
 before vs after), ``maps.png`` (segmentation: image | before | after with a legend; changed
 patches outlined) and ``summary.json``.
 
@@ -446,8 +447,8 @@ class Manipulator:
         if self.rank_by == "f1":
             ranked = ranked_latents(self.f1, c, self.freq_S > 0, n)
             latents = [s for s, _, _ in ranked]
-            scores = [score for _, _, score in ranked]
-            kinds = [f"train F1 (latent > {t:g} vs patch labelled c)" for _, t, _ in ranked]
+            scores = [100.0 * score for _, _, score in ranked]  # percent, as every table (pipeline.units)
+            kinds = [f"train F1 in % (latent > {t:g} vs patch labelled c)" for _, t, _ in ranked]
         else:
             if mask.any():
                 score_S, kind = on_image, f"mean f on {where}"
@@ -468,7 +469,7 @@ class Manipulator:
                 "value_on_class_tokens": float(on_image[s]) if mask.any() else float("nan"),
                 "value_max_on_image": float(f_PS[:, s].max()),
                 "train_max": float(self.max_value_S[s]),
-                "train_freq": float(self.freq_S[s]),
+                "train_freq_pct": 100.0 * float(self.freq_S[s]),
             })
         return pd.DataFrame(rows)
 
@@ -501,24 +502,24 @@ class Manipulator:
 
 # ---------------------------------------------------------------------- figures
 def probability_bars(table: pd.DataFrame, *, title: str, random_weights: bool, subtitle: list[str] | None = None) -> alt.Chart:
-    """Horizontal bars: each class's probability before and after the edit (percent)."""
+    """Horizontal bars: each class's probability before and after the edit (``prob_*_pct``, percent)."""
     from pipeline.plots import OKABE_ITO, RANDOM_WEIGHTS_NOTE
 
-    long = table.melt(id_vars=["class_name"], value_vars=["prob_before", "prob_after"], var_name="state", value_name="probability")
-    long["state"] = long["state"].map({"prob_before": "before", "prob_after": "after"})
-    order = table.sort_values("prob_before", ascending=False)["class_name"].tolist()
+    long = table.melt(id_vars=["class_name"], value_vars=["prob_before_pct", "prob_after_pct"], var_name="state", value_name="probability")
+    long["state"] = long["state"].map({"prob_before_pct": "before", "prob_after_pct": "after"})
+    order = table.sort_values("prob_before_pct", ascending=False)["class_name"].tolist()
     return (
         alt.Chart(long)
         .mark_bar()
         .encode(
-            x=alt.X("probability:Q", title="probability (%)", axis=alt.Axis(format="~%", values=[0, 0.25, 0.5, 0.75, 1]),
-                    scale=alt.Scale(domain=[0, 1])),
+            x=alt.X("probability:Q", title="probability (%)", axis=alt.Axis(values=[0, 25, 50, 75, 100]),
+                    scale=alt.Scale(domain=[0, 100])),
             y=alt.Y("class_name:N", sort=order, title="class"),
             yOffset=alt.YOffset("state:N", sort=["before", "after"]),
             color=alt.Color("state:N", sort=["before", "after"], title="prediction",
                             scale=alt.Scale(domain=["before", "after"], range=[OKABE_ITO[1], OKABE_ITO[5]])),
             tooltip=[alt.Tooltip("class_name:N", title="class"), alt.Tooltip("state:N", title="prediction"),
-                     alt.Tooltip("probability:Q", format=".1%")],
+                     alt.Tooltip("probability:Q", format=".1f", title="probability (%)")],
         )
         .properties(width=360, height=alt.Step(12),
                     title=alt.TitleParams(title, subtitle=([RANDOM_WEIGHTS_NOTE] if random_weights else []) + (subtitle or [])))
@@ -633,21 +634,24 @@ def resolve_edit(m: Manipulator, state: ImageState, example: ManipulateExample) 
         table = pd.concat([table, pd.DataFrame([{
             "role": "chosen", "class_id": -1, "class_name": "", "rank": 0, "latent": s, "score": np.nan, "score_kind": "named in the config",
             "value_on_class_tokens": np.nan, "value_max_on_image": float(f_PS[:, s].max()), "train_max": float(m.max_value_S[s]),
-            "train_freq": float(m.freq_S[s]), "unit_value": chosen[s], "set_to": chosen[s] * m.max_value_S[s],
+            "train_freq_pct": 100.0 * float(m.freq_S[s]), "unit_value": chosen[s], "set_to": chosen[s] * m.max_value_S[s],
         } for s in extra])], ignore_index=True)
     cols = ["role", "class_id", "class_name", "rank", "latent", "score", "score_kind", "value_on_class_tokens",
-            "value_max_on_image", "train_max", "train_freq", "unit_value", "set_to"]
+            "value_max_on_image", "train_max", "train_freq_pct", "unit_value", "set_to"]
     return target, other, table[cols], latents, values
 
 
 def probability_table(m: Manipulator, result: EditResult) -> pd.DataFrame:
+    """One row per class: probabilities before / after in percent (``prob_before_pct``,
+    ``prob_after_pct``, as every table: :mod:`pipeline.units`), ranks, and patch counts (segmentation)."""
     lo = 1 if m.real_classes_only else 0
     rows = []
     rank_b = {c: i + 1 for i, c in enumerate(np.argsort(-result.probs_before_C, kind="stable"))}
     rank_a = {c: i + 1 for i, c in enumerate(np.argsort(-result.probs_after_C, kind="stable"))}
     before, after = result.counts(m.n_classes)
     for c in range(lo, m.n_classes):
-        row = {"class_id": c, "class_name": m.class_names[c], "prob_before": result.probs_before_C[c], "prob_after": result.probs_after_C[c],
+        row = {"class_id": c, "class_name": m.class_names[c], "prob_before_pct": 100.0 * result.probs_before_C[c],
+               "prob_after_pct": 100.0 * result.probs_after_C[c],
                "rank_before": rank_b[c], "rank_after": rank_a[c]}
         if m.task == "segmentation":
             row.update(patches_before=int(before[c]), patches_after=int(after[c]))

@@ -16,13 +16,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cache import CacheReader
+from pipeline import units
 from pipeline.config import Config, QuantifyConfig
 from pipeline.feature_selection import allowed_latents, load_f1, ranked_latents
 from pipeline.layout import class_f1_path, quantify_dir, sae_dir
 
 
 def proposal_table(f1, freq_S: np.ndarray, max_value_S: np.ndarray, class_names, q: QuantifyConfig) -> pd.DataFrame:
-    """One row per (class, rank): latent, its train F1 and threshold, frequency, max value."""
+    """One row per (class, rank): latent, its train F1 (``train_f1_pct``) and threshold, firing
+    frequency on train (``freq_pct``), max value; percent as every table (:mod:`pipeline.units`)."""
     allowed = allowed_latents(freq_S, q.max_firing_fraction)
     rows = []
     for c in range(1, len(class_names)):
@@ -32,7 +34,7 @@ def proposal_table(f1, freq_S: np.ndarray, max_value_S: np.ndarray, class_names,
                  "freq": float(freq_S[s]), "max_value": float(max_value_S[s]), "gallery": f"proposals/latent_{s}.png"}
             )
     columns = ["class_id", "class_name", "rank", "latent", "train_f1", "threshold", "freq", "max_value", "gallery"]
-    return pd.DataFrame(rows, columns=columns)
+    return units.to_pct(pd.DataFrame(rows, columns=columns), ["train_f1", "freq"])
 
 
 def proposals_html(table: pd.DataFrame, *, random_weights: bool, folder: str = "proposals/") -> str:
@@ -53,7 +55,7 @@ def proposals_html(table: pd.DataFrame, *, random_weights: bool, folder: str = "
     for (c, name), group in table.groupby(["class_id", "class_name"], sort=True):
         parts.append(f"<h2>{html.escape(str(name))} (class {c})</h2>")
         for row in group.itertuples():
-            caption = f"latent {row.latent} · F1 {row.train_f1:.3f} at f&gt;{row.threshold:g} · freq {row.freq:.2e} · max {row.max_value:.3g}"
+            caption = f"latent {row.latent} · F1 {row.train_f1_pct:.1f} % at f&gt;{row.threshold:g} · freq {row.freq_pct:.2g} % · max {row.max_value:.3g}"
             page = folder + row.gallery.removeprefix("proposals/")
             parts.append(f"<figure><a href='{page}'><img src='{page}' alt='latent {row.latent}'></a><figcaption>{caption}</figcaption></figure>")
     return "\n".join(parts) + "\n"

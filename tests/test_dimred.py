@@ -263,26 +263,26 @@ def test_end_to_end_tiny_project(project, monkeypatch):
     # STEGO's mIoU and the protocol named on every row; CRF rows for the full features (issue 15)
     assert (df["miou_definition"] == "stego").all() and (df["protocol"] == "ade20k").all()
     full = df[df["method"] == "full"]
-    assert full["miou_crf"].between(0, 1).all() and full["accuracy_crf"].between(0, 1).all()
-    assert df.loc[df["method"] != "full", "miou_crf"].isna().all()
-    for col in ("miou", "accuracy", "patch_miou", "patch_accuracy"):
-        assert df[col].between(0, 1).all(), col
+    assert full["miou_crf_pct"].between(0, 100).all() and full["accuracy_crf_pct"].between(0, 100).all()
+    assert df.loc[df["method"] != "full", "miou_crf_pct"].isna().all()
+    for col in ("miou_pct", "accuracy_pct", "patch_miou_pct", "patch_accuracy_pct"):
+        assert df[col].between(0, 100).all(), col
     assert (df["n_fit_tokens"] == summary["n_fit_tokens"]).all() and df["random_weights"].all()
     cluster = df[df["probe"] == "cluster"]
     assert (cluster["k"] == train.n_classes - 1).all()
 
     # the saved projections are what produced the features: PCA at D equals the full features up to a rotation
-    pca_full = df[(df["method"] == "pca") & (df["dim"] == d_model) & (df["probe"] == "cluster")]["miou"].iloc[0]
-    full = df[(df["method"] == "full") & (df["probe"] == "cluster")]["miou"].iloc[0]
-    assert abs(pca_full - full) < 0.15
+    pca_full = df[(df["method"] == "pca") & (df["dim"] == d_model) & (df["probe"] == "cluster")]["miou_pct"].iloc[0]
+    full = df[(df["method"] == "full") & (df["probe"] == "cluster")]["miou_pct"].iloc[0]
+    assert abs(pca_full - full) < 15
     doc = json.loads((project / "results" / "dimred" / "projections.json").read_text())
     assert doc["shapes"]["pca.components"] == [d_model, d_model]
     assert doc["meta"]["sample"]["n_fit_tokens"] == summary["n_fit_tokens"]
     variance = pd.read_csv(project / "results" / "dimred" / "pca_variance.csv")
-    assert variance["cumulative"].iloc[-1] == pytest.approx(1.0, abs=1e-4)
+    assert variance["cumulative_pct"].iloc[-1] == pytest.approx(100.0, abs=1e-2)
     pca_rows = df[(df["method"] == "pca") & (df["probe"] == "linear")].set_index("dim")
-    for d, ev in pca_rows["explained_variance"].items():
-        assert ev == pytest.approx(variance["cumulative"].iloc[d - 1], abs=1e-5)
+    for d, ev in pca_rows["explained_variance_pct"].items():
+        assert ev == pytest.approx(variance["cumulative_pct"].iloc[d - 1], abs=1e-3)
 
 
 def test_cli_and_sample_is_chunkwise(project, monkeypatch):
@@ -327,4 +327,4 @@ def test_study_runs_hnne_with_stegos_miou(project):
     assert summary["methods"] == ["hnne"]
     assert set(zip(df["method"], df["dim"], df["probe"])) == {(m, d, p) for m, d in (("full", 32), ("hnne", 8), ("hnne", 2))
                                                               for p in ("linear", "cluster")}
-    assert df["miou"].between(0, 1).all() and df["miou_crf"].isna().all()
+    assert df["miou_pct"].between(0, 100).all() and df["miou_crf_pct"].isna().all()

@@ -225,7 +225,7 @@ def test_run_example_writes_tables_figures_and_summary(in_seg, tmp_path):
     assert sorted(chosen.unit_value.unique().tolist()) in ([-1.0, 1.0], [-1.0])
     assert np.allclose(chosen.set_to, chosen.unit_value * chosen.train_max)
     probs = pd.read_csv(tmp_path / "t" / "probabilities.csv")
-    assert probs.prob_before.sum() == pytest.approx(1.0, abs=1e-4) and probs.prob_after.sum() == pytest.approx(1.0, abs=1e-4)
+    assert probs.prob_before_pct.sum() == pytest.approx(100.0, abs=1e-2) and probs.prob_after_pct.sum() == pytest.approx(100.0, abs=1e-2)
     assert 0 not in probs.class_id.tolist()  # the seg probe predicts real classes only
     n_patches = 16
     assert probs.patches_before.sum() == n_patches == probs.patches_after.sum()
@@ -357,7 +357,7 @@ def test_classification_edits_the_cls_token(cls_project, monkeypatch):
         assert (cls_project.folder / "results/manipulate/cls-first" / name).exists(), name
     assert summary["edited_tokens"] == "the CLS token" and summary["task"] == "classification"
     probs = pd.read_csv(cls_project.folder / "results/manipulate/cls-first/probabilities.csv")
-    assert len(probs) == m.n_classes and probs.prob_before.sum() == pytest.approx(1.0, abs=1e-4)
+    assert len(probs) == m.n_classes and probs.prob_before_pct.sum() == pytest.approx(100.0, abs=1e-2)
     print("classification example:", summary["top_classes_before"][0], "->", summary["top_classes_after"][0])
 
 

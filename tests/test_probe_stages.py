@@ -98,24 +98,24 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
         assert (out / name).stat().st_size > 0, name
     sweep = pd.read_csv(out / "sweep.csv")
     assert len(sweep) == 6 and sweep["best"].sum() == 1 and sweep["random_weights"].all()
-    for col in ("member", "lr", "weight_decay", "train_loss", "patch_miou", "patch_acc", "pixel_miou", "pixel_acc"):
+    for col in ("member", "lr", "weight_decay", "train_loss", "patch_miou_pct", "patch_acc_pct", "pixel_miou_pct", "pixel_acc_pct"):
         assert col in sweep.columns and sweep[col].notna().all(), col
     best = sweep.loc[sweep["best"]].iloc[0]
     # chosen on the held-out part of train, not on val (issue 15: no peeking)
-    assert best["selection_pixel_miou"] == sweep["selection_pixel_miou"].max()
+    assert best["selection_pixel_miou_pct"] == sweep["selection_pixel_miou_pct"].max()
     assert (sweep["protocol"] == "ade20k").all() and (sweep["miou_definition"] == "present_in_truth").all()
-    assert summary["val_pixel_miou"] == pytest.approx(best["pixel_miou"])
+    assert 100 * summary["val_pixel_miou"] == pytest.approx(best["pixel_miou_pct"])  # tables in percent, JSON in fractions
     epochs = pd.read_csv(out / "epochs.csv")  # one row per epoch and member
     assert len(epochs) == EPOCHS * 6 and sorted(set(epochs["epoch"])) == list(range(EPOCHS))
-    assert epochs["train_loss"].notna().all() and epochs["val_patch_miou"].between(0, 1).all()
+    assert epochs["train_loss"].notna().all() and epochs["val_patch_miou_pct"].between(0, 100).all()
     last = epochs[epochs["epoch"] == EPOCHS - 1].set_index("member")
     np.testing.assert_allclose(last.loc[sweep["member"], "train_loss"], sweep["train_loss"], rtol=1e-6)
-    np.testing.assert_allclose(last.loc[sweep["member"], "val_patch_miou"], sweep["patch_miou"], rtol=1e-9)
+    np.testing.assert_allclose(last.loc[sweep["member"], "val_patch_miou_pct"], sweep["patch_miou_pct"], rtol=1e-9)
     per_class = pd.read_csv(out / "per_class_iou.csv")
-    assert list(per_class.columns[:4]) == ["class_id", "class_name", "iou", "n_pixels"]
+    assert list(per_class.columns[:4]) == ["class_id", "class_name", "iou_pct", "n_pixels"]
     assert per_class["class_name"].tolist() == list(val.class_names)
-    assert np.isnan(per_class["iou"][0])  # class 0 is ignored (ADE20K protocol)
-    assert np.nanmean(per_class["iou"][per_class["in_miou"]]) == pytest.approx(best["pixel_miou"])
+    assert np.isnan(per_class["iou_pct"][0])  # class 0 is ignored (ADE20K protocol)
+    assert np.nanmean(per_class["iou_pct"][per_class["in_miou"]]) == pytest.approx(best["pixel_miou_pct"])
     _, meta = load_probe(out / "best")
     assert meta["random_weights"] is True and meta["class_names"] == list(val.class_names)
     assert meta["stores"]["train"]["config_hash"] == train.attrs["config_hash"]
@@ -132,7 +132,7 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
     majority = int(labels[counts.argmax()])
     truth = val.pixel_labels(0, val.n_images)[val.valid].astype(np.int64)
     baseline = metrics.mean_iou(metrics.confusion_matrix(truth, np.full_like(truth, majority), val.n_classes, ignore=0))
-    probe = float(best["pixel_miou"])
+    probe = float(best["pixel_miou_pct"]) / 100  # a fraction, as the baseline
     n_present = int(per_class["in_miou"].sum())
     print(f"\nseg probe val pixel mIoU {probe:.3f} vs majority-class baseline {baseline:.3f} ({n_present} classes present)")
     # Margin 0.3: a constant predictor scores at most 1/n_present (one class's IoU <= 1, the others 0),
@@ -151,8 +151,8 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
         logits = linear(backbone.final_norm(torch.from_numpy(patches).float()))
     pred = logits[..., 1:].argmax(-1).numpy() + 1  # class 0 is never predicted
     conf = metrics.confusion_matrix(ds.patch_label.values[keep], pred, len(ds.attrs["class_names"]), ignore=0)
-    assert metrics.mean_iou(conf) == pytest.approx(best["patch_miou"], abs=1e-12)
-    assert metrics.pixel_accuracy(conf) == pytest.approx(best["patch_acc"], abs=1e-12)
+    assert 100 * metrics.mean_iou(conf) == pytest.approx(best["patch_miou_pct"], abs=1e-10)
+    assert 100 * metrics.pixel_accuracy(conf) == pytest.approx(best["patch_acc_pct"], abs=1e-10)
 
 
 def test_cls_probe_above_chance(project, capsys):
@@ -167,8 +167,8 @@ def test_cls_probe_above_chance(project, capsys):
     for name in cls_probe.OUTPUT_FILES:
         assert (out / name).stat().st_size > 0, name
     epochs = pd.read_csv(out / "epochs.csv")
-    assert len(epochs) == 40 * 6 and epochs["val_top1_acc"].between(0, 1).all()
-    assert epochs.loc[epochs["epoch"] == 39, "val_top1_acc"].max() == pytest.approx(summary["metrics"]["top1_acc"])
+    assert len(epochs) == 40 * 6 and epochs["val_top1_acc_pct"].between(0, 100).all()
+    assert epochs.loc[epochs["epoch"] == 39, "val_top1_acc_pct"].max() == pytest.approx(100 * summary["metrics"]["top1_acc"])
     val = CacheReader(cfg.store(CLS, "val"))
     n_val, chance = int(val.valid.sum()), 1.0 / val.n_classes
     top1, top5 = summary["metrics"]["top1_acc"], summary["metrics"]["top5_acc"]
@@ -179,8 +179,8 @@ def test_cls_probe_above_chance(project, capsys):
     assert top1 >= chance + 0.4
     assert top5 >= top1
     sweep = pd.read_csv(out / "sweep.csv")
-    assert {"top1_acc", "top5_acc", "mean_class_acc", "train_loss", "random_weights"} <= set(sweep.columns)
-    assert (sweep["top5_acc"] >= sweep["top1_acc"]).all() and len(sweep) == 6
+    assert {"top1_acc_pct", "top5_acc_pct", "mean_class_acc_pct", "train_loss", "random_weights"} <= set(sweep.columns)
+    assert (sweep["top5_acc_pct"] >= sweep["top1_acc_pct"]).all() and len(sweep) == 6
     _, meta = load_probe(out / "best")
     conf = np.array(meta["confusion"])
     assert conf.shape == (3, 3) and conf.sum() == n_val
@@ -193,7 +193,7 @@ def test_cls_probe_above_chance(project, capsys):
     ids = meta["selection"]["image_ids"]
     assert len(ids) == round(0.1 * int(train.valid.sum())) and summary["n_members"] == 6
     assert set(ids) <= {str(i) for i in train.image_ids} and not set(ids) & {str(i) for i in val.image_ids}
-    assert sweep.loc[sweep["best"], "selection_top1_acc"].iloc[0] == sweep["selection_top1_acc"].max()
+    assert sweep.loc[sweep["best"], "selection_top1_acc_pct"].iloc[0] == sweep["selection_top1_acc_pct"].max()
     assert summary["val_top1_acc"] == pytest.approx(top1)
 
 

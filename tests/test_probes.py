@@ -174,11 +174,11 @@ def test_sweep_table_and_best_member():
 def test_figures_are_written(tmp_path):
     members = linear.member_grid([3e-5, 1e-4, 1e-3, 1e-2], [1e-1, 1e-3, 1e-5])
     rng = np.random.default_rng(0)
-    df = linear.sweep_table(members, [{"miou": float(v)} for v in rng.uniform(0.2, 0.4, len(members))])
-    paths = figures.sweep_chart(df, tmp_path / "sweep", metric="miou", metric_title="mIoU (%)", random_weights=True)
+    df = linear.sweep_table(members, [{"miou_pct": float(v)} for v in rng.uniform(20, 40, len(members))])
+    paths = figures.sweep_chart(df, tmp_path / "sweep", metric="miou_pct", metric_title="mIoU", random_weights=True)
     names = ["cat", "dog", "tree", "sky"]
-    per_class = pd.DataFrame({"class_name": names, "iou": [0.5, np.nan, 0.2, 0.9]})
-    paths += figures.per_class_chart(per_class, tmp_path / "per_class", value="iou", title="IoU per class", random_weights=False)
+    per_class = pd.DataFrame({"class_name": names, "iou_pct": [50.0, np.nan, 20.0, 90.0]})
+    paths += figures.per_class_chart(per_class, tmp_path / "per_class", value="iou_pct", title="IoU per class", random_weights=False)
     conf = rng.integers(0, 20, size=(4, 4))
     conf[1] = 0  # an empty row must not break normalisation
     paths += figures.confusion_chart(conf, names, tmp_path / "confusion", random_weights=True)
@@ -188,7 +188,7 @@ def test_figures_are_written(tmp_path):
     assert len(pngs) == 3 and all(p.stat().st_size > 5_000 for p in pngs)
     assert {p.suffix for p in paths} == {".html", ".png", ".svg"}
     with pytest.raises(ValueError, match="dot"):
-        figures.sweep_chart(df, tmp_path / "lr0.001", metric="miou", metric_title="mIoU", random_weights=False)
+        figures.sweep_chart(df, tmp_path / "lr0.001", metric="miou_pct", metric_title="mIoU", random_weights=False)
 
 
 def test_segmentation_figure_colours(tmp_path):

@@ -126,7 +126,7 @@ def test_history_has_one_row_per_logged_step_per_member_and_charts(sae_project):
     table = pd.read_csv(OUT / "sweep.csv")
     history = pd.read_csv(OUT / "history.csv")
     n_steps = SAE["n_tokens"] // SAE["batch_size"]  # 48 steps, all logged (fewer than HISTORY_ROWS)
-    for col in ("slug", "chosen", "step", "n_tokens", "loss", "mse", "l1", "l0", "frac_dead", "lr", "sparsity_coeff"):
+    for col in ("slug", "chosen", "step", "n_tokens", "loss", "mse", "l1", "l0", "dead_pct", "lr", "sparsity_coeff"):
         assert col in history, col
     assert len(history) == len(table) * n_steps
     for slug, rows in history.groupby("slug"):
@@ -134,7 +134,7 @@ def test_history_has_one_row_per_logged_step_per_member_and_charts(sae_project):
         assert rows["n_tokens"].tolist() == [SAE["batch_size"] * (s + 1) for s in range(n_steps)]
         assert rows["chosen"].all() == bool(table.set_index("slug").loc[slug, "chosen"])
     np.testing.assert_allclose(history["loss"], history["mse"] + history["sparsity_coeff"] * history["l1"], rtol=1e-4)
-    assert ((history["frac_dead"] >= 0) & (history["frac_dead"] <= 1)).all() and (history["l0"] > 0).all()
+    assert ((history["dead_pct"] >= 0) & (history["dead_pct"] <= 100)).all() and (history["l0"] > 0).all()
     assert history["chosen"].sum() == n_steps
     for stem in ("history", "density"):
         for ext in ("html", "png", "svg"):

@@ -21,11 +21,12 @@ Model selection (held out, no peeking at val)
     ``selection_fraction`` of the train images (a seeded permutation, ``selection_seed``) are
     held out of training; the best member has the highest top-1 accuracy on them (ties: the
     first in the sweep) and is reported on val. ``sweep.csv`` holds both
-    (``selection_top1_acc`` and the val columns), ``best.json`` the held-out image ids.
+    (``selection_top1_acc_pct`` and the val columns), ``best.json`` the held-out image ids.
     ``selection_fraction: 0`` selects on val, as saev did (optimistic).
 
-Outputs: ``sweep.csv`` (one row per member), ``best.safetensors`` + ``best.json``,
-``per_class_accuracy.csv``, ``sweep.{html,png,svg}`` (top-1 vs lr, one line per weight
+Outputs: ``sweep.csv`` (one row per member; metrics in percent, ``_pct`` columns, as every
+table: :mod:`pipeline.units`), ``best.safetensors`` + ``best.json`` (fractions),
+``per_class_accuracy.csv`` (``accuracy_pct``), ``epochs.csv`` (``val_top1_acc_pct`` per epoch and member), ``sweep.{html,png,svg}`` (top-1 vs lr, one line per weight
 decay) and ``confusion.{html,png,svg}`` (best member). Every table and figure says when the
 model weights are random.
 
@@ -42,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import metrics
+from pipeline import metrics, units
 from pipeline.config import Config
 from pipeline.probes import figures
 from pipeline.models.family import READOUTS
@@ -151,9 +152,10 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     names = stores.class_names
     conf = confs[best]
 
+    table = units.to_pct(table, [k for k in rows[0] if k != "train_loss"])  # metrics in percent (pipeline.units)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "sweep.csv", index=False)
-    pd.DataFrame(
+    units.to_pct(pd.DataFrame(
         {
             "class_id": np.arange(c),
             "class_name": list(names),
@@ -161,7 +163,7 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
             "n_images": conf.sum(axis=1),
             "random_weights": stores.random_weights,
         }
-    ).to_csv(out_dir / "per_class_accuracy.csv", index=False)
+    ), ["accuracy"]).to_csv(out_dir / "per_class_accuracy.csv", index=False)
 
     member = members[best]
     meta = best_meta(
@@ -171,12 +173,12 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         n_train_images=len(y_train), n_val_images=len(y_val), n_selection_images=int(len(sel_idx)),
     )
     save_probe(out_dir / "best", member_state(sweep, best), meta)
-    epoch_rows = epoch_table(sweep)
+    epoch_rows = units.to_pct(epoch_table(sweep), ["val_top1_acc"])
     epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
-    figures.epoch_chart(epoch_rows, out_dir / "epochs", metric="val_top1_acc", metric_title="val top-1 accuracy",
+    figures.epoch_chart(epoch_rows, out_dir / "epochs", metric="val_top1_acc_pct", metric_title="val top-1 accuracy",
                         best_slug=member.slug, random_weights=stores.random_weights)
     figures.sweep_chart(
-        table, out_dir / "sweep", metric="top1_acc",
+        table, out_dir / "sweep", metric="top1_acc_pct",
         metric_title=f"val top-1 accuracy (block {stores.block})",
         random_weights=stores.random_weights,
     )

@@ -2,8 +2,9 @@
 
 Charts are altair, saved by :func:`pipeline.plots.save_chart` as ``stem.html``, ``.png`` and
 ``.svg``; the segmentation figure is a PIL-drawn PNG. Palettes are colour-blind safe
-(Okabe-Ito, viridis). Metric values are fractions in [0, 1] (see :mod:`pipeline.metrics`);
-with ``percent=True`` (the default) axes show them as percent.
+(Okabe-Ito, viridis). Charts read the tables as written: metric columns in percent (0–100,
+``_pct`` columns, :mod:`pipeline.units`); with ``percent=True`` (the default) axis titles say
+"(%)" and the per-class axis runs 0–100.
 
 Dimension key: C classes, H/W pixels.
 """
@@ -57,7 +58,7 @@ def sweep_chart(
     ``metric``, :func:`pipeline.probes.linear.best_member`) ringed.
 
     ``df`` is a :func:`pipeline.probes.linear.sweep_table` (columns ``lr``, ``weight_decay``,
-    ``metric``). ``percent``: the metric is a fraction shown as percent.
+    ``metric``). ``percent``: the metric is in percent (a ``_pct`` column).
     """
     from pipeline.probes.linear import best_member
 
@@ -71,11 +72,12 @@ def sweep_chart(
     if "member" in data.columns and data[metric].notna().any():
         data.loc[data["member"] == best_member(data, metric), "best"] = True
     wd_order = [f"{v:g}" for v in sorted(data["weight_decay"].unique(), reverse=True)]
-    fmt = ".1%" if percent else ".4g"
+    fmt = ".1f" if percent else ".4g"
+    axis_title = f"{metric_title} (%)" if percent else metric_title
     # ticks at the swept rates only, written 1e-3 (default log ticks run into each other in a narrow panel)
     x = alt.X("lr:Q", scale=alt.Scale(type="log"), title="learning rate (AdamW; log scale)",
               axis=alt.Axis(values=sorted(data["lr"].unique().tolist()), format=".0e", labelOverlap="greedy"))
-    y = alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False), title=metric_title, axis=alt.Axis(format="~%") if percent else alt.Axis())
+    y = alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False), title=axis_title)
     base = alt.Chart(data).encode(
         x=x,
         y=y,
@@ -85,7 +87,7 @@ def sweep_chart(
         tooltip=[
             alt.Tooltip("lr:Q", title="learning rate", format=".1e"),
             alt.Tooltip("weight_decay:Q", title="weight decay", format=".1e"),
-            alt.Tooltip(f"{metric}:Q", title=metric_title, format=fmt),
+            alt.Tooltip(f"{metric}:Q", title=axis_title, format=fmt),
         ]
         + ([alt.Tooltip("member:Q", title="member")] if "member" in data.columns else []),
     )
@@ -116,7 +118,7 @@ def per_class_chart(
     """Horizontal bars of ``value`` per class (``label`` column), best first.
 
     Rows with NaN ``value`` (classes absent from the ground truth) are left out; the subtitle
-    says how many.
+    says how many. ``percent``: ``value`` is in percent (a ``_pct`` column; axis 0–100).
     """
     stem = _check_stem(stem)
     for col in (label, value):
@@ -125,7 +127,7 @@ def per_class_chart(
     data = df_per_class[[label, value]].copy()
     n_nan = int(data[value].isna().sum())
     data = data.dropna(subset=[value]).sort_values(value, ascending=False)
-    value_title = value_title or (f"{value} (%)" if percent else value)
+    value_title = value_title or (f"{value.removesuffix('_pct')} (%)" if percent else value)
     subtitle = [RANDOM_WEIGHTS_NOTE] if random_weights else []
     if n_nan:
         subtitle.append(f"{n_nan} classes with no value (absent from ground truth) left out")
@@ -136,12 +138,12 @@ def per_class_chart(
             x=alt.X(
                 f"{value}:Q",
                 title=value_title,
-                # ticks every 20 %: vega's default 10 % ticks ran "90%100%" together at this width
-                axis=alt.Axis(format="~%", values=[0, 0.2, 0.4, 0.6, 0.8, 1.0]) if percent else alt.Axis(tickCount=5),
-                scale=alt.Scale(domain=[0, 1]) if percent and data[value].between(0, 1).all() else alt.Scale(),
+                # ticks every 20 %: vega's default 10 % ticks ran into each other at this width
+                axis=alt.Axis(values=[0, 20, 40, 60, 80, 100]) if percent else alt.Axis(tickCount=5),
+                scale=alt.Scale(domain=[0, 100]) if percent and data[value].between(0, 100).all() else alt.Scale(),
             ),
             y=alt.Y(f"{label}:N", sort="-x", title="class"),
-            tooltip=[alt.Tooltip(f"{label}:N", title="class"), alt.Tooltip(f"{value}:Q", format=".1%" if percent else ".4g")],
+            tooltip=[alt.Tooltip(f"{label}:N", title="class"), alt.Tooltip(f"{value}:Q", format=".1f" if percent else ".4g")],
         )
         .properties(width=360, height=alt.Step(14), title=alt.TitleParams(title, subtitle=subtitle))
     )
@@ -351,14 +353,13 @@ def segmentation_figure(
 def epoch_chart(table: pd.DataFrame, stem: str | Path, *, metric: str, metric_title: str, best_slug: str,
                 random_weights: bool, percent: bool = True) -> list[Path]:
     """Per-epoch curves of a probe sweep (``epoch_table``): training loss and ``metric``, one line
-    per member, the best member thick and black; saved via ``save_chart``."""
+    per member, the best member thick and black; saved via ``save_chart``. ``percent``: ``metric``
+    is in percent (a ``_pct`` column)."""
     import altair as alt
 
     from pipeline.plots import category_colours, save_chart, title_with_note
 
     data = table.copy()
-    if percent:
-        data[metric] = data[metric] * 100
     data["best"] = data["slug"] == best_slug
     long = data.melt(id_vars=["epoch", "slug", "best"], value_vars=["train_loss", metric], var_name="term")
     long["term"] = long["term"].map({"train_loss": "training loss", metric: metric_title + (" (%)" if percent else "")})

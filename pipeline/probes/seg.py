@@ -41,11 +41,12 @@ are printed and stored (``selection_*`` and val columns). ``selection_fraction: 
 on val, as saev did (the reported figure is then optimistic).
 
 Per-epoch curve: after every epoch, every member's val mIoU at patch level (one more read of
-the val store per epoch, no upsampling) goes into ``epochs.csv`` with the epoch's mean
+the val store per epoch, no upsampling) goes into ``epochs.csv`` (``val_patch_miou_pct``) with the epoch's mean
 training loss (one row per epoch and member) and ``epochs.{html,png,svg}``.
 
-Outputs: ``sweep.csv`` (one row per member: lr, weight decay, train loss, patch- and
-pixel-level mIoU / accuracy / mean class accuracy on val, ``selection_pixel_miou``,
+Outputs (tables in percent, ``_pct`` columns: :mod:`pipeline.units`; ``best.json`` in fractions):
+``sweep.csv`` (one row per member: lr, weight decay, train loss, patch- and
+pixel-level mIoU / accuracy / mean class accuracy on val, ``selection_pixel_miou_pct``,
 ``protocol``, ``miou_definition``, ``random_weights``), ``best.safetensors``
 + ``best.json`` (hyper-parameters, val metrics, selection metrics and the held-out image ids, the stores and their config hashes, layer,
 class names, random_weights, device), ``per_class_iou.csv`` (best member, pixel level),
@@ -70,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline import metrics
+from pipeline import metrics, units
 from pipeline.config import Config
 from pipeline.probes import figures
 from pipeline.probes.features import (
@@ -340,6 +341,7 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         "image_ids": [str(stores.train.image_ids[i]) for i in np.flatnonzero(held_out_N)],
     }
 
+    table = units.to_pct(table, [k for k in rows[0] if k != "train_loss"])  # metrics in percent (pipeline.units)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "sweep.csv", index=False)
 
@@ -359,6 +361,7 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         }
     )
     per_class.loc[~scored_C, "iou"] = np.nan  # ignored under the protocol (ade20k: class 0), never scored
+    per_class = units.to_pct(per_class, ["iou"])
     per_class.to_csv(out_dir / "per_class_iou.csv", index=False)
 
     member = members[best]
@@ -372,16 +375,16 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     save_probe(out_dir / "best", member_state(sweep, best), meta)
 
     figures.sweep_chart(
-        table, out_dir / "sweep", metric="pixel_miou",
+        table, out_dir / "sweep", metric="pixel_miou_pct",
         metric_title=f"val mIoU, pixel level (block {stores.block})",
         random_weights=stores.random_weights,
     )
-    epoch_rows = epoch_table(sweep)
+    epoch_rows = units.to_pct(epoch_table(sweep), ["val_patch_miou"])
     epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
-    figures.epoch_chart(epoch_rows, out_dir / "epochs", metric="val_patch_miou", metric_title="val mIoU, patch level",
+    figures.epoch_chart(epoch_rows, out_dir / "epochs", metric="val_patch_miou_pct", metric_title="val mIoU, patch level",
                         best_slug=member.slug, random_weights=stores.random_weights)
     figures.per_class_chart(
-        per_class[scored_C], out_dir / "per_class_iou", value="iou",  # classes the protocol scores
+        per_class[scored_C], out_dir / "per_class_iou", value="iou_pct",  # classes the protocol scores
         title=f"Val IoU per class ({pc.protocol}), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
         random_weights=stores.random_weights, value_title="IoU, pixel level (%)",
     )

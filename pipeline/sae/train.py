@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import units
 from .checkpoint import save_checkpoint
 from .model import SparseAutoencoder
 from .scaling import InputScaling
@@ -456,7 +457,8 @@ def train_sweep(
 
 
 def sweep_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
-    """One row per member: hyper-parameters and metrics."""
+    """One row per member: hyper-parameters and metrics (dead / dense latents also in percent of
+    S, ``dead_pct`` / ``dense_pct``, as every table: :mod:`pipeline.units`)."""
     rows = []
     for i, t in enumerate(trained):
         S = t.sae.n_latents
@@ -465,8 +467,8 @@ def sweep_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
             "sparsity_coeff": t.hparams.sparsity_coeff, "exp_factor": t.hparams.exp_factor,
             "n_latents": S, "l0": t.l0, "mse": t.mse, "normalized_mse": t.normalized_mse,
             "n_dead": t.n_dead, "n_dense": t.n_dense,
-            "frac_dead": t.n_dead / S if t.n_dead >= 0 else float("nan"),
-            "frac_dense": t.n_dense / S if t.n_dense >= 0 else float("nan"),
+            "dead_pct": 100.0 * t.n_dead / S if t.n_dead >= 0 else float("nan"),
+            "dense_pct": 100.0 * t.n_dense / S if t.n_dense >= 0 else float("nan"),
             "n_tokens_seen": t.n_tokens_seen, "metrics_source": t.metrics_source,
         })
     return pd.DataFrame(rows)
@@ -519,20 +521,23 @@ def sweep_chart(df: pd.DataFrame, stem: str | Path, *, random_weights: bool) -> 
     return save_chart(chart, stem)
 
 
-HISTORY_COLUMNS = ("member", "step", "n_tokens", "lr", "sparsity_coeff", *HISTORY_TERMS)
+HISTORY_PCT = {"frac_dead": "dead_pct"}  # history terms written in percent (pipeline.units)
+HISTORY_COLUMNS = ("member", "step", "n_tokens", "lr", "sparsity_coeff", *(HISTORY_PCT.get(k, k) for k in HISTORY_TERMS))
 
 
 def history_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
-    """One row per logged step per member (long format): ``HISTORY_COLUMNS``."""
+    """One row per logged step per member (long format): ``HISTORY_COLUMNS`` (``frac_dead`` as
+    ``dead_pct``, percent of the latents)."""
     frames = []
     for i, t in enumerate(trained):
-        frame = pd.DataFrame({k: t.history[k] for k in HISTORY_COLUMNS[1:]})
+        frame = units.to_pct(pd.DataFrame({k: t.history[k] for k in ("step", "n_tokens", "lr", "sparsity_coeff", *HISTORY_TERMS)}),
+                             HISTORY_PCT)
         frame.insert(0, "member", i)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(HISTORY_COLUMNS))
 
 
-HISTORY_PANELS = {"loss": "loss", "mse": "MSE", "l1": "L1 (Σ f)", "l0": "L0", "frac_dead": "dead-latent fraction"}
+HISTORY_PANELS = {"loss": "loss", "mse": "MSE", "l1": "L1 (Σ f)", "l0": "L0", "dead_pct": "dead latents (%)"}
 
 
 def history_chart(history: pd.DataFrame, stem: str | Path, *, chosen: str | None, random_weights: bool) -> list[Path]:
