@@ -20,7 +20,7 @@ from pipeline import units
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
 # Names that say "this is a rate or a fraction" (what the convention is about) ...
-RATE_WORDS = re.compile(r"miou|iou|acc|f1|freq|frac|prob|variance|rate|dead|dense|cumulative")
+RATE_WORDS = re.compile(r"miou|iou|acc|f1|freq|frac|prob_|probab|variance|rate|dead|dense|cumulative")
 # ... except counts (n_*), a flag and the name of a definition.
 NOT_RATES = re.compile(r"^n_|^in_miou$|^miou_definition$")
 
