@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import zarr
 
 from helpers import REPO, run_cli, write_config
 from pipeline.cache import CacheReader
-from pipeline.cache.stream import ChunkDecoder, load_tokens, resident_batches, shuffle_buffer, token_index
+from pipeline.cache.stream import ChunkDecoder, load_tokens, resident_batches, token_index
 from pipeline.config import CacheRef, load_config
 from pipeline.extract import extract
 from pipeline.sae import InputScaling, load_checkpoint, load_latent_stats
@@ -231,9 +232,9 @@ def test_stream_reads_each_chunk_once_per_pass(sae_project, monkeypatch):
         reads.append((start, stop))
         return original(self, layer, start, stop, tokens)
 
-    def counting_decode(self, layer, start, stop, out=None, raw=None):  # the training stream's chunk reads
+    def counting_decode(self, layer, start, stop, out=None):  # the training stream's chunk reads
         reads.append((start, stop))
-        return original_decode(self, layer, start, stop, out, raw)
+        return original_decode(self, layer, start, stop, out)
 
     monkeypatch.setattr(CacheReader, "read", counting)
     monkeypatch.setattr(ChunkDecoder, "read", counting_decode)
@@ -257,17 +258,34 @@ def test_stream_reads_each_chunk_once_per_pass(sae_project, monkeypatch):
     assert sum(len(p[0]) for p in parts) == tokens_per_pass(reader, "patches+cls") == 24 * 17
 
 
+def reference_batches(reader, tokens, *, n_passes, seed, batch_size, buffer_size):
+    """The seed contract of ``group_batches``, row-wise from ``token_parts``: groups of W chunks of
+    the chained pass orders, carried rows first, one permutation per group, rows of a batch in
+    group order, leftovers carried."""
+    per_chunk = [acts for p in range(n_passes)
+                 for acts, _, _ in token_parts(reader, BLOCK, tokens=tokens, shuffle=True, seed=seed + p)]
+    s0, e0 = reader.chunks()[0]
+    w = math.ceil(buffer_size / ((e0 - s0) * (tokens_per_pass(reader, tokens) // int(reader.valid.sum()))))
+    rng, carry, out = np.random.default_rng(seed), per_chunk[0][:0], []
+    for g in range(0, len(per_chunk), w):
+        rows = np.concatenate([carry, *per_chunk[g:g + w]])
+        perm = rng.permutation(len(rows))
+        n_out = len(rows) if g + w >= len(per_chunk) else len(rows) // batch_size * batch_size
+        out += [rows[np.sort(perm[s:s + batch_size])] for s in range(0, n_out, batch_size)]
+        carry = rows[np.sort(perm[n_out:])]
+    return out
+
+
 @pytest.mark.parametrize("tokens", ["patches", "patches+cls"])
-def test_stream_gives_the_row_wise_reference_batches_for_any_thread_count(sae_project, tokens):
-    """Seed contract: the batches of the row-wise reference (token_parts → shuffle_buffer), whatever
-    the decode threads; so every pass yields each valid token exactly once."""
+def test_stream_follows_its_seed_contract_for_any_thread_count(sae_project, tokens):
+    """Seed contract (``group_batches``): the batches of the row-wise reference above, whatever the
+    decode threads; so every pass yields each valid token exactly once."""
     reader = CacheReader("cache/dino/seg/train.zarr")
     per_pass = tokens_per_pass(reader, tokens)
     n_passes, seed = 3, 7
-    parts = ((acts,) for p in range(n_passes)
-             for acts, _, _ in token_parts(reader, BLOCK, tokens=tokens, shuffle=True, seed=seed + p))
-    reference = [torch.from_numpy(b[0]).float()
-                 for b in shuffle_buffer(parts, batch_size=64, buffer_size=256, seed=seed)]
+    reference = [torch.from_numpy(b).float()
+                 for b in reference_batches(reader, tokens, n_passes=n_passes, seed=seed, batch_size=64, buffer_size=256)]
+    assert len(reference) > 2 and all(len(b) == 64 for b in reference[:-1])
     for workers in (1, 2, 4):
         batches = list(train_batches(reader, BLOCK, tokens=tokens, n_tokens=n_passes * per_pass, batch_size=64,
                                      buffer_size=256, seed=seed, workers=workers))
@@ -279,6 +297,11 @@ def test_stream_gives_the_row_wise_reference_batches_for_any_thread_count(sae_pr
     # the multiset of rows: every store token n_passes times
     ordered = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
     np.testing.assert_array_equal(ordered(rows), ordered(np.repeat(store_rows, n_passes, axis=0)))
+    # rows from several chunks are mixed in a batch (the shuffle happens)
+    images = np.repeat(np.flatnonzero(reader.valid), per_pass // int(reader.valid.sum()))
+    row_image = {r.tobytes(): i for r, i in zip(store_rows, images)}
+    first = {row_image[r.tobytes()] // (reader.chunks()[0][1] - reader.chunks()[0][0]) for r in batches[0].numpy()}
+    assert len(first) > 1
 
 
 def test_chunk_decoder_matches_zarr_and_device_mode_covers_each_token_once_per_pass(sae_project):

@@ -10,9 +10,10 @@ owns these paths and file lists).
     Tokens of block L (``patches``; ``patches+cls`` adds the CLS token, never registers)
     from the TRAIN store. ``sae.token_source: stream`` (and ``auto`` off CUDA): streamed
     chunk-wise (:func:`train_batches`): each pass visits the store's chunks once in a fresh
-    random order (seed ``seed + pass``), decoded several at a time on worker threads, passes
-    chained through one preallocated shuffle buffer (``sae.shuffle_buffer`` rows) until
-    ``n_tokens``, float32 batches (pinned for CUDA) made on a producer thread.
+    random order (seed ``seed + pass``), passes chained; groups of whole chunks holding about
+    ``sae.shuffle_buffer`` rows are decoded on worker threads into preallocated buffers and each
+    group's rows permuted and gathered into batches (leftovers carried), until ``n_tokens``; float32
+    batches on CPU, stored-dtype pinned batches for CUDA, made on a producer thread.
     ``device`` (and ``auto`` on CUDA when they fit: at most half the free device memory): the
     layer's tokens loaded onto the device once, a fresh permutation per pass
     (:func:`device_batches`). Inputs are scaled with :class:`InputScaling` built from the stats file of
@@ -77,10 +78,9 @@ from pipeline.cache.store import CacheError
 from pipeline.cache.stream import (
     DEVICE_MEMORY_FRACTION,
     ChunkDecoder,
-    RowShuffler,
     chunk_order,
-    chunk_rows,
     fits_on_device,
+    group_batches,
     in_background,
     load_tokens,
     resident_batches,
@@ -184,16 +184,19 @@ def tokens_per_pass(reader: CacheReader, tokens: str) -> int:
 
 
 def train_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int, batch_size: int,
-                  buffer_size: int, seed: int, workers: int = 2, pin_memory: bool = False) -> Iterator[torch.Tensor]:
-    """Shuffled float32 ``[batch, D]`` batches for ``n_tokens`` tokens, streamed from the store.
+                  buffer_size: int, seed: int, workers: int = 2, out_dtype: torch.dtype | None = torch.float32,
+                  pin_memory: bool = False) -> Iterator[torch.Tensor]:
+    """Shuffled ``[batch, D]`` batches (``out_dtype``; None: the stored dtype) for ``n_tokens`` tokens from the store.
 
     Seed contract: ``ceil(n_tokens / tokens_per_pass)`` passes; pass p visits every chunk once in
-    the order seeded ``seed + p`` (:func:`chunk_order`); all passes flow through one shuffle
-    buffer (:class:`RowShuffler`, seed ``seed``), so only the very last batch may be short. The
-    batches depend on the seed, the store's chunking, ``batch_size`` and ``buffer_size`` only, not
-    on ``workers`` (chunks decode ``workers`` at a time but are consumed in the seeded order), and
-    are the batches the row-wise ``shuffle_buffer`` over :func:`token_parts` gives (tested). Raw
-    activations, float32 (pinned for a CUDA trainer when ``pin_memory``): scaling happens on the device.
+    the order seeded ``seed + p`` (:func:`chunk_order`); the passes' chunk orders, chained, go
+    through :func:`group_batches` (seed ``seed``): groups of about ``buffer_size`` rows (whole
+    chunks), each permuted, leftovers carried to the next group, so every pass's tokens come out
+    exactly once and only the very last batch may be short. The batches depend on the seed, the
+    store's chunking, ``batch_size`` and ``buffer_size`` only, not on ``workers`` (tested). Raw
+    activations: scaling happens on the trainer's device. ``sae-train`` asks for float32 on CPU (the
+    cast then runs on the producer thread, :func:`in_background`, beside training) and for the
+    stored dtype, pinned, for CUDA (float16 halves the host → device copy; the trainer casts there).
     """
     per_pass = tokens_per_pass(reader, tokens)
     if per_pass == 0:
@@ -201,25 +204,21 @@ def train_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int
     _token_mode(tokens)
     n_passes = math.ceil(n_tokens / per_pass)
     order = (chunk for p in range(n_passes) for chunk in chunk_order(reader, shuffle=True, seed=seed + p))
-    shuffler = RowShuffler(d=reader.d_model, dtype=ChunkDecoder(reader).dtype, batch_size=batch_size,
-                           buffer_size=buffer_size, seed=seed, pin_memory=pin_memory)
-
-    def produce() -> Iterator[torch.Tensor]:
-        for rows_ND in chunk_rows(reader, layer, order, token_index(reader, tokens), workers=workers):
-            yield from shuffler.add(rows_ND)
-        yield from shuffler.flush()
-
-    yield from in_background(produce())
+    yield from in_background(group_batches(reader, layer, order, token_index(reader, tokens), batch_size=batch_size,
+                                           buffer_size=buffer_size, seed=seed, workers=workers, out_dtype=out_dtype,
+                                           pin_memory=pin_memory))
 
 
 def device_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int, batch_size: int, seed: int,
                    device: torch.device, workers: int = 2) -> Iterator[torch.Tensor]:
     """``token_source: device``: the layer's tokens loaded onto ``device`` once (:func:`load_tokens`),
     then float32 batches of a fresh permutation per pass (:func:`resident_batches`, pass p seeded
-    ``seed + p``): the same tokens per pass as :func:`train_batches`, in another order."""
+    ``seed + p``): the same tokens per pass as :func:`train_batches`, in another order. On CPU the
+    batches are gathered on a producer thread (:func:`in_background`), as the stream's are."""
     _token_mode(tokens)
     tokens_ND = load_tokens(reader, layer, token_index(reader, tokens), device=device, workers=workers)
-    yield from resident_batches(tokens_ND, n_tokens=n_tokens, batch_size=batch_size, seed=seed)
+    batches = resident_batches(tokens_ND, n_tokens=n_tokens, batch_size=batch_size, seed=seed)
+    yield from in_background(batches) if device.type == "cpu" else batches
 
 
 def token_source(reader: CacheReader, sc: SAEConfig, device: torch.device) -> str:
@@ -369,7 +368,7 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
     else:
         batches = train_batches(train, block, tokens=sc.tokens, n_tokens=sc.n_tokens, batch_size=sc.batch_size,
                                 buffer_size=sc.shuffle_buffer, seed=sc.seed, workers=max(2, threads),
-                                pin_memory=dev.type == "cuda")
+                                out_dtype=None if dev.type == "cuda" else torch.float32, pin_memory=dev.type == "cuda")
     held_out = eval_batches(val, block, tokens=sc.tokens) if val is not None else None
     t0 = time.perf_counter()
     watch = SAESweepProgress(sc.n_tokens, [hp.label for hp in members], max_l0=sc.max_l0, enabled=progress)
