@@ -4,10 +4,12 @@
 
 1. Stream read rate, width 768 (a store extracted here from a random-init DINOv2-architecture
    model, hidden 768, 224 px, float16, Blosc lz4 + bitshuffle, 32-image chunks): our training
-   stream (``train_batches``: chunks decoded on 2 threads, preallocated shuffle buffer, float32
-   batches) ÷ saev's layout (the same patch tokens as a float32 ``.npy`` memmap, each pass a random
-   permutation cut into 1024-row batches, each batch's indices sorted, ``torch.from_numpy(mm[idx])``);
-   both on a warm page cache (each read once before timing), the same number of tokens. Target ≥ 1.0.
+   stream (``train_batches``: groups of chunks decoded on 2 threads, batches gathered from them,
+   float32 batches) ÷ saev's layout (the same patch tokens as a float32 ``.npy`` memmap, each pass a
+   random permutation cut into 1024-row batches, each batch's indices sorted,
+   ``torch.from_numpy(mm[idx])``); both on a warm page cache (each read once before timing), the
+   same number of tokens; the readers alternate ``--read-repeats`` times and each repeat's ratio is
+   printed (their median first), with the process CPU time per token of each. Target ≥ 1.0.
    Also the ``token_source: device`` mode (tokens loaded once, CPU here) and bytes on disk: the
    store's chunk files of that layer ÷ the same tokens as raw float32 (target ≤ 0.5; activations
    of a random-init model barely compress, so the ratio is float16's 0.5 minus what Blosc finds;
@@ -77,12 +79,13 @@ def build_wide_store(folder: Path, *, images: int) -> Path:
     return cfg.store(CacheRef("dino", "seg"), "train")
 
 
-def stream_vs_memmap(store: Path, folder: Path, *, passes: int, batch_size: int, buffer: int, workers: int) -> dict:
+def stream_vs_memmap(store: Path, folder: Path, *, passes: int, batch_size: int, buffer: int, workers: int,
+                     repeats: int) -> dict:
     """Section 1: tokens/s of our stream, of the device mode and of saev's memmap layout; bytes on disk."""
     import numpy as np
 
     from pipeline.cache import CacheReader
-    from pipeline.cache.stream import load_tokens, resident_batches, token_index
+    from pipeline.cache.stream import in_background, load_tokens, resident_batches, token_index
     from pipeline.sae.stages import tokens_per_pass, train_batches
 
     reader = CacheReader(store)
@@ -121,19 +124,28 @@ def stream_vs_memmap(store: Path, folder: Path, *, passes: int, batch_size: int,
 
     loaded = load_tokens(reader, block, token_index(reader, "patches"), device=torch.device("cpu"), workers=workers)
 
-    def device_mode() -> int:  # batches only: the load happens once per run
-        return sum(len(b) for b in resident_batches(loaded, n_tokens=n_tokens, batch_size=batch_size, seed=0))
+    def device_mode() -> int:  # batches only (on a producer thread, as device_batches on CPU): loaded once per run
+        return sum(len(b) for b in in_background(resident_batches(loaded, n_tokens=n_tokens, batch_size=batch_size,
+                                                                  seed=0)))
 
-    rates = {}
-    for name, fn in (("saev", saev_read), ("stream", ours), ("previous", previous), ("device", device_mode)):
+    readers = (("saev", saev_read), ("stream", ours), ("previous", previous), ("device", device_mode))
+    for _, fn in readers:
         fn()  # warm page cache, allocator
-        t0 = time.perf_counter()
-        n = fn()
-        rates[name] = n / (time.perf_counter() - t0)
+    runs: dict[str, list[float]] = {name: [] for name, _ in readers}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in readers}
+    for _ in range(repeats):  # the readers alternate, so each repeat's ratios see the same load
+        for name, fn in readers:
+            t0, c0 = time.perf_counter(), time.process_time()
+            n = fn()
+            runs[name].append(n / (time.perf_counter() - t0))
+            cpu[name].append((time.process_time() - c0) / n * 1e6)
+    rates = {name: float(np.median(r)) for name, r in runs.items()}
+    ratios = {name: [a / b for a, b in zip(r, runs["saev"])] for name, r in runs.items()}
     li = reader.layer_index(block)
     disk = sum(p.stat().st_size for p in (store / "acts" / "c").rglob("*") if p.is_file() and p.parent.parent.name == str(li))
     raw_f32 = reader.n_images * reader.n_tokens * reader.d_model * 4
-    return {"d_model": reader.d_model, "tokens": n_tokens, "per_pass": per_pass, "rates": rates,
+    return {"d_model": reader.d_model, "tokens": n_tokens, "per_pass": per_pass, "rates": rates, "runs": runs,
+            "ratios": ratios, "cpu_us_per_token": {k: float(np.median(v)) for k, v in cpu.items()},
             "bytes_ratio": disk / raw_f32, "disk_bytes": disk}
 
 
@@ -259,10 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wide-images", type=int, default=128, help="images in the width-768 store (256 patches each)")
     p.add_argument("--read-passes", type=int, default=12, help="passes over the width-768 store per read timing")
     p.add_argument("--workers", type=int, default=2, help="decode threads of the stream (default 2)")
+    p.add_argument("--read-repeats", type=int, default=3, help="alternating timings of each reader in section 1 (default 3)")
     p.add_argument("--sweep-tokens", type=int, default=4096, help="tokens of the GPU-scale sweep (default 4096)")
     p.add_argument("--skip-demo-sweeps", action="store_true", help="only sections 1 and 2")
     p.add_argument("--device", default="cpu", help="where section 2's sweep trains (cpu, cuda, auto)")
     args = p.parse_args(argv)
+
+    import numpy as np
 
     from pipeline.runtime import set_threads
 
@@ -273,17 +288,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wide = build_wide_store(Path(tmp) / "wide", images=args.wide_images)
         read = stream_vs_memmap(wide, Path(tmp), passes=args.read_passes, batch_size=args.batch_size,
-                                buffer=args.buffer, workers=args.workers)
-        r = read["rates"]
+                                buffer=args.buffer, workers=args.workers, repeats=args.read_repeats)
+        r, q, c = read["rates"], read["ratios"], read["cpu_us_per_token"]
+
+        def spread(v: list[float]) -> str:
+            return f"{np.median(v):6.2f}  (each repeat: {', '.join(f'{x:.2f}' for x in v)})"
+
         print(f"\n1. stream read, D={read['d_model']}, {read['per_pass']} patch tokens per pass, {read['tokens']} tokens"
-              f" per timing, warm page cache, {args.workers} decode threads")
-        print(f"   saev layout (fp32 memmap, sorted random 1024-row batches) {r['saev']:>12,.0f} tok/s")
-        print(f"   our stream (train_batches, float32 batches)               {r['stream']:>12,.0f} tok/s")
-        print(f"   previous stream (token_parts -> shuffle_buffer, .float()) {r['previous']:>12,.0f} tok/s")
-        print(f"   token_source: device (CPU here; batches after the load)   {r['device']:>12,.0f} tok/s")
-        print(f"   ratio our stream / saev layout  {r['stream'] / r['saev']:6.2f}   (target >= 1.0)")
-        print(f"   ratio device mode / saev layout {r['device'] / r['saev']:6.2f}")
-        print(f"   ratio our stream / previous     {r['stream'] / r['previous']:6.2f}")
+              f" per timing, warm page cache, {args.workers} decode threads; {args.read_repeats} alternating repeats,"
+              f" median tok/s and process CPU µs per token")
+        print(f"   saev layout (fp32 memmap, sorted random 1024-row batches) {r['saev']:>12,.0f} tok/s {c['saev']:6.2f} µs")
+        print(f"   our stream (train_batches, float32 batches)               {r['stream']:>12,.0f} tok/s {c['stream']:6.2f} µs")
+        print(f"   previous stream (token_parts -> shuffle_buffer, .float()) {r['previous']:>12,.0f} tok/s {c['previous']:6.2f} µs")
+        print(f"   token_source: device (CPU here; batches after the load)   {r['device']:>12,.0f} tok/s {c['device']:6.2f} µs")
+        print(f"   ratio our stream / saev layout  {spread(q['stream'])}   (target >= 1.0)")
+        print(f"   ratio device mode / saev layout {spread(q['device'])}")
+        print(f"   ratio our stream / previous     {spread([a / b for a, b in zip(read['runs']['stream'], read['runs']['previous'])])}")
+        print(f"   CPU time per token, our stream / saev layout {c['stream'] / c['saev']:6.2f}")
         print(f"   bytes on disk / raw float32     {read['bytes_ratio']:6.3f}   (target <= 0.5; random-init activations)")
         sweep = gpu_scale_sweep(wide, n_tokens=args.sweep_tokens, batch_size=args.batch_size, buffer=args.buffer,
                                 workers=args.workers, device=device)
