@@ -10,7 +10,9 @@ Prints ratios measured in one run (absolute times depend on the machine):
 (b) wall time of an 18-member sweep ÷ a 1-member sweep (``fit_sweep``), same stream, same
     epochs (target ≤ 1.5: the data pass is shared, members only add a wider matmul).
 (c) probe-seg evaluation of the whole sweep (``evaluate_seg``: patch and pixel level, every
-    member) ÷ the sweep's training time for the configured epochs (scaled from (b)'s run);
+    member; on val and on the held-out selection part of train, as ``probe-seg`` times it in
+    ``best.json``'s ``seconds.evaluate``) ÷ the sweep's training time for the configured epochs
+    (scaled from (b)'s run, without the per-epoch curve);
     the same with the previous per-member confusion loop (its matrices must be equal); and the
     per-epoch validation curve (``val_patch_miou``) ÷ one training epoch.
 
@@ -161,11 +163,16 @@ def main() -> None:
     def per_member(true, pred_M, n_classes, *, ignore=None):  # the loop evaluate_seg ran before
         return np.stack([metrics.confusion_matrix(true, p, n_classes, ignore=ignore) for p in pred_M])
 
-    def evaluate(confusions):
+    held_out = seg.selection_images(reader, y_default, pc.selection_fraction, pc.selection_seed)
+
+    def evaluate(confusions):  # what probe-seg times as seconds.evaluate: val, then the held-out selection part
         metrics.confusion_matrices = confusions
         try:
             t0 = time.perf_counter()
-            ev = seg.evaluate_seg(trained, stores, norm, train_on_other=pc.train_on_other)
+            ev = seg.evaluate_seg(trained, stores, norm, train_on_other=pc.train_on_other, protocol=pc.protocol)
+            if held_out.any():
+                seg.evaluate_seg(trained, stores, norm, train_on_other=pc.train_on_other, protocol=pc.protocol,
+                                 reader=reader, images_N=held_out)
             return time.perf_counter() - t0, ev
         finally:
             metrics.confusion_matrices = stacked
@@ -190,7 +197,8 @@ def main() -> None:
         (f"1-member sweep, {args.epochs} epochs (s)", f"{t_one:.2f}", "1.00"),
         (f"{len(members)}-member sweep, {args.epochs} epochs (s)", f"{t_all:.2f}", f"{t_all / t_one:.2f}"),
         (f"{len(members)}-member training, {pc.epochs} epochs (s, scaled)", f"{t_train_cfg:.2f}", "1.00"),
-        ("evaluation, stacked confusions (s)", f"{t_eval:.2f}", f"{t_eval / t_train_cfg:.2f}"),
+        (f"evaluation, val + {int(held_out.sum())} selection images, stacked confusions (s)", f"{t_eval:.2f}",
+         f"{t_eval / t_train_cfg:.2f}"),
         ("evaluation, per-member confusions (previous) (s)", f"{t_eval_old:.2f}", f"{t_eval_old / t_train_cfg:.2f}"),
         ("per-epoch val curve / one training epoch", f"{t_curve:.2f}", f"{t_curve / (t_all / args.epochs):.2f}"),
     ]
