@@ -16,7 +16,7 @@
    real models' activations compress better).
 2. GPU-scale sweep (``--device``: cpu by default, cuda on a GPU node; the same code path): width
    768, 16× expansion (12,288 latents), 8 members, the same store; tokens/s streamed
-   (``train_batches``, pinned batches on CUDA → ``train_sweep`` with scaling on the device) ÷ the
+   (``train_batches``, pinned float16 batches on CUDA → ``train_sweep`` casting and scaling on the device) ÷ the
    same scaled batches already in device memory. Target ≥ 0.9. On CPU keep the token count small
    (the CPU does ~0.5 TFLOP per 1024-token step for 8 such members).
 3. (unless ``--skip-demo-sweeps``) the demo-size sweeps, streamed ÷ in memory, on ``--store``, else
@@ -169,15 +169,16 @@ def gpu_scale_sweep(store: Path, *, n_tokens: int, batch_size: int, buffer: int,
 
     def stream():
         return train_batches(reader, block, tokens="patches", n_tokens=n_tokens, batch_size=batch_size,
-                             buffer_size=buffer, seed=0, workers=workers, pin_memory=cuda)
+                             buffer_size=buffer, seed=0, workers=workers, pin_memory=cuda,
+                             out_dtype=None if cuda else torch.float32)  # as sae-train asks
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize(device)
 
-    first = torch.cat(list(stream()))
+    first = torch.cat(list(stream())).float()
     scaling = InputScaling.from_batches(first.split(batch_size))
-    in_memory = [scaling.apply(b).to(device) for b in stream()]
+    in_memory = [scaling.apply(b.float()).to(device) for b in stream()]
     members = [SAEHparams(lr, lam, 16) for lr in (1e-4, 3e-4) for lam in (1e-4, 3e-4, 1e-3, 3e-3)]
     tc = TrainConfig(n_tokens=n_tokens, batch_size=batch_size, lr_warmup_steps=2, sparsity_warmup_steps=2)
     zeros = torch.zeros(d)
