@@ -19,7 +19,7 @@ import zarr
 
 from helpers import REPO, run_cli, write_config
 from pipeline.cache import CacheReader
-from pipeline.cache.stream import ChunkDecoder, load_tokens, resident_batches, token_index
+from pipeline.cache.stream import ChunkDecoder, group_batches, load_tokens, resident_batches, token_index
 from pipeline.config import CacheRef, load_config
 from pipeline.extract import extract
 from pipeline.sae import InputScaling, load_checkpoint, load_latent_stats
@@ -302,6 +302,22 @@ def test_stream_follows_its_seed_contract_for_any_thread_count(sae_project, toke
     row_image = {r.tobytes(): i for r, i in zip(store_rows, images)}
     first = {row_image[r.tobytes()] // (reader.chunks()[0][1] - reader.chunks()[0][0]) for r in batches[0].numpy()}
     assert len(first) > 1
+
+
+def test_stream_without_mixing_is_store_order_and_the_zarr_fallback_gives_the_same_batches(sae_project, monkeypatch):
+    reader = CacheReader("cache/dino/seg/train.zarr")
+    tok = token_index(reader, "patches")
+    store_rows = load_tokens(reader, BLOCK, tok, device=torch.device("cpu"))
+    order = [(s, e) for s, e in reader.chunks() if reader.valid[s:e].any()]
+    # buffer_size <= batch_size: no permutation, batches cut from the rows in chunk order
+    plain = torch.cat(list(group_batches(reader, BLOCK, order, tok, batch_size=50, buffer_size=50, seed=0)))
+    assert torch.equal(plain, store_rows)
+    mixed = list(group_batches(reader, BLOCK, order, tok, batch_size=64, buffer_size=256, seed=3))
+    # a layout ChunkDecoder does not decode itself: CacheReader.read's rows are copied into the group buffer
+    monkeypatch.setattr(ChunkDecoder, "read", lambda self, layer, start, stop, out=None: self.reader.read(layer, start, stop))
+    again = list(group_batches(reader, BLOCK, order, tok, batch_size=64, buffer_size=256, seed=3))
+    assert len(again) == len(mixed) and all(torch.equal(a, b) for a, b in zip(again, mixed))
+    assert not torch.equal(torch.cat(mixed), store_rows)
 
 
 def test_chunk_decoder_matches_zarr_and_device_mode_covers_each_token_once_per_pass(sae_project):

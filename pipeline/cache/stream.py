@@ -235,7 +235,7 @@ def group_batches(
     reader: CacheReader, layer: int, order: Iterable[tuple[int, int]], tok_T: np.ndarray, *, batch_size: int,
     buffer_size: int, seed: int, workers: int = 2, out_dtype: torch.dtype | None = None, pin_memory: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """Shuffled ``[batch, D]`` batches (``out_dtype``, default the stored dtype) of the valid images' ``tok_T`` tokens, chunks in ``order``.
+    """Shuffled ``[batch, D]`` batches of the valid images' ``tok_T`` tokens of the chunks in ``order``.
 
     Seed contract: ``order`` is cut into groups of ``W = ceil(buffer_size / (chunk images × T'))``
     consecutive chunks (W = 1 when ``buffer_size <= batch_size``: no mixing). A group's rows are the
@@ -249,9 +249,10 @@ def group_batches(
 
     How: each group's chunks are Blosc-decoded (:class:`ChunkDecoder`, ``workers`` threads) straight
     into one of two preallocated ``[batch_size + W·c·T, D]`` buffers, the next group while this one
-    is gathered; a batch is one ``index_select`` of its rows (torch, which releases the GIL; numpy's
-    ``take`` is ~2× slower here), so rows are copied once, with no per-row Python work and no
-    shuffle-buffer compaction. Batches are fresh tensors (pinned when ``pin_memory``).
+    is gathered; a batch is one ``index_select`` of its rows (which releases the GIL), so rows are
+    copied once, with no per-row Python work and no shuffle-buffer compaction. Batches are fresh
+    tensors of ``out_dtype`` (default: the stored dtype; a cast goes through a reused staging
+    buffer), pinned when ``pin_memory``.
     """
     decoder = ChunkDecoder(reader)
     c, t, d = decoder.chunk_shape[0], reader.n_tokens, reader.d_model
