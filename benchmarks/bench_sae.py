@@ -5,7 +5,7 @@
 1. Stream read rate, width 768 (a store extracted here from a random-init DINOv2-architecture
    model, hidden 768, 224 px, float16, Blosc lz4 + bitshuffle, 32-image chunks): our training
    stream (``train_batches``: groups of chunks decoded on 2 threads, batches gathered from them,
-   float32 batches) ÷ saev's layout (the same patch tokens as a float32 ``.npy`` memmap, each pass a
+   float32 batches, as ``sae-train`` asks for on CPU) ÷ saev's layout (the same patch tokens as a float32 ``.npy`` memmap, each pass a
    random permutation cut into 1024-row batches, each batch's indices sorted,
    ``torch.from_numpy(mm[idx])``); both on a warm page cache (each read once before timing), the
    same number of tokens; the readers alternate ``--read-repeats`` times and each repeat's ratio is

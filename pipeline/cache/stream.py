@@ -231,6 +231,10 @@ def chunk_rows(
         pool.put(bufs)
 
 
+CAST_ELEMENTS = 32768
+"""torch's ``at::internal::GRAIN_SIZE``: an elementwise op on fewer elements runs on the calling thread."""
+
+
 def group_batches(
     reader: CacheReader, layer: int, order: Iterable[tuple[int, int]], tok_T: np.ndarray, *, batch_size: int,
     buffer_size: int, seed: int, workers: int = 2, out_dtype: torch.dtype | None = None, pin_memory: bool = False,
@@ -249,10 +253,13 @@ def group_batches(
 
     How: each group's chunks are Blosc-decoded (:class:`ChunkDecoder`, ``workers`` threads) straight
     into one of two preallocated ``[batch_size + W·c·T, D]`` buffers, the next group while this one
-    is gathered; a batch is one ``index_select`` of its rows (which releases the GIL), so rows are
-    copied once, with no per-row Python work and no shuffle-buffer compaction. Batches are fresh
-    tensors of ``out_dtype`` (default: the stored dtype; a cast goes through a reused staging
-    buffer), pinned when ``pin_memory``.
+    is gathered; a batch is one ``np.take`` of its rows, so rows are copied once, with no per-row
+    Python work and no shuffle-buffer compaction. Batches are fresh tensors of ``out_dtype``
+    (default: the stored dtype), pinned when ``pin_memory``. The gathers are numpy's (one thread,
+    GIL released) and a cast runs in torch calls of fewer than ``CAST_ELEMENTS`` elements, which
+    torch runs on the calling thread: torch's intra-op thread count is process-wide, and a gather
+    or cast split across that team spent most of its time in the team's barrier on a busy machine
+    (py-spy), where the consumer's own ops need the team.
     """
     decoder = ChunkDecoder(reader)
     c, t, d = decoder.chunk_shape[0], reader.n_tokens, reader.d_model
@@ -278,13 +285,18 @@ def group_batches(
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     out_dtype = dtype if out_dtype is None else out_dtype
-    staging = torch.empty((batch_size, d), dtype=dtype)
+    staging = np.empty((batch_size, d), dtype=decoder.dtype)
+    piece = max(1, (CAST_ELEMENTS - 1) // d)  # rows per cast call
 
     def gather(buf: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
         out = torch.empty((rows.size, d), dtype=out_dtype, pin_memory=pin_memory)
         if out_dtype == dtype:
-            return torch.index_select(buf, 0, torch.from_numpy(rows), out=out)
-        return out.copy_(torch.index_select(buf, 0, torch.from_numpy(rows), out=staging[: rows.size]))
+            np.take(buf.numpy(), rows, axis=0, out=out.numpy(), mode="clip")  # "raise" would buffer the copy
+            return out
+        rows_ND = torch.from_numpy(np.take(buf.numpy(), rows, axis=0, out=staging[: rows.size], mode="clip"))
+        for s in range(0, rows.size, piece):
+            out[s:s + piece].copy_(rows_ND[s:s + piece])
+        return out
 
     with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
 
@@ -306,7 +318,7 @@ def group_batches(
             for s in range(0, n_out, batch_size):
                 yield gather(buf, rows[np.sort(perm[s:s + batch_size])])
             left = rows[np.sort(perm[n_out:])]
-            bufs[(k + 1) % 2][: left.size] = buf[torch.from_numpy(left)]
+            np.take(buf.numpy(), left, axis=0, out=bufs[(k + 1) % 2].numpy()[: left.size], mode="clip")
             carry = np.arange(left.size, dtype=np.int64)
             group, pending, k = nxt, nxt_pending, k + 1
 
@@ -314,19 +326,14 @@ def group_batches(
 def in_background(items: Iterator[T], *, depth: int = 4) -> Iterator[T]:
     """Run the generator ``items`` on a thread, up to ``depth`` results ahead; yield them in order.
 
-    The consumer's thread then only takes finished batches. Torch operations on that thread run
-    on one intra-op thread (``torch.set_num_threads(1)`` there: OpenMP's thread count is per
-    thread, so the consumer's team keeps its size): a gather or cast split across a team spends
-    most of its time in the team's barrier when the machine is busy (py-spy: ~60 % of the
-    producer's samples at load ~15 on 2 cores). Exceptions are re-raised here; closing this
-    generator stops the thread.
+    The consumer's thread then only takes finished batches. Exceptions are re-raised here;
+    closing this generator stops the thread.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
 
     def run() -> None:
-        torch.set_num_threads(1)
         try:
             for item in items:
                 while not stop.is_set():

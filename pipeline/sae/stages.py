@@ -13,7 +13,7 @@ owns these paths and file lists).
     random order (seed ``seed + pass``), passes chained; groups of whole chunks holding about
     ``sae.shuffle_buffer`` rows are decoded on worker threads into preallocated buffers and each
     group's rows permuted and gathered into batches (leftovers carried), until ``n_tokens``; float32
-    batches on CPU, stored-dtype pinned batches for CUDA, made on a producer thread.
+    batches on CPU, stored-dtype pinned batches for CUDA (cast there), made on a producer thread.
     ``device`` (and ``auto`` on CUDA when they fit: at most half the free device memory): the
     layer's tokens loaded onto the device once, a fresh permutation per pass
     (:func:`device_batches`). Inputs are scaled with :class:`InputScaling` built from the stats file of
@@ -194,9 +194,10 @@ def train_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int
     chunks), each permuted, leftovers carried to the next group, so every pass's tokens come out
     exactly once and only the very last batch may be short. The batches depend on the seed, the
     store's chunking, ``batch_size`` and ``buffer_size`` only, not on ``workers`` (tested). Raw
-    activations: scaling happens on the trainer's device. ``sae-train`` asks for float32 on CPU (the
-    cast then runs on the producer thread, :func:`in_background`, beside training) and for the
-    stored dtype, pinned, for CUDA (float16 halves the host → device copy; the trainer casts there).
+    activations, made on a producer thread (:func:`in_background`); scaling happens on the
+    trainer's device. ``sae-train`` asks for float32 on CPU (cast on the producer thread) and for
+    the stored dtype, pinned, for CUDA (float16 halves the host → device copy; the trainer casts
+    on the device).
     """
     per_pass = tokens_per_pass(reader, tokens)
     if per_pass == 0:
