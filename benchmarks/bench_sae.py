@@ -140,7 +140,7 @@ def stream_vs_memmap(store: Path, folder: Path, *, passes: int, batch_size: int,
             runs[name].append(n / (time.perf_counter() - t0))
             cpu[name].append((time.process_time() - c0) / n * 1e6)
     rates = {name: float(np.median(r)) for name, r in runs.items()}
-    ratios = {name: [a / b for a, b in zip(r, runs["saev"])] for name, r in runs.items()}
+    ratios = {name: [a / b for a, b in zip(r, runs["saev"], strict=True)] for name, r in runs.items()}
     li = reader.layer_index(block)
     disk = sum(p.stat().st_size for p in (store / "acts" / "c").rglob("*") if p.is_file() and p.parent.parent.name == str(li))
     raw_f32 = reader.n_images * reader.n_tokens * reader.d_model * 4
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   token_source: device (CPU here; batches after the load)   {r['device']:>12,.0f} tok/s {c['device']:6.2f} µs")
         print(f"   ratio our stream / saev layout  {spread(q['stream'])}   (target >= 1.0)")
         print(f"   ratio device mode / saev layout {spread(q['device'])}")
-        print(f"   ratio our stream / previous     {spread([a / b for a, b in zip(read['runs']['stream'], read['runs']['previous'])])}")
+        print(f"   ratio our stream / previous     {spread([a / b for a, b in zip(read['runs']['stream'], read['runs']['previous'], strict=True)])}")
         print(f"   CPU time per token, our stream / saev layout {c['stream'] / c['saev']:6.2f}")
         print(f"   bytes on disk / raw float32     {read['bytes_ratio']:6.3f}   (target <= 0.5; random-init activations)")
         sweep = gpu_scale_sweep(wide, n_tokens=args.sweep_tokens, batch_size=args.batch_size, buffer=args.buffer,

@@ -290,7 +290,7 @@ def test_stream_follows_its_seed_contract_for_any_thread_count(sae_project, toke
         batches = list(train_batches(reader, BLOCK, tokens=tokens, n_tokens=n_passes * per_pass, batch_size=64,
                                      buffer_size=256, seed=seed, workers=workers))
         assert len(batches) == len(reference)
-        assert all(b.dtype == torch.float32 and torch.equal(b, r) for b, r in zip(batches, reference))
+        assert all(b.dtype == torch.float32 and torch.equal(b, r) for b, r in zip(batches, reference, strict=True))
     rows = torch.cat(batches).numpy()
     store_rows = load_tokens(reader, BLOCK, token_index(reader, tokens), device=torch.device("cpu")).float().numpy()
     assert len(store_rows) == per_pass
@@ -299,7 +299,7 @@ def test_stream_follows_its_seed_contract_for_any_thread_count(sae_project, toke
     np.testing.assert_array_equal(ordered(rows), ordered(np.repeat(store_rows, n_passes, axis=0)))
     # rows from several chunks are mixed in a batch (the shuffle happens)
     images = np.repeat(np.flatnonzero(reader.valid), per_pass // int(reader.valid.sum()))
-    row_image = {r.tobytes(): i for r, i in zip(store_rows, images)}
+    row_image = {r.tobytes(): i for r, i in zip(store_rows, images, strict=True)}
     first = {row_image[r.tobytes()] // (reader.chunks()[0][1] - reader.chunks()[0][0]) for r in batches[0].numpy()}
     assert len(first) > 1
 
@@ -316,7 +316,7 @@ def test_stream_without_mixing_is_store_order_and_the_zarr_fallback_gives_the_sa
     # a layout ChunkDecoder does not decode itself: CacheReader.read's rows are copied into the group buffer
     monkeypatch.setattr(ChunkDecoder, "read", lambda self, layer, start, stop, out=None: self.reader.read(layer, start, stop))
     again = list(group_batches(reader, BLOCK, order, tok, batch_size=64, buffer_size=256, seed=3))
-    assert len(again) == len(mixed) and all(torch.equal(a, b) for a, b in zip(again, mixed))
+    assert len(again) == len(mixed) and all(torch.equal(a, b) for a, b in zip(again, mixed, strict=True))
     assert not torch.equal(torch.cat(mixed), store_rows)
 
 
