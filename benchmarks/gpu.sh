@@ -8,7 +8,7 @@
 # Sizes (environment): IMAGES (extraction images, default 8192), WIDE_IMAGES (SAE store images,
 # 256 patch tokens each, default 512), SWEEP_TOKENS (default 262144), DEVICE (default cuda);
 # COUNTS="W,T ..." adds a 2-block extraction table per decode-worker,write-thread pair;
-# SKIP_SAE=1 leaves the SAE benchmark out.
+# SKIP_SAE=1 leaves the SAE benchmark out, SKIP_EXTRACT=1 the extraction benchmark.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -22,10 +22,10 @@ DEVICE=${DEVICE:-cuda}
   python3 -c "import torch, transformers, zarr; print('torch', torch.__version__, 'transformers', transformers.__version__, 'zarr', zarr.__version__)"
 } 2>&1 | tee "$OUT/machine.txt"
 SECONDS=0
-python3 benchmarks/bench_extract.py --images "${IMAGES:-8192}" --hidden 768 --layers 12 --batch-size 128 \
+[ -z "${SKIP_EXTRACT:-}" ] && python3 benchmarks/bench_extract.py --images "${IMAGES:-8192}" --hidden 768 --layers 12 --batch-size 128 \
   --chunk-images 32 --device "$DEVICE" --forward-dtype bfloat16 --cached 1,2 2>&1 \
   | grep -v "it/s\]" | tee "$OUT/extract.txt"
-for wt in ${COUNTS:-}; do
+for wt in ${SKIP_EXTRACT:+}${COUNTS:-}; do
   python3 benchmarks/bench_extract.py --images "${IMAGES:-8192}" --hidden 768 --layers 12 --batch-size 128 \
     --chunk-images 32 --device "$DEVICE" --forward-dtype bfloat16 --cached 2 --num-workers "${wt%,*}" \
     --write-threads "${wt#*,}" 2>&1 | grep -v "it/s\]" | tee -a "$OUT/extract.txt"
