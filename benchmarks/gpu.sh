@@ -25,7 +25,8 @@ SECONDS=0
 [ -z "${SKIP_EXTRACT:-}" ] && python3 benchmarks/bench_extract.py --images "${IMAGES:-8192}" --hidden 768 --layers 12 --batch-size 128 \
   --chunk-images 32 --device "$DEVICE" --forward-dtype bfloat16 --cached 1,2 2>&1 \
   | grep -v "it/s\]" | tee "$OUT/extract.txt"
-for wt in ${SKIP_EXTRACT:+}${COUNTS:-}; do
+[ -n "${SKIP_EXTRACT:-}" ] && COUNTS=""
+for wt in ${COUNTS:-}; do
   python3 benchmarks/bench_extract.py --images "${IMAGES:-8192}" --hidden 768 --layers 12 --batch-size 128 \
     --chunk-images 32 --device "$DEVICE" --forward-dtype bfloat16 --cached 2 --num-workers "${wt%,*}" \
     --write-threads "${wt#*,}" 2>&1 | grep -v "it/s\]" | tee -a "$OUT/extract.txt"
