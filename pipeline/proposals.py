@@ -17,8 +17,9 @@ import pandas as pd
 
 from pipeline.cache import CacheReader
 from pipeline.config import Config, QuantifyConfig
-from pipeline.feature_selection import allowed_latents, load_f1, ranked_latents
+from pipeline.feature_selection import load_f1
 from pipeline.layout import class_f1_path, quantify_dir, sae_dir
+from pipeline.methods import allowed_latents, ranked_latents
 
 
 def proposal_table(f1, freq_S: np.ndarray, max_value_S: np.ndarray, class_names, q: QuantifyConfig) -> pd.DataFrame:

@@ -57,11 +57,10 @@ import torch
 
 from pipeline.cache import CacheReader
 from pipeline.config import ConfigError, QuantifyConfig
-from pipeline.feature_selection import allowed_latents, ranked_latents
-from pipeline.interventions import Edit, LatentEditor, ReforwardPredictor
+from pipeline.interventions import LatentEditor, ReforwardPredictor
+from pipeline.methods import METHOD_REGISTRY, Edit, MethodContext, Skipped, method_rng
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 
-METHODS = ("random_vector", "random_feature", "auto_feature", "manual_feature")
 TOP_INTO = 3
 
 
@@ -210,36 +209,32 @@ def make_jobs(
     scalar: float,
     d_model: int,
 ) -> tuple[list[Job], list[dict]]:
-    """The (method, class) edits, and the classes a method skips (with the reason)."""
-    jobs, skipped = [], []
-    live = np.flatnonzero(freq_S > 0)
-    if live.size == 0:
+    """The (method, class) edits, and the classes a method skips (with the reason).
+
+    Each method is looked up in :data:`pipeline.methods.METHOD_REGISTRY`; its generator for
+    class ``c`` is seeded by (``cfg.seed``, ``c``, the method's name).
+    """
+    if not np.any(freq_S > 0):
         raise ValueError("the SAE has no latent that fires on the train split; nothing to intervene with")
-    value = lambda s: float(cfg.scale * max_value_S[s])  # noqa: E731
-    vector_norm = abs(cfg.scale) * float(np.median(max_value_S[live])) / scalar
-    allowed = allowed_latents(freq_S, cfg.max_firing_fraction)
+    ctx = MethodContext(
+        scale=cfg.scale,
+        max_value_S=max_value_S,
+        freq_S=freq_S,
+        max_firing_fraction=cfg.max_firing_fraction,
+        f1=f1,
+        manual=manual,
+        vector_norm=abs(cfg.scale) * float(np.median(max_value_S[freq_S > 0])) / scalar,
+        d_model=d_model,
+    )
+    jobs, skipped = [], []
     for method in cfg.methods:
+        choose = METHOD_REGISTRY[method].choose
         for c in classes:
-            rng = np.random.default_rng([cfg.seed, c, METHODS.index(method)])
-            if method == "random_vector":
-                u = rng.standard_normal(d_model)
-                jobs.append(Job(method, c, Edit(vector=(u / np.linalg.norm(u) * vector_norm).astype(np.float32)), "random vector", f"norm {vector_norm:.4g}"))
-            elif method == "random_feature":
-                s = int(rng.choice(live))
-                jobs.append(Job(method, c, Edit((s,), (value(s),)), str(s)))
-            elif method == "auto_feature":
-                best = ranked_latents(f1, c, allowed, 1)
-                if not best:
-                    skipped.append({"method": method, "class_id": c, "reason": "no allowed latent fires on this class"})
-                    continue
-                s, t, score = best[0]
-                jobs.append(Job(method, c, Edit((s,), (value(s),)), str(s), f"train F1 {score:.3f} at f>{t:g}"))
-            elif method == "manual_feature":
-                if c not in manual:
-                    skipped.append({"method": method, "class_id": c, "reason": "no latent named for this class in quantify.manual"})
-                    continue
-                lat = manual[c]
-                jobs.append(Job(method, c, Edit(lat, tuple(value(s) for s in lat)), "+".join(map(str, lat))))
+            chosen = choose(ctx, c, method_rng(cfg.seed, c, method))
+            if isinstance(chosen, Skipped):
+                skipped.append({"method": method, "class_id": c, "reason": chosen.reason})
+            else:
+                jobs.append(Job(method, c, chosen.edit, chosen.label, chosen.note))
     return jobs, skipped
 
 

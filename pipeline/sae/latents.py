@@ -30,6 +30,7 @@ import xarray as xr
 from torch import Tensor
 from pipeline.progress import Progress
 
+from .encode import encode_tokens
 from .model import SparseAutoencoder
 from .scaling import InputScaling
 
@@ -91,11 +92,9 @@ def latent_stats(
         idx_B = idx_B.to(dev)
         chunk = max(1, max_chunk_elements // (P * S))
         for lo in range(0, B, chunk):
-            x_bPD = acts_BPD[lo:lo + chunk].to(dev, non_blocking=True).float()
-            if scaling is not None:
-                x_bPD = scaling.apply(x_bPD)
+            x_bPD = acts_BPD[lo:lo + chunk].to(dev, non_blocking=True)
             b = x_bPD.shape[0]
-            f_bPS = sae.encode(x_bPD.reshape(b * P, D)).reshape(b, P, S)
+            f_bPS = encode_tokens(sae, scaling, x_bPD.reshape(b * P, D)).reshape(b, P, S)
 
             max_S = torch.maximum(max_S, f_bPS.amax(dim=(0, 1)))
             n_fire_S += (f_bPS > 0).sum(dim=(0, 1))
