@@ -249,7 +249,7 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
     confs = [Confusions(*(np.zeros((c, c), np.int64) for _ in range(4))) for _ in fitted]
     load = None
     if crf_window is not None:
-        from pipeline.sae.stages import store_image_loader
+        from pipeline.data import store_image_loader
 
         load = store_image_loader(val)  # images read only for the CRF's appearance kernel
     for f, conf in zip(fitted, confs):

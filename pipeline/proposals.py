@@ -63,7 +63,7 @@ def proposals_html(table: pd.DataFrame, *, random_weights: bool, folder: str = "
 def write_proposals(cfg: Config, q: QuantifyConfig) -> dict:
     from pipeline.sae import load_latent_stats
     from pipeline.sae.gallery import write_gallery
-    from pipeline.sae.stages import store_image_loader
+    from pipeline.data import store_image_loader
 
     train = CacheReader(cfg.store(cfg.sae.cache, "train"))
     latents = load_latent_stats(sae_dir(cfg) / "latents.zarr")

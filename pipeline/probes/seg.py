@@ -68,7 +68,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from pipeline import metrics
 from pipeline.config import Config
@@ -260,15 +259,13 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
 
     Only for the figure. If the dataset cannot be read, a grey placeholder stands in.
     """
-    from pipeline.data import Preprocess, crop_geometry, load_rgb, load_split
+    from pipeline.data import load_rgb, resize_crop, store_image_paths, store_preprocess
 
     attrs = stores.val.attrs
     crop = int(attrs["image_size"])
     try:
-        pre = Preprocess(**attrs["preprocess"])
-        extra = {"class_list": attrs["config"]["dataset"]["class_list"]} if "class_list" in attrs["config"]["dataset"] else {}
-        data = load_split(attrs["dataset_kind"], Path(attrs["dataset_root"]), attrs["config"]["dataset"]["split"], **extra)
-        by_id = {s.id: s.image for s in data.samples}
+        pre = store_preprocess(attrs)
+        by_id = store_image_paths(attrs)
     except Exception as err:  # noqa: BLE001 - only a picture: say so and go on
         log.warning("examples.png: cannot list the dataset (%s); drawing placeholders", err)
         by_id, pre = {}, None
@@ -277,10 +274,7 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
     for i in image_idx:
         path = by_id.get(str(ids[i]))
         try:
-            img = load_rgb(path)
-            geo = crop_geometry(img.width, img.height, pre)
-            img = img.resize((geo.resized_W, geo.resized_H), resample=getattr(Image.Resampling, pre.interpolation.upper()))
-            out.append(np.asarray(img.crop((geo.left, geo.top, geo.left + crop, geo.top + crop)), dtype=np.uint8))
+            out.append(np.asarray(resize_crop(load_rgb(path), pre), dtype=np.uint8))
         except Exception as err:  # noqa: BLE001
             if path is not None:
                 log.warning("examples.png: cannot read %s (%s); drawing a placeholder", path, err)
