@@ -82,7 +82,7 @@ from pipeline.config import Config, ConfigError, to_jsonable
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 from pipeline.progress import Progress
 from pipeline.probes.features import FinalNorm, ProbeStores, check_label_range, in_memory_epochs, open_probe_stores, patch_chunks, seg_train_labels, store_record
-from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep
+from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep, predict_classes
 from pipeline.probes.seg import protocol_text, seg_metrics, upsampled_predictions
 from pipeline.provenance import record
 from pipeline.runtime import describe_device, resolve_device, set_threads
@@ -270,7 +270,7 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
             feats = _all_features(variants, x_std)
             for f, z_ND, conf in zip(fitted, feats, confs):
                 logits_1BPC = f.probe(z_ND).reshape(1, b, p, c)
-                patch_pred = (logits_1BPC[0, ..., 1:].argmax(dim=-1) + 1).cpu().numpy()
+                patch_pred = predict_classes(logits_1BPC[0]).cpu().numpy()
                 pixel_pred = upsampled_predictions(logits_1BPC, val.grid, pixel_BHW.shape[1:], train_on_other=False)[0]
                 conf.linear_patch += metrics.confusion_matrix(truth_BP, patch_pred, c, ignore=0)
                 conf.linear_pixel += metrics.confusion_matrix(pixel_BHW, pixel_pred, c, ignore=0)

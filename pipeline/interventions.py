@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from pipeline.methods import Edit
 from pipeline.models import Backbone
+from pipeline.probes.linear import predict_classes
 from pipeline.runtime import forward_precision
 from pipeline.sae import InputScaling, SparseAutoencoder, encode_tokens
 
@@ -91,7 +92,4 @@ class ReforwardPredictor:
     @torch.no_grad()
     def predict(self, acts_BTD: Tensor) -> Tensor:
         """[B, P] predicted class ids (never 0 = other when ``real_classes_only``)."""
-        logits = self.logits(acts_BTD)
-        if self.real_classes_only:
-            return logits[..., 1:].argmax(-1) + 1
-        return logits.argmax(-1)
+        return predict_classes(self.logits(acts_BTD), real_classes_only=self.real_classes_only)

@@ -92,6 +92,7 @@ from pipeline.probes.linear import (
     fit_sweep,
     member_grid,
     member_state,
+    predict_classes,
     save_probe,
     sweep_table,
 )
@@ -129,11 +130,6 @@ class SegEvaluation:
     figure_images: np.ndarray  # store indices of the first valid val images
     figure_true_KHW: np.ndarray
     figure_pred_MKHW: np.ndarray
-
-
-def _predict(logits: torch.Tensor, train_on_other: bool) -> torch.Tensor:
-    """Argmax over the real classes 1 … C-1 (class 0 never predicted) unless train_on_other."""
-    return logits.argmax(dim=-1) if train_on_other else logits[..., 1:].argmax(dim=-1) + 1
 
 
 def upsampled_predictions(logits_MBPC: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], train_on_other: bool) -> np.ndarray:
@@ -181,7 +177,7 @@ def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, tra
         check_label_range(val, "pixel_label", pixel_BHW, image_B)
         with torch.no_grad():
             logits_MBPC = sweep(x_BPD.reshape(b * p, d)).reshape(m, b, p, c)
-            patch_pred_MBP = _predict(logits_MBPC, train_on_other).cpu().numpy()
+            patch_pred_MBP = predict_classes(logits_MBPC, real_classes_only=not train_on_other).cpu().numpy()
             pixel_pred_MBHW = upsampled_predictions(logits_MBPC, val.grid, pixel_BHW.shape[1:], train_on_other)
         truth_BP = patch_label_NP[image_B]
         ignore = 0 if protocol == "ade20k" else None  # metrics.SEG_PROTOCOLS
@@ -216,7 +212,7 @@ def val_patch_miou(stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool
         for image_B, x_BPD in patch_chunks(val, stores.layer, norm):
             b, p, d = x_BPD.shape
             with torch.no_grad():
-                pred_MBP = _predict(sweep(x_BPD.reshape(b * p, d)).reshape(sweep.n_members, b, p, c), train_on_other)
+                pred_MBP = predict_classes(sweep(x_BPD.reshape(b * p, d)).reshape(sweep.n_members, b, p, c), real_classes_only=not train_on_other)
             conf += metrics.confusion_matrices(patch_label_NP[image_B], pred_MBP.cpu().numpy(), c, ignore=ignore)
         return np.array([metrics.mean_iou_as(conf_k, MIOU_DEFINITION, exclude=exclude) for conf_k in conf])
 
