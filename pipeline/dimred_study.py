@@ -79,6 +79,7 @@ from torch import Tensor
 import pipeline
 from pipeline import cluster_probe, crf, dimred, layout, metrics
 from pipeline.config import Config, ConfigError, DimredConfig, to_jsonable
+from pipeline.data import store_image_loader
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 from pipeline.progress import Progress
 from pipeline.probes.features import FinalNorm, ProbeStores, check_label_range, in_memory_epochs, open_probe_stores, patch_chunks, seg_train_labels, store_record
@@ -249,8 +250,6 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
     confs = [Confusions(*(np.zeros((c, c), np.int64) for _ in range(4))) for _ in fitted]
     load = None
     if crf_window is not None:
-        from pipeline.data import store_image_loader
-
         load = store_image_loader(val)  # images read only for the CRF's appearance kernel
     for f, conf in zip(fitted, confs):
         if crf_window is not None and f.variant.method == "full":

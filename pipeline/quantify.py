@@ -60,6 +60,7 @@ from pipeline.config import ConfigError, QuantifyConfig
 from pipeline.interventions import LatentEditor, ReforwardPredictor
 from pipeline.methods import METHOD_REGISTRY, Edit, MethodContext, Skipped, method_rng
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
+from pipeline.progress import Progress
 
 TOP_INTO = 3
 
@@ -242,8 +243,6 @@ def make_jobs(
 @torch.no_grad()
 def baseline_predictions(reader: CacheReader, layer: int, predictor: ReforwardPredictor, device, batch_size: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(image indices [N], predictions [N, P]) through the re-forward path on the unedited cache."""
-    from pipeline.progress import Progress
-
     images, preds = [], []
     bar = Progress("quantify baseline (unedited re-forward)", int(reader.valid.sum()), "img", enabled=progress)
     for image_B, acts_BTD in reader.iter_chunks(layer, tokens="all"):
@@ -272,8 +271,6 @@ def edited_counts(
     progress: bool = True,
 ) -> list[dict]:
     """Accumulate change counts per job over all val patches; edits are stacked G per re-forward."""
-    from pipeline.progress import Progress
-
     totals = [None] * len(jobs)
     row = 0
     bar = Progress(f"quantify ({len(jobs)} edit jobs)", int(reader.valid.sum()) * len(jobs), "edited img", enabled=progress)

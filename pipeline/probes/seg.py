@@ -71,6 +71,7 @@ import torch.nn.functional as F
 
 from pipeline import metrics
 from pipeline.config import Config
+from pipeline.data import load_rgb, resize_crop, store_image_paths, store_preprocess
 from pipeline.probes import figures
 from pipeline.probes.features import (
     best_meta,
@@ -255,8 +256,6 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
 
     Only for the figure. If the dataset cannot be read, a grey placeholder stands in.
     """
-    from pipeline.data import load_rgb, resize_crop, store_image_paths, store_preprocess
-
     attrs = stores.val.attrs
     crop = int(attrs["image_size"])
     try:

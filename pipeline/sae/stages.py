@@ -91,11 +91,12 @@ from pipeline import layout
 from pipeline.data import store_image_loader
 from pipeline.layout import SAE_IMPORT_FILES as IMPORT_OUTPUTS, SAE_TRAIN_FILES as TRAIN_OUTPUTS, sae_dir, stats_path
 from pipeline.provenance import record
+from pipeline.stats import read_stats
 from pipeline.config import sae_is_imported, sae_train_ref, CacheRef, Config, ConfigError, SAEConfig
 
 from .checkpoint import load_checkpoint
 from .latents import density_chart, latent_stats, load_latent_stats, save_latent_stats, select_latents
-from .scaling import InputScaling
+from .scaling import InputScaling, scaling_from_stats
 from .train import (SAEHparams, TrainConfig, TrainedSAE, history_chart, history_table, sweep_chart, sweep_table,
                     train_sweep)
 
@@ -291,8 +292,6 @@ def _open(cfg: Config, ref: CacheRef, split: str) -> CacheReader:
 
 def load_train_scaling(cfg: Config, reader: CacheReader, block: int, tokens: str) -> tuple[InputScaling, Path]:
     """The scaling from the train store's stats file (refusing one made from another store)."""
-    from pipeline.stats import read_stats, scaling_from_stats
-
     path = stats_file(cfg, train_ref(require_sae(cfg)), "train")
     stats = read_stats(path, config_hash=reader.attrs["config_hash"])
     return scaling_from_stats(stats, block, tokens), path
