@@ -126,3 +126,55 @@ def test_zero_ablation_counts_equal_a_hand_computed_ablation(project):
         assert table.loc[c, "other_gained"] == (~is_c & now_c).sum(), c
         assert table.loc[c, "other_changed"] == (~is_c & (new != orig)).sum(), c
     assert summary.loc[0, "method"] == "zero_ablation" and summary.loc[0, "n_classes"] >= 1
+
+
+# ---- one encoder rule: the editor reads latents through the SAE's own encode ------------------
+class _TopKSAE(SparseAutoencoder):
+    """A TopK SAE: only the k largest pre-activations of a token survive (they couple latents)."""
+
+    k = 2
+
+    def encode(self, x_ND, latents_K=None):
+        h = self.pre_acts(x_ND)
+        top = h.topk(self.k, dim=-1)
+        f = torch.zeros_like(h).scatter(-1, top.indices, torch.relu(top.values))
+        return f if latents_K is None else f[..., list(latents_K)]
+
+
+def test_latent_editor_reads_latents_through_the_saes_own_encode():
+    torch.manual_seed(0)
+    d, s, n_prefix = 6, 10, 1
+    acts = torch.randn(2, 1 + 5, d)
+    scaling = InputScaling.from_batches([acts[:, n_prefix:].reshape(-1, d)])
+    for sae in (SparseAutoencoder(d, s, seed=1), _TopKSAE(d, s, seed=1)):
+        with torch.no_grad():
+            sae.b_enc.normal_()
+        editor = LatentEditor(sae, scaling, n_prefix=n_prefix)
+        latents = (0, 3, 7)
+        # independent: scale, subtract b_dec, project, then the activation written out in numpy
+        x = (acts[:, n_prefix:].numpy() - scaling.mean_D) * scaling.scalar - sae.b_dec.detach().numpy()
+        h = x @ sae.W_enc.detach().numpy() + sae.b_enc.detach().numpy()
+        if isinstance(sae, _TopKSAE):
+            kth = np.sort(h, axis=-1)[..., -sae.k][..., None]
+            h = np.where(h >= kth, h, 0.0)
+        expected = np.maximum(h, 0)[..., list(latents)]
+        np.testing.assert_allclose(editor.latent_values(acts, latents).numpy(), expected, rtol=1e-5, atol=1e-5)
+    # the TopK SAE zeroes latents a ReLU SAE keeps: the editor really follows the SAE's rule
+    relu_f = LatentEditor(SparseAutoencoder(d, s, seed=1), scaling, n_prefix=n_prefix).latent_values(acts, tuple(range(s)))
+    assert int((relu_f > 0).sum(-1).max()) > _TopKSAE.k
+
+
+def test_resize_crop_uses_the_configured_interpolation():
+    from PIL import Image
+
+    from pipeline.data import Preprocess, resize_crop
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)  # H 10, W 12
+    img = Image.fromarray(pixels)
+    near = resize_crop(img, Preprocess(resize=20, crop=20, mean=(0, 0, 0), std=(1, 1, 1), interpolation="nearest"))
+    # nearest at exactly 2x: every pixel doubled; the 24-wide resize is cropped to columns 2..21
+    doubled = pixels.repeat(2, axis=0).repeat(2, axis=1)
+    np.testing.assert_array_equal(np.asarray(near), doubled[:, 2:22])
+    cubic = resize_crop(img, Preprocess(resize=20, crop=20, mean=(0, 0, 0), std=(1, 1, 1), interpolation="bicubic"))
+    assert cubic.size == (20, 20) and not np.array_equal(np.asarray(cubic), doubled[:, 2:22])
