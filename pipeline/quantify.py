@@ -38,6 +38,10 @@ standard deviation over ALL real classes 1 … C-1, a class without target patch
 (Σ lost / Σ original-c). saev's quantify printed the pooled ratio as a fraction and called
 it a mean percentage; we report both, named for what they are.
 
+Methods: ``quantify.methods`` names entries of :data:`pipeline.methods.METHOD_REGISTRY`
+(one module each); each picks one class's edit, drawing (if at all) from a generator seeded by
+(``quantify.seed``, class, the method's name).
+
 Random-vector norm: |scale| · median over live latents of the max observed f_i, divided by
 the SAE input scalar. That is the model-space norm of a typical feature edit on a patch where
 the feature is off (decoder rows have unit norm in the SAE's input space).
