@@ -45,7 +45,7 @@ def test_adding_or_reordering_methods_changes_no_other_methods_draws():
     more, _ = _jobs(("zero_ablation", "random_feature", "manual_feature", "random_vector"))
     key = lambda jobs, m: [(j.class_id, j.label, j.edit.latents, j.edit.values) for j in jobs if j.method == m]  # noqa: E731
     assert key(alone, "random_feature") == key(more, "random_feature")
-    for a, b in zip([j for j in alone if j.method == "random_vector"], [j for j in more if j.method == "random_vector"]):
+    for a, b in zip([j for j in alone if j.method == "random_vector"], [j for j in more if j.method == "random_vector"], strict=True):
         assert np.array_equal(a.edit.vector, b.edit.vector)
     # the config seed still matters
     other_seed, _ = _jobs(("random_vector",), seed=1)

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 import xarray as xr
 from torch import Tensor
+
 from pipeline.progress import Progress
 
 from .encode import encode_tokens
