@@ -13,7 +13,7 @@ model again", the numerator everything the study costs once the cache exists.
 
 Data: the ``dimred`` section of ``--config`` (default: the repo's demo ``config.yaml``) when
 both of its stores are finalized; otherwise a small cache built in a temp folder with the
-test helpers (96 + 24 synthetic images of 224 px, random-init 6-block DINOv2 with D = 96;
+builders of ``pipeline.testing`` (96 + 24 synthetic images of 224 px, random-init 6-block DINOv2 with D = 96;
 about a minute). Outputs go to a temp folder.
 
     python benchmarks/bench_dimred.py [--config config.yaml]
@@ -33,8 +33,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # this checkout's pipeline, also when another one is installed
 
 from pipeline.cache import CacheReader  # noqa: E402
 from pipeline.config import Config, config_from_dict, load_config  # noqa: E402
@@ -71,8 +70,8 @@ def _complete(cfg: Config) -> bool:
 
 
 def build_small(folder: Path) -> Config:
-    """A small seg cache made with the test helpers (tiny config, more images) in ``folder``."""
-    from helpers import TINY_CONFIG, build_demo_assets, deep_update
+    """A small seg cache made with pipeline.testing (the tests' tiny config, more images) in ``folder``."""
+    from pipeline.testing import TINY_CONFIG, build_demo_assets, deep_update
 
     from pipeline.extract import extract
 
@@ -124,7 +123,7 @@ def main() -> None:
     if not _complete(cfg):
         print(f"no finalized dimred cache for {args.config.name}; building a small one in {tmp.name} ...", flush=True)
         cfg = build_small(Path(tmp.name))
-        source = "small cache built with tests/helpers in a temp folder"
+        source = "small cache built with pipeline.testing in a temp folder"
     cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, results=Path(tmp.name) / "results"))
     threads = set_threads(cfg.threads)
     device = resolve_device(cfg.device)

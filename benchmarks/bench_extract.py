@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # this checkout's pipeline, also when another one is installed
 
 
 def _rss_bytes(pid: int) -> int:
@@ -145,7 +145,7 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
 
 def precision_distance(args) -> None:
     """Per block: ‖bf16 − f32‖ / ‖f32‖ and median token cosine of a bfloat16-forward cache."""
-    from helpers import benchmark_project
+    from pipeline.testing import benchmark_project
 
     from pipeline.config import CacheRef, load_config
     from pipeline.extract import extract
@@ -190,7 +190,7 @@ def main() -> None:
     if args.precision_distance:
         return precision_distance(args)
 
-    from helpers import benchmark_project
+    from pipeline.testing import benchmark_project
 
     from pipeline.runtime import resolve_device, set_threads
 

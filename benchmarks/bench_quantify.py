@@ -1,9 +1,9 @@
 """Quantify benchmark: edited re-forwards from the cache vs hooked full forwards (ratios from one run).
 
 Edited-image re-forwards per second (cached block-l acts → SAE edit → blocks l+1…N−1 → final
-norm → probe, several edits stacked per forward as `quantify` does) ÷ full forwards per second
-of the same images with the same edit applied by a forward hook at block l (pixels already in
-memory; same model, threads and batch size). Printed beside the ideal N / (N − l − 1)
+norm → probe, one edit per batch of images; `quantify` stacks several edits per forward, which
+this does not measure) ÷ full forwards per second of the same images with the same edit applied
+by a forward hook at block l (pixels already in memory; same model, threads and batch size). Printed beside the ideal N / (N − l − 1)
 (the fraction of blocks skipped). Target ≥ 0.8 × ideal.
 
     python benchmarks/bench_quantify.py [--images 32] [--hidden 384] [--layers 12]
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # this checkout's pipeline, also when another one is installed
 
 
 def main() -> None:
@@ -32,13 +32,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from helpers import benchmark_project
+    from pipeline.testing import benchmark_project
 
     from pipeline.cache import CacheReader
     from pipeline.config import CacheRef
     from pipeline.data import load_rgb, preprocess_image
     from pipeline.extract import extract, split_data
-    from pipeline.interventions import Edit, LatentEditor, ReforwardPredictor
+    from pipeline.interventions import LatentEditor, ReforwardPredictor
+    from pipeline.methods import Edit
     from pipeline.models import load_backbone
     from pipeline.runtime import describe_device, resolve_device, set_threads
     from pipeline.sae import InputScaling, SparseAutoencoder

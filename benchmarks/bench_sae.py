@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's pipeline, also when another one is installed
 DEMO_STORE = REPO / "cache" / "dinov2_demo" / "demo_seg" / "train.zarr"
 
 
@@ -44,11 +45,9 @@ def build_fallback_store(folder: Path) -> Path:
     """A tiny-project cache (random-init model, synthetic ADE20K-layout data) in ``folder``."""
     import os
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from helpers import TINY_CONFIG, build_demo_assets, deep_update, write_config
-
     from pipeline.config import CacheRef, load_config
     from pipeline.extract import extract
+    from pipeline.testing import TINY_CONFIG, build_demo_assets, deep_update, write_config
 
     overrides = {"demo": {"datasets": {"seg": {"n_train": 192}}}}
     raw = deep_update(TINY_CONFIG, overrides)
@@ -66,8 +65,7 @@ def build_fallback_store(folder: Path) -> Path:
 
 def build_wide_store(folder: Path, *, images: int) -> Path:
     """A width-768 float16 store (random-init DINOv2 architecture, 2 blocks, block 0 cached)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from helpers import benchmark_project
+    from pipeline.testing import benchmark_project
 
     from pipeline.config import CacheRef
     from pipeline.extract import extract

@@ -28,6 +28,7 @@ import jsonschema
 import yaml
 
 from pipeline.data.transforms import Preprocess
+from pipeline.methods import METHODS
 from pipeline.models.spec import FAMILIES, ModelSpec, default_preprocess
 
 # Ships inside the package (package-data), so a wheel install validates like a clone does.
@@ -324,10 +325,12 @@ def _lookup(table: dict, name: str, section: str, source: Path):
 
 
 def load_schema() -> dict:
-    """The config schema, with the model-family names filled in from the family registry
-    (`pipeline.models.FAMILIES` owns them; the file says only "a string")."""
+    """The config schema, with the model-family and intervention-method names filled in from
+    their registries (`pipeline.models.FAMILIES`, `pipeline.methods.METHODS` own them; the file
+    says only "a string")."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     schema["$defs"]["model_family"]["enum"] = list(FAMILIES)
+    schema["properties"]["quantify"]["properties"]["methods"]["items"]["enum"] = list(METHODS)
     return schema
 
 

@@ -79,11 +79,12 @@ from torch import Tensor
 
 import pipeline
 from pipeline import cluster_probe, crf, dimred, layout, metrics, units
-from pipeline.config import Config, ConfigError, schema_default, to_jsonable
+from pipeline.config import Config, ConfigError, DimredConfig, schema_default, to_jsonable
+from pipeline.data import store_image_loader
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 from pipeline.progress import Progress
 from pipeline.probes.features import FinalNorm, ProbeStores, check_label_range, in_memory_epochs, open_probe_stores, patch_chunks, seg_train_labels, store_record
-from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep
+from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep, predict_classes
 from pipeline.probes.seg import protocol_text, seg_metrics, upsampled_predictions
 from pipeline.provenance import record
 from pipeline.runtime import describe_device, resolve_device, set_threads
@@ -252,8 +253,6 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
     confs = [Confusions(*(np.zeros((c, c), np.int64) for _ in range(4))) for _ in fitted]
     load = None
     if crf_window is not None:
-        from pipeline.sae.stages import store_image_loader
-
         load = store_image_loader(val)  # images read only for the CRF's appearance kernel
     for f, conf in zip(fitted, confs):
         if crf_window is not None and f.variant.method == "full":
@@ -273,7 +272,7 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
             feats = _all_features(variants, x_std)
             for f, z_ND, conf in zip(fitted, feats, confs):
                 logits_1BPC = f.probe(z_ND).reshape(1, b, p, c)
-                patch_pred = (logits_1BPC[0, ..., 1:].argmax(dim=-1) + 1).cpu().numpy()
+                patch_pred = predict_classes(logits_1BPC[0]).cpu().numpy()
                 pixel_pred = upsampled_predictions(logits_1BPC, val.grid, pixel_BHW.shape[1:], train_on_other=False)[0]
                 conf.linear_patch += metrics.confusion_matrix(truth_BP, patch_pred, c, ignore=0)
                 conf.linear_pixel += metrics.confusion_matrix(pixel_BHW, pixel_pred, c, ignore=0)
@@ -354,7 +353,12 @@ def pca_variance_chart(evr_K: np.ndarray, stem: Path, *, dims: tuple[int, ...], 
 
 
 def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
-    """Fit, evaluate and write every output; return a JSON-able summary."""
+    """Fit, evaluate and write every output; return a JSON-able summary.
+
+    Steps: sample and standardise train tokens (:func:`_fit_sample`), fit the reductions, fit a
+    linear probe and k-means per variant (:func:`_fit_variants`), evaluate on val
+    (:func:`_evaluate`), tabulate (:func:`_result_rows`), write (:func:`_write_outputs`).
+    """
     dc = cfg.dimred
     if dc is None:
         raise ConfigError(f"{cfg.source}: key dimred: missing; the study needs it (cache, layer, methods, dims)")
@@ -364,50 +368,92 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
     if stores.n_classes < 3:
         raise ConfigError(f"{cfg.source}: key dimred/cache: {stores.train.path} has {stores.n_classes} classes incl. 0; the cluster probe needs at least 2 real classes")
     norm = FinalNorm(cfg, stores, device)
-    d_model, c = stores.d_model, stores.n_classes
+    d_model = stores.d_model
     t0 = time.perf_counter()
 
     y_NP = seg_train_labels(stores.train, min_purity=MIN_PURITY, train_on_other=False)
-    sample = dimred.sample_tokens(stores.train, dc.layer, norm, n=dc.n_fit_tokens, seed=dc.seed)
-    dims, notes = dimred.plan_dims(dc.dims, d_model, len(sample))
-    for note in notes:
-        log.warning("dimred: %s", note)
-    scaler = dimred.Standardizer.fit(sample.x_ND)
-    x_std = scaler.transform(sample.x_ND)
+    sample, dims, notes, scaler, x_std = _fit_sample(dc, stores, norm)
     t1 = time.perf_counter()
     reductions, method_notes = dimred.fit_reductions(x_std, dc.methods, dims, seed=dc.seed)
     notes += method_notes
     t2 = time.perf_counter()
     log.info("dimred: sample of %d tokens (from %d chunks, %d available), D=%d, dims %s, methods %s, device %s",
              len(sample), sample.n_chunks_read, sample.n_available, d_model, list(dims), list(reductions), device)
-
-    x_std_t = torch.from_numpy(x_std).to(device)
-    y_N = y_NP[sample.image_N, sample.token_N]
-    n_train = int((y_N != IGNORE_LABEL).sum())
-    if n_train == 0:
-        raise ConfigError(f"{cfg.source}: key dimred/n_fit_tokens: the sample of {len(sample)} tokens holds no patch with a usable label; raise it")
-    variants = _variants(reductions, dims, d_model)
-    fitted = []
-    bar = Progress("dimred: fit linear probe + k-means per variant", len(variants), "variant", enabled=progress)
-    for i, v in enumerate(variants):
-        fitted.append(_fit_variant(v, x_std_t, y_N, n_classes=c, epochs=dc.probe_epochs, lr=dc.probe_lr, seed=dc.seed, device=device))
-        log.info("dimred: fitted %s (%d/%d): probe train loss %.4f, k-means objective %.4f after %d steps",
-                 v.name, i + 1, len(variants), float(fitted[-1].probe.train_loss_M[0]), fitted[-1].kmeans.objective, fitted[-1].kmeans.n_iter)
-        bar.update(1, {"last": v.name})
-    bar.close()
-    del x_std_t
+    fitted, n_train = _fit_variants(cfg, dc, stores, sample, x_std, y_NP, reductions, dims, device=device, progress=progress)
     t3 = time.perf_counter()
     confs = _evaluate(fitted, stores, norm, scaler, crf_window=dc.crf_window if dc.crf else None, progress=progress)
     t4 = time.perf_counter()
 
     evr = reductions["pca"].extras["explained_variance_ratio"] if "pca" in reductions else None
+    rows, table = _result_rows(fitted, confs, dc=dc, block=stores.block, n_fit_tokens=len(sample), n_train=n_train,
+                               evr=evr, random_weights=stores.random_weights)
+    out = _write_outputs(cfg, dc, table, stores=stores, sample=sample, dims=dims, notes=notes, scaler=scaler,
+                         reductions=reductions, evr=evr)
+    t5 = time.perf_counter()
+
+    summary_rows = {f"{r['probe']}/{r['method']}@{r['dim']}": round(float(r["miou"]), 4) for r in rows}  # fractions, as JSON
+    return {
+        "study": "dimred",
+        "csv": str(dimred_csv(cfg)),
+        "out": str(out),
+        "protocol": PROTOCOL,
+        "n_fit_tokens": len(sample),
+        "n_train_tokens": n_train,
+        "d_model": d_model,
+        "dims": list(dims),
+        "methods": list(reductions),
+        "notes": notes,
+        "miou": summary_rows,
+        "random_weights": stores.random_weights,
+        "device": describe_device(device),
+        "threads": threads,
+        "seconds": {"sample": round(t1 - t0, 2), "fit_reductions": round(t2 - t1, 2), "fit_probes": round(t3 - t2, 2),
+                    "evaluate": round(t4 - t3, 2), "outputs": round(t5 - t4, 2)},
+    }
+
+
+def _fit_sample(dc: DimredConfig, stores: ProbeStores, norm: FinalNorm):
+    """The train token sample (``dimred.n_fit_tokens``, seeded), the dims that fit it (with notes
+    on those dropped), and the standardiser fitted on it with the standardised sample."""
+    sample = dimred.sample_tokens(stores.train, dc.layer, norm, n=dc.n_fit_tokens, seed=dc.seed)
+    dims, notes = dimred.plan_dims(dc.dims, stores.d_model, len(sample))
+    for note in notes:
+        log.warning("dimred: %s", note)
+    scaler = dimred.Standardizer.fit(sample.x_ND)
+    return sample, dims, notes, scaler, scaler.transform(sample.x_ND)
+
+
+def _fit_variants(cfg: Config, dc: DimredConfig, stores: ProbeStores, sample, x_std: np.ndarray, y_NP: np.ndarray,
+                  reductions: dict[str, Any], dims: tuple[int, ...], *, device: torch.device, progress: bool) -> tuple[list[Fitted], int]:
+    """A linear probe and k-means per (reduction, dim) variant and the full features, on the
+    sample's labelled tokens (labels ``y_NP[image, patch]`` of the train store); returns them and
+    the number of labelled tokens."""
+    x_std_t = torch.from_numpy(x_std).to(device)
+    y_N = y_NP[sample.image_N, sample.token_N]
+    n_train = int((y_N != IGNORE_LABEL).sum())
+    if n_train == 0:
+        raise ConfigError(f"{cfg.source}: key dimred/n_fit_tokens: the sample of {len(sample)} tokens holds no patch with a usable label; raise it")
+    variants = _variants(reductions, dims, stores.d_model)
+    fitted = []
+    bar = Progress("dimred: fit linear probe + k-means per variant", len(variants), "variant", enabled=progress)
+    for i, v in enumerate(variants):
+        fitted.append(_fit_variant(v, x_std_t, y_N, n_classes=stores.n_classes, epochs=dc.probe_epochs, lr=dc.probe_lr, seed=dc.seed, device=device))
+        log.info("dimred: fitted %s (%d/%d): probe train loss %.4f, k-means objective %.4f after %d steps",
+                 v.name, i + 1, len(variants), float(fitted[-1].probe.train_loss_M[0]), fitted[-1].kmeans.objective, fitted[-1].kmeans.n_iter)
+        bar.update(1, {"last": v.name})
+    bar.close()
+    return fitted, n_train
+
+
+def _result_rows(fitted: list[Fitted], confs: list[Confusions], *, dc: DimredConfig, block: int, n_fit_tokens: int, n_train: int,
+                 evr: np.ndarray | None, random_weights: bool) -> tuple[list[dict], pd.DataFrame]:
+    """One row per (variant, probe): pixel / patch metrics, CRF metrics, fit facts; and the table of them."""
     rows = []
-    block = stores.block
     for f, conf in zip(fitted, confs):
         v = f.variant
-        common = {"method": v.method, "dim": v.dim, "n_fit_tokens": len(sample),
+        common = {"method": v.method, "dim": v.dim, "n_fit_tokens": n_fit_tokens,
                   "explained_variance": float(np.sum(evr[: v.dim], dtype=np.float64)) if v.method == "pca" else np.nan,
-                  "layer": dc.layer, "block": block, "random_weights": stores.random_weights}
+                  "layer": dc.layer, "block": block, "random_weights": random_weights}
         lin = seg_metrics(conf.linear_patch, conf.linear_pixel, PROTOCOL_NAME, MIOU_DEFINITION)
         rows.append({**common, "probe": "linear", **_metric_columns(lin), **_crf_columns(conf.linear_crf),
                      "n_train_tokens": n_train, "k": np.nan,
@@ -418,15 +464,20 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
         clu = seg_metrics(patch_matched, pixel_matched, PROTOCOL_NAME, MIOU_DEFINITION)
         crf_matched = cluster_probe.cluster_scores(conf.cluster_crf[:, :k])[1] if conf.cluster_crf is not None else None
         rows.append({**common, "probe": "cluster", **_metric_columns(clu), **_crf_columns(crf_matched),
-                     "n_train_tokens": len(sample), "k": k,
+                     "n_train_tokens": n_fit_tokens, "k": k,
                      "train_loss": np.nan, "kmeans_objective": f.kmeans.objective})
     for r in rows:
         r.update(protocol=PROTOCOL_NAME, miou_definition=MIOU_DEFINITION)
     cols = ["method", "dim", "probe", "miou", "accuracy", "miou_crf", "accuracy_crf", "protocol", "miou_definition",
             "patch_miou", "patch_accuracy", "mean_class_accuracy",
             "n_fit_tokens", "n_train_tokens", "k", "train_loss", "kmeans_objective", "explained_variance", "layer", "block", "random_weights"]
-    table = units.to_pct(pd.DataFrame(rows)[cols], PCT_COLUMNS)
+    return rows, units.to_pct(pd.DataFrame(rows)[cols], PCT_COLUMNS)
 
+
+def _write_outputs(cfg: Config, dc: DimredConfig, table: pd.DataFrame, *, stores: ProbeStores, sample, dims: tuple[int, ...],
+                   notes: list[str], scaler: dimred.Standardizer, reductions: dict[str, Any], evr: np.ndarray | None) -> Path:
+    """``dimred.csv``, the fitted projections with their metadata, and the charts; returns the output folder."""
+    block, d_model = stores.block, stores.d_model
     out = dimred_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     dimred_csv(cfg).parent.mkdir(parents=True, exist_ok=True)
@@ -461,27 +512,7 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
             evr = np.zeros(0, np.float32)
         _, data = pca_variance_chart(evr, out / "pca_variance", dims=dims, random_weights=stores.random_weights)
         data.to_csv(out / "pca_variance.csv", index=False)
-    t5 = time.perf_counter()
-
-    summary_rows = {f"{r['probe']}/{r['method']}@{r['dim']}": round(float(r["miou"]), 4) for r in rows}  # fractions, as JSON
-    return {
-        "study": "dimred",
-        "csv": str(dimred_csv(cfg)),
-        "out": str(out),
-        "protocol": PROTOCOL,
-        "n_fit_tokens": len(sample),
-        "n_train_tokens": n_train,
-        "d_model": d_model,
-        "dims": list(dims),
-        "methods": list(reductions),
-        "notes": notes,
-        "miou": summary_rows,
-        "random_weights": stores.random_weights,
-        "device": describe_device(device),
-        "threads": threads,
-        "seconds": {"sample": round(t1 - t0, 2), "fit_reductions": round(t2 - t1, 2), "fit_probes": round(t3 - t2, 2),
-                    "evaluate": round(t4 - t3, 2), "outputs": round(t5 - t4, 2)},
-    }
+    return out
 
 
 def _crf_columns(conf: np.ndarray | None) -> dict[str, float]:

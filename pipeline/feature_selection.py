@@ -24,7 +24,7 @@ import xarray as xr
 
 from pipeline.cache import CacheReader
 from pipeline.progress import Progress
-from pipeline.sae import InputScaling, SparseAutoencoder
+from pipeline.sae import InputScaling, SparseAutoencoder, encode_tokens
 
 
 @torch.no_grad()
@@ -50,8 +50,7 @@ def class_latent_f1(
     for image_B, acts_BPD in reader.iter_chunks(layer, tokens="patches"):
         bar.update(len(image_B))
         b, p, d = acts_BPD.shape
-        x = scaling.apply(torch.from_numpy(acts_BPD.reshape(b * p, d)).to(device, torch.float32))
-        f_NS = sae.encode(x)
+        f_NS = encode_tokens(sae, scaling, torch.from_numpy(acts_BPD.reshape(b * p, d)).to(device, torch.float32))
         y_N = torch.from_numpy(labels_NP[image_B].reshape(-1).astype(np.int64)).to(device)
         n_labelled_C += torch.bincount(y_N, minlength=n_classes).double()
         for k in range(len(thresholds)):
@@ -78,17 +77,3 @@ def save_f1(ds: xr.Dataset, path: Path) -> None:
 
 def load_f1(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, zarr_format=3, consolidated=False).load()
-
-
-def allowed_latents(freq_S: np.ndarray, max_firing_fraction: float) -> np.ndarray:
-    """Latents that fire at all and on at most ``max_firing_fraction`` of train patches."""
-    return (freq_S > 0) & (freq_S <= max_firing_fraction)
-
-
-def ranked_latents(f1: xr.Dataset, class_id: int, allowed_S: np.ndarray, n: int) -> list[tuple[int, float, float]]:
-    """Top ``n`` ``(latent, threshold, F1)`` for a class by best F1 over thresholds."""
-    table = f1["f1"].sel({"class": class_id}).values  # [S, Θ]
-    best_S = np.where(allowed_S, table.max(1), -np.inf)
-    best_t = f1["threshold"].values[table.argmax(1)]
-    order = np.argsort(-best_S, kind="stable")[:n]
-    return [(int(s), float(best_t[s]), float(best_S[s])) for s in order if np.isfinite(best_S[s])]

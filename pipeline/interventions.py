@@ -19,30 +19,14 @@ unedited acts, so baseline and edit differ only by the edit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipeline.methods import Edit
 from pipeline.models import Backbone
+from pipeline.probes.linear import predict_classes
 from pipeline.runtime import forward_precision
-from pipeline.sae import InputScaling, SparseAutoencoder
-
-
-@dataclass(frozen=True)
-class Edit:
-    """One intervention: latents set to values, or (``vector`` given) a vector added."""
-
-    latents: tuple[int, ...] = ()
-    values: tuple[float, ...] = ()
-    vector: np.ndarray | None = None  # [D], model space
-
-    def __post_init__(self) -> None:
-        if len(self.latents) != len(self.values):
-            raise ValueError(f"edit has {len(self.latents)} latents but {len(self.values)} values")
-        if (self.vector is not None) == bool(self.latents):
-            raise ValueError("an edit is either latents (with values) or a vector, not both or neither")
+from pipeline.sae import InputScaling, SparseAutoencoder, encode_tokens
 
 
 class LatentEditor:
@@ -57,11 +41,7 @@ class LatentEditor:
     @torch.no_grad()
     def latent_values(self, acts_BTD: Tensor, latents: tuple[int, ...]) -> Tensor:
         """f_i(x) on every patch token for the given latents only: [B, P, K] (cheap for large S)."""
-        idx = torch.as_tensor(latents, dtype=torch.long, device=acts_BTD.device)
-        x = self.scaling.apply(acts_BTD[:, self.n_prefix :].float())
-        if self.sae.encoder_subtracts_b_dec:
-            x = x - self.sae.b_dec
-        return torch.relu(x @ self.sae.W_enc[:, idx] + self.sae.b_enc[idx])
+        return encode_tokens(self.sae, self.scaling, acts_BTD, tokens=slice(self.n_prefix, None), latents_K=latents)
 
     @torch.no_grad()
     def set_latents(self, acts_BTD: Tensor, latents: tuple[int, ...], target) -> Tensor:
@@ -112,7 +92,4 @@ class ReforwardPredictor:
     @torch.no_grad()
     def predict(self, acts_BTD: Tensor) -> Tensor:
         """[B, P] predicted class ids (never 0 = other when ``real_classes_only``)."""
-        logits = self.logits(acts_BTD)
-        if self.real_classes_only:
-            return logits[..., 1:].argmax(-1) + 1
-        return logits.argmax(-1)
+        return predict_classes(self.logits(acts_BTD), real_classes_only=self.real_classes_only)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import altair as alt
 import numpy as np
+from PIL import ImageFont
 
 # Okabe & Ito (2008), the usual colour-blind-safe qualitative palette.
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
@@ -75,9 +76,18 @@ def title_with_note(title: str, random_weights: bool) -> alt.TitleParams:
     return alt.TitleParams(title, subtitle=[RANDOM_WEIGHTS_NOTE] if random_weights else [])
 
 
-def _hex_rgb(h: str) -> tuple[int, int, int]:
+def hex_rgb(h: str) -> tuple[int, int, int]:
+    """``"#RRGGBB"`` → ``(r, g, b)`` ints 0 … 255 (for PIL drawings in the chart palettes)."""
     h = h.lstrip("#")
     return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+def label_font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font at ``size`` px, for text on PIL figures (no font files needed)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 or without FreeType: one fixed-size bitmap font
+        return ImageFont.load_default()
 
 
 def is_ade20k(class_names: Sequence[str]) -> bool:
@@ -100,7 +110,7 @@ def class_palette(n_classes: int, class_names: Sequence[str] | None = None) -> n
         return np.concatenate([np.array([OTHER_COLOUR], np.uint8), ADE20K_PALETTE])
     n_real = max(0, n_classes - 1)
     if n_real <= 7:
-        colours = [_hex_rgb(h) for h in OKABE_ITO if h.upper() != "#000000"][:n_real]
+        colours = [hex_rgb(h) for h in OKABE_ITO if h.upper() != "#000000"][:n_real]
     else:
         import colorcet
 

@@ -18,8 +18,12 @@ import pandas as pd
 from pipeline.cache import CacheReader
 from pipeline import units
 from pipeline.config import Config, QuantifyConfig
-from pipeline.feature_selection import allowed_latents, load_f1, ranked_latents
+from pipeline.data import store_image_loader
+from pipeline.feature_selection import load_f1
 from pipeline.layout import class_f1_path, quantify_dir, sae_dir
+from pipeline.methods import allowed_latents, ranked_latents
+from pipeline.sae import load_latent_stats
+from pipeline.sae.gallery import write_gallery
 
 
 def proposal_table(f1, freq_S: np.ndarray, max_value_S: np.ndarray, class_names, q: QuantifyConfig) -> pd.DataFrame:
@@ -62,10 +66,6 @@ def proposals_html(table: pd.DataFrame, *, random_weights: bool, folder: str = "
 
 
 def write_proposals(cfg: Config, q: QuantifyConfig) -> dict:
-    from pipeline.sae import load_latent_stats
-    from pipeline.sae.gallery import write_gallery
-    from pipeline.sae.stages import store_image_loader
-
     train = CacheReader(cfg.store(cfg.sae.cache, "train"))
     latents = load_latent_stats(sae_dir(cfg) / "latents.zarr")
     f1 = load_f1(class_f1_path(cfg))

@@ -38,6 +38,10 @@ standard deviation over ALL real classes 1 … C-1, a class without target patch
 (Σ lost / Σ original-c). saev's quantify printed the pooled ratio as a fraction and called
 it a mean percentage; we report both, named for what they are.
 
+Methods: ``quantify.methods`` names entries of :data:`pipeline.methods.METHOD_REGISTRY`
+(one module each); each picks one class's edit, drawing (if at all) from a generator seeded by
+(``quantify.seed``, class, the method's name).
+
 Random-vector norm: |scale| · median over live latents of the max observed f_i, divided by
 the SAE input scalar. That is the model-space norm of a typical feature edit on a patch where
 the feature is off (decoder rows have unit norm in the SAE's input space).
@@ -57,11 +61,11 @@ import torch
 
 from pipeline.cache import CacheReader
 from pipeline.config import ConfigError, QuantifyConfig
-from pipeline.feature_selection import allowed_latents, ranked_latents
-from pipeline.interventions import Edit, LatentEditor, ReforwardPredictor
+from pipeline.interventions import LatentEditor, ReforwardPredictor
+from pipeline.methods import METHOD_REGISTRY, Edit, MethodContext, Skipped, method_rng
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
+from pipeline.progress import Progress
 
-METHODS = ("random_vector", "random_feature", "auto_feature", "manual_feature")
 TOP_INTO = 3
 
 
@@ -210,36 +214,32 @@ def make_jobs(
     scalar: float,
     d_model: int,
 ) -> tuple[list[Job], list[dict]]:
-    """The (method, class) edits, and the classes a method skips (with the reason)."""
-    jobs, skipped = [], []
-    live = np.flatnonzero(freq_S > 0)
-    if live.size == 0:
+    """The (method, class) edits, and the classes a method skips (with the reason).
+
+    Each method is looked up in :data:`pipeline.methods.METHOD_REGISTRY`; its generator for
+    class ``c`` is seeded by (``cfg.seed``, ``c``, the method's name).
+    """
+    if not np.any(freq_S > 0):
         raise ValueError("the SAE has no latent that fires on the train split; nothing to intervene with")
-    value = lambda s: float(cfg.scale * max_value_S[s])  # noqa: E731
-    vector_norm = abs(cfg.scale) * float(np.median(max_value_S[live])) / scalar
-    allowed = allowed_latents(freq_S, cfg.max_firing_fraction)
+    ctx = MethodContext(
+        scale=cfg.scale,
+        max_value_S=max_value_S,
+        freq_S=freq_S,
+        max_firing_fraction=cfg.max_firing_fraction,
+        f1=f1,
+        manual=manual,
+        vector_norm=abs(cfg.scale) * float(np.median(max_value_S[freq_S > 0])) / scalar,
+        d_model=d_model,
+    )
+    jobs, skipped = [], []
     for method in cfg.methods:
+        choose = METHOD_REGISTRY[method].choose
         for c in classes:
-            rng = np.random.default_rng([cfg.seed, c, METHODS.index(method)])
-            if method == "random_vector":
-                u = rng.standard_normal(d_model)
-                jobs.append(Job(method, c, Edit(vector=(u / np.linalg.norm(u) * vector_norm).astype(np.float32)), "random vector", f"norm {vector_norm:.4g}"))
-            elif method == "random_feature":
-                s = int(rng.choice(live))
-                jobs.append(Job(method, c, Edit((s,), (value(s),)), str(s)))
-            elif method == "auto_feature":
-                best = ranked_latents(f1, c, allowed, 1)
-                if not best:
-                    skipped.append({"method": method, "class_id": c, "reason": "no allowed latent fires on this class"})
-                    continue
-                s, t, score = best[0]
-                jobs.append(Job(method, c, Edit((s,), (value(s),)), str(s), f"train F1 {score:.3f} at f>{t:g}"))
-            elif method == "manual_feature":
-                if c not in manual:
-                    skipped.append({"method": method, "class_id": c, "reason": "no latent named for this class in quantify.manual"})
-                    continue
-                lat = manual[c]
-                jobs.append(Job(method, c, Edit(lat, tuple(value(s) for s in lat)), "+".join(map(str, lat))))
+            chosen = choose(ctx, c, method_rng(cfg.seed, c, method))
+            if isinstance(chosen, Skipped):
+                skipped.append({"method": method, "class_id": c, "reason": chosen.reason})
+            else:
+                jobs.append(Job(method, c, chosen.edit, chosen.label, chosen.note))
     return jobs, skipped
 
 
@@ -247,8 +247,6 @@ def make_jobs(
 @torch.no_grad()
 def baseline_predictions(reader: CacheReader, layer: int, predictor: ReforwardPredictor, device, batch_size: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(image indices [N], predictions [N, P]) through the re-forward path on the unedited cache."""
-    from pipeline.progress import Progress
-
     images, preds = [], []
     bar = Progress("quantify baseline (unedited re-forward)", int(reader.valid.sum()), "img", enabled=progress)
     for image_B, acts_BTD in reader.iter_chunks(layer, tokens="all"):
@@ -277,8 +275,6 @@ def edited_counts(
     progress: bool = True,
 ) -> list[dict]:
     """Accumulate change counts per job over all val patches; edits are stacked G per re-forward."""
-    from pipeline.progress import Progress
-
     totals = [None] * len(jobs)
     row = 0
     bar = Progress(f"quantify ({len(jobs)} edit jobs)", int(reader.valid.sum()) * len(jobs), "edited img", enabled=progress)

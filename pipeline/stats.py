@@ -22,8 +22,9 @@ token of that kind), so E‖x − mean‖² does not suffer from cancellation wh
 have a large mean (ViT residual streams do).
 
 Output: ``<results>/stats/<model>/<dataset>/<split>.json`` (readable JSON) with the store's
-path and ``config_hash``; :func:`scaling_from_stats` turns it into the SAE's
-:class:`~pipeline.sae.scaling.InputScaling` (``patches``, or ``patches+cls`` pooled).
+path and ``config_hash``; :func:`pipeline.sae.scaling.scaling_from_stats` turns it into the
+SAE's :class:`~pipeline.sae.scaling.InputScaling` (``patches``, or ``patches+cls`` pooled by
+:func:`pooled`). This module knows nothing of SAEs.
 
 Dimension key: N images, L cached layers, T tokens, D width, K packed partial sums.
 """
@@ -259,15 +260,6 @@ def pooled(stats: dict[str, Any], block: int, kinds: tuple[str, ...]) -> tuple[n
     return mean, centred, n
 
 
-def scaling_from_stats(stats: dict[str, Any], block: int, tokens: str = "patches"):
-    """The SAE input scaling for ``tokens`` (``patches`` or ``patches+cls``) of ``block``."""
-    from pipeline.sae.scaling import InputScaling
-
-    kinds = {"patches": ("patches",), "patches+cls": ("patches", "cls")}[tokens]
-    mean, centred, _ = pooled(stats, block, kinds)
-    return InputScaling.from_stats(mean, centred)
-
-
 def run_stats(cfg, model: str, dataset: str, split: str, *, scheduler: str | None = None,
               out: Path | None = None) -> dict[str, Any]:
     """The ``stats`` step: compute and write the stats of one store; return a short summary."""
@@ -290,5 +282,4 @@ def run_stats(cfg, model: str, dataset: str, split: str, *, scheduler: str | Non
     return summary
 
 
-__all__ = ["KINDS", "StatsError", "compute_stats", "pooled", "read_stats", "run_stats",
-           "scaling_from_stats", "write_stats"]
+__all__ = ["KINDS", "StatsError", "compute_stats", "pooled", "read_stats", "run_stats", "write_stats"]

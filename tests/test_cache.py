@@ -149,7 +149,8 @@ def test_store_of_a_model_without_cls_token(project):
     stats have no CLS kind and an SAE on patches+cls is refused."""
     from pipeline.cache import CacheError
     from pipeline.probes.features import cls_rows
-    from pipeline.stats import StatsError, compute_stats, scaling_from_stats
+    from pipeline.sae.scaling import scaling_from_stats
+    from pipeline.stats import StatsError, compute_stats
 
     cfg, ref = _family_cache(project, "siglip")
     ds = open_cache(cfg.store(ref, "train"))

@@ -9,8 +9,9 @@ import torch
 
 from pipeline.cache import CacheReader, StoreLayout, create_or_open, finalize, write_chunk
 from pipeline.config import CacheRef, ConfigError, load_config
-from pipeline.feature_selection import allowed_latents, class_latent_f1, ranked_latents
-from pipeline.interventions import Edit, LatentEditor, ReforwardPredictor
+from pipeline.feature_selection import class_latent_f1
+from pipeline.interventions import LatentEditor, ReforwardPredictor
+from pipeline.methods import Edit, allowed_latents, ranked_latents
 from pipeline.quantify import add_rates, change_counts, resolve_manual, summarize
 from pipeline.sae import InputScaling, SparseAutoencoder
 

@@ -201,8 +201,7 @@ def test_gallery_links_resolve_and_name_the_latents(sae_project):
 
 
 def test_gallery_tiles_use_the_store_geometry(sae_project):
-    from pipeline.data import load_rgb, load_split
-    from pipeline.sae.stages import store_image_loader
+    from pipeline.data import load_rgb, load_split, store_image_loader
 
     reader = CacheReader("cache/dino/seg/train.zarr")
     img = store_image_loader(reader)(5)

@@ -5,6 +5,7 @@ Modules (one job each):
   transforms    resize / center-crop / normalise an image and its mask identically
   patch_labels  reduce a pixel mask to one (label, purity) per ViT patch
   datasets      list the samples of a split (ADE20K, image folders, segmentation folders)
+  store_images  the images behind a store, as the model saw them (gallery, figures, CRF)
   demo          write small synthetic datasets so everything runs offline
 """
 
@@ -28,7 +29,9 @@ from pipeline.data.transforms import (
     crop_geometry,
     preprocess_image,
     preprocess_mask,
+    resize_crop,
 )
+from pipeline.data.store_images import store_image_loader, store_image_paths, store_preprocess
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -52,5 +55,9 @@ __all__ = [
     "patch_labels_batch",
     "preprocess_image",
     "preprocess_mask",
+    "resize_crop",
     "segmentation_folder",
+    "store_image_loader",
+    "store_image_paths",
+    "store_preprocess",
 ]

@@ -23,7 +23,7 @@ from PIL import Image
 if TYPE_CHECKING:  # torch is imported where a tensor is made: reading a config must not load it
     import torch
 
-__all__ = ["Preprocess", "CropGeometry", "crop_geometry", "preprocess_image", "preprocess_mask"]
+__all__ = ["Preprocess", "CropGeometry", "crop_geometry", "preprocess_image", "preprocess_mask", "resize_crop"]
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -112,6 +112,18 @@ def crop_geometry(W: int, H: int, pre: Preprocess) -> CropGeometry:
     )
 
 
+def resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
+    """The pixels the model sees, before normalisation: ``img`` resized with
+    ``pre.interpolation`` and centre-cropped to ``crop`` x ``crop`` (a PIL image).
+
+    :func:`preprocess_image` and every picture "as the model saw it" (gallery, figures,
+    manipulate, the CRF's appearance kernel, the notebooks) go through here.
+    """
+    geo = crop_geometry(img.width, img.height, pre)
+    resized = img.resize((geo.resized_W, geo.resized_H), resample=_RESAMPLE[pre.interpolation])
+    return resized.crop((geo.left, geo.top, geo.left + geo.crop, geo.top + geo.crop))
+
+
 def preprocess_image(img: Image.Image, pre: Preprocess) -> torch.Tensor:
     """RGB PIL image -> normalised float32 tensor [3, crop, crop].
 
@@ -121,9 +133,7 @@ def preprocess_image(img: Image.Image, pre: Preprocess) -> torch.Tensor:
 
     if img.mode != "RGB":
         raise ValueError(f"preprocess_image needs an RGB image, got mode {img.mode!r}")
-    geo = crop_geometry(img.width, img.height, pre)
-    resized = img.resize((geo.resized_W, geo.resized_H), resample=_RESAMPLE[pre.interpolation])
-    cropped = resized.crop((geo.left, geo.top, geo.left + geo.crop, geo.top + geo.crop))
+    cropped = resize_crop(img, pre)
     pixels_HWC = np.asarray(cropped, dtype=np.float32) / np.float32(255.0)
     mean_C = np.asarray(pre.mean, dtype=np.float32)
     std_C = np.asarray(pre.std, dtype=np.float32)

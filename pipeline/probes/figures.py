@@ -18,9 +18,9 @@ from pathlib import Path
 import altair as alt
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from pipeline.plots import OKABE_ITO, OTHER_COLOUR, RANDOM_WEIGHTS_NOTE, SEQUENTIAL_SCHEME, _hex_rgb, class_palette, save_chart, title_with_note
+from pipeline.plots import OKABE_ITO, OTHER_COLOUR, RANDOM_WEIGHTS_NOTE, SEQUENTIAL_SCHEME, class_palette, hex_rgb, label_font, save_chart, title_with_note
 
 __all__ = [
     "OTHER_COLOUR",
@@ -37,7 +37,8 @@ _SCHEME_ZERO = {"viridis": "#440154"}
 
 
 def _check_stem(stem: str | Path) -> Path:
-    # save_chart uses Path.with_suffix, which would cut a stem like "lr0.001" at its dot.
+    # A stem like "lr0.001" is refused: wherever it is handled as a path, Path.suffix reads ".001"
+    # as its extension (save_chart itself appends ".html" etc. and would keep the dot).
     stem = Path(stem)
     if stem.suffix:
         raise ValueError(f"figure stem {stem.name!r} contains a dot; use a name without one (e.g. lr1e-3).")
@@ -238,13 +239,6 @@ class SegmentationLayout:
     cells: tuple[tuple[tuple[int, int, int, int], ...], ...]
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow built without FreeType
-        return ImageFont.load_default()
-
-
 def _resize_nearest(mask_HW: np.ndarray, h: int, w: int) -> np.ndarray:
     if mask_HW.shape == (h, w):
         return mask_HW
@@ -297,7 +291,7 @@ def segmentation_figure(
             masks.append(colours_C3[m])
         rows.append((img, masks[0], masks[1]))
 
-    pad, font, small = 8, _font(16), _font(13)
+    pad, font, small = 8, label_font(16), label_font(13)
     line = 20
     max_w = max(r[0].shape[1] for r in rows)
     header_lines = [title] + ([RANDOM_WEIGHTS_NOTE] if random_weights else [])
@@ -323,7 +317,7 @@ def segmentation_figure(
     draw = ImageDraw.Draw(canvas)
     y = pad
     for j, text in enumerate(header_lines):
-        draw.text((pad, y), text, fill=(0, 0, 0) if j == 0 else _hex_rgb(OKABE_ITO[5]), font=font if j == 0 else small)
+        draw.text((pad, y), text, fill=(0, 0, 0) if j == 0 else hex_rgb(OKABE_ITO[5]), font=font if j == 0 else small)
         y += line
     for col, name in enumerate(COLUMNS):
         draw.text((pad + col * (col_w + pad), top - line), name, fill=(0, 0, 0), font=small)

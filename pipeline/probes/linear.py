@@ -328,6 +328,15 @@ def fit_sweep(
     return sweep
 
 
+def predict_classes(logits_C: Tensor, *, real_classes_only: bool = True) -> Tensor:
+    """Class ids from probe logits ``[..., C]``: the argmax over the real classes 1 … C-1 (class 0,
+    "other", never predicted), or over all C classes when ``real_classes_only`` is False (a probe
+    trained with ``train_on_other``). Every probe prediction in the package goes through here."""
+    if real_classes_only:
+        return logits_C[..., 1:].argmax(dim=-1) + 1
+    return logits_C.argmax(dim=-1)
+
+
 def predict_logits(sweep: ProbeSweep, batches: Iterable[Tensor]) -> Iterator[Tensor]:
     """Yield ``logits_MNC`` for each batch ``x_ND`` (no grad; on the sweep's device).
 

@@ -69,10 +69,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from pipeline import metrics, units
 from pipeline.config import Config
+from pipeline.data import load_rgb, resize_crop, store_image_paths, store_preprocess
 from pipeline.probes import figures
 from pipeline.probes.features import (
     best_meta,
@@ -94,6 +94,7 @@ from pipeline.probes.linear import (
     fit_sweep,
     member_grid,
     member_state,
+    predict_classes,
     save_probe,
     sweep_table,
 )
@@ -131,11 +132,6 @@ class SegEvaluation:
     figure_images: np.ndarray  # store indices of the first valid val images
     figure_true_KHW: np.ndarray
     figure_pred_MKHW: np.ndarray
-
-
-def _predict(logits: torch.Tensor, train_on_other: bool) -> torch.Tensor:
-    """Argmax over the real classes 1 … C-1 (class 0 never predicted) unless train_on_other."""
-    return logits.argmax(dim=-1) if train_on_other else logits[..., 1:].argmax(dim=-1) + 1
 
 
 def upsampled_predictions(logits_MBPC: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], train_on_other: bool) -> np.ndarray:
@@ -183,7 +179,7 @@ def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, tra
         check_label_range(val, "pixel_label", pixel_BHW, image_B)
         with torch.no_grad():
             logits_MBPC = sweep(x_BPD.reshape(b * p, d)).reshape(m, b, p, c)
-            patch_pred_MBP = _predict(logits_MBPC, train_on_other).cpu().numpy()
+            patch_pred_MBP = predict_classes(logits_MBPC, real_classes_only=not train_on_other).cpu().numpy()
             pixel_pred_MBHW = upsampled_predictions(logits_MBPC, val.grid, pixel_BHW.shape[1:], train_on_other)
         truth_BP = patch_label_NP[image_B]
         ignore = 0 if protocol == "ade20k" else None  # metrics.SEG_PROTOCOLS
@@ -218,7 +214,7 @@ def val_patch_miou(stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool
         for image_B, x_BPD in patch_chunks(val, stores.layer, norm):
             b, p, d = x_BPD.shape
             with torch.no_grad():
-                pred_MBP = _predict(sweep(x_BPD.reshape(b * p, d)).reshape(sweep.n_members, b, p, c), train_on_other)
+                pred_MBP = predict_classes(sweep(x_BPD.reshape(b * p, d)).reshape(sweep.n_members, b, p, c), real_classes_only=not train_on_other)
             conf += metrics.confusion_matrices(patch_label_NP[image_B], pred_MBP.cpu().numpy(), c, ignore=ignore)
         return np.array([metrics.mean_iou_as(conf_k, MIOU_DEFINITION, exclude=exclude) for conf_k in conf])
 
@@ -261,15 +257,11 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
 
     Only for the figure. If the dataset cannot be read, a grey placeholder stands in.
     """
-    from pipeline.data import Preprocess, crop_geometry, load_rgb, load_split
-
     attrs = stores.val.attrs
     crop = int(attrs["image_size"])
     try:
-        pre = Preprocess(**attrs["preprocess"])
-        extra = {"class_list": attrs["config"]["dataset"]["class_list"]} if "class_list" in attrs["config"]["dataset"] else {}
-        data = load_split(attrs["dataset_kind"], Path(attrs["dataset_root"]), attrs["config"]["dataset"]["split"], **extra)
-        by_id = {s.id: s.image for s in data.samples}
+        pre = store_preprocess(attrs)
+        by_id = store_image_paths(attrs)
     except Exception as err:  # noqa: BLE001 - only a picture: say so and go on
         log.warning("examples.png: cannot list the dataset (%s); drawing placeholders", err)
         by_id, pre = {}, None
@@ -278,10 +270,7 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
     for i in image_idx:
         path = by_id.get(str(ids[i]))
         try:
-            img = load_rgb(path)
-            geo = crop_geometry(img.width, img.height, pre)
-            img = img.resize((geo.resized_W, geo.resized_H), resample=getattr(Image.Resampling, pre.interpolation.upper()))
-            out.append(np.asarray(img.crop((geo.left, geo.top, geo.left + crop, geo.top + crop)), dtype=np.uint8))
+            out.append(np.asarray(resize_crop(load_rgb(path), pre), dtype=np.uint8))
         except Exception as err:  # noqa: BLE001
             if path is not None:
                 log.warning("examples.png: cannot read %s (%s); drawing a placeholder", path, err)

@@ -1,6 +1,7 @@
 """Sparse autoencoders on cached ViT activations (saev, Stevens et al., with its bugs fixed).
 
 * :mod:`.model` — :class:`SparseAutoencoder` (ReLU SAE; both saev encoder conventions)
+* :mod:`.encode` — :func:`encode_tokens` (scaling + the SAE's encoder, on a subset of tokens / latents)
 * :mod:`.scaling` — :class:`InputScaling` (centre + scale to E‖x‖² = D), stored with checkpoints
 * :mod:`.checkpoint` — saev's file format (JSON header line + torch.save), safetensors twin,
   legacy/new header styles, no pickled objects
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .encode import encode_tokens
 from .latents import latent_stats, load_latent_stats, save_latent_stats, select_latents
 from .model import SparseAutoencoder
 from .scaling import InputScaling
@@ -41,6 +43,7 @@ __all__ = [
     "SparseAutoencoder",
     "TrainConfig",
     "TrainedSAE",
+    "encode_tokens",
     "latent_stats",
     "load_checkpoint",
     "load_latent_stats",

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from ..plots import RANDOM_WEIGHTS_NOTE
+from ..plots import RANDOM_WEIGHTS_NOTE, label_font
 
 # matplotlib's viridis (van der Walt & Smith, CC0), 256 RGB entries as hex.
 _VIRIDIS_HEX = (
@@ -77,13 +77,6 @@ def heat_overlay(patch_map: np.ndarray, grid: tuple[int, int], size: int, *, vma
     return Image.fromarray(rgba, mode="RGBA").resize((size, size), Image.Resampling.NEAREST)
 
 
-def _font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     if draw.textlength(text, font=font) <= width:
         return text
@@ -107,7 +100,7 @@ def _latent_sheet(ds_l: xr.Dataset, lid: int, *, tile_of: Callable[[int], Image.
     rows, cols = sheet_layout(n_images)
     sheet = Image.new("RGB", sheet_size(n_images, tile_size), _BG)
     draw = ImageDraw.Draw(sheet)
-    font = _font(12)
+    font = label_font(12)
     vmax = float(ds_l["max_value"])
     title = (f"latent {lid}   freq {float(ds_l['freq']):.2e}   max {vmax:.3g}   "
              f"mean {float(ds_l['mean_value']):.3g}")

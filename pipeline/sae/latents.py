@@ -28,8 +28,10 @@ import pandas as pd
 import torch
 import xarray as xr
 from torch import Tensor
+
 from pipeline.progress import Progress
 
+from .encode import encode_tokens
 from .model import SparseAutoencoder
 from .scaling import InputScaling
 
@@ -61,99 +63,121 @@ def latent_stats(
         raise ValueError("top_k must be positive")
     dev = torch.device(device) if device is not None else next(sae.parameters()).device
     sae = sae.to(dev).eval()
-    S, k = sae.n_latents, top_k
-    rank_k = torch.arange(k, device=dev)
-
-    P = None
-    max_S = torch.zeros(S, device=dev)
-    n_fire_S = torch.zeros(S, dtype=torch.int64, device=dev)
-    sum_S = torch.zeros(S, dtype=torch.float64, device=dev)
-    top_val_Sk = torch.full((S, k), float("-inf"), device=dev)
-    top_img_Sk = torch.full((S, k), -1, dtype=torch.int64, device=dev)
-    top_map_SkP: Tensor | None = None
-    n_tok = n_img = 0
-
+    acc = _LatentAccumulator(sae.n_latents, top_k, dev)
     bar = Progress("latent stats", n_images, "img", enabled=progress)
     for image_idx_B, acts_BPD in batches:
-        idx_B = torch.from_numpy(np.array(image_idx_B, dtype=np.int64).reshape(-1))
-        acts_BPD = torch.as_tensor(acts_BPD)
-        if acts_BPD.ndim != 3 or acts_BPD.shape[0] != idx_B.shape[0]:
-            raise ValueError(f"expected acts [B, P, D] with B={idx_B.shape[0]}, "
-                             f"got {tuple(acts_BPD.shape)}")
-        if idx_B.numel() and (idx_B.min() < 0 or idx_B.max() >= n_images):
-            raise ValueError(f"image indices outside [0, {n_images})")
-        B, P_b, D = acts_BPD.shape
-        if P is None:
-            P = P_b
-            top_map_SkP = torch.zeros((S, k, P), dtype=torch.float16, device=dev)
-        elif P_b != P:
-            raise ValueError(f"patch count changed from {P} to {P_b}")
+        idx_B, acts_BPD = _checked_batch(image_idx_B, acts_BPD, n_images)
+        B, P, D = acts_BPD.shape
+        acc.start(P)
         idx_B = idx_B.to(dev)
-        chunk = max(1, max_chunk_elements // (P * S))
+        chunk = max(1, max_chunk_elements // (P * acc.S))
         for lo in range(0, B, chunk):
-            x_bPD = acts_BPD[lo:lo + chunk].to(dev, non_blocking=True).float()
-            if scaling is not None:
-                x_bPD = scaling.apply(x_bPD)
+            x_bPD = acts_BPD[lo:lo + chunk].to(dev, non_blocking=True)
             b = x_bPD.shape[0]
-            f_bPS = sae.encode(x_bPD.reshape(b * P, D)).reshape(b, P, S)
-
-            max_S = torch.maximum(max_S, f_bPS.amax(dim=(0, 1)))
-            n_fire_S += (f_bPS > 0).sum(dim=(0, 1))
-            sum_S += f_bPS.sum(dim=(0, 1), dtype=torch.float64)
-
-            img_max_bS = f_bPS.amax(dim=1)
-            cand_Sb = torch.where(img_max_bS > 0, img_max_bS,
-                                  torch.full_like(img_max_bS, float("-inf"))).T
-            new_val_Sk, sel_Sk = torch.cat([top_val_Sk, cand_Sb], dim=1).topk(k, dim=1)
-            from_old_Sk = sel_Sk < k
-            old_sel = sel_Sk.clamp(max=k - 1)
-            new_sel = (sel_Sk - k).clamp(min=0)
-            top_img_Sk = torch.where(from_old_Sk, top_img_Sk.gather(1, old_sel),
-                                     idx_B[lo:lo + b][new_sel])
-            top_val_Sk = new_val_Sk
-            # Patch maps: touch only latents whose top-k changed (few, once it has settled).
-            rows = (sel_Sk != rank_k).any(dim=1).nonzero().squeeze(1)
-            if rows.numel():
-                R = rows.numel()
-                old_maps = top_map_SkP[rows].gather(1, old_sel[rows, :, None].expand(R, k, P))
-                f_RbP = f_bPS.permute(2, 0, 1)[rows]
-                new_maps = f_RbP.gather(1, new_sel[rows, :, None].expand(R, k, P)).half()
-                top_map_SkP[rows] = torch.where(from_old_Sk[rows, :, None], old_maps, new_maps)
-            n_tok += b * P
-        n_img += B
+            acc.add(encode_tokens(sae, scaling, x_bPD.reshape(b * P, D)).reshape(b, P, acc.S), idx_B[lo:lo + b])
+        acc.n_img += B
         bar.update(B)
     bar.close()
-
-    if P is None:
+    if acc.P is None:
         raise ValueError("no batches")
-    if n_img != n_images:
-        warnings.warn(f"saw {n_img} images, n_images={n_images}", stacklevel=2)
+    if acc.n_img != n_images:
+        warnings.warn(f"saw {acc.n_img} images, n_images={n_images}", stacklevel=2)
+    return acc.dataset(sae, scaled=scaling is not None)
 
-    empty = torch.isinf(top_val_Sk)
-    top_img_Sk = torch.where(empty, torch.full_like(top_img_Sk, -1), top_img_Sk)
-    top_val = top_val_Sk.cpu().numpy().astype(np.float32)
-    top_val[empty.cpu().numpy()] = np.nan
-    n_fire = n_fire_S.cpu().numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_value = np.where(n_fire > 0, sum_S.cpu().numpy() / np.maximum(n_fire, 1), np.nan)
 
-    return xr.Dataset(
-        {
-            "max_value": ("latent", max_S.cpu().numpy().astype(np.float32)),
-            "freq": ("latent", n_fire / max(n_tok, 1)),
-            "mean_value": ("latent", mean_value.astype(np.float32)),
-            "n_fired": ("latent", n_fire.astype(np.int64)),
-            "top_image": (("latent", "rank"), top_img_Sk.cpu().numpy().astype(np.int64)),
-            "top_value": (("latent", "rank"), top_val),
-            "top_patch_map": (("latent", "rank", "patch"), top_map_SkP.cpu().numpy()),
-        },
-        coords={"latent": np.arange(S), "rank": np.arange(k), "patch": np.arange(P)},
-        attrs={
-            "n_images": int(n_img), "n_tokens": int(n_tok), "n_patches": int(P),
-            "top_k": int(k), "d_model": int(sae.d_model), "n_latents": int(S),
-            "encoder": sae.encoder, "scaled": int(scaling is not None),
-        },
-    )
+def _checked_batch(image_idx_B, acts_BPD, n_images: int) -> tuple[Tensor, Tensor]:
+    """``(image indices [B] int64, acts [B, P, D])`` as tensors, or a ValueError saying what is wrong."""
+    idx_B = torch.from_numpy(np.array(image_idx_B, dtype=np.int64).reshape(-1))
+    acts_BPD = torch.as_tensor(acts_BPD)
+    if acts_BPD.ndim != 3 or acts_BPD.shape[0] != idx_B.shape[0]:
+        raise ValueError(f"expected acts [B, P, D] with B={idx_B.shape[0]}, "
+                         f"got {tuple(acts_BPD.shape)}")
+    if idx_B.numel() and (idx_B.min() < 0 or idx_B.max() >= n_images):
+        raise ValueError(f"image indices outside [0, {n_images})")
+    return idx_B, acts_BPD
+
+
+class _LatentAccumulator:
+    """Running per-latent statistics on ``device``: max, firing count, sum, and the top-k images
+    (value, index, patch map) of every latent, fed one chunk of latents ``f[b, P, S]`` at a time."""
+
+    def __init__(self, S: int, k: int, device: torch.device):
+        self.S, self.k = S, k
+        self.rank_k = torch.arange(k, device=device)
+        self.device = device
+        self.P: int | None = None
+        self.max_S = torch.zeros(S, device=device)
+        self.n_fire_S = torch.zeros(S, dtype=torch.int64, device=device)
+        self.sum_S = torch.zeros(S, dtype=torch.float64, device=device)
+        self.top_val_Sk = torch.full((S, k), float("-inf"), device=device)
+        self.top_img_Sk = torch.full((S, k), -1, dtype=torch.int64, device=device)
+        self.top_map_SkP: Tensor | None = None
+        self.n_tok = self.n_img = 0
+
+    def start(self, P: int) -> None:
+        """Fix the patch count on the first batch (allocating the maps); later batches must match."""
+        if self.P is None:
+            self.P = P
+            self.top_map_SkP = torch.zeros((self.S, self.k, P), dtype=torch.float16, device=self.device)
+        elif P != self.P:
+            raise ValueError(f"patch count changed from {self.P} to {P}")
+
+    def add(self, f_bPS: Tensor, idx_b: Tensor) -> None:
+        """Fold one chunk of latents (images ``idx_b``) into the statistics."""
+        self.max_S = torch.maximum(self.max_S, f_bPS.amax(dim=(0, 1)))
+        self.n_fire_S += (f_bPS > 0).sum(dim=(0, 1))
+        self.sum_S += f_bPS.sum(dim=(0, 1), dtype=torch.float64)
+        self._update_top_k(f_bPS, idx_b)
+        self.n_tok += f_bPS.shape[0] * f_bPS.shape[1]
+
+    def _update_top_k(self, f_bPS: Tensor, idx_b: Tensor) -> None:
+        """Merge the chunk's per-image max of every latent into its top-k (images where it fires)."""
+        k, P = self.k, self.P
+        img_max_bS = f_bPS.amax(dim=1)
+        cand_Sb = torch.where(img_max_bS > 0, img_max_bS,
+                              torch.full_like(img_max_bS, float("-inf"))).T
+        new_val_Sk, sel_Sk = torch.cat([self.top_val_Sk, cand_Sb], dim=1).topk(k, dim=1)
+        from_old_Sk = sel_Sk < k
+        old_sel = sel_Sk.clamp(max=k - 1)
+        new_sel = (sel_Sk - k).clamp(min=0)
+        self.top_img_Sk = torch.where(from_old_Sk, self.top_img_Sk.gather(1, old_sel), idx_b[new_sel])
+        self.top_val_Sk = new_val_Sk
+        # Patch maps: touch only latents whose top-k changed (few, once it has settled).
+        rows = (sel_Sk != self.rank_k).any(dim=1).nonzero().squeeze(1)
+        if rows.numel():
+            R = rows.numel()
+            old_maps = self.top_map_SkP[rows].gather(1, old_sel[rows, :, None].expand(R, k, P))
+            f_RbP = f_bPS.permute(2, 0, 1)[rows]
+            new_maps = f_RbP.gather(1, new_sel[rows, :, None].expand(R, k, P)).half()
+            self.top_map_SkP[rows] = torch.where(from_old_Sk[rows, :, None], old_maps, new_maps)
+
+    def dataset(self, sae: SparseAutoencoder, *, scaled: bool) -> xr.Dataset:
+        """The statistics as :func:`latent_stats` returns them (empty top-k slots: image -1, value NaN)."""
+        S, k, P = self.S, self.k, self.P
+        empty = torch.isinf(self.top_val_Sk)
+        top_img_Sk = torch.where(empty, torch.full_like(self.top_img_Sk, -1), self.top_img_Sk)
+        top_val = self.top_val_Sk.cpu().numpy().astype(np.float32)
+        top_val[empty.cpu().numpy()] = np.nan
+        n_fire = self.n_fire_S.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_value = np.where(n_fire > 0, self.sum_S.cpu().numpy() / np.maximum(n_fire, 1), np.nan)
+        return xr.Dataset(
+            {
+                "max_value": ("latent", self.max_S.cpu().numpy().astype(np.float32)),
+                "freq": ("latent", n_fire / max(self.n_tok, 1)),
+                "mean_value": ("latent", mean_value.astype(np.float32)),
+                "n_fired": ("latent", n_fire.astype(np.int64)),
+                "top_image": (("latent", "rank"), top_img_Sk.cpu().numpy().astype(np.int64)),
+                "top_value": (("latent", "rank"), top_val),
+                "top_patch_map": (("latent", "rank", "patch"), self.top_map_SkP.cpu().numpy()),
+            },
+            coords={"latent": np.arange(S), "rank": np.arange(k), "patch": np.arange(P)},
+            attrs={
+                "n_images": int(self.n_img), "n_tokens": int(self.n_tok), "n_patches": int(P),
+                "top_k": int(k), "d_model": int(sae.d_model), "n_latents": int(S),
+                "encoder": sae.encoder, "scaled": int(scaled),
+            },
+        )
 
 
 def save_latent_stats(ds: xr.Dataset, path: Path) -> Path:

@@ -35,6 +35,8 @@ ours does).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -83,15 +85,28 @@ class SparseAutoencoder(nn.Module):
         """The encoder convention as a formula string (stored in checkpoint headers)."""
         return ENCODER_SUBTRACT if self.encoder_subtracts_b_dec else ENCODER_PLAIN
 
-    def pre_acts(self, x_ND: Tensor) -> Tensor:
-        """Pre-activations h [..., S] (before the ReLU); accepts any leading dims."""
+    def pre_acts(self, x_ND: Tensor, latents_K: Tensor | Sequence[int] | None = None) -> Tensor:
+        """Pre-activations h [..., S] (before the ReLU); accepts any leading dims.
+
+        With ``latents_K`` only those latents' columns are computed: [..., K], the same numbers
+        as ``pre_acts(x)[..., latents_K]`` at K/S of the cost.
+        """
         if self.encoder_subtracts_b_dec:
             x_ND = x_ND - self.b_dec
-        return x_ND @ self.W_enc + self.b_enc
+        if latents_K is None:
+            return x_ND @ self.W_enc + self.b_enc
+        idx_K = torch.as_tensor(latents_K, dtype=torch.long, device=x_ND.device)
+        return x_ND @ self.W_enc[:, idx_K] + self.b_enc[idx_K]
 
-    def encode(self, x_ND: Tensor) -> Tensor:
-        """Latents f_NS = relu(pre_acts(x)); leading dims are kept ([..., D] -> [..., S])."""
-        return torch.relu(self.pre_acts(x_ND))
+    def encode(self, x_ND: Tensor, latents_K: Tensor | Sequence[int] | None = None) -> Tensor:
+        """Latents f_NS = relu(pre_acts(x)); leading dims are kept ([..., D] -> [..., S]).
+
+        With ``latents_K``: those latents only, [..., K]. Exact for this ReLU SAE, where each
+        latent reads only its own encoder column; every caller (training, statistics, F1,
+        interventions, manipulate) encodes through here, so an SAE with another activation
+        (TopK, JumpReLU) changes this one method.
+        """
+        return torch.relu(self.pre_acts(x_ND, latents_K))
 
     def decode(self, f_NS: Tensor) -> Tensor:
         """Reconstruction x̂_ND = f @ W_dec + b_dec ([..., S] -> [..., D])."""

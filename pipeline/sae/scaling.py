@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipeline.stats import pooled
+
 
 class NonFiniteInputError(ValueError):
     """An SAE input (activations) holding NaN or inf."""
@@ -126,3 +128,11 @@ class InputScaling:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputScaling:
         return cls(np.asarray(d["mean_D"], dtype=np.float32), float(d["scalar"]))
+
+
+def scaling_from_stats(stats: dict[str, Any], block: int, tokens: str = "patches") -> InputScaling:
+    """The SAE input scaling for ``tokens`` (``patches`` or ``patches+cls``) of ``block``, from a
+    store's stats (:func:`pipeline.stats.read_stats`; the two kinds pooled exactly)."""
+    kinds = {"patches": ("patches",), "patches+cls": ("patches", "cls")}[tokens]
+    mean, centred, _ = pooled(stats, block, kinds)
+    return InputScaling.from_stats(mean, centred)

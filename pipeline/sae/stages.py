@@ -65,7 +65,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +88,15 @@ from pipeline.cache.stream import (
     token_rows,
 )
 from pipeline import layout
+from pipeline.data import store_image_loader
 from pipeline.layout import SAE_IMPORT_FILES as IMPORT_OUTPUTS, SAE_TRAIN_FILES as TRAIN_OUTPUTS, sae_dir, stats_path
 from pipeline.provenance import record
+from pipeline.stats import read_stats
 from pipeline.config import sae_is_imported, sae_train_ref, CacheRef, Config, ConfigError, SAEConfig
 
 from .checkpoint import load_checkpoint
 from .latents import density_chart, latent_stats, load_latent_stats, save_latent_stats, select_latents
-from .scaling import InputScaling
+from .scaling import InputScaling, scaling_from_stats
 from .train import (SAEHparams, TrainConfig, TrainedSAE, history_chart, history_table, sweep_chart, sweep_table,
                     train_sweep)
 
@@ -290,8 +292,6 @@ def _open(cfg: Config, ref: CacheRef, split: str) -> CacheReader:
 
 def load_train_scaling(cfg: Config, reader: CacheReader, block: int, tokens: str) -> tuple[InputScaling, Path]:
     """The scaling from the train store's stats file (refusing one made from another store)."""
-    from pipeline.stats import read_stats, scaling_from_stats
-
     path = stats_file(cfg, train_ref(require_sae(cfg)), "train")
     stats = read_stats(path, config_hash=reader.attrs["config_hash"])
     return scaling_from_stats(stats, block, tokens), path
@@ -685,41 +685,6 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
 # --------------------------------------------------------------------------- sae-gallery
 
 
-def _resample(name: str):
-    from PIL import Image
-
-    return Image.Resampling[name.upper()]
-
-
-def store_image_loader(reader: CacheReader) -> Callable[[int], Any]:
-    """image index → the image as the model saw it (RGB, before normalisation), from the dataset
-    root recorded in the store, with the store's resize / centre-crop geometry."""
-    from pipeline.data import Preprocess, crop_geometry, load_rgb, load_split
-
-    attrs = reader.attrs
-    kind, root = attrs["dataset_kind"], Path(attrs["dataset_root"])
-    split = attrs["config"]["dataset"]["split"]
-    if kind == "imagefolder":
-        raise SAEStageError(f"{reader.path}: the gallery needs a segmentation dataset, this store is an image folder")
-    extra = {"class_list": attrs["config"]["dataset"]["class_list"]} if "class_list" in attrs["config"]["dataset"] else {}
-    data = load_split(kind, root, split, **extra)
-    path_of = {s.id: s.image for s in data.samples}
-    ids = reader.image_ids
-    pre = Preprocess(**attrs["preprocess"])
-    resample = _resample(pre.interpolation)
-
-    def load(idx: int):
-        image_id = str(ids[idx])
-        if image_id not in path_of:
-            raise SAEStageError(f"{reader.path}: image {image_id!r} is not in {kind} dataset {root} (split {split})")
-        img = load_rgb(path_of[image_id])
-        geo = crop_geometry(img.width, img.height, pre)
-        img = img.resize((geo.resized_W, geo.resized_H), resample=resample)
-        return img.crop((geo.left, geo.top, geo.left + geo.crop, geo.top + geo.crop))
-
-    return load
-
-
 def spread_by_frequency(ds, candidates: np.ndarray, n: int) -> np.ndarray:
     """``n`` of ``candidates`` at evenly spaced ranks of their frequency (all if fewer)."""
     candidates = np.asarray(candidates, dtype=np.int64)
@@ -798,6 +763,6 @@ __all__ = [
     "CHOICE_RULE", "EVAL_MAX_TOKENS", "NoMemberError", "SAEStageError", "check_applies", "choose_member",
     "eval_batches", "is_imported", "load_sae_for", "load_train_scaling", "resolve_checkpoint", "run_import", "saev_scaling",
     "train_ref", "trained_block", "member_grid", "member_slug",
-    "run_gallery", "run_latents", "run_train", "sae_dir", "spread_by_frequency", "store_image_loader",
+    "run_gallery", "run_latents", "run_train", "sae_dir", "spread_by_frequency",
     "token_parts", "tokens_per_pass", "train_batches", "train_outputs", "write_train_outputs",
 ]

@@ -359,7 +359,38 @@ def train_sweep(
     device = torch.device(device)
     if scaling is not None and scaling.d_model != d_model:
         raise ValueError(f"scaling is for D={scaling.d_model}, d_model={d_model}")
+    saes, opts = init_members(members, d_model, cfg, device, data_mean_D)
 
+    def prepare(batch: Tensor) -> Tensor:
+        return prepare_batch(batch, d_model, device, scaling)
+
+    meter = _Meter([s.n_latents for s in saes], d_model, device)
+    history = _History(cfg, [s.n_latents for s in saes], device)
+    seen = _train_pass(batches, members, saes, opts, cfg, prepare=prepare, meter=meter, history=history,
+                       init_b_dec_from_first_batch=data_mean_D is None, meter_window=eval_batches is None,
+                       progress=progress, on_step=on_step)
+    if seen < cfg.n_tokens:
+        warnings.warn(f"data ran out after {seen} of {cfg.n_tokens} tokens", stacklevel=2)
+
+    for sae in saes:
+        sae.eval()
+    if eval_batches is not None:
+        _measure_held_out(eval_batches, saes, prepare, meter)
+        source = "held-out"
+    else:
+        source = f"last {cfg.metrics_fraction:g} of training"
+    return [
+        TrainedSAE(sae=sae, hparams=hp, train_cfg=cfg, n_tokens_seen=seen, n_metric_tokens=meter.n,
+                   metrics_source=source, scaling=scaling, history=history.member(m),
+                   **meter.results(m, d_model, cfg.dense_threshold))
+        for m, (hp, sae) in enumerate(zip(members, saes))
+    ]
+
+
+def init_members(members: Sequence[SAEHparams], d_model: int, cfg: TrainConfig, device: torch.device,
+                 data_mean_D: Tensor | None) -> tuple[list[SparseAutoencoder], list[torch.optim.Optimizer]]:
+    """One SAE (seeded: the member's seed, else ``cfg.seed``) and its Adam per member, in training
+    mode on ``device``; ``b_dec`` set to ``data_mean_D`` when given."""
     saes: list[SparseAutoencoder] = []
     opts: list[torch.optim.Optimizer] = []
     for hp in members:
@@ -374,19 +405,27 @@ def train_sweep(
     if data_mean_D is not None:
         for sae in saes:
             sae.init_b_dec_(torch.as_tensor(data_mean_D).to(device))
+    return saes, opts
 
-    def prepare(batch: Tensor) -> Tensor:
-        x = torch.as_tensor(batch).to(device, non_blocking=True)
-        x = x.reshape(-1, x.shape[-1]).float()
-        if x.shape[-1] != d_model:
-            raise ValueError(f"batch has width {x.shape[-1]}, expected d_model={d_model}")
-        return scaling.apply(x) if scaling is not None else x
 
+def prepare_batch(batch: Tensor, d_model: int, device: torch.device, scaling: InputScaling | None) -> Tensor:
+    """A batch as training reads it: on ``device``, ``[N, D]`` float32, scaled when ``scaling`` is given."""
+    x = torch.as_tensor(batch).to(device, non_blocking=True)
+    x = x.reshape(-1, x.shape[-1]).float()
+    if x.shape[-1] != d_model:
+        raise ValueError(f"batch has width {x.shape[-1]}, expected d_model={d_model}")
+    return scaling.apply(x) if scaling is not None else x
+
+
+def _train_pass(batches: Iterable[Tensor], members: Sequence[SAEHparams], saes: list[SparseAutoencoder],
+                opts: list[torch.optim.Optimizer], cfg: TrainConfig, *, prepare: Callable[[Tensor], Tensor],
+                meter: _Meter, history: _History, init_b_dec_from_first_batch: bool, meter_window: bool,
+                progress: bool, on_step: Callable[[int, int, _History], None] | None) -> int:
+    """The one pass over ``batches`` (cut at ``cfg.n_tokens``): every member steps on every batch.
+    With ``meter_window``, the last ``cfg.metrics_fraction`` of the tokens feed ``meter``.
+    Returns the number of tokens trained on."""
     M = len(members)
     window_start = cfg.n_tokens * (1.0 - cfg.metrics_fraction)
-    meter = _Meter([s.n_latents for s in saes], d_model, device)
-    history = _History(cfg, [s.n_latents for s in saes], device)
-
     seen, step = 0, 0
     bar = tqdm(total=cfg.n_tokens, unit="tok", unit_scale=True, disable=not progress,
                desc=f"SAE sweep ({M} member{'s' if M > 1 else ''})")
@@ -398,24 +437,16 @@ def train_sweep(
                 x_ND = x_ND[:remaining]
             if x_ND.shape[0] == 0:
                 continue
-            if step == 0 and data_mean_D is None:
+            if step == 0 and init_b_dec_from_first_batch:
                 for sae in saes:
                     sae.init_b_dec_(x_ND.mean(0))
-            in_window = eval_batches is None and seen + x_ND.shape[0] > window_start
+            in_window = meter_window and seen + x_ND.shape[0] > window_start
             if in_window:
                 meter.add_data(x_ND)
             seen_after = seen + x_ND.shape[0]
             logged = history.logs(step, seen_after, cfg.n_tokens)
-            for m, (hp, sae, opt) in enumerate(zip(members, saes, opts)):
-                lr = lr_at(step, hp.lr, cfg.lr_warmup_steps)
-                lam = sparsity_coeff_at(step, hp.sparsity_coeff, cfg.sparsity_warmup_steps)
-                terms = train_step(sae, opt, x_ND, lr=lr, sparsity_coeff=lam)
-                if in_window:
-                    meter.add_member(m, x_ND, terms.x_hat_ND, terms.f_NS)
-                active_NS = history.fired(m, terms.f_NS, seen_after)
-                if logged:
-                    history.record(m, terms, active_NS, seen_after, lr, lam)
-                del terms, active_NS
+            _step_members(step, x_ND, members, saes, opts, cfg, meter=meter if in_window else None,
+                          history=history, seen_after=seen_after, logged=logged)
             if logged:
                 history.end_row(step, seen_after)
                 if on_step is not None:
@@ -429,31 +460,36 @@ def train_sweep(
                 break
     finally:
         bar.close()
-    if seen < cfg.n_tokens:
-        warnings.warn(f"data ran out after {seen} of {cfg.n_tokens} tokens", stacklevel=2)
+    return seen
 
-    for sae in saes:
-        sae.eval()
-    if eval_batches is not None:
-        source = "held-out"
-        with torch.no_grad():
-            for batch in eval_batches:
-                x_ND = prepare(batch)
-                meter.add_data(x_ND)
-                for m, sae in enumerate(saes):
-                    x_hat_ND, f_NS = sae(x_ND)
-                    meter.add_member(m, x_ND, x_hat_ND, f_NS)
-    else:
-        source = f"last {cfg.metrics_fraction:g} of training"
 
-    results = []
-    for m, (hp, sae) in enumerate(zip(members, saes)):
-        metrics = meter.results(m, d_model, cfg.dense_threshold)
-        results.append(TrainedSAE(
-            sae=sae, hparams=hp, train_cfg=cfg, n_tokens_seen=seen, n_metric_tokens=meter.n,
-            metrics_source=source, scaling=scaling, history=history.member(m), **metrics,
-        ))
-    return results
+def _step_members(step: int, x_ND: Tensor, members: Sequence[SAEHparams], saes: list[SparseAutoencoder],
+                  opts: list[torch.optim.Optimizer], cfg: TrainConfig, *, meter: _Meter | None,
+                  history: _History, seen_after: int, logged: bool) -> None:
+    """One optimiser step of every member on ``x_ND`` (its own lr and λ schedule); dead-latent
+    bookkeeping, the history row when ``logged``, the metrics window when ``meter`` is given."""
+    for m, (hp, sae, opt) in enumerate(zip(members, saes, opts)):
+        lr = lr_at(step, hp.lr, cfg.lr_warmup_steps)
+        lam = sparsity_coeff_at(step, hp.sparsity_coeff, cfg.sparsity_warmup_steps)
+        terms = train_step(sae, opt, x_ND, lr=lr, sparsity_coeff=lam)
+        if meter is not None:
+            meter.add_member(m, x_ND, terms.x_hat_ND, terms.f_NS)
+        active_NS = history.fired(m, terms.f_NS, seen_after)
+        if logged:
+            history.record(m, terms, active_NS, seen_after, lr, lam)
+        del terms, active_NS
+
+
+@torch.no_grad()
+def _measure_held_out(eval_batches: Iterable[Tensor], saes: list[SparseAutoencoder],
+                      prepare: Callable[[Tensor], Tensor], meter: _Meter) -> None:
+    """Feed one pass over the held-out batches through every (eval-mode) member into ``meter``."""
+    for batch in eval_batches:
+        x_ND = prepare(batch)
+        meter.add_data(x_ND)
+        for m, sae in enumerate(saes):
+            x_hat_ND, f_NS = sae(x_ND)
+            meter.add_member(m, x_ND, x_hat_ND, f_NS)
 
 
 def sweep_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
