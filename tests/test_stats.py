@@ -16,7 +16,8 @@ from pipeline.cache.store import open_group
 from pipeline.config import CacheRef, load_config
 from pipeline.extract import extract
 from pipeline.paths import stats_path
-from pipeline.stats import StatsError, compute_stats, pooled, read_stats, scaling_from_stats
+from pipeline.sae.scaling import scaling_from_stats
+from pipeline.stats import StatsError, compute_stats, pooled, read_stats
 
 SEG = CacheRef("dino", "seg")
 
