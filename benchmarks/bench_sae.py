@@ -200,7 +200,8 @@ def run(store: Path, *, passes: float, batch_size: int, buffer: int, threads: in
     from pipeline.runtime import set_threads
     from pipeline.sae import SAEHparams, TrainConfig, train_sweep
     from pipeline.sae.stages import tokens_per_pass, train_batches
-    from pipeline.stats import compute_stats, scaling_from_stats
+    from pipeline.sae.scaling import scaling_from_stats
+    from pipeline.stats import compute_stats
 
     threads = set_threads(threads)
     reader = CacheReader(store)
