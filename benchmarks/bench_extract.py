@@ -78,7 +78,7 @@ class PeakMemory:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(0.02):
+        while not self._stop.wait(0.2):  # reading smaps takes the process's memory lock: not too often
             self.peak = max(self.peak, _rss_bytes(os.getpid()))
 
     def __exit__(self, *exc) -> None:
@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument("--forward-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cached", default="2", help="numbers of cached blocks (the last ones), comma-separated: one table each, same images")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating rounds of (a)-(c) and (d); each rate is its best round")
     parser.add_argument("--precision-distance", action="store_true", help="print the bfloat16 vs float32 cache distance per block instead")
     args = parser.parse_args()
     if args.precision_distance:
@@ -216,17 +217,25 @@ def measure(cfg, args, device, threads: int, heads: int) -> None:
     from pipeline.models import load_backbone
     from pipeline.runtime import describe_device
 
-    backbone, _ = load_backbone(cfg.model("dino").spec, device=device)
-    a, b, c = stage_rates(cfg, backbone, device, args.batch_size)
-    del backbone
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    # --repeats alternating rounds of (a)-(c) then (d); each rate is its best round (on a
+    # shared machine other jobs only ever slow a round down)
+    a = b = c = d = 0.0
+    for round_ in range(args.repeats):
+        backbone, _ = load_backbone(cfg.model("dino").spec, device=device)
+        a_r, b_r, c_r = stage_rates(cfg, backbone, device, args.batch_size)
+        a, b, c = max(a, a_r), max(b, b_r), max(c, c_r)
+        del backbone
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        run = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, cache=Path(cfg.paths.cache) / f"round-{round_}"))
+        with PeakMemory() as mem:
+            report = extract(run, CacheRef("dino", "seg"), "train", progress=False)
+        if report.images_per_second > d:
+            d, best = report.images_per_second, report
+        peak = mem.peak - mem.start if round_ == 0 else peak
+    report = best
 
-    with PeakMemory() as mem:
-        report = extract(cfg, CacheRef("dino", "seg"), "train", progress=False)
-    d = report.images_per_second
-
-    store = cfg.store(CacheRef("dino", "seg"), "train")
+    store = run.store(CacheRef("dino", "seg"), "train")
     disk = sum(p.stat().st_size for p in (store / "acts").rglob("*") if p.is_file())
     n_layers = len(cfg.extract.layers)
     tokens = 1 + (224 // 14) ** 2
@@ -236,7 +245,7 @@ def measure(cfg, args, device, threads: int, heads: int) -> None:
     limit = min(a, 1 / (1 / b + 1 / c)) if device.type == "cuda" else 1 / (1 / a + 1 / b + 1 / c)
     print(f"\ndevice: {describe_device(device)}, threads: {threads}, num_workers: {cfg.extract.num_workers}, write_threads: {cfg.extract.write_threads}, "
           f"forward: {report.forward_dtype}, model: DINOv2 arch D={args.hidden} x {args.layers} blocks ({heads} heads), "
-          f"{n_layers} cached block(s) {list(cfg.extract.layers)}, {args.images} images of 224 px, batch {args.batch_size}")
+          f"{n_layers} cached block(s) {list(cfg.extract.layers)}, {args.images} images of 224 px, batch {args.batch_size}, best of {args.repeats} round(s)")
     print(f"{'(a) forward alone img/s':<44} {a:9.1f}")
     print(f"{'(b) decode + preprocess alone img/s':<44} {b:9.1f}")
     print(f"{'(c) cast + copy + compress + write img/s':<44} {c:9.1f}")
@@ -247,7 +256,7 @@ def measure(cfg, args, device, threads: int, heads: int) -> None:
     print(f"{'extraction ÷ stage limit':<44} {d / limit:9.2f}  >= 0.9")
     print(f"{'d ÷ a':<44} {d / a:9.2f}")
     print(f"{'cache bytes ÷ raw float32 bytes':<44} {disk / raw_f32:9.3f}  <= 0.5")
-    print(f"{'peak extra host memory, MiB (PSS)':<44} {(mem.peak - mem.start) / 2**20:9.0f}  (model load + workers + buffers; one float32 chunk is {chunk_f32 / 2**20:.0f} MiB)")
+    print(f"{'peak extra host memory, MiB (PSS)':<44} {peak / 2**20:9.0f}  (model load + workers + buffers; one float32 chunk is {chunk_f32 / 2**20:.0f} MiB)")
 
 if __name__ == "__main__":
     main()
