@@ -1,8 +1,10 @@
 """``python -m pipeline STEP …``: every workflow step, runnable by hand.
 
-Each step reads the config (``--config``, default ``config.yaml``), does one
-stage's work through that stage's module, and writes the outputs the
-Snakemake rule declares. ``python -m pipeline STEP --help`` lists its options.
+Each step: parse its arguments (the stage's ``pipeline.commands`` module), read the
+config (``--config``, default ``config.yaml``), refuse upstream outputs made from
+another config, start the run context (threads, device) and call the stage's
+``run`` (pipeline.stages), which writes the outputs the Snakemake rule declares.
+``python -m pipeline STEP --help`` lists its options.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import logging
 import sys
 
 from pipeline import commands, provenance
-from pipeline.stages import STAGES
+from pipeline.config import load_config
+from pipeline.stages import STAGES, rule_threads
 
 # step name -> module that defines add_parser(subparsers), from the stage registry (pipeline.stages);
 # imported lazily so --help is fast.
@@ -36,9 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    stage = STAGES[args.step]
     try:
-        provenance.check_cli_step(args)  # an upstream output made from another config: refused here
-        result = args.func(args)
+        ctx = None  # prepare takes no config
+        if getattr(args, "config", None) is not None:
+            cfg = load_config(args.config)
+            provenance.check_cli_step(args, cfg)  # an upstream output made from another config: refused here
+            from pipeline.context import RunContext  # imports torch: after the config and provenance checks
+
+            ctx = RunContext.start(cfg, device=getattr(args, "device", None), threads=rule_threads(cfg, args.step))
+        result = stage.run(ctx, args)
     except commands.USER_ERRORS as err:  # bad input: one clear line naming the file/key/value, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2

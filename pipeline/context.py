@@ -2,7 +2,11 @@
 a step reads.
 
 ``RunContext.start(cfg)`` caps torch's threads at the config's ``threads`` (and the CPUs really
-available) and resolves the device, once per process. A step then asks the context for
+available), once per process; the device is resolved on first use of :attr:`RunContext.device`
+and kept (a step that never asks, such as ``finalize``, runs on a machine without the
+configured GPU). ``python -m pipeline STEP`` starts one per step (threads: the stage's, see
+:func:`pipeline.stages.rule_threads`) and hands it to the stage's ``run``. A step then asks the
+context for
 
 * :meth:`RunContext.store` — a :class:`~pipeline.cache.CacheReader`, after
   :func:`pipeline.provenance.check_store` (the store was extracted with the current
@@ -30,17 +34,28 @@ from pipeline.config import CacheRef, Config
 class RunContext:
     cfg: Config
     threads: int
-    device: torch.device
+    requested_device: str | torch.device | None = None  # None: the config's `device`
+    _device: torch.device | None = field(default=None, init=False, repr=False)
     _stores: dict[tuple[str, str, str], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def start(cls, cfg: Config, *, device: str | torch.device | None = None) -> RunContext:
-        """Set torch's threads and resolve the device (``device`` overrides the config's)."""
-        from pipeline.runtime import resolve_device, set_threads
+    def start(cls, cfg: Config, *, device: str | torch.device | None = None, threads: int | None = None) -> RunContext:
+        """Set torch's threads (``threads``, default the config's; capped at the CPUs available).
+        ``device`` overrides the config's device (resolved on first use of :attr:`device`)."""
+        from pipeline.runtime import set_threads
 
-        threads = set_threads(cfg.threads)
-        dev = device if isinstance(device, torch.device) else resolve_device(device or cfg.device)
-        return cls(cfg, threads, dev)
+        return cls(cfg, set_threads(cfg.threads if threads is None else threads), device)
+
+    @property
+    def device(self) -> torch.device:
+        """The requested (else configured) device, resolved once: ``auto`` → cuda when there is one;
+        ``cuda`` without one raises :class:`pipeline.runtime.DeviceError`."""
+        if self._device is None:
+            from pipeline.runtime import resolve_device
+
+            req = self.requested_device
+            self._device = req if isinstance(req, torch.device) else resolve_device(req or self.cfg.device)
+        return self._device
 
     def describe_device(self) -> str:
         from pipeline.runtime import describe_device

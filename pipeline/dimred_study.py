@@ -87,7 +87,7 @@ from pipeline.probes.features import FinalNorm, ProbeStores, check_label_range, 
 from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep, predict_classes
 from pipeline.probes.seg import protocol_text, seg_metrics, upsampled_predictions
 from pipeline.provenance import record
-from pipeline.runtime import describe_device, resolve_device, set_threads
+from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +352,9 @@ def pca_variance_chart(evr_K: np.ndarray, stem: Path, *, dims: tuple[int, ...], 
 # ---- the study -----------------------------------------------------------------------------
 
 
-def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
-    """Fit, evaluate and write every output; return a JSON-able summary.
+def run_dimred_study(cfg: Config, *, progress: bool = True, ctx=None) -> dict:
+    """Fit, evaluate and write every output; return a JSON-able summary. ``ctx``: the step's
+    RunContext (default: one started here).
 
     Steps: sample and standardise train tokens (:func:`_fit_sample`), fit the reductions, fit a
     linear probe and k-means per variant (:func:`_fit_variants`), evaluate on val
@@ -362,8 +363,10 @@ def run_dimred_study(cfg: Config, *, progress: bool = True) -> dict:
     dc = cfg.dimred
     if dc is None:
         raise ConfigError(f"{cfg.source}: key dimred: missing; the study needs it (cache, layer, methods, dims)")
-    threads = set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    from pipeline.context import RunContext
+
+    ctx = ctx or RunContext.start(cfg)
+    threads, device = ctx.threads, ctx.device
     stores = open_probe_stores(cfg, dc.cache, layer=dc.layer, task="segmentation", n_classes=None, key="dimred")
     if stores.n_classes < 3:
         raise ConfigError(f"{cfg.source}: key dimred/cache: {stores.train.path} has {stores.n_classes} classes incl. 0; the cluster probe needs at least 2 real classes")

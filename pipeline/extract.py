@@ -229,11 +229,13 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
     return layout, attrs
 
 
-def extract(cfg: Config, ref: CacheRef, split: str, *, part: int = 0, of: int = 1, progress: bool = True) -> ExtractReport:
-    """Fill part ``part`` of ``of`` of the store of (ref, split); finalize when ``of == 1``."""
+def extract(cfg: Config, ref: CacheRef, split: str, *, part: int = 0, of: int = 1, progress: bool = True,
+            ctx: RunContext | None = None) -> ExtractReport:
+    """Fill part ``part`` of ``of`` of the store of (ref, split); finalize when ``of == 1``.
+    ``ctx``: the step's run context (default: one started here)."""
     if not (of >= 1 and 0 <= part < of):
         raise ConfigError(f"--part {part} --of {of}: parts are numbered from 0, so need 0 <= part < of (here 0..{max(of - 1, 0)})")
-    ctx = RunContext.start(cfg)
+    ctx = ctx or RunContext.start(cfg)
     threads, device = ctx.threads, ctx.device
     data = split_data(cfg, ref.dataset, split)
     if not data.samples:

@@ -29,7 +29,7 @@ class ProbeKind:
     name: str  # "seg": the config key probes.<name>, the folder probes/<name>/, the step probe-<name>
     task: str  # the dataset task its cache must have: "segmentation" | "classification"
     attr: str  # the Config attribute holding its section (the section's dataclass lives in pipeline.config)
-    run: str  # "module:function(cfg, *, out_dir, progress) -> dict" that fits the sweep and writes its files
+    run: str  # "module:function(cfg, *, out_dir, progress, ctx) -> dict" that fits the sweep and writes its files
     files: tuple[str, ...]  # file names it writes beside the shared probe files (layout.PROBE_COMMON_FILES)
     help: str  # one line for `python -m pipeline --help`
     reads: str  # what it reads of the cache, for the step's description

@@ -197,16 +197,14 @@ def check_inputs(cfg: Config, step: str, **keys: str) -> None:
             check_output(cfg, up, up_keys)
 
 
-def check_cli_step(args: Any) -> None:
+def check_cli_step(args: Any, cfg: Config) -> None:
     """``python -m pipeline STEP``: refuse upstream outputs made from another config before the
-    step starts. Keys come from ``--model/--dataset/--split``; an SAE step given ``--out`` reads
-    its inputs from that folder, which the config does not name, so only its stores are checked."""
-    step, config = getattr(args, "step", None), getattr(args, "config", None)
-    if step not in STEPS or config is None:
+    step starts (``cfg``: the one loaded from ``--config``). Keys come from
+    ``--model/--dataset/--split``; an SAE step given ``--out`` reads its inputs from that folder,
+    which the config does not name, so only its stores are checked."""
+    step = getattr(args, "step", None)
+    if step not in STEPS:
         return
-    from pipeline.config import load_config
-
-    cfg = load_config(config)
     keys = {k: getattr(args, k) for k in ("model", "dataset", "split") if getattr(args, k, None) is not None}
     if step.startswith("sae-") and getattr(args, "out", None) is not None:
         for up, up_keys in STEPS[step].upstream(cfg, keys):

@@ -4,10 +4,14 @@ Each :class:`Stage` says its name, the config section it needs, the config keys 
 the upstream stages whose outputs it reads (:mod:`pipeline.provenance` hashes and checks
 them: ``provenance.STEPS`` is this table), the JSON that records its provenance, its outputs
 (asked of :mod:`pipeline.layout`), its resources (threads from the config or one, a GPU or
-not) and its front end (the ``pipeline.commands`` module whose ``add_parser`` builds the
-sub-command; ``run`` there builds a :class:`pipeline.context.RunContext`).
+not), its front end (the ``pipeline.commands`` module whose ``add_parser`` builds the
+sub-command's arguments) and what it runs (``target``: a function of :mod:`pipeline.steps`,
+called by :meth:`Stage.run` with the started :class:`pipeline.context.RunContext` and the
+parsed arguments).
 
-Who reads it: ``pipeline/__main__.py`` (the sub-commands), ``pipeline/provenance.py`` (keys,
+Who reads it: ``pipeline/__main__.py`` (the sub-commands: parse, load the config, check
+provenance, start the run context with :func:`rule_threads`, ``stage.run(ctx, args)``),
+``pipeline/provenance.py`` (keys,
 upstream, records), ``workflow/rules/common.smk`` (a rule's outputs, threads and GPU resource via
 :func:`rule_outputs`, :func:`rule_threads`, :func:`rule_resources`). Probe stages come from the
 probe-kind registry (:mod:`pipeline.probe_kinds`), one per kind.
@@ -32,7 +36,8 @@ Upstream = list[tuple[str, Keys]]
 @dataclass(frozen=True)
 class Stage:
     name: str  # python -m pipeline NAME (the rule runs exactly this)
-    cli: str  # module defining add_parser(subparsers) for this step
+    cli: str  # module defining add_parser(subparsers) for this step (its arguments only)
+    target: str  # "module:function(ctx, args) -> dict" that does the step (pipeline.steps)
     reads: tuple[str, ...] = ()  # dotted config keys; "{model}", "{dataset}", "{split}", "{example}" filled from the keys
     upstream: Callable[[Config, Keys], Upstream] = lambda cfg, keys: []
     output: Callable[[Config, Keys], Path] | None = None  # the JSON holding the step's provenance record (None: a store / none)
@@ -41,6 +46,14 @@ class Stage:
     threads: str = "config"  # "config": the config's `threads` (the step caps torch there); "one": a single CPU
     gpu: bool = False  # the rule asks for `resources: gpu=1`
     workflow: bool = True  # run by a Snakemake rule (False: a hand-run tool such as prepare)
+
+    def run(self, ctx, args) -> object:
+        """Do the step: ``target`` imported now (so --help imports no torch), called with the
+        started RunContext (None for a step without a config: prepare) and the parsed args."""
+        import importlib
+
+        module, func = self.target.split(":")
+        return getattr(importlib.import_module(module), func)(ctx, args)
 
     def outputs(self, cfg: Config, **keys) -> layout.Outputs:
         """What the step writes (pipeline.layout owns it)."""
@@ -125,7 +138,7 @@ QUANTIFY_KEYS = tuple(f"quantify.{k}" for k in (
 def _probe_stage(kind: str) -> Stage:
     pk = PROBE_KINDS[kind]
     return Stage(
-        pk.step, "pipeline.commands.probe", (f"probes.{kind}",),
+        pk.step, "pipeline.commands.probe", "pipeline.steps:run_probe", (f"probes.{kind}",),
         lambda cfg, k: _stores(probe_section(cfg, kind).cache),
         lambda cfg, k: layout.probe_dir(cfg, kind) / "best.json",
         needs=(pk.attr,), section=f"probes.{kind}", gpu=True,
@@ -134,34 +147,34 @@ def _probe_stage(kind: str) -> Stage:
 
 _SAE = ("sae",)
 STAGES: dict[str, Stage] = {
-    "demo-data": Stage("demo-data", "pipeline.commands.demo", ("demo.seed", "demo.datasets.{dataset}"), threads="one"),
-    "demo-model": Stage("demo-model", "pipeline.commands.demo", ("demo.seed", "demo.models.{model}"), threads="one"),
-    "extract": Stage("extract", "pipeline.commands.extract", EXTRACT_KEYS, _demo, section="extract", gpu=True),
-    "finalize": Stage("finalize", "pipeline.commands.extract", (), lambda cfg, k: [("extract", k)], threads="one"),
-    "prepare": Stage("prepare", "pipeline.prepare", workflow=False),
-    "stats": Stage("stats", "pipeline.commands.sae", (), lambda cfg, k: [("extract", k)],
+    "demo-data": Stage("demo-data", "pipeline.commands.demo", "pipeline.steps:run_demo_data", ("demo.seed", "demo.datasets.{dataset}"), threads="one"),
+    "demo-model": Stage("demo-model", "pipeline.commands.demo", "pipeline.steps:run_demo_model", ("demo.seed", "demo.models.{model}"), threads="one"),
+    "extract": Stage("extract", "pipeline.commands.extract", "pipeline.steps:run_extract", EXTRACT_KEYS, _demo, section="extract", gpu=True),
+    "finalize": Stage("finalize", "pipeline.commands.extract", "pipeline.steps:run_finalize", (), lambda cfg, k: [("extract", k)], threads="one"),
+    "prepare": Stage("prepare", "pipeline.prepare", "pipeline.steps:run_prepare", workflow=False),
+    "stats": Stage("stats", "pipeline.commands.sae", "pipeline.steps:run_stats", (), lambda cfg, k: [("extract", k)],
                    lambda cfg, k: layout.stats_path(cfg, CacheRef(k["model"], k["dataset"]), k["split"])),
-    "sae-train": Stage("sae-train", "pipeline.commands.sae", SAE_TRAIN_KEYS, _sae_train_upstream,
+    "sae-train": Stage("sae-train", "pipeline.commands.sae", "pipeline.steps:run_sae_train", SAE_TRAIN_KEYS, _sae_train_upstream,
                        lambda cfg, k: layout.sae_dir(cfg) / "chosen.json", _SAE, "sae", gpu=True),
-    "sae-latents": Stage("sae-latents", "pipeline.commands.sae", ("sae.top_k", "sae.log_freq_range", "sae.log_value_range"),
+    "sae-latents": Stage("sae-latents", "pipeline.commands.sae", "pipeline.steps:run_sae_latents", ("sae.top_k", "sae.log_freq_range", "sae.log_value_range"),
                          lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
                          lambda cfg, k: layout.latents_json(cfg), _SAE, "sae", gpu=True),
-    "sae-gallery": Stage("sae-gallery", "pipeline.commands.sae", ("sae.gallery_latents",),
+    "sae-gallery": Stage("sae-gallery", "pipeline.commands.sae", "pipeline.steps:run_sae_gallery", ("sae.gallery_latents",),
                          lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {})],
                          lambda cfg, k: layout.gallery_dir(cfg) / "selection.json", _SAE, "sae"),
     **{PROBE_KINDS[kind].step: _probe_stage(kind) for kind in PROBE_KINDS},
-    "dimred": Stage("dimred", "pipeline.commands.dimred", ("dimred",), lambda cfg, k: _stores(cfg.dimred.cache),
+    "dimred": Stage("dimred", "pipeline.commands.dimred", "pipeline.steps:run_dimred", ("dimred",), lambda cfg, k: _stores(cfg.dimred.cache),
                     lambda cfg, k: layout.dimred_dir(cfg) / "projections.json", ("dimred",), "dimred", gpu=True),
-    "class-f1": Stage("class-f1", "pipeline.commands.quantify", ("quantify.thresholds",),
+    "class-f1": Stage("class-f1", "pipeline.commands.quantify", "pipeline.steps:run_class_f1", ("quantify.thresholds",),
                       lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
                       lambda cfg, k: layout.class_f1_path(cfg).with_suffix(".json"), _SAE, "quantify", gpu=True),
-    "propose": Stage("propose", "pipeline.commands.quantify", ("quantify.max_firing_fraction", "quantify.n_proposals"),
+    "propose": Stage("propose", "pipeline.commands.quantify", "pipeline.steps:run_propose", ("quantify.max_firing_fraction", "quantify.n_proposals"),
                      lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {}), ("class-f1", {})],
                      needs=_SAE, section="quantify", threads="one"),
-    "quantify": Stage("quantify", "pipeline.commands.quantify", QUANTIFY_KEYS,
+    "quantify": Stage("quantify", "pipeline.commands.quantify", "pipeline.steps:run_quantify", QUANTIFY_KEYS,
                       lambda cfg, k: [*_stores(_sae(cfg), ("val",)), ("sae-train", {}), ("sae-latents", {}), ("class-f1", {}), ("probe-seg", {})],
                       needs=("sae", "seg_probe"), section="quantify", gpu=True),
-    "manipulate": Stage("manipulate", "pipeline.commands.manipulate",
+    "manipulate": Stage("manipulate", "pipeline.commands.manipulate", "pipeline.steps:run_manipulate",
                         ("manipulate.n_top_latents", "manipulate.n_top_classes", "manipulate.rank_by", "manipulate.examples.{example}"),
                         _manipulate_upstream, needs=_SAE, section="manipulate"),
 }

@@ -1,4 +1,5 @@
-"""Command-line front ends of the stages (argparse only; the work is in the stage modules)."""
+"""Command-line front ends of the stages: argparse only (each module's ``add_parser``). What a
+sub-command runs is its stage's ``run`` (pipeline.stages, pipeline.steps)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from typing import Any
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError
 
 
 # Bad-input errors by (module, class). An exception can only be an instance of a class whose
@@ -42,6 +43,3 @@ def __getattr__(name: str) -> Any:
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file (default: config.yaml)")
 
-
-def config_from_args(args: argparse.Namespace):
-    return load_config(args.config)

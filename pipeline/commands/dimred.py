@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands import add_config_arg, config_from_args
+from pipeline.commands import add_config_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,11 +16,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_config_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar and no progress lines in the log")
-    p.set_defaults(func=run_dimred)
-
-
-def run_dimred(args: argparse.Namespace) -> dict:
-    from pipeline.dimred_study import run_dimred_study
-
-    cfg = config_from_args(args)
-    return run_dimred_study(cfg, progress=not args.no_progress)

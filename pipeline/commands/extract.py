@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands import add_config_arg, config_from_args
-from pipeline.config import SPLITS, CacheRef
+from pipeline.commands import add_config_arg
+from pipeline.config import SPLITS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--of", type=int, default=1, help="number of parts (default 1: whole split, then finalize)")
     p.add_argument("--sentinel", type=Path, help="file to write when this part is done (for Snakemake)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar and no progress lines in the log")
-    p.set_defaults(func=run_extract)
 
     f = sub.add_parser("finalize", help="check every image of a store is done; consolidate its metadata",
                       description="Reads <cache>/<model>/<dataset>/<split>.zarr after all extract parts; writes its final attrs (complete, bad images) and the --sentinel file.")
@@ -29,30 +28,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--dataset", required=True)
     f.add_argument("--split", required=True, choices=SPLITS)
     f.add_argument("--sentinel", type=Path, help="file to write when the store is complete (for Snakemake)")
-    f.set_defaults(func=run_finalize)
-
-
-def run_extract(args: argparse.Namespace) -> dict:
-    from pipeline.extract import extract, write_part_sentinel
-    from pipeline.provenance import record
-
-    cfg = config_from_args(args)
-    report = extract(cfg, CacheRef(args.model, args.dataset), args.split, part=args.part, of=args.of, progress=not args.no_progress)
-    if args.sentinel:
-        write_part_sentinel(args.sentinel, report, record(cfg, "extract", model=args.model, dataset=args.dataset, split=args.split))
-    return {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
-
-
-def run_finalize(args: argparse.Namespace) -> dict:
-    import json
-
-    from pipeline.cache import finalize
-    from pipeline.provenance import record
-
-    cfg = config_from_args(args)
-    summary = finalize(cfg.store(CacheRef(args.model, args.dataset), args.split))
-    if args.sentinel:
-        args.sentinel.parent.mkdir(parents=True, exist_ok=True)
-        doc = {**summary, "provenance": record(cfg, "finalize", model=args.model, dataset=args.dataset, split=args.split)}
-        args.sentinel.write_text(json.dumps(doc, indent=1) + "\n")
-    return summary

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands import add_config_arg, config_from_args
-from pipeline.config import ConfigError
+from pipeline.commands import add_config_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,34 +26,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--values", type=float, nargs="+", default=[], help="one per latent in [-1, 1] (x the latent's max on train)")
     p.add_argument("--name", default="adhoc", help="ad hoc example name (output folder)")
     p.add_argument("--out", type=Path, help="output folder (default: <results>/manipulate/<name>)")
-    p.set_defaults(func=run_manipulate)
-
-
-def run_manipulate(args: argparse.Namespace) -> dict:
-    from pipeline.config import ManipulateConfig, ManipulateExample
-    from pipeline.context import RunContext
-    from pipeline.manipulate import Manipulator, run_example
-
-    cfg = config_from_args(args)
-    settings = cfg.manipulate or ManipulateConfig()
-    if args.image is not None:
-        if args.example:
-            raise ConfigError("give either --example or --image, not both")
-        if args.latents and len(args.values) != len(args.latents):
-            raise ConfigError(f"--values: {len(args.values)} values for {len(args.latents)} latents")
-        image = int(args.image) if args.image.isdigit() else args.image
-        examples = [ManipulateExample(args.name, image, args.split, args.target_class, args.other_class,
-                                      tuple(args.latents), tuple(args.values))]
-    else:
-        known = {e.name: e for e in settings.examples}
-        missing = [n for n in args.example if n not in known]
-        if missing:
-            raise ConfigError(f"{cfg.source}: key manipulate/examples: no example named {', '.join(missing)} (known: {', '.join(known) or 'none'})")
-        examples = [known[n] for n in args.example] if args.example else list(settings.examples)
-        if not examples:
-            raise ConfigError(f"{cfg.source}: key manipulate/examples: no example configured; add one or pass --image")
-    if args.out is not None and len(examples) > 1:
-        raise ConfigError("--out names one folder: give one --example with it")
-    ctx = RunContext.start(cfg)
-    m = Manipulator(cfg, device=ctx.device)
-    return {"examples": [run_example(m, ex, args.out) for ex in examples]}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands import add_config_arg, config_from_args
-from pipeline.probe_kinds import PROBE_KINDS, run_kind
+from pipeline.commands import add_config_arg
+from pipeline.probe_kinds import PROBE_KINDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +18,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         add_config_arg(p)
         p.add_argument("--out", type=Path, help=f"output folder (default: <results>/probes/{kind}/<model>/<dataset>)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar and no progress lines in the log")
-        p.set_defaults(func=run_probe, probe=kind)
-
-
-def run_probe(args: argparse.Namespace) -> dict:
-    return run_kind(args.probe, config_from_args(args), out_dir=args.out, progress=not args.no_progress)
+        p.set_defaults(probe=kind)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from pipeline.commands import add_config_arg, config_from_args
+from pipeline.commands import add_config_arg
 from pipeline.config import SPLITS
 
 
@@ -20,15 +19,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--scheduler", help="address of a dask distributed scheduler (tcp://host:8786) to compute on; "
                                        "default: local threads (config `threads`)")
     s.add_argument("--out", type=Path, help="output JSON (default: <results>/stats/<model>/<dataset>/<split>.json)")
-    s.set_defaults(func=run_stats)
 
-    for step, what, func, io in (
-        ("sae-train", "train the SAE sweep (config: sae) from the cache; choose the member used downstream", run_train,
+    for step, what, io in (
+        ("sae-train", "train the SAE sweep (config: sae) from the cache; choose the member used downstream",
          "Reads the train and val stores of sae.cache and the train stats file; writes members/, sweep.csv, sweep charts, "
          "sae.pt and chosen.json to the SAE folder."),
-        ("sae-latents", "latent statistics of the chosen SAE over the train store's patch tokens", run_latents,
+        ("sae-latents", "latent statistics of the chosen SAE over the train store's patch tokens",
          "Reads sae.pt and the train store; writes latents.zarr and latents.json to the SAE folder."),
-        ("sae-gallery", "static HTML gallery of selected latents with their top images", run_gallery,
+        ("sae-gallery", "static HTML gallery of selected latents with their top images",
          "Reads latents.zarr / latents.json, the train store and the dataset's images; writes gallery/index.html, "
          "gallery/latent_<id>.png and gallery/selection.json in the SAE folder."),
     ):
@@ -38,35 +36,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if step != "sae-gallery":
             p.add_argument("--device", help="override the config's device (cpu, cuda, auto)")
             p.add_argument("--no-progress", action="store_true", help="no progress bar and no progress lines in the log")
-        p.set_defaults(func=func)
-
-
-def run_stats(args: argparse.Namespace) -> dict:
-    from pipeline.stats import run_stats as stats
-
-    cfg = config_from_args(args)
-    try:
-        return stats(cfg, args.model, args.dataset, args.split, scheduler=args.scheduler, out=args.out)
-    except RuntimeError as err:  # --scheduler without the distributed package: one clear line
-        if args.scheduler and "distributed" in str(err):
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise
-
-
-def run_train(args: argparse.Namespace) -> dict:
-    from pipeline.sae.stages import run_train as train
-
-    return train(config_from_args(args), out_dir=args.out, progress=not args.no_progress, device=args.device)
-
-
-def run_latents(args: argparse.Namespace) -> dict:
-    from pipeline.sae.stages import run_latents as latents
-
-    return latents(config_from_args(args), out_dir=args.out, progress=not args.no_progress, device=args.device)
-
-
-def run_gallery(args: argparse.Namespace) -> dict:
-    from pipeline.sae.stages import run_gallery as gallery
-
-    return gallery(config_from_args(args), out_dir=args.out)

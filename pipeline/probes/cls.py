@@ -105,9 +105,10 @@ def selection_rows(n: int, fraction: float, seed: int) -> np.ndarray:
     return out
 
 
-def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True) -> dict:
-    """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a summary."""
-    pc, threads, device, stores, out_dir = probe_setup(cfg, "cls", out_dir)
+def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
+    """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a summary.
+    ``ctx``: the step's RunContext (default: one started here)."""
+    pc, threads, device, stores, out_dir = probe_setup(cfg, "cls", out_dir, ctx)
     norm = FinalNorm(cfg, stores, device)
     c = stores.n_classes
     x_all, y_all, image_all = cls_rows(stores.train, pc.layer, norm)

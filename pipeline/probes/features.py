@@ -346,16 +346,17 @@ def best_meta(kind: str, pc, stores: ProbeStores, norm: FinalNorm, members, best
     }
 
 
-def probe_setup(cfg: Config, kind: str, out_dir: Path | None):
+def probe_setup(cfg: Config, kind: str, out_dir: Path | None, ctx=None):
     """What both probe stages start with: their config section, threads, device, the train/val
-    stores (checked) and the output folder. ``kind``: a name in pipeline.probe_kinds.PROBE_KINDS."""
+    stores (checked) and the output folder. ``kind``: a name in pipeline.probe_kinds.PROBE_KINDS;
+    ``ctx``: the step's RunContext (default: one started here)."""
     from pipeline.context import RunContext
     from pipeline.probe_kinds import PROBE_KINDS, probe_section
 
     pc = probe_section(cfg, kind)
     if pc is None:
         raise ConfigError(f"{cfg.source}: key probes/{kind}: missing; the {kind} probe needs it (cache, layer, sweep)")
-    ctx = RunContext.start(cfg)
+    ctx = ctx or RunContext.start(cfg)
     threads, device = ctx.threads, ctx.device
     task = PROBE_KINDS[kind].task
     stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task=task, n_classes=pc.n_classes, key=f"probes/{kind}")

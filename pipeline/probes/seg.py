@@ -278,9 +278,10 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
     return out
 
 
-def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True) -> dict:
-    """Train the sweep on the train split, evaluate on val, write the outputs; return a summary."""
-    pc, threads, device, stores, out_dir = probe_setup(cfg, "seg", out_dir)
+def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
+    """Train the sweep on the train split, evaluate on val, write the outputs; return a summary.
+    ``ctx``: the step's RunContext (default: one started here)."""
+    pc, threads, device, stores, out_dir = probe_setup(cfg, "seg", out_dir, ctx)
     y_NP = seg_train_labels(stores.train, min_purity=pc.min_purity, train_on_other=pc.train_on_other)
     held_out_N = selection_images(stores.train, y_NP, pc.selection_fraction, pc.selection_seed)
     y_fit_NP = y_NP.copy()

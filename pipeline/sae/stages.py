@@ -326,8 +326,9 @@ def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block:
 
 
 def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
-              device: str | None = None) -> dict[str, Any]:
-    """Train the sweep from the cache, write the outputs; return a summary."""
+              device: str | None = None, ctx=None) -> dict[str, Any]:
+    """Train the sweep from the cache, write the outputs; return a summary. ``ctx``: the step's
+    RunContext (default: one started here on ``device``, else the config's)."""
     from pipeline.context import RunContext
     from pipeline.progress import SAESweepProgress
     from pipeline.runtime import describe_device
@@ -335,7 +336,7 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
     sc = require_sae(cfg)
     if is_imported(sc):
         return run_import(cfg, out_dir=out_dir)
-    ctx = RunContext.start(cfg, device=device)
+    ctx = ctx or RunContext.start(cfg, device=device)
     threads, dev = ctx.threads, ctx.device
     ref = train_ref(sc)
     train = _open(cfg, ref, "train")
@@ -627,12 +628,13 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
 
 
 def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
-                device: str | None = None) -> dict[str, Any]:
-    """Latent statistics of ``sae.pt`` over the train store's patch tokens."""
+                device: str | None = None, ctx=None) -> dict[str, Any]:
+    """Latent statistics of ``sae.pt`` over the train store's patch tokens. ``ctx``: the step's
+    RunContext (default: one started here on ``device``, else the config's)."""
     from pipeline.context import RunContext
 
     sc = require_sae(cfg)
-    dev = RunContext.start(cfg, device=device).device
+    dev = (ctx or RunContext.start(cfg, device=device)).device
     reader = _open(cfg, sc.cache, "train")
     block = reader.block(sc.layer)
     out = Path(out_dir) if out_dir is not None else sae_dir(cfg)

@@ -70,6 +70,11 @@ def threads_of(step):
     return registry.rule_threads(CFG, step)
 
 
+def resources_of(step):
+    """The rule's ``resources:`` (``gpu=1`` for the GPU steps; pipeline.stages), as ``**resources_of(step)``."""
+    return registry.rule_resources(step)
+
+
 wildcard_constraints:
     split="|".join(SPLITS),
     part=r"\d+",

@@ -6,6 +6,9 @@ rule demo_dataset:
         DEMO_DATA_PATTERN,
     log:
         "logs/demo/data-{name}.log",
+    threads: threads_of("demo-data")
+    resources:
+        **resources_of("demo-data"),
     params:
         py=PY,
         config=CONFIG_PATH,
@@ -21,6 +24,9 @@ rule demo_model:
         DEMO_MODEL_PATTERN,
     log:
         "logs/demo/model-{name}.log",
+    threads: threads_of("demo-model")
+    resources:
+        **resources_of("demo-model"),
     params:
         py=PY,
         config=CONFIG_PATH,

@@ -13,7 +13,7 @@ if CFG.dimred is not None:
             f"logs/dimred/{CFG.dimred.cache.model}/{CFG.dimred.cache.dataset}.log",
         threads: threads_of("dimred")
         resources:
-            gpu=1,
+            **resources_of("dimred"),
         params:
             py=PY,
             config=CONFIG_PATH,

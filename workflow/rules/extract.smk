@@ -11,7 +11,7 @@ rule extract_part:
         "logs/extract/{model}/{dataset}/{split}-{part}-of-{of}.log",
     threads: threads_of("extract")
     resources:
-        gpu=1,
+        **resources_of("extract"),
     params:
         py=PY,
         config=CONFIG_PATH,
@@ -30,6 +30,9 @@ rule finalize_cache:
         COMPLETE_PATTERN,
     log:
         "logs/extract/{model}/{dataset}/{split}-finalize.log",
+    threads: threads_of("finalize")
+    resources:
+        **resources_of("finalize"),
     params:
         py=PY,
         config=CONFIG_PATH,

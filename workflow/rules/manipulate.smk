@@ -15,6 +15,8 @@ if MANIPULATE:
         wildcard_constraints:
             example="|".join(map(re.escape, MANIPULATE)),
         threads: threads_of("manipulate")
+        resources:
+            **resources_of("manipulate"),
         params:
             py=PY,
             config=CONFIG_PATH,

@@ -15,7 +15,7 @@ for _kind in configured_probe_kinds(CFG):
             f"logs/probes/{_kind.name}/{probe_section(CFG, _kind.name).cache.model}/{probe_section(CFG, _kind.name).cache.dataset}.log",
         threads: threads_of(_kind.step)
         resources:
-            gpu=1,
+            **resources_of(_kind.step),
         params:
             py=PY,
             config=CONFIG_PATH,

@@ -12,7 +12,7 @@ if QUANTIFY:
             "logs/quantify/class_f1.log",
         threads: threads_of("class-f1")
         resources:
-            gpu=1,
+            **resources_of("class-f1"),
         params:
             py=PY,
             config=CONFIG_PATH,
@@ -30,6 +30,9 @@ if QUANTIFY:
             QUANTIFY_FILES["proposals"],
         log:
             "logs/quantify/propose.log",
+        threads: threads_of("propose")
+        resources:
+            **resources_of("propose"),
         params:
             py=PY,
             config=CONFIG_PATH,
@@ -49,7 +52,7 @@ if QUANTIFY:
             "logs/quantify/quantify.log",
         threads: threads_of("quantify")
         resources:
-            gpu=1,
+            **resources_of("quantify"),
         params:
             py=PY,
             config=CONFIG_PATH,

@@ -10,6 +10,8 @@ rule stats:
     log:
         "logs/stats/{model}/{dataset}/{split}.log",
     threads: threads_of("stats")
+    resources:
+        **resources_of("stats"),
     params:
         py=PY,
         config=CONFIG_PATH,
@@ -32,7 +34,7 @@ if SAE_DIR is not None:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/train.log",
         threads: threads_of("sae-train")
         resources:
-            gpu=1,
+            **resources_of("sae-train"),
         params:
             py=PY,
             config=CONFIG_PATH,
@@ -52,7 +54,7 @@ if SAE_DIR is not None:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/latents.log",
         threads: threads_of("sae-latents")
         resources:
-            gpu=1,
+            **resources_of("sae-latents"),
         params:
             py=PY,
             config=CONFIG_PATH,
@@ -71,6 +73,8 @@ if SAE_DIR is not None:
         log:
             f"logs/sae/{CFG.sae.cache.model}/{CFG.sae.cache.dataset}/{Path(SAE_DIR).name}/gallery.log",
         threads: threads_of("sae-gallery")
+        resources:
+            **resources_of("sae-gallery"),
         params:
             py=PY,
             config=CONFIG_PATH,
