@@ -37,7 +37,8 @@ sys.path.insert(0, str(REPO))  # this checkout's pipeline, also when another one
 
 from pipeline.cache import CacheReader  # noqa: E402
 from pipeline.config import Config, config_from_dict, load_config  # noqa: E402
-from pipeline.runtime import describe_device, resolve_device, set_threads  # noqa: E402
+from pipeline.context import RunContext  # noqa: E402
+from pipeline.runtime import describe_device  # noqa: E402
 
 # The tests' tiny project, grown to demo size (224 px, 6-block D = 96 random DINOv2), so the
 # ViT forward pass is not trivially small.
@@ -125,8 +126,8 @@ def main() -> None:
         cfg = build_small(Path(tmp.name))
         source = "small cache built with pipeline.testing in a temp folder"
     cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, results=Path(tmp.name) / "results"))
-    threads = set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    ctx = RunContext.start(cfg)
+    threads, device = ctx.threads, ctx.device
     train = CacheReader(cfg.store(cfg.dimred.cache, "train"))
     val = CacheReader(cfg.store(cfg.dimred.cache, "val"))
     n_images = int(train.valid.sum() + val.valid.sum())

@@ -193,7 +193,7 @@ def main() -> None:
 
     from pipeline.testing import benchmark_project
 
-    from pipeline.runtime import resolve_device, set_threads
+    from pipeline.context import RunContext
 
     counts = {k: (v if v == "auto" else int(v)) for k, v in (("num_workers", args.num_workers), ("write_threads", args.write_threads))}
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,8 +201,8 @@ def main() -> None:
         ex = {"dtype": "float16", "batch_size": args.batch_size, "chunk_images": args.chunk_images, "forward_dtype": args.forward_dtype, **counts}
         heads = args.hidden // 64 if args.hidden % 64 == 0 else 6  # ViT-S/B/L: 64-wide heads
         base = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract=ex, device=args.device, n_heads=heads)
-        threads = set_threads(base.threads)
-        device = resolve_device(base.device)
+        ctx = RunContext.start(base)
+        threads, device = ctx.threads, ctx.device
         for n_cached in [int(c) for c in args.cached.split(",")]:
             # the last n_cached blocks, same images and model; a cache folder of their own
             layers = tuple(range(-n_cached, 0))

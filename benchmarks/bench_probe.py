@@ -38,9 +38,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import Config, config_from_dict, load_config  # noqa: E402
+from pipeline.context import RunContext  # noqa: E402
 from pipeline.probes.features import FinalNorm, open_probe_stores, patch_train_epochs, seg_train_labels  # noqa: E402
 from pipeline.probes.linear import ProbeTrainConfig, fit_sweep, member_grid  # noqa: E402
-from pipeline.runtime import describe_device, resolve_device, set_threads  # noqa: E402
+from pipeline.runtime import describe_device  # noqa: E402
 
 SMALL = {
     "paths": {"resources": "resources", "cache": "cache", "results": "results"},
@@ -108,8 +109,8 @@ def main() -> None:
         print(f"demo seg caches not finalized; building a small cache in {tmp.name} ...", flush=True)
         cfg = build_small(Path(tmp.name))
         source = "small demo cache built in a temp folder"
-    threads = set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    ctx = RunContext.start(cfg)
+    threads, device = ctx.threads, ctx.device
     pc = cfg.seg_probe
     stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task="segmentation", n_classes=None, key="probes/seg")
     reader = stores.train

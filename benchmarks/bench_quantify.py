@@ -36,12 +36,13 @@ def main() -> None:
 
     from pipeline.cache import CacheReader
     from pipeline.config import CacheRef
+    from pipeline.context import RunContext
     from pipeline.data import load_rgb, preprocess_image
     from pipeline.extract import extract, split_data
     from pipeline.interventions import LatentEditor, ReforwardPredictor
     from pipeline.methods import Edit
     from pipeline.models import load_backbone
-    from pipeline.runtime import describe_device, resolve_device, set_threads
+    from pipeline.runtime import describe_device
     from pipeline.sae import InputScaling, SparseAutoencoder
 
     n = args.layers
@@ -49,8 +50,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg = benchmark_project(tmp, n_train=1, n_val=args.images, hidden=args.hidden, n_layers=n, extract={"layers": edit_layers, "dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32}, device=args.device)
-        threads = set_threads(cfg.threads)
-        device = resolve_device(cfg.device)
+        ctx = RunContext.start(cfg)
+        threads, device = ctx.threads, ctx.device
         extract(cfg, CacheRef("dino", "seg"), "val", progress=False)
         reader = CacheReader(cfg.store(CacheRef("dino", "seg"), "val"))
         backbone, _ = load_backbone(cfg.model("dino").spec, device=device)
