@@ -141,10 +141,14 @@ def main() -> None:
     t_forward = forward_seconds(cfg, n_images, image_size, device)
 
     n_variants = 1 + sum(len(summary["dims"]) for _ in summary["methods"])
-    print(f"\ndimred benchmark: {source}; model {cfg.dimred.cache.model} (D={summary['d_model']}), "
-          f"{n_images} images ({train.n_patches} patches each, {image_size} px); {describe_device(device)}, {threads} threads\n")
-    print(f"sweep: {n_variants} feature sets (full + {', '.join(summary['methods'])} x dims {summary['dims']}), "
-          f"2 probes each, {summary['n_fit_tokens']} fit tokens")
+    print(
+        f"\ndimred benchmark: {source}; model {cfg.dimred.cache.model} (D={summary['d_model']}), "
+        f"{n_images} images ({train.n_patches} patches each, {image_size} px); {describe_device(device)}, {threads} threads\n"
+    )
+    print(
+        f"sweep: {n_variants} feature sets (full + {', '.join(summary['methods'])} x dims {summary['dims']}), "
+        f"2 probes each, {summary['n_fit_tokens']} fit tokens"
+    )
     for part, secs in summary["seconds"].items():
         print(f"  {part:<16} {secs:8.2f} s")
     print(f"whole dim sweep from the cache      {t_sweep:8.2f} s")

@@ -92,20 +92,39 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
 
     from pipeline.cache import StoreWriter, create_or_open
     from pipeline.config import CacheRef
-    from pipeline.data import load_rgb, preprocess_image
-    from pipeline.extract import _assemble_and_write, _collate, _Images, _StageClock, _to_host, layout_and_attrs, split_data
+    from pipeline.extract import (
+        _assemble_and_write,
+        _collate,
+        _Images,
+        _StageClock,
+        _to_host,
+        layout_and_attrs,
+        split_data,
+    )
     from pipeline.runtime import forward_precision, resolve_forward_dtype
 
     ref = CacheRef("dino", "seg")
     model = cfg.model("dino")
     data = split_data(cfg, "seg", "train")
     n = len(data.samples)
-    layout, attrs = layout_and_attrs(cfg, ref, "train", data, backbone, {"family": "dinov2", "source": "bench", "revision": None, "weights_sha256": "bench"})
+    layout, attrs = layout_and_attrs(
+        cfg,
+        ref,
+        "train",
+        data,
+        backbone,
+        {"family": "dinov2", "source": "bench", "revision": None, "weights_sha256": "bench"},
+    )
     layers = list(layout.layers)
     precision = resolve_forward_dtype(cfg.extract.forward_dtype, device)
 
     # (b) decode alone, with the configured workers
-    loader = DataLoader(_Images(data, np.arange(n), model.preprocess, backbone.patch_size), batch_size=batch_size, num_workers=cfg.extract.num_workers, collate_fn=_collate)
+    loader = DataLoader(
+        _Images(data, np.arange(n), model.preprocess, backbone.patch_size),
+        batch_size=batch_size,
+        num_workers=cfg.extract.num_workers,
+        collate_fn=_collate,
+    )
     t0 = time.perf_counter()
     batches = [b["pixels"] for b in loader]
     decode = n / (time.perf_counter() - t0)
@@ -124,7 +143,14 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
 
     # (c) cast + copy + compress + write alone, from activations in (device) memory
     acts_NLTD = torch.cat(acts)
-    labels = {k: np.zeros((n,) + shape, dtype) for k, shape, dtype in (("patch_label", (layout.n_patches,), np.uint16), ("patch_purity", (layout.n_patches,), np.float16), ("pixel_label", (layout.mask_size, layout.mask_size), np.uint16))}
+    labels = {
+        k: np.zeros((n,) + shape, dtype)
+        for k, shape, dtype in (
+            ("patch_label", (layout.n_patches,), np.uint16),
+            ("patch_purity", (layout.n_patches,), np.float16),
+            ("pixel_label", (layout.mask_size, layout.mask_size), np.uint16),
+        )
+    }
     store = Path(cfg.paths.cache) / "write-alone.zarr"
     group = create_or_open(store, layout, attrs)
     writer = StoreWriter.of(store, group)
@@ -135,8 +161,16 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
         for s in range(0, n, layout.chunk_images):
             e = min(s + layout.chunk_images, n)
             host, copied = _to_host(acts_NLTD[s:e], out_dtype)
-            piece = {"acts": host, "copied": copied, "bad": [False] * (e - s), "reason": [""] * (e - s), **{k: v[s:e] for k, v in labels.items()}}
-            futures.append(pool.submit(_assemble_and_write, group, writer, s, [(piece, 0, e - s)], tuple(labels), _StageClock()))
+            piece = {
+                "acts": host,
+                "copied": copied,
+                "bad": [False] * (e - s),
+                "reason": [""] * (e - s),
+                **{k: v[s:e] for k, v in labels.items()},
+            }
+            futures.append(
+                pool.submit(_assemble_and_write, group, writer, s, [(piece, 0, e - s)], tuple(labels), _StageClock())
+            )
         for f in futures:
             f.result()
     write = n / (time.perf_counter() - t0)
@@ -147,24 +181,46 @@ def precision_distance(args) -> None:
     """Per block: ‖bf16 − f32‖ / ‖f32‖ and median token cosine of a bfloat16-forward cache."""
     from pipeline.testing import benchmark_project
 
-    from pipeline.config import CacheRef, load_config
+    from pipeline.config import CacheRef
     from pipeline.extract import extract
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        base = {"dtype": "float32", "batch_size": args.batch_size, "chunk_images": 16, "num_workers": 0, "layers": list(range(args.layers))}
-        cfg = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract={**base, "forward_dtype": "float32"}, device="cpu")
+        base = {
+            "dtype": "float32",
+            "batch_size": args.batch_size,
+            "chunk_images": 16,
+            "num_workers": 0,
+            "layers": list(range(args.layers)),
+        }
+        cfg = benchmark_project(
+            tmp,
+            n_train=args.images,
+            n_val=1,
+            hidden=args.hidden,
+            n_layers=args.layers,
+            extract={**base, "forward_dtype": "float32"},
+            device="cpu",
+        )
         acts = {}
         for precision in ("float32", "bfloat16"):
             import dataclasses
 
-            run = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, forward_dtype=precision), paths=dataclasses.replace(cfg.paths, cache=tmp / f"cache-{precision}"))
+            run = dataclasses.replace(
+                cfg,
+                extract=dataclasses.replace(cfg.extract, forward_dtype=precision),
+                paths=dataclasses.replace(cfg.paths, cache=tmp / f"cache-{precision}"),
+            )
             extract(run, CacheRef("dino", "seg"), "train", progress=False)
             import zarr
 
-            acts[precision] = zarr.open_array(run.store(CacheRef("dino", "seg"), "train") / "acts", mode="r")[:].astype(np.float64)
+            acts[precision] = zarr.open_array(run.store(CacheRef("dino", "seg"), "train") / "acts", mode="r")[:].astype(
+                np.float64
+            )
     f32, bf16 = acts["float32"], acts["bfloat16"]
-    print(f"bfloat16-forward vs float32-forward cache, random-init DINOv2 arch D={args.hidden} x {args.layers} blocks, {args.images} images of 224 px, CPU")
+    print(
+        f"bfloat16-forward vs float32-forward cache, random-init DINOv2 arch D={args.hidden} x {args.layers} blocks, {args.images} images of 224 px, CPU"
+    )
     print(f"{'block':>5}  {'|bf16-f32|/|f32|':>16}  {'median token cosine':>19}")
     for li in range(f32.shape[1]):
         a, b = f32[:, li].reshape(-1, f32.shape[-1]), bf16[:, li].reshape(-1, f32.shape[-1])
@@ -184,9 +240,19 @@ def main() -> None:
     parser.add_argument("--write-threads", default="auto")
     parser.add_argument("--forward-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--cached", default="2", help="numbers of cached blocks (the last ones), comma-separated: one table each, same images")
-    parser.add_argument("--repeats", type=int, default=1, help="alternating rounds of (a)-(c) and (d); each rate is its best round")
-    parser.add_argument("--precision-distance", action="store_true", help="print the bfloat16 vs float32 cache distance per block instead")
+    parser.add_argument(
+        "--cached",
+        default="2",
+        help="numbers of cached blocks (the last ones), comma-separated: one table each, same images",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="alternating rounds of (a)-(c) and (d); each rate is its best round"
+    )
+    parser.add_argument(
+        "--precision-distance",
+        action="store_true",
+        help="print the bfloat16 vs float32 cache distance per block instead",
+    )
     args = parser.parse_args()
     if args.precision_distance:
         return precision_distance(args)
@@ -195,18 +261,40 @@ def main() -> None:
 
     from pipeline.context import RunContext
 
-    counts = {k: (v if v == "auto" else int(v)) for k, v in (("num_workers", args.num_workers), ("write_threads", args.write_threads))}
+    counts = {
+        k: (v if v == "auto" else int(v))
+        for k, v in (("num_workers", args.num_workers), ("write_threads", args.write_threads))
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ex = {"dtype": "float16", "batch_size": args.batch_size, "chunk_images": args.chunk_images, "forward_dtype": args.forward_dtype, **counts}
+        ex = {
+            "dtype": "float16",
+            "batch_size": args.batch_size,
+            "chunk_images": args.chunk_images,
+            "forward_dtype": args.forward_dtype,
+            **counts,
+        }
         heads = args.hidden // 64 if args.hidden % 64 == 0 else 6  # ViT-S/B/L: 64-wide heads
-        base = benchmark_project(tmp, n_train=args.images, n_val=1, hidden=args.hidden, n_layers=args.layers, extract=ex, device=args.device, n_heads=heads)
+        base = benchmark_project(
+            tmp,
+            n_train=args.images,
+            n_val=1,
+            hidden=args.hidden,
+            n_layers=args.layers,
+            extract=ex,
+            device=args.device,
+            n_heads=heads,
+        )
         ctx = RunContext.start(base)
         threads, device = ctx.threads, ctx.device
         for n_cached in [int(c) for c in args.cached.split(",")]:
             # the last n_cached blocks, same images and model; a cache folder of their own
             layers = tuple(range(-n_cached, 0))
-            cfg = dataclasses.replace(base, extract=dataclasses.replace(base.extract, layers=layers), paths=dataclasses.replace(base.paths, cache=tmp / f"cache-{n_cached}"))
+            cfg = dataclasses.replace(
+                base,
+                extract=dataclasses.replace(base.extract, layers=layers),
+                paths=dataclasses.replace(base.paths, cache=tmp / f"cache-{n_cached}"),
+            )
             measure(cfg, args, device, threads, heads)
 
 
@@ -220,6 +308,7 @@ def measure(cfg, args, device, threads: int, heads: int) -> None:
     # --repeats alternating rounds of (a)-(c) then (d); each rate is its best round (on a
     # shared machine other jobs only ever slow a round down)
     a = b = c = d = 0.0
+    peak = 0
     for round_ in range(args.repeats):
         backbone, _ = load_backbone(cfg.model("dino").spec, device=device)
         a_r, b_r, c_r = stage_rates(cfg, backbone, device, args.batch_size)
@@ -227,12 +316,15 @@ def measure(cfg, args, device, threads: int, heads: int) -> None:
         del backbone
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        run = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, cache=Path(cfg.paths.cache) / f"round-{round_}"))
+        run = dataclasses.replace(
+            cfg, paths=dataclasses.replace(cfg.paths, cache=Path(cfg.paths.cache) / f"round-{round_}")
+        )
         with PeakMemory() as mem:
             report = extract(run, CacheRef("dino", "seg"), "train", progress=False)
         if report.images_per_second > d:
             d, best = report.images_per_second, report
-        peak = mem.peak - mem.start if round_ == 0 else peak
+        if round_ == 0:
+            peak = mem.peak - mem.start
     report = best
 
     store = run.store(CacheRef("dino", "seg"), "train")
@@ -243,20 +335,27 @@ def measure(cfg, args, device, threads: int, heads: int) -> None:
     chunk_f32 = cfg.extract.chunk_images * n_layers * tokens * args.hidden * 4
 
     limit = min(a, 1 / (1 / b + 1 / c)) if device.type == "cuda" else 1 / (1 / a + 1 / b + 1 / c)
-    print(f"\ndevice: {describe_device(device)}, threads: {threads}, num_workers: {cfg.extract.num_workers}, write_threads: {cfg.extract.write_threads}, "
-          f"forward: {report.forward_dtype}, model: DINOv2 arch D={args.hidden} x {args.layers} blocks ({heads} heads), "
-          f"{n_layers} cached block(s) {list(cfg.extract.layers)}, {args.images} images of 224 px, batch {args.batch_size}, best of {args.repeats} round(s)")
+    print(
+        f"\ndevice: {describe_device(device)}, threads: {threads}, num_workers: {cfg.extract.num_workers}, write_threads: {cfg.extract.write_threads}, "
+        f"forward: {report.forward_dtype}, model: DINOv2 arch D={args.hidden} x {args.layers} blocks ({heads} heads), "
+        f"{n_layers} cached block(s) {list(cfg.extract.layers)}, {args.images} images of 224 px, batch {args.batch_size}, best of {args.repeats} round(s)"
+    )
     print(f"{'(a) forward alone img/s':<44} {a:9.1f}")
     print(f"{'(b) decode + preprocess alone img/s':<44} {b:9.1f}")
     print(f"{'(c) cast + copy + compress + write img/s':<44} {c:9.1f}")
     print(f"{'(d) extraction img/s':<44} {d:9.1f}")
-    print(f"{'stage limit img/s':<44} {limit:9.1f}  ({'min(a, 1/(1/b+1/c))' if device.type == 'cuda' else '1/(1/a+1/b+1/c): CPU, stages share the cores'})")
+    print(
+        f"{'stage limit img/s':<44} {limit:9.1f}  ({'min(a, 1/(1/b+1/c))' if device.type == 'cuda' else '1/(1/a+1/b+1/c): CPU, stages share the cores'})"
+    )
     print(f"stage report of the extraction: {report.stages}")
     print(f"{'ratio':<44} {'value':>9}  target")
     print(f"{'extraction ÷ stage limit':<44} {d / limit:9.2f}  >= 0.9")
     print(f"{'d ÷ a':<44} {d / a:9.2f}")
     print(f"{'cache bytes ÷ raw float32 bytes':<44} {disk / raw_f32:9.3f}  <= 0.5")
-    print(f"{'peak extra host memory, MiB (PSS)':<44} {peak / 2**20:9.0f}  (model load + workers + buffers; one float32 chunk is {chunk_f32 / 2**20:.0f} MiB)")
+    print(
+        f"{'peak extra host memory, MiB (PSS)':<44} {peak / 2**20:9.0f}  (model load + workers + buffers; one float32 chunk is {chunk_f32 / 2**20:.0f} MiB)"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -47,7 +47,9 @@ SMALL = {
     "paths": {"resources": "resources", "cache": "cache", "results": "results"},
     "threads": 2,
     "device": "auto",
-    "models": {"dino": {"family": "dinov2", "source": "resources/models/dino", "preprocess": {"resize": 224, "crop": 224}}},
+    "models": {
+        "dino": {"family": "dinov2", "source": "resources/models/dino", "preprocess": {"resize": 224, "crop": 224}}
+    },
     "datasets": {"seg": {"kind": "ade20k", "root": "resources/data/seg"}},
     "extract": {"layers": [-1], "dtype": "float16", "batch_size": 16, "chunk_images": 32, "parts": 1, "num_workers": 0},
     "caches": [{"model": "dino", "dataset": "seg"}],
@@ -124,7 +126,9 @@ def main() -> None:
         return n
 
     def stream(y_NP: np.ndarray, *, count_read: bool) -> int:
-        epoch = patch_train_epochs(reader, pc.layer, y_NP, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=0)
+        epoch = patch_train_epochs(
+            reader, pc.layer, y_NP, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=0
+        )
         n = 0
         for x_ND, _ in epoch(0):
             n += x_ND.shape[0]
@@ -143,10 +147,20 @@ def main() -> None:
 
     members = member_grid(pc.lrs, pc.weight_decays)
     train_cfg = ProbeTrainConfig(epochs=args.epochs, batch_size=pc.batch_size, seed=0)
-    epochs = patch_train_epochs(reader, pc.layer, y_default, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=0)
+    epochs = patch_train_epochs(
+        reader, pc.layer, y_default, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=0
+    )
 
     def sweep(ms) -> int:
-        fit_sweep(epochs, d_model=stores.d_model, n_classes=stores.n_classes, members=ms, cfg=train_cfg, device=device, progress=False)
+        fit_sweep(
+            epochs,
+            d_model=stores.d_model,
+            n_classes=stores.n_classes,
+            members=ms,
+            cfg=train_cfg,
+            device=device,
+            progress=False,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         return len(ms)
@@ -157,8 +171,15 @@ def main() -> None:
     from pipeline import metrics
     from pipeline.probes import seg
 
-    trained = fit_sweep(epochs, d_model=stores.d_model, n_classes=stores.n_classes, members=members, cfg=train_cfg,
-                        device=device, progress=False)
+    trained = fit_sweep(
+        epochs,
+        d_model=stores.d_model,
+        n_classes=stores.n_classes,
+        members=members,
+        cfg=train_cfg,
+        device=device,
+        progress=False,
+    )
     stacked = metrics.confusion_matrices
 
     def per_member(true, pred_M, n_classes, *, ignore=None):  # the loop evaluate_seg ran before
@@ -172,8 +193,15 @@ def main() -> None:
             t0 = time.perf_counter()
             ev = seg.evaluate_seg(trained, stores, norm, train_on_other=pc.train_on_other, protocol=pc.protocol)
             if held_out.any():
-                seg.evaluate_seg(trained, stores, norm, train_on_other=pc.train_on_other, protocol=pc.protocol,
-                                 reader=reader, images_N=held_out)
+                seg.evaluate_seg(
+                    trained,
+                    stores,
+                    norm,
+                    train_on_other=pc.train_on_other,
+                    protocol=pc.protocol,
+                    reader=reader,
+                    images_N=held_out,
+                )
             return time.perf_counter() - t0, ev
         finally:
             metrics.confusion_matrices = stacked
@@ -189,17 +217,30 @@ def main() -> None:
     t_train_cfg = t_all / args.epochs * pc.epochs
 
     rate = lambda n, t: f"{n / t:,.0f}"  # noqa: E731
-    print(f"\nprobe benchmark: {source}; store {reader.path} ({reader.n_images} images x {reader.n_patches} patches, "
-          f"D={reader.d_model}, {reader.attrs.get('dtype')}); {describe_device(device)}, {threads} threads; best of {args.repeats}\n")
+    print(
+        f"\nprobe benchmark: {source}; store {reader.path} ({reader.n_images} images x {reader.n_patches} patches, "
+        f"D={reader.d_model}, {reader.attrs.get('dtype')}); {describe_device(device)}, {threads} threads; best of {args.repeats}\n"
+    )
     rows = [
         ("plain sequential read (tokens/s)", rate(n_plain, t_plain), "1.00"),
-        ("probe stream, all patches (tokens/s)", rate(n_stream, t_stream), f"{(n_stream / t_stream) / (n_plain / t_plain):.2f}"),
-        ("probe stream, default filter (store tokens/s)", rate(n_default, t_default), f"{(n_default / t_default) / (n_plain / t_plain):.2f}"),
+        (
+            "probe stream, all patches (tokens/s)",
+            rate(n_stream, t_stream),
+            f"{(n_stream / t_stream) / (n_plain / t_plain):.2f}",
+        ),
+        (
+            "probe stream, default filter (store tokens/s)",
+            rate(n_default, t_default),
+            f"{(n_default / t_default) / (n_plain / t_plain):.2f}",
+        ),
         (f"1-member sweep, {args.epochs} epochs (s)", f"{t_one:.2f}", "1.00"),
         (f"{len(members)}-member sweep, {args.epochs} epochs (s)", f"{t_all:.2f}", f"{t_all / t_one:.2f}"),
         (f"{len(members)}-member training, {pc.epochs} epochs (s, scaled)", f"{t_train_cfg:.2f}", "1.00"),
-        (f"evaluation, val + {int(held_out.sum())} selection images, stacked confusions (s)", f"{t_eval:.2f}",
-         f"{t_eval / t_train_cfg:.2f}"),
+        (
+            f"evaluation, val + {int(held_out.sum())} selection images, stacked confusions (s)",
+            f"{t_eval:.2f}",
+            f"{t_eval / t_train_cfg:.2f}",
+        ),
         ("evaluation, per-member confusions (previous) (s)", f"{t_eval_old:.2f}", f"{t_eval_old / t_train_cfg:.2f}"),
         ("per-epoch val curve / one training epoch", f"{t_curve:.2f}", f"{t_curve / (t_all / args.epochs):.2f}"),
     ]
@@ -209,8 +250,10 @@ def main() -> None:
         print(f"{name:<{w}}  {value:>14}  {ratio:>6}")
     print(f"\n(a) stream / plain read rate: {(n_stream / t_stream) / (n_plain / t_plain):.2f}")
     print(f"(b) {len(members)}-member / 1-member sweep time: {t_all / t_one:.2f} (target <= 1.5)")
-    print(f"(c) evaluation / training time: {t_eval / t_train_cfg:.2f} (previous path {t_eval_old / t_train_cfg:.2f}; "
-          f"same confusion matrices)")
+    print(
+        f"(c) evaluation / training time: {t_eval / t_train_cfg:.2f} (previous path {t_eval_old / t_train_cfg:.2f}; "
+        f"same confusion matrices)"
+    )
     if tmp is not None:
         os.chdir(REPO)
         tmp.cleanup()

@@ -49,14 +49,24 @@ def main() -> None:
     edit_layers = [n // 2, n - 2]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = benchmark_project(tmp, n_train=1, n_val=args.images, hidden=args.hidden, n_layers=n, extract={"layers": edit_layers, "dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32}, device=args.device)
+        cfg = benchmark_project(
+            tmp,
+            n_train=1,
+            n_val=args.images,
+            hidden=args.hidden,
+            n_layers=n,
+            extract={"layers": edit_layers, "dtype": "float16", "batch_size": args.batch_size, "chunk_images": 32},
+            device=args.device,
+        )
         ctx = RunContext.start(cfg)
         threads, device = ctx.threads, ctx.device
         extract(cfg, CacheRef("dino", "seg"), "val", progress=False)
         reader = CacheReader(cfg.store(CacheRef("dino", "seg"), "val"))
         backbone, _ = load_backbone(cfg.model("dino").spec, device=device)
         data = split_data(cfg, "seg", "val")
-        pixels = torch.stack([preprocess_image(load_rgb(s.image), cfg.model("dino").preprocess) for s in data.samples]).to(device)
+        pixels = torch.stack(
+            [preprocess_image(load_rgb(s.image), cfg.model("dino").preprocess) for s in data.samples]
+        ).to(device)
         sae = SparseAutoencoder(args.hidden, 8 * args.hidden).to(device)
         probe = torch.nn.Linear(args.hidden, 9).to(device)
         bs = args.batch_size
@@ -98,8 +108,12 @@ def main() -> None:
             ideal = n / (n - layer - 1)
             rows.append((layer, ratio, ideal))
 
-    print(f"device: {describe_device(device)}, threads: {threads}, model: DINOv2 arch D={args.hidden} x {n} blocks, {args.images} images, batch {bs}")
-    print(f"{'edit at block':<14} {'re-forward / hooked full forward (img/s)':>42} {'ideal N/(N-l-1)':>16} {'ratio / ideal':>14}  target")
+    print(
+        f"device: {describe_device(device)}, threads: {threads}, model: DINOv2 arch D={args.hidden} x {n} blocks, {args.images} images, batch {bs}"
+    )
+    print(
+        f"{'edit at block':<14} {'re-forward / hooked full forward (img/s)':>42} {'ideal N/(N-l-1)':>16} {'ratio / ideal':>14}  target"
+    )
     for layer, ratio, ideal in rows:
         print(f"{layer:<14} {ratio:42.2f} {ideal:16.2f} {ratio / ideal:14.2f}  >= 0.8")
 

@@ -70,15 +70,22 @@ def build_wide_store(folder: Path, *, images: int) -> Path:
     from pipeline.config import CacheRef
     from pipeline.extract import extract
 
-    cfg = benchmark_project(folder, n_train=images, n_val=1, hidden=768, n_layers=2,
-                            extract={"layers": [0], "dtype": "float16", "batch_size": 16, "chunk_images": 32,
-                                     "num_workers": 0}, device="cpu")
+    cfg = benchmark_project(
+        folder,
+        n_train=images,
+        n_val=1,
+        hidden=768,
+        n_layers=2,
+        extract={"layers": [0], "dtype": "float16", "batch_size": 16, "chunk_images": 32, "num_workers": 0},
+        device="cpu",
+    )
     extract(cfg, CacheRef("dino", "seg"), "train", progress=False)
     return cfg.store(CacheRef("dino", "seg"), "train")
 
 
-def stream_vs_memmap(store: Path, folder: Path, *, passes: int, batch_size: int, buffer: int, workers: int,
-                     repeats: int) -> dict:
+def stream_vs_memmap(
+    store: Path, folder: Path, *, passes: int, batch_size: int, buffer: int, workers: int, repeats: int
+) -> dict:
     """Section 1: tokens/s of our stream, of the device mode and of saev's memmap layout; bytes on disk."""
     import numpy as np
 
@@ -104,27 +111,44 @@ def stream_vs_memmap(store: Path, folder: Path, *, passes: int, batch_size: int,
         for _ in range(passes):
             perm = rng.permutation(len(mm))
             for s in range(0, len(perm), batch_size):
-                n += len(torch.from_numpy(mm[np.sort(perm[s:s + batch_size])]))
+                n += len(torch.from_numpy(mm[np.sort(perm[s : s + batch_size])]))
         return n
 
     def ours() -> int:
-        return sum(len(b) for b in train_batches(reader, block, tokens="patches", n_tokens=n_tokens,
-                                                 batch_size=batch_size, buffer_size=buffer, seed=0, workers=workers))
+        return sum(
+            len(b)
+            for b in train_batches(
+                reader,
+                block,
+                tokens="patches",
+                n_tokens=n_tokens,
+                batch_size=batch_size,
+                buffer_size=buffer,
+                seed=0,
+                workers=workers,
+            )
+        )
 
     def previous() -> int:  # the stream before this change: row arrays re-concatenated per part
         from pipeline.cache.stream import shuffle_buffer
         from pipeline.sae.stages import token_parts
 
-        parts = ((a,) for p in range(passes) for a, _, _ in token_parts(reader, block, tokens="patches", shuffle=True,
-                                                                        seed=p))
-        return sum(len(torch.from_numpy(b[0]).float())
-                   for b in shuffle_buffer(parts, batch_size=batch_size, buffer_size=buffer, seed=0))
+        parts = (
+            (a,)
+            for p in range(passes)
+            for a, _, _ in token_parts(reader, block, tokens="patches", shuffle=True, seed=p)
+        )
+        return sum(
+            len(torch.from_numpy(b[0]).float())
+            for b in shuffle_buffer(parts, batch_size=batch_size, buffer_size=buffer, seed=0)
+        )
 
     loaded = load_tokens(reader, block, token_index(reader, "patches"), device=torch.device("cpu"), workers=workers)
 
     def device_mode() -> int:  # batches only (on a producer thread, as device_batches on CPU): loaded once per run
-        return sum(len(b) for b in in_background(resident_batches(loaded, n_tokens=n_tokens, batch_size=batch_size,
-                                                                  seed=0)))
+        return sum(
+            len(b) for b in in_background(resident_batches(loaded, n_tokens=n_tokens, batch_size=batch_size, seed=0))
+        )
 
     readers = (("saev", saev_read), ("stream", ours), ("previous", previous), ("device", device_mode))
     for _, fn in readers:
@@ -140,15 +164,26 @@ def stream_vs_memmap(store: Path, folder: Path, *, passes: int, batch_size: int,
     rates = {name: float(np.median(r)) for name, r in runs.items()}
     ratios = {name: [a / b for a, b in zip(r, runs["saev"], strict=True)] for name, r in runs.items()}
     li = reader.layer_index(block)
-    disk = sum(p.stat().st_size for p in (store / "acts" / "c").rglob("*") if p.is_file() and p.parent.parent.name == str(li))
+    disk = sum(
+        p.stat().st_size for p in (store / "acts" / "c").rglob("*") if p.is_file() and p.parent.parent.name == str(li)
+    )
     raw_f32 = reader.n_images * reader.n_tokens * reader.d_model * 4
-    return {"d_model": reader.d_model, "tokens": n_tokens, "per_pass": per_pass, "rates": rates, "runs": runs,
-            "ratios": ratios, "cpu_us_per_token": {k: float(np.median(v)) for k, v in cpu.items()},
-            "bytes_ratio": disk / raw_f32, "disk_bytes": disk}
+    return {
+        "d_model": reader.d_model,
+        "tokens": n_tokens,
+        "per_pass": per_pass,
+        "rates": rates,
+        "runs": runs,
+        "ratios": ratios,
+        "cpu_us_per_token": {k: float(np.median(v)) for k, v in cpu.items()},
+        "bytes_ratio": disk / raw_f32,
+        "disk_bytes": disk,
+    }
 
 
-def gpu_scale_sweep(store: Path, *, n_tokens: int, batch_size: int, buffer: int, workers: int,
-                    device: torch.device) -> dict:
+def gpu_scale_sweep(
+    store: Path, *, n_tokens: int, batch_size: int, buffer: int, workers: int, device: torch.device
+) -> dict:
     """Section 2: width 768, 16x expansion, 8 members; streamed ÷ in-memory tokens/s on ``device``.
 
     In memory: the same scaled float32 batches already on ``device``. Streamed: ``train_batches``
@@ -166,9 +201,18 @@ def gpu_scale_sweep(store: Path, *, n_tokens: int, batch_size: int, buffer: int,
     cuda = device.type == "cuda"
 
     def stream():
-        return train_batches(reader, block, tokens="patches", n_tokens=n_tokens, batch_size=batch_size,
-                             buffer_size=buffer, seed=0, workers=workers, pin_memory=cuda,
-                             out_dtype=None if cuda else torch.float32)  # as sae-train asks
+        return train_batches(
+            reader,
+            block,
+            tokens="patches",
+            n_tokens=n_tokens,
+            batch_size=batch_size,
+            buffer_size=buffer,
+            seed=0,
+            workers=workers,
+            pin_memory=cuda,
+            out_dtype=None if cuda else torch.float32,
+        )  # as sae-train asks
 
     def sync() -> None:
         if cuda:
@@ -191,8 +235,15 @@ def gpu_scale_sweep(store: Path, *, n_tokens: int, batch_size: int, buffer: int,
     train_sweep(stream(), d, members, tc, data_mean_D=zeros, progress=False, scaling=scaling, device=device)
     sync()
     streamed = n_tokens / (time.perf_counter() - t0)
-    return {"members": len(members), "n_latents": 16 * d, "tokens": n_tokens, "memory_tok_s": memory,
-            "stream_tok_s": streamed, "ratio": streamed / memory, "device": describe_device(device)}
+    return {
+        "members": len(members),
+        "n_latents": 16 * d,
+        "tokens": n_tokens,
+        "memory_tok_s": memory,
+        "stream_tok_s": streamed,
+        "ratio": streamed / memory,
+        "device": describe_device(device),
+    }
 
 
 def run(store: Path, *, passes: float, batch_size: int, buffer: int, threads: int, repeats: int) -> list[dict]:
@@ -210,20 +261,25 @@ def run(store: Path, *, passes: float, batch_size: int, buffer: int, threads: in
     per_pass = tokens_per_pass(reader, "patches")
     n_tokens = int(passes * per_pass) // batch_size * batch_size
     d = reader.d_model
-    print(f"store {store}: block {block}, D={d}, {per_pass} patch tokens per pass, dtype {reader.attrs['dtype']}; "
-          f"{n_tokens} tokens per run, batch {batch_size}, shuffle buffer {buffer}, {threads} torch threads")
+    print(
+        f"store {store}: block {block}, D={d}, {per_pass} patch tokens per pass, dtype {reader.attrs['dtype']}; "
+        f"{n_tokens} tokens per run, batch {batch_size}, shuffle buffer {buffer}, {threads} torch threads"
+    )
 
     sweeps = {
         "1 member x4": [SAEHparams(3e-3, 0.03, 4)],
         "1 member x16": [SAEHparams(3e-3, 0.03, 16)],
         "4 members x4,x8": [SAEHparams(3e-3, lam, e) for e in (4, 8) for lam in (0.01, 0.03)],
-        "8 members (demo sweep)": [SAEHparams(lr, lam, e) for e in (4, 8) for lr in (1e-3, 3e-3) for lam in (0.01, 0.03)],
+        "8 members (demo sweep)": [
+            SAEHparams(lr, lam, e) for e in (4, 8) for lr in (1e-3, 3e-3) for lam in (0.01, 0.03)
+        ],
     }
     tc = TrainConfig(n_tokens=n_tokens, batch_size=batch_size, lr_warmup_steps=50, sparsity_warmup_steps=100, seed=0)
 
     def stream():
-        return train_batches(reader, block, tokens="patches", n_tokens=n_tokens, batch_size=batch_size,
-                             buffer_size=buffer, seed=0)
+        return train_batches(
+            reader, block, tokens="patches", n_tokens=n_tokens, batch_size=batch_size, buffer_size=buffer, seed=0
+        )
 
     # the same batches, scaled to float32 in memory beforehand
     in_memory = [scaling.apply(b.float()) for b in stream()]
@@ -244,18 +300,24 @@ def run(store: Path, *, passes: float, batch_size: int, buffer: int, threads: in
         for _ in range(repeats):  # alternate the two, keep the fastest of each (shared machines are noisy)
             mem, w, c = timed(lambda: train_sweep(iter(in_memory), d, members, tc, data_mean_D=zeros, progress=False))
             best["memory"] = min(best["memory"], (w, c))
-            streamed, w, c = timed(lambda: train_sweep(stream(), d, members, tc, data_mean_D=zeros, progress=False,
-                                                       scaling=scaling))
+            streamed, w, c = timed(
+                lambda: train_sweep(stream(), d, members, tc, data_mean_D=zeros, progress=False, scaling=scaling)
+            )
             best["stream"] = min(best["stream"], (w, c))
         same = all(torch.allclose(a.sae.W_dec, b.sae.W_dec, atol=1e-5) for a, b in zip(mem, streamed))
         n = streamed[0].n_tokens_seen
-        rows.append({
-            "sweep": name, "members": len(members), "tokens": n,
-            "stream_tok_s": n / best["stream"][0], "memory_tok_s": n / best["memory"][0],
-            "ratio": best["memory"][0] / best["stream"][0],
-            "cpu_ratio": best["memory"][1] / best["stream"][1],
-            "same_weights": same,
-        })
+        rows.append(
+            {
+                "sweep": name,
+                "members": len(members),
+                "tokens": n,
+                "stream_tok_s": n / best["stream"][0],
+                "memory_tok_s": n / best["memory"][0],
+                "ratio": best["memory"][0] / best["stream"][0],
+                "cpu_ratio": best["memory"][1] / best["stream"][1],
+                "same_weights": same,
+            }
+        )
     return rows
 
 
@@ -271,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wide-images", type=int, default=128, help="images in the width-768 store (256 patches each)")
     p.add_argument("--read-passes", type=int, default=12, help="passes over the width-768 store per read timing")
     p.add_argument("--workers", type=int, default=2, help="decode threads of the stream (default 2)")
-    p.add_argument("--read-repeats", type=int, default=3, help="alternating timings of each reader in section 1 (default 3)")
+    p.add_argument(
+        "--read-repeats", type=int, default=3, help="alternating timings of each reader in section 1 (default 3)"
+    )
     p.add_argument("--sweep-tokens", type=int, default=4096, help="tokens of the GPU-scale sweep (default 4096)")
     p.add_argument("--skip-demo-sweeps", action="store_true", help="only sections 1 and 2")
     p.add_argument("--device", default="cpu", help="where section 2's sweep trains (cpu, cuda, auto)")
@@ -287,31 +351,62 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         wide = build_wide_store(Path(tmp) / "wide", images=args.wide_images)
-        read = stream_vs_memmap(wide, Path(tmp), passes=args.read_passes, batch_size=args.batch_size,
-                                buffer=args.buffer, workers=args.workers, repeats=args.read_repeats)
+        read = stream_vs_memmap(
+            wide,
+            Path(tmp),
+            passes=args.read_passes,
+            batch_size=args.batch_size,
+            buffer=args.buffer,
+            workers=args.workers,
+            repeats=args.read_repeats,
+        )
         r, q, c = read["rates"], read["ratios"], read["cpu_us_per_token"]
 
         def spread(v: list[float]) -> str:
             return f"{np.median(v):6.2f}  (each repeat: {', '.join(f'{x:.2f}' for x in v)})"
 
-        print(f"\n1. stream read, D={read['d_model']}, {read['per_pass']} patch tokens per pass, {read['tokens']} tokens"
-              f" per timing, warm page cache, {args.workers} decode threads; {args.read_repeats} alternating repeats,"
-              f" median tok/s and process CPU µs per token")
-        print(f"   saev layout (fp32 memmap, sorted random 1024-row batches) {r['saev']:>12,.0f} tok/s {c['saev']:6.2f} µs")
-        print(f"   our stream (train_batches, float32 batches)               {r['stream']:>12,.0f} tok/s {c['stream']:6.2f} µs")
-        print(f"   previous stream (token_parts -> shuffle_buffer, .float()) {r['previous']:>12,.0f} tok/s {c['previous']:6.2f} µs")
-        print(f"   token_source: device (CPU here; batches after the load)   {r['device']:>12,.0f} tok/s {c['device']:6.2f} µs")
+        print(
+            f"\n1. stream read, D={read['d_model']}, {read['per_pass']} patch tokens per pass, {read['tokens']} tokens"
+            f" per timing, warm page cache, {args.workers} decode threads; {args.read_repeats} alternating repeats,"
+            f" median tok/s and process CPU µs per token"
+        )
+        print(
+            f"   saev layout (fp32 memmap, sorted random 1024-row batches) {r['saev']:>12,.0f} tok/s {c['saev']:6.2f} µs"
+        )
+        print(
+            f"   our stream (train_batches, float32 batches)               {r['stream']:>12,.0f} tok/s {c['stream']:6.2f} µs"
+        )
+        print(
+            f"   previous stream (token_parts -> shuffle_buffer, .float()) {r['previous']:>12,.0f} tok/s {c['previous']:6.2f} µs"
+        )
+        print(
+            f"   token_source: device (CPU here; batches after the load)   {r['device']:>12,.0f} tok/s {c['device']:6.2f} µs"
+        )
         print(f"   ratio our stream / saev layout  {spread(q['stream'])}   (target >= 1.0)")
         print(f"   ratio device mode / saev layout {spread(q['device'])}")
-        print(f"   ratio our stream / previous     {spread([a / b for a, b in zip(read['runs']['stream'], read['runs']['previous'], strict=True)])}")
+        print(
+            f"   ratio our stream / previous     {spread([a / b for a, b in zip(read['runs']['stream'], read['runs']['previous'], strict=True)])}"
+        )
         print(f"   CPU time per token, our stream / saev layout {c['stream'] / c['saev']:6.2f}")
-        print(f"   bytes on disk / raw float32     {read['bytes_ratio']:6.3f}   (target <= 0.5; random-init activations)")
-        sweep = gpu_scale_sweep(wide, n_tokens=args.sweep_tokens, batch_size=args.batch_size, buffer=args.buffer,
-                                workers=args.workers, device=device)
-        print(f"\n2. GPU-scale sweep on {sweep['device']}: D={read['d_model']}, {sweep['n_latents']} latents (16x), "
-              f"{sweep['members']} members, {sweep['tokens']} tokens")
-        print(f"   streamed {sweep['stream_tok_s']:,.0f} tok/s, in memory {sweep['memory_tok_s']:,.0f} tok/s: "
-              f"ratio {sweep['ratio']:.2f} (target >= 0.9)")
+        print(
+            f"   bytes on disk / raw float32     {read['bytes_ratio']:6.3f}   (target <= 0.5; random-init activations)"
+        )
+        sweep = gpu_scale_sweep(
+            wide,
+            n_tokens=args.sweep_tokens,
+            batch_size=args.batch_size,
+            buffer=args.buffer,
+            workers=args.workers,
+            device=device,
+        )
+        print(
+            f"\n2. GPU-scale sweep on {sweep['device']}: D={read['d_model']}, {sweep['n_latents']} latents (16x), "
+            f"{sweep['members']} members, {sweep['tokens']} tokens"
+        )
+        print(
+            f"   streamed {sweep['stream_tok_s']:,.0f} tok/s, in memory {sweep['memory_tok_s']:,.0f} tok/s: "
+            f"ratio {sweep['ratio']:.2f} (target >= 0.9)"
+        )
         if args.skip_demo_sweeps:
             if args.json:
                 args.json.write_text(json.dumps({"read": read, "sweep": sweep}, indent=1) + "\n")
@@ -319,21 +414,34 @@ def main(argv: list[str] | None = None) -> int:
         store = args.store
         if store is None:
             if (DEMO_STORE / "zarr.json").exists() and json.loads((DEMO_STORE / "zarr.json").read_text()).get(
-                    "attributes", {}).get("complete"):
+                "attributes", {}
+            ).get("complete"):
                 store = DEMO_STORE
             else:
                 print(f"no complete demo cache at {DEMO_STORE}; building a tiny one in {tmp}")
                 store = build_fallback_store(Path(tmp))
-        rows = run(store, passes=args.passes, batch_size=args.batch_size, buffer=args.buffer, threads=args.threads,
-                   repeats=args.repeats)
+        rows = run(
+            store,
+            passes=args.passes,
+            batch_size=args.batch_size,
+            buffer=args.buffer,
+            threads=args.threads,
+            repeats=args.repeats,
+        )
 
-    print(f"\n{'sweep':<24} {'members':>7} {'tokens':>8} {'stream tok/s':>13} {'memory tok/s':>13} {'ratio':>6} "
-          f"{'cpu ratio':>9}  same weights")
+    print(
+        f"\n{'sweep':<24} {'members':>7} {'tokens':>8} {'stream tok/s':>13} {'memory tok/s':>13} {'ratio':>6} "
+        f"{'cpu ratio':>9}  same weights"
+    )
     for r in rows:
-        print(f"{r['sweep']:<24} {r['members']:>7} {r['tokens']:>8} {r['stream_tok_s']:>13,.0f} "
-              f"{r['memory_tok_s']:>13,.0f} {r['ratio']:>6.2f} {r['cpu_ratio']:>9.2f}  {r['same_weights']}")
-    print("\nratio = streamed tokens/s ÷ in-memory tokens/s, wall clock, fastest of --repeats runs each (target ≥ 0.8);"
-          "\ncpu ratio = the same with process CPU time (less sensitive to other load on the machine)")
+        print(
+            f"{r['sweep']:<24} {r['members']:>7} {r['tokens']:>8} {r['stream_tok_s']:>13,.0f} "
+            f"{r['memory_tok_s']:>13,.0f} {r['ratio']:>6.2f} {r['cpu_ratio']:>9.2f}  {r['same_weights']}"
+        )
+    print(
+        "\nratio = streamed tokens/s ÷ in-memory tokens/s, wall clock, fastest of --repeats runs each (target ≥ 0.8);"
+        "\ncpu ratio = the same with process CPU time (less sensitive to other load on the machine)"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"read": read, "sweep": sweep, "demo": rows}, indent=1) + "\n")

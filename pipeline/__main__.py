@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
-        print(f"error: disk full ({err.filename or err}): free some space and re-run the same command; it resumes where it stopped", file=sys.stderr)
+        print(
+            f"error: disk full ({err.filename or err}): free some space and re-run the same command; it resumes where it stopped",
+            file=sys.stderr,
+        )
         return 2
     if isinstance(result, dict):
         print(json.dumps(result, indent=1, default=str))

@@ -77,7 +77,7 @@ def _run(u_ND: Tensor, k: int, gen: torch.Generator, max_iter: int, tol: float) 
     assign_N = None
     converged = False
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (it: the iterations run, read after the loop)
         sim_NK = u_ND @ c_KD.T
         best_N, new_assign_N = sim_NK.max(dim=1)
         objective = float(best_N.mean())

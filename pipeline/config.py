@@ -135,9 +135,15 @@ class ExtractConfig:
     batch_size: int = default("extract/batch_size")
     chunk_images: int = default("extract/chunk_images")
     parts: int = default("extract/parts")
-    num_workers: int = default("extract/num_workers")  # "auto" in the YAML: resolved here by resolve_auto_counts (CPU or GPU)
-    write_threads: int = default("extract/write_threads")  # compression + write threads (each writes whole chunks); "auto" likewise
-    forward_dtype: str = default("extract/forward_dtype")  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
+    num_workers: int = default(
+        "extract/num_workers"
+    )  # "auto" in the YAML: resolved here by resolve_auto_counts (CPU or GPU)
+    write_threads: int = default(
+        "extract/write_threads"
+    )  # compression + write threads (each writes whole chunks); "auto" likewise
+    forward_dtype: str = default(
+        "extract/forward_dtype"
+    )  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
     on_bad_image: str = default("extract/on_bad_image")
 
 
@@ -166,7 +172,9 @@ class SegProbeConfig:
     train_on_other: bool = default("probes/seg/train_on_other")
     n_figure_images: int = default("probes/seg/n_figure_images")
     protocol: str = default("probes/seg/protocol")  # ade20k | zero_is_class (pipeline.metrics.SEG_PROTOCOLS)
-    selection_fraction: float = default("probes/seg/selection_fraction")  # train images held out to choose the best member (0: choose on val, as saev)
+    selection_fraction: float = default(
+        "probes/seg/selection_fraction"
+    )  # train images held out to choose the best member (0: choose on val, as saev)
     selection_seed: int = default("probes/seg/selection_seed")
 
 
@@ -180,7 +188,9 @@ class ClsProbeConfig:
     weight_decays: tuple[float, ...] = default("probes/cls/weight_decays")
     epochs: int = default("probes/cls/epochs")
     batch_size: int = default("probes/cls/batch_size")
-    selection_fraction: float = default("probes/cls/selection_fraction")  # train images held out to choose the best member (0: choose on val, as saev)
+    selection_fraction: float = default(
+        "probes/cls/selection_fraction"
+    )  # train images held out to choose the best member (0: choose on val, as saev)
     selection_seed: int = default("probes/cls/selection_seed")
 
 
@@ -279,7 +289,9 @@ class ManipulateConfig:
     examples: tuple[ManipulateExample, ...] = ()
     n_top_latents: int = default("manipulate/n_top_latents")
     n_top_classes: int = default("manipulate/n_top_classes")
-    rank_by: str = default("manipulate/rank_by")  # auto (f1 when the class F1 table exists, else activation) | f1 | activation
+    rank_by: str = default(
+        "manipulate/rank_by"
+    )  # auto (f1 when the class F1 table exists, else activation) | f1 | activation
 
 
 @dataclass(frozen=True)
@@ -314,7 +326,9 @@ def _check_ref(cfg: Config, key: str, ref: CacheRef) -> None:
     if ref.model not in cfg.models:
         raise ConfigError(f"{cfg.source}: key {key}/model: {ref.model!r} is not in models ({', '.join(cfg.models)})")
     if ref.dataset not in cfg.datasets:
-        raise ConfigError(f"{cfg.source}: key {key}/dataset: {ref.dataset!r} is not in datasets ({', '.join(cfg.datasets)})")
+        raise ConfigError(
+            f"{cfg.source}: key {key}/dataset: {ref.dataset!r} is not in datasets ({', '.join(cfg.datasets)})"
+        )
 
 
 def _lookup(table: dict, name: str, section: str, source: Path):
@@ -380,7 +394,9 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
 
     datasets = {}
     for name, d in raw["datasets"].items():
-        default_splits = {"ade20k": {"train": "training", "val": "validation"}}.get(d["kind"], {"train": "train", "val": "val"})
+        default_splits = {"ade20k": {"train": "training", "val": "validation"}}.get(
+            d["kind"], {"train": "train", "val": "val"}
+        )
         datasets[name] = DatasetConfig(
             name=name,
             kind=d["kind"],
@@ -390,7 +406,9 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
             **{k: d[k] for k in ("val_fraction", "split_seed") if k in d},
         )
         if d.get("class_list") is not None and d["kind"] == "imagefolder":
-            raise ConfigError(f"{source}: key datasets/{name}/class_list: an imagefolder's classes are its folder names")
+            raise ConfigError(
+                f"{source}: key datasets/{name}/class_list: an imagefolder's classes are its folder names"
+            )
 
     ex = resolve_auto_counts(raw["extract"], raw.get("device", schema_default("device")))
     extract = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()})
@@ -478,11 +496,21 @@ def _sae(raw: dict | None) -> SAEConfig | None:
     if "cache" in src:
         source = SAESource("cache", cache=CacheRef(**src["cache"]))
     elif "checkpoint" in src:
-        source = SAESource("checkpoint", path=str(src["checkpoint"]), sha256=src.get("sha256"),
-                           **{k: src[k] for k in ("scaling",) if k in src})
+        source = SAESource(
+            "checkpoint",
+            path=str(src["checkpoint"]),
+            sha256=src.get("sha256"),
+            **{k: src[k] for k in ("scaling",) if k in src},
+        )
     else:
-        source = SAESource("hub", repo=src["hub"], file=src["file"], revision=src.get("revision"), sha256=src.get("sha256"),
-                           **{k: src[k] for k in ("scaling",) if k in src})
+        source = SAESource(
+            "hub",
+            repo=src["hub"],
+            file=src["file"],
+            revision=src.get("revision"),
+            sha256=src.get("sha256"),
+            **{k: src[k] for k in ("scaling",) if k in src},
+        )
     return dataclasses.replace(sae, source=source)
 
 
@@ -505,17 +533,30 @@ def _manipulate(raw: dict | None, source: Path) -> ManipulateConfig | None:
         key = f"{source}: key manipulate/examples/{i}"
         latents, values = tuple(ex.pop("latents", ())), tuple(float(v) for v in ex.pop("values", ()))
         if latents and len(values) != len(latents):
-            raise ConfigError(f"{key}/values: {len(values)} values for {len(latents)} latents; give one value in [-1, 1] per latent")
+            raise ConfigError(
+                f"{key}/values: {len(values)} values for {len(latents)} latents; give one value in [-1, 1] per latent"
+            )
         if not latents and values and len(values) != 2:
-            raise ConfigError(f"{key}/values: without latents the edit is (top latent of class, top latent of other_class): give 2 values, not {len(values)}")
-        examples.append(ManipulateExample(
-            name=ex.pop("name"), image=ex.pop("image"), target_class=ex.pop("class", None), other_class=ex.pop("other_class", None),
-            latents=latents, values=values, **{k: ex.pop(k) for k in ("split",) if k in ex},
-        ))
+            raise ConfigError(
+                f"{key}/values: without latents the edit is (top latent of class, top latent of other_class): give 2 values, not {len(values)}"
+            )
+        examples.append(
+            ManipulateExample(
+                name=ex.pop("name"),
+                image=ex.pop("image"),
+                target_class=ex.pop("class", None),
+                other_class=ex.pop("other_class", None),
+                latents=latents,
+                values=values,
+                **{k: ex.pop(k) for k in ("split",) if k in ex},
+            )
+        )
     names = [e.name for e in examples]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"{source}: key manipulate/examples: example names must be unique; repeated: {', '.join(dupes)}")
+        raise ConfigError(
+            f"{source}: key manipulate/examples: example names must be unique; repeated: {', '.join(dupes)}"
+        )
     return ManipulateConfig(examples=tuple(examples), **{k: v for k, v in raw.items()})
 
 
@@ -533,24 +574,34 @@ def _check_references(cfg: Config, raw: dict) -> None:
             continue
         _check_ref(cfg, f"{key}/cache", section.cache)
         if section.cache not in cfg.caches:
-            raise ConfigError(f"{cfg.source}: key {key}/cache: ({section.cache.model}, {section.cache.dataset}) is not listed in caches")
+            raise ConfigError(
+                f"{cfg.source}: key {key}/cache: ({section.cache.model}, {section.cache.dataset}) is not listed in caches"
+            )
         found = cfg.datasets[section.cache.dataset].task
         if key == "sae" and found == "classification" and section.tokens == "patches+cls":
             continue  # an SAE that also reads CLS tokens may live on a classification cache (manipulate edits the CLS)
         if found != task:
             hint = " (or sae.tokens: patches+cls, to train on and edit CLS tokens)" if key == "sae" else ""
-            raise ConfigError(f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}{hint}")
+            raise ConfigError(
+                f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}{hint}"
+            )
     src = cfg.sae.source if cfg.sae is not None else None
     if src is not None and src.kind == "cache":
         _check_ref(cfg, "sae/source/cache", src.cache)
         if src.cache not in cfg.caches:
-            raise ConfigError(f"{cfg.source}: key sae/source/cache: ({src.cache.model}, {src.cache.dataset}) is not listed in caches")
+            raise ConfigError(
+                f"{cfg.source}: key sae/source/cache: ({src.cache.model}, {src.cache.dataset}) is not listed in caches"
+            )
         if src.cache.model != cfg.sae.cache.model:
-            raise ConfigError(f"{cfg.source}: key sae/source/cache/model: {src.cache.model!r} differs from sae/cache/model "
-                              f"{cfg.sae.cache.model!r}; an SAE applies only to activations of the model it was trained on")
+            raise ConfigError(
+                f"{cfg.source}: key sae/source/cache/model: {src.cache.model!r} differs from sae/cache/model "
+                f"{cfg.sae.cache.model!r}; an SAE applies only to activations of the model it was trained on"
+            )
     if cfg.seg_probe is not None and cfg.seg_probe.protocol == "zero_is_class" and not cfg.seg_probe.train_on_other:
-        raise ConfigError(f"{cfg.source}: key probes/seg/protocol: zero_is_class scores label 0 as a class; "
-                          "it needs probes/seg/train_on_other: true (a probe that never predicts 0 would score IoU 0 on it)")
+        raise ConfigError(
+            f"{cfg.source}: key probes/seg/protocol: zero_is_class scores label 0 as a class; "
+            "it needs probes/seg/train_on_other: true (a probe that never predicts 0 would score IoU 0 on it)"
+        )
     if cfg.manipulate is not None and cfg.sae is None:
         raise ConfigError(f"{cfg.source}: key manipulate: needs an `sae` section (the latents it edits)")
     demo = raw.get("demo", {})

@@ -61,7 +61,9 @@ STEGO = CRFParams()
 
 def _check(probs_CHW: Tensor, image_3HW: Tensor) -> None:
     if probs_CHW.ndim != 3 or image_3HW.ndim != 3 or image_3HW.shape[0] != 3:
-        raise ValueError(f"expected probs [C, H, W] and image [3, H, W]; got {tuple(probs_CHW.shape)} and {tuple(image_3HW.shape)}")
+        raise ValueError(
+            f"expected probs [C, H, W] and image [3, H, W]; got {tuple(probs_CHW.shape)} and {tuple(image_3HW.shape)}"
+        )
     if probs_CHW.shape[1:] != image_3HW.shape[1:]:
         raise ValueError(f"probs are {tuple(probs_CHW.shape[1:])} pixels, the image {tuple(image_3HW.shape[1:])}")
     if not bool(torch.isfinite(probs_CHW).all()) or bool((probs_CHW < 0).any()):

@@ -358,7 +358,9 @@ class HNNEReduction:
         return {d: self.transform(x_ND, d) for d in dims}
 
 
-def fit_reductions(x_ND: np.ndarray, methods: Sequence[str], dims: Sequence[int], *, seed: int) -> tuple[dict[str, Any], list[str]]:
+def fit_reductions(
+    x_ND: np.ndarray, methods: Sequence[str], dims: Sequence[int], *, seed: int
+) -> tuple[dict[str, Any], list[str]]:
     """Fit each method once on the standardised sample at ``max(dims)``; return them and notes."""
     if not dims:
         return {}, ["no dim left to fit"]
@@ -374,8 +376,10 @@ def fit_reductions(x_ND: np.ndarray, methods: Sequence[str], dims: Sequence[int]
             if not hnne_available():  # a dependency: a broken install is an error, not a silent skip
                 from pipeline.config import ConfigError
 
-                raise ConfigError("dimred/methods: hnne needs the hnne package (a dependency of this project: "
-                                  "pip install -e . installs it with numba, pynndescent and finch-clust)")
+                raise ConfigError(
+                    "dimred/methods: hnne needs the hnne package (a dependency of this project: "
+                    "pip install -e . installs it with numba, pynndescent and finch-clust)"
+                )
             hdims = [d for d in dims if d < x_ND.shape[1]]
             out[method] = HNNEReduction(x_ND, hdims, seed=seed)
         else:
@@ -393,7 +397,9 @@ def reduction_dims(reduction: Any, dims: Sequence[int]) -> tuple[int, ...]:
 # ---- saving ----------------------------------------------------------------------------------
 
 
-def save_projections(stem: str | Path, scaler: Standardizer, reductions: dict[str, Any], meta: dict[str, Any]) -> tuple[Path, Path]:
+def save_projections(
+    stem: str | Path, scaler: Standardizer, reductions: dict[str, Any], meta: dict[str, Any]
+) -> tuple[Path, Path]:
     """``stem.safetensors`` (arrays) + ``stem.json`` (what they are). No pickles."""
     stem = str(stem)
     tensors_path, json_path = Path(stem + ".safetensors"), Path(stem + ".json")
@@ -407,7 +413,11 @@ def save_projections(stem: str | Path, scaler: Standardizer, reductions: dict[st
                 arrays[f"{name}.mean"] = red.mean_D
             for key, value in red.extras.items():
                 arrays[f"{name}.{key}"] = value
-            methods[name] = {**red.info, "rescale_sqrt_k_over_d": red.rescale, "arrays": sorted(k for k in arrays if k.startswith(name + "."))}
+            methods[name] = {
+                **red.info,
+                "rescale_sqrt_k_over_d": red.rescale,
+                "arrays": sorted(k for k in arrays if k.startswith(name + ".")),
+            }
         else:
             methods[name] = dict(red.info)
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
@@ -435,7 +445,11 @@ def load_projections(stem: str | Path) -> tuple[Standardizer, dict[str, LinearRe
     for name, info in doc["methods"].items():
         if f"{name}.components" not in arrays:
             continue
-        extras = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".") and k not in (f"{name}.components", f"{name}.mean")}
+        extras = {
+            k.split(".", 1)[1]: v
+            for k, v in arrays.items()
+            if k.startswith(name + ".") and k not in (f"{name}.components", f"{name}.mean")
+        }
         reductions[name] = LinearReduction(
             method=name,
             components_KD=arrays[f"{name}.components"],

@@ -83,7 +83,16 @@ from pipeline.config import Config, ConfigError, DimredConfig, schema_default, t
 from pipeline.data import store_image_loader
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 from pipeline.progress import Progress
-from pipeline.probes.features import FinalNorm, ProbeStores, check_label_range, in_memory_epochs, open_probe_stores, patch_chunks, seg_train_labels, store_record
+from pipeline.probes.features import (
+    FinalNorm,
+    ProbeStores,
+    check_label_range,
+    in_memory_epochs,
+    open_probe_stores,
+    patch_chunks,
+    seg_train_labels,
+    store_record,
+)
 from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep, predict_classes
 from pipeline.probes.seg import protocol_text, seg_metrics, upsampled_predictions
 from pipeline.provenance import record
@@ -113,8 +122,16 @@ PROTOCOL_NAME = "ade20k"
 MIOU_DEFINITION = "stego"  # the STEGO study scores with STEGO's mIoU
 PROTOCOL = protocol_text(PROTOCOL_NAME, MIOU_DEFINITION)
 CLUSTER_ALPHA = 2.0  # STEGO's cluster probe at evaluation: softmax(2 * cosine similarity)
-PCT_COLUMNS = ("miou", "accuracy", "miou_crf", "accuracy_crf", "patch_miou", "patch_accuracy", "mean_class_accuracy",
-               "explained_variance")  # fractions written in percent (pipeline.units)
+PCT_COLUMNS = (
+    "miou",
+    "accuracy",
+    "miou_crf",
+    "accuracy_crf",
+    "patch_miou",
+    "patch_accuracy",
+    "mean_class_accuracy",
+    "explained_variance",
+)  # fractions written in percent (pipeline.units)
 
 
 # ---- where ---------------------------------------------------------------------------------
@@ -192,7 +209,17 @@ def _cpu_threads_for(flops_per_step: float, device: torch.device):
         torch.set_num_threads(before)
 
 
-def _fit_variant(v: Variant, x_std_ND: Tensor, y_N: np.ndarray, *, n_classes: int, epochs: int, lr: float, seed: int, device: torch.device) -> Fitted:
+def _fit_variant(
+    v: Variant,
+    x_std_ND: Tensor,
+    y_N: np.ndarray,
+    *,
+    n_classes: int,
+    epochs: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+) -> Fitted:
     z_ND = v.features(x_std_ND)
     n, d = z_ND.shape
     rows = torch.from_numpy(np.flatnonzero(y_N != IGNORE_LABEL)).to(z_ND.device)
@@ -209,7 +236,9 @@ def _fit_variant(v: Variant, x_std_ND: Tensor, y_N: np.ndarray, *, n_classes: in
             progress=False,
         )
     with _cpu_threads_for(2.0 * n * d * (n_classes - 1), device):
-        km = cluster_probe.spherical_kmeans(z_ND, n_classes - 1, seed=seed, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER)
+        km = cluster_probe.spherical_kmeans(
+            z_ND, n_classes - 1, seed=seed, n_init=KMEANS_N_INIT, max_iter=KMEANS_MAX_ITER
+        )
     return Fitted(v, probe, km.centroids_KD, km)
 
 
@@ -226,7 +255,9 @@ class Confusions:
     cluster_crf: np.ndarray | None = None
 
 
-def _upsampled_probs(maps_BPC: Tensor, grid: tuple[int, int], size: tuple[int, int], *, offset: int, alpha: float = 1.0) -> Tensor:
+def _upsampled_probs(
+    maps_BPC: Tensor, grid: tuple[int, int], size: tuple[int, int], *, offset: int, alpha: float = 1.0
+) -> Tensor:
     """softmax(alpha · bilinear upsampling of patch maps) over channels offset…: ``[B, C', H, W]``."""
     b, p, c = maps_BPC.shape
     maps = maps_BPC[..., offset:].permute(0, 2, 1).reshape(b, c - offset, *grid).float()
@@ -240,13 +271,22 @@ def _crf_images(val, load, image_B: np.ndarray, size: tuple[int, int]) -> list[T
     for i in image_B:
         img = torch.from_numpy(np.asarray(load(int(i)), dtype=np.float32)).permute(2, 0, 1)
         if tuple(img.shape[1:]) != tuple(size):
-            raise ConfigError(f"{val.path}: image {i} is {tuple(img.shape[1:])} px after the store's crop, its mask {tuple(size)}: cannot run the CRF")
+            raise ConfigError(
+                f"{val.path}: image {i} is {tuple(img.shape[1:])} px after the store's crop, its mask {tuple(size)}: cannot run the CRF"
+            )
         out.append(img)
     return out
 
 
-def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler: dimred.Standardizer, *,
-              crf_window: int | None = None, progress: bool = False) -> list[Confusions]:
+def _evaluate(
+    fitted: list[Fitted],
+    stores: ProbeStores,
+    norm: FinalNorm,
+    scaler: dimred.Standardizer,
+    *,
+    crf_window: int | None = None,
+    progress: bool = False,
+) -> list[Confusions]:
     """One pass over the val store: every variant, both probes, patch and pixel level (truth 0 ignored);
     with ``crf_window``, also the dense-CRF pixel level of the ``full`` variant."""
     val, c = stores.val, stores.n_classes
@@ -300,7 +340,9 @@ def _evaluate(fitted: list[Fitted], stores: ProbeStores, norm: FinalNorm, scaler
 # ---- charts --------------------------------------------------------------------------------
 
 
-def dims_chart(df: pd.DataFrame, stem: Path, *, probe: str, d_model: int, random_weights: bool, notes: list[str]) -> list[Path]:
+def dims_chart(
+    df: pd.DataFrame, stem: Path, *, probe: str, d_model: int, random_weights: bool, notes: list[str]
+) -> list[Path]:
     """Val mIoU (``miou_pct``, percent) vs dim (log x), one line per method, the full-feature
     baseline as a dashed rule."""
     rows = df[(df["probe"] == probe) & (df["method"] != "full")].copy()
@@ -308,19 +350,45 @@ def dims_chart(df: pd.DataFrame, stem: Path, *, probe: str, d_model: int, random
     baseline = float(full["miou_pct"].iloc[0]) if len(full) else float("nan")
     methods = list(dict.fromkeys(rows["method"]))
     dims = sorted(set(rows["dim"].tolist()) | {d_model})
-    x = alt.X("dim:Q", scale=alt.Scale(type="log", domain=[min(dims), max(dims)], nice=False),
-              axis=alt.Axis(values=dims, format="d"), title="dims kept (log scale)")
-    lines = alt.Chart(rows).mark_line(point=True).encode(
-        x=x,
-        y=alt.Y("miou_pct:Q", title="val mIoU, pixel level (%)",
-                scale=alt.Scale(domain=[0, max(1e-4, float(np.nanmax([baseline, *rows["miou_pct"].tolist(), 1.0])) * 1.1)])),
-        color=alt.Color("method:N", sort=methods, scale=alt.Scale(domain=methods, range=OKABE_ITO[: max(1, len(methods))]), title="reduction"),
-        tooltip=[alt.Tooltip("method:N"), alt.Tooltip("dim:Q"), alt.Tooltip("miou_pct:Q", format=".1f", title="mIoU (%)"),
-                 alt.Tooltip("accuracy_pct:Q", format=".1f", title="pixel accuracy (%)")],
+    x = alt.X(
+        "dim:Q",
+        scale=alt.Scale(type="log", domain=[min(dims), max(dims)], nice=False),
+        axis=alt.Axis(values=dims, format="d"),
+        title="dims kept (log scale)",
     )
-    base_df = pd.DataFrame({"miou_pct": [baseline], "dim": [min(dims)], "label": [f"full features (D={d_model}): {baseline:.1f} %"]})
+    lines = (
+        alt.Chart(rows)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y(
+                "miou_pct:Q",
+                title="val mIoU, pixel level (%)",
+                scale=alt.Scale(
+                    domain=[0, max(1e-4, float(np.nanmax([baseline, *rows["miou_pct"].tolist(), 1.0])) * 1.1)]
+                ),
+            ),
+            color=alt.Color(
+                "method:N",
+                sort=methods,
+                scale=alt.Scale(domain=methods, range=OKABE_ITO[: max(1, len(methods))]),
+                title="reduction",
+            ),
+            tooltip=[
+                alt.Tooltip("method:N"),
+                alt.Tooltip("dim:Q"),
+                alt.Tooltip("miou_pct:Q", format=".1f", title="mIoU (%)"),
+                alt.Tooltip("accuracy_pct:Q", format=".1f", title="pixel accuracy (%)"),
+            ],
+        )
+    )
+    base_df = pd.DataFrame(
+        {"miou_pct": [baseline], "dim": [min(dims)], "label": [f"full features (D={d_model}): {baseline:.1f} %"]}
+    )
     rule = alt.Chart(base_df).mark_rule(strokeDash=[6, 4], color="black").encode(y="miou_pct:Q")
-    text = alt.Chart(base_df).mark_text(align="left", dx=4, dy=-7, fontSize=11).encode(x=x, y="miou_pct:Q", text="label:N")
+    text = (
+        alt.Chart(base_df).mark_text(align="left", dx=4, dy=-7, fontSize=11).encode(x=x, y="miou_pct:Q", text="label:N")
+    )
     what = "linear probe" if probe == "linear" else "cluster probe (spherical k-means + Hungarian on val)"
     title = title_with_note(f"Segmentation left after projection: {what}", random_weights)
     if notes:
@@ -329,23 +397,52 @@ def dims_chart(df: pd.DataFrame, stem: Path, *, probe: str, d_model: int, random
     return save_chart(chart, stem)
 
 
-def pca_variance_chart(evr_K: np.ndarray, stem: Path, *, dims: tuple[int, ...], random_weights: bool) -> tuple[list[Path], pd.DataFrame]:
+def pca_variance_chart(
+    evr_K: np.ndarray, stem: Path, *, dims: tuple[int, ...], random_weights: bool
+) -> tuple[list[Path], pd.DataFrame]:
     """Cumulative explained variance vs number of PCA components (log x), the study's dims marked;
     returns the paths and the table (``components``, ``explained_variance_ratio_pct``, ``cumulative_pct``)."""
     k = len(evr_K)
-    data = units.to_pct(pd.DataFrame({"components": np.arange(1, k + 1), "explained_variance_ratio": evr_K.astype(float),
-                                      "cumulative": np.cumsum(evr_K.astype(np.float64))}), ["explained_variance_ratio", "cumulative"])
+    data = units.to_pct(
+        pd.DataFrame(
+            {
+                "components": np.arange(1, k + 1),
+                "explained_variance_ratio": evr_K.astype(float),
+                "cumulative": np.cumsum(evr_K.astype(np.float64)),
+            }
+        ),
+        ["explained_variance_ratio", "cumulative"],
+    )
     marks = data[data["components"].isin(dims)].assign(label=lambda d: [f"{v:.0f}%" for v in d["cumulative_pct"]])
     ticks = sorted({1, k} | {d for d in dims if d <= k})
-    x = alt.X("components:Q", scale=alt.Scale(type="log", domain=[1, max(k, 2)], nice=False), axis=alt.Axis(format="d", values=ticks),
-              title="number of principal components (log scale)")
-    y = alt.Y("cumulative_pct:Q", scale=alt.Scale(domain=[0, 100]), title="cumulative explained variance, train sample (%)")
+    x = alt.X(
+        "components:Q",
+        scale=alt.Scale(type="log", domain=[1, max(k, 2)], nice=False),
+        axis=alt.Axis(format="d", values=ticks),
+        title="number of principal components (log scale)",
+    )
+    y = alt.Y(
+        "cumulative_pct:Q", scale=alt.Scale(domain=[0, 100]), title="cumulative explained variance, train sample (%)"
+    )
     line = alt.Chart(data).mark_line(color=OKABE_ITO[4]).encode(x=x, y=y)
-    points = alt.Chart(marks).mark_point(filled=True, size=50, color=OKABE_ITO[5]).encode(
-        x=x, y=y, tooltip=[alt.Tooltip("components:Q"), alt.Tooltip("cumulative_pct:Q", format=".1f", title="cumulative (%)")])
+    points = (
+        alt.Chart(marks)
+        .mark_point(filled=True, size=50, color=OKABE_ITO[5])
+        .encode(
+            x=x,
+            y=y,
+            tooltip=[
+                alt.Tooltip("components:Q"),
+                alt.Tooltip("cumulative_pct:Q", format=".1f", title="cumulative (%)"),
+            ],
+        )
+    )
     labels = alt.Chart(marks).mark_text(dy=-9, fontSize=10).encode(x=x, y=y, text="label:N")
     chart = alt.layer(line, points, labels).properties(
-        width=420, height=280, title=title_with_note("PCA of standardised patch features: cumulative explained variance", random_weights))
+        width=420,
+        height=280,
+        title=title_with_note("PCA of standardised patch features: cumulative explained variance", random_weights),
+    )
     return save_chart(chart, stem), data
 
 
@@ -369,7 +466,9 @@ def run_dimred_study(cfg: Config, *, progress: bool = True, ctx=None) -> dict:
     threads, device = ctx.threads, ctx.device
     stores = open_probe_stores(cfg, dc.cache, layer=dc.layer, task="segmentation", n_classes=None, key="dimred")
     if stores.n_classes < 3:
-        raise ConfigError(f"{cfg.source}: key dimred/cache: {stores.train.path} has {stores.n_classes} classes incl. 0; the cluster probe needs at least 2 real classes")
+        raise ConfigError(
+            f"{cfg.source}: key dimred/cache: {stores.train.path} has {stores.n_classes} classes incl. 0; the cluster probe needs at least 2 real classes"
+        )
     norm = FinalNorm(cfg, stores, device)
     d_model = stores.d_model
     t0 = time.perf_counter()
@@ -380,21 +479,51 @@ def run_dimred_study(cfg: Config, *, progress: bool = True, ctx=None) -> dict:
     reductions, method_notes = dimred.fit_reductions(x_std, dc.methods, dims, seed=dc.seed)
     notes += method_notes
     t2 = time.perf_counter()
-    log.info("dimred: sample of %d tokens (from %d chunks, %d available), D=%d, dims %s, methods %s, device %s",
-             len(sample), sample.n_chunks_read, sample.n_available, d_model, list(dims), list(reductions), device)
-    fitted, n_train = _fit_variants(cfg, dc, stores, sample, x_std, y_NP, reductions, dims, device=device, progress=progress)
+    log.info(
+        "dimred: sample of %d tokens (from %d chunks, %d available), D=%d, dims %s, methods %s, device %s",
+        len(sample),
+        sample.n_chunks_read,
+        sample.n_available,
+        d_model,
+        list(dims),
+        list(reductions),
+        device,
+    )
+    fitted, n_train = _fit_variants(
+        cfg, dc, stores, sample, x_std, y_NP, reductions, dims, device=device, progress=progress
+    )
     t3 = time.perf_counter()
     confs = _evaluate(fitted, stores, norm, scaler, crf_window=dc.crf_window if dc.crf else None, progress=progress)
     t4 = time.perf_counter()
 
     evr = reductions["pca"].extras["explained_variance_ratio"] if "pca" in reductions else None
-    rows, table = _result_rows(fitted, confs, dc=dc, block=stores.block, n_fit_tokens=len(sample), n_train=n_train,
-                               evr=evr, random_weights=stores.random_weights)
-    out = _write_outputs(cfg, dc, table, stores=stores, sample=sample, dims=dims, notes=notes, scaler=scaler,
-                         reductions=reductions, evr=evr)
+    rows, table = _result_rows(
+        fitted,
+        confs,
+        dc=dc,
+        block=stores.block,
+        n_fit_tokens=len(sample),
+        n_train=n_train,
+        evr=evr,
+        random_weights=stores.random_weights,
+    )
+    out = _write_outputs(
+        cfg,
+        dc,
+        table,
+        stores=stores,
+        sample=sample,
+        dims=dims,
+        notes=notes,
+        scaler=scaler,
+        reductions=reductions,
+        evr=evr,
+    )
     t5 = time.perf_counter()
 
-    summary_rows = {f"{r['probe']}/{r['method']}@{r['dim']}": round(float(r["miou"]), 4) for r in rows}  # fractions, as JSON
+    summary_rows = {
+        f"{r['probe']}/{r['method']}@{r['dim']}": round(float(r["miou"]), 4) for r in rows
+    }  # fractions, as JSON
     return {
         "study": "dimred",
         "csv": str(dimred_csv(cfg)),
@@ -410,8 +539,13 @@ def run_dimred_study(cfg: Config, *, progress: bool = True, ctx=None) -> dict:
         "random_weights": stores.random_weights,
         "device": describe_device(device),
         "threads": threads,
-        "seconds": {"sample": round(t1 - t0, 2), "fit_reductions": round(t2 - t1, 2), "fit_probes": round(t3 - t2, 2),
-                    "evaluate": round(t4 - t3, 2), "outputs": round(t5 - t4, 2)},
+        "seconds": {
+            "sample": round(t1 - t0, 2),
+            "fit_reductions": round(t2 - t1, 2),
+            "fit_probes": round(t3 - t2, 2),
+            "evaluate": round(t4 - t3, 2),
+            "outputs": round(t5 - t4, 2),
+        },
     }
 
 
@@ -426,8 +560,19 @@ def _fit_sample(dc: DimredConfig, stores: ProbeStores, norm: FinalNorm):
     return sample, dims, notes, scaler, scaler.transform(sample.x_ND)
 
 
-def _fit_variants(cfg: Config, dc: DimredConfig, stores: ProbeStores, sample, x_std: np.ndarray, y_NP: np.ndarray,
-                  reductions: dict[str, Any], dims: tuple[int, ...], *, device: torch.device, progress: bool) -> tuple[list[Fitted], int]:
+def _fit_variants(
+    cfg: Config,
+    dc: DimredConfig,
+    stores: ProbeStores,
+    sample,
+    x_std: np.ndarray,
+    y_NP: np.ndarray,
+    reductions: dict[str, Any],
+    dims: tuple[int, ...],
+    *,
+    device: torch.device,
+    progress: bool,
+) -> tuple[list[Fitted], int]:
     """A linear probe and k-means per (reduction, dim) variant and the full features, on the
     sample's labelled tokens (labels ``y_NP[image, patch]`` of the train store); returns them and
     the number of labelled tokens."""
@@ -435,50 +580,134 @@ def _fit_variants(cfg: Config, dc: DimredConfig, stores: ProbeStores, sample, x_
     y_N = y_NP[sample.image_N, sample.token_N]
     n_train = int((y_N != IGNORE_LABEL).sum())
     if n_train == 0:
-        raise ConfigError(f"{cfg.source}: key dimred/n_fit_tokens: the sample of {len(sample)} tokens holds no patch with a usable label; raise it")
+        raise ConfigError(
+            f"{cfg.source}: key dimred/n_fit_tokens: the sample of {len(sample)} tokens holds no patch with a usable label; raise it"
+        )
     variants = _variants(reductions, dims, stores.d_model)
     fitted = []
     bar = Progress("dimred: fit linear probe + k-means per variant", len(variants), "variant", enabled=progress)
     for i, v in enumerate(variants):
-        fitted.append(_fit_variant(v, x_std_t, y_N, n_classes=stores.n_classes, epochs=dc.probe_epochs, lr=dc.probe_lr, seed=dc.seed, device=device))
-        log.info("dimred: fitted %s (%d/%d): probe train loss %.4f, k-means objective %.4f after %d steps",
-                 v.name, i + 1, len(variants), float(fitted[-1].probe.train_loss_M[0]), fitted[-1].kmeans.objective, fitted[-1].kmeans.n_iter)
+        fitted.append(
+            _fit_variant(
+                v,
+                x_std_t,
+                y_N,
+                n_classes=stores.n_classes,
+                epochs=dc.probe_epochs,
+                lr=dc.probe_lr,
+                seed=dc.seed,
+                device=device,
+            )
+        )
+        log.info(
+            "dimred: fitted %s (%d/%d): probe train loss %.4f, k-means objective %.4f after %d steps",
+            v.name,
+            i + 1,
+            len(variants),
+            float(fitted[-1].probe.train_loss_M[0]),
+            fitted[-1].kmeans.objective,
+            fitted[-1].kmeans.n_iter,
+        )
         bar.update(1, {"last": v.name})
     bar.close()
     return fitted, n_train
 
 
-def _result_rows(fitted: list[Fitted], confs: list[Confusions], *, dc: DimredConfig, block: int, n_fit_tokens: int, n_train: int,
-                 evr: np.ndarray | None, random_weights: bool) -> tuple[list[dict], pd.DataFrame]:
+def _result_rows(
+    fitted: list[Fitted],
+    confs: list[Confusions],
+    *,
+    dc: DimredConfig,
+    block: int,
+    n_fit_tokens: int,
+    n_train: int,
+    evr: np.ndarray | None,
+    random_weights: bool,
+) -> tuple[list[dict], pd.DataFrame]:
     """One row per (variant, probe): pixel / patch metrics, CRF metrics, fit facts; and the table of them."""
     rows = []
     for f, conf in zip(fitted, confs):
         v = f.variant
-        common = {"method": v.method, "dim": v.dim, "n_fit_tokens": n_fit_tokens,
-                  "explained_variance": float(np.sum(evr[: v.dim], dtype=np.float64)) if v.method == "pca" else np.nan,
-                  "layer": dc.layer, "block": block, "random_weights": random_weights}
+        common = {
+            "method": v.method,
+            "dim": v.dim,
+            "n_fit_tokens": n_fit_tokens,
+            "explained_variance": float(np.sum(evr[: v.dim], dtype=np.float64)) if v.method == "pca" else np.nan,
+            "layer": dc.layer,
+            "block": block,
+            "random_weights": random_weights,
+        }
         lin = seg_metrics(conf.linear_patch, conf.linear_pixel, PROTOCOL_NAME, MIOU_DEFINITION)
-        rows.append({**common, "probe": "linear", **_metric_columns(lin), **_crf_columns(conf.linear_crf),
-                     "n_train_tokens": n_train, "k": np.nan,
-                     "train_loss": float(f.probe.train_loss_M[0]), "kmeans_objective": np.nan})
+        rows.append(
+            {
+                **common,
+                "probe": "linear",
+                **_metric_columns(lin),
+                **_crf_columns(conf.linear_crf),
+                "n_train_tokens": n_train,
+                "k": np.nan,
+                "train_loss": float(f.probe.train_loss_M[0]),
+                "kmeans_objective": np.nan,
+            }
+        )
         k = f.centroids_KD.shape[0]
         mapping, pixel_matched = cluster_probe.cluster_scores(conf.cluster_pixel[:, :k])
         patch_matched = metrics.matched_confusion(conf.cluster_patch[:, :k], mapping)
         clu = seg_metrics(patch_matched, pixel_matched, PROTOCOL_NAME, MIOU_DEFINITION)
         crf_matched = cluster_probe.cluster_scores(conf.cluster_crf[:, :k])[1] if conf.cluster_crf is not None else None
-        rows.append({**common, "probe": "cluster", **_metric_columns(clu), **_crf_columns(crf_matched),
-                     "n_train_tokens": n_fit_tokens, "k": k,
-                     "train_loss": np.nan, "kmeans_objective": f.kmeans.objective})
+        rows.append(
+            {
+                **common,
+                "probe": "cluster",
+                **_metric_columns(clu),
+                **_crf_columns(crf_matched),
+                "n_train_tokens": n_fit_tokens,
+                "k": k,
+                "train_loss": np.nan,
+                "kmeans_objective": f.kmeans.objective,
+            }
+        )
     for r in rows:
         r.update(protocol=PROTOCOL_NAME, miou_definition=MIOU_DEFINITION)
-    cols = ["method", "dim", "probe", "miou", "accuracy", "miou_crf", "accuracy_crf", "protocol", "miou_definition",
-            "patch_miou", "patch_accuracy", "mean_class_accuracy",
-            "n_fit_tokens", "n_train_tokens", "k", "train_loss", "kmeans_objective", "explained_variance", "layer", "block", "random_weights"]
+    cols = [
+        "method",
+        "dim",
+        "probe",
+        "miou",
+        "accuracy",
+        "miou_crf",
+        "accuracy_crf",
+        "protocol",
+        "miou_definition",
+        "patch_miou",
+        "patch_accuracy",
+        "mean_class_accuracy",
+        "n_fit_tokens",
+        "n_train_tokens",
+        "k",
+        "train_loss",
+        "kmeans_objective",
+        "explained_variance",
+        "layer",
+        "block",
+        "random_weights",
+    ]
     return rows, units.to_pct(pd.DataFrame(rows)[cols], PCT_COLUMNS)
 
 
-def _write_outputs(cfg: Config, dc: DimredConfig, table: pd.DataFrame, *, stores: ProbeStores, sample, dims: tuple[int, ...],
-                   notes: list[str], scaler: dimred.Standardizer, reductions: dict[str, Any], evr: np.ndarray | None) -> Path:
+def _write_outputs(
+    cfg: Config,
+    dc: DimredConfig,
+    table: pd.DataFrame,
+    *,
+    stores: ProbeStores,
+    sample,
+    dims: tuple[int, ...],
+    notes: list[str],
+    scaler: dimred.Standardizer,
+    reductions: dict[str, Any],
+    evr: np.ndarray | None,
+) -> Path:
     """``dimred.csv``, the fitted projections with their metadata, and the charts; returns the output folder."""
     block, d_model = stores.block, stores.d_model
     out = dimred_dir(cfg)
@@ -488,8 +717,16 @@ def _write_outputs(cfg: Config, dc: DimredConfig, table: pd.DataFrame, *, stores
     meta = {
         "study": "stego-studies dimensionality reduction (Koenig et al., CVPR-W 2023)",
         "protocol": PROTOCOL,
-        "crf": ({"params": to_jsonable(crf.STEGO), "window": dc.crf_window, "on": "full features, both probes, pixel level",
-                 "cluster_alpha": CLUSTER_ALPHA} if dc.crf else None),
+        "crf": (
+            {
+                "params": to_jsonable(crf.STEGO),
+                "window": dc.crf_window,
+                "on": "full features, both probes, pixel level",
+                "cluster_alpha": CLUSTER_ALPHA,
+            }
+            if dc.crf
+            else None
+        ),
         "input": f"final_norm(output of block {block}) at the patch tokens, float32, standardised with the train sample's statistics",
         "cache": to_jsonable(dc.cache),
         "layer": dc.layer,
@@ -497,15 +734,21 @@ def _write_outputs(cfg: Config, dc: DimredConfig, table: pd.DataFrame, *, stores
         "d_model": d_model,
         "dims_used": list(dims),
         "notes": notes,
-        "sample": {"n_fit_tokens_requested": dc.n_fit_tokens, "n_fit_tokens": len(sample), "n_pool": sample.n_pool,
-                   "n_available": sample.n_available, "n_chunks_read": sample.n_chunks_read, "seed": dc.seed,
-                   "oversample": dimred.SAMPLE_OVERSAMPLE},
+        "sample": {
+            "n_fit_tokens_requested": dc.n_fit_tokens,
+            "n_fit_tokens": len(sample),
+            "n_pool": sample.n_pool,
+            "n_available": sample.n_available,
+            "n_chunks_read": sample.n_chunks_read,
+            "seed": dc.seed,
+            "oversample": dimred.SAMPLE_OVERSAMPLE,
+        },
         "stores": {"train": store_record(stores.train), "val": store_record(stores.val)},
         "random_weights": stores.random_weights,
         "config": to_jsonable(dc),
         "provenance": record(cfg, "dimred"),
         "package_version": pipeline.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     dimred.save_projections(out / "projections", scaler, reductions, meta)
     for probe in PROBES:
@@ -523,10 +766,17 @@ def _crf_columns(conf: np.ndarray | None) -> dict[str, float]:
     if conf is None:
         return {"miou_crf": np.nan, "accuracy_crf": np.nan}
     exclude = metrics.protocol_exclude(PROTOCOL_NAME)
-    return {"miou_crf": metrics.mean_iou_as(conf, MIOU_DEFINITION, exclude=exclude),
-            "accuracy_crf": metrics.pixel_accuracy(conf, exclude=exclude)}
+    return {
+        "miou_crf": metrics.mean_iou_as(conf, MIOU_DEFINITION, exclude=exclude),
+        "accuracy_crf": metrics.pixel_accuracy(conf, exclude=exclude),
+    }
 
 
 def _metric_columns(m: dict[str, float]) -> dict[str, float]:
-    return {"miou": m["pixel_miou"], "accuracy": m["pixel_acc"], "patch_miou": m["patch_miou"],
-            "patch_accuracy": m["patch_acc"], "mean_class_accuracy": m["pixel_mean_class_acc"]}
+    return {
+        "miou": m["pixel_miou"],
+        "accuracy": m["pixel_acc"],
+        "patch_miou": m["patch_miou"],
+        "patch_accuracy": m["patch_acc"],
+        "mean_class_accuracy": m["pixel_mean_class_acc"],
+    }

@@ -38,18 +38,40 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import pipeline
-from pipeline.cache import StoreLayout, StoreWriter, chunk_ranges, create_or_open, finalize, part_chunks, pending_chunks, write_chunk
+from pipeline.cache import (
+    StoreLayout,
+    StoreWriter,
+    chunk_ranges,
+    create_or_open,
+    finalize,
+    part_chunks,
+    pending_chunks,
+    write_chunk,
+)
 from pipeline.config import CacheRef, Config, ConfigError, stable_hash, to_jsonable
 from pipeline.context import RunContext
 from pipeline.layout import split_file
 from pipeline.stages import STORE_HASHED_KEYS
-from pipeline.data import BadImageError, DatasetError, MaskError, Preprocess, SplitData, load_mask, load_rgb, load_split, patch_labels, preprocess_image, preprocess_mask
+from pipeline.data import (
+    BadImageError,
+    DatasetError,
+    MaskError,
+    Preprocess,
+    SplitData,
+    load_mask,
+    load_rgb,
+    load_split,
+    patch_labels,
+    preprocess_image,
+    preprocess_mask,
+)
 from pipeline.models import Backbone, load_backbone
 from pipeline.models.family import READOUTS
 from pipeline.progress import Progress
 from pipeline.runtime import describe_device, die_with_parent, forward_precision, resolve_forward_dtype
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class ExtractReport:
@@ -133,11 +155,15 @@ class _Images(Dataset):
 
 def _first_input_error(batch: dict, data: SplitData, skip_bad: bool) -> tuple[int, Exception | None]:
     """(position in the batch, exception) of the first unreadable image or mask; (len, None) if none."""
-    for pos, (index, bad, reason, mask_error) in enumerate(zip(batch["index"], batch["bad"], batch["reason"], batch["mask_error"])):
+    for pos, (index, bad, reason, mask_error) in enumerate(
+        zip(batch["index"], batch["bad"], batch["reason"], batch["mask_error"])
+    ):
         if mask_error:
             return pos, MaskError(mask_error)
         if bad and not skip_bad:
-            return pos, BadImageError(data.samples[index].image, f"{reason} (set extract.on_bad_image: skip to record it and go on)")
+            return pos, BadImageError(
+                data.samples[index].image, f"{reason} (set extract.on_bad_image: skip to record it and go on)"
+            )
     return len(batch["index"]), None
 
 
@@ -154,17 +180,23 @@ def _head(batch: dict, n: int) -> dict:
     return {k: v[:n] for k, v in batch.items()}
 
 
-def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, backbone: Backbone, provenance: dict) -> tuple[StoreLayout, dict]:
+def layout_and_attrs(
+    cfg: Config, ref: CacheRef, split: str, data: SplitData, backbone: Backbone, provenance: dict
+) -> tuple[StoreLayout, dict]:
     """The store's shape and its provenance attrs (with the config hash that guards reuse)."""
     model, dataset, ex = cfg.model(ref.model), cfg.dataset(ref.dataset), cfg.extract
     pre = model.preprocess
     if pre.crop % backbone.patch_size:
-        raise ConfigError(f"{cfg.source}: models/{ref.model}/preprocess/crop {pre.crop} is not a multiple of the patch size {backbone.patch_size}")
+        raise ConfigError(
+            f"{cfg.source}: models/{ref.model}/preprocess/crop {pre.crop} is not a multiple of the patch size {backbone.patch_size}"
+        )
     side = pre.crop // backbone.patch_size
     try:
         layers = tuple(sorted({backbone.resolve_layer(layer) for layer in ex.layers}))
     except (ValueError, IndexError) as err:
-        raise ConfigError(f"{cfg.source}: extract/layers {list(ex.layers)}: {err} (model {ref.model} has {backbone.n_blocks} blocks)") from None
+        raise ConfigError(
+            f"{cfg.source}: extract/layers {list(ex.layers)}: {err} (model {ref.model} has {backbone.n_blocks} blocks)"
+        ) from None
     forward_dtype = resolve_forward_dtype(ex.forward_dtype, backbone.device)
     kinds = backbone.prefix.kinds + ("patch",) * (side * side)
     layout = StoreLayout(
@@ -188,8 +220,12 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
         # stores made before this key existed ran in float32: their hash stays valid
         "forward_dtype": forward_dtype if forward_dtype != "float32" else None,
         "chunk_images": ex.chunk_images,
-        "dataset": {"kind": dataset.kind, "root": str(dataset.root), "split": dataset.splits[split],
-                    **({"class_list": str(dataset.class_list)} if dataset.class_list is not None else {})},
+        "dataset": {
+            "kind": dataset.kind,
+            "root": str(dataset.root),
+            "split": dataset.splits[split],
+            **({"class_list": str(dataset.class_list)} if dataset.class_list is not None else {}),
+        },
         "images_sha256": stable_hash(layout.image_ids),
     }
     hashed = {key: values[key] for key in STORE_HASHED_KEYS if values[key] is not None}
@@ -221,7 +257,7 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
         "package": "pipeline",
         "package_version": pipeline.__version__,
         "torch_version": torch.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "config_file": str(cfg.source),
     }
     if provenance.get("random_weights"):
@@ -229,12 +265,22 @@ def layout_and_attrs(cfg: Config, ref: CacheRef, split: str, data: SplitData, ba
     return layout, attrs
 
 
-def extract(cfg: Config, ref: CacheRef, split: str, *, part: int = 0, of: int = 1, progress: bool = True,
-            ctx: RunContext | None = None) -> ExtractReport:
+def extract(
+    cfg: Config,
+    ref: CacheRef,
+    split: str,
+    *,
+    part: int = 0,
+    of: int = 1,
+    progress: bool = True,
+    ctx: RunContext | None = None,
+) -> ExtractReport:
     """Fill part ``part`` of ``of`` of the store of (ref, split); finalize when ``of == 1``.
     ``ctx``: the step's run context (default: one started here)."""
     if not (of >= 1 and 0 <= part < of):
-        raise ConfigError(f"--part {part} --of {of}: parts are numbered from 0, so need 0 <= part < of (here 0..{max(of - 1, 0)})")
+        raise ConfigError(
+            f"--part {part} --of {of}: parts are numbered from 0, so need 0 <= part < of (here 0..{max(of - 1, 0)})"
+        )
     ctx = ctx or RunContext.start(cfg)
     threads, device = ctx.threads, ctx.device
     data = split_data(cfg, ref.dataset, split)
@@ -249,11 +295,31 @@ def extract(cfg: Config, ref: CacheRef, split: str, *, part: int = 0, of: int = 
     mine = [chunks[i] for i in part_chunks(len(chunks), part, of)]
     todo = pending_chunks(group, mine)
     report = ExtractReport(
-        str(store), part, of, describe_device(device), threads, len(mine), chunks_skipped=len(mine) - len(todo),
-        forward_dtype=attrs["forward_dtype"], num_workers=cfg.extract.num_workers, write_threads=cfg.extract.write_threads,
+        str(store),
+        part,
+        of,
+        describe_device(device),
+        threads,
+        len(mine),
+        chunks_skipped=len(mine) - len(todo),
+        forward_dtype=attrs["forward_dtype"],
+        num_workers=cfg.extract.num_workers,
+        write_threads=cfg.extract.write_threads,
     )
     if todo:
-        _run(cfg, data, cfg.model(ref.model).preprocess, backbone, layout, group, StoreWriter.of(store, group), todo, report, device, progress)
+        _run(
+            cfg,
+            data,
+            cfg.model(ref.model).preprocess,
+            backbone,
+            layout,
+            group,
+            StoreWriter.of(store, group),
+            todo,
+            report,
+            device,
+            progress,
+        )
         log.info("extract %s part %d/%d: %s", store, part + 1, of, stage_summary(report.stages))
     if of == 1:
         finalize(store)
@@ -289,10 +355,15 @@ class _StageClock:
         if self.gpu_spans:
             self.gpu_spans[-1][1].synchronize()
             self.forward_s = sum(a.elapsed_time(b) for a, b in self.gpu_spans) / 1000
+
         def rate(busy: float, concurrency: int) -> float:
             return round(n_images / (busy / max(1, concurrency)), 2) if busy > 0 else float("inf")
 
-        stages = {"decode": rate(self.decode_s, workers), "forward": rate(self.forward_s, 1), "write": rate(self.write_s, writers)}
+        stages = {
+            "decode": rate(self.decode_s, workers),
+            "forward": rate(self.forward_s, 1),
+            "write": rate(self.write_s, writers),
+        }
         return {**{f"{k}_img_s": v for k, v in stages.items()}, "bound_by": min(stages, key=stages.get)}
 
 
@@ -304,13 +375,23 @@ def stage_summary(stages: dict) -> str:
     return f"stages: {', '.join(parts)}; bounded by {stages['bound_by']}; whole run {stages['extract_img_s']:.1f} img/s"
 
 
-def _assemble_and_write(group, writer: StoreWriter, start: int, pieces: list[tuple[dict, int, int]], label_keys: tuple[str, ...], clock: _StageClock) -> None:
+def _assemble_and_write(
+    group,
+    writer: StoreWriter,
+    start: int,
+    pieces: list[tuple[dict, int, int]],
+    label_keys: tuple[str, ...],
+    clock: _StageClock,
+) -> None:
     """Writer thread: wait for the device copies, concatenate one chunk's pieces, compress and write it."""
     t0 = time.perf_counter()
     for batch, _, _ in pieces:
         if batch.get("copied") is not None:
             batch["copied"].synchronize()  # the non-blocking device-to-host copy has landed
-    merged = {k: np.concatenate([np.asarray(b[k][lo:hi]) if k != "acts" else b[k][lo:hi].numpy() for b, lo, hi in pieces]) for k in ("acts", "bad", "reason") + label_keys}
+    merged = {
+        k: np.concatenate([np.asarray(b[k][lo:hi]) if k != "acts" else b[k][lo:hi].numpy() for b, lo, hi in pieces])
+        for k in ("acts", "bad", "reason") + label_keys
+    }
     chunk = {k: merged[k] for k in ("acts",) + label_keys}
     chunk["bad"] = merged["bad"].astype(bool)
     chunk["bad_reason"] = merged["reason"].astype(object)
@@ -331,7 +412,19 @@ def _to_host(acts_BLTD: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Ten
     return host, event
 
 
-def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layout: StoreLayout, group, writer: StoreWriter, todo, report: ExtractReport, device, progress: bool) -> None:
+def _run(
+    cfg: Config,
+    data: SplitData,
+    pre: Preprocess,
+    backbone: Backbone,
+    layout: StoreLayout,
+    group,
+    writer: StoreWriter,
+    todo,
+    report: ExtractReport,
+    device,
+    progress: bool,
+) -> None:
     ex = cfg.extract
     indices = np.concatenate([np.arange(s, e) for s, e in todo])
     loader = DataLoader(
@@ -350,11 +443,19 @@ def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layo
     n_buffered = 0
     chunks = iter(todo)
     start, stop = next(chunks)
-    bar = Progress("extract " + "/".join(Path(report.store).parts[-3:]) + f" part {report.part + 1}/{report.of}", len(indices), "img", enabled=progress)
+    bar = Progress(
+        "extract " + "/".join(Path(report.store).parts[-3:]) + f" part {report.part + 1}/{report.of}",
+        len(indices),
+        "img",
+        enabled=progress,
+    )
     t0 = time.perf_counter()
     error: Exception | None = None
     # Several writer threads; each chunk is assembled and written by one of them (one writer per chunk).
-    with cf.ThreadPoolExecutor(max_workers=ex.write_threads, thread_name_prefix="chunk-writer") as pool, torch.inference_mode():
+    with (
+        cf.ThreadPoolExecutor(max_workers=ex.write_threads, thread_name_prefix="chunk-writer") as pool,
+        torch.inference_mode(),
+    ):
         pending: list[cf.Future] = []
         try:
             for batch in loader:
@@ -401,7 +502,10 @@ def _run(cfg: Config, data: SplitData, pre: Preprocess, backbone: Backbone, layo
                 f.result()
     bar.close()
     report.seconds = time.perf_counter() - t0
-    report.stages = {**clock.rates(report.images_computed, ex.num_workers, ex.write_threads), "extract_img_s": round(report.images_per_second, 2)}
+    report.stages = {
+        **clock.rates(report.images_computed, ex.num_workers, ex.write_threads),
+        "extract_img_s": round(report.images_per_second, 2),
+    }
     if error is not None:
         raise error
 

@@ -66,8 +66,17 @@ def class_latent_f1(
             "fire_freq": (("latent", "threshold"), (fires_Sθ / max(n_tokens, 1)).float().cpu().numpy()),
             "n_labelled": (("class",), n_labelled_C.cpu().numpy().astype(np.int64)),
         },
-        coords={"class": np.arange(n_classes), "latent": np.arange(n_latents), "threshold": np.asarray(thresholds, np.float32)},
-        attrs={"class_names": list(reader.class_names), "n_tokens": int(n_tokens), "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"]},
+        coords={
+            "class": np.arange(n_classes),
+            "latent": np.arange(n_latents),
+            "threshold": np.asarray(thresholds, np.float32),
+        },
+        attrs={
+            "class_names": list(reader.class_names),
+            "n_tokens": int(n_tokens),
+            "store": str(reader.path),
+            "store_config_hash": reader.attrs["config_hash"],
+        },
     )
 
 

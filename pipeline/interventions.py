@@ -74,7 +74,16 @@ class LatentEditor:
 class ReforwardPredictor:
     """Block ``l`` output → blocks l+1…N−1 → final norm → probe → argmax over real classes."""
 
-    def __init__(self, backbone: Backbone, probe: nn.Linear, *, layer: int, n_prefix: int, real_classes_only: bool = True, forward_dtype: str = "float32"):
+    def __init__(
+        self,
+        backbone: Backbone,
+        probe: nn.Linear,
+        *,
+        layer: int,
+        n_prefix: int,
+        real_classes_only: bool = True,
+        forward_dtype: str = "float32",
+    ):
         self.backbone = backbone
         self.probe = probe
         self.block = backbone.resolve_layer(layer)

@@ -44,7 +44,15 @@ def chart(stem: str) -> tuple[str, ...]:
 
 # Files every probe kind writes in its folder; a kind adds its own (pipeline.probe_kinds).
 PROBE_COMMON_FILES = ("best.json", "best.safetensors", "sweep.csv", *chart("sweep"), "epochs.csv", *chart("epochs"))
-SAE_TRAIN_FILES = ("sweep.csv", *chart("sweep"), "sae.pt", "sae.safetensors", "chosen.json", "history.csv", *chart("history"))
+SAE_TRAIN_FILES = (
+    "sweep.csv",
+    *chart("sweep"),
+    "sae.pt",
+    "sae.safetensors",
+    "chosen.json",
+    "history.csv",
+    *chart("history"),
+)
 SAE_IMPORT_FILES = ("sae.pt", "sae.safetensors", "chosen.json")
 SAE_LATENTS_FILES = ("latents.json", "latents.zarr/zarr.json", *chart("density"))
 PROPOSAL_FILES = ("proposals.csv", "proposals.html")
@@ -150,7 +158,12 @@ def sae_member_files(cfg: Config) -> list[Path]:
     if sae_is_imported(cfg.sae):
         return []
     sc, uniq = cfg.sae, lambda xs: list(dict.fromkeys(xs))
-    slugs = [member_slug(int(e), float(lr), float(s)) for e in uniq(sc.exp_factors) for lr in uniq(sc.lrs) for s in uniq(sc.sparsity_coeffs)]
+    slugs = [
+        member_slug(int(e), float(lr), float(s))
+        for e in uniq(sc.exp_factors)
+        for lr in uniq(sc.lrs)
+        for s in uniq(sc.sparsity_coeffs)
+    ]
     return [sae_dir(cfg) / "members" / f"{slug}.{ext}" for slug in slugs for ext in ("pt", "safetensors")]
 
 
@@ -254,8 +267,11 @@ def _demo_model(cfg: Config, k: dict) -> Outputs:
 def _extract(cfg: Config, k: dict) -> Outputs:
     ref = CacheRef(k["model"], k["dataset"])
     shared = [split_file(cfg, ref.dataset)] if cfg.dataset(ref.dataset).kind == "imagefolder" else []
-    return Outputs([part_sentinel(cfg, ref, k["split"], k.get("part", 0), k.get("of", cfg.extract.parts))],
-                   undeclared_folders=[store_path(cfg, ref, k["split"])], shared=shared)
+    return Outputs(
+        [part_sentinel(cfg, ref, k["split"], k.get("part", 0), k.get("of", cfg.extract.parts))],
+        undeclared_folders=[store_path(cfg, ref, k["split"])],
+        shared=shared,
+    )
 
 
 def _finalize(cfg: Config, k: dict) -> Outputs:
@@ -287,8 +303,10 @@ def _propose(cfg: Config, k: dict) -> Outputs:
 
 def _quantify(cfg: Config, k: dict) -> Outputs:
     q = quantify_dir(cfg)
-    return Outputs([quantitative_csv(cfg)] + [q / n for n in chart("chart")],
-                   undeclared=[method_csv(cfg, m) for m in cfg.quantify.methods])
+    return Outputs(
+        [quantitative_csv(cfg)] + [q / n for n in chart("chart")],
+        undeclared=[method_csv(cfg, m) for m in cfg.quantify.methods],
+    )
 
 
 # step -> its outputs (keys: the step's --model/--dataset/--split/--example values)
@@ -320,11 +338,46 @@ def step_outputs(cfg: Config, step: str, **keys) -> Outputs:
 
 
 __all__ = [
-    "CHART_EXTS", "DIMRED_CHART_STEMS", "MANIPULATE_FILES", "PROBE_COMMON_FILES", "PROPOSAL_FILES", "SAE_IMPORT_FILES",
-    "SAE_LATENTS_FILES", "SAE_TRAIN_FILES", "SPLITS", "STEP_OUTPUTS", "Outputs", "chart", "class_f1_path",
-    "demo_dataset_root", "demo_model_dir", "demo_sentinel", "dimred_csv", "dimred_dir", "dimred_files", "gallery_dir",
-    "latents_json", "latents_zarr", "layer_tag", "manipulate_dir", "manipulate_files", "member_slug",
-    "method_csv", "part_sentinel", "probe_dir", "probe_dir_of", "probe_files", "probe_stem", "quantify_dir",
-    "quantitative_csv", "sae_checkpoint", "sae_dir", "sae_member_files", "split_file", "stats_path", "store_complete", "store_path",
+    "CHART_EXTS",
+    "DIMRED_CHART_STEMS",
+    "MANIPULATE_FILES",
+    "PROBE_COMMON_FILES",
+    "PROPOSAL_FILES",
+    "SAE_IMPORT_FILES",
+    "SAE_LATENTS_FILES",
+    "SAE_TRAIN_FILES",
+    "SPLITS",
+    "STEP_OUTPUTS",
+    "Outputs",
+    "chart",
+    "class_f1_path",
+    "demo_dataset_root",
+    "demo_model_dir",
+    "demo_sentinel",
+    "dimred_csv",
+    "dimred_dir",
+    "dimred_files",
+    "gallery_dir",
+    "latents_json",
+    "latents_zarr",
+    "layer_tag",
+    "manipulate_dir",
+    "manipulate_files",
+    "member_slug",
+    "method_csv",
+    "part_sentinel",
+    "probe_dir",
+    "probe_dir_of",
+    "probe_files",
+    "probe_stem",
+    "quantify_dir",
+    "quantitative_csv",
+    "sae_checkpoint",
+    "sae_dir",
+    "sae_member_files",
+    "split_file",
+    "stats_path",
+    "store_complete",
+    "store_path",
     "step_outputs",
 ]

@@ -107,7 +107,9 @@ def confusion_matrix(
         raise ValueError(f"n_classes must be >= 1; got {n_classes}.")
     true_shape, pred_shape = np.shape(true), np.shape(pred)
     if true_shape != pred_shape:
-        raise ValueError(f"true and pred must have the same shape (not only the same number of elements); got {true_shape} and {pred_shape}.")
+        raise ValueError(
+            f"true and pred must have the same shape (not only the same number of elements); got {true_shape} and {pred_shape}."
+        )
     true_N = _as_int_labels(true, "true")
     pred_N = _as_int_labels(pred, "pred")
     if true_N.size == 0:
@@ -125,9 +127,7 @@ def _check_conf(conf: npt.ArrayLike) -> np.ndarray:
     if conf.ndim != 2:
         raise ValueError(f"conf must be 2-D [C_true, C_pred]; got shape {conf.shape}.")
     if conf.shape[1] < conf.shape[0]:
-        raise ValueError(
-            f"conf must have at least as many predicted columns as true rows; got {conf.shape}."
-        )
+        raise ValueError(f"conf must have at least as many predicted columns as true rows; got {conf.shape}.")
     if np.any(conf < 0):
         raise ValueError("conf must hold non-negative counts.")
     return conf

@@ -108,8 +108,7 @@ OFFICIAL_TOTALS = {
 SOURCE_URLS = {
     "caltech101": "https://data.caltech.edu/records/mzrjq-6wc02 (caltech-101.zip)",
     "cub": "https://data.caltech.edu/records/65de6-vp158 (CUB_200_2011.tgz)",
-    "flowers102": "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ "
-    "(102flowers.tgz, imagelabels.mat, setid.mat)",
+    "flowers102": "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz, imagelabels.mat, setid.mat)",
 }
 
 
@@ -229,7 +228,8 @@ def _plan_caltech101(src: Path, work: Path, keep_background: bool) -> tuple[Plan
         root = src
     else:
         root = _extract(
-            _require(src), work / "caltech_src",
+            _require(src),
+            work / "caltech_src",
             want=lambda n: n.endswith(tar_name) or f"{cats_name}/" in n,
         )
     cats = locate(root)
@@ -347,7 +347,9 @@ def _load_mat_ids(path: Path, name: str) -> list[int]:
 
     data = loadmat(path, squeeze_me=True)
     if name not in data:
-        raise ValueError(f"{path}: variable {name!r} not found (have {sorted(k for k in data if not k.startswith('__'))})")
+        raise ValueError(
+            f"{path}: variable {name!r} not found (have {sorted(k for k in data if not k.startswith('__'))})"
+        )
     import numpy as np
 
     arr = np.atleast_1d(np.asarray(data[name])).ravel()
@@ -372,8 +374,7 @@ def _plan_flowers102(src: Path, work: Path, keep_background: bool) -> tuple[Plan
         _require(jpg, "folder", f"inside {base / '102flowers.tgz'}")
     else:
         raise FileNotFoundError(
-            f"expected file not found: {base / '102flowers.tgz'} (or its extracted folder "
-            f"{base / 'jpg'}; {hint})"
+            f"expected file not found: {base / '102flowers.tgz'} (or its extracted folder {base / 'jpg'}; {hint})"
         )
 
     labels = _load_mat_ids(labels_mat, "labels")
@@ -562,8 +563,10 @@ def _run(args: argparse.Namespace) -> int:
     counts = rec["counts"]
     totals = ", ".join(f"{p}: {sum(c.values())}" for p, c in counts.items())
     n_classes = len({c for per in counts.values() for c in per})
-    print(f"prepared {args.dataset} -> {args.out}: {n_classes} classes, {totals} images "
-          f"({rec['files']['link']} linked, {rec['files']['copy']} copied)")
+    print(
+        f"prepared {args.dataset} -> {args.out}: {n_classes} classes, {totals} images "
+        f"({rec['files']['link']} linked, {rec['files']['copy']} copied)"
+    )
     if rec.get("skipped_non_images"):
         print(f"skipped {rec['skipped_non_images']} non-image file(s)")
     ref = OFFICIAL_TOTALS.get(args.dataset)
@@ -581,11 +584,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dataset", choices=DATASETS)
-    p.add_argument("--src", type=Path, required=True,
-                   help="the downloaded official archive/files (or their extracted folder)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output folder (absent, empty, or made earlier by this command)")
-    p.add_argument("--keep-background", action="store_true",
-                   help=f"caltech101 only: keep {CALTECH_BACKGROUND} as a class (dropped by default)")
+    p.add_argument(
+        "--src", type=Path, required=True, help="the downloaded official archive/files (or their extracted folder)"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder (absent, empty, or made earlier by this command)"
+    )
+    p.add_argument(
+        "--keep-background",
+        action="store_true",
+        help=f"caltech101 only: keep {CALTECH_BACKGROUND} as a class (dropped by default)",
+    )
     p.set_defaults(func=_run)
     return p

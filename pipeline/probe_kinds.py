@@ -49,13 +49,19 @@ class ProbeKind:
 
 PROBE_KINDS: dict[str, ProbeKind] = {
     "seg": ProbeKind(
-        "seg", "segmentation", "seg_probe", "pipeline.probes.seg:run_seg_probe",
+        "seg",
+        "segmentation",
+        "seg_probe",
+        "pipeline.probes.seg:run_seg_probe",
         files=("per_class_iou.csv", "per_class_iou.html", "per_class_iou.png", "per_class_iou.svg", "examples.png"),
         help="semantic-segmentation probe on cached patch tokens (config: probes.seg)",
         reads="patch tokens",
     ),
     "cls": ProbeKind(
-        "cls", "classification", "cls_probe", "pipeline.probes.cls:run_cls_probe",
+        "cls",
+        "classification",
+        "cls_probe",
+        "pipeline.probes.cls:run_cls_probe",
         files=("per_class_accuracy.csv", "confusion.html", "confusion.png", "confusion.svg"),
         help="image-classification probe on cached CLS tokens (config: probes.cls)",
         reads="image vectors (CLS token, or the mean of patches)",

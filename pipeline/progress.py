@@ -64,8 +64,16 @@ class Progress:
     drawn) adds ``key=value`` fields. Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, what: str, total: int | float | None, unit: str = "it", *, enabled: bool = True,
-                 interval: float | None = None, terminal: bool | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: int | float | None,
+        unit: str = "it",
+        *,
+        enabled: bool = True,
+        interval: float | None = None,
+        terminal: bool | None = None,
+    ) -> None:
         self.what, self.total, self.unit = what, total, unit
         self.enabled = enabled
         self.interval = interval_s() if interval is None else interval
@@ -172,13 +180,27 @@ class SAESweepProgress:
     fraction from the sweep's history (values leave the device only when a line is due).
     """
 
-    def __init__(self, n_tokens: int, labels: Sequence[str], *, max_l0: float, enabled: bool = True,
-                 interval: float | None = None, terminal: bool | None = None) -> None:
+    def __init__(
+        self,
+        n_tokens: int,
+        labels: Sequence[str],
+        *,
+        max_l0: float,
+        enabled: bool = True,
+        interval: float | None = None,
+        terminal: bool | None = None,
+    ) -> None:
         self.labels = list(labels)
         self.max_l0 = max_l0
         m = len(self.labels)
-        self.progress = Progress(f"SAE sweep ({m} member{'s' if m != 1 else ''})", n_tokens, "tok",
-                                 enabled=enabled, interval=interval, terminal=terminal)
+        self.progress = Progress(
+            f"SAE sweep ({m} member{'s' if m != 1 else ''})",
+            n_tokens,
+            "tok",
+            enabled=enabled,
+            interval=interval,
+            terminal=terminal,
+        )
         self.seen = 0
         self.step = 0
         self.history: Any = None
@@ -194,11 +216,21 @@ class SAESweepProgress:
         """Steps done, the best member's loss terms, L0 and dead fraction."""
         if self.history is None:
             return {"step": self.step}
-        rows = [(m, *(self.history.last(m, k) for k in ("loss", "mse", "l1", "l0", "frac_dead"))) for m in range(len(self.labels))]
+        rows = [
+            (m, *(self.history.last(m, k) for k in ("loss", "mse", "l1", "l0", "frac_dead")))
+            for m in range(len(self.labels))
+        ]
         ok = [r for r in rows if r[4] <= self.max_l0] or rows
         m, loss, mse, l1, l0, dead = min(ok, key=lambda r: r[2])
-        return {"step": self.step, "loss": loss, "mse": mse, "l1": l1, "L0": l0, "dead": round(dead, 4),
-                "best": f"member {m} [{self.labels[m]}]"}
+        return {
+            "step": self.step,
+            "loss": loss,
+            "mse": mse,
+            "l1": l1,
+            "L0": l0,
+            "dead": round(dead, 4),
+            "best": f"member {m} [{self.labels[m]}]",
+        }
 
     def close(self) -> None:
         self.progress.close()

@@ -34,8 +34,17 @@ def proposal_table(f1, freq_S: np.ndarray, max_value_S: np.ndarray, class_names,
     for c in range(1, len(class_names)):
         for rank, (s, t, score) in enumerate(ranked_latents(f1, c, allowed, q.n_proposals), start=1):
             rows.append(
-                {"class_id": c, "class_name": class_names[c], "rank": rank, "latent": s, "train_f1": score, "threshold": t,
-                 "freq": float(freq_S[s]), "max_value": float(max_value_S[s]), "gallery": f"proposals/latent_{s}.png"}
+                {
+                    "class_id": c,
+                    "class_name": class_names[c],
+                    "rank": rank,
+                    "latent": s,
+                    "train_f1": score,
+                    "threshold": t,
+                    "freq": float(freq_S[s]),
+                    "max_value": float(max_value_S[s]),
+                    "gallery": f"proposals/latent_{s}.png",
+                }
             )
     columns = ["class_id", "class_name", "rank", "latent", "train_f1", "threshold", "freq", "max_value", "gallery"]
     return units.to_pct(pd.DataFrame(rows, columns=columns), ["train_f1", "freq"])
@@ -43,7 +52,11 @@ def proposal_table(f1, freq_S: np.ndarray, max_value_S: np.ndarray, class_names,
 
 def proposals_html(table: pd.DataFrame, *, random_weights: bool, folder: str = "proposals/") -> str:
     """The overview page; ``folder`` is where the latent pages are, relative to the page."""
-    banner = "<p class='warn'>Random-init weights (demo): these latents say nothing about a real model.</p>" if random_weights else ""
+    banner = (
+        "<p class='warn'>Random-init weights (demo): these latents say nothing about a real model.</p>"
+        if random_weights
+        else ""
+    )
     parts = [
         "<!doctype html><meta charset='utf-8'><title>Latent proposals per class</title>",
         "<style>body{font-family:sans-serif;margin:2em}img{width:240px;border:1px solid #ccc}"
@@ -53,15 +66,19 @@ def proposals_html(table: pd.DataFrame, *, random_weights: bool, folder: str = "
         "<p>Name the ones you choose under <code>quantify.manual</code>, e.g. <code>manual: {sky: [12]}</code>.</p>",
     ]
     if table.empty:
-        parts.append("<p>No latent qualifies: none fires on a class while firing on at most "
-                     "<code>quantify.max_firing_fraction</code> of train patches.</p>")
+        parts.append(
+            "<p>No latent qualifies: none fires on a class while firing on at most "
+            "<code>quantify.max_firing_fraction</code> of train patches.</p>"
+        )
         return "\n".join(parts) + "\n"
     for (c, name), group in table.groupby(["class_id", "class_name"], sort=True):
         parts.append(f"<h2>{html.escape(str(name))} (class {c})</h2>")
         for row in group.itertuples():
             caption = f"latent {row.latent} · F1 {row.train_f1_pct:.1f} % at f&gt;{row.threshold:g} · freq {row.freq_pct:.2g} % · max {row.max_value:.3g}"
             page = folder + row.gallery.removeprefix("proposals/")
-            parts.append(f"<figure><a href='{page}'><img src='{page}' alt='latent {row.latent}'></a><figcaption>{caption}</figcaption></figure>")
+            parts.append(
+                f"<figure><a href='{page}'><img src='{page}' alt='latent {row.latent}'></a><figcaption>{caption}</figcaption></figure>"
+            )
     return "\n".join(parts) + "\n"
 
 
@@ -76,12 +93,21 @@ def write_proposals(cfg: Config, q: QuantifyConfig) -> dict:
     ids = sorted(set(table["latent"].tolist())) if len(table) else []
     if ids:
         write_gallery(
-            latents, ids, image_loader=store_image_loader(train), grid=train.grid, out_dir=out / "proposals",
-            image_ids=[str(i) for i in train.image_ids], random_weights=train.random_weights,
+            latents,
+            ids,
+            image_loader=store_image_loader(train),
+            grid=train.grid,
+            out_dir=out / "proposals",
+            image_ids=[str(i) for i in train.image_ids],
+            random_weights=train.random_weights,
             n_images=min(9, cfg.sae.top_k),  # the latent stats keep top_k images per latent
         )
     table.to_csv(out / "proposals.csv", index=False, float_format="%.4f")
     page = out / "proposals.html"
     page.write_text(proposals_html(table, random_weights=train.random_weights))
     (out / "proposals" / "index.html").write_text(proposals_html(table, random_weights=train.random_weights, folder=""))
-    return {"written": str(page), "n_classes": int(table["class_id"].nunique()) if len(table) else 0, "n_latents": len(ids)}
+    return {
+        "written": str(page),
+        "n_classes": int(table["class_id"].nunique()) if len(table) else 0,
+        "n_latents": len(ids),
+    }

@@ -54,12 +54,21 @@ def config_view(cfg: Config) -> dict[str, Any]:
     manipulate = to_jsonable(cfg.manipulate)
     if manipulate is not None:
         # by name, with the YAML's key `class` (the dataclass field is target_class)
-        manipulate["examples"] = {e["name"]: {("class" if k == "target_class" else k): v for k, v in e.items()}
-                                  for e in manipulate["examples"]}
+        manipulate["examples"] = {
+            e["name"]: {("class" if k == "target_class" else k): v for k, v in e.items()}
+            for e in manipulate["examples"]
+        }
     return {
         "demo": to_jsonable(cfg.demo),
-        "models": {n: {"family": m.spec.family, "source": str(m.spec.source), "revision": m.spec.revision,
-                       "preprocess": to_jsonable(m.preprocess)} for n, m in cfg.models.items()},
+        "models": {
+            n: {
+                "family": m.spec.family,
+                "source": str(m.spec.source),
+                "revision": m.spec.revision,
+                "preprocess": to_jsonable(m.preprocess),
+            }
+            for n, m in cfg.models.items()
+        },
         "datasets": {n: {k: v for k, v in to_jsonable(d).items() if k != "name"} for n, d in cfg.datasets.items()},
         "extract": to_jsonable(cfg.extract),
         "probes": {kind: to_jsonable(probe_section(cfg, kind)) for kind in PROBE_KINDS},
@@ -246,7 +255,9 @@ def require_quantify(cfg: Config) -> QuantifyConfig:
     """The ``quantify`` section, checked against the stages it reads: an SAE and a seg probe on
     one cache, the probe on the final representation (layer -1)."""
     if cfg.quantify is None:
-        raise ConfigError(f"{cfg.source}: key quantify: missing; the interventions need it (scale, methods, thresholds)")
+        raise ConfigError(
+            f"{cfg.source}: key quantify: missing; the interventions need it (scale, methods, thresholds)"
+        )
     if cfg.sae is None or cfg.seg_probe is None:
         raise ConfigError(f"{cfg.source}: key quantify: needs both an `sae` and a `probes: seg` section")
     if cfg.sae.cache != cfg.seg_probe.cache:
@@ -266,7 +277,11 @@ def check_plan(cfg: Config) -> None:
     layer is among ``extract.layers`` (compared as block numbers when the model's depth is known)."""
     if cfg.quantify is not None:
         require_quantify(cfg)
-    stages = (*((pk.key, probe_section(cfg, pk.name)) for pk in PROBE_KINDS.values()), ("sae", cfg.sae), ("dimred", cfg.dimred))
+    stages = (
+        *((pk.key, probe_section(cfg, pk.name)) for pk in PROBE_KINDS.values()),
+        ("sae", cfg.sae),
+        ("dimred", cfg.dimred),
+    )
     for key, section in stages:
         if section is None:
             continue
@@ -275,7 +290,9 @@ def check_plan(cfg: Config) -> None:
         wanted = section.layer
         if n_blocks:
             if not -n_blocks <= wanted < n_blocks:
-                raise ConfigError(f"{cfg.source}: key {key}/layer: {wanted} is not a block of {section.cache.model} ({n_blocks} blocks)")
+                raise ConfigError(
+                    f"{cfg.source}: key {key}/layer: {wanted} is not a block of {section.cache.model} ({n_blocks} blocks)"
+                )
             cached, wanted = {layer % n_blocks for layer in cached}, wanted % n_blocks
         if wanted not in cached:
             raise ConfigError(

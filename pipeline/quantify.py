@@ -90,11 +90,18 @@ def _check_ids(name: str, t: torch.Tensor, n_classes: int) -> None:
         raise CountingError(f"{name}: class ids must be integers, got dtype {t.dtype}")
     bad = (t < 0) | (t >= n_classes)
     if bool(bad.any()):
-        raise CountingError(f"{name}: class id {int(t[bad][0])} is outside [0, {n_classes}) ({int(bad.sum())} such values)")
+        raise CountingError(
+            f"{name}: class id {int(t[bad][0])} is outside [0, {n_classes}) ({int(bad.sum())} such values)"
+        )
 
 
-def change_counts(orig: np.ndarray | torch.Tensor, new: np.ndarray | torch.Tensor, class_id: int, n_classes: int,
-                  truth: np.ndarray | torch.Tensor | None = None) -> dict:
+def change_counts(
+    orig: np.ndarray | torch.Tensor,
+    new: np.ndarray | torch.Tensor,
+    class_id: int,
+    n_classes: int,
+    truth: np.ndarray | torch.Tensor | None = None,
+) -> dict:
     """The four counts (saev's, and restricted to labelled patches when ``truth`` is given) and the
     'changed into' histogram [C] for one class.
 
@@ -132,12 +139,14 @@ def change_counts(orig: np.ndarray | torch.Tensor, new: np.ndarray | torch.Tenso
         truth = truth.reshape(-1)
         target = is_c & (truth == class_id)
         other = ~is_c & (truth != 0) & (truth != class_id)
-        out.update({
-            "n_target_labelled": int(target.sum()),
-            "target_lost_labelled": int((target & ~now_c).sum()),
-            "n_other_labelled": int(other.sum()),
-            "other_changed_labelled": int((other & changed).sum()),
-        })
+        out.update(
+            {
+                "n_target_labelled": int(target.sum()),
+                "target_lost_labelled": int((target & ~now_c).sum()),
+                "n_other_labelled": int(other.sum()),
+                "other_changed_labelled": int((other & changed).sum()),
+            }
+        )
     return out
 
 
@@ -179,26 +188,36 @@ def summarize(per_class: pd.DataFrame, n_real_classes: int | None = None) -> dic
     return out
 
 
-STD_NOTE = ("*_std_pct: sample std (ddof=1) over the evaluated classes; *_std_saev_pct: population std (ddof=0) "
-            "over all real classes, a class without target patches counting 0 (saev)")
+STD_NOTE = (
+    "*_std_pct: sample std (ddof=1) over the evaluated classes; *_std_saev_pct: population std (ddof=0) "
+    "over all real classes, a class without target patches counting 0 (saev)"
+)
 
 
 # ---- choosing edits ----------------------------------------------------------
-def resolve_manual(manual: dict[str, tuple[int, ...]], class_names: tuple[str, ...], n_latents: int, source: str) -> dict[int, tuple[int, ...]]:
+def resolve_manual(
+    manual: dict[str, tuple[int, ...]], class_names: tuple[str, ...], n_latents: int, source: str
+) -> dict[int, tuple[int, ...]]:
     """Config keys (class name or id) → class id; latents checked against S."""
     out = {}
     for key, latents in manual.items():
         if key.isdigit():
             class_id = int(key)
             if not 0 < class_id < len(class_names):
-                raise ConfigError(f"{source}: key quantify/manual/{key}: class id {class_id} is not a real class (1..{len(class_names) - 1})")
+                raise ConfigError(
+                    f"{source}: key quantify/manual/{key}: class id {class_id} is not a real class (1..{len(class_names) - 1})"
+                )
         elif key in class_names:
             class_id = class_names.index(key)
         else:
-            raise ConfigError(f"{source}: key quantify/manual/{key}: unknown class name {key!r}; classes: {', '.join(class_names[1:])}")
+            raise ConfigError(
+                f"{source}: key quantify/manual/{key}: unknown class name {key!r}; classes: {', '.join(class_names[1:])}"
+            )
         for latent in latents:
             if not 0 <= latent < n_latents:
-                raise ConfigError(f"{source}: key quantify/manual/{key}: latent {latent} does not exist (the SAE has {n_latents} latents: 0..{n_latents - 1})")
+                raise ConfigError(
+                    f"{source}: key quantify/manual/{key}: latent {latent} does not exist (the SAE has {n_latents} latents: 0..{n_latents - 1})"
+                )
         out[class_id] = tuple(latents)
     return out
 
@@ -245,7 +264,9 @@ def make_jobs(
 
 # ---- the two passes over the val store -------------------------------------
 @torch.no_grad()
-def baseline_predictions(reader: CacheReader, layer: int, predictor: ReforwardPredictor, device, batch_size: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def baseline_predictions(
+    reader: CacheReader, layer: int, predictor: ReforwardPredictor, device, batch_size: int, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(image indices [N], predictions [N, P]) through the re-forward path on the unedited cache."""
     images, preds = [], []
     bar = Progress("quantify baseline (unedited re-forward)", int(reader.valid.sum()), "img", enabled=progress)
@@ -277,7 +298,9 @@ def edited_counts(
     """Accumulate change counts per job over all val patches; edits are stacked G per re-forward."""
     totals = [None] * len(jobs)
     row = 0
-    bar = Progress(f"quantify ({len(jobs)} edit jobs)", int(reader.valid.sum()) * len(jobs), "edited img", enabled=progress)
+    bar = Progress(
+        f"quantify ({len(jobs)} edit jobs)", int(reader.valid.sum()) * len(jobs), "edited img", enabled=progress
+    )
     for image_B, acts_BTD in reader.iter_chunks(layer, tokens="all"):
         for s in range(0, len(image_B), batch_size):
             acts = torch.from_numpy(acts_BTD[s : s + batch_size]).to(device, torch.float32)
@@ -300,16 +323,39 @@ def edited_counts(
 
 
 # ---- tables and chart --------------------------------------------------------
-def per_class_table(jobs: list[Job], totals: list[dict], class_names: tuple[str, ...], skipped: list[dict], method: str) -> pd.DataFrame:
+def per_class_table(
+    jobs: list[Job], totals: list[dict], class_names: tuple[str, ...], skipped: list[dict], method: str
+) -> pd.DataFrame:
     rows = []
     for job, counts in zip(jobs, totals):
         if job.method != method:
             continue
         into = counts["into"].copy()
-        row = {"class_id": job.class_id, "class_name": class_names[job.class_id], "latent": job.label, "status": "evaluated", "note": job.note}
-        row.update({k: counts[k] for k in ("n_target", "target_lost", "target_kept", "other_gained", "other_changed", "n_other",
-                                           "n_target_labelled", "target_lost_labelled", "n_other_labelled", "other_changed_labelled")
-                    if k in counts})
+        row = {
+            "class_id": job.class_id,
+            "class_name": class_names[job.class_id],
+            "latent": job.label,
+            "status": "evaluated",
+            "note": job.note,
+        }
+        row.update(
+            {
+                k: counts[k]
+                for k in (
+                    "n_target",
+                    "target_lost",
+                    "target_kept",
+                    "other_gained",
+                    "other_changed",
+                    "n_other",
+                    "n_target_labelled",
+                    "target_lost_labelled",
+                    "n_other_labelled",
+                    "other_changed_labelled",
+                )
+                if k in counts
+            }
+        )
         add_rates(row)
         for rank in range(TOP_INTO):
             top = int(into.argmax())
@@ -320,40 +366,80 @@ def per_class_table(jobs: list[Job], totals: list[dict], class_names: tuple[str,
         rows.append(row)
     for skip in skipped:
         if skip["method"] == method:
-            rows.append({"class_id": skip["class_id"], "class_name": class_names[skip["class_id"]], "latent": "", "status": "skipped", "note": skip["reason"]})
+            rows.append(
+                {
+                    "class_id": skip["class_id"],
+                    "class_name": class_names[skip["class_id"]],
+                    "latent": "",
+                    "status": "skipped",
+                    "note": skip["reason"],
+                }
+            )
     table = pd.DataFrame(rows).sort_values("class_id", kind="stable").reset_index(drop=True)
-    counts = [c for c in table.columns if c.startswith(("n_", "target_lost", "target_kept", "other_")) and not c.endswith("_pct")]
+    counts = [
+        c
+        for c in table.columns
+        if c.startswith(("n_", "target_lost", "target_kept", "other_")) and not c.endswith("_pct")
+    ]
     counts += [c for c in table.columns if c.endswith("_count")]
     return table.astype({c: "Int64" for c in counts})  # skipped rows leave counts empty, not 1645.0
 
 
-def change_chart(per_method: dict[str, pd.DataFrame], summary: pd.DataFrame, stem: Path, *, random_weights: bool) -> list[Path]:
+def change_chart(
+    per_method: dict[str, pd.DataFrame], summary: pd.DataFrame, stem: Path, *, random_weights: bool
+) -> list[Path]:
     """Target vs other change rate: per-class points behind, method mean ± std in front."""
     points = pd.concat([df.assign(method=m) for m, df in per_method.items() if len(df)], ignore_index=True)
     points = points[points["status"] == "evaluated"]
     color = alt.Color("method:N", scale=alt.Scale(range=OKABE_ITO), title="method")  # colour-blind safe
     x = alt.X("other_change_rate_pct:Q", title="other-class patches changed (%)")
     y = alt.Y("target_change_rate_pct:Q", title="target-class patches changed (%)", scale=alt.Scale(domain=[0, 100]))
-    behind = alt.Chart(points).mark_circle(size=30, opacity=0.35).encode(x, y, color, tooltip=["method", "class_name", "latent", "target_change_rate_pct", "other_change_rate_pct"])
+    behind = (
+        alt.Chart(points)
+        .mark_circle(size=30, opacity=0.35)
+        .encode(
+            x, y, color, tooltip=["method", "class_name", "latent", "target_change_rate_pct", "other_change_rate_pct"]
+        )
+    )
     mean_t, std_t = summary.target_change_rate_mean_pct, summary.target_change_rate_std_pct.fillna(0)
     mean_o, std_o = summary.other_change_rate_mean_pct, summary.other_change_rate_std_pct.fillna(0)
     s = summary.assign(  # ± std, clipped to the possible range of a percentage
-        t_lo=(mean_t - std_t).clip(0, 100), t_hi=(mean_t + std_t).clip(0, 100),
-        o_lo=(mean_o - std_o).clip(0, 100), o_hi=(mean_o + std_o).clip(0, 100),
+        t_lo=(mean_t - std_t).clip(0, 100),
+        t_hi=(mean_t + std_t).clip(0, 100),
+        o_lo=(mean_o - std_o).clip(0, 100),
+        o_hi=(mean_o + std_o).clip(0, 100),
     )
     base = alt.Chart(s)
     means = base.mark_point(size=160, filled=True, shape="diamond").encode(
-        alt.X("other_change_rate_mean_pct:Q"), alt.Y("target_change_rate_mean_pct:Q"), color, tooltip=list(summary.columns[:8])
+        alt.X("other_change_rate_mean_pct:Q"),
+        alt.Y("target_change_rate_mean_pct:Q"),
+        color,
+        tooltip=list(summary.columns[:8]),
     )
-    ybars = base.mark_rule(strokeWidth=2).encode(alt.X("other_change_rate_mean_pct:Q"), alt.Y("t_lo:Q"), alt.Y2("t_hi:Q"), color)
-    xbars = base.mark_rule(strokeWidth=2).encode(alt.Y("target_change_rate_mean_pct:Q"), alt.X("o_lo:Q"), alt.X2("o_hi:Q"), color)
+    ybars = base.mark_rule(strokeWidth=2).encode(
+        alt.X("other_change_rate_mean_pct:Q"), alt.Y("t_lo:Q"), alt.Y2("t_hi:Q"), color
+    )
+    xbars = base.mark_rule(strokeWidth=2).encode(
+        alt.Y("target_change_rate_mean_pct:Q"), alt.X("o_lo:Q"), alt.X2("o_hi:Q"), color
+    )
     chart = (behind + ybars + xbars + means).properties(
-        width=420, height=360, title=title_with_note("SAE interventions: target vs other change rate (mean ± std over classes)", random_weights)
+        width=420,
+        height=360,
+        title=title_with_note(
+            "SAE interventions: target vs other change rate (mean ± std over classes)", random_weights
+        ),
     )
     return save_chart(chart, stem)
 
 
-def write_outputs(out_dir: Path, summary_csv: Path, per_method: dict[str, pd.DataFrame], summary: pd.DataFrame, *, random_weights: bool) -> None:
+def write_outputs(
+    out_dir: Path,
+    summary_csv: Path,
+    per_method: dict[str, pd.DataFrame],
+    summary: pd.DataFrame,
+    *,
+    random_weights: bool,
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for method, df in per_method.items():
         df.to_csv(out_dir / f"{method}.csv", index=False, float_format="%.4f")
@@ -381,10 +467,29 @@ def run(
     truth_NP = val.labels("patch_label").astype(np.int64)[images_N]
     classes = sorted(int(c) for c in np.unique(orig_NP) if c != 0)
     jobs, skipped = make_jobs(
-        cfg, classes, max_value_S=max_value_S, freq_S=freq_S, f1=f1, manual=manual, scalar=editor.scaling.scalar, d_model=val.d_model
+        cfg,
+        classes,
+        max_value_S=max_value_S,
+        freq_S=freq_S,
+        f1=f1,
+        manual=manual,
+        scalar=editor.scaling.scalar,
+        d_model=val.d_model,
     )
     t_base = time.perf_counter() - t0
-    totals = edited_counts(val, layer, jobs, editor, predictor, orig_NP, device=device, batch_size=cfg.batch_size, n_classes=val.n_classes, truth_NP=truth_NP, progress=progress)
+    totals = edited_counts(
+        val,
+        layer,
+        jobs,
+        editor,
+        predictor,
+        orig_NP,
+        device=device,
+        batch_size=cfg.batch_size,
+        n_classes=val.n_classes,
+        truth_NP=truth_NP,
+        progress=progress,
+    )
     per_method = {m: per_class_table(jobs, totals, val.class_names, skipped, m) for m in cfg.methods}
     rows = []
     for method, df in per_method.items():
@@ -392,7 +497,12 @@ def run(
         stats = summarize(evaluated, n_real_classes=val.n_classes - 1) if len(evaluated) else {"n_classes": 0}
         n_skipped = int((df["status"] == "skipped").sum()) if len(df) else 0
         rows.append({"method": method, **stats, "n_skipped": n_skipped, "std_note": STD_NOTE})
-    timing = {"baseline_seconds": t_base, "edit_seconds": time.perf_counter() - t0 - t_base, "n_jobs": len(jobs), "n_classes_predicted": len(classes)}
+    timing = {
+        "baseline_seconds": t_base,
+        "edit_seconds": time.perf_counter() - t0 - t_base,
+        "n_jobs": len(jobs),
+        "n_classes_predicted": len(classes),
+    }
     return per_method, pd.DataFrame(rows), timing
 
 

@@ -70,7 +70,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("config key device: cuda, but torch finds no CUDA GPU here (torch.cuda.is_available() is False); set device: auto or cpu")
+        raise DeviceError(
+            "config key device: cuda, but torch finds no CUDA GPU here (torch.cuda.is_available() is False); set device: auto or cpu"
+        )
     return torch.device(name)
 
 

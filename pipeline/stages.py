@@ -38,9 +38,13 @@ class Stage:
     name: str  # python -m pipeline NAME (the rule runs exactly this)
     cli: str  # module defining add_parser(subparsers) for this step (its arguments only)
     target: str  # "module:function(ctx, args) -> dict" that does the step (pipeline.steps)
-    reads: tuple[str, ...] = ()  # dotted config keys; "{model}", "{dataset}", "{split}", "{example}" filled from the keys
+    reads: tuple[
+        str, ...
+    ] = ()  # dotted config keys; "{model}", "{dataset}", "{split}", "{example}" filled from the keys
     upstream: Callable[[Config, Keys], Upstream] = lambda cfg, keys: []
-    output: Callable[[Config, Keys], Path] | None = None  # the JSON holding the step's provenance record (None: a store / none)
+    output: Callable[[Config, Keys], Path] | None = (
+        None  # the JSON holding the step's provenance record (None: a store / none)
+    )
     needs: tuple[str, ...] = ()  # Config attributes that must be set (else the step itself reports the missing section)
     section: str | None = None  # the config section it is configured by (YAML spelling), for docs and --help
     threads: str = "config"  # "config": the config's `threads` (the step caps torch there); "one": a single CPU
@@ -115,21 +119,50 @@ STORE_HASHED_KEYS: dict[str, tuple[str, ...]] = {
     "dtype": ("extract.dtype",),
     "forward_dtype": ("extract.forward_dtype",),
     "chunk_images": ("extract.chunk_images",),
-    "dataset": ("datasets.{dataset}.kind", "datasets.{dataset}.root", "datasets.{dataset}.splits.{split}",
-                "datasets.{dataset}.class_list"),
+    "dataset": (
+        "datasets.{dataset}.kind",
+        "datasets.{dataset}.root",
+        "datasets.{dataset}.splits.{split}",
+        "datasets.{dataset}.class_list",
+    ),
     "images_sha256": ("datasets.{dataset}.val_fraction", "datasets.{dataset}.split_seed"),
 }
 # The extraction's keys: those that change a store's numbers or layout (the store's own hash,
 # above), and on_bad_image (a store made with `skip` has bad rows one made with `error` lacks);
 # not parts, batch_size or num_workers.
 EXTRACT_KEYS = tuple(dict.fromkeys(k for keys in STORE_HASHED_KEYS.values() for k in keys)) + ("extract.on_bad_image",)
-SAE_TRAIN_KEYS = tuple(f"sae.{k}" for k in (
-    "cache", "layer", "tokens", "n_tokens", "batch_size", "lrs", "sparsity_coeffs", "exp_factors",
-    "lr_warmup_steps", "sparsity_warmup_steps", "max_l0", "seed", "shuffle_buffer", "source", "token_source",
-))
-QUANTIFY_KEYS = tuple(f"quantify.{k}" for k in (
-    "scale", "methods", "thresholds", "max_firing_fraction", "manual", "batch_size", "seed",
-))
+SAE_TRAIN_KEYS = tuple(
+    f"sae.{k}"
+    for k in (
+        "cache",
+        "layer",
+        "tokens",
+        "n_tokens",
+        "batch_size",
+        "lrs",
+        "sparsity_coeffs",
+        "exp_factors",
+        "lr_warmup_steps",
+        "sparsity_warmup_steps",
+        "max_l0",
+        "seed",
+        "shuffle_buffer",
+        "source",
+        "token_source",
+    )
+)
+QUANTIFY_KEYS = tuple(
+    f"quantify.{k}"
+    for k in (
+        "scale",
+        "methods",
+        "thresholds",
+        "max_firing_fraction",
+        "manual",
+        "batch_size",
+        "seed",
+    )
+)
 
 
 # ---------------------------------------------------------------------------- the table
@@ -138,45 +171,150 @@ QUANTIFY_KEYS = tuple(f"quantify.{k}" for k in (
 def _probe_stage(kind: str) -> Stage:
     pk = PROBE_KINDS[kind]
     return Stage(
-        pk.step, "pipeline.commands.probe", "pipeline.steps:run_probe", (f"probes.{kind}",),
+        pk.step,
+        "pipeline.commands.probe",
+        "pipeline.steps:run_probe",
+        (f"probes.{kind}",),
         lambda cfg, k: _stores(probe_section(cfg, kind).cache),
         lambda cfg, k: layout.probe_dir(cfg, kind) / "best.json",
-        needs=(pk.attr,), section=f"probes.{kind}", gpu=True,
+        needs=(pk.attr,),
+        section=f"probes.{kind}",
+        gpu=True,
     )
 
 
 _SAE = ("sae",)
 STAGES: dict[str, Stage] = {
-    "demo-data": Stage("demo-data", "pipeline.commands.demo", "pipeline.steps:run_demo_data", ("demo.seed", "demo.datasets.{dataset}"), threads="one"),
-    "demo-model": Stage("demo-model", "pipeline.commands.demo", "pipeline.steps:run_demo_model", ("demo.seed", "demo.models.{model}"), threads="one"),
-    "extract": Stage("extract", "pipeline.commands.extract", "pipeline.steps:run_extract", EXTRACT_KEYS, _demo, section="extract", gpu=True),
-    "finalize": Stage("finalize", "pipeline.commands.extract", "pipeline.steps:run_finalize", (), lambda cfg, k: [("extract", k)], threads="one"),
+    "demo-data": Stage(
+        "demo-data",
+        "pipeline.commands.demo",
+        "pipeline.steps:run_demo_data",
+        ("demo.seed", "demo.datasets.{dataset}"),
+        threads="one",
+    ),
+    "demo-model": Stage(
+        "demo-model",
+        "pipeline.commands.demo",
+        "pipeline.steps:run_demo_model",
+        ("demo.seed", "demo.models.{model}"),
+        threads="one",
+    ),
+    "extract": Stage(
+        "extract",
+        "pipeline.commands.extract",
+        "pipeline.steps:run_extract",
+        EXTRACT_KEYS,
+        _demo,
+        section="extract",
+        gpu=True,
+    ),
+    "finalize": Stage(
+        "finalize",
+        "pipeline.commands.extract",
+        "pipeline.steps:run_finalize",
+        (),
+        lambda cfg, k: [("extract", k)],
+        threads="one",
+    ),
     "prepare": Stage("prepare", "pipeline.prepare", "pipeline.steps:run_prepare", workflow=False),
-    "stats": Stage("stats", "pipeline.commands.sae", "pipeline.steps:run_stats", (), lambda cfg, k: [("extract", k)],
-                   lambda cfg, k: layout.stats_path(cfg, CacheRef(k["model"], k["dataset"]), k["split"])),
-    "sae-train": Stage("sae-train", "pipeline.commands.sae", "pipeline.steps:run_sae_train", SAE_TRAIN_KEYS, _sae_train_upstream,
-                       lambda cfg, k: layout.sae_dir(cfg) / "chosen.json", _SAE, "sae", gpu=True),
-    "sae-latents": Stage("sae-latents", "pipeline.commands.sae", "pipeline.steps:run_sae_latents", ("sae.top_k", "sae.log_freq_range", "sae.log_value_range"),
-                         lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
-                         lambda cfg, k: layout.latents_json(cfg), _SAE, "sae", gpu=True),
-    "sae-gallery": Stage("sae-gallery", "pipeline.commands.sae", "pipeline.steps:run_sae_gallery", ("sae.gallery_latents",),
-                         lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {})],
-                         lambda cfg, k: layout.gallery_dir(cfg) / "selection.json", _SAE, "sae"),
+    "stats": Stage(
+        "stats",
+        "pipeline.commands.sae",
+        "pipeline.steps:run_stats",
+        (),
+        lambda cfg, k: [("extract", k)],
+        lambda cfg, k: layout.stats_path(cfg, CacheRef(k["model"], k["dataset"]), k["split"]),
+    ),
+    "sae-train": Stage(
+        "sae-train",
+        "pipeline.commands.sae",
+        "pipeline.steps:run_sae_train",
+        SAE_TRAIN_KEYS,
+        _sae_train_upstream,
+        lambda cfg, k: layout.sae_dir(cfg) / "chosen.json",
+        _SAE,
+        "sae",
+        gpu=True,
+    ),
+    "sae-latents": Stage(
+        "sae-latents",
+        "pipeline.commands.sae",
+        "pipeline.steps:run_sae_latents",
+        ("sae.top_k", "sae.log_freq_range", "sae.log_value_range"),
+        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
+        lambda cfg, k: layout.latents_json(cfg),
+        _SAE,
+        "sae",
+        gpu=True,
+    ),
+    "sae-gallery": Stage(
+        "sae-gallery",
+        "pipeline.commands.sae",
+        "pipeline.steps:run_sae_gallery",
+        ("sae.gallery_latents",),
+        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {})],
+        lambda cfg, k: layout.gallery_dir(cfg) / "selection.json",
+        _SAE,
+        "sae",
+    ),
     **{PROBE_KINDS[kind].step: _probe_stage(kind) for kind in PROBE_KINDS},
-    "dimred": Stage("dimred", "pipeline.commands.dimred", "pipeline.steps:run_dimred", ("dimred",), lambda cfg, k: _stores(cfg.dimred.cache),
-                    lambda cfg, k: layout.dimred_dir(cfg) / "projections.json", ("dimred",), "dimred", gpu=True),
-    "class-f1": Stage("class-f1", "pipeline.commands.quantify", "pipeline.steps:run_class_f1", ("quantify.thresholds",),
-                      lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
-                      lambda cfg, k: layout.class_f1_path(cfg).with_suffix(".json"), _SAE, "quantify", gpu=True),
-    "propose": Stage("propose", "pipeline.commands.quantify", "pipeline.steps:run_propose", ("quantify.max_firing_fraction", "quantify.n_proposals"),
-                     lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {}), ("class-f1", {})],
-                     needs=_SAE, section="quantify", threads="one"),
-    "quantify": Stage("quantify", "pipeline.commands.quantify", "pipeline.steps:run_quantify", QUANTIFY_KEYS,
-                      lambda cfg, k: [*_stores(_sae(cfg), ("val",)), ("sae-train", {}), ("sae-latents", {}), ("class-f1", {}), ("probe-seg", {})],
-                      needs=("sae", "seg_probe"), section="quantify", gpu=True),
-    "manipulate": Stage("manipulate", "pipeline.commands.manipulate", "pipeline.steps:run_manipulate",
-                        ("manipulate.n_top_latents", "manipulate.n_top_classes", "manipulate.rank_by", "manipulate.examples.{example}"),
-                        _manipulate_upstream, needs=_SAE, section="manipulate"),
+    "dimred": Stage(
+        "dimred",
+        "pipeline.commands.dimred",
+        "pipeline.steps:run_dimred",
+        ("dimred",),
+        lambda cfg, k: _stores(cfg.dimred.cache),
+        lambda cfg, k: layout.dimred_dir(cfg) / "projections.json",
+        ("dimred",),
+        "dimred",
+        gpu=True,
+    ),
+    "class-f1": Stage(
+        "class-f1",
+        "pipeline.commands.quantify",
+        "pipeline.steps:run_class_f1",
+        ("quantify.thresholds",),
+        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
+        lambda cfg, k: layout.class_f1_path(cfg).with_suffix(".json"),
+        _SAE,
+        "quantify",
+        gpu=True,
+    ),
+    "propose": Stage(
+        "propose",
+        "pipeline.commands.quantify",
+        "pipeline.steps:run_propose",
+        ("quantify.max_firing_fraction", "quantify.n_proposals"),
+        lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {}), ("class-f1", {})],
+        needs=_SAE,
+        section="quantify",
+        threads="one",
+    ),
+    "quantify": Stage(
+        "quantify",
+        "pipeline.commands.quantify",
+        "pipeline.steps:run_quantify",
+        QUANTIFY_KEYS,
+        lambda cfg, k: [
+            *_stores(_sae(cfg), ("val",)),
+            ("sae-train", {}),
+            ("sae-latents", {}),
+            ("class-f1", {}),
+            ("probe-seg", {}),
+        ],
+        needs=("sae", "seg_probe"),
+        section="quantify",
+        gpu=True,
+    ),
+    "manipulate": Stage(
+        "manipulate",
+        "pipeline.commands.manipulate",
+        "pipeline.steps:run_manipulate",
+        ("manipulate.n_top_latents", "manipulate.n_top_classes", "manipulate.rank_by", "manipulate.examples.{example}"),
+        _manipulate_upstream,
+        needs=_SAE,
+        section="manipulate",
+    ),
 }
 
 

@@ -65,8 +65,9 @@ def _kind_slices(n_prefix: int, n_cls: int = 1) -> tuple[slice, slice]:
     return slice(n_prefix, None), slice(0, n_cls)
 
 
-def _block_sums(block: np.ndarray, *, valid: np.ndarray, shift_LKD: np.ndarray, n_prefix: int,
-                n_cls: int = 1, block_info=None) -> np.ndarray:
+def _block_sums(
+    block: np.ndarray, *, valid: np.ndarray, shift_LKD: np.ndarray, n_prefix: int, n_cls: int = 1, block_info=None
+) -> np.ndarray:
     """Partial sums of one zarr chunk ``[b, 1, T, D]`` → ``[1, 1, 1, 2 · (2D + 2)]``.
 
     Per kind: ``[n, Σ(x − shift) (D), Σ(x − shift)² (D), Σ‖x‖]``. Works on a few images at
@@ -79,14 +80,14 @@ def _block_sums(block: np.ndarray, *, valid: np.ndarray, shift_LKD: np.ndarray, 
     out = np.zeros((2, 2 * d + 2), dtype=np.float64)
     step = max(1, _SUB_ROWS // t)
     for s in range(0, keep.size, step):
-        x_bTD = block[keep[s:s + step], 0]
+        x_bTD = block[keep[s : s + step], 0]
         for k, tok in enumerate(_kind_slices(n_prefix, n_cls)):
             r = x_bTD[:, tok].astype(np.float64).reshape(-1, d)
             out[k, 0] += r.shape[0]
             out[k, 2 * d + 1] += np.sqrt(np.einsum("nd,nd->n", r, r)).sum()
             r -= shift_LKD[li, k]
-            out[k, 1:1 + d] += r.sum(0)
-            out[k, 1 + d:1 + 2 * d] += np.einsum("nd,nd->d", r, r)
+            out[k, 1 : 1 + d] += r.sum(0)
+            out[k, 1 + d : 1 + 2 * d] += np.einsum("nd,nd->d", r, r)
     return out.reshape(1, 1, 1, -1)
 
 
@@ -95,8 +96,8 @@ def _finish(sums: np.ndarray, shift_D: np.ndarray) -> dict[str, Any]:
     n = int(round(sums[0]))
     if n == 0:
         raise StatsError("no valid tokens to compute statistics from")
-    m1 = sums[1:1 + d] / n  # mean of x − shift
-    var = np.maximum(sums[1 + d:1 + 2 * d] / n - m1 * m1, 0.0)
+    m1 = sums[1 : 1 + d] / n  # mean of x − shift
+    var = np.maximum(sums[1 + d : 1 + 2 * d] / n - m1 * m1, 0.0)
     mean = shift_D + m1
     centred = float(var.sum())
     return {
@@ -182,8 +183,7 @@ def compute_stats(
     x = da.from_zarr(acts)  # the zarr array itself (LocalStore; picklable for distributed workers)
     func = functools.partial(_block_sums, valid=valid, shift_LKD=shift, n_prefix=n_prefix, n_cls=n_cls)
     k_sums = 2 * (2 * d + 2)
-    parts = x.map_blocks(func, dtype=np.float64,
-                         chunks=((1,) * len(x.chunks[0]), (1,) * n_layers, (1,), (k_sums,)))
+    parts = x.map_blocks(func, dtype=np.float64, chunks=((1,) * len(x.chunks[0]), (1,) * n_layers, (1,), (k_sums,)))
     with _dask_scheduler(scheduler, threads) as how, dask_progress(f"stats {store.name}", enabled=progress):
         (sums_LK,) = dask.compute(parts.sum(axis=0)[:, 0])
     layers_out: dict[str, Any] = {}
@@ -194,7 +194,7 @@ def compute_stats(
         for k, kind in enumerate(KINDS):
             if kind == "cls" and not n_cls:
                 continue
-            part = sums_LK[li, k * (2 * d + 2):(k + 1) * (2 * d + 2)]
+            part = sums_LK[li, k * (2 * d + 2) : (k + 1) * (2 * d + 2)]
             per_kind[kind] = _finish(part, shift[li, k])
         layers_out[str(block)] = per_kind
     return {
@@ -209,12 +209,14 @@ def compute_stats(
         "n_images": int(n),
         "n_valid_images": int(valid.sum()),
         "n_prefix_tokens": n_prefix,
-        "kinds": {"patches": "patch tokens (registers excluded)", "cls": "CLS token"} if n_cls else {"patches": "patch tokens (the model has no CLS token)"},
+        "kinds": {"patches": "patch tokens (registers excluded)", "cls": "CLS token"}
+        if n_cls
+        else {"patches": "patch tokens (the model has no CLS token)"},
         "note": "float64 sums over valid images (done & ~bad); var is per dimension, ddof 0; "
-                "mean_sq_centred_norm = E||x - mean||^2 = sum(var)",
+        "mean_sq_centred_norm = E||x - mean||^2 = sum(var)",
         "random_weights": bool(attrs.get("model", {}).get("random_weights", False)),
         "computed_with": how,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "layers": layers_out,
     }
 
@@ -250,18 +252,27 @@ def pooled(stats: dict[str, Any], block: int, kinds: tuple[str, ...]) -> tuple[n
         raise StatsError(f"{stats.get('store')}: stats have no block {block} (have {sorted(stats['layers'])})")
     absent = [k for k in kinds if k not in layer]
     if absent:
-        raise StatsError(f"{stats.get('store')}: the store has no {'/'.join(absent)} tokens (its model has no CLS token); "
-                         "use sae.tokens: patches")
-    parts = [(np.asarray(layer[k]["mean"], dtype=np.float64), float(layer[k]["mean_sq_centred_norm"]),
-              int(layer[k]["n_tokens"])) for k in kinds]
+        raise StatsError(
+            f"{stats.get('store')}: the store has no {'/'.join(absent)} tokens (its model has no CLS token); "
+            "use sae.tokens: patches"
+        )
+    parts = [
+        (
+            np.asarray(layer[k]["mean"], dtype=np.float64),
+            float(layer[k]["mean_sq_centred_norm"]),
+            int(layer[k]["n_tokens"]),
+        )
+        for k in kinds
+    ]
     n = sum(p[2] for p in parts)
     mean = sum(p[0] * p[2] for p in parts) / n
     centred = sum(p[2] * (p[1] + float(((p[0] - mean) ** 2).sum())) for p in parts) / n
     return mean, centred, n
 
 
-def run_stats(cfg, model: str, dataset: str, split: str, *, scheduler: str | None = None,
-              out: Path | None = None) -> dict[str, Any]:
+def run_stats(
+    cfg, model: str, dataset: str, split: str, *, scheduler: str | None = None, out: Path | None = None
+) -> dict[str, Any]:
     """The ``stats`` step: compute and write the stats of one store; return a short summary."""
     from pipeline.config import CacheRef
     from pipeline.layout import stats_path
@@ -273,12 +284,19 @@ def run_stats(cfg, model: str, dataset: str, split: str, *, scheduler: str | Non
     stats = compute_stats(store, scheduler=scheduler, threads=threads)
     stats["provenance"] = record(cfg, "stats", model=model, dataset=dataset, split=split)
     path = write_stats(stats, out or stats_path(cfg, CacheRef(model, dataset), split))
-    summary = {"stats": str(path), "store": str(store), "computed_with": stats["computed_with"],
-               "n_valid_images": stats["n_valid_images"]}
+    summary = {
+        "stats": str(path),
+        "store": str(store),
+        "computed_with": stats["computed_with"],
+        "n_valid_images": stats["n_valid_images"],
+    }
     for block, per_kind in stats["layers"].items():
         p = per_kind["patches"]
-        summary[f"block {block} patches"] = {"n_tokens": p["n_tokens"], "mean_norm": round(p["mean_norm"], 4),
-                                             "mean_sq_centred_norm": round(p["mean_sq_centred_norm"], 4)}
+        summary[f"block {block} patches"] = {
+            "n_tokens": p["n_tokens"],
+            "mean_norm": round(p["mean_norm"], 4),
+            "mean_sq_centred_norm": round(p["mean_sq_centred_norm"], 4),
+        }
     return summary
 
 

@@ -76,10 +76,19 @@ def run_extract(ctx: RunContext, args: argparse.Namespace) -> dict:
     from pipeline.provenance import record
 
     cfg = ctx.cfg
-    report = extract(cfg, CacheRef(args.model, args.dataset), args.split, part=args.part, of=args.of,
-                     progress=not args.no_progress, ctx=ctx)
+    report = extract(
+        cfg,
+        CacheRef(args.model, args.dataset),
+        args.split,
+        part=args.part,
+        of=args.of,
+        progress=not args.no_progress,
+        ctx=ctx,
+    )
     if args.sentinel:
-        write_part_sentinel(args.sentinel, report, record(cfg, "extract", model=args.model, dataset=args.dataset, split=args.split))
+        write_part_sentinel(
+            args.sentinel, report, record(cfg, "extract", model=args.model, dataset=args.dataset, split=args.split)
+        )
     return {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
 
 
@@ -91,7 +100,10 @@ def run_finalize(ctx: RunContext, args: argparse.Namespace) -> dict:
     summary = finalize(cfg.store(CacheRef(args.model, args.dataset), args.split))
     if args.sentinel:
         args.sentinel.parent.mkdir(parents=True, exist_ok=True)
-        doc = {**summary, "provenance": record(cfg, "finalize", model=args.model, dataset=args.dataset, split=args.split)}
+        doc = {
+            **summary,
+            "provenance": record(cfg, "finalize", model=args.model, dataset=args.dataset, split=args.split),
+        }
         args.sentinel.write_text(json.dumps(doc, indent=1) + "\n")
     return summary
 
@@ -167,8 +179,13 @@ def run_class_f1(ctx: RunContext, args: argparse.Namespace) -> dict:
     ds = class_latent_f1(train, cfg.sae.layer, sae, scaling, q.thresholds, device=ctx.device)
     out = class_f1_path(cfg)
     save_f1(ds, out)
-    summary = {"store": str(train.path), "n_tokens": ds.attrs["n_tokens"], "thresholds": list(q.thresholds), "written": str(out),
-               "provenance": record(cfg, "class-f1")}
+    summary = {
+        "store": str(train.path),
+        "n_tokens": ds.attrs["n_tokens"],
+        "thresholds": list(q.thresholds),
+        "written": str(out),
+        "provenance": record(cfg, "class-f1"),
+    }
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -204,12 +221,20 @@ def run_quantify(ctx: RunContext, args: argparse.Namespace) -> dict:
     probe, probe_meta = load_probe(probe_stem(cfg))
     probe = probe.to(device)
     if probe.out_features != val.n_classes:
-        raise ConfigError(f"{probe_stem(cfg)}: the probe has {probe.out_features} classes but {val.path} has {val.n_classes}")
+        raise ConfigError(
+            f"{probe_stem(cfg)}: the probe has {probe.out_features} classes but {val.path} has {val.n_classes}"
+        )
     manual = resolve_manual(q.manual, val.class_names, sae.W_enc.shape[1], str(cfg.source))
     editor = LatentEditor(sae, scaling, n_prefix=val.n_prefix)
     train_on_other = bool(probe_meta.get("probe_config", {}).get("train_on_other", False))
-    predictor = ReforwardPredictor(backbone, probe, layer=val.block(cfg.sae.layer), n_prefix=val.n_prefix,
-                                   forward_dtype=val.attrs.get("forward_dtype", "float32"), real_classes_only=not train_on_other)
+    predictor = ReforwardPredictor(
+        backbone,
+        probe,
+        layer=val.block(cfg.sae.layer),
+        n_prefix=val.n_prefix,
+        forward_dtype=val.attrs.get("forward_dtype", "float32"),
+        real_classes_only=not train_on_other,
+    )
     per_method, summary, timing = run(
         val=val,
         layer=cfg.sae.layer,
@@ -253,13 +278,24 @@ def run_manipulate(ctx: RunContext, args: argparse.Namespace) -> dict:
         if args.latents and len(args.values) != len(args.latents):
             raise ConfigError(f"--values: {len(args.values)} values for {len(args.latents)} latents")
         image = int(args.image) if args.image.isdigit() else args.image
-        examples = [ManipulateExample(args.name, image, args.split, args.target_class, args.other_class,
-                                      tuple(args.latents), tuple(args.values))]
+        examples = [
+            ManipulateExample(
+                args.name,
+                image,
+                args.split,
+                args.target_class,
+                args.other_class,
+                tuple(args.latents),
+                tuple(args.values),
+            )
+        ]
     else:
         known = {e.name: e for e in settings.examples}
         missing = [n for n in args.example if n not in known]
         if missing:
-            raise ConfigError(f"{cfg.source}: key manipulate/examples: no example named {', '.join(missing)} (known: {', '.join(known) or 'none'})")
+            raise ConfigError(
+                f"{cfg.source}: key manipulate/examples: no example named {', '.join(missing)} (known: {', '.join(known) or 'none'})"
+            )
         examples = [known[n] for n in args.example] if args.example else list(settings.examples)
         if not examples:
             raise ConfigError(f"{cfg.source}: key manipulate/examples: no example configured; add one or pass --image")

@@ -36,7 +36,14 @@ TINY_CONFIG = {
         "seg": {"kind": "ade20k", "root": "resources/data/seg"},
         "cls": {"kind": "imagefolder", "root": "resources/data/cls", "val_fraction": 0.25},
     },
-    "extract": {"layers": [-2, -1], "dtype": "float32", "batch_size": 3, "chunk_images": 4, "parts": 1, "num_workers": 0},
+    "extract": {
+        "layers": [-2, -1],
+        "dtype": "float32",
+        "batch_size": 3,
+        "chunk_images": 4,
+        "parts": 1,
+        "num_workers": 0,
+    },
     "caches": [{"model": "dino", "dataset": "seg"}, {"model": "clip", "dataset": "cls"}],
 }
 
@@ -77,8 +84,17 @@ def build_demo_assets(folder: Path, config: dict | None = None) -> None:
         build_demo_model(spec.pop("family"), folder / cfg.model(name).spec.source, seed=0, **spec)
 
 
-def benchmark_project(folder: Path, *, n_train: int, n_val: int, hidden: int, n_layers: int, extract: dict, device: str = "auto",
-                      n_heads: int = 6):
+def benchmark_project(
+    folder: Path,
+    *,
+    n_train: int,
+    n_val: int,
+    hidden: int,
+    n_layers: int,
+    extract: dict,
+    device: str = "auto",
+    n_heads: int = 6,
+):
     """A 224 px segmentation dataset and a DINOv2-architecture model of the given size, built in
     ``folder`` for the benchmarks; returns the validated Config (one cache: dino/seg)."""
     from pipeline.config import config_from_dict
@@ -89,9 +105,13 @@ def benchmark_project(folder: Path, *, n_train: int, n_val: int, hidden: int, n_
             "device": device,
             "demo": {
                 "datasets": {"seg": {"n_train": n_train, "n_val": n_val, "image_size": 224, "n_classes": 8}},
-                "models": {"dino": {"hidden_size": hidden, "n_layers": n_layers, "n_heads": n_heads, "image_size": 224}},
+                "models": {
+                    "dino": {"hidden_size": hidden, "n_layers": n_layers, "n_heads": n_heads, "image_size": 224}
+                },
             },
-            "models": {"dino": {"source": str(folder / "resources/models/dino"), "preprocess": {"resize": 224, "crop": 224}}},
+            "models": {
+                "dino": {"source": str(folder / "resources/models/dino"), "preprocess": {"resize": 224, "crop": 224}}
+            },
             "datasets": {"seg": {"root": str(folder / "resources/data/seg")}},
             "paths": {"cache": str(folder / "cache")},
             "extract": extract,

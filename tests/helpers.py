@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 def run_cli(args: list[str], cwd: Path, *, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m pipeline ARGS`` in ``cwd``; returns the finished process (stdout/stderr captured)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, env=full_env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, env=full_env
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -34,12 +36,28 @@ CHAIN_OVERRIDES = {
     "caches": [{"model": "dino", "dataset": "seg"}],
     "extract": {"parts": 2},
     "probes": {
-        "seg": {"cache": {"model": "dino", "dataset": "seg"}, "lrs": [1.0e-3, 1.0e-2], "weight_decays": [1.0e-3], "epochs": 3, "batch_size": 256, "n_figure_images": 2}
+        "seg": {
+            "cache": {"model": "dino", "dataset": "seg"},
+            "lrs": [1.0e-3, 1.0e-2],
+            "weight_decays": [1.0e-3],
+            "epochs": 3,
+            "batch_size": 256,
+            "n_figure_images": 2,
+        }
     },
     "sae": {
-        "cache": {"model": "dino", "dataset": "seg"}, "layer": -2, "n_tokens": 4096, "batch_size": 256,
-        "lrs": [3.0e-3], "sparsity_coeffs": [1.0e-2], "exp_factors": [4], "lr_warmup_steps": 2,
-        "sparsity_warmup_steps": 4, "top_k": 4, "gallery_latents": 4, "shuffle_buffer": 1024,
+        "cache": {"model": "dino", "dataset": "seg"},
+        "layer": -2,
+        "n_tokens": 4096,
+        "batch_size": 256,
+        "lrs": [3.0e-3],
+        "sparsity_coeffs": [1.0e-2],
+        "exp_factors": [4],
+        "lr_warmup_steps": 2,
+        "sparsity_warmup_steps": 4,
+        "top_k": 4,
+        "gallery_latents": 4,
+        "shuffle_buffer": 1024,
     },
     # tiny SAEs have few selective latents: let auto features use any latent that fires
     "quantify": {"scale": -2.0, "manual": {"1": 3}, "batch_size": 8, "max_firing_fraction": 1.0},

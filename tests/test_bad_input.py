@@ -20,7 +20,10 @@ SEG = CacheRef("dino", "seg")
 @pytest.mark.parametrize(
     "overrides,expected",
     [
-        ({"extract": {"bogus_key": 1}}, r"key extract: Additional properties are not allowed \('bogus_key' was unexpected\)"),
+        (
+            {"extract": {"bogus_key": 1}},
+            r"key extract: Additional properties are not allowed \('bogus_key' was unexpected\)",
+        ),
         ({"extract": {"batch_size": "sixteen"}}, r"key extract/batch_size: 'sixteen' is not of type 'integer'"),
         ({"extract": {"dtype": "bfloat16"}}, r"key extract/dtype: 'bfloat16' is not one of"),
         ({"models": {"dino": {"family": "resnet"}}}, r"key models/dino/family: 'resnet' is not one of"),

@@ -40,8 +40,10 @@ def _browser() -> tuple[str, str]:
     chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
     driver = shutil.which("chromedriver")
     if chrome is None or driver is None:
-        pytest.skip("headless Chromium not installed: needs `chromium` and `chromedriver` on PATH "
-                    "(Debian: apt-get install -y chromium chromium-driver; .ci/run does this)")
+        pytest.skip(
+            "headless Chromium not installed: needs `chromium` and `chromedriver` on PATH "
+            "(Debian: apt-get install -y chromium chromium-driver; .ci/run does this)"
+        )
     try:
         import selenium  # noqa: F401
     except ImportError:
@@ -79,9 +81,24 @@ def served_app(tmp_path_factory, tiny_assets, tmp_path):
     shutil.copy(APP, app)
     with open(tmp_path / "marimo.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "marimo", "run", str(app), "--headless", "--host", "127.0.0.1", "--port", str(port), "--no-token"],
-            cwd=built.folder, env={**os.environ, "MANIPULATE_CONFIG": "config.yaml", "PYTHONPATH": str(REPO)},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "marimo",
+                "run",
+                str(app),
+                "--headless",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-token",
+            ],
+            cwd=built.folder,
+            env={**os.environ, "MANIPULATE_CONFIG": "config.yaml", "PYTHONPATH": str(REPO)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}/"
 
@@ -115,7 +132,13 @@ def test_moving_a_slider_changes_the_shown_prediction(served_app, tmp_path):
     chrome, driver_path = _browser()
     options = Options()
     options.binary_location = chrome
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,2400"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,2400",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
@@ -134,8 +157,11 @@ def test_moving_a_slider_changes_the_shown_prediction(served_app, tmp_path):
                 slider.click()
                 slider.send_keys(key)
                 try:
-                    after = _wait(lambda: _changed(driver.execute_script(READOUT), before), 20,
-                                  f"a new prediction after slider {i} -> {name}")
+                    after = _wait(
+                        lambda: _changed(driver.execute_script(READOUT), before),
+                        20,
+                        f"a new prediction after slider {i} -> {name}",
+                    )
                 except AssertionError:
                     continue
                 moved = (i, name, start, driver.execute_script(FIND_SLIDERS)[i].get_attribute("aria-valuenow"))

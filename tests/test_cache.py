@@ -52,7 +52,9 @@ def test_segmentation_store_round_trip(project):
 
     sample = data.samples[7]
     img = load_rgb(sample.image)
-    mask = preprocess_mask(load_mask(sample.mask, image_path=sample.image, image_size=img.size), cfg.model("dino").preprocess)
+    mask = preprocess_mask(
+        load_mask(sample.mask, image_path=sample.image, image_size=img.size), cfg.model("dino").preprocess
+    )
     labels, purity = patch_labels(mask, 14)
     np.testing.assert_array_equal(ds.patch_label.values[7], labels)
     np.testing.assert_allclose(ds.patch_purity.values[7], purity, atol=1e-3)
@@ -131,13 +133,30 @@ def _family_cache(project, family: str, **demo):
     """A classification cache of a tiny random `family` model (all blocks cached)."""
     from pipeline.models import build_demo_model
 
-    build_demo_model(family, project / "resources" / "models" / family, seed=0, hidden_size=32, n_layers=3,
-                     n_heads=2, image_size=64, **demo)
-    write_config(project, {
-        "models": {family: {"family": family, "source": f"resources/models/{family}", "preprocess": {"resize": 64, "crop": 64}}},
-        "caches": [{"model": family, "dataset": "cls"}],
-        "extract": {"layers": [0, 1, 2]},
-    })
+    build_demo_model(
+        family,
+        project / "resources" / "models" / family,
+        seed=0,
+        hidden_size=32,
+        n_layers=3,
+        n_heads=2,
+        image_size=64,
+        **demo,
+    )
+    write_config(
+        project,
+        {
+            "models": {
+                family: {
+                    "family": family,
+                    "source": f"resources/models/{family}",
+                    "preprocess": {"resize": 64, "crop": 64},
+                }
+            },
+            "caches": [{"model": family, "dataset": "cls"}],
+            "extract": {"layers": [0, 1, 2]},
+        },
+    )
     cfg = load_config("config.yaml")
     ref = CacheRef(family, "cls")
     extract(cfg, ref, "train", progress=False)
@@ -163,7 +182,9 @@ def test_store_of_a_model_without_cls_token(project):
         reader.token_slice("cls")
     expected, data, backbone = _reference_acts(cfg, ref, "train", [2])
     with torch.no_grad():
-        pixels = torch.stack([preprocess_image(load_rgb(s.image), cfg.model(ref.model).preprocess) for s in data.samples])
+        pixels = torch.stack(
+            [preprocess_image(load_rgb(s.image), cfg.model(ref.model).preprocess) for s in data.samples]
+        )
         hf_final = backbone.hf(pixel_values=pixels).last_hidden_state  # SigLIP applies post_layernorm to every token
         x_ND, _, image_N = cls_rows(reader, -1, lambda a: backbone.final_norm(torch.from_numpy(a).float()))
     torch.testing.assert_close(x_ND, hf_final.mean(1)[torch.from_numpy(image_N)], rtol=0, atol=1e-5)
@@ -181,7 +202,9 @@ def test_store_of_dinov3_with_registers_reforwards(project):
     cfg, ref = _family_cache(project, "dinov3")
     ds = open_cache(cfg.store(ref, "train"))
     assert list(ds.token_kind.values[:6]) == ["cls"] + ["register"] * 4 + ["patch"]
-    assert ds.attrs["n_cls_tokens"] == 1 and ds.attrs["n_prefix_tokens"] == 5 and ds.attrs["image_readout"] == "cls_token"
+    assert (
+        ds.attrs["n_cls_tokens"] == 1 and ds.attrs["n_prefix_tokens"] == 5 and ds.attrs["image_readout"] == "cls_token"
+    )
     expected, _, backbone = _reference_acts(cfg, ref, "train", [0, 1, 2])
     np.testing.assert_allclose(ds.acts.values, expected, rtol=0, atol=1e-5)
     with torch.no_grad():

@@ -16,9 +16,23 @@ import json
 import pytest
 
 from pipeline import config as config_module
-from pipeline.config import (ClsProbeConfig, DatasetConfig, DimredConfig, ExtractConfig, ManipulateConfig, ManipulateExample,
-                             Paths, QuantifyConfig, SAEConfig, SAESource, SegProbeConfig, config_from_dict, schema_default,
-                             schema_node, to_jsonable)
+from pipeline.config import (
+    ClsProbeConfig,
+    DatasetConfig,
+    DimredConfig,
+    ExtractConfig,
+    ManipulateConfig,
+    ManipulateExample,
+    Paths,
+    QuantifyConfig,
+    SAEConfig,
+    SAESource,
+    SegProbeConfig,
+    config_from_dict,
+    schema_default,
+    schema_node,
+    to_jsonable,
+)
 
 SECTIONS = {  # dataclass -> its YAML key in the schema
     Paths: "paths",
@@ -35,8 +49,16 @@ SECTIONS = {  # dataclass -> its YAML key in the schema
 }
 YAML_NAMES = {(ManipulateExample, "target_class"): "class"}
 # Fields that are not YAML keys of their section (filled from several keys, or the mapping's name).
-NOT_KEYS = {(DatasetConfig, "name"), (DatasetConfig, "splits"), (SAESource, "kind"), (SAESource, "cache"), (SAESource, "path"),
-            (SAESource, "repo"), (SAEConfig, "source"), (ManipulateConfig, "examples")}
+NOT_KEYS = {
+    (DatasetConfig, "name"),
+    (DatasetConfig, "splits"),
+    (SAESource, "kind"),
+    (SAESource, "cache"),
+    (SAESource, "path"),
+    (SAESource, "repo"),
+    (SAEConfig, "source"),
+    (ManipulateConfig, "examples"),
+}
 
 
 def _fields_with_defaults():
@@ -52,7 +74,9 @@ def _typed(value):
     return json.dumps(to_jsonable(value))  # 1e9 vs 1000000000, -6 vs -6.0 differ here, as in provenance hashes
 
 
-@pytest.mark.parametrize("cls, name, key, value", list(_fields_with_defaults()), ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "cls, name, key, value", list(_fields_with_defaults()), ids=lambda v: v if isinstance(v, str) else None
+)
 def test_every_dataclass_default_is_the_schemas(cls, name, key, value):
     if (cls, name) in NOT_KEYS:
         assert value in (None, ()), f"{cls.__name__}.{name} is not a YAML key; its default can only say 'not given'"
@@ -78,10 +102,17 @@ def test_no_default_is_written_twice_in_config_py():
                     continue
                 v = stmt.value
                 is_default_call = isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "default"
-                not_given = (isinstance(v, ast.Constant) and v.value is None) or (isinstance(v, ast.Tuple) and not v.elts)
+                not_given = (isinstance(v, ast.Constant) and v.value is None) or (
+                    isinstance(v, ast.Tuple) and not v.elts
+                )
                 if not (is_default_call or not_given):
                     problems.append(f"{node.name}.{stmt.target.id}: {ast.unparse(v)}")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop") and len(node.args) == 2:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("get", "pop")
+            and len(node.args) == 2
+        ):
             fallback = node.args[1]
             if isinstance(fallback, ast.Constant) and fallback.value is not None:
                 problems.append(f"line {node.lineno}: {ast.unparse(node)}")
@@ -90,11 +121,16 @@ def test_no_default_is_written_twice_in_config_py():
 
 def test_a_minimal_config_gets_the_schemas_defaults(tmp_path):
     raw = {
-        "paths": {}, "models": {"m": {"family": "dinov2", "source": "x"}},
-        "datasets": {"d": {"kind": "ade20k", "root": "r"}}, "extract": {}, "caches": [{"model": "m", "dataset": "d"}],
+        "paths": {},
+        "models": {"m": {"family": "dinov2", "source": "x"}},
+        "datasets": {"d": {"kind": "ade20k", "root": "r"}},
+        "extract": {},
+        "caches": [{"model": "m", "dataset": "d"}],
         "probes": {"seg": {"cache": {"model": "m", "dataset": "d"}}},
         "sae": {"cache": {"model": "m", "dataset": "d"}, "layer": -2, "source": {"checkpoint": "c.pt"}},
-        "quantify": {}, "dimred": {"cache": {"model": "m", "dataset": "d"}}, "manipulate": {"examples": [{"name": "e", "image": 0}]},
+        "quantify": {},
+        "dimred": {"cache": {"model": "m", "dataset": "d"}},
+        "manipulate": {"examples": [{"name": "e", "image": 0}]},
     }
     cfg = config_from_dict(raw)
     assert cfg.threads == schema_default("threads") and cfg.device == schema_default("device")
@@ -102,7 +138,9 @@ def test_a_minimal_config_gets_the_schemas_defaults(tmp_path):
     assert cfg.datasets["d"].val_fraction == schema_default("datasets/*/val_fraction")
     assert cfg.extract.layers == schema_default("extract/layers")
     assert cfg.seg_probe.lrs == schema_default("probes/seg/lrs")
-    assert cfg.sae.max_l0 == schema_default("sae/max_l0") and cfg.sae.source.scaling == schema_default("sae/source/scaling")
+    assert cfg.sae.max_l0 == schema_default("sae/max_l0") and cfg.sae.source.scaling == schema_default(
+        "sae/source/scaling"
+    )
     assert cfg.quantify.thresholds == schema_default("quantify/thresholds") and cfg.quantify.manual == {}
     assert cfg.dimred.dims == schema_default("dimred/dims")
     assert cfg.manipulate.examples[0].split == schema_default("manipulate/examples/[]/split")

@@ -21,7 +21,9 @@ def _scene(h=12, w=10, c=3, seed=0):
     return image, torch.softmax(logits, 0)
 
 
-@pytest.mark.parametrize("params", [STEGO, CRFParams(iterations=5, w_pos=2.0, theta_gamma=2.0, w_bi=5.0, theta_alpha=3.0, theta_beta=20.0)])
+@pytest.mark.parametrize(
+    "params", [STEGO, CRFParams(iterations=5, w_pos=2.0, theta_gamma=2.0, w_bi=5.0, theta_alpha=3.0, theta_beta=20.0)]
+)
 def test_window_covering_the_image_equals_the_fully_connected_reference(params):
     image, probs = _scene()
     ref = dense_crf_reference(probs, image, params)

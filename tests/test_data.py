@@ -71,9 +71,7 @@ def test_load_rgb_palette_gives_colours_with_and_without_transparency(tmp_path):
     pal.info["transparency"] = 1  # index 1 transparent -> via RGBA, alpha dropped
     pal.save(tmp_path / "p_transparent.png")
     assert Image.open(tmp_path / "p_transparent.png").info["transparency"] == 1
-    assert _rgb_of(tmp_path / "p_transparent.png").tolist() == [
-        [[0, 0, 0], [10, 200, 30], [250, 5, 6]]
-    ]
+    assert _rgb_of(tmp_path / "p_transparent.png").tolist() == [[[0, 0, 0], [10, 200, 30], [250, 5, 6]]]
 
 
 def test_load_rgb_cmyk(tmp_path):
@@ -299,9 +297,7 @@ def test_ade20k_on_demo_counts_names_ids_and_aliases(seg_demo):
     train = ade20k(seg_demo.parent, "train")
     assert train.task == "segmentation" and len(train.samples) == 4
     assert train.class_names == ("other", "red-stripes", "blue-dots", "green-checker")
-    assert [s.id for s in train.samples] == [
-        f"images/training/ADE_train_{i:08d}.jpg" for i in range(1, 5)
-    ]
+    assert [s.id for s in train.samples] == [f"images/training/ADE_train_{i:08d}.jpg" for i in range(1, 5)]
     first = train.samples[0]
     assert first.image == seg_demo / "images/training/ADE_train_00000001.jpg"
     assert first.mask == seg_demo / "annotations/training/ADE_train_00000001.png"
@@ -434,8 +430,16 @@ def test_image_folder_split_is_stratified_saved_and_labelled(flat_folder, tmp_pa
     assert train.task == "classification" and train.class_names == ("ant", "bee", "cat")
     ids = sorted([s.id for s in train.samples] + [s.id for s in val.samples])
     assert ids == sorted(
-        ["ant/a0.jpg", "ant/a1.jpg", "ant/a2.JPG", "ant/a3.png", "ant/a4.webp",
-         "bee/b0.png", "bee/b1.tiff", "cat/c0.jpeg"]
+        [
+            "ant/a0.jpg",
+            "ant/a1.jpg",
+            "ant/a2.JPG",
+            "ant/a3.png",
+            "ant/a4.webp",
+            "bee/b0.png",
+            "bee/b1.tiff",
+            "cat/c0.jpeg",
+        ]
     )
     # per class: ant 5 * 0.4 = 2 val; bee 2 * 0.4 = 0.8 -> 1; cat has 1 image -> train
     names = ("ant", "bee", "cat")
@@ -485,8 +489,7 @@ def test_image_folder_stale_split_file_raises_naming_it(flat_folder, tmp_path):
 
 def test_image_folder_pre_split_layout(tmp_path):
     root = tmp_path / "pre"
-    for path in ["train/cat/1.jpg", "train/cat/2.jpg", "train/dog/1.png",
-                 "test/cat/9.jpg", "test/eel/1.jpg"]:
+    for path in ["train/cat/1.jpg", "train/cat/2.jpg", "train/dog/1.png", "test/cat/9.jpg", "test/eel/1.jpg"]:
         _touch(root / path)
     split_file = tmp_path / "unused.json"
     val = image_folder(root, "val", split_file=split_file)
@@ -494,7 +497,9 @@ def test_image_folder_pre_split_layout(tmp_path):
     assert [(s.id, s.label) for s in val.samples] == [("test/cat/9.jpg", 0), ("test/eel/1.jpg", 2)]
     train = image_folder(root, "train", split_file=split_file)
     assert [(s.id, s.label) for s in train.samples] == [
-        ("train/cat/1.jpg", 0), ("train/cat/2.jpg", 0), ("train/dog/1.png", 1)
+        ("train/cat/1.jpg", 0),
+        ("train/cat/2.jpg", 0),
+        ("train/dog/1.png", 1),
     ]
     assert not split_file.exists()
 
@@ -505,11 +510,7 @@ def test_classification_demo_layout_and_determinism(tmp_path):
     assert _files(root) == _files(same)
     assert sorted(_files(root)) == [
         "README.txt",
-        *[
-            f"{c}/img_{i:04d}.jpg"
-            for c in ("blue-square", "green-triangle", "red-circle")
-            for i in (1, 2, 3)
-        ],
+        *[f"{c}/img_{i:04d}.jpg" for c in ("blue-square", "green-triangle", "red-circle") for i in (1, 2, 3)],
     ]
     data = load_split("imagefolder", root, "train", split_file=tmp_path / "split.json")
     assert data.class_names == ("blue-square", "green-triangle", "red-circle")
@@ -550,7 +551,9 @@ def test_ade20k_class_names_from_csv_renamed_file_or_configured_list(tmp_path):
     base = make_segmentation_demo(tmp_path, n_train=1, n_val=1, n_classes=2, image_size=16)
     (base / "objectInfo150.txt").unlink()
     # the .csv ADE20K also ships (quoted names with synonyms)
-    (base / "objectInfo150.csv").write_text('Idx,Ratio,Train,Val,Name\n1,0.1576,11664,1172,wall\n2,0.1072,6046,612,"building;edifice"\n')
+    (base / "objectInfo150.csv").write_text(
+        'Idx,Ratio,Train,Val,Name\n1,0.1576,11664,1172,wall\n2,0.1072,6046,612,"building;edifice"\n'
+    )
     assert ade20k(tmp_path, "train").class_names == ("other", "wall", "building")
     # a 10-class ADE-layout set's objectInfo10.txt: found when it is the only objectInfo file
     (base / "objectInfo150.csv").rename(base / "objectInfo10.csv")

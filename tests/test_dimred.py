@@ -94,7 +94,9 @@ def test_pca_explained_variance_equals_sklearn():
     ours = dimred.fit_pca(x_std, 24)
     ref = PCA().fit(x_std)
     np.testing.assert_allclose(ours.extras["explained_variance"], ref.explained_variance_, rtol=1e-4)
-    np.testing.assert_allclose(ours.extras["explained_variance_ratio"], ref.explained_variance_ratio_, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        ours.extras["explained_variance_ratio"], ref.explained_variance_ratio_, rtol=1e-4, atol=1e-7
+    )
     # the covariance solver (used for large samples) gives the same numbers
     big = dimred.PCA_FULL_SVD_MAX_ELEMENTS
     try:
@@ -122,7 +124,9 @@ def test_dim_d_is_first_d_components_of_one_fit(tmp_path):
         want_pca = (x_std - pca.mean_D) @ pca.components_KD[:d].T
         np.testing.assert_allclose(reductions["pca"].transform(xt, d).numpy(), want_pca, rtol=1e-4, atol=1e-4)
         want_rp = x_std @ rp.components_KD[:d].T * math.sqrt(16 / d)
-        np.testing.assert_allclose(reductions["random_projection"].transform(xt, d).numpy(), want_rp, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            reductions["random_projection"].transform(xt, d).numpy(), want_rp, rtol=1e-4, atol=1e-4
+        )
     # random projection: the one matrix has the JL scale of 16 components
     assert abs(float(np.var(loaded["random_projection"].components_KD)) * 16 - 1.0) < 0.2
 
@@ -325,6 +329,7 @@ def test_study_runs_hnne_with_stegos_miou(project):
     summary = dimred_study.run_dimred_study(cfg, progress=False)
     df = pd.read_csv(project / "results" / "dimred.csv")
     assert summary["methods"] == ["hnne"]
-    assert set(zip(df["method"], df["dim"], df["probe"])) == {(m, d, p) for m, d in (("full", 32), ("hnne", 8), ("hnne", 2))
-                                                              for p in ("linear", "cluster")}
+    assert set(zip(df["method"], df["dim"], df["probe"])) == {
+        (m, d, p) for m, d in (("full", 32), ("hnne", 8), ("hnne", 2)) for p in ("linear", "cluster")
+    }
     assert df["miou_pct"].between(0, 100).all() and df["miou_crf_pct"].isna().all()

@@ -77,4 +77,6 @@ def test_python_blocks_run_against_the_demo_cache(doc, demo_project, monkeypatch
         try:
             exec(compile(code, f"{doc.name} python block {i + 1}", "exec"), namespace)
         except Exception as err:  # name the block, show its code
-            raise AssertionError(f"{doc.name}, python block {i + 1} raised {type(err).__name__}: {err}\n{code}") from err
+            raise AssertionError(
+                f"{doc.name}, python block {i + 1} raised {type(err).__name__}: {err}\n{code}"
+            ) from err

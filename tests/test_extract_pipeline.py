@@ -21,14 +21,18 @@ SEG = CacheRef("dino", "seg")
 
 
 def test_forward_dtype_is_recorded_and_hashed(project):
-    f32 = extract(load_config(write_config(project, {"extract": {"forward_dtype": "float32"}})), SEG, "val", progress=False)
+    f32 = extract(
+        load_config(write_config(project, {"extract": {"forward_dtype": "float32"}})), SEG, "val", progress=False
+    )
     path = load_config("config.yaml").store(SEG, "val")
     f32_attrs = dict(zarr.open_group(path, mode="r").attrs)
     f32_acts = zarr.open_array(path / "acts", mode="r")[:]
     assert f32.forward_dtype == f32_attrs["forward_dtype"] == "float32"
 
     # auto on CPU is float32: the same store, reused (and stores from before the key keep their hash)
-    auto = extract(load_config(write_config(project, {"extract": {"forward_dtype": "auto"}})), SEG, "val", progress=False)
+    auto = extract(
+        load_config(write_config(project, {"extract": {"forward_dtype": "auto"}})), SEG, "val", progress=False
+    )
     assert auto.chunks_computed == 0 and "forward_dtype" not in f32_attrs["config"]
 
     # another precision is never reused silently
@@ -51,8 +55,13 @@ def test_forward_dtype_is_recorded_and_hashed(project):
 
 def test_many_workers_and_writer_threads_are_bit_identical_to_one_and_one(project):
     stores = {}
-    for name, extra in {"1x1": {"num_workers": 1, "write_threads": 1}, "4x3": {"num_workers": 4, "write_threads": 3}}.items():
-        cfg = load_config(write_config(project, {"paths": {"cache": f"cache-{name}"}, "extract": {"batch_size": 2, **extra}}))
+    for name, extra in {
+        "1x1": {"num_workers": 1, "write_threads": 1},
+        "4x3": {"num_workers": 4, "write_threads": 3},
+    }.items():
+        cfg = load_config(
+            write_config(project, {"paths": {"cache": f"cache-{name}"}, "extract": {"batch_size": 2, **extra}})
+        )
         report = extract(cfg, SEG, "train", progress=False)
         assert (report.num_workers, report.write_threads) == (extra["num_workers"], extra["write_threads"])
         stores[name] = cfg.store(SEG, "train")
@@ -78,7 +87,13 @@ print(json.dumps({"threads": cfg.threads, "num_workers": cfg.extract.num_workers
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs an affinity mask")
 def test_auto_counts_follow_a_restricted_affinity_mask(project):
     write_config(project, {"threads": "auto", "extract": {"num_workers": "auto", "write_threads": "auto"}})
-    proc = subprocess.run([sys.executable, "-c", AUTO_SCRIPT], cwd=project, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", AUTO_SCRIPT],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     # device: cpu -> decode in the extracting process, one writer
@@ -88,7 +103,11 @@ def test_auto_counts_follow_a_restricted_affinity_mask(project):
 
     os.environ["SLURM_CPUS_PER_TASK"] = "1"
     try:
-        assert resolve_auto_counts({"threads": "auto", "num_workers": "auto", "batch_size": 3}, "cpu") == {"threads": 1, "num_workers": 0, "batch_size": 3}
+        assert resolve_auto_counts({"threads": "auto", "num_workers": "auto", "batch_size": 3}, "cpu") == {
+            "threads": 1,
+            "num_workers": 0,
+            "batch_size": 3,
+        }
     finally:
         del os.environ["SLURM_CPUS_PER_TASK"]
 
@@ -101,7 +120,11 @@ def test_auto_counts_on_a_gpu_give_decoders_the_cores_writers_leave(monkeypatch,
     monkeypatch.setattr(runtime, "available_cpus", lambda: cpus)
     monkeypatch.setattr(config, "_gpu_device", lambda device: device == "cuda")
     auto = {"threads": "auto", "num_workers": "auto", "write_threads": "auto"}
-    assert config.resolve_auto_counts(auto, "cuda") == {"threads": cpus, "num_workers": workers, "write_threads": writers}
+    assert config.resolve_auto_counts(auto, "cuda") == {
+        "threads": cpus,
+        "num_workers": workers,
+        "write_threads": writers,
+    }
     assert config.resolve_auto_counts(auto, "cpu") == {"threads": cpus, "num_workers": 0, "write_threads": 1}
     # explicit counts are kept
     assert config.resolve_auto_counts({**auto, "num_workers": 3}, "cuda")["num_workers"] == 3

@@ -50,7 +50,14 @@ def _chunk_mtimes(store: Path) -> dict[str, int]:
 
 def _start(cwd: Path, extra: list[str] = ()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *ARGS, *extra], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *ARGS, *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _kill_when(proc: subprocess.Popen, condition, timeout: float = 120) -> bool:
@@ -81,7 +88,9 @@ def _uninterrupted_run(project: Path, folder: Path) -> np.ndarray:
     return _final_acts(folder / "cache" / "dino" / "seg" / "train.zarr")
 
 
-@pytest.mark.parametrize("concurrency", [{}, {"num_workers": 2, "write_threads": 3}], ids=["default", "2-workers-3-writers"])
+@pytest.mark.parametrize(
+    "concurrency", [{}, {"num_workers": 2, "write_threads": 3}], ids=["default", "2-workers-3-writers"]
+)
 def test_kill_minus_nine_then_resume_equals_uninterrupted(big_project, tmp_path, concurrency):
     from helpers import deep_update
 
@@ -99,7 +108,10 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(big_project, tmp_path,
     for name, condition in kill_points:
         if condition is None:
             before = len(_done_chunks(store))
-            condition = lambda before=before: len(_done_chunks(store)) > before
+
+            def condition(before=before):
+                return len(_done_chunks(store)) > before
+
         done_before = _done_chunks(store)
         mtimes_before = _chunk_mtimes(store) if done_before else {}
         proc = _start(big_project)

@@ -30,7 +30,9 @@ from pipeline.plots import OKABE_ITO, SEQUENTIAL_SCHEME
 from pipeline.probes.figures import class_colours
 
 ALLOWED_SCHEMES = {SEQUENTIAL_SCHEME}
-ALLOWED_COLOURS = {c.lower() for c in OKABE_ITO} | {"#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb)) for rgb in class_colours(64)}
+ALLOWED_COLOURS = {c.lower() for c in OKABE_ITO} | {
+    "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb)) for rgb in class_colours(64)
+}
 SPEC = re.compile(r"const spec = (\{.*\});\s*\n")
 COMPOSITES = ("layer", "hconcat", "vconcat", "concat")
 
@@ -95,7 +97,7 @@ def axis_problems(spec: dict) -> list[str]:
 
 def colour_problems(spec: dict) -> list[str]:
     problems = []
-    for path, view, enc in _views(spec):
+    for path, _view, enc in _views(spec):
         for ch in ("color", "fill", "stroke"):
             e = enc.get(ch)
             if not isinstance(e, dict) or "field" not in e:
@@ -106,7 +108,11 @@ def colour_problems(spec: dict) -> list[str]:
             colours = [str(c).lower() for c in scale.get("range", [])] if isinstance(scale.get("range"), list) else []
             if scheme in ALLOWED_SCHEMES or (colours and set(colours) <= ALLOWED_COLOURS):
                 continue
-            what = f"scheme {scheme!r}" if scheme else (f"range {colours}" if colours else "Vega's default palette (category10)")
+            what = (
+                f"scheme {scheme!r}"
+                if scheme
+                else (f"range {colours}" if colours else "Vega's default palette (category10)")
+            )
             problems.append(f"{path or '/'} {ch} ({e['field']!r}): {what} is not a pipeline.plots palette")
     return problems
 
@@ -115,7 +121,7 @@ def class_name_problems(spec: dict) -> list[str]:
     """Nominal class fields whose values are bare numbers."""
     datasets = spec.get("datasets", {})
     problems = []
-    for path, view, enc in _views(spec):
+    for path, _view, enc in _views(spec):
         for ch, e in enc.items():
             if not isinstance(e, dict) or e.get("type") not in ("nominal", "ordinal"):
                 continue
@@ -147,16 +153,26 @@ def test_every_chart_has_a_static_twin_axis_titles_and_safe_palettes(results):
         if not any(t.exists() and t.stat().st_size > 0 for t in twins):
             problems.append(f"{rel}: no PNG or SVG twin")
         problems += [f"{rel}: {p}" for p in axis_problems(spec) + colour_problems(spec) + class_name_problems(spec)]
-    static_only = sorted(str(p.relative_to(results)) for p in results.rglob("*.png")
-                         if not p.with_suffix(".html").exists() and not {"gallery", "proposals"} & set(p.parts))
+    static_only = sorted(
+        str(p.relative_to(results))
+        for p in results.rglob("*.png")
+        if not p.with_suffix(".html").exists() and not {"gallery", "proposals"} & set(p.parts)
+    )
     print(f"{len(charts)} charts checked:", *charts, sep="\n  ")
     print("non-chart pages:", others)
     print("PNG-only figures (PIL image grids, no chart to embed):", static_only)
     expected = {
-        "probes/seg/dino/seg/sweep.html", "probes/seg/dino/seg/per_class_iou.html", "probes/cls/clip/cls/sweep.html",
-        "probes/cls/clip/cls/confusion.html", "sae/dino/seg/layer-2/sweep.html", "quantitative/chart.html",
-        "dimred/linear.html", "dimred/cluster.html", "dimred/pca_variance.html",
-        "manipulate/first/probabilities.html", "manipulate/named/probabilities.html",
+        "probes/seg/dino/seg/sweep.html",
+        "probes/seg/dino/seg/per_class_iou.html",
+        "probes/cls/clip/cls/sweep.html",
+        "probes/cls/clip/cls/confusion.html",
+        "sae/dino/seg/layer-2/sweep.html",
+        "quantitative/chart.html",
+        "dimred/linear.html",
+        "dimred/cluster.html",
+        "dimred/pca_variance.html",
+        "manipulate/first/probabilities.html",
+        "manipulate/named/probabilities.html",
     }
     assert expected <= set(charts), f"charts missing: {sorted(expected - set(charts))}"
     assert not problems, "\n".join(problems)
@@ -170,13 +186,21 @@ def test_the_checks_catch_bad_charts():
     df = pd.DataFrame({"class": [1, 2], "v": [0.1, 0.2]})
     bad = alt.Chart(df).mark_bar().encode(x="v:Q", y="class:N", color="class:N").to_dict()
     assert axis_problems(bad) and colour_problems(bad) and class_name_problems(bad)
-    good = alt.Chart(df.assign(**{"class": ["cat", "dog"]})).mark_bar().encode(
-        x=alt.X("v:Q", title="value (%)"), y=alt.Y("class:N", title="class"),
-        color=alt.Color("class:N", scale=alt.Scale(range=OKABE_ITO[:2])),
-    ).to_dict()
+    good = (
+        alt.Chart(df.assign(**{"class": ["cat", "dog"]}))
+        .mark_bar()
+        .encode(
+            x=alt.X("v:Q", title="value (%)"),
+            y=alt.Y("class:N", title="class"),
+            color=alt.Color("class:N", scale=alt.Scale(range=OKABE_ITO[:2])),
+        )
+        .to_dict()
+    )
     assert not axis_problems(good) and not colour_problems(good) and not class_name_problems(good)
-    layered = (alt.Chart(df).mark_point().encode(x=alt.X("v:Q", title="value"), y=alt.Y("v:Q", title="value"))
-               + alt.Chart(df).mark_line().encode(x="v:Q", y="v:Q")).to_dict()
+    layered = (
+        alt.Chart(df).mark_point().encode(x=alt.X("v:Q", title="value"), y=alt.Y("v:Q", title="value"))
+        + alt.Chart(df).mark_line().encode(x="v:Q", y="v:Q")
+    ).to_dict()
     assert not axis_problems(layered)  # one titled layer titles the shared axis
     hidden = alt.Chart(df).mark_point().encode(x=alt.X("v:Q", axis=None), y=alt.Y("v:Q", title="value")).to_dict()
     assert not axis_problems(hidden)

@@ -24,15 +24,41 @@ CLSC = {"model": "clip", "dataset": "cls"}
 PROJECT = {  # every section, tiny; two SAE members so the undeclared member files are several
     "extract": {"parts": 2},
     "probes": {
-        "seg": {"cache": SEGC, "lrs": [1e-2], "weight_decays": [1e-3], "epochs": 2, "batch_size": 128, "n_figure_images": 2},
+        "seg": {
+            "cache": SEGC,
+            "lrs": [1e-2],
+            "weight_decays": [1e-3],
+            "epochs": 2,
+            "batch_size": 128,
+            "n_figure_images": 2,
+        },
         "cls": {"cache": CLSC, "lrs": [1e-2], "weight_decays": [1e-3], "epochs": 3, "batch_size": 16},
     },
-    "sae": {"cache": SEGC, "layer": -2, "n_tokens": 1024, "batch_size": 128, "lrs": [3e-3], "sparsity_coeffs": [1e-2, 3e-2],
-            "exp_factors": [4], "lr_warmup_steps": 2, "sparsity_warmup_steps": 4, "top_k": 4, "gallery_latents": 3,
-            "shuffle_buffer": 512},
+    "sae": {
+        "cache": SEGC,
+        "layer": -2,
+        "n_tokens": 1024,
+        "batch_size": 128,
+        "lrs": [3e-3],
+        "sparsity_coeffs": [1e-2, 3e-2],
+        "exp_factors": [4],
+        "lr_warmup_steps": 2,
+        "sparsity_warmup_steps": 4,
+        "top_k": 4,
+        "gallery_latents": 3,
+        "shuffle_buffer": 512,
+    },
     "quantify": {"scale": -2.0, "manual": {"1": 3}, "batch_size": 8, "max_firing_fraction": 1.0},
-    "dimred": {"cache": SEGC, "layer": -1, "methods": ["pca", "random_projection"], "dims": [8], "n_fit_tokens": 300,
-               "probe_epochs": 1, "probe_lr": 1e-2, "crf": False},
+    "dimred": {
+        "cache": SEGC,
+        "layer": -1,
+        "methods": ["pca", "random_projection"],
+        "dims": [8],
+        "n_fit_tokens": 300,
+        "probe_epochs": 1,
+        "probe_lr": 1e-2,
+        "crf": False,
+    },
     "manipulate": {"n_top_latents": 3, "n_top_classes": 2, "examples": [{"name": "first", "image": 0}]},
 }
 
@@ -63,7 +89,11 @@ def _check(step: str, written: set[Path], outs: layout.Outputs) -> None:
     missing_extra = sorted(str(p) for p in set(outs.undeclared) - written)
     assert not missing_extra, f"{step}: listed as written-but-undeclared, not written: {missing_extra}"
     allowed_folders = outs.folders + outs.undeclared_folders
-    stray = sorted(str(p) for p in written - declared_files - set(outs.undeclared) - set(outs.shared) if not _under(p, allowed_folders))
+    stray = sorted(
+        str(p)
+        for p in written - declared_files - set(outs.undeclared) - set(outs.shared)
+        if not _under(p, allowed_folders)
+    )
     assert not stray, f"{step}: wrote files the layout does not list: {stray}"
 
 
@@ -97,22 +127,44 @@ def test_every_stage_writes_what_the_layout_declares(tmp_path, monkeypatch):
             where = ["--model", ref.model, "--dataset", ref.dataset, "--split", split]
             for part in range(n):
                 sentinel = layout.part_sentinel(cfg, ref, split, part, n)
-                _run(tmp_path, "extract", [*where, "--part", str(part), "--of", str(n), "--sentinel", str(sentinel), "--no-progress"],
-                     model=ref.model, dataset=ref.dataset, split=split, part=part, of=n)
-            _run(tmp_path, "finalize", [*where, "--sentinel", str(layout.store_complete(cfg, ref, split))],
-                 model=ref.model, dataset=ref.dataset, split=split)
+                _run(
+                    tmp_path,
+                    "extract",
+                    [*where, "--part", str(part), "--of", str(n), "--sentinel", str(sentinel), "--no-progress"],
+                    model=ref.model,
+                    dataset=ref.dataset,
+                    split=split,
+                    part=part,
+                    of=n,
+                )
+            _run(
+                tmp_path,
+                "finalize",
+                [*where, "--sentinel", str(layout.store_complete(cfg, ref, split))],
+                model=ref.model,
+                dataset=ref.dataset,
+                split=split,
+            )
     seen |= {"extract", "finalize"}
     # a store's config hash covers exactly the entries the stage registry lists (float32 forward: not recorded)
     import json
 
     attrs = json.loads((layout.store_path(cfg, CacheRef(**SEGC), "train") / "zarr.json").read_text())["attributes"]
     assert set(attrs["config"]) == set(stages.STORE_HASHED_KEYS) - {"forward_dtype"}
-    assert set(stages.EXTRACT_KEYS) == {k for keys in stages.STORE_HASHED_KEYS.values() for k in keys} | {"extract.on_bad_image"}
+    assert set(stages.EXTRACT_KEYS) == {k for keys in stages.STORE_HASHED_KEYS.values() for k in keys} | {
+        "extract.on_bad_image"
+    }
 
     ref = CacheRef(**SEGC)
     stats_out = layout.stats_path(cfg, ref, "train")
-    _run(tmp_path, "stats", ["--model", ref.model, "--dataset", ref.dataset, "--split", "train", "--out", str(stats_out)],
-         model=ref.model, dataset=ref.dataset, split="train")
+    _run(
+        tmp_path,
+        "stats",
+        ["--model", ref.model, "--dataset", ref.dataset, "--split", "train", "--out", str(stats_out)],
+        model=ref.model,
+        dataset=ref.dataset,
+        split="train",
+    )
     seen.add("stats")
 
     for pk in PROBE_KINDS.values():
@@ -126,7 +178,9 @@ def test_every_stage_writes_what_the_layout_declares(tmp_path, monkeypatch):
     _run(tmp_path, "class-f1", [])
     _run(tmp_path, "propose", [])
     written = _run(tmp_path, "quantify", ["--no-progress"])
-    assert {p.name for p in written if p.parent == layout.quantify_dir(cfg)} >= {f"{m}.csv" for m in cfg.quantify.methods}
+    assert {p.name for p in written if p.parent == layout.quantify_dir(cfg)} >= {
+        f"{m}.csv" for m in cfg.quantify.methods
+    }
     _run(tmp_path, "dimred", ["--no-progress"])
     _run(tmp_path, "manipulate", ["--example", "first"], example="first")
     seen |= {"sae-train", "sae-latents", "sae-gallery", "class-f1", "propose", "quantify", "dimred", "manipulate"}

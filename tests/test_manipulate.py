@@ -29,21 +29,44 @@ CLS = CacheRef("clip", "cls")
 SEGC = {"model": "dino", "dataset": "seg"}
 CLSC = {"model": "clip", "dataset": "cls"}
 SAE = {  # top_k 9: propose draws 9 top images per latent (see the report on proposals)
-    "cache": SEGC, "layer": -2, "n_tokens": 2048, "batch_size": 128, "lrs": [3e-3], "sparsity_coeffs": [1e-2],
-    "exp_factors": [4], "lr_warmup_steps": 2, "sparsity_warmup_steps": 4, "top_k": 9, "gallery_latents": 4,
+    "cache": SEGC,
+    "layer": -2,
+    "n_tokens": 2048,
+    "batch_size": 128,
+    "lrs": [3e-3],
+    "sparsity_coeffs": [1e-2],
+    "exp_factors": [4],
+    "lr_warmup_steps": 2,
+    "sparsity_warmup_steps": 4,
+    "top_k": 9,
+    "gallery_latents": 4,
     "shuffle_buffer": 512,
 }
 PROJECT = {  # everything the config can build, tiny
     "probes": {
-        "seg": {"cache": SEGC, "lrs": [1e-3, 1e-2], "weight_decays": [1e-3], "epochs": 3, "batch_size": 128,
-                "shuffle_buffer": 256, "n_figure_images": 2},
+        "seg": {
+            "cache": SEGC,
+            "lrs": [1e-3, 1e-2],
+            "weight_decays": [1e-3],
+            "epochs": 3,
+            "batch_size": 128,
+            "shuffle_buffer": 256,
+            "n_figure_images": 2,
+        },
         "cls": {"cache": CLSC, "lrs": [1e-3, 1e-2], "weight_decays": [1e-3], "epochs": 10, "batch_size": 16},
     },
     "sae": SAE,
     # max_firing_fraction 1: the tiny SAE's latents fire on > 10 % of patches (see the report on proposals)
     "quantify": {"scale": -2.0, "manual": {"1": 3}, "batch_size": 8, "max_firing_fraction": 1.0},
-    "dimred": {"cache": SEGC, "layer": -1, "methods": ["pca", "random_projection"], "dims": [16, 4], "n_fit_tokens": 500,
-               "probe_epochs": 2, "probe_lr": 1e-2},
+    "dimred": {
+        "cache": SEGC,
+        "layer": -1,
+        "methods": ["pca", "random_projection"],
+        "dims": [16, 4],
+        "n_fit_tokens": 500,
+        "probe_epochs": 2,
+        "probe_lr": 1e-2,
+    },
     "manipulate": {
         "n_top_latents": 4,
         "n_top_classes": 3,
@@ -86,24 +109,34 @@ def built_project(tmp_path_factory, tiny_assets: Path, *, full: bool = False) ->
         folder = tmp_path_factory.mktemp("manipulate_project")
         shutil.copytree(tiny_assets / "resources", folder / "resources")
         cfg = load_config(write_config(folder, PROJECT))
-        _run_chain(folder, cfg, SEG, [
-            ["probe-seg", "--no-progress"],
-            ["stats", "--model", "dino", "--dataset", "seg", "--split", "train"],
-            ["sae-train", "--no-progress"],
-            ["sae-latents", "--no-progress"],
-            ["class-f1"],
-        ])
+        _run_chain(
+            folder,
+            cfg,
+            SEG,
+            [
+                ["probe-seg", "--no-progress"],
+                ["stats", "--model", "dino", "--dataset", "seg", "--split", "train"],
+                ["sae-train", "--no-progress"],
+                ["sae-latents", "--no-progress"],
+                ["class-f1"],
+            ],
+        )
         _BUILT["project"] = SimpleNamespace(folder=folder, cfg=cfg, full=False)
     built = _BUILT["project"]
     if full and not built.full:
-        _run_chain(built.folder, built.cfg, CLS, [
-            ["probe-cls", "--no-progress"],
-            ["sae-gallery"],
-            ["propose"],
-            ["quantify", "--no-progress"],
-            ["dimred", "--no-progress"],
-            ["manipulate"],
-        ])
+        _run_chain(
+            built.folder,
+            built.cfg,
+            CLS,
+            [
+                ["probe-cls", "--no-progress"],
+                ["sae-gallery"],
+                ["propose"],
+                ["quantify", "--no-progress"],
+                ["dimred", "--no-progress"],
+                ["manipulate"],
+            ],
+        )
         built.full = True
     return built
 
@@ -134,7 +167,9 @@ def test_values_are_fractions_of_the_max_observed_on_train(in_seg):
     live = np.flatnonzero(stats["max_value"].values > 0)
     s = int(live[0])
     assert m.target_values((s,), (1.0,)) == pytest.approx((float(stats["max_value"].values[s]),))
-    assert m.target_values((s, s), (-1.0, 0.25)) == pytest.approx((-stats["max_value"].values[s], 0.25 * stats["max_value"].values[s]))
+    assert m.target_values((s, s), (-1.0, 0.25)) == pytest.approx(
+        (-stats["max_value"].values[s], 0.25 * stats["max_value"].values[s])
+    )
     assert max(abs(v) for v in m.target_values(tuple(live), (1.0,) * len(live))) < 100  # not saev's hard-coded 100
     with pytest.raises(ConfigError, match="outside"):
         m.target_values((s,), (1.5,))
@@ -152,7 +187,7 @@ def test_baseline_reforward_matches_the_cached_last_block(in_seg):
     r = CacheReader(in_seg.cfg.store(SEG, "val"))
     last = torch.from_numpy(r.read(-1, 2, 3))
     with torch.no_grad():
-        direct = m.probe(m.backbone.final_norm(last)[0, r.n_prefix:])
+        direct = m.probe(m.backbone.final_norm(last)[0, r.n_prefix :])
     assert torch.allclose(state.logits_before, direct, atol=1e-4, rtol=1e-4)
     assert state.f_PS.shape == (r.n_patches, m.n_latents)
 
@@ -165,11 +200,11 @@ def test_no_edit_changes_nothing_and_an_edit_changes_only_patch_tokens(in_seg):
     latent = int(np.flatnonzero(m.max_value_S > 0)[0])
     edited = m.edited_acts(state.acts_1TD, (latent,), (1.0,))
     assert torch.equal(edited[:, : m.n_prefix], state.acts_1TD[:, : m.n_prefix])  # CLS untouched
-    assert not torch.allclose(edited[:, m.n_prefix:], state.acts_1TD[:, m.n_prefix:])
+    assert not torch.allclose(edited[:, m.n_prefix :], state.acts_1TD[:, m.n_prefix :])
     # x' = x + (v - f(x)) W_dec[i] / scalar on every patch, v = +1 x the latent's max on train
     v = float(m.max_value_S[latent])
-    expected = (v - state.f_PS[:, latent:latent + 1]) * m.sae.W_dec[latent] / m.scaling.scalar
-    assert torch.allclose(edited[0, m.n_prefix:] - state.acts_1TD[0, m.n_prefix:], expected, atol=1e-4)
+    expected = (v - state.f_PS[:, latent : latent + 1]) * m.sae.W_dec[latent] / m.scaling.scalar
+    assert torch.allclose(edited[0, m.n_prefix :] - state.acts_1TD[0, m.n_prefix :], expected, atol=1e-4)
 
 
 def test_some_top_latent_moves_the_prediction(in_seg):
@@ -203,7 +238,9 @@ def test_ranking_f1_and_activation(in_seg):
         f = state.f_PS.numpy()[labels == target].mean(0)
         assert act["latent"].tolist() == np.argsort(-f, kind="stable")[:4].tolist()
         assert act["score"].to_numpy() == pytest.approx(f[act["latent"]])
-        absent = next((c for c in range(1, m.n_classes) if not (labels == c).any() and not (state.pred_before == c).any()), None)
+        absent = next(
+            (c for c in range(1, m.n_classes) if not (labels == c).any() and not (state.pred_before == c).any()), None
+        )
         if absent is not None:  # a class not on this image: ranked by its train specificity
             fallback = m.rank_latents(state, absent, 3)
             assert fallback["score_kind"].str.contains("train tokens").all()
@@ -225,7 +262,9 @@ def test_run_example_writes_tables_figures_and_summary(in_seg, tmp_path):
     assert sorted(chosen.unit_value.unique().tolist()) in ([-1.0, 1.0], [-1.0])
     assert np.allclose(chosen.set_to, chosen.unit_value * chosen.train_max)
     probs = pd.read_csv(tmp_path / "t" / "probabilities.csv")
-    assert probs.prob_before_pct.sum() == pytest.approx(100.0, abs=1e-2) and probs.prob_after_pct.sum() == pytest.approx(100.0, abs=1e-2)
+    assert probs.prob_before_pct.sum() == pytest.approx(
+        100.0, abs=1e-2
+    ) and probs.prob_after_pct.sum() == pytest.approx(100.0, abs=1e-2)
     assert 0 not in probs.class_id.tolist()  # the seg probe predicts real classes only
     n_patches = 16
     assert probs.patches_before.sum() == n_patches == probs.patches_after.sum()
@@ -241,7 +280,9 @@ def test_run_example_writes_tables_figures_and_summary(in_seg, tmp_path):
 
 
 def test_cli_configured_and_ad_hoc_examples(seg, tmp_path, monkeypatch, capsys):
-    proc = run_cli(["manipulate", "--config", "config.yaml", "--example", "named", "--out", str(tmp_path / "named")], seg.folder)
+    proc = run_cli(
+        ["manipulate", "--config", "config.yaml", "--example", "named", "--out", str(tmp_path / "named")], seg.folder
+    )
     summary = json.loads(proc.stdout)["examples"][0]
     assert summary["latents"] == [0, 5] and summary["unit_values"] == [1.0, -0.5]
     latents = pd.read_csv(tmp_path / "named" / "latents.csv")
@@ -251,8 +292,22 @@ def test_cli_configured_and_ad_hoc_examples(seg, tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(seg.folder)
     capsys.readouterr()
-    assert main(["manipulate", "--image", "images/validation/ADE_val_00000003.jpg", "--latents", "1", "--values", "-1",
-                 "--out", str(tmp_path / "adhoc")]) == 0
+    assert (
+        main(
+            [
+                "manipulate",
+                "--image",
+                "images/validation/ADE_val_00000003.jpg",
+                "--latents",
+                "1",
+                "--values",
+                "-1",
+                "--out",
+                str(tmp_path / "adhoc"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["examples"][0]["image_index"] == 2
     assert main(["manipulate", "--example", "nope"]) == 2
     assert "no example named nope" in capsys.readouterr().err
@@ -283,7 +338,15 @@ def test_config_needs_an_sae_and_parses_examples(tmp_path):
     write_config(tmp_path, {"manipulate": {"examples": [{"name": "a", "image": 0}]}})
     with pytest.raises(ConfigError, match="key manipulate: needs an `sae`"):
         load_config(tmp_path / "config.yaml")
-    write_config(tmp_path, {"sae": SAE, "manipulate": {"examples": [{"name": "a", "image": "x.jpg", "class": "red", "latents": [3], "values": [-1]}]}})
+    write_config(
+        tmp_path,
+        {
+            "sae": SAE,
+            "manipulate": {
+                "examples": [{"name": "a", "image": "x.jpg", "class": "red", "latents": [3], "values": [-1]}]
+            },
+        },
+    )
     ex = load_config(tmp_path / "config.yaml").manipulate.examples[0]
     assert (ex.image, ex.split, ex.target_class, ex.latents, ex.values) == ("x.jpg", "val", "red", (3,), (-1.0,))
     # a patches-only SAE still may not sit on a classification cache; patches+cls may
@@ -298,15 +361,51 @@ def test_the_demo_config_and_the_rule(tmp_path):
     cfg = load_config(REPO / "config.yaml")
     assert cfg.manipulate is not None and cfg.manipulate.examples
     write_config(tmp_path, PROJECT)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "manipulate"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "manipulate",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "manipulate_example" in out and "results/manipulate/first/maps.png" in out and "results/manipulate/named/summary.json" in out
+    assert (
+        "manipulate_example" in out
+        and "results/manipulate/first/maps.png" in out
+        and "results/manipulate/named/summary.json" in out
+    )
     # an example that names no probe for its task is refused when the workflow is parsed
     write_config(tmp_path, {**{k: v for k, v in PROJECT.items() if k not in ("probes", "quantify")}})
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "manipulate"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "manipulate",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode != 0 and "probes/seg" in proc.stdout + proc.stderr
 
 
@@ -324,12 +423,17 @@ def cls_project(tiny_assets, tmp_path_factory):
     folder = tmp_path_factory.mktemp("manipulate_cls")
     shutil.copytree(tiny_assets / "resources", folder / "resources")
     cfg = load_config(write_config(folder, CLS_PROJECT))
-    _run_chain(folder, cfg, CLS, [
-        ["stats", "--model", "clip", "--dataset", "cls", "--split", "train"],
-        ["sae-train", "--no-progress"],
-        ["sae-latents", "--no-progress"],
-        ["probe-cls", "--no-progress"],
-    ])
+    _run_chain(
+        folder,
+        cfg,
+        CLS,
+        [
+            ["stats", "--model", "clip", "--dataset", "cls", "--split", "train"],
+            ["sae-train", "--no-progress"],
+            ["sae-latents", "--no-progress"],
+            ["probe-cls", "--no-progress"],
+        ],
+    )
     return SimpleNamespace(folder=folder, cfg=cfg)
 
 
@@ -365,11 +469,36 @@ def test_classification_edits_the_cls_token(cls_project, monkeypatch):
 def test_snakemake_builds_a_classification_example_from_nothing(tmp_path):
     """`snakemake manipulate` on the classification config: demo data and model, cache, probe, SAE, example (~1 min)."""
     write_config(tmp_path, CLS_PROJECT)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                           "manipulate"], cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "2",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "manipulate",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "results" / "manipulate" / "cls-first"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "classification" and summary["edited_tokens"] == "the CLS token"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["latents.csv", "probabilities.csv", "probabilities.html", "probabilities.png", "probabilities.svg", "summary.json"])
+        [
+            "latents.csv",
+            "probabilities.csv",
+            "probabilities.html",
+            "probabilities.png",
+            "probabilities.svg",
+            "summary.json",
+        ]
+    )

@@ -67,8 +67,14 @@ SCRIPT = textwrap.dedent(
 
 
 def _peak_mib(case: str, scale: int) -> float:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, case, str(scale)], cwd=REPO, capture_output=True,
-                         text=True, timeout=600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, case, str(scale)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 

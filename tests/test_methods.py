@@ -27,16 +27,25 @@ def _f1(n_classes, n_latents, best):
     f1 = np.full((n_classes, n_latents, 2), 0.1, np.float32)
     for c, s in best.items():
         f1[c, s, 1] = 1.0
-    return xr.Dataset({"f1": (("class", "latent", "threshold"), f1)},
-                      coords={"class": np.arange(n_classes), "latent": np.arange(n_latents), "threshold": [0.0, 0.5]})
+    return xr.Dataset(
+        {"f1": (("class", "latent", "threshold"), f1)},
+        coords={"class": np.arange(n_classes), "latent": np.arange(n_latents), "threshold": [0.0, 0.5]},
+    )
 
 
 def _jobs(methods, *, seed=0, classes=(1, 2, 3)):
     S, D = 12, 8
     freq = np.linspace(0.0, 0.2, S)  # latent 0 never fires; 1..6 fire on at most 10 %
-    jobs, skipped = make_jobs(QuantifyConfig(methods=methods, seed=seed, max_firing_fraction=0.1, scale=-2.0), list(classes),
-                              max_value_S=np.arange(S, dtype=float) + 1, freq_S=freq, f1=_f1(4, S, {1: 3, 2: 5, 3: 9}),
-                              manual={2: (4, 7)}, scalar=2.0, d_model=D)
+    jobs, skipped = make_jobs(
+        QuantifyConfig(methods=methods, seed=seed, max_firing_fraction=0.1, scale=-2.0),
+        list(classes),
+        max_value_S=np.arange(S, dtype=float) + 1,
+        freq_S=freq,
+        f1=_f1(4, S, {1: 3, 2: 5, 3: 9}),
+        manual={2: (4, 7)},
+        scalar=2.0,
+        d_model=D,
+    )
     return jobs, skipped
 
 
@@ -45,7 +54,9 @@ def test_adding_or_reordering_methods_changes_no_other_methods_draws():
     more, _ = _jobs(("zero_ablation", "random_feature", "manual_feature", "random_vector"))
     key = lambda jobs, m: [(j.class_id, j.label, j.edit.latents, j.edit.values) for j in jobs if j.method == m]  # noqa: E731
     assert key(alone, "random_feature") == key(more, "random_feature")
-    for a, b in zip([j for j in alone if j.method == "random_vector"], [j for j in more if j.method == "random_vector"], strict=True):
+    for a, b in zip(
+        [j for j in alone if j.method == "random_vector"], [j for j in more if j.method == "random_vector"], strict=True
+    ):
         assert np.array_equal(a.edit.vector, b.edit.vector)
     # the config seed still matters
     other_seed, _ = _jobs(("random_vector",), seed=1)
@@ -113,9 +124,17 @@ def test_zero_ablation_counts_equal_a_hand_computed_ablation(project):
     f1 = _f1(n_classes, 4 * d, {c: s for c in classes})
     freq = np.full(4 * d, 0.01)
     per_method, summary, _ = run(
-        val=reader, layer=-2, editor=LatentEditor(sae, scaling, n_prefix=n_prefix), predictor=predictor,
+        val=reader,
+        layer=-2,
+        editor=LatentEditor(sae, scaling, n_prefix=n_prefix),
+        predictor=predictor,
         cfg=QuantifyConfig(methods=("zero_ablation",), max_firing_fraction=0.1, batch_size=4),
-        max_value_S=np.ones(4 * d), freq_S=freq, f1=f1, manual={}, device="cpu", progress=False,
+        max_value_S=np.ones(4 * d),
+        freq_S=freq,
+        f1=f1,
+        manual={},
+        device="cpu",
+        progress=False,
     )
     table = per_method["zero_ablation"].set_index("class_id")
     for c in classes:
@@ -160,7 +179,9 @@ def test_latent_editor_reads_latents_through_the_saes_own_encode():
         expected = np.maximum(h, 0)[..., list(latents)]
         np.testing.assert_allclose(editor.latent_values(acts, latents).numpy(), expected, rtol=1e-5, atol=1e-5)
     # the TopK SAE zeroes latents a ReLU SAE keeps: the editor really follows the SAE's rule
-    relu_f = LatentEditor(SparseAutoencoder(d, s, seed=1), scaling, n_prefix=n_prefix).latent_values(acts, tuple(range(s)))
+    relu_f = LatentEditor(SparseAutoencoder(d, s, seed=1), scaling, n_prefix=n_prefix).latent_values(
+        acts, tuple(range(s))
+    )
     assert int((relu_f > 0).sum(-1).max()) > _TopKSAE.k
 
 

@@ -163,12 +163,14 @@ def test_confusion_matrices_equal_one_call_per_member():
 #   class 2: tp 3, row 4, col 3 + 2 (from 1)            = 5   -> IoU_2 = 3 / (4 + 5 - 3) = 3/6
 #   class 3: never in the truth, predicted once (from 0)     -> IoU_3 = 0 / (0 + 1 - 0) = 0
 #   class 0: tp 1, row 4, col 1 (+0)                         -> IoU_0 = 1 / (4 + 1 - 1) = 1/4
-HAND_CONF = np.array([
-    [1, 2, 0, 1],
-    [0, 6, 2, 0],
-    [0, 1, 3, 0],
-    [0, 0, 0, 0],
-])
+HAND_CONF = np.array(
+    [
+        [1, 2, 0, 1],
+        [0, 6, 2, 0],
+        [0, 1, 3, 0],
+        [0, 0, 0, 0],
+    ]
+)
 
 
 def _truth_pred(conf):

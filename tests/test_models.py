@@ -36,8 +36,12 @@ IMAGE_SIZE = {"dinov2": 56, "dinov2_reg": 56, "clip": 64, "vit": 64, "dinov3": 6
 # Written down from the HF architectures (not read from the registry): CLS tokens,
 # register tokens of the demo model, patch size of the demo model.
 LAYOUT = {
-    "dinov2": (1, 0, 14), "dinov2_reg": (1, 4, 14), "clip": (1, 0, 16), "vit": (1, 0, 16),
-    "dinov3": (1, 4, 16), "siglip": (0, 0, 16),
+    "dinov2": (1, 0, 14),
+    "dinov2_reg": (1, 4, 14),
+    "clip": (1, 0, 16),
+    "vit": (1, 0, 16),
+    "dinov3": (1, 4, 16),
+    "siglip": (0, 0, 16),
 }
 # HF's own forward needs `interpolate_pos_encoding=True` at a non-native size for these
 # (DINOv2 interpolates by itself; DINOv3's RoPE covers any grid).
@@ -65,9 +69,7 @@ def hf_final(bb: Backbone, out) -> torch.Tensor:
 @pytest.fixture(scope="module", params=FAMILIES)
 def loaded(request, tmp_path_factory) -> tuple[Backbone, dict, Path]:
     family = request.param
-    folder = build_demo_model(
-        family, tmp_path_factory.mktemp(family), image_size=IMAGE_SIZE[family], **TINY
-    )
+    folder = build_demo_model(family, tmp_path_factory.mktemp(family), image_size=IMAGE_SIZE[family], **TINY)
     bb, provenance = load_backbone(ModelSpec(family, str(folder)))
     return bb, provenance, folder
 
@@ -244,11 +246,24 @@ def test_resolve_layer(loaded):
 # ------------------------------------------------------------- loading
 def test_clip_vision_tower_loads_from_full_clip_checkpoint(tmp_path):
     config = transformers.CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "vocab_size": 64, "bos_token_id": 0,
-                     "eos_token_id": 1, "pad_token_id": 1},
-        vision_config={"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 3,
-                       "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 64,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 128,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "image_size": 64,
+            "patch_size": 16,
+        },
         projection_dim=16,
     )
     torch.manual_seed(0)
@@ -275,10 +290,21 @@ def test_clip_vision_tower_loads_from_full_clip_checkpoint(tmp_path):
 def test_siglip_vision_tower_loads_from_full_siglip_checkpoint(tmp_path):
     """A full SiglipModel checkpoint (text tower, logit scale/bias) is a harmless superset."""
     config = transformers.SiglipConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "vocab_size": 64},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-                       "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 64,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "image_size": 64,
+            "patch_size": 16,
+        },
     )
     torch.manual_seed(0)
     full = transformers.SiglipModel(config).eval()
@@ -360,9 +386,7 @@ def test_hub_ids_offline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
     for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
         env.pop(key, None)
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
     assert missing in lines["ERROR"] and "'main'" in lines["ERROR"]

@@ -34,12 +34,16 @@ def test_inspect_cache_notebook_runs_on_a_fresh_cache(project, tmp_path, monkeyp
     nb = nbformat.read(REPO / "notebooks" / "inspect_cache.ipynb", as_version=4)
     monkeypatch.setenv("CACHE_STORE", str(store))  # the kernel inherits the environment
     t0 = time.perf_counter()
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError naming the cell on any error
     seconds = time.perf_counter() - t0
     text = "\n".join(
         o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-        for c in nb.cells if c.cell_type == "code" for o in c.outputs
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
     )
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
@@ -48,8 +52,14 @@ def test_inspect_cache_notebook_runs_on_a_fresh_cache(project, tmp_path, monkeyp
     assert "layers (block numbers): [1, 2]" in text
     assert "'patch': 16, 'cls': 1" in text
     assert "dask.array" in text  # the statistics were lazy until .compute()
-    charts = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "application/vnd.vegalite.v5+json" in o.get("data", {})
-              or "vegaEmbed" in str(o.get("data", {}).get("text/html", ""))]
+    charts = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "application/vnd.vegalite.v5+json" in o.get("data", {})
+        or "vegaEmbed" in str(o.get("data", {}).get("text/html", ""))
+    ]
     assert len(charts) >= 2  # the image / patch-norm / patch-label panel and the per-layer statistics
 
 
@@ -60,8 +70,12 @@ def test_marimo_app_runs_every_cell(tmp_path_factory, tiny_assets, tmp_path):
     shutil.copy(REPO / "notebooks" / "manipulate.py", app)
     proc = subprocess.run(
         [sys.executable, "-m", "marimo", "export", "html", str(app), "-o", str(out)],
-        cwd=built.folder, env={**os.environ, "MANIPULATE_CONFIG": "config.yaml", "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=300, check=False,
+        cwd=built.folder,
+        env={**os.environ, "MANIPULATE_CONFIG": "config.yaml", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     html = out.read_text()

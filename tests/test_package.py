@@ -57,11 +57,19 @@ def test_a_wheel_install_runs_help_and_a_step_on_the_demo_config(tmp_path):
     outside the repository, `python -m pipeline --help` and `demo-data` on the demo config work."""
     wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "work"
     src = tmp_path / "src"  # a clean copy: the build must not leave build/ or *.egg-info in the repo
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".snakemake", "cache", "results", "resources", "logs", "build", "*.egg-info", "__pycache__"))
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".snakemake", "cache", "results", "resources", "logs", "build", "*.egg-info", "__pycache__"
+        ),
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = lambda args, **kw: subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, **kw)  # noqa: E731
 
-    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(src)])
+    built = run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(src)]
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = wheels.glob("vit_cache_pipeline-*.whl")
     made = run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
@@ -72,7 +80,10 @@ def test_a_wheel_install_runs_help_and_a_step_on_the_demo_config(tmp_path):
 
     work.mkdir()
     shutil.copy(REPO / "config.yaml", work / "config.yaml")
-    where = run([py, "-c", "import pipeline, pipeline.config as c; print(pipeline.__file__); print(c.SCHEMA_PATH.is_file())"], cwd=work)
+    where = run(
+        [py, "-c", "import pipeline, pipeline.config as c; print(pipeline.__file__); print(c.SCHEMA_PATH.is_file())"],
+        cwd=work,
+    )
     assert where.returncode == 0, where.stderr
     location, schema_found = where.stdout.split()
     assert Path(location).is_relative_to(venv) and schema_found == "True"

@@ -31,7 +31,11 @@ def test_no_class_looks_like_other_or_the_background():
 
 def test_ade20k_classes_get_ade20ks_own_palette():
     names = ("other",) + ADE20K_FIRST_CLASSES + tuple(f"class {k}" for k in range(6, 151))
-    assert is_ade20k(names) and not is_ade20k(names[:-1]) and not is_ade20k(("other",) + tuple(f"c{k}" for k in range(150)))
+    assert (
+        is_ade20k(names)
+        and not is_ade20k(names[:-1])
+        and not is_ade20k(("other",) + tuple(f"c{k}" for k in range(150)))
+    )
     colours = class_palette(151, names)
     assert (colours[1:] == ADE20K_PALETTE).all() and tuple(colours[0]) == OTHER_COLOUR
     assert tuple(colours[1]) == (120, 120, 120) and tuple(colours[3]) == (6, 230, 230)  # wall, sky as in the benchmark
@@ -45,10 +49,16 @@ def test_segmentation_figure_at_150_classes_lists_only_present_classes(tmp_path)
     names = ["other"] + [f"synthetic-class-{k}" for k in range(1, 151)]
     present = [0, 3, 77, 150]
     masks = [rng.choice(present, size=(8, 8)) for _ in range(2)]
-    layout = figures.segmentation_figure([rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)], masks, masks,
-                                         names, tmp_path / "seg.png", random_weights=True)
+    layout = figures.segmentation_figure(
+        [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)],
+        masks,
+        masks,
+        names,
+        tmp_path / "seg.png",
+        random_weights=True,
+    )
     img = np.asarray(Image.open(layout.path).convert("RGB"))
-    legend = img[layout.cells[-1][0][3]:]  # below the last row of images
+    legend = img[layout.cells[-1][0][3] :]  # below the last row of images
     colours = class_palette(151)
     for k in range(151):
         swatch = (legend == colours[k]).all(axis=-1).sum()

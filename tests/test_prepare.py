@@ -45,11 +45,7 @@ def _write_tree(root: Path, files: dict[str, bytes]) -> Path:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # Caltech-101: 101_ObjectCategories/<class>/image_NNNN.jpg, with BACKGROUND_Google
@@ -99,12 +95,8 @@ def _cub_files() -> dict[str, bytes]:
         r + "images.txt": "".join(
             f"{i} {CUB_CLASSES[c - 1]}/{f}\n" for i, (c, f, _) in enumerate(CUB_IMAGES, 1)
         ).encode(),
-        r + "image_class_labels.txt": "".join(
-            f"{i} {c}\n" for i, (c, _, _) in enumerate(CUB_IMAGES, 1)
-        ).encode(),
-        r + "train_test_split.txt": "".join(
-            f"{i} {t}\n" for i, (_, _, t) in enumerate(CUB_IMAGES, 1)
-        ).encode(),
+        r + "image_class_labels.txt": "".join(f"{i} {c}\n" for i, (c, _, _) in enumerate(CUB_IMAGES, 1)).encode(),
+        r + "train_test_split.txt": "".join(f"{i} {t}\n" for i, (_, _, t) in enumerate(CUB_IMAGES, 1)).encode(),
         r + "README": b"readme",
         "attributes.txt": b"1 has_bill_shape::curved\n",
     }
@@ -121,11 +113,9 @@ FLOWER_SETS = {"trnid": [2, 4], "valid": [1, 6], "tstid": [3, 5, 7, 8, 9, 10]}
 def _flowers_src(tmp: Path) -> Path:
     src = tmp / "flowers_src"
     src.mkdir()
-    _tar(src / "102flowers.tgz",
-         {f"jpg/image_{i:05d}.jpg": _jpeg(200 + i) for i in range(1, len(FLOWER_LABELS) + 1)})
+    _tar(src / "102flowers.tgz", {f"jpg/image_{i:05d}.jpg": _jpeg(200 + i) for i in range(1, len(FLOWER_LABELS) + 1)})
     savemat(src / "imagelabels.mat", {"labels": np.array([FLOWER_LABELS], dtype=np.uint8)})
-    savemat(src / "setid.mat",
-            {k: np.array([v], dtype=np.uint16) for k, v in FLOWER_SETS.items()})
+    savemat(src / "setid.mat", {k: np.array([v], dtype=np.uint16) for k, v in FLOWER_SETS.items()})
     return src
 
 
@@ -140,8 +130,9 @@ def test_caltech_zip_drops_background_and_is_idempotent(tmp_path):
     assert not (out / "BACKGROUND_Google").exists()
     assert sorted(p.name for p in out.iterdir()) == ["Faces", "PREPARED.json", "accordion", "yin_yang"]
     src_files = _caltech_files()
-    assert (out / "accordion" / "image_0002.jpg").read_bytes() == \
-        src_files["101_ObjectCategories/accordion/image_0002.jpg"]
+    assert (out / "accordion" / "image_0002.jpg").read_bytes() == src_files[
+        "101_ObjectCategories/accordion/image_0002.jpg"
+    ]
     rec = json.loads((out / "PREPARED.json").read_text())
     assert rec["dataset"] == "caltech101"
     assert rec["source"] == str(z)
@@ -206,13 +197,13 @@ def test_cub_official_split(tmp_path):
     counts = prep.prepare("cub", tgz, out)
     assert counts == {
         "train": {"001.Black_footed_Albatross": 2, "002.Laysan_Albatross": 1},
-        "test": {"001.Black_footed_Albatross": 1, "002.Laysan_Albatross": 1,
-                 "003.Sooty_Albatross": 2},
+        "test": {"001.Black_footed_Albatross": 1, "002.Laysan_Albatross": 1, "003.Sooty_Albatross": 2},
     }
     assert (out / "train/001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg").is_file()
     assert (out / "test/001.Black_footed_Albatross/Black_Footed_Albatross_0009_34.jpg").is_file()
-    assert (out / "test/003.Sooty_Albatross/Sooty_Albatross_0002_796339.jpg").read_bytes() == \
-        _cub_files()["CUB_200_2011/images/003.Sooty_Albatross/Sooty_Albatross_0002_796339.jpg"]
+    assert (out / "test/003.Sooty_Albatross/Sooty_Albatross_0002_796339.jpg").read_bytes() == _cub_files()[
+        "CUB_200_2011/images/003.Sooty_Albatross/Sooty_Albatross_0002_796339.jpg"
+    ]
     assert not (out / "train/003.Sooty_Albatross").exists()
     assert sorted(p.name for p in out.iterdir()) == ["PREPARED.json", "test", "train"]
     rec = json.loads((out / "PREPARED.json").read_text())
@@ -271,8 +262,9 @@ def test_flowers_official_split(tmp_path):
     rec2 = json.loads((out / "PREPARED.json").read_text())
     assert rec2["source"] == str(src / "102flowers.tgz")
     after = _tree(out)
-    assert {k: v for k, v in after.items() if k != "PREPARED.json"} == \
-        {k: v for k, v in before.items() if k != "PREPARED.json"}
+    assert {k: v for k, v in after.items() if k != "PREPARED.json"} == {
+        k: v for k, v in before.items() if k != "PREPARED.json"
+    }
 
 
 def test_flowers_missing_setid_names_path(tmp_path):
@@ -286,8 +278,7 @@ def test_flowers_missing_setid_names_path(tmp_path):
 # --------------------------------------------------------------------------- safety / errors
 
 
-@pytest.mark.parametrize("bad", ["../evil.jpg", "/tmp/evil.jpg",
-                                 "101_ObjectCategories/../../evil.jpg"])
+@pytest.mark.parametrize("bad", ["../evil.jpg", "/tmp/evil.jpg", "101_ObjectCategories/../../evil.jpg"])
 def test_path_traversal_member_refused(tmp_path, bad):
     files = _caltech_files()
     files[bad] = b"x"
@@ -330,13 +321,11 @@ def test_cli_add_parser(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="pipeline")
     prep.add_parser(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "out"
-    args = parser.parse_args(["prepare", "caltech101", "--src", str(src), "--out", str(out),
-                              "--keep-background"])
+    args = parser.parse_args(["prepare", "caltech101", "--src", str(src), "--out", str(out), "--keep-background"])
     assert args.func(args) == 0
     assert "4 classes" in capsys.readouterr().out
     assert (out / "BACKGROUND_Google").is_dir()
-    args = parser.parse_args(["prepare", "flowers102", "--src", str(tmp_path / "nope"),
-                              "--out", str(tmp_path / "o")])
+    args = parser.parse_args(["prepare", "flowers102", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     with pytest.raises(prep.PrepareError, match="nope"):  # one `error:` line via USER_ERRORS (was SystemExit)
         args.func(args)
 

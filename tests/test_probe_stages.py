@@ -98,13 +98,24 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
         assert (out / name).stat().st_size > 0, name
     sweep = pd.read_csv(out / "sweep.csv")
     assert len(sweep) == 6 and sweep["best"].sum() == 1 and sweep["random_weights"].all()
-    for col in ("member", "lr", "weight_decay", "train_loss", "patch_miou_pct", "patch_acc_pct", "pixel_miou_pct", "pixel_acc_pct"):
+    for col in (
+        "member",
+        "lr",
+        "weight_decay",
+        "train_loss",
+        "patch_miou_pct",
+        "patch_acc_pct",
+        "pixel_miou_pct",
+        "pixel_acc_pct",
+    ):
         assert col in sweep.columns and sweep[col].notna().all(), col
     best = sweep.loc[sweep["best"]].iloc[0]
     # chosen on the held-out part of train, not on val (issue 15: no peeking)
     assert best["selection_pixel_miou_pct"] == sweep["selection_pixel_miou_pct"].max()
     assert (sweep["protocol"] == "ade20k").all() and (sweep["miou_definition"] == "present_in_truth").all()
-    assert 100 * summary["val_pixel_miou"] == pytest.approx(best["pixel_miou_pct"])  # tables in percent, JSON in fractions
+    assert 100 * summary["val_pixel_miou"] == pytest.approx(
+        best["pixel_miou_pct"]
+    )  # tables in percent, JSON in fractions
     epochs = pd.read_csv(out / "epochs.csv")  # one row per epoch and member
     assert len(epochs) == EPOCHS * 6 and sorted(set(epochs["epoch"])) == list(range(EPOCHS))
     assert epochs["train_loss"].notna().all() and epochs["val_patch_miou_pct"].between(0, 100).all()
@@ -134,7 +145,9 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
     baseline = metrics.mean_iou(metrics.confusion_matrix(truth, np.full_like(truth, majority), val.n_classes, ignore=0))
     probe = float(best["pixel_miou_pct"]) / 100  # a fraction, as the baseline
     n_present = int(per_class["in_miou"].sum())
-    print(f"\nseg probe val pixel mIoU {probe:.3f} vs majority-class baseline {baseline:.3f} ({n_present} classes present)")
+    print(
+        f"\nseg probe val pixel mIoU {probe:.3f} vs majority-class baseline {baseline:.3f} ({n_present} classes present)"
+    )
     # Margin 0.3: a constant predictor scores at most 1/n_present (one class's IoU <= 1, the others 0),
     # and so does a probe that segments one class perfectly and nothing else. With n_present = 4,
     # baseline + 0.3 >= 0.3 > 1/4, so passing needs at least two classes segmented well.
@@ -168,7 +181,9 @@ def test_cls_probe_above_chance(project, capsys):
         assert (out / name).stat().st_size > 0, name
     epochs = pd.read_csv(out / "epochs.csv")
     assert len(epochs) == 40 * 6 and epochs["val_top1_acc_pct"].between(0, 100).all()
-    assert epochs.loc[epochs["epoch"] == 39, "val_top1_acc_pct"].max() == pytest.approx(100 * summary["metrics"]["top1_acc"])
+    assert epochs.loc[epochs["epoch"] == 39, "val_top1_acc_pct"].max() == pytest.approx(
+        100 * summary["metrics"]["top1_acc"]
+    )
     val = CacheReader(cfg.store(CLS, "val"))
     n_val, chance = int(val.valid.sum()), 1.0 / val.n_classes
     top1, top5 = summary["metrics"]["top1_acc"], summary["metrics"]["top5_acc"]

@@ -178,7 +178,9 @@ def test_figures_are_written(tmp_path):
     paths = figures.sweep_chart(df, tmp_path / "sweep", metric="miou_pct", metric_title="mIoU", random_weights=True)
     names = ["cat", "dog", "tree", "sky"]
     per_class = pd.DataFrame({"class_name": names, "iou_pct": [50.0, np.nan, 20.0, 90.0]})
-    paths += figures.per_class_chart(per_class, tmp_path / "per_class", value="iou_pct", title="IoU per class", random_weights=False)
+    paths += figures.per_class_chart(
+        per_class, tmp_path / "per_class", value="iou_pct", title="IoU per class", random_weights=False
+    )
     conf = rng.integers(0, 20, size=(4, 4))
     conf[1] = 0  # an empty row must not break normalisation
     paths += figures.confusion_chart(conf, names, tmp_path / "confusion", random_weights=True)
@@ -219,7 +221,9 @@ def test_segmentation_figure_colours(tmp_path):
     left, top, _, _ = layout.cells[0][0]  # the image itself
     np.testing.assert_array_equal(img[top + 1, left + 1], [200, 200, 200])
     with pytest.raises(ValueError, match="class 15"):
-        figures.segmentation_figure(images[:1], [true0 + 12], [pred0], names, tmp_path / "bad.png", random_weights=False)
+        figures.segmentation_figure(
+            images[:1], [true0 + 12], [pred0], names, tmp_path / "bad.png", random_weights=False
+        )
 
 
 def test_sweep_adamw_matches_torch_adamw_per_member():
@@ -227,13 +231,22 @@ def test_sweep_adamw_matches_torch_adamw_per_member():
     torch.manual_seed(0)
     members = [linear.ProbeMember(1e-2, 1e-1), linear.ProbeMember(3e-3, 0.0), linear.ProbeMember(1e-1, 1e-3)]
     sweep = linear.ProbeSweep(8, 3, members, seed=0)
-    opt = linear.SweepAdamW([sweep.weight_MCD, sweep.bias_MC], torch.tensor([m.lr for m in members]), torch.tensor([m.weight_decay for m in members]))
-    refs = [(torch.nn.Parameter(sweep.weights[m].detach().clone()), torch.nn.Parameter(sweep.biases[m].detach().clone())) for m in range(3)]
+    opt = linear.SweepAdamW(
+        [sweep.weight_MCD, sweep.bias_MC],
+        torch.tensor([m.lr for m in members]),
+        torch.tensor([m.weight_decay for m in members]),
+    )
+    refs = [
+        (torch.nn.Parameter(sweep.weights[m].detach().clone()), torch.nn.Parameter(sweep.biases[m].detach().clone()))
+        for m in range(3)
+    ]
     ref_opts = [torch.optim.AdamW(list(p), lr=m.lr, weight_decay=m.weight_decay) for p, m in zip(refs, members)]
     for _ in range(5):
         x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(sweep.forward_MCN(x), y.expand(3, -1), reduction="none").mean(1).sum().backward()
+        torch.nn.functional.cross_entropy(sweep.forward_MCN(x), y.expand(3, -1), reduction="none").mean(
+            1
+        ).sum().backward()
         opt.step()
         for (w, b), o in zip(refs, ref_opts):
             o.zero_grad()

@@ -63,7 +63,10 @@ def test_sae_sweep_line_reports_step_loss_l0_dead_and_best_member(caplog):
     caplog.set_level(logging.INFO, logger="pipeline.progress")
     torch.manual_seed(0)
     x = torch.randn(2048, 8)
-    members = [SAEHparams(lr=1e-3, sparsity_coeff=1e-3, exp_factor=2), SAEHparams(lr=1e-2, sparsity_coeff=1.0, exp_factor=2)]
+    members = [
+        SAEHparams(lr=1e-3, sparsity_coeff=1e-3, exp_factor=2),
+        SAEHparams(lr=1e-2, sparsity_coeff=1.0, exp_factor=2),
+    ]
     cfg = TrainConfig(n_tokens=2048, batch_size=256, lr_warmup_steps=1, sparsity_warmup_steps=1)
     watch = SAESweepProgress(cfg.n_tokens, [m.label for m in members], max_l0=1e9, interval=0, terminal=False)
     trained = train_sweep(list(x.split(256)), 8, members, cfg, data_mean_D=None, progress=False, on_step=watch)
@@ -89,8 +92,23 @@ def test_rule_logs_show_progress_during_a_short_run(tmp_path):
     chain_config(tmp_path)
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "PIPELINE_PROGRESS_SECONDS": "0"}
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "sae"],
-        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "2",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "sae",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_rule_logs(tmp_path / "logs")

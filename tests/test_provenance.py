@@ -24,7 +24,11 @@ def _cfg(overrides: dict | None = None):
 
 
 # ---- the table: each step's hash moves with exactly its keys ----------------------------------------
-PROBE = {"probes": {"seg": {"cache": {"model": "dino", "dataset": "seg"}, "lrs": [1.0e-3], "weight_decays": [1.0e-3], "epochs": 1}}}
+PROBE = {
+    "probes": {
+        "seg": {"cache": {"model": "dino", "dataset": "seg"}, "lrs": [1.0e-3], "weight_decays": [1.0e-3], "epochs": 1}
+    }
+}
 SAE = {"sae": {"cache": {"model": "dino", "dataset": "seg"}, "layer": -2, "n_tokens": 1024}}
 QUANTIFY = {"quantify": {"scale": -2.0}}
 FULL = deep_update(deep_update(PROBE, SAE), QUANTIFY)
@@ -33,9 +37,15 @@ FULL = deep_update(deep_update(PROBE, SAE), QUANTIFY)
 @pytest.mark.parametrize(
     "edit, changed",
     [
-        ({"extract": {"dtype": "float16"}}, {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"}),
+        (
+            {"extract": {"dtype": "float16"}},
+            {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"},
+        ),
         ({"extract": {"batch_size": 7, "num_workers": 2}}, set()),  # speed only: no rerun
-        ({"models": {"dino": {"preprocess": {"resize": 64}}}}, {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"}),
+        (
+            {"models": {"dino": {"preprocess": {"resize": 64}}}},
+            {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"},
+        ),
         ({"probes": {"seg": {"lrs": [1.0e-2]}}}, {"probe-seg", "quantify"}),
         ({"sae": {"exp_factors": [8]}}, {"sae-train", "sae-latents", "class-f1", "quantify"}),
         ({"sae": {"gallery_latents": 3}}, set()),  # the gallery is not among these steps
@@ -50,7 +60,11 @@ def test_step_hash_changes_with_exactly_the_keys_the_step_reads(edit, changed):
     steps = {
         "extract": {"model": "dino", "dataset": "seg", "split": "train"},
         "stats": {"model": "dino", "dataset": "seg", "split": "train"},
-        "probe-seg": {}, "sae-train": {}, "sae-latents": {}, "class-f1": {}, "quantify": {},
+        "probe-seg": {},
+        "sae-train": {},
+        "sae-latents": {},
+        "class-f1": {},
+        "quantify": {},
     }
     before, after = _cfg(FULL), _cfg(deep_update(FULL, edit))
     moved = {s for s, keys in steps.items() if step_hash(before, s, **keys) != step_hash(after, s, **keys)}
@@ -100,12 +114,28 @@ def test_quantify_and_the_workflow_refuse_a_config_without_a_quantify_section(tm
     with pytest.raises(ConfigError, match="key quantify: missing"):
         require_quantify(_cfg(deep_update(PROBE, SAE)))
     # SAE and probe on different caches: an error naming both keys when the workflow is planned
-    write_config(tmp_path, deep_update(FULL, {"caches": [{"model": "dino", "dataset": "seg"}, {"model": "clip", "dataset": "seg"}],
-                                              "probes": {"seg": {"cache": {"model": "clip", "dataset": "seg"}}}}))
-    proc = subprocess.run(SNAKEMAKE + ["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    write_config(
+        tmp_path,
+        deep_update(
+            FULL,
+            {
+                "caches": [{"model": "dino", "dataset": "seg"}, {"model": "clip", "dataset": "seg"}],
+                "probes": {"seg": {"cache": {"model": "clip", "dataset": "seg"}}},
+            },
+        ),
+    )
+    proc = subprocess.run(
+        SNAKEMAKE + ["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
-    assert "key sae/cache and probes/seg/cache must name the same (model, dataset) for quantify" in proc.stdout + proc.stderr
+    assert (
+        "key sae/cache and probes/seg/cache must name the same (model, dataset) for quantify"
+        in proc.stdout + proc.stderr
+    )
 
 
 # ---- a hand-run step refuses stale upstream outputs -------------------------------------------------
@@ -144,8 +174,10 @@ def test_hand_run_step_refuses_a_store_extracted_with_another_dtype(probed):
     write_config(folder, deep_update(over, {"extract": {"dtype": "float16"}}), name="f16.yaml")
     proc = run_cli(["probe-seg", "--config", "f16.yaml", "--no-progress"], folder, check=False)
     assert proc.returncode == 2
-    assert re.fullmatch(r"error: cache/dino/seg/train\.zarr: extracted with another config .*extract\.dtype \(\"float32\" -> \"float16\"\).*\n",
-                        proc.stderr), proc.stderr
+    assert re.fullmatch(
+        r"error: cache/dino/seg/train\.zarr: extracted with another config .*extract\.dtype \(\"float32\" -> \"float16\"\).*\n",
+        proc.stderr,
+    ), proc.stderr
     # the same config as the store: the check lets it through (stats reads only the store)
     ok = run_cli(["stats", "--model", "dino", "--dataset", "seg", "--split", "train"], folder)
     stats = json.loads((folder / "results/stats/dino/seg/train.json").read_text())
@@ -155,8 +187,13 @@ def test_hand_run_step_refuses_a_store_extracted_with_another_dtype(probed):
 # ---- the workflow: exactly the affected rules rerun -------------------------------------------------
 def _planned(folder: Path, *extra: str) -> dict[str, int]:
     """Rule -> job count of `snakemake -n` (the default target) in ``folder``."""
-    proc = subprocess.run(SNAKEMAKE + ["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder), *extra],
-                          cwd=folder, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        SNAKEMAKE + ["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder), *extra],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     if "Nothing to be done" in out:
@@ -165,8 +202,16 @@ def _planned(folder: Path, *extra: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
-DIMRED = {"dimred": {"cache": {"model": "dino", "dataset": "seg"}, "layer": -1, "dims": [32, 4], "n_fit_tokens": 2000,
-                     "probe_epochs": 1, "probe_lr": 1.0e-2}}
+DIMRED = {
+    "dimred": {
+        "cache": {"model": "dino", "dataset": "seg"},
+        "layer": -1,
+        "dims": [32, 4],
+        "n_fit_tokens": 2000,
+        "probe_epochs": 1,
+        "probe_lr": 1.0e-2,
+    }
+}
 DOWNSTREAM_OF_SAE = {"sae_train": 1, "sae_latents": 1, "sae_gallery": 1, "class_f1": 1, "propose": 1, "quantify": 1}
 
 
@@ -185,14 +230,22 @@ def _run_planned(folder: Path, rules: list[str], *extra: str) -> None:
             out.touch()
         elif not out.exists():  # a folder output (the SAE gallery, the proposals pages): --touch stamps inside it
             out.mkdir(parents=True)
-    touched = subprocess.run(base + ["--touch", "--forcerun", *rules, "--cores", "1"], cwd=folder, capture_output=True, text=True, timeout=600)
+    touched = subprocess.run(
+        base + ["--touch", "--forcerun", *rules, "--cores", "1"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert touched.returncode == 0, touched.stderr[-3000:]
 
 
 @pytest.mark.slow
 def test_editing_one_key_reruns_exactly_the_affected_rules(tmp_path):
     path = chain_config(tmp_path)
-    base = deep_update(yaml.safe_load(path.read_text()), {**DIMRED, "quantify": {"methods": ["random_vector", "manual_feature"]}})
+    base = deep_update(
+        yaml.safe_load(path.read_text()), {**DIMRED, "quantify": {"methods": ["random_vector", "manual_feature"]}}
+    )
     path.write_text(yaml.safe_dump(base, sort_keys=False))
     _run_planned(tmp_path, list(_planned(tmp_path)))
     assert _planned(tmp_path) == {}
@@ -201,8 +254,10 @@ def test_editing_one_key_reruns_exactly_the_affected_rules(tmp_path):
     assert _planned(tmp_path, "--configfile", str(path)) == {}
 
     cases = [
-        ({"extract": {"dtype": "float16"}},
-         {"extract_part": 4, "finalize_cache": 2, "stats": 1, "probe_seg": 1, "dimred": 1, **DOWNSTREAM_OF_SAE}),
+        (
+            {"extract": {"dtype": "float16"}},
+            {"extract_part": 4, "finalize_cache": 2, "stats": 1, "probe_seg": 1, "dimred": 1, **DOWNSTREAM_OF_SAE},
+        ),
         ({"extract": {"batch_size": 5}}, {}),
         ({"probes": {"seg": {"lrs": [1.0e-2]}}}, {"probe_seg": 1, "quantify": 1}),
         ({"sae": {"exp_factors": [2]}}, DOWNSTREAM_OF_SAE),
@@ -263,12 +318,18 @@ SPACED = {
 def test_paths_with_spaces_are_quoted_in_every_rule(tmp_path):
     write_config(tmp_path, deep_update(TINY_CONFIG, SPACED), name="my config.yaml")
     args = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", "my config.yaml"]
-    dry = subprocess.run(SNAKEMAKE + ["-n", "-p", "cache", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    dry = subprocess.run(
+        SNAKEMAKE + ["-n", "-p", "cache", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert dry.returncode == 0, dry.stderr[-3000:]
     commands = [line for line in dry.stdout.splitlines() if " -m pipeline " in line]
-    assert commands and all(f"--config '{tmp_path / 'my config.yaml'}'" in c for c in commands)  # Snakemake makes it absolute
+    assert commands and all(
+        f"--config '{tmp_path / 'my config.yaml'}'" in c for c in commands
+    )  # Snakemake makes it absolute
     assert any("--sentinel 'cache dir/dino/seg/train.parts/0-of-1.json'" in c for c in commands)
-    real = subprocess.run(SNAKEMAKE + ["--cores", "2", "cache", *args], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    real = subprocess.run(
+        SNAKEMAKE + ["--cores", "2", "cache", *args], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert real.returncode == 0, real.stdout[-3000:] + real.stderr[-3000:]
     done = json.loads((tmp_path / "cache dir/dino/seg/val.complete.json").read_text())
     assert done["complete"] is True and done["n_images"] == 12

@@ -25,7 +25,12 @@ def test_change_counts_by_hand():
     # original-1 patches: positions (0,0),(0,1),(0,2) -> 1, 2, 4: one kept, two lost (into 2 and 4)
     # original-not-1: (0,3) 2->2, (1,0) 2->1 gained+changed, (1,1) 3->3, (1,2) 3->1 gained+changed, (1,3) 0->0
     assert {k: v for k, v in c1.items() if k != "into"} == {
-        "target_lost": 2, "target_kept": 1, "other_gained": 2, "other_changed": 2, "n_target": 3, "n_other": 5,
+        "target_lost": 2,
+        "target_kept": 1,
+        "other_gained": 2,
+        "other_changed": 2,
+        "n_target": 3,
+        "n_other": 5,
     }
     assert c1["into"].tolist() == [0, 0, 1, 0, 1]
     row = add_rates(dict(c1))
@@ -132,7 +137,9 @@ def test_random_vector_edit_adds_the_vector_to_patches_only(seg_val):
     u = np.arange(reader.d_model, dtype=np.float32)
     out = editor.apply(acts, Edit(vector=u))
     assert torch.equal(out[:, : reader.n_prefix], acts[:, : reader.n_prefix])
-    torch.testing.assert_close(out[:, reader.n_prefix :] - acts[:, reader.n_prefix :], torch.from_numpy(u).expand(2, reader.n_patches, -1))
+    torch.testing.assert_close(
+        out[:, reader.n_prefix :] - acts[:, reader.n_prefix :], torch.from_numpy(u).expand(2, reader.n_patches, -1)
+    )
 
 
 # ---- auto selection on a planted store --------------------------------------------
@@ -145,12 +152,40 @@ def _planted_store(path, *, planted_latent=5, planted_class=3, n_images=8, d=8):
     acts[:, 0, 1:] = rng.uniform(0.5, 1.0, (n_images, p, d))  # every other dim fires everywhere
     acts[:, 0, 1:, planted_latent] = (labels == planted_class).astype(np.float32)
     acts[:, 0, 1:, 2] = rng.uniform(0, 1, (n_images, p)) * (rng.uniform(size=(n_images, p)) < 0.05)  # rare and random
-    layout = StoreLayout(tuple(f"i{i}" for i in range(n_images)), (0,), ("cls",) + ("patch",) * p, grid, d, "float32", 4, "segmentation", 8)
-    attrs = {"config_hash": "x", "n_blocks": 1, "n_prefix_tokens": 1, "grid": list(grid), "task": "segmentation", "class_names": ["other", "a", "b", "c", "d"]}
+    layout = StoreLayout(
+        tuple(f"i{i}" for i in range(n_images)),
+        (0,),
+        ("cls",) + ("patch",) * p,
+        grid,
+        d,
+        "float32",
+        4,
+        "segmentation",
+        8,
+    )
+    attrs = {
+        "config_hash": "x",
+        "n_blocks": 1,
+        "n_prefix_tokens": 1,
+        "grid": list(grid),
+        "task": "segmentation",
+        "class_names": ["other", "a", "b", "c", "d"],
+    }
     group = create_or_open(path, layout, attrs)
     for s in range(0, n_images, 4):
         b = slice(s, s + 4)
-        write_chunk(group, s, {"acts": acts[b], "patch_label": labels[b], "patch_purity": np.ones((4, p), np.float16), "pixel_label": np.zeros((4, 8, 8), np.uint16), "bad": np.zeros(4, bool), "bad_reason": np.array([""] * 4, dtype=object)})
+        write_chunk(
+            group,
+            s,
+            {
+                "acts": acts[b],
+                "patch_label": labels[b],
+                "patch_purity": np.ones((4, p), np.float16),
+                "pixel_label": np.zeros((4, 8, 8), np.uint16),
+                "bad": np.zeros(4, bool),
+                "bad_reason": np.array([""] * 4, dtype=object),
+            },
+        )
     finalize(path)
     return CacheReader(path)
 
@@ -160,7 +195,10 @@ def test_auto_selection_recovers_a_planted_latent(tmp_path):
     d = reader.d_model
     sae = SparseAutoencoder(d, d)
     with torch.no_grad():  # f = relu(x): latent k reads dim k
-        sae.W_enc.copy_(torch.eye(d)); sae.b_enc.zero_(); sae.b_dec.zero_(); sae.W_dec.copy_(torch.eye(d))
+        sae.W_enc.copy_(torch.eye(d))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        sae.W_dec.copy_(torch.eye(d))
     f1 = class_latent_f1(reader, 0, sae, InputScaling.identity(d), (0.0, 0.5))
     freq = f1["fire_freq"].sel(threshold=0.0).values
     best = ranked_latents(f1, 3, allowed_latents(freq, 0.5), 3)
@@ -180,7 +218,11 @@ def test_manual_features_by_name_and_id():
 
 @pytest.mark.parametrize(
     "manual,match",
-    [({"cloud": (1,)}, r"quantify/manual/cloud: unknown class name 'cloud'"), ({"sky": (8,)}, r"quantify/manual/sky: latent 8 does not exist"), ({"0": (1,)}, r"class id 0 is not a real class")],
+    [
+        ({"cloud": (1,)}, r"quantify/manual/cloud: unknown class name 'cloud'"),
+        ({"sky": (8,)}, r"quantify/manual/sky: latent 8 does not exist"),
+        ({"0": (1,)}, r"class id 0 is not a real class"),
+    ],
 )
 def test_manual_feature_errors_name_the_culprit(manual, match):
     with pytest.raises(ConfigError, match=match):
@@ -192,12 +234,18 @@ def test_proposals_page_with_no_qualifying_latent_says_so():
     from pipeline.config import QuantifyConfig
     import xarray as xr
 
-    f1 = xr.Dataset({"f1": (("class", "latent", "threshold"), np.ones((3, 4, 1), np.float32))},
-                    coords={"class": np.arange(3), "latent": np.arange(4), "threshold": [0.0]})
-    table = proposal_table(f1, np.full(4, 0.9), np.ones(4), ("other", "a", "b"), QuantifyConfig(max_firing_fraction=0.1))
+    f1 = xr.Dataset(
+        {"f1": (("class", "latent", "threshold"), np.ones((3, 4, 1), np.float32))},
+        coords={"class": np.arange(3), "latent": np.arange(4), "threshold": [0.0]},
+    )
+    table = proposal_table(
+        f1, np.full(4, 0.9), np.ones(4), ("other", "a", "b"), QuantifyConfig(max_firing_fraction=0.1)
+    )
     assert table.empty and list(table.columns)[:4] == ["class_id", "class_name", "rank", "latent"]
     assert "No latent qualifies" in proposals_html(table, random_weights=False)
-    full = proposal_table(f1, np.full(4, 0.05), np.ones(4), ("other", "a", "b"), QuantifyConfig(max_firing_fraction=0.1, n_proposals=2))
+    full = proposal_table(
+        f1, np.full(4, 0.05), np.ones(4), ("other", "a", "b"), QuantifyConfig(max_firing_fraction=0.1, n_proposals=2)
+    )
     assert full.groupby("class_id").size().to_dict() == {1: 2, 2: 2}
 
 
@@ -222,24 +270,29 @@ def test_labelled_only_rates_on_a_planted_example():
 
 
 def test_saev_population_std_over_all_classes_counts_absent_classes_as_zero():
-    table = pd.DataFrame([
-        add_rates({"target_lost": 1, "n_target": 2, "other_changed": 0, "n_other": 10}),  # 50 %
-        add_rates({"target_lost": 1, "n_target": 10, "other_changed": 5, "n_other": 10}),  # 10 %
-    ])
+    table = pd.DataFrame(
+        [
+            add_rates({"target_lost": 1, "n_target": 2, "other_changed": 0, "n_other": 10}),  # 50 %
+            add_rates({"target_lost": 1, "n_target": 10, "other_changed": 5, "n_other": 10}),  # 10 %
+        ]
+    )
     s = summarize(table, n_real_classes=4)
     assert s["target_change_rate_std_pct"] == pytest.approx(np.std([50, 10], ddof=1))
     assert s["target_change_rate_std_saev_pct"] == pytest.approx(np.std([50, 10, 0, 0], ddof=0))
     assert s["other_change_rate_std_saev_pct"] == pytest.approx(np.std([0, 50, 0, 0], ddof=0))
 
 
-@pytest.mark.parametrize("orig, new, truth, match", [
-    (np.zeros((2, 3), int), np.zeros((3, 2), int), None, "shape"),
-    (np.zeros((0,), int), np.zeros((0,), int), None, "empty"),
-    (np.array([1, 7]), np.array([1, 1]), None, r"outside \[0, 5\)"),
-    (np.array([1, 1]), np.array([1, -1]), None, r"-1 is outside"),
-    (np.array([1.0, 1.0]), np.array([1, 1]), None, "integers"),
-    (np.array([1, 1]), np.array([1, 1]), np.array([1, 1, 1]), "ground truth has shape"),
-])
+@pytest.mark.parametrize(
+    "orig, new, truth, match",
+    [
+        (np.zeros((2, 3), int), np.zeros((3, 2), int), None, "shape"),
+        (np.zeros((0,), int), np.zeros((0,), int), None, "empty"),
+        (np.array([1, 7]), np.array([1, 1]), None, r"outside \[0, 5\)"),
+        (np.array([1, 1]), np.array([1, -1]), None, r"-1 is outside"),
+        (np.array([1.0, 1.0]), np.array([1, 1]), None, "integers"),
+        (np.array([1, 1]), np.array([1, 1]), np.array([1, 1, 1]), "ground truth has shape"),
+    ],
+)
 def test_counting_mistakes_are_loud(orig, new, truth, match):
     from pipeline.quantify import CountingError
 

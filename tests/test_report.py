@@ -20,12 +20,45 @@ def test_report_zip_has_gallery_proposals_and_manipulate_pages(tmp_path_factory,
     folder = tmp_path / "project"
     shutil.copytree(built.folder, folder)  # the report run must not write into the shared project
     # Outputs were made in-process, not by Snakemake: mark them up to date so the report takes them as they are.
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
-                           "--touch", "--cores", "1", "all"], cwd=folder, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(folder),
+            "--touch",
+            "--cores",
+            "1",
+            "all",
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = tmp_path / "report.zip"
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
-                           "--report", str(report), "all"], cwd=folder, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(folder),
+            "--report",
+            str(report),
+            "all",
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with zipfile.ZipFile(report) as z:
         names = z.namelist()
@@ -33,7 +66,9 @@ def test_report_zip_has_gallery_proposals_and_manipulate_pages(tmp_path_factory,
         html = z.read(index).decode("utf-8", errors="replace")
     stored = "\n".join(names)
     # the gallery and the proposals come as their index page plus every page and picture beside it
-    assert "gallery.html" in html and "proposals.html" in html, "gallery / proposals pages missing from the report index"
+    assert "gallery.html" in html and "proposals.html" in html, (
+        "gallery / proposals pages missing from the report index"
+    )
     assert any(n.endswith("/latent_0.png") or "/latent_" in n for n in names), stored[:2000]
     for page in ("probabilities.png", "maps.png"):
         assert page in html, f"manipulate {page} missing from the report index"

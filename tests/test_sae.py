@@ -139,10 +139,14 @@ def test_sparsity_warmup_reaches_the_loss():
     # In training, the scheduled λ_t is what the recorded loss used, step by step.
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(32, 4, generator=g) for _ in range(12)]
-    (t,) = train_sweep(batches, 4, [SAEHparams(lr=1e-3, sparsity_coeff=coeff, exp_factor=2)],
-                       TrainConfig(n_tokens=12 * 32, batch_size=32, lr_warmup_steps=3,
-                                   sparsity_warmup_steps=warm),
-                       data_mean_D=None, progress=False)
+    (t,) = train_sweep(
+        batches,
+        4,
+        [SAEHparams(lr=1e-3, sparsity_coeff=coeff, exp_factor=2)],
+        TrainConfig(n_tokens=12 * 32, batch_size=32, lr_warmup_steps=3, sparsity_warmup_steps=warm),
+        data_mean_D=None,
+        progress=False,
+    )
     h = t.history
     expected_lam = np.array([coeff * min(1, s / warm) for s in range(12)])
     np.testing.assert_allclose(h["sparsity_coeff"], expected_lam)
@@ -209,8 +213,14 @@ def _write_raw(path, header, payload_obj):
 
 
 LEGACY_HEADER = {
-    "d_vit": 2, "exp_factor": 2, "n_reinit_samples": 524288, "sparsity_coeff": 0.0004,
-    "ghost_grads": False, "remove_parallel_grads": True, "normalize_w_dec": True, "seed": 42,
+    "d_vit": 2,
+    "exp_factor": 2,
+    "n_reinit_samples": 524288,
+    "sparsity_coeff": 0.0004,
+    "ghost_grads": False,
+    "remove_parallel_grads": True,
+    "normalize_w_dec": True,
+    "seed": 42,
 }
 
 
@@ -239,17 +249,33 @@ def test_legacy_header_uses_the_subtracting_encoder(tmp_path):
 
 def test_new_saev_headers(tmp_path):
     x = torch.tensor([[2.0, 1.0]])
-    schema2 = {"schema": 2, "cfg": {"d_vit": 2, "exp_factor": 2, "n_reinit_samples": 0,
-                                    "remove_parallel_grads": True, "normalize_w_dec": True,
-                                    "seed": 0, "activation": {"cls": "Relu", "params": {}}},
-               "commit": "abc", "lib": "1.0"}
+    schema2 = {
+        "schema": 2,
+        "cfg": {
+            "d_vit": 2,
+            "exp_factor": 2,
+            "n_reinit_samples": 0,
+            "remove_parallel_grads": True,
+            "normalize_w_dec": True,
+            "seed": 0,
+            "activation": {"cls": "Relu", "params": {}},
+        },
+        "commit": "abc",
+        "lib": "1.0",
+    }
     _write_raw(tmp_path / "s2.pt", schema2, _legacy_state())
     sae, header, _ = load_checkpoint(tmp_path / "s2.pt")
     assert not sae.encoder_subtracts_b_dec and header["schema"] == 2
     torch.testing.assert_close(sae.encode(x), torch.tensor([[2.0, 1.0, 2.0, 0.0]]))
 
-    schema5 = {"schema": 5, "cfg": {"d_model": 2, "d_sae": 4, "activation": {
-        "cls": "Relu", "params": {"key": "relu", "sparsity": {"cls": "L1Sparsity", "params": {}}}}}}
+    schema5 = {
+        "schema": 5,
+        "cfg": {
+            "d_model": 2,
+            "d_sae": 4,
+            "activation": {"cls": "Relu", "params": {"key": "relu", "sparsity": {"cls": "L1Sparsity", "params": {}}}},
+        },
+    }
     _write_raw(tmp_path / "s5.pt", schema5, _legacy_state())
     assert not load_checkpoint(tmp_path / "s5.pt")[0].encoder_subtracts_b_dec
 
@@ -258,8 +284,7 @@ def test_new_saev_headers(tmp_path):
     with pytest.warns(UserWarning, match="both encoder conventions"):
         load_checkpoint(tmp_path / "s1.pt")
 
-    topk = {"schema": 2, "cfg": {"d_model": 2, "d_sae": 4,
-                                 "activation": {"cls": "TopK", "params": {"top_k": 2}}}}
+    topk = {"schema": 2, "cfg": {"d_model": 2, "d_sae": 4, "activation": {"cls": "TopK", "params": {"top_k": 2}}}}
     _write_raw(tmp_path / "tk.pt", topk, _legacy_state())
     with pytest.raises(CheckpointError, match="TopK"):
         load_checkpoint(tmp_path / "tk.pt")
@@ -347,9 +372,13 @@ def test_recovers_a_sparse_dictionary():
     data = synthetic_dictionary_data(n)
     scaling = InputScaling.from_batches(data)
     (t,) = train_sweep(
-        data, 32, [SAEHparams(lr=1e-2, sparsity_coeff=3e-2, exp_factor=4)],
+        data,
+        32,
+        [SAEHparams(lr=1e-2, sparsity_coeff=3e-2, exp_factor=4)],
         TrainConfig(n_tokens=n, batch_size=512, lr_warmup_steps=20, sparsity_warmup_steps=50),
-        data_mean_D=torch.zeros(32), scaling=scaling, progress=False,
+        data_mean_D=torch.zeros(32),
+        scaling=scaling,
+        progress=False,
         eval_batches=synthetic_dictionary_data(8192, seed=1),
     )
     assert t.metrics_source == "held-out" and t.n_metric_tokens == 8192
@@ -377,8 +406,7 @@ def test_sweep_trains_all_members_in_one_pass(tmp_path):
     g = torch.Generator().manual_seed(1)
     batches = CountingBatches([torch.randn(100, 8, generator=g) + 2 for _ in range(10)])
     members = [SAEHparams(1e-3, 1e-3, 2), SAEHparams(2e-3, 1e-2, 2), SAEHparams(1e-3, 3e-3, 4)]
-    cfg = TrainConfig(n_tokens=750, batch_size=100, lr_warmup_steps=2, sparsity_warmup_steps=4,
-                      metrics_fraction=0.5)
+    cfg = TrainConfig(n_tokens=750, batch_size=100, lr_warmup_steps=2, sparsity_warmup_steps=4, metrics_fraction=0.5)
     mean = torch.cat(batches.batches).mean(0)
     init = [SparseAutoencoder(8, 8 * m.exp_factor, seed=cfg.seed).W_dec.clone() for m in members]
     trained = train_sweep(batches, 8, members, cfg, data_mean_D=mean, progress=False)
@@ -409,12 +437,15 @@ def test_sweep_trains_all_members_in_one_pass(tmp_path):
 
 
 # ---- schema-1 headers: the commit decides the encoder (issue 15) ---------------
-@pytest.mark.parametrize("commit, subtracts", [
-    ("d991de3", True),   # "Linting", 2025-07-22: the parent of e7ca004, still relu((x - b_dec) @ W_enc + b_enc)
-    ("5951e84", True),   # the first schema-1 writer ("successfully load old checkpoints")
-    ("e7ca004660a3ab414da7002fcecfc157d5b786aa", False),  # full SHA of the commit that dropped the subtraction
-    ("fad9929", False),  # a descendant of e7ca004 that still wrote schema 1
-])
+@pytest.mark.parametrize(
+    "commit, subtracts",
+    [
+        ("d991de3", True),  # "Linting", 2025-07-22: the parent of e7ca004, still relu((x - b_dec) @ W_enc + b_enc)
+        ("5951e84", True),  # the first schema-1 writer ("successfully load old checkpoints")
+        ("e7ca004660a3ab414da7002fcecfc157d5b786aa", False),  # full SHA of the commit that dropped the subtraction
+        ("fad9929", False),  # a descendant of e7ca004 that still wrote schema 1
+    ],
+)
 def test_schema1_commit_decides_the_encoder(tmp_path, commit, subtracts):
     import warnings as _w
 
@@ -431,8 +462,12 @@ def test_schema1_commit_decides_the_encoder(tmp_path, commit, subtracts):
 
 
 def test_schema1_with_unknown_commit_falls_back_to_the_warning(tmp_path):
-    header = {"schema": 1, "cfg": LEGACY_HEADER | {"sparsity_coeff": None, "activation": {"cls": "Relu", "params": {}}},
-              "cls": "SparseAutoencoderConfig", "commit": "unknown"}
+    header = {
+        "schema": 1,
+        "cfg": LEGACY_HEADER | {"sparsity_coeff": None, "activation": {"cls": "Relu", "params": {}}},
+        "cls": "SparseAutoencoderConfig",
+        "commit": "unknown",
+    }
     _write_raw(tmp_path / "s1.pt", header, _legacy_state())
     with pytest.warns(UserWarning, match="commit='unknown'"):
         sae, _, _ = load_checkpoint(tmp_path / "s1.pt")

@@ -52,7 +52,7 @@ def planted_acts() -> np.ndarray:
 def batches(acts, order, sizes):
     out, lo = [], 0
     for n in sizes:
-        idx = np.asarray(order[lo:lo + n])
+        idx = np.asarray(order[lo : lo + n])
         out.append((idx, torch.from_numpy(acts[idx])))
         lo += n
     return out
@@ -62,8 +62,9 @@ def batches(acts, order, sizes):
 def planted():
     acts = planted_acts()
     order = np.random.default_rng(1).permutation(N_IMAGES)
-    ds = latent_stats(batches(acts, order, [3, 3, 4]), identity_sae(), None, n_images=N_IMAGES,
-                      top_k=4, max_chunk_elements=2 * P * D)  # 2 images per chunk
+    ds = latent_stats(
+        batches(acts, order, [3, 3, 4]), identity_sae(), None, n_images=N_IMAGES, top_k=4, max_chunk_elements=2 * P * D
+    )  # 2 images per chunk
     return acts, ds
 
 
@@ -102,18 +103,15 @@ def test_planted_stats_exact(planted):
         for r, i in enumerate(ranked):
             if i >= 0:
                 assert ds.top_value.sel(latent=s).values[r] == pytest.approx(img_max[i])
-                np.testing.assert_array_equal(ds.top_patch_map.sel(latent=s).values[r],
-                                              fs[i].astype(np.float16))
+                np.testing.assert_array_equal(ds.top_patch_map.sel(latent=s).values[r], fs[i].astype(np.float16))
     assert ds.top_patch_map.dtype == np.float16 and ds.top_image.dtype == np.int64
 
 
 def test_scaling_is_applied_and_order_does_not_matter():
     acts = planted_acts()
     sc = InputScaling(np.zeros(D, np.float32), 2.0)
-    a = latent_stats(batches(acts, np.arange(N_IMAGES), [10]), identity_sae(), sc,
-                     n_images=N_IMAGES, top_k=4)
-    b = latent_stats(batches(acts, np.arange(N_IMAGES)[::-1], [1] * 10), identity_sae(), sc,
-                     n_images=N_IMAGES, top_k=4)
+    a = latent_stats(batches(acts, np.arange(N_IMAGES), [10]), identity_sae(), sc, n_images=N_IMAGES, top_k=4)
+    b = latent_stats(batches(acts, np.arange(N_IMAGES)[::-1], [1] * 10), identity_sae(), sc, n_images=N_IMAGES, top_k=4)
     assert a.max_value.sel(latent=2) == 10.0
     xr.testing.assert_identical(a, b)
 
@@ -130,8 +128,10 @@ def test_save_load_round_trip(planted, tmp_path):
 def test_select_latents():
     freq = np.array([1e-7, 1e-5, 1e-3, 1e-1, 0.0, 1e-4])
     mean = np.array([1.0, 1.0, 0.05, 1.0, np.nan, 20.0], np.float32)
-    ds = xr.Dataset({"freq": ("latent", freq), "mean_value": ("latent", mean),
-                     "max_value": ("latent", mean * 3)}, coords={"latent": np.arange(6)})
+    ds = xr.Dataset(
+        {"freq": ("latent", freq), "mean_value": ("latent", mean), "max_value": ("latent", mean * 3)},
+        coords={"latent": np.arange(6)},
+    )
     assert list(select_latents(ds)) == [1]
     assert list(select_latents(ds, log_freq_range=(-8, 0), log_value_range=(-2, 2))) == [0, 1, 2, 3, 5]
     assert list(select_latents(ds, log_value_range=(-1, 2), value="max_value")) == [1, 2, 5]
@@ -149,8 +149,17 @@ def test_gallery(planted, tmp_path):
     ids = [f"img<{i:02d}>" for i in range(N_IMAGES)]
     tile = 60
     out = tmp_path / "gallery"
-    index = write_gallery(ds, [0, 1, 2, 3], image_loader=loader, grid=GRID, out_dir=out,
-                          image_ids=ids, random_weights=True, n_images=4, tile_size=tile)
+    index = write_gallery(
+        ds,
+        [0, 1, 2, 3],
+        image_loader=loader,
+        grid=GRID,
+        out_dir=out,
+        image_ids=ids,
+        random_weights=True,
+        n_images=4,
+        tile_size=tile,
+    )
     assert index == out / "index.html" and index.exists()
     assert len(loaded) == len(set(loaded))  # each image loaded once (cached)
     size = sheet_size(4, tile)
@@ -191,8 +200,15 @@ def test_gallery(planted, tmp_path):
 def test_gallery_rejects_a_wrong_grid(planted, tmp_path):
     _, ds = planted
     with pytest.raises(ValueError, match="grid"):
-        write_gallery(ds, [0], image_loader=lambda i: Image.new("RGB", (8, 8)), grid=(2, 2),
-                      out_dir=tmp_path, image_ids=[], random_weights=False)
+        write_gallery(
+            ds,
+            [0],
+            image_loader=lambda i: Image.new("RGB", (8, 8)),
+            grid=(2, 2),
+            out_dir=tmp_path,
+            image_ids=[],
+            random_weights=False,
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -202,8 +218,7 @@ def test_cuda_matches_cpu():
     acts = planted_acts()
     order = np.arange(N_IMAGES)
     cpu = latent_stats(batches(acts, order, [4, 6]), identity_sae(), None, n_images=N_IMAGES, top_k=4)
-    gpu = latent_stats(batches(acts, order, [4, 6]), identity_sae().cuda(), None,
-                       n_images=N_IMAGES, top_k=4)
+    gpu = latent_stats(batches(acts, order, [4, 6]), identity_sae().cuda(), None, n_images=N_IMAGES, top_k=4)
     xr.testing.assert_allclose(cpu, gpu)
 
     g = torch.Generator().manual_seed(0)

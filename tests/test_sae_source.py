@@ -25,16 +25,40 @@ from pipeline.stats import run_stats
 SEG, CLS_DINO = CacheRef("dino", "seg"), CacheRef("dino", "cls")
 OUT = "results/sae/dino/seg/layer-2"
 SAE = {
-    "cache": {"model": "dino", "dataset": "seg"}, "layer": -2, "n_tokens": 2048, "batch_size": 128,
-    "lrs": [3.0e-3], "sparsity_coeffs": [1.0e-2], "exp_factors": [4], "lr_warmup_steps": 2,
-    "sparsity_warmup_steps": 4, "top_k": 4, "shuffle_buffer": 512,
+    "cache": {"model": "dino", "dataset": "seg"},
+    "layer": -2,
+    "n_tokens": 2048,
+    "batch_size": 128,
+    "lrs": [3.0e-3],
+    "sparsity_coeffs": [1.0e-2],
+    "exp_factors": [4],
+    "lr_warmup_steps": 2,
+    "sparsity_warmup_steps": 4,
+    "top_k": 4,
+    "shuffle_buffer": 512,
 }
 CROSS = {
-    "caches": [{"model": "dino", "dataset": "seg"}, {"model": "dino", "dataset": "cls"}, {"model": "clip", "dataset": "cls"}],
-    "probes": {"seg": {"cache": {"model": "dino", "dataset": "seg"}, "lrs": [1.0e-2], "weight_decays": [1.0e-3], "epochs": 3,
-                       "batch_size": 256, "n_figure_images": 1}},
+    "caches": [
+        {"model": "dino", "dataset": "seg"},
+        {"model": "dino", "dataset": "cls"},
+        {"model": "clip", "dataset": "cls"},
+    ],
+    "probes": {
+        "seg": {
+            "cache": {"model": "dino", "dataset": "seg"},
+            "lrs": [1.0e-2],
+            "weight_decays": [1.0e-3],
+            "epochs": 3,
+            "batch_size": 256,
+            "n_figure_images": 1,
+        }
+    },
     "sae": {**SAE, "source": {"cache": {"model": "dino", "dataset": "cls"}}},
-    "quantify": {"methods": ["random_vector", "random_feature", "auto_feature"], "batch_size": 8, "max_firing_fraction": 1.0},
+    "quantify": {
+        "methods": ["random_vector", "random_feature", "auto_feature"],
+        "batch_size": 8,
+        "max_firing_fraction": 1.0,
+    },
 }
 
 
@@ -54,7 +78,9 @@ def cross(tiny_assets, tmp_path_factory):
         train = run_train(cfg, progress=False)
         latents = run_latents(cfg, progress=False)
         for step in ("probe-seg", "class-f1", "quantify"):
-            assert cli_main([step, "--config", "config.yaml", *(["--no-progress"] if step != "class-f1" else [])]) == 0, step
+            assert (
+                cli_main([step, "--config", "config.yaml", *(["--no-progress"] if step != "class-f1" else [])]) == 0
+            ), step
     return SimpleNamespace(folder=folder, cfg=cfg, train=train, latents=latents)
 
 
@@ -112,10 +138,22 @@ def _import_config(folder, source):
 
 def _saev_legacy_file(path, d_model, n_latents, seed=0):
     g = torch.Generator().manual_seed(seed)
-    header = {"d_vit": d_model, "exp_factor": n_latents // d_model, "n_reinit_samples": 0, "sparsity_coeff": 4e-4,
-              "ghost_grads": False, "remove_parallel_grads": True, "normalize_w_dec": True, "seed": seed}
-    state = {"W_enc": torch.randn(d_model, n_latents, generator=g), "b_enc": torch.zeros(n_latents),
-             "W_dec": torch.randn(n_latents, d_model, generator=g), "b_dec": torch.randn(d_model, generator=g)}
+    header = {
+        "d_vit": d_model,
+        "exp_factor": n_latents // d_model,
+        "n_reinit_samples": 0,
+        "sparsity_coeff": 4e-4,
+        "ghost_grads": False,
+        "remove_parallel_grads": True,
+        "normalize_w_dec": True,
+        "seed": seed,
+    }
+    state = {
+        "W_enc": torch.randn(d_model, n_latents, generator=g),
+        "b_enc": torch.zeros(n_latents),
+        "W_dec": torch.randn(n_latents, d_model, generator=g),
+        "b_dec": torch.randn(d_model, generator=g),
+    }
     with open(path, "wb") as fd:
         fd.write((json.dumps(header) + "\n").encode())
         torch.save(state, fd)
@@ -143,8 +181,12 @@ def test_saev_checkpoint_import_uses_saevs_scaling_and_encoder(cross, monkeypatc
     np.testing.assert_allclose(scaling.mean_D, mean, rtol=1e-5, atol=1e-6)
     # saev's encodings: relu(((x - mean) / (l2 / sqrt(D)) - b_dec) @ W_enc + b_enc)
     xs = torch.from_numpy(((x[:5] - mean) * expected_scalar).astype(np.float32))
-    torch.testing.assert_close(sae.encode(scaling.apply(torch.from_numpy(x[:5].astype(np.float32)))),
-                               torch.relu((xs - state["b_dec"]) @ state["W_enc"] + state["b_enc"]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        sae.encode(scaling.apply(torch.from_numpy(x[:5].astype(np.float32)))),
+        torch.relu((xs - state["b_dec"]) @ state["W_enc"] + state["b_enc"]),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_pinned_sha256_and_width_are_checked(cross, monkeypatch):
@@ -154,7 +196,9 @@ def test_pinned_sha256_and_width_are_checked(cross, monkeypatch):
         run_import(_import_config(cross.folder, {"checkpoint": "wide.pt"}), out_dir=cross.folder / "x")
     _saev_legacy_file(cross.folder / "ok.pt", 32, 64)
     with pytest.raises(SAEStageError, match="differs from sae/source/sha256"):
-        run_import(_import_config(cross.folder, {"checkpoint": "ok.pt", "sha256": "0" * 64}), out_dir=cross.folder / "x")
+        run_import(
+            _import_config(cross.folder, {"checkpoint": "ok.pt", "sha256": "0" * 64}), out_dir=cross.folder / "x"
+        )
 
 
 def test_hub_checkpoint_is_downloaded_pinned_and_recorded(cross, monkeypatch, tmp_path):
@@ -179,8 +223,16 @@ def test_hub_checkpoint_is_downloaded_pinned_and_recorded(cross, monkeypatch, tm
     run_import(cfg, out_dir=out)
     assert calls == [("osunlp/SAE_test", "sae.pt", "v1")]
     rec = load_checkpoint(out / "sae.pt")[1]["cfg"]["imported_from"]
-    assert rec == {"kind": "hub", "repo": "osunlp/SAE_test", "file": "sae.pt", "revision": "v1", "resolved_commit": commit,
-                   "path": str(snap / "sae.pt"), "sha256": digest, "sha256_pinned": True}
+    assert rec == {
+        "kind": "hub",
+        "repo": "osunlp/SAE_test",
+        "file": "sae.pt",
+        "revision": "v1",
+        "resolved_commit": commit,
+        "path": str(snap / "sae.pt"),
+        "sha256": digest,
+        "sha256_pinned": True,
+    }
     # latents then run on the imported SAE, applied to sae.cache
     assert run_latents(cfg, out_dir=out, progress=False)["n_latents"] == 64
 

@@ -93,7 +93,9 @@ def test_checkpoint_carries_the_stats_scaling_and_provenance(sae_project):
         cfg = header["cfg"]
         assert cfg["store"] == "cache/dino/seg/train.zarr"
         assert cfg["store_config_hash"] == reader.attrs["config_hash"] == stats["config_hash"]
-        assert cfg["block"] == BLOCK and cfg["layer"] == -2 and cfg["tokens"] == "patches"  # block: was recorded as "layer"
+        assert (
+            cfg["block"] == BLOCK and cfg["layer"] == -2 and cfg["tokens"] == "patches"
+        )  # block: was recorded as "layer"
         assert cfg["scaling"] == expected.to_dict()
         assert cfg["metrics"]["source"] == "held-out" and cfg["val_store"] == "cache/dino/seg/val.zarr"
     # every member carries the same scaling
@@ -143,11 +145,13 @@ def test_history_has_one_row_per_logged_step_per_member_and_charts(sae_project):
 
 
 def test_choose_member_rule_on_a_planted_table():
-    table = pd.DataFrame({
-        "slug": ["a", "b", "c", "d", "e"],
-        "l0": [40.0, 10.0, 12.0, float("nan"), 12.0],
-        "normalized_mse": [0.01, 0.30, 0.20, 0.0, 0.20],
-    })
+    table = pd.DataFrame(
+        {
+            "slug": ["a", "b", "c", "d", "e"],
+            "l0": [40.0, 10.0, 12.0, float("nan"), 12.0],
+            "normalized_mse": [0.01, 0.30, 0.20, 0.0, 0.20],
+        }
+    )
     pos, reason = choose_member(table, max_l0=15)
     assert pos == 2  # a has the best MSE but L0 40 > 15; d has NaN metrics; c and e tie: the first wins
     assert reason["n_qualifying"] == 3 and reason["qualifying"] == [1, 2, 4]
@@ -241,13 +245,17 @@ def test_stream_reads_each_chunk_once_per_pass(sae_project, monkeypatch):
     per_pass = tokens_per_pass(reader, "patches")
     assert per_pass == 24 * 16
     n_passes = 3
-    rows = sum(len(b) for b in train_batches(reader, BLOCK, tokens="patches", n_tokens=n_passes * per_pass - 10,
-                                             batch_size=64, buffer_size=256, seed=7))
+    rows = sum(
+        len(b)
+        for b in train_batches(
+            reader, BLOCK, tokens="patches", n_tokens=n_passes * per_pass - 10, batch_size=64, buffer_size=256, seed=7
+        )
+    )
     chunks = reader.chunks()
     assert rows == n_passes * per_pass
     assert len(reads) == n_passes * len(chunks)
     assert sorted(reads) == sorted(chunks * n_passes)  # every chunk exactly once per pass
-    orders = [reads[i * len(chunks):(i + 1) * len(chunks)] for i in range(n_passes)]
+    orders = [reads[i * len(chunks) : (i + 1) * len(chunks)] for i in range(n_passes)]
     assert all(sorted(o) == sorted(chunks) for o in orders) and len({tuple(o) for o in orders}) > 1
 
     # patches+cls: the CLS row joins the patch rows (no registers in this model)
@@ -261,16 +269,19 @@ def reference_batches(reader, tokens, *, n_passes, seed, batch_size, buffer_size
     """The seed contract of ``group_batches``, row-wise from ``token_parts``: groups of W chunks of
     the chained pass orders, carried rows first, one permutation per group, rows of a batch in
     group order, leftovers carried."""
-    per_chunk = [acts for p in range(n_passes)
-                 for acts, _, _ in token_parts(reader, BLOCK, tokens=tokens, shuffle=True, seed=seed + p)]
+    per_chunk = [
+        acts
+        for p in range(n_passes)
+        for acts, _, _ in token_parts(reader, BLOCK, tokens=tokens, shuffle=True, seed=seed + p)
+    ]
     s0, e0 = reader.chunks()[0]
     w = math.ceil(buffer_size / ((e0 - s0) * (tokens_per_pass(reader, tokens) // int(reader.valid.sum()))))
     rng, carry, out = np.random.default_rng(seed), per_chunk[0][:0], []
     for g in range(0, len(per_chunk), w):
-        rows = np.concatenate([carry, *per_chunk[g:g + w]])
+        rows = np.concatenate([carry, *per_chunk[g : g + w]])
         perm = rng.permutation(len(rows))
         n_out = len(rows) if g + w >= len(per_chunk) else len(rows) // batch_size * batch_size
-        out += [rows[np.sort(perm[s:s + batch_size])] for s in range(0, n_out, batch_size)]
+        out += [rows[np.sort(perm[s : s + batch_size])] for s in range(0, n_out, batch_size)]
         carry = rows[np.sort(perm[n_out:])]
     return out
 
@@ -282,12 +293,24 @@ def test_stream_follows_its_seed_contract_for_any_thread_count(sae_project, toke
     reader = CacheReader("cache/dino/seg/train.zarr")
     per_pass = tokens_per_pass(reader, tokens)
     n_passes, seed = 3, 7
-    reference = [torch.from_numpy(b).float()
-                 for b in reference_batches(reader, tokens, n_passes=n_passes, seed=seed, batch_size=64, buffer_size=256)]
+    reference = [
+        torch.from_numpy(b).float()
+        for b in reference_batches(reader, tokens, n_passes=n_passes, seed=seed, batch_size=64, buffer_size=256)
+    ]
     assert len(reference) > 2 and all(len(b) == 64 for b in reference[:-1])
     for workers in (1, 2, 4):
-        batches = list(train_batches(reader, BLOCK, tokens=tokens, n_tokens=n_passes * per_pass, batch_size=64,
-                                     buffer_size=256, seed=seed, workers=workers))
+        batches = list(
+            train_batches(
+                reader,
+                BLOCK,
+                tokens=tokens,
+                n_tokens=n_passes * per_pass,
+                batch_size=64,
+                buffer_size=256,
+                seed=seed,
+                workers=workers,
+            )
+        )
         assert len(batches) == len(reference)
         assert all(b.dtype == torch.float32 and torch.equal(b, r) for b, r in zip(batches, reference, strict=True))
     rows = torch.cat(batches).numpy()
@@ -313,7 +336,9 @@ def test_stream_without_mixing_is_store_order_and_the_zarr_fallback_gives_the_sa
     assert torch.equal(plain, store_rows)
     mixed = list(group_batches(reader, BLOCK, order, tok, batch_size=64, buffer_size=256, seed=3))
     # a layout ChunkDecoder does not decode itself: CacheReader.read's rows are copied into the group buffer
-    monkeypatch.setattr(ChunkDecoder, "read", lambda self, layer, start, stop, out=None: self.reader.read(layer, start, stop))
+    monkeypatch.setattr(
+        ChunkDecoder, "read", lambda self, layer, start, stop, out=None: self.reader.read(layer, start, stop)
+    )
     again = list(group_batches(reader, BLOCK, order, tok, batch_size=64, buffer_size=256, seed=3))
     assert len(again) == len(mixed) and all(torch.equal(a, b) for a, b in zip(again, mixed, strict=True))
     assert not torch.equal(torch.cat(mixed), store_rows)
@@ -335,20 +360,23 @@ def test_chunk_decoder_matches_zarr_and_device_mode_covers_each_token_once_per_p
     ordered = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
     store = tokens_ND.float().numpy()
     for p in range(2):
-        np.testing.assert_array_equal(ordered(first_two[p * per_pass:(p + 1) * per_pass]), ordered(store))
+        np.testing.assert_array_equal(ordered(first_two[p * per_pass : (p + 1) * per_pass]), ordered(store))
 
 
 def test_cli_steps(sae_project):
     out = "results/cli_sae"
     proc = run_cli(["sae-train", "--config", "config.yaml", "--out", out, "--no-progress"], sae_project.folder)
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert summary["chosen"] == json.loads((OUT / "chosen.json").read_text())["member"]
     for name in ("sweep.csv", "sae.pt", "sae.safetensors", "chosen.json", "sweep.png"):
         assert (Path(out) / name).exists()
     # a max_l0 nothing satisfies: one error line naming max_l0, no traceback, the sweep still written
     write_config(sae_project.folder, {"sae": {**SAE, "max_l0": 0.001, "n_tokens": 640}}, name="strict.yaml")
-    proc = run_cli(["sae-train", "--config", "strict.yaml", "--out", "results/strict", "--no-progress"],
-                   sae_project.folder, check=False)
+    proc = run_cli(
+        ["sae-train", "--config", "strict.yaml", "--out", "results/strict", "--no-progress"],
+        sae_project.folder,
+        check=False,
+    )
     assert proc.returncode == 2 and "max_l0" in proc.stderr and "Traceback" not in proc.stderr
     assert Path("results/strict/sweep.csv").exists() and not Path("results/strict/sae.pt").exists()
 
@@ -356,13 +384,30 @@ def test_cli_steps(sae_project):
 def test_snakemake_dry_run_lists_the_sae_rules(tmp_path):
     write_config(tmp_path, {"sae": SAE})
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "sae", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "sae",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for rule in ("stats", "sae_train", "sae_latents", "sae_gallery"):
         assert re.search(rf"^rule {rule}:", proc.stdout, re.M), rule
-    for path in ("results/stats/dino/seg/train.json", "results/sae/dino/seg/layer-2/sae.pt",
-                 "results/sae/dino/seg/layer-2/latents.json", "results/sae/dino/seg/layer-2/gallery"):
+    for path in (
+        "results/stats/dino/seg/train.json",
+        "results/sae/dino/seg/layer-2/sae.pt",
+        "results/sae/dino/seg/layer-2/latents.json",
+        "results/sae/dino/seg/layer-2/gallery",
+    ):
         assert path in proc.stdout

@@ -31,7 +31,12 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 PROJECT_PROFILE = REPO / "slurm" / "config.yaml"
 TEST_PROFILE = REPO / "tests" / "slurm-profile" / "config.yaml"
 START_SLURM = REPO.parent / "shared" / "tools" / "start-slurm.sh"
-PROFILE_ENV = ("PIPELINE_SLURM_PARTITION", "PIPELINE_SLURM_GPU_PARTITION", "PIPELINE_SLURM_GPU_MODEL", "PIPELINE_SLURM_ACCOUNT")
+PROFILE_ENV = (
+    "PIPELINE_SLURM_PARTITION",
+    "PIPELINE_SLURM_GPU_PARTITION",
+    "PIPELINE_SLURM_GPU_MODEL",
+    "PIPELINE_SLURM_ACCOUNT",
+)
 
 # The test profile = the project profile + these changes (nothing else may differ). Keys are
 # paths into the YAML; the GPU rules are those the project profile gives `gpu: 1`.
@@ -53,7 +58,9 @@ def profile_overrides(project: dict) -> dict[tuple, object]:
     return overrides
 
 
-def _snakemake(args: list[str], cwd: Path, *, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def _snakemake(
+    args: list[str], cwd: Path, *, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     return subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -107,8 +114,12 @@ def test_dry_run_finds_the_profile_from_the_repo_root():
 
 
 def test_dry_run_reads_partition_account_and_gpu_model_from_the_environment():
-    env = _env(PIPELINE_SLURM_PARTITION="cpuq", PIPELINE_SLURM_GPU_PARTITION="gpuq",
-               PIPELINE_SLURM_GPU_MODEL="a100", PIPELINE_SLURM_ACCOUNT="lab42")
+    env = _env(
+        PIPELINE_SLURM_PARTITION="cpuq",
+        PIPELINE_SLURM_GPU_PARTITION="gpuq",
+        PIPELINE_SLURM_GPU_MODEL="a100",
+        PIPELINE_SLURM_ACCOUNT="lab42",
+    )
     proc = _snakemake(["--profile", "slurm", "-n", "cache"], REPO, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -147,7 +158,9 @@ def test_every_gpu_rule_asks_for_a_gpu_and_no_cpu_rule_does():
     assert {"extract_part", "finalize_cache", "demo_dataset"} <= set(rules), sorted(rules)
     in_profile = gpu_rules_of_profile(project)
     gpu_rules = {r for r, gpu in rules.items() if gpu}
-    assert gpu_rules <= in_profile, f"GPU rules missing from slurm/config.yaml set-resources: {sorted(gpu_rules - in_profile)}"
+    assert gpu_rules <= in_profile, (
+        f"GPU rules missing from slurm/config.yaml set-resources: {sorted(gpu_rules - in_profile)}"
+    )
     cpu_rules = {r for r, gpu in rules.items() if not gpu}
     assert not in_profile & cpu_rules, f"CPU rules given a GPU by slurm/config.yaml: {sorted(in_profile & cpu_rules)}"
     for rule in in_profile:
@@ -165,9 +178,14 @@ def test_test_profile_is_the_project_profile_plus_listed_changes():
     for key in TEST_PROFILE_ADDED:
         assert key not in flat, f"{'/'.join(key)} is in slurm/config.yaml: list it as an override, not an addition"
     expected = {**flat, **overrides, **TEST_PROFILE_ADDED}
-    problems = [f"{'/'.join(map(str, k))}: test profile has {test.get(k, '<missing>')!r}, expected {v!r}"
-                for k, v in expected.items() if test.get(k, "<missing>") != v]
-    problems += [f"{'/'.join(map(str, k))}: in the test profile only, and not a listed change" for k in test if k not in expected]
+    problems = [
+        f"{'/'.join(map(str, k))}: test profile has {test.get(k, '<missing>')!r}, expected {v!r}"
+        for k, v in expected.items()
+        if test.get(k, "<missing>") != v
+    ]
+    problems += [
+        f"{'/'.join(map(str, k))}: in the test profile only, and not a listed change" for k in test if k not in expected
+    ]
     assert not problems, "tests/slurm-profile/config.yaml drifted from slurm/config.yaml:\n" + "\n".join(problems)
 
 
@@ -177,13 +195,38 @@ SEG_CACHE = {"model": "dino", "dataset": "seg"}
 BASE_OVERRIDES = {"caches": [SEG_CACHE], "extract": {"parts": 2}, "threads": 1}
 # Sections for results/quantitative.csv (probe -> SAE -> interventions), as small as they go.
 QUANTIFY_OVERRIDES = {
-    "probes": {"seg": {"cache": SEG_CACHE, "lrs": [1e-2], "weight_decays": [1e-3], "epochs": 3, "batch_size": 64,
-                       "shuffle_buffer": 256, "n_figure_images": 1}},
-    "sae": {"cache": SEG_CACHE, "layer": -2, "n_tokens": 1024, "batch_size": 128, "lrs": [1e-3], "sparsity_coeffs": [4e-4],
-            "exp_factors": [2], "lr_warmup_steps": 2, "sparsity_warmup_steps": 2, "shuffle_buffer": 256, "top_k": 2,
-            "gallery_latents": 2},
+    "probes": {
+        "seg": {
+            "cache": SEG_CACHE,
+            "lrs": [1e-2],
+            "weight_decays": [1e-3],
+            "epochs": 3,
+            "batch_size": 64,
+            "shuffle_buffer": 256,
+            "n_figure_images": 1,
+        }
+    },
+    "sae": {
+        "cache": SEG_CACHE,
+        "layer": -2,
+        "n_tokens": 1024,
+        "batch_size": 128,
+        "lrs": [1e-3],
+        "sparsity_coeffs": [4e-4],
+        "exp_factors": [2],
+        "lr_warmup_steps": 2,
+        "sparsity_warmup_steps": 2,
+        "shuffle_buffer": 256,
+        "top_k": 2,
+        "gallery_latents": 2,
+    },
     # every latent may be chosen (the tiny SAE's latents fire often), so auto_feature rows have numbers too
-    "quantify": {"methods": ["random_vector", "auto_feature"], "thresholds": [0.0], "max_firing_fraction": 1.0, "batch_size": 4},
+    "quantify": {
+        "methods": ["random_vector", "auto_feature"],
+        "thresholds": [0.0],
+        "max_firing_fraction": 1.0,
+        "batch_size": 4,
+    },
 }
 QUANT_TARGET, CACHE_TARGET = "results/quantitative.csv", "cache"
 TEST_PARTITIONS = {"cpu": "pipeline_cpu", "gpu": "pipeline_gpu"}  # made on the test cluster: routing is visible
@@ -222,14 +265,21 @@ def _start_cluster() -> None:
     node = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
     for name in TEST_PARTITIONS.values():
         if subprocess.run(["scontrol", "show", "partition", name], capture_output=True).returncode != 0:
-            subprocess.run(["scontrol", "create", f"PartitionName={name}", f"Nodes={node}", "State=UP", "MaxTime=INFINITE"],
-                           check=True, capture_output=True, text=True)
+            subprocess.run(
+                ["scontrol", "create", f"PartitionName={name}", f"Nodes={node}", "State=UP", "MaxTime=INFINITE"],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
 
 
 def _job_records(ids: list[str], workdir: Path) -> dict[str, dict[str, str]]:
     """JobId -> {JobState, Partition, Tres, ...} of finished jobs: sacct with slurmdbd, else the jobcomp file."""
-    acct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobIDRaw,State,Partition,AllocTRES"],
-                          capture_output=True, text=True)
+    acct = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobIDRaw,State,Partition,AllocTRES"],
+        capture_output=True,
+        text=True,
+    )
     records: dict[str, dict[str, str]] = {}
     if acct.returncode == 0 and acct.stdout.strip():
         for line in acct.stdout.splitlines():
@@ -272,7 +322,9 @@ def _assert_same_results(target: str, slurm_dir: Path, local_dir: Path) -> None:
         b = xr.open_zarr(local_dir / "cache" / "dino" / "seg" / f"{split}.zarr")
         assert set(a.data_vars) == set(b.data_vars) and "acts" in a.data_vars
         for name in a.data_vars:
-            assert np.array_equal(a[name].values, b[name].values), f"{split}.zarr {name} differs between SLURM and local"
+            assert np.array_equal(a[name].values, b[name].values), (
+                f"{split}.zarr {name} differs between SLURM and local"
+            )
 
 
 @pytest.mark.slurm
@@ -295,12 +347,40 @@ def test_profile_runs_the_tiny_project_through_sbatch_and_matches_a_local_run(tm
     # and its jobs (the critical path) get the CPUs first.
     local_log = tmp_path / "local-run.log"
     with local_log.open("w") as sink:
-        local = subprocess.Popen(["nice", "-n", "15", *SNAKEMAKE, "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-                                  "--directory", str(local_dir), target],
-                                 cwd=local_dir, stdout=sink, stderr=subprocess.STDOUT, env=_env())
+        local = subprocess.Popen(
+            [
+                "nice",
+                "-n",
+                "15",
+                *SNAKEMAKE,
+                "--cores",
+                "2",
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--directory",
+                str(local_dir),
+                target,
+            ],
+            cwd=local_dir,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+        )
     env = _env(PIPELINE_SLURM_PARTITION=TEST_PARTITIONS["cpu"], PIPELINE_SLURM_GPU_PARTITION=TEST_PARTITIONS["gpu"])
-    cmd = ["timeout", "-s", "KILL", str(SLURM_RUN_LIMIT[target]), *SNAKEMAKE, "--profile", str(TEST_PROFILE.parent),
-           "--snakefile", str(REPO / "Snakefile"), "--directory", str(slurm_dir), target]
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        str(SLURM_RUN_LIMIT[target]),
+        *SNAKEMAKE,
+        "--profile",
+        str(TEST_PROFILE.parent),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(slurm_dir),
+        target,
+    ]
     submitted: list[tuple[str, str]] = []
     proc = None
     try:
@@ -335,7 +415,9 @@ def test_profile_runs_the_tiny_project_through_sbatch_and_matches_a_local_run(tm
         assert f"rule {rule}:" in p.read_text(), p
     # extraction: 2 parts per split, each its own SLURM job, then one finalize job per split
     parts = dict(by_rule.get("extract_part", []))
-    assert sorted(parts) == ["dino_seg_train_0_2", "dino_seg_train_1_2", "dino_seg_val_0_2", "dino_seg_val_1_2"], by_rule
+    assert sorted(parts) == ["dino_seg_train_0_2", "dino_seg_train_1_2", "dino_seg_val_0_2", "dino_seg_val_1_2"], (
+        by_rule
+    )
     assert len(set(parts.values())) == 4, parts
     assert len(by_rule.get("finalize_cache", [])) == 2, by_rule
 

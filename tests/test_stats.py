@@ -53,7 +53,9 @@ def test_stats_equal_numpy_on_a_tiny_store(project):
     acts = group["acts"][:]
     valid = ~bad
 
-    proc = run_cli(["stats", "--config", "config.yaml", "--model", "dino", "--dataset", "seg", "--split", "train"], project)
+    proc = run_cli(
+        ["stats", "--config", "config.yaml", "--model", "dino", "--dataset", "seg", "--split", "train"], project
+    )
     path = stats_path(cfg, CacheRef("dino", "seg"), "train")
     assert path.exists() and str(path) in proc.stdout
     stats = read_stats(path, config_hash=group.attrs["config_hash"])
@@ -91,8 +93,23 @@ def test_scheduler_without_distributed_is_a_clear_error(project, monkeypatch):
         pass
     else:
         pytest.skip("distributed is installed here; the missing-package message cannot be shown")
-    proc = run_cli(["stats", "--config", "config.yaml", "--model", "dino", "--dataset", "seg", "--split", "val",
-                    "--scheduler", "tcp://127.0.0.1:8786"], project, check=False)
+    proc = run_cli(
+        [
+            "stats",
+            "--config",
+            "config.yaml",
+            "--model",
+            "dino",
+            "--dataset",
+            "seg",
+            "--split",
+            "val",
+            "--scheduler",
+            "tcp://127.0.0.1:8786",
+        ],
+        project,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "distributed" in proc.stderr and "--scheduler" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -111,13 +128,30 @@ def _chunk_values(start: int, stop: int) -> np.ndarray:
 
 def _build_big_store(path) -> int:
     ids = tuple(f"img{i:05d}.png" for i in range(N_IMAGES))
-    layout = StoreLayout(image_ids=ids, layers=(0,), token_kinds=("cls",) + ("patch",) * (T - 1), grid=(16, 16),
-                         d_model=D, dtype="float32", chunk_images=CHUNK, task="classification")
-    attrs = {"config_hash": "big" * 8, "n_prefix_tokens": 1, "n_blocks": 1, "grid": [16, 16], "task": "classification",
-             "class_names": ["a"], "model_name": "synthetic", "dataset_name": "synthetic", "split": "train"}
+    layout = StoreLayout(
+        image_ids=ids,
+        layers=(0,),
+        token_kinds=("cls",) + ("patch",) * (T - 1),
+        grid=(16, 16),
+        d_model=D,
+        dtype="float32",
+        chunk_images=CHUNK,
+        task="classification",
+    )
+    attrs = {
+        "config_hash": "big" * 8,
+        "n_prefix_tokens": 1,
+        "n_blocks": 1,
+        "grid": [16, 16],
+        "task": "classification",
+        "class_names": ["a"],
+        "model_name": "synthetic",
+        "dataset_name": "synthetic",
+        "split": "train",
+    }
     group = create_or_open(path, layout, attrs)
     for s in range(0, N_IMAGES, CHUNK):
-        group["acts"][s:s + CHUNK] = _chunk_values(s, s + CHUNK)
+        group["acts"][s : s + CHUNK] = _chunk_values(s, s + CHUNK)
     bad = np.zeros(N_IMAGES, dtype=bool)
     bad[::97] = True
     group["bad"][:] = bad
@@ -132,7 +166,8 @@ def test_stats_out_of_core(tmp_path):
     array_bytes = _build_big_store(store)
     out = tmp_path / "stats.json"
     script = tmp_path / "measure.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, resource
         from pipeline.stats import compute_stats, write_stats
         stats = compute_stats({str(store)!r}, threads=2)
@@ -140,23 +175,27 @@ def test_stats_out_of_core(tmp_path):
         hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")]
         print(json.dumps({{"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                           "vm_hwm_bytes": int(hwm[0].split()[1]) * 1024 if hwm else None}}))
-    """))
+    """)
+    )
     # Linux keeps ru_maxrss across execve, and a child forked from this (big) pytest process starts
     # with the parent's high-water mark; a shell in between forks the measured process from a small one.
-    proc = subprocess.run(["/bin/sh", "-c", '"$0" "$1"; exit $?', sys.executable, str(script)],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        ["/bin/sh", "-c", '"$0" "$1"; exit $?', sys.executable, str(script)], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr
     measured = json.loads(proc.stdout.strip().splitlines()[-1])
     peak = measured["peak_rss_bytes"]
-    print(f"\nacts {array_bytes / 2**20:.0f} MiB; stats subprocess peak RSS {peak / 2**20:.0f} MiB "
-          f"(ratio {array_bytes / peak:.1f}x; VmHWM {measured['vm_hwm_bytes'] / 2**20:.0f} MiB)")
+    print(
+        f"\nacts {array_bytes / 2**20:.0f} MiB; stats subprocess peak RSS {peak / 2**20:.0f} MiB "
+        f"(ratio {array_bytes / peak:.1f}x; VmHWM {measured['vm_hwm_bytes'] / 2**20:.0f} MiB)"
+    )
     assert peak < array_bytes / 3, f"peak RSS {peak / 2**20:.0f} MiB is not < {array_bytes / 3 / 2**20:.0f} MiB"
 
     # reference: chunked numpy, float64, plain (unshifted) sums
     valid = ~open_group(store)["bad"][:]
     sums = {k: [0, np.zeros(D), np.zeros(D), 0.0] for k in ("patches", "cls")}
     for s in range(0, N_IMAGES, CHUNK):
-        x = _chunk_values(s, s + CHUNK)[valid[s:s + CHUNK], 0].astype(np.float64)
+        x = _chunk_values(s, s + CHUNK)[valid[s : s + CHUNK], 0].astype(np.float64)
         for kind, rows in (("patches", x[:, 1:].reshape(-1, D)), ("cls", x[:, 0])):
             acc = sums[kind]
             acc[0] += rows.shape[0]
@@ -169,5 +208,15 @@ def test_stats_out_of_core(tmp_path):
         mean = s1 / n
         var = s2 / n - mean**2
         found = stats["layers"]["0"][kind]
-        _check(found, {"n_tokens": n, "mean": mean, "var": var, "mean_norm": snorm / n,
-                       "mean_sq_norm": (s2 / n).sum(), "mean_sq_centred_norm": var.sum()}, rtol=1e-8)
+        _check(
+            found,
+            {
+                "n_tokens": n,
+                "mean": mean,
+                "var": var,
+                "mean_norm": snorm / n,
+                "mean_sq_norm": (s2 / n).sum(),
+                "mean_sq_centred_norm": var.sum(),
+            },
+            rtol=1e-8,
+        )

@@ -47,7 +47,14 @@ def big_project(tmp_path, monkeypatch):
 
 def _start(cwd: Path, extra: list[str] = ()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *ARGS, *extra], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *ARGS, *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _n_done(store: Path) -> int:
@@ -113,8 +120,18 @@ def test_writer_check_names_both_configs(project):
     path = cfg.store(SEG, "val")
     writer = store_module.StoreWriter.of(path, zarr.open_group(path, mode="r"))
     writer.check()  # the store it opened: fine
-    (path / "zarr.json").write_text(json.dumps({**json.loads((path / "zarr.json").read_text()), "attributes": {"config_hash": "f" * 64, "generation": "other", "config_file": "new.yaml"}}))
-    with pytest.raises(store_module.ForeignWriterError, match=r"config hash \w{12} from config.yaml.*config hash ffffffffffff from new.yaml"):
+    (path / "zarr.json").write_text(
+        json.dumps(
+            {
+                **json.loads((path / "zarr.json").read_text()),
+                "attributes": {"config_hash": "f" * 64, "generation": "other", "config_file": "new.yaml"},
+            }
+        )
+    )
+    with pytest.raises(
+        store_module.ForeignWriterError,
+        match=r"config hash \w{12} from config.yaml.*config hash ffffffffffff from new.yaml",
+    ):
         writer.check()
     import shutil
 
@@ -158,7 +175,9 @@ def test_kill_minus_nine_leaves_no_decode_worker(big_project):
     for w in survivors:  # do not leave them behind if the assertion fails
         os.kill(w, signal.SIGKILL)
     assert not survivors, f"decode workers outlived their parent: {survivors}"
-    assert not (set(os.listdir("/dev/shm")) - shm_before - {n for n in os.listdir("/dev/shm") if not n.startswith("torch")})
+    assert not (
+        set(os.listdir("/dev/shm")) - shm_before - {n for n in os.listdir("/dev/shm") if not n.startswith("torch")}
+    )
 
 
 ORPHAN_SCRIPT = """
@@ -179,7 +198,9 @@ time.sleep(120)
 def test_die_with_parent_ends_a_busy_child_of_a_killed_parent():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for mode in ("no fix", "fix"):
-        parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, mode.replace(" ", "")], stdout=subprocess.PIPE, text=True, env=env)
+        parent = subprocess.Popen(
+            [sys.executable, "-c", ORPHAN_SCRIPT, mode.replace(" ", "")], stdout=subprocess.PIPE, text=True, env=env
+        )
         child = int(parent.stdout.readline())
         parent.kill()
         parent.wait()
@@ -228,7 +249,9 @@ def test_failed_creation_leaves_no_temp_folder_and_dead_ones_are_removed(project
     cfg = load_config("config.yaml")
     path = cfg.store(SEG, "val")
     path.parent.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{dead}")
     (stale / "acts").mkdir(parents=True)  # left by a process killed mid-creation
 
@@ -269,7 +292,9 @@ def test_bad_image_in_the_batch_that_ends_a_chunk_keeps_that_chunk(project):
     with pytest.raises(BadImageError, match=data.samples[4].image.name):
         extract(cfg, SEG, "val", progress=False)
     done = zarr.open_array(cfg.store(SEG, "val") / "done", mode="r")[:]
-    assert done.tolist() == [True] * 4 + [False] * 8  # chunk 0 was written, though its last image shared a batch with the culprit
+    assert (
+        done.tolist() == [True] * 4 + [False] * 8
+    )  # chunk 0 was written, though its last image shared a batch with the culprit
 
 
 # ---- 5. hostile inputs ----------------------------------------------------------------
@@ -292,7 +317,13 @@ def test_aspect_ratio_bomb_is_refused_within_bounds(tmp_path):
     Image.new("RGB", (1, 40000)).save(bomb, optimize=True)
     assert bomb.stat().st_size < 1000  # a few hundred bytes
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(bomb)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", BOMB_SCRIPT, str(bomb)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     verdict, seconds = proc.stdout.strip().splitlines()
     assert verdict.startswith("refused:") and str(bomb) in verdict and "10:1" in verdict, proc.stdout + proc.stderr
@@ -356,7 +387,12 @@ EXTRACT = ["extract", "--model", "dino", "--dataset", "seg", "--split", "val", "
         ("missing ADE20K root", {"datasets": {"seg": {"root": "nowhere"}}}, [], "nowhere"),
         ("empty dataset", {"datasets": {"seg": {"root": "empty"}}}, [], "no images"),
         ("layer 99", {"extract": {"layers": [99]}}, [], "extract/layers [99]"),
-        ("crop not a multiple of the patch size", {"models": {"dino": {"preprocess": {"crop": 50}}}}, [], "not a multiple of the patch size"),
+        (
+            "crop not a multiple of the patch size",
+            {"models": {"dino": {"preprocess": {"crop": 50}}}},
+            [],
+            "not a multiple of the patch size",
+        ),
         ("cuda without a GPU", {"device": "cuda"}, [], "device: cuda"),
         ("hub id offline", {"models": {"dino": {"source": "nobody-xyz/no-such-model"}}}, [], "offline?"),
         ("part out of range", {}, ["--part", "2", "--of", "2"], "--part 2 --of 2"),
@@ -370,7 +406,9 @@ def test_cli_errors_are_one_line_and_exit_2(project, capsys, monkeypatch, case, 
     if case == "empty dataset":
         for sub in ("images", "annotations"):
             (project / "empty" / sub / "validation").mkdir(parents=True)
-        (project / "empty" / "objectInfo150.txt").write_text((project / "resources/data/seg/ADEChallengeData2016/objectInfo150.txt").read_text())
+        (project / "empty" / "objectInfo150.txt").write_text(
+            (project / "resources/data/seg/ADEChallengeData2016/objectInfo150.txt").read_text()
+        )
     write_config(project, overrides)
     _one_error_line(capsys, EXTRACT + extra, match=match)
 
@@ -397,4 +435,6 @@ def test_cli_errors_for_missing_class_list_mask_and_full_disk(project, capsys, m
 
 
 def test_prepare_error_is_one_line(tmp_path, capsys):
-    _one_error_line(capsys, ["prepare", "flowers102", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], match="nope")
+    _one_error_line(
+        capsys, ["prepare", "flowers102", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], match="nope"
+    )

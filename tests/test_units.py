@@ -47,8 +47,19 @@ def tables(tmp_path_factory, tiny_assets) -> dict[str, pd.DataFrame]:
 def test_every_table_has_rates_in_percent_columns(tables):
     names = {Path(k).name for k in tables}
     # every kind of table the pipeline writes is in the tiny project
-    assert {"sweep.csv", "per_class_iou.csv", "per_class_accuracy.csv", "epochs.csv", "history.csv", "proposals.csv",
-            "quantitative.csv", "dimred.csv", "pca_variance.csv", "latents.csv", "probabilities.csv"} <= names, names
+    assert {
+        "sweep.csv",
+        "per_class_iou.csv",
+        "per_class_accuracy.csv",
+        "epochs.csv",
+        "history.csv",
+        "proposals.csv",
+        "quantitative.csv",
+        "dimred.csv",
+        "pca_variance.csv",
+        "latents.csv",
+        "probabilities.csv",
+    } <= names, names
     problems, n_pct = [], 0
     for name, df in tables.items():
         for col in df.columns:

@@ -36,7 +36,9 @@ def test_schema_validation_names_the_key(tmp_path):
 @pytest.mark.slow
 def test_real_run_builds_finalized_caches_in_parts(tmp_path):
     write_config(tmp_path, {"caches": [{"model": "dino", "dataset": "seg"}], "extract": {"parts": 2}})
-    proc = _snakemake(["--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache"], tmp_path)
+    proc = _snakemake(
+        ["--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache"], tmp_path
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for split, n in (("train", 24), ("val", 12)):
         parts = sorted((tmp_path / "cache" / "dino" / "seg" / f"{split}.parts").glob("*.json"))
@@ -51,10 +53,24 @@ def test_real_run_builds_finalized_caches_in_parts(tmp_path):
     ds = xr.open_zarr(tmp_path / "cache" / "dino" / "seg" / "train.zarr")
     assert ds.acts.shape == (24, 2, 17, 32) and not np.isnan(ds.acts.values).any()
     # a second run has nothing to do
-    again = _snakemake(["--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache"], tmp_path)
+    again = _snakemake(
+        ["--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache"], tmp_path
+    )
     assert "Nothing to be done" in again.stdout + again.stderr
     # nor with the same config file passed explicitly (the rules' params hold no config path)
-    again = _snakemake(["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache", "--configfile", "config.yaml"], tmp_path)
+    again = _snakemake(
+        [
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "cache",
+            "--configfile",
+            "config.yaml",
+        ],
+        tmp_path,
+    )
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -67,17 +83,39 @@ def test_whole_chain_to_quantitative_csv(tmp_path):
     from helpers import chain_config
 
     chain_config(tmp_path)
-    proc = _snakemake(["--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "results/quantitative.csv"], tmp_path)
+    proc = _snakemake(
+        [
+            "--cores",
+            "2",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "results/quantitative.csv",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "results" / "quantitative.csv")
     assert summary["method"].tolist() == ["random_vector", "random_feature", "auto_feature", "manual_feature"]
-    assert (summary["block"] == 1).all() and (summary["layer"] == -2).all() and (summary["scale"] == -2.0).all() and summary["random_weights"].all()
+    assert (
+        (summary["block"] == 1).all()
+        and (summary["layer"] == -2).all()
+        and (summary["scale"] == -2.0).all()
+        and summary["random_weights"].all()
+    )
     auto = pd.read_csv(tmp_path / "results" / "quantitative" / "auto_feature.csv")
-    assert len(auto) == summary.loc[summary.method == "auto_feature", "n_classes"].item() + summary.loc[summary.method == "auto_feature", "n_skipped"].item()
+    assert (
+        len(auto)
+        == summary.loc[summary.method == "auto_feature", "n_classes"].item()
+        + summary.loc[summary.method == "auto_feature", "n_skipped"].item()
+    )
     rated = auto[auto.status == "evaluated"]
     assert len(rated) >= 1
     # the per-class table and the summary agree
-    assert summary.loc[summary.method == "auto_feature", "target_change_rate_mean_pct"].item() == pytest.approx(rated.target_change_rate_pct.mean(), abs=1e-3)
+    assert summary.loc[summary.method == "auto_feature", "target_change_rate_mean_pct"].item() == pytest.approx(
+        rated.target_change_rate_pct.mean(), abs=1e-3
+    )
     manual = pd.read_csv(tmp_path / "results" / "quantitative" / "manual_feature.csv", dtype={"latent": str})
     assert manual.loc[manual.class_id == 1, "latent"].tolist() in (["3"], [])  # class 1 if predicted at all
     assert (manual.status == "skipped").sum() == summary.loc[summary.method == "manual_feature", "n_skipped"].item()
@@ -86,7 +124,18 @@ def test_whole_chain_to_quantitative_csv(tmp_path):
 
     # the Snakemake report bundles the charts and tables with their captions
     report = tmp_path / "report.html"
-    proc = _snakemake(["--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--report", str(report), "results/quantitative.csv"], tmp_path)
+    proc = _snakemake(
+        [
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--report",
+            str(report),
+            "results/quantitative.csv",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = report.read_text(errors="replace")
     assert "interventions" in text and "percentage of target-class patches" in text
@@ -94,4 +143,6 @@ def test_whole_chain_to_quantitative_csv(tmp_path):
 
 def test_lint_is_clean():
     proc = _snakemake(["--lint"], REPO)
-    assert proc.returncode == 0 and "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    assert (
+        proc.returncode == 0 and "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
+    ), proc.stdout[-3000:]

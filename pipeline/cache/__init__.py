@@ -17,6 +17,18 @@ from pipeline.cache.store import (
 )
 
 __all__ = [
-    "CacheError", "CacheIncompleteError", "CacheMismatchError", "CacheReader", "ForeignWriterError", "StoreLayout", "StoreWriter",
-    "chunk_ranges", "create_or_open", "finalize", "open_cache", "part_chunks", "pending_chunks", "write_chunk",
+    "CacheError",
+    "CacheIncompleteError",
+    "CacheMismatchError",
+    "CacheReader",
+    "ForeignWriterError",
+    "StoreLayout",
+    "StoreWriter",
+    "chunk_ranges",
+    "create_or_open",
+    "finalize",
+    "open_cache",
+    "part_chunks",
+    "pending_chunks",
+    "write_chunk",
 ]

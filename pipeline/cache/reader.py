@@ -73,7 +73,9 @@ class CacheReader:
         """Position on the store's layer axis of block ``layer`` (negative counts from the end)."""
         block = layer + self.n_blocks if layer < 0 else layer
         if block not in self.layers:
-            raise CacheError(f"{self.path}: layer {layer} (block {block}) is not cached; cached blocks: {list(self.layers)}")
+            raise CacheError(
+                f"{self.path}: layer {layer} (block {block}) is not cached; cached blocks: {list(self.layers)}"
+            )
         return self.layers.index(block)
 
     def block(self, layer: int) -> int:
@@ -110,7 +112,9 @@ class CacheReader:
         if which == "image":
             which = "cls" if self.image_readout == "cls_token" else "patches"
         if which == "cls" and not self.n_cls:
-            raise CacheError(f"{self.path}: the store's model ({self.attrs.get('model', {}).get('family')}) has no CLS token")
+            raise CacheError(
+                f"{self.path}: the store's model ({self.attrs.get('model', {}).get('family')}) has no CLS token"
+            )
         return {"patches": slice(self.n_prefix, None), "cls": slice(0, 1), "all": slice(None)}[which]
 
     def iter_chunks(

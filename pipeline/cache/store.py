@@ -129,7 +129,10 @@ def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
     rows, cols = np.divmod(np.arange(p), layout.grid[1])
     n_prefix = t - p
     data = {
-        "acts": (("image", "layer", "token", "dim"), da.zeros((n, len(layout.layers), t, d), dtype=layout.dtype, chunks=(c, 1, t, d))),
+        "acts": (
+            ("image", "layer", "token", "dim"),
+            da.zeros((n, len(layout.layers), t, d), dtype=layout.dtype, chunks=(c, 1, t, d)),
+        ),
         "done": (("image",), da.zeros(n, dtype=bool, chunks=c)),
         "bad": (("image",), da.zeros(n, dtype=bool, chunks=c)),
         "bad_reason": (("image",), np.full(n, "", dtype=object)),  # small: written at creation
@@ -281,7 +284,12 @@ class StoreWriter:
     def of(cls, path: Path, group: zarr.Group) -> StoreWriter:
         attrs = group.attrs
         # stores made before generation ids existed: their creation time identifies them
-        return cls(Path(path), str(attrs.get("generation", attrs.get("created"))), str(attrs["config_hash"]), str(attrs.get("config_file", "?")))
+        return cls(
+            Path(path),
+            str(attrs.get("generation", attrs.get("created"))),
+            str(attrs["config_hash"]),
+            str(attrs.get("config_file", "?")),
+        )
 
     def check(self) -> None:
         """Raise ForeignWriterError if the store at ``path`` was deleted or re-created since it was opened."""
@@ -311,11 +319,14 @@ def _whole_chunk_writer(array: zarr.Array) -> zarr.Array:
     if hasattr(array, "with_config"):  # zarr >= 3.1.1
         return array.with_config({"write_empty_chunks": True})
     a = array._async_array  # zarr 3.1.0: the same array object, built with the runtime config
-    return zarr.Array(type(a)(metadata=a.metadata, store_path=a.store_path,
-                              config={"order": a.order, "write_empty_chunks": True}))
+    return zarr.Array(
+        type(a)(metadata=a.metadata, store_path=a.store_path, config={"order": a.order, "write_empty_chunks": True})
+    )
 
 
-def write_chunk(group: zarr.Group, start: int, arrays: dict[str, np.ndarray], writer: StoreWriter | None = None) -> None:
+def write_chunk(
+    group: zarr.Group, start: int, arrays: dict[str, np.ndarray], writer: StoreWriter | None = None
+) -> None:
     """Write one whole chunk of images starting at ``start``, then mark it done.
 
     ``arrays["acts"]`` is [B, L, T, D]: L whole zarr chunks (one per layer), written by
@@ -359,7 +370,7 @@ def finalize(path: Path) -> dict:
         "n_images": int(done.size),
         "n_bad": len(bad_records),
         "bad_images": bad_records,
-        "finalized": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finalized": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     group.attrs.update({**summary, "complete": False})
     zarr.consolidate_metadata(path, zarr_format=3)

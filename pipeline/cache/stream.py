@@ -122,7 +122,9 @@ class ChunkDecoder:
         self.chunk_shape = tuple(acts.chunks)
         self.dtype = np.dtype(acts.dtype)
         self.direct = (
-            len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)
+            len(codecs) == 2
+            and isinstance(codecs[0], BytesCodec)
+            and isinstance(codecs[1], BloscCodec)
             and (codecs[0].endian is None or codecs[0].endian.value == sys.byteorder)
             and self.chunk_shape[1:] == (1, reader.n_tokens, reader.d_model)
         )
@@ -148,8 +150,11 @@ class ChunkDecoder:
                 n = self.chunk_elements
                 if out is None or out.size < n or out.dtype != self.dtype:
                     out = np.empty(n, dtype=self.dtype)
-                with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, \
-                        memoryview(m) as data:
+                with (
+                    open(path, "rb") as f,
+                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
+                    memoryview(m) as data,
+                ):
                     blosc.decompress(data, out[:n])
                 return out[:n].reshape(c, *self.chunk_shape[2:])[: stop - start]
         return self.reader.read(layer, start, stop)
@@ -179,7 +184,9 @@ def _in_order(pool: cf.Executor, tasks: Iterator[Callable[[], T]], *, ahead: int
         yield pending.popleft().result()
 
 
-def chunk_order(reader: CacheReader, *, shuffle: bool, seed: int, images: np.ndarray | None = None) -> list[tuple[int, int]]:
+def chunk_order(
+    reader: CacheReader, *, shuffle: bool, seed: int, images: np.ndarray | None = None
+) -> list[tuple[int, int]]:
     """The chunks ``CacheReader.iter_chunks`` visits (same seeded order), holding a valid image."""
     order = reader.chunks()
     if shuffle:
@@ -198,7 +205,12 @@ def token_index(reader: CacheReader, tokens: str) -> np.ndarray:
 
 
 def chunk_rows(
-    reader: CacheReader, layer: int, order: Iterable[tuple[int, int]], tok_T: np.ndarray, *, workers: int = 2,
+    reader: CacheReader,
+    layer: int,
+    order: Iterable[tuple[int, int]],
+    tok_T: np.ndarray,
+    *,
+    workers: int = 2,
 ) -> Iterator[np.ndarray]:
     """``[B', T', D]`` (stored dtype) per chunk of ``order``: the valid images' ``tok_T`` tokens.
 
@@ -224,7 +236,7 @@ def chunk_rows(
     for s, e, bufs, acts_BTD in read_ahead((task(s, e) for s, e in order), workers=workers):
         rows_B = np.flatnonzero(reader.valid[s:e])
         if contiguous:
-            sel = acts_BTD[:, tok_T[0]:tok_T[0] + tok_T.size]
+            sel = acts_BTD[:, tok_T[0] : tok_T[0] + tok_T.size]
             yield sel if rows_B.size == e - s else sel[rows_B]
         else:
             yield acts_BTD[np.ix_(rows_B, tok_T)]
@@ -236,8 +248,17 @@ CAST_ELEMENTS = 32768
 
 
 def group_batches(
-    reader: CacheReader, layer: int, order: Iterable[tuple[int, int]], tok_T: np.ndarray, *, batch_size: int,
-    buffer_size: int, seed: int, workers: int = 2, out_dtype: torch.dtype | None = None, pin_memory: bool = False,
+    reader: CacheReader,
+    layer: int,
+    order: Iterable[tuple[int, int]],
+    tok_T: np.ndarray,
+    *,
+    batch_size: int,
+    buffer_size: int,
+    seed: int,
+    workers: int = 2,
+    out_dtype: torch.dtype | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Shuffled ``[batch, D]`` batches of the valid images' ``tok_T`` tokens of the chunks in ``order``.
 
@@ -272,7 +293,7 @@ def group_batches(
     chunks = iter(order)
 
     def decode_into(buf: torch.Tensor, j: int, s: int, e: int) -> None:
-        flat = buf.numpy().reshape(-1)[(batch_size + j * slot) * d:(batch_size + (j + 1) * slot) * d]
+        flat = buf.numpy().reshape(-1)[(batch_size + j * slot) * d : (batch_size + (j + 1) * slot) * d]
         acts_BTD = decoder.read(layer, s, e, out=flat)
         if not np.may_share_memory(acts_BTD, flat):  # CacheReader.read (another layout): copy in
             flat[: acts_BTD.size] = acts_BTD.reshape(-1)
@@ -295,7 +316,7 @@ def group_batches(
             return out
         rows_ND = torch.from_numpy(np.take(buf.numpy(), rows, axis=0, out=staging[: rows.size], mode="clip"))
         for s in range(0, rows.size, piece):
-            out[s:s + piece].copy_(rows_ND[s:s + piece])
+            out[s : s + piece].copy_(rows_ND[s : s + piece])
         return out
 
     with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -316,7 +337,7 @@ def group_batches(
             perm = rng.permutation(rows.size) if mixing else np.arange(rows.size)
             n_out = rows.size if not nxt else rows.size // batch_size * batch_size
             for s in range(0, n_out, batch_size):
-                yield gather(buf, rows[np.sort(perm[s:s + batch_size])])
+                yield gather(buf, rows[np.sort(perm[s : s + batch_size])])
             left = rows[np.sort(perm[n_out:])]
             np.take(buf.numpy(), left, axis=0, out=bufs[(k + 1) % 2].numpy()[: left.size], mode="clip")
             carry = np.arange(left.size, dtype=np.int64)
@@ -387,8 +408,9 @@ def fits_on_device(n_bytes: int, device: torch.device) -> bool:
     return n_bytes <= DEVICE_MEMORY_FRACTION * free_memory(device)
 
 
-def load_tokens(reader: CacheReader, layer: int, tok_T: np.ndarray, *, device: torch.device,
-                workers: int = 2) -> torch.Tensor:
+def load_tokens(
+    reader: CacheReader, layer: int, tok_T: np.ndarray, *, device: torch.device, workers: int = 2
+) -> torch.Tensor:
     """Every valid image's ``tok_T`` tokens of ``layer`` as one ``[N, D]`` tensor (stored dtype) on
     ``device``, in store order (image-major, then token); chunks decoded ``workers`` at a time."""
     n = int(reader.valid.sum()) * tok_T.size
@@ -402,8 +424,9 @@ def load_tokens(reader: CacheReader, layer: int, tok_T: np.ndarray, *, device: t
     return out
 
 
-def resident_batches(tokens_ND: torch.Tensor, *, n_tokens: int, batch_size: int, seed: int,
-                     out_dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+def resident_batches(
+    tokens_ND: torch.Tensor, *, n_tokens: int, batch_size: int, seed: int, out_dtype: torch.dtype = torch.float32
+) -> Iterator[torch.Tensor]:
     """``[batch, D]`` batches (``out_dtype``, on the tokens' device) for ``n_tokens`` tokens.
 
     Pass p is the permutation ``torch.randperm(N)`` of a CPU generator seeded ``seed + p``;

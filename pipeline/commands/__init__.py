@@ -42,4 +42,3 @@ def __getattr__(name: str) -> Any:
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file (default: config.yaml)")
-

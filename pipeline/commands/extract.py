@@ -10,8 +10,11 @@ from pipeline.config import SPLITS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("extract", help="run the ViT over one split and fill (part of) its activation store",
-                      description="Reads the split's images (and masks) and the model; writes the chunks of part --part of --of into <cache>/<model>/<dataset>/<split>.zarr (finalizing it when --of is 1) and the --sentinel file.")
+    p = sub.add_parser(
+        "extract",
+        help="run the ViT over one split and fill (part of) its activation store",
+        description="Reads the split's images (and masks) and the model; writes the chunks of part --part of --of into <cache>/<model>/<dataset>/<split>.zarr (finalizing it when --of is 1) and the --sentinel file.",
+    )
     add_config_arg(p)
     p.add_argument("--model", required=True, help="a name under `models` in the config")
     p.add_argument("--dataset", required=True, help="a name under `datasets` in the config")
@@ -21,8 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sentinel", type=Path, help="file to write when this part is done (for Snakemake)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar and no progress lines in the log")
 
-    f = sub.add_parser("finalize", help="check every image of a store is done; consolidate its metadata",
-                      description="Reads <cache>/<model>/<dataset>/<split>.zarr after all extract parts; writes its final attrs (complete, bad images) and the --sentinel file.")
+    f = sub.add_parser(
+        "finalize",
+        help="check every image of a store is done; consolidate its metadata",
+        description="Reads <cache>/<model>/<dataset>/<split>.zarr after all extract parts; writes its final attrs (complete, bad images) and the --sentinel file.",
+    )
     add_config_arg(f)
     f.add_argument("--model", required=True)
     f.add_argument("--dataset", required=True)

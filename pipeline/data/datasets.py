@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -116,11 +117,7 @@ def _is_hidden(path: Path, root: Path) -> bool:
 def _list_images(folder: Path, extensions: frozenset[str], *, recursive: bool) -> list[Path]:
     """Non-hidden image files under ``folder`` (case-insensitive extension), sorted."""
     candidates = folder.rglob("*") if recursive else folder.iterdir()
-    found = [
-        p
-        for p in candidates
-        if p.suffix.lower() in extensions and not _is_hidden(p, folder) and p.is_file()
-    ]
+    found = [p for p in candidates if p.suffix.lower() in extensions and not _is_hidden(p, folder) and p.is_file()]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
@@ -182,9 +179,7 @@ def read_object_info(path: Path) -> tuple[str, ...]:
         try:
             idx = int(fields[0])
         except ValueError:
-            raise DatasetError(
-                f"{path}, line {line_no}: Idx {fields[0]!r} is not an integer"
-            ) from None
+            raise DatasetError(f"{path}, line {line_no}: Idx {fields[0]!r} is not an integer") from None
         if idx != len(names) + 1:
             raise DatasetError(f"{path}, line {line_no}: Idx {idx}, expected {len(names) + 1}")
         name = _first_name(fields[4])
@@ -222,7 +217,9 @@ def ade20k_class_names(root: Path, class_list: Path | None = None) -> tuple[tupl
         if len(others) == 1:
             found = others[0]
         elif len(others) > 1:
-            raise DatasetError(f"ADE20K: several class lists ({', '.join(map(str, others))}); name one with datasets.<name>.class_list")
+            raise DatasetError(
+                f"ADE20K: several class lists ({', '.join(map(str, others))}); name one with datasets.<name>.class_list"
+            )
     if found is None:
         raise DatasetError(
             f"ADE20K: class list not found; expected {named[0]} (or objectInfo150.csv; the real dataset "
@@ -282,9 +279,7 @@ def _eval_folder(root: Path, split: str) -> Path:
         return preferred
     if other.is_dir():
         return other
-    raise DatasetError(
-        f"pre-split image folder {root}: has train/ but neither {preferred} nor {other}"
-    )
+    raise DatasetError(f"pre-split image folder {root}: has train/ but neither {preferred} nor {other}")
 
 
 def _pre_split(root: Path, split: str) -> SplitData:
@@ -305,9 +300,7 @@ def _pre_split(root: Path, split: str) -> SplitData:
     return SplitData(task="classification", class_names=class_names, samples=tuple(samples))
 
 
-def stratified_split(
-    ids_by_class: dict[str, list[str]], val_fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
+def stratified_split(ids_by_class: dict[str, list[str]], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Seeded per-class split.  A class with n >= 2 images gets
     clip(round(n * val_fraction), 1, n - 1) validation images (halves round up); a
     single image goes to train.  Classes are drawn in sorted order from one
@@ -349,9 +342,7 @@ def _read_split_file(split_file: Path, all_ids: set[str], val_fraction: float, s
     return {"train": train, "val": val}
 
 
-def image_folder(
-    root: Path, split: str, *, split_file: Path, val_fraction: float = 0.2, seed: int = 0
-) -> SplitData:
+def image_folder(root: Path, split: str, *, split_file: Path, val_fraction: float = 0.2, seed: int = 0) -> SplitData:
     """Classification images, one sub-folder per class.
 
     Layouts:
@@ -382,9 +373,7 @@ def image_folder(
     class_names = tuple(_class_dirs(root))
     if not class_names:
         raise DatasetError(f"image folder {root}: no class sub-folders")
-    images_by_class = {
-        name: _list_images(root / name, IMAGE_EXTENSIONS, recursive=True) for name in class_names
-    }
+    images_by_class = {name: _list_images(root / name, IMAGE_EXTENSIONS, recursive=True) for name in class_names}
     path_of = {
         image.relative_to(root).as_posix(): (image, label)
         for label, name in enumerate(class_names)
@@ -397,18 +386,13 @@ def image_folder(
         chosen = _read_split_file(split_file, set(path_of), val_fraction, seed)
     else:
         ids_by_class = {
-            name: [image.relative_to(root).as_posix() for image in images]
-            for name, images in images_by_class.items()
+            name: [image.relative_to(root).as_posix() for image in images] for name, images in images_by_class.items()
         }
         train, val = stratified_split(ids_by_class, val_fraction, seed)
         chosen = {"train": train, "val": val}
-        _write_json_atomic(
-            split_file, {"seed": seed, "val_fraction": val_fraction, "train": train, "val": val}
-        )
+        _write_json_atomic(split_file, {"seed": seed, "val_fraction": val_fraction, "train": train, "val": val})
     side = "train" if split == "train" else "val"
-    samples = tuple(
-        Sample(id=sid, image=path_of[sid][0], label=path_of[sid][1]) for sid in sorted(chosen[side])
-    )
+    samples = tuple(Sample(id=sid, image=path_of[sid][0], label=path_of[sid][1]) for sid in sorted(chosen[side]))
     return SplitData(task="classification", class_names=class_names, samples=samples)
 
 

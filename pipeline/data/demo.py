@@ -197,18 +197,14 @@ def _readme(what: str, seed: int) -> str:
 # --------------------------------------------------------------------------- segmentation
 
 
-def _voronoi_labels(
-    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, n_classes: int
-) -> np.ndarray:
+def _voronoi_labels(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, n_classes: int) -> np.ndarray:
     """uint8 [H, W] labels: 3-6 Voronoi cells, each one class in 1..n_classes,
     with ~2-px borders between cells set to 0."""
     H, W = yy.shape
     k = int(rng.integers(3, 7))
     seeds_K2 = rng.random((k, 2)) * np.array([H, W])
     classes_K = rng.choice(np.arange(1, n_classes + 1), size=k, replace=k > n_classes)
-    dist_KHW = np.hypot(
-        yy[None] - seeds_K2[:, 0, None, None], xx[None] - seeds_K2[:, 1, None, None]
-    )
+    dist_KHW = np.hypot(yy[None] - seeds_K2[:, 0, None, None], xx[None] - seeds_K2[:, 1, None, None])
     nearest_HW = np.argmin(dist_KHW, axis=0)
     two_smallest = np.partition(dist_KHW, 1, axis=0)[:2]
     border_HW = (two_smallest[1] - two_smallest[0]) < 1.0
@@ -217,9 +213,7 @@ def _voronoi_labels(
     return labels_HW
 
 
-def _render_segmentation(
-    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, labels_HW: np.ndarray
-) -> np.ndarray:
+def _render_segmentation(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, labels_HW: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] image: each class's jittered colour modulated by its texture."""
     H, W = labels_HW.shape
     image_HW3 = np.empty((H, W, 3), dtype=np.float64)
@@ -285,9 +279,7 @@ def make_segmentation_demo(
     if not 1 <= n_classes <= len(SEG_CLASSES):
         raise ValueError(f"n_classes must be in 1..{len(SEG_CLASSES)}, got {n_classes}")
     if n_train < 0 or n_val < 0 or image_size < 8:
-        raise ValueError(
-            f"need n_train >= 0, n_val >= 0, image_size >= 8; got {n_train}, {n_val}, {image_size}"
-        )
+        raise ValueError(f"need n_train >= 0, n_val >= 0, image_size >= 8; got {n_train}, {n_val}, {image_size}")
     final = Path(root) / "ADEChallengeData2016"
     partial = _prepare_partial(final)
     pixel_count = np.zeros(n_classes + 1, dtype=np.int64)  # training pixels per id
@@ -296,12 +288,16 @@ def make_segmentation_demo(
     for folder, prefix, split_code in _SPLITS:
         (partial / "images" / folder).mkdir(parents=True)
         (partial / "annotations" / folder).mkdir(parents=True)
-        jobs += [(partial, folder, prefix, split_code, i) for i in range(1, (n_train if split_code == 0 else n_val) + 1)]
+        jobs += [
+            (partial, folder, prefix, split_code, i) for i in range(1, (n_train if split_code == 0 else n_val) + 1)
+        ]
     write = functools.partial(_write_segmentation_image, seed=seed, n_classes=n_classes, image_size=image_size)
     # Each image has its own seeded generator, so the files do not depend on the process count;
     # large sets (benchmarks) are written by a process pool, small ones in this process.
-    n_proc = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                 len(jobs) // _IMAGES_PER_PROCESS)
+    n_proc = min(
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        len(jobs) // _IMAGES_PER_PROCESS,
+    )
     with contextlib.ExitStack() as stack:
         mapper = map
         if n_proc > 1:
@@ -330,25 +326,32 @@ def make_segmentation_demo(
 
 # Polygon vertices in units of the shape radius, before rotation (circle and
 # ring are drawn as ellipses instead).
-_UNIT_POLYGONS: Mapping[str, list[tuple[float, float]]] = MappingProxyType({
-    "square": [(1.0, 1.0), (-1.0, 1.0), (-1.0, -1.0), (1.0, -1.0)],
-    "triangle": [(np.cos(a), np.sin(a)) for a in 2 * np.pi * np.arange(3) / 3],
-    "diamond": [(0.0, -1.15), (0.6, 0.0), (0.0, 1.15), (-0.6, 0.0)],
-    "star": [
-        (rad * np.cos(a), rad * np.sin(a))
-        for rad, a in zip([1.0, 0.45] * 5, np.pi * np.arange(10) / 5)
-    ],
-    "cross": [
-        (0.3, -0.3), (1.0, -0.3), (1.0, 0.3), (0.3, 0.3), (0.3, 1.0), (-0.3, 1.0),
-        (-0.3, 0.3), (-1.0, 0.3), (-1.0, -0.3), (-0.3, -0.3), (-0.3, -1.0), (0.3, -1.0),
-    ],
-    "bar": [(-1.1, -0.28), (1.1, -0.28), (1.1, 0.28), (-1.1, 0.28)],
-})
+_UNIT_POLYGONS: Mapping[str, list[tuple[float, float]]] = MappingProxyType(
+    {
+        "square": [(1.0, 1.0), (-1.0, 1.0), (-1.0, -1.0), (1.0, -1.0)],
+        "triangle": [(np.cos(a), np.sin(a)) for a in 2 * np.pi * np.arange(3) / 3],
+        "diamond": [(0.0, -1.15), (0.6, 0.0), (0.0, 1.15), (-0.6, 0.0)],
+        "star": [(rad * np.cos(a), rad * np.sin(a)) for rad, a in zip([1.0, 0.45] * 5, np.pi * np.arange(10) / 5)],
+        "cross": [
+            (0.3, -0.3),
+            (1.0, -0.3),
+            (1.0, 0.3),
+            (0.3, 0.3),
+            (0.3, 1.0),
+            (-0.3, 1.0),
+            (-0.3, 0.3),
+            (-1.0, 0.3),
+            (-1.0, -0.3),
+            (-0.3, -0.3),
+            (-0.3, -1.0),
+            (0.3, -1.0),
+        ],
+        "bar": [(-1.1, -0.28), (1.1, -0.28), (1.1, 0.28), (-1.1, 0.28)],
+    }
+)
 
 
-def _placed_polygon(
-    kind: str, cx: float, cy: float, r: float, angle: float
-) -> list[tuple[float, float]]:
+def _placed_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     """The unit polygon of ``kind`` rotated by ``angle``, scaled by ``r``, centred at (cx, cy)."""
     unit_N2 = np.asarray(_UNIT_POLYGONS[kind])
     c, s = np.cos(angle), np.sin(angle)
@@ -356,9 +359,7 @@ def _placed_polygon(
     return [(cx + r * x, cy + r * y) for x, y in rotated_N2]
 
 
-def _render_classification(
-    rng: np.random.Generator, name: str, rgb: tuple[int, int, int], size: int
-) -> np.ndarray:
+def _render_classification(rng: np.random.Generator, name: str, rgb: tuple[int, int, int], size: int) -> np.ndarray:
     """uint8 [size, size, 3]: one jittered shape of colour ``rgb`` on a light noisy background."""
     background_3 = rng.uniform(185, 235, 3)
     canvas = Image.new("RGB", (size, size), tuple(int(v) for v in background_3))
@@ -399,9 +400,7 @@ def make_classification_demo(
     if not 1 <= n_classes <= len(CLS_CLASSES):
         raise ValueError(f"n_classes must be in 1..{len(CLS_CLASSES)}, got {n_classes}")
     if n_per_class < 1 or image_size < 16:
-        raise ValueError(
-            f"need n_per_class >= 1 and image_size >= 16; got {n_per_class}, {image_size}"
-        )
+        raise ValueError(f"need n_per_class >= 1 and image_size >= 16; got {n_per_class}, {image_size}")
     final = Path(root)
     partial = _prepare_partial(final)
     for class_id, (name, rgb) in enumerate(CLS_CLASSES[:n_classes]):

@@ -77,8 +77,9 @@ def _open_decoded(path: Path, max_aspect: float | None = None) -> Image.Image:
             w, h = img.size
             if max_aspect is not None and max(w, h) > max_aspect * max(1, min(w, h)):
                 raise BadImageError(
-                    path, f"{w}x{h} (WxH) is more elongated than the limit of {max_aspect}:1 "
-                    "(resizing its short side would make a huge image); crop or drop it"
+                    path,
+                    f"{w}x{h} (WxH) is more elongated than the limit of {max_aspect}:1 "
+                    "(resizing its short side would make a huge image); crop or drop it",
                 )
             img.load()  # decode now so truncation is detected here, not later
             # Multi-frame files (GIF, TIFF): the first frame is the image.
@@ -112,9 +113,7 @@ def _float_to_rgb(img: Image.Image, path: Path) -> Image.Image:
         raise BadImageError(path, "float (mode F) image contains NaN or infinite values")
     lo, hi = float(values_HW.min()), float(values_HW.max())
     if lo < 0.0 or hi > 1.0:
-        raise BadImageError(
-            path, f"float (mode F) image has values in [{lo:g}, {hi:g}]; expected [0, 1]"
-        )
+        raise BadImageError(path, f"float (mode F) image has values in [{lo:g}, {hi:g}]; expected [0, 1]")
     grey_HW = np.rint(values_HW * 255.0).astype(np.uint8)
     return Image.fromarray(np.repeat(grey_HW[:, :, None], 3, axis=2))
 

@@ -28,8 +28,7 @@ def _check_mask(mask: np.ndarray, patch_size: int, what: str) -> None:
     H, W = mask.shape[-2:]
     if H % patch_size or W % patch_size or H == 0 or W == 0:
         raise ValueError(
-            f"{what} has shape {mask.shape}: H={H} and W={W} must be non-zero multiples of "
-            f"patch_size={patch_size}"
+            f"{what} has shape {mask.shape}: H={H} and W={W} must be non-zero multiples of patch_size={patch_size}"
         )
     if mask.size and (mask.min() < 0 or mask.max() > _MAX_LABEL):
         raise ValueError(
@@ -44,9 +43,7 @@ def _rows_to_labels(pixels_PN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     present_K, compact_PN = np.unique(pixels_PN, return_inverse=True)
     compact_PN = compact_PN.reshape(P, N)
     K = present_K.size
-    counts_PK = np.bincount(
-        (compact_PN + (np.arange(P) * K)[:, None]).ravel(), minlength=P * K
-    ).reshape(P, K)
+    counts_PK = np.bincount((compact_PN + (np.arange(P) * K)[:, None]).ravel(), minlength=P * K).reshape(P, K)
     # argmax returns the FIRST maximum, so order the columns by tie preference:
     # real classes in increasing id, then 0 last.
     order_K = np.argsort(present_K == 0, kind="stable")
@@ -73,9 +70,7 @@ def patch_labels(mask_HW: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.n
     _check_mask(mask_HW, patch_size, "mask")
     H, W = mask_HW.shape
     ps = patch_size
-    pixels_PN = (
-        mask_HW.reshape(H // ps, ps, W // ps, ps).transpose(0, 2, 1, 3).reshape(-1, ps * ps)
-    )
+    pixels_PN = mask_HW.reshape(H // ps, ps, W // ps, ps).transpose(0, 2, 1, 3).reshape(-1, ps * ps)
     return _rows_to_labels(pixels_PN)
 
 

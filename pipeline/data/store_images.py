@@ -47,7 +47,9 @@ def store_image_loader(reader) -> Callable[[int], Image.Image]:
     reader (``attrs``, ``image_ids``, ``path``) of a segmentation dataset."""
     attrs = reader.attrs
     if attrs["dataset_kind"] == "imagefolder":
-        raise DatasetError(f"{reader.path}: reading the images needs a segmentation dataset, this store is an image folder")
+        raise DatasetError(
+            f"{reader.path}: reading the images needs a segmentation dataset, this store is an image folder"
+        )
     path_of = store_image_paths(attrs)
     pre = store_preprocess(attrs)
     ids = reader.image_ids
@@ -55,8 +57,10 @@ def store_image_loader(reader) -> Callable[[int], Image.Image]:
     def load(idx: int) -> Image.Image:
         image_id = str(ids[idx])
         if image_id not in path_of:
-            raise DatasetError(f"{reader.path}: image {image_id!r} is not in {attrs['dataset_kind']} dataset "
-                               f"{attrs['dataset_root']} (split {attrs['config']['dataset']['split']})")
+            raise DatasetError(
+                f"{reader.path}: image {image_id!r} is not in {attrs['dataset_kind']} dataset "
+                f"{attrs['dataset_root']} (split {attrs['config']['dataset']['split']})"
+            )
         return resize_crop(load_rgb(path_of[image_id]), pre)
 
     return load

@@ -60,10 +60,7 @@ class Preprocess:
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"Preprocess.{name} must be a positive int, got {value!r}")
         if self.crop > self.resize:
-            raise ValueError(
-                f"Preprocess.crop must be <= Preprocess.resize, got crop={self.crop} "
-                f"resize={self.resize}"
-            )
+            raise ValueError(f"Preprocess.crop must be <= Preprocess.resize, got crop={self.crop} resize={self.resize}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             try:
@@ -76,10 +73,7 @@ class Preprocess:
         if min(self.std) <= 0:
             raise ValueError(f"Preprocess.std must be > 0 in every channel, got {self.std!r}")
         if self.interpolation not in _RESAMPLE:
-            raise ValueError(
-                f"Preprocess.interpolation must be one of {sorted(_RESAMPLE)}, "
-                f"got {self.interpolation!r}"
-            )
+            raise ValueError(f"Preprocess.interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
 
 
 @dataclass(frozen=True)

@@ -16,30 +16,53 @@ from pipeline.plots import OKABE_ITO, RANDOM_WEIGHTS_NOTE, hex_rgb, label_font, 
 from pipeline.probes.figures import LEGEND_TITLE, class_colours
 
 
-def probability_bars(table: pd.DataFrame, *, title: str, random_weights: bool, subtitle: list[str] | None = None) -> alt.Chart:
+def probability_bars(
+    table: pd.DataFrame, *, title: str, random_weights: bool, subtitle: list[str] | None = None
+) -> alt.Chart:
     """Horizontal bars: each class's probability before and after the edit (``prob_*_pct``, percent)."""
-    long = table.melt(id_vars=["class_name"], value_vars=["prob_before_pct", "prob_after_pct"], var_name="state", value_name="probability")
+    long = table.melt(
+        id_vars=["class_name"],
+        value_vars=["prob_before_pct", "prob_after_pct"],
+        var_name="state",
+        value_name="probability",
+    )
     long["state"] = long["state"].map({"prob_before_pct": "before", "prob_after_pct": "after"})
     order = table.sort_values("prob_before_pct", ascending=False)["class_name"].tolist()
     return (
         alt.Chart(long)
         .mark_bar()
         .encode(
-            x=alt.X("probability:Q", title="probability (%)", axis=alt.Axis(values=[0, 25, 50, 75, 100]),
-                    scale=alt.Scale(domain=[0, 100])),
+            x=alt.X(
+                "probability:Q",
+                title="probability (%)",
+                axis=alt.Axis(values=[0, 25, 50, 75, 100]),
+                scale=alt.Scale(domain=[0, 100]),
+            ),
             y=alt.Y("class_name:N", sort=order, title="class"),
             yOffset=alt.YOffset("state:N", sort=["before", "after"]),
-            color=alt.Color("state:N", sort=["before", "after"], title="prediction",
-                            scale=alt.Scale(domain=["before", "after"], range=[OKABE_ITO[1], OKABE_ITO[5]])),
-            tooltip=[alt.Tooltip("class_name:N", title="class"), alt.Tooltip("state:N", title="prediction"),
-                     alt.Tooltip("probability:Q", format=".1f", title="probability (%)")],
+            color=alt.Color(
+                "state:N",
+                sort=["before", "after"],
+                title="prediction",
+                scale=alt.Scale(domain=["before", "after"], range=[OKABE_ITO[1], OKABE_ITO[5]]),
+            ),
+            tooltip=[
+                alt.Tooltip("class_name:N", title="class"),
+                alt.Tooltip("state:N", title="prediction"),
+                alt.Tooltip("probability:Q", format=".1f", title="probability (%)"),
+            ],
         )
-        .properties(width=360, height=alt.Step(12),
-                    title=alt.TitleParams(title, subtitle=([RANDOM_WEIGHTS_NOTE] if random_weights else []) + (subtitle or [])))
+        .properties(
+            width=360,
+            height=alt.Step(12),
+            title=alt.TitleParams(title, subtitle=([RANDOM_WEIGHTS_NOTE] if random_weights else []) + (subtitle or [])),
+        )
     )
 
 
-def probability_chart(table: pd.DataFrame, stem: Path, *, title: str, random_weights: bool, subtitle: list[str] | None = None) -> list[Path]:
+def probability_chart(
+    table: pd.DataFrame, stem: Path, *, title: str, random_weights: bool, subtitle: list[str] | None = None
+) -> list[Path]:
     """:func:`probability_bars` saved as ``stem.html``, ``.png`` and ``.svg``."""
     return save_chart(probability_bars(table, title=title, random_weights=random_weights, subtitle=subtitle), stem)
 
@@ -80,7 +103,9 @@ def before_after_image(
     labels = [f"{k} {class_names[k]}" for k in present]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     width = pad + len(panels) * (cell * cols + pad)
-    width = max(width, max(int(probe.textlength(s, font=font if i == 0 else small)) for i, s in enumerate(header)) + 2 * pad)
+    width = max(
+        width, max(int(probe.textlength(s, font=font if i == 0 else small)) for i, s in enumerate(header)) + 2 * pad
+    )
     entry_w = 14 + 6 + max(int(probe.textlength(s, font=small)) for s in labels) + 16
     n_cols = max(1, (width - 2 * pad) // entry_w)
     legend_rows = -(-len(labels) // n_cols)
@@ -111,4 +136,3 @@ def before_after_image(
         draw.rectangle((xx, yy + 1, xx + 13, yy + 14), fill=tuple(int(v) for v in colours[k]), outline=(0, 0, 0))
         draw.text((xx + 20, yy), text, fill=(0, 0, 0), font=small)
     return canvas
-

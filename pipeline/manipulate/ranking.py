@@ -42,7 +42,7 @@ def default_classes(m: Manipulator, state: ImageState, target: int | None, other
             counts = np.bincount(source[source >= lo], minlength=m.n_classes)
             order += [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0 and c >= lo]
     else:
-        order = ([int(state.labels[0])] if state.labels is not None and state.labels[0] >= 0 else [])
+        order = [int(state.labels[0])] if state.labels is not None and state.labels[0] >= 0 else []
         order += [int(c) for c in np.argsort(-state.probs_before_C, kind="stable")]
     order = list(dict.fromkeys(order + list(range(lo, m.n_classes))))
     target = order[0] if target is None else target
@@ -80,7 +80,9 @@ def train_class_stats(m: Manipulator) -> tuple[np.ndarray, np.ndarray]:
         tokens = "cls"
     for image_B, acts_BTD in r.iter_chunks(m.block, tokens=tokens):
         b, t, d = acts_BTD.shape
-        f_NS = encode_tokens(m.sae, m.scaling, torch.from_numpy(np.asarray(acts_BTD, dtype=np.float32).reshape(b * t, d)).to(m.device))
+        f_NS = encode_tokens(
+            m.sae, m.scaling, torch.from_numpy(np.asarray(acts_BTD, dtype=np.float32).reshape(b * t, d)).to(m.device)
+        )
         y_N = torch.from_numpy(labels_NP[image_B].reshape(-1)).to(m.device)
         keep = (y_N >= 0) & (y_N < m.n_classes)
         sums.index_add_(0, y_N[keep], f_NS[keep].double())
@@ -123,16 +125,18 @@ def rank_latents(m: Manipulator, state: ImageState, c: int, n: int | None = None
         latents, scores, kinds = [int(s) for s in order], [float(score_S[s]) for s in order], [kind] * len(order)
     rows = []
     for rank, (s, score, kind) in enumerate(zip(latents, scores, kinds), start=1):
-        rows.append({
-            "class_id": c,
-            "class_name": m.class_names[c],
-            "rank": rank,
-            "latent": s,
-            "score": score,
-            "score_kind": kind,
-            "value_on_class_tokens": float(on_image[s]) if mask.any() else float("nan"),
-            "value_max_on_image": float(f_PS[:, s].max()),
-            "train_max": float(m.max_value_S[s]),
-            "train_freq_pct": 100.0 * float(m.freq_S[s]),
-        })
+        rows.append(
+            {
+                "class_id": c,
+                "class_name": m.class_names[c],
+                "rank": rank,
+                "latent": s,
+                "score": score,
+                "score_kind": kind,
+                "value_on_class_tokens": float(on_image[s]) if mask.any() else float("nan"),
+                "value_max_on_image": float(f_PS[:, s].max()),
+                "train_max": float(m.max_value_S[s]),
+                "train_freq_pct": 100.0 * float(m.freq_S[s]),
+            }
+        )
     return pd.DataFrame(rows)

@@ -37,7 +37,9 @@ def example_outputs(cfg: Config, name: str) -> list[Path]:
     return manipulate_files(cfg, name)
 
 
-def resolve_edit(m: Manipulator, state: ImageState, example: ManipulateExample) -> tuple[int, int, pd.DataFrame, tuple[int, ...], tuple[float, ...]]:
+def resolve_edit(
+    m: Manipulator, state: ImageState, example: ManipulateExample
+) -> tuple[int, int, pd.DataFrame, tuple[int, ...], tuple[float, ...]]:
     """Classes, the ranked latents table of both, and the (latents, unit values) to set."""
     target = m.class_id(example.target_class, f"manipulate example {example.name}: class")
     other = m.class_id(example.other_class, f"manipulate example {example.name}: other_class")
@@ -52,7 +54,9 @@ def resolve_edit(m: Manipulator, state: ImageState, example: ManipulateExample) 
         values = tuple(example.values) or (-1.0, 1.0)
         firsts = [table[table.role == role]["latent"] for role in ("class", "other class")]
         if any(f.empty for f in firsts):
-            raise ManipulateError(f"manipulate example {example.name}: no ranked latent for class or other class; name latents")
+            raise ManipulateError(
+                f"manipulate example {example.name}: no ranked latent for class or other class; name latents"
+            )
         latents = (int(firsts[0].iloc[0]), int(firsts[1].iloc[0]))
         if latents[0] == latents[1]:  # the same latent tops both: keep the first value only
             latents, values = latents[:1], values[:1]
@@ -62,13 +66,47 @@ def resolve_edit(m: Manipulator, state: ImageState, example: ManipulateExample) 
     extra = [s for s in latents if s not in set(table["latent"])]
     if extra:  # named latents outside both top lists: list them too, with their values
         f_PS = state.f_PS.cpu().numpy()
-        table = pd.concat([table, pd.DataFrame([{
-            "role": "chosen", "class_id": -1, "class_name": "", "rank": 0, "latent": s, "score": np.nan, "score_kind": "named in the config",
-            "value_on_class_tokens": np.nan, "value_max_on_image": float(f_PS[:, s].max()), "train_max": float(m.max_value_S[s]),
-            "train_freq_pct": 100.0 * float(m.freq_S[s]), "unit_value": chosen[s], "set_to": chosen[s] * m.max_value_S[s],
-        } for s in extra])], ignore_index=True)
-    cols = ["role", "class_id", "class_name", "rank", "latent", "score", "score_kind", "value_on_class_tokens",
-            "value_max_on_image", "train_max", "train_freq_pct", "unit_value", "set_to"]
+        table = pd.concat(
+            [
+                table,
+                pd.DataFrame(
+                    [
+                        {
+                            "role": "chosen",
+                            "class_id": -1,
+                            "class_name": "",
+                            "rank": 0,
+                            "latent": s,
+                            "score": np.nan,
+                            "score_kind": "named in the config",
+                            "value_on_class_tokens": np.nan,
+                            "value_max_on_image": float(f_PS[:, s].max()),
+                            "train_max": float(m.max_value_S[s]),
+                            "train_freq_pct": 100.0 * float(m.freq_S[s]),
+                            "unit_value": chosen[s],
+                            "set_to": chosen[s] * m.max_value_S[s],
+                        }
+                        for s in extra
+                    ]
+                ),
+            ],
+            ignore_index=True,
+        )
+    cols = [
+        "role",
+        "class_id",
+        "class_name",
+        "rank",
+        "latent",
+        "score",
+        "score_kind",
+        "value_on_class_tokens",
+        "value_max_on_image",
+        "train_max",
+        "train_freq_pct",
+        "unit_value",
+        "set_to",
+    ]
     return target, other, table[cols], latents, values
 
 
@@ -81,9 +119,14 @@ def probability_table(m: Manipulator, result: EditResult) -> pd.DataFrame:
     rank_a = {c: i + 1 for i, c in enumerate(np.argsort(-result.probs_after_C, kind="stable"))}
     before, after = result.counts(m.n_classes)
     for c in range(lo, m.n_classes):
-        row = {"class_id": c, "class_name": m.class_names[c], "prob_before_pct": 100.0 * result.probs_before_C[c],
-               "prob_after_pct": 100.0 * result.probs_after_C[c],
-               "rank_before": rank_b[c], "rank_after": rank_a[c]}
+        row = {
+            "class_id": c,
+            "class_name": m.class_names[c],
+            "prob_before_pct": 100.0 * result.probs_before_C[c],
+            "prob_after_pct": 100.0 * result.probs_after_C[c],
+            "rank_before": rank_b[c],
+            "rank_after": rank_a[c],
+        }
         if m.task == "segmentation":
             row.update(patches_before=int(before[c]), patches_after=int(after[c]))
         rows.append(row)
@@ -100,11 +143,21 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
     table.to_csv(out / "latents.csv", index=False, float_format="%.6g")
     probs = probability_table(m, result)
     probs.to_csv(out / "probabilities.csv", index=False, float_format="%.6g")
-    edit_text = ", ".join(f"latent {s} -> {u:+.2f} x {m.max_value_S[s]:.3g} = {t:.3g}" for s, u, t in zip(latents, values, result.target_values))
-    shown = {c for c, _, _ in m.top_classes(result.probs_before_C)} | {c for c, _, _ in m.top_classes(result.probs_after_C)}
-    where = "mean over the patch tokens of the softmax over real classes" if m.task == "segmentation" else "softmax of the CLS-token probe"
+    edit_text = ", ".join(
+        f"latent {s} -> {u:+.2f} x {m.max_value_S[s]:.3g} = {t:.3g}"
+        for s, u, t in zip(latents, values, result.target_values)
+    )
+    shown = {c for c, _, _ in m.top_classes(result.probs_before_C)} | {
+        c for c, _, _ in m.top_classes(result.probs_after_C)
+    }
+    where = (
+        "mean over the patch tokens of the softmax over real classes"
+        if m.task == "segmentation"
+        else "softmax of the CLS-token probe"
+    )
     probability_chart(
-        probs[probs.class_id.isin(shown)], out / "probabilities",
+        probs[probs.class_id.isin(shown)],
+        out / "probabilities",
         title=f"{example.name}: probe class probabilities before / after the edit",
         random_weights=m.random_weights,
         subtitle=[f"{state.split} image {state.image_id} ({where})", f"block {m.block}: {edit_text}"],
@@ -113,9 +166,16 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
     if m.task == "segmentation":
         grid = tuple(m.reader(state.split).grid)
         fig = before_after_image(
-            m.image_rgb(state), result.pred_before, result.pred_after, grid, m.class_names,
+            m.image_rgb(state),
+            result.pred_before,
+            result.pred_after,
+            grid,
+            m.class_names,
             title=f"{example.name}: {state.split} image {state.image_id}",
-            lines=[f"block {m.block} patch tokens: {edit_text}", f"{result.n_changed} of {len(result.pred_after)} patches changed"],
+            lines=[
+                f"block {m.block} patch tokens: {edit_text}",
+                f"{result.n_changed} of {len(result.pred_after)} patches changed",
+            ],
             random_weights=m.random_weights,
         )
         fig.save(out / "maps.png", format="PNG")
@@ -135,8 +195,12 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
         "edited_tokens": "every patch token" if m.task == "segmentation" else "the CLS token",
         "n_changed": result.n_changed,
         "n_tokens_predicted": len(result.pred_after),
-        "top_classes_before": [{"id": c, "name": n, "probability": p} for c, n, p in m.top_classes(result.probs_before_C)],
-        "top_classes_after": [{"id": c, "name": n, "probability": p} for c, n, p in m.top_classes(result.probs_after_C)],
+        "top_classes_before": [
+            {"id": c, "name": n, "probability": p} for c, n, p in m.top_classes(result.probs_before_C)
+        ],
+        "top_classes_after": [
+            {"id": c, "name": n, "probability": p} for c, n, p in m.top_classes(result.probs_after_C)
+        ],
         "readout": m.readout(result),
         "block": m.block,
         "sae": str(m.sae_path),

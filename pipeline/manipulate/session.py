@@ -58,11 +58,15 @@ def probe_section(cfg: Config):
     if section is None:
         raise ManipulateError(f"{cfg.source}: key {key}: missing; manipulate on a {task} SAE needs that probe")
     if section.cache != sc.cache:
-        raise ManipulateError(f"{cfg.source}: key {key}/cache must name the SAE's cache ({sc.cache.model}, {sc.cache.dataset}) for manipulate")
+        raise ManipulateError(
+            f"{cfg.source}: key {key}/cache must name the SAE's cache ({sc.cache.model}, {sc.cache.dataset}) for manipulate"
+        )
     if section.layer != -1:
         raise ManipulateError(f"{cfg.source}: key {key}/layer must be -1 (the final representation) for manipulate")
     if task == "classification" and sc.tokens != "patches+cls":
-        raise ManipulateError(f"{cfg.source}: key sae/tokens must be patches+cls to edit CLS tokens on a classification cache")
+        raise ManipulateError(
+            f"{cfg.source}: key sae/tokens must be patches+cls to edit CLS tokens on a classification cache"
+        )
     return section
 
 
@@ -81,7 +85,9 @@ class Manipulator:
         self.cfg = cfg
         self.settings = cfg.manipulate or ManipulateConfig()
         if self.settings.rank_by not in RANK_BY:
-            raise ManipulateError(f"{cfg.source}: key manipulate/rank_by: {self.settings.rank_by!r} is not one of {', '.join(RANK_BY)}")
+            raise ManipulateError(
+                f"{cfg.source}: key manipulate/rank_by: {self.settings.rank_by!r} is not one of {', '.join(RANK_BY)}"
+            )
         sc = require_sae(cfg)
         self.task = cfg.dataset(sc.cache.dataset).task
         probe_section(cfg)
@@ -91,7 +97,9 @@ class Manipulator:
         self.block = train.block(sc.layer)
         self.n_prefix = train.n_prefix
         if self.task == "classification" and not train.n_cls:
-            raise ManipulateError(f"{train.path}: the model has no CLS token to edit; manipulate on a classification cache edits CLS tokens")
+            raise ManipulateError(
+                f"{train.path}: the model has no CLS token to edit; manipulate on a classification cache edits CLS tokens"
+            )
         self.class_names = train.class_names
         self.n_classes = train.n_classes
         self.random_weights = train.random_weights
@@ -115,22 +123,36 @@ class Manipulator:
         f1_path = class_f1_path(cfg)
         self.f1 = load_f1(f1_path) if self.task == "segmentation" and f1_path.exists() else None
         if self.settings.rank_by == "f1" and self.f1 is None:
-            why = "classification has no class-F1 table (it is made from patch labels)" if self.task != "segmentation" else f"{f1_path} does not exist (run class-f1)"
+            why = (
+                "classification has no class-F1 table (it is made from patch labels)"
+                if self.task != "segmentation"
+                else f"{f1_path} does not exist (run class-f1)"
+            )
             raise ManipulateError(f"{cfg.source}: key manipulate/rank_by: f1, but {why}")
-        self.rank_by = ("f1" if self.f1 is not None else "activation") if self.settings.rank_by == "auto" else self.settings.rank_by
+        self.rank_by = (
+            ("f1" if self.f1 is not None else "activation")
+            if self.settings.rank_by == "auto"
+            else self.settings.rank_by
+        )
 
         self.backbone, self.model_provenance = load_backbone(cfg.model(sc.cache.model).spec, device=self.device)
         stored = train.attrs.get("model", {}).get("weights_sha256")
         if stored and stored != self.model_provenance["weights_sha256"]:
-            raise ManipulateError(f"{train.path}: made with model weights {stored[:12]}…, models/{sc.cache.model} now has "
-                                  f"{self.model_provenance['weights_sha256'][:12]}…; the later blocks would not match the cache")
+            raise ManipulateError(
+                f"{train.path}: made with model weights {stored[:12]}…, models/{sc.cache.model} now has "
+                f"{self.model_provenance['weights_sha256'][:12]}…; the later blocks would not match the cache"
+            )
         self.probe_stem = probe_stem(cfg)
         probe, self.probe_meta = load_probe(self.probe_stem)
         if probe.out_features != self.n_classes or probe.in_features != train.d_model:
-            raise ManipulateError(f"{self.probe_stem}: probe is Linear({probe.in_features}, {probe.out_features}), "
-                                  f"the store has D={train.d_model}, {self.n_classes} classes")
+            raise ManipulateError(
+                f"{self.probe_stem}: probe is Linear({probe.in_features}, {probe.out_features}), "
+                f"the store has D={train.d_model}, {self.n_classes} classes"
+            )
         self.probe = probe.to(self.device).eval()
-        self.real_classes_only = self.task == "segmentation" and not self.probe_meta.get("probe_config", {}).get("train_on_other", False)
+        self.real_classes_only = self.task == "segmentation" and not self.probe_meta.get("probe_config", {}).get(
+            "train_on_other", False
+        )
         # segmentation edits the patch tokens; classification edits the CLS token (a 1-token "image")
         self.editor = LatentEditor(self.sae, self.scaling, n_prefix=self.n_prefix if self.task == "segmentation" else 0)
         self.class_specificity_CS: np.ndarray | None = None  # ranking.class_specificity fills it on first use
@@ -158,7 +180,9 @@ class Manipulator:
     def image_index(self, split: str, image: str | int) -> int:
         """Index into the split of an image id or index (a valid image)."""
         r = self.reader(split)
-        if isinstance(image, (int, np.integer)) or (isinstance(image, str) and image.isdigit() and image not in set(map(str, r.image_ids))):
+        if isinstance(image, (int, np.integer)) or (
+            isinstance(image, str) and image.isdigit() and image not in set(map(str, r.image_ids))
+        ):
             idx = int(image)
             if not 0 <= idx < r.n_images:
                 raise ManipulateError(f"{r.path}: image index {idx} is outside [0, {r.n_images})")
@@ -177,7 +201,9 @@ class Manipulator:
         names = list(self.class_names)
         if isinstance(spec, str) and not spec.isdigit():
             if spec not in names:
-                raise ManipulateError(f"{self.cfg.source}: {what} {spec!r} is not a class name; classes: {', '.join(names)}")
+                raise ManipulateError(
+                    f"{self.cfg.source}: {what} {spec!r} is not a class name; classes: {', '.join(names)}"
+                )
             c = names.index(spec)
         else:
             c = int(spec)
@@ -195,7 +221,9 @@ class Manipulator:
     @torch.no_grad()
     def logits(self, acts_1TD: torch.Tensor) -> torch.Tensor:
         """Re-forward from block l: [P, C] patch logits or [1, C] CLS logits."""
-        with forward_precision(self.reader("train").attrs.get("forward_dtype", "float32"), self.device):  # the store's precision
+        with forward_precision(
+            self.reader("train").attrs.get("forward_dtype", "float32"), self.device
+        ):  # the store's precision
             final = self.backbone.forward_from(self.block, acts_1TD.to(self.device, self.backbone.dtype))
         return self.probe(final[0, self.edited_tokens].float())
 
@@ -213,7 +241,9 @@ class Manipulator:
         return predict_classes(logits, real_classes_only=self.real_classes_only).cpu().numpy()
 
     @torch.no_grad()
-    def edited_acts(self, acts_1TD: torch.Tensor, latents: tuple[int, ...], unit_values: tuple[float, ...]) -> torch.Tensor:
+    def edited_acts(
+        self, acts_1TD: torch.Tensor, latents: tuple[int, ...], unit_values: tuple[float, ...]
+    ) -> torch.Tensor:
         """acts with ``latents`` set to ``unit · max_s`` on the edited tokens (float32)."""
         targets = self.target_values(latents, unit_values)
         if not latents:
@@ -229,10 +259,14 @@ class Manipulator:
             raise ManipulateError(f"{len(unit_values)} values for {len(latents)} latents")
         for s in latents:
             if not 0 <= int(s) < self.n_latents:
-                raise ManipulateError(f"{self.sae_path}: latent {s} does not exist (the SAE has {self.n_latents} latents: 0..{self.n_latents - 1})")
+                raise ManipulateError(
+                    f"{self.sae_path}: latent {s} does not exist (the SAE has {self.n_latents} latents: 0..{self.n_latents - 1})"
+                )
         for u in unit_values:
             if not -1.0 <= float(u) <= 1.0:
-                raise ManipulateError(f"value {u} is outside [-1, 1] (values are fractions of the latent's max observed value on train)")
+                raise ManipulateError(
+                    f"value {u} is outside [-1, 1] (values are fractions of the latent's max observed value on train)"
+                )
         return tuple(float(u) * float(self.max_value_S[int(s)]) for s, u in zip(latents, unit_values))
 
     # ------------------------------------------------------------------ one image
@@ -246,11 +280,22 @@ class Manipulator:
             labels = np.asarray(r.group["patch_label"][idx], dtype=np.int64) if "patch_label" in r.group else None
         else:
             labels = np.asarray(r.group["label"][idx : idx + 1], dtype=np.int64) if "label" in r.group else None
-        return ImageState(split, idx, str(r.image_ids[idx]), acts, self.encode(acts), logits,
-                          self.probabilities(logits), self.predict(logits), labels)
+        return ImageState(
+            split,
+            idx,
+            str(r.image_ids[idx]),
+            acts,
+            self.encode(acts),
+            logits,
+            self.probabilities(logits),
+            self.predict(logits),
+            labels,
+        )
 
     @torch.no_grad()
-    def apply(self, state: ImageState, latents: tuple[int, ...] = (), unit_values: tuple[float, ...] = ()) -> EditResult:
+    def apply(
+        self, state: ImageState, latents: tuple[int, ...] = (), unit_values: tuple[float, ...] = ()
+    ) -> EditResult:
         """One re-forward of the image with the latents set; the before side is the cached baseline."""
         latents = tuple(int(s) for s in latents)
         unit_values = tuple(float(u) for u in unit_values)

@@ -58,4 +58,3 @@ class ImageState:
     pred_before: np.ndarray
     labels: np.ndarray | None  # patch labels [P] (segmentation) or [label] (classification)
     extra: dict[str, Any] = field(default_factory=dict)
-

@@ -14,4 +14,6 @@ def choose(ctx: MethodContext, class_id: int, rng: np.random.Generator) -> Chose
     return Chosen(Edit(latents, tuple(ctx.value(s) for s in latents)), "+".join(map(str, latents)))
 
 
-METHOD = Method("manual_feature", choose, "the latents named in quantify.manual, set to scale × their max observed value")
+METHOD = Method(
+    "manual_feature", choose, "the latents named in quantify.manual, set to scale × their max observed value"
+)

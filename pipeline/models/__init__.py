@@ -1,11 +1,11 @@
 """Models: one residual-stream interface (`Backbone`) over HF vision transformers.
 
-    family    Family, PrefixTokens, DemoRecipe: what a model family is
-    families  FAMILY_REGISTRY: one module per supported family
-    spec      ModelSpec, FAMILIES (registered names), get_family, default_preprocess, ModelLoadError
-    backbone  Backbone (embed / run_blocks / final_norm / forward_to / forward_from / image_vector)
-    load      load_backbone (+ provenance, checkpoint-key check), weights_sha256
-    demo      build_demo_model (tiny random checkpoints for offline runs and tests)
+family    Family, PrefixTokens, DemoRecipe: what a model family is
+families  FAMILY_REGISTRY: one module per supported family
+spec      ModelSpec, FAMILIES (registered names), get_family, default_preprocess, ModelLoadError
+backbone  Backbone (embed / run_blocks / final_norm / forward_to / forward_from / image_vector)
+load      load_backbone (+ provenance, checkpoint-key check), weights_sha256
+demo      build_demo_model (tiny random checkpoints for offline runs and tests)
 """
 
 from __future__ import annotations

@@ -92,7 +92,9 @@ class _BlockSignature:
         self.block_class = type(block).__name__
         self.names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         self.any_keyword = any(p.kind is p.VAR_KEYWORD for p in params)
-        self.required = {p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        self.required = {
+            p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
 
     def select(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The subset of `inputs` to pass; errors for inputs that matter but cannot be passed."""
@@ -136,8 +138,12 @@ class Backbone(nn.Module):
         # dotted paths (not module attributes, which would register the parts twice)
         self._paths = {
             what: find_part(hf_model, self.spec, paths, what)
-            for what, paths in (("embeddings", self.spec.embeddings), ("blocks", self.spec.blocks),
-                                ("final_norm", self.spec.final_norm), ("pre_norm", self.spec.pre_norm))
+            for what, paths in (
+                ("embeddings", self.spec.embeddings),
+                ("blocks", self.spec.blocks),
+                ("final_norm", self.spec.final_norm),
+                ("pre_norm", self.spec.pre_norm),
+            )
             if paths
         }
         self.n_blocks = len(self.blocks)
@@ -212,9 +218,7 @@ class Backbone(nn.Module):
 
     def _check_acts(self, acts_BTD: Tensor) -> None:
         if acts_BTD.ndim != 3 or acts_BTD.shape[-1] != self.d_model:
-            raise ValueError(
-                f"expected activations of shape [B, T, {self.d_model}], got {tuple(acts_BTD.shape)}"
-            )
+            raise ValueError(f"expected activations of shape [B, T, {self.d_model}], got {tuple(acts_BTD.shape)}")
 
     # -------------------------------------------------------------- pipeline
     def embed(self, pixels_B3HW: Tensor) -> Tensor:
@@ -292,4 +296,3 @@ class Backbone(nn.Module):
     def forward(self, pixels_B3HW: Tensor) -> Tensor:
         """Full model: embed, all blocks, final_norm, [B, T, D]."""
         return self.final_norm(self.run_blocks(self.embed(pixels_B3HW), 0, self.n_blocks))
-

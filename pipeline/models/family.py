@@ -152,7 +152,9 @@ class Family:
 
     def __post_init__(self) -> None:
         if self.image_readout not in READOUTS:
-            raise ValueError(f"family {self.name!r}: image_readout {self.image_readout!r} is not one of {tuple(READOUTS)}")
+            raise ValueError(
+                f"family {self.name!r}: image_readout {self.image_readout!r} is not one of {tuple(READOUTS)}"
+            )
 
 
 def registry(*families: Family) -> Mapping[str, Family]:
@@ -168,7 +170,13 @@ def registry(*families: Family) -> Mapping[str, Family]:
 # ---- helpers shared by several family modules ---------------------------------------------------
 
 IMAGENET_PREPROCESS = MappingProxyType(
-    {"resize": 256, "crop": 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bicubic"}
+    {
+        "resize": 256,
+        "crop": 224,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "interpolation": "bicubic",
+    }
 )
 
 

@@ -48,7 +48,17 @@ from pipeline.config import Config
 from pipeline.probes import figures
 from pipeline.models.family import READOUTS
 from pipeline.probes.features import best_meta, probe_setup, cls_rows, FinalNorm, in_memory_epochs
-from pipeline.probes.linear import ProbeSweep, ProbeTrainConfig, best_member, epoch_table, fit_sweep, member_grid, member_state, save_probe, sweep_table
+from pipeline.probes.linear import (
+    ProbeSweep,
+    ProbeTrainConfig,
+    best_member,
+    epoch_table,
+    fit_sweep,
+    member_grid,
+    member_state,
+    save_probe,
+    sweep_table,
+)
 from pipeline.provenance import record
 from pipeline.layout import probe_files
 from pipeline.runtime import describe_device
@@ -60,7 +70,9 @@ __all__ = ["OUTPUT_FILES", "evaluate_cls", "run_cls_probe", "selection_rows"]
 OUTPUT_FILES = probe_files("cls")  # what run_cls_probe writes (pipeline.layout owns the list)
 
 
-def evaluate_cls(sweep: ProbeSweep, x_ND: torch.Tensor, y_N: np.ndarray, *, rows: int = 4096) -> list[tuple[dict[str, float], np.ndarray]]:
+def evaluate_cls(
+    sweep: ProbeSweep, x_ND: torch.Tensor, y_N: np.ndarray, *, rows: int = 4096
+) -> list[tuple[dict[str, float], np.ndarray]]:
     """Every member's val metrics and confusion matrix, from logits computed ``rows`` images at a time.
 
     Top-k accuracies are accumulated as counts over the row blocks (``metrics.topk_accuracy``
@@ -118,16 +130,32 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     x_train, y_train = x_all[torch.from_numpy(fit_idx).to(x_all.device)], y_all[fit_idx]
     members = member_grid(pc.lrs, pc.weight_decays)
     train_cfg = ProbeTrainConfig(epochs=pc.epochs, batch_size=pc.batch_size, seed=pc.seed)
-    log.info("cls probe: %d members, %d train (+%d held out for selection) / %d val images, %d epochs, device %s",
-             len(members), len(y_train), len(sel_idx), len(y_val), pc.epochs, device)
+    log.info(
+        "cls probe: %d members, %d train (+%d held out for selection) / %d val images, %d epochs, device %s",
+        len(members),
+        len(y_train),
+        len(sel_idx),
+        len(y_val),
+        pc.epochs,
+        device,
+    )
 
     t0 = time.perf_counter()
     epochs = in_memory_epochs(x_train, y_train, batch_size=pc.batch_size, seed=pc.seed)
-    sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=c, members=members, cfg=train_cfg, device=device, progress=progress,
-                      on_epoch=lambda epoch, sw: {"val_top1_acc": [row["top1_acc"] for row, _ in evaluate_cls(sw, x_val, y_val)]})
+    sweep = fit_sweep(
+        epochs,
+        d_model=stores.d_model,
+        n_classes=c,
+        members=members,
+        cfg=train_cfg,
+        device=device,
+        progress=progress,
+        on_epoch=lambda epoch, sw: {"val_top1_acc": [row["top1_acc"] for row, _ in evaluate_cls(sw, x_val, y_val)]},
+    )
     t1 = time.perf_counter()
-    selection = (evaluate_cls(sweep, x_all[torch.from_numpy(sel_idx).to(x_all.device)], y_all[sel_idx])
-                 if len(sel_idx) else None)
+    selection = (
+        evaluate_cls(sweep, x_all[torch.from_numpy(sel_idx).to(x_all.device)], y_all[sel_idx]) if len(sel_idx) else None
+    )
     rows, confs = [], []
     for k, (row, conf) in enumerate(evaluate_cls(sweep, x_val, y_val)):
         sel_top1 = selection[k][0]["top1_acc"] if selection is not None else row["top1_acc"]
@@ -142,11 +170,20 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     best = best_member(table, "selection_top1_acc")
     table["best"] = table["member"] == best
     best_metrics = {k: float(v) for k, v in rows[best].items()}
-    where = "val (selection_fraction 0: saev's choice, optimistic)" if not len(sel_idx) else (
-        f"{len(sel_idx)} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})")
+    where = (
+        "val (selection_fraction 0: saev's choice, optimistic)"
+        if not len(sel_idx)
+        else (
+            f"{len(sel_idx)} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})"
+        )
+    )
     selection_record = {
-        "metric": "top1_acc", "on": where, "fraction": pc.selection_fraction, "seed": pc.selection_seed,
-        "n_images": int(len(sel_idx)), "best_selection_top1_acc": best_metrics["selection_top1_acc"],
+        "metric": "top1_acc",
+        "on": where,
+        "fraction": pc.selection_fraction,
+        "seed": pc.selection_seed,
+        "n_images": int(len(sel_idx)),
+        "best_selection_top1_acc": best_metrics["selection_top1_acc"],
         "best_val_top1_acc": best_metrics["top1_acc"],
         "image_ids": [str(stores.train.image_ids[i]) for i in image_all[sel_idx]],
     }
@@ -156,35 +193,64 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     table = units.to_pct(table, [k for k in rows[0] if k != "train_loss"])  # metrics in percent (pipeline.units)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "sweep.csv", index=False)
-    units.to_pct(pd.DataFrame(
-        {
-            "class_id": np.arange(c),
-            "class_name": list(names),
-            "accuracy": metrics.per_class_accuracy(conf),
-            "n_images": conf.sum(axis=1),
-            "random_weights": stores.random_weights,
-        }
-    ), ["accuracy"]).to_csv(out_dir / "per_class_accuracy.csv", index=False)
+    units.to_pct(
+        pd.DataFrame(
+            {
+                "class_id": np.arange(c),
+                "class_name": list(names),
+                "accuracy": metrics.per_class_accuracy(conf),
+                "n_images": conf.sum(axis=1),
+                "random_weights": stores.random_weights,
+            }
+        ),
+        ["accuracy"],
+    ).to_csv(out_dir / "per_class_accuracy.csv", index=False)
 
     member = members[best]
     meta = best_meta(
-        "cls", pc, stores, norm, members, best, best_metrics, selected_by=f"top1_acc on {where}", selection=selection_record, provenance=record(cfg, "probe-cls"),
-        device_name=device_name, threads=threads, seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        top_k=min(5, c), input=f"{READOUTS[stores.train.image_readout]} of block {stores.block}'s output, float32", confusion=conf,
-        n_train_images=len(y_train), n_val_images=len(y_val), n_selection_images=int(len(sel_idx)),
+        "cls",
+        pc,
+        stores,
+        norm,
+        members,
+        best,
+        best_metrics,
+        selected_by=f"top1_acc on {where}",
+        selection=selection_record,
+        provenance=record(cfg, "probe-cls"),
+        device_name=device_name,
+        threads=threads,
+        seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
+        top_k=min(5, c),
+        input=f"{READOUTS[stores.train.image_readout]} of block {stores.block}'s output, float32",
+        confusion=conf,
+        n_train_images=len(y_train),
+        n_val_images=len(y_val),
+        n_selection_images=int(len(sel_idx)),
     )
     save_probe(out_dir / "best", member_state(sweep, best), meta)
     epoch_rows = units.to_pct(epoch_table(sweep), ["val_top1_acc"])
     epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
-    figures.epoch_chart(epoch_rows, out_dir / "epochs", metric="val_top1_acc_pct", metric_title="val top-1 accuracy",
-                        best_slug=member.slug, random_weights=stores.random_weights)
+    figures.epoch_chart(
+        epoch_rows,
+        out_dir / "epochs",
+        metric="val_top1_acc_pct",
+        metric_title="val top-1 accuracy",
+        best_slug=member.slug,
+        random_weights=stores.random_weights,
+    )
     figures.sweep_chart(
-        table, out_dir / "sweep", metric="top1_acc_pct",
+        table,
+        out_dir / "sweep",
+        metric="top1_acc_pct",
         metric_title=f"val top-1 accuracy (block {stores.block})",
         random_weights=stores.random_weights,
     )
     figures.confusion_chart(
-        conf, names, out_dir / "confusion", random_weights=stores.random_weights,
+        conf,
+        names,
+        out_dir / "confusion",
+        random_weights=stores.random_weights,
         title=f"Val confusion, best probe (lr {member.lr:g}, wd {member.weight_decay:g}); top-1 {best_metrics['top1_acc']:.1%}",
     )
     t3 = time.perf_counter()

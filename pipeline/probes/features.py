@@ -109,7 +109,9 @@ def store_record(reader: CacheReader) -> dict:
     }
 
 
-def open_probe_stores(cfg: Config, ref: CacheRef, *, layer: int, task: str, n_classes: int | None, key: str) -> ProbeStores:
+def open_probe_stores(
+    cfg: Config, ref: CacheRef, *, layer: int, task: str, n_classes: int | None, key: str
+) -> ProbeStores:
     """Open ``(ref, train)`` and ``(ref, val)`` for a ``task`` probe reading block ``layer``.
 
     ``key`` (``probes/seg`` / ``probes/cls``) names the config section in messages.
@@ -136,10 +138,16 @@ def open_probe_stores(cfg: Config, ref: CacheRef, *, layer: int, task: str, n_cl
         ("width D", train.d_model, val.d_model),
         ("patch grid", train.grid, val.grid),
         ("cached blocks", train.layers, val.layers),
-        ("model weights", train.attrs.get("model", {}).get("weights_sha256"), val.attrs.get("model", {}).get("weights_sha256")),
+        (
+            "model weights",
+            train.attrs.get("model", {}).get("weights_sha256"),
+            val.attrs.get("model", {}).get("weights_sha256"),
+        ),
     ):
         if a != b:
-            raise ProbeDataError(f"{train.path} and {val.path}: the train and val stores differ in {what} ({a} vs {b}); re-extract one")
+            raise ProbeDataError(
+                f"{train.path} and {val.path}: the train and val stores differ in {what} ({a} vs {b}); re-extract one"
+            )
     if n_classes is not None and n_classes != train.n_classes:
         raise ConfigError(
             f"{cfg.source}: key {key}/n_classes: {n_classes}, but the store {train.path} has {train.n_classes} classes "
@@ -189,7 +197,9 @@ class FinalNorm:
                 f"({model.spec.source}) now has {found[:12]}…; its final norm would not match the cache. Re-extract."
             )
         if self.backbone.d_model != stores.d_model:
-            raise ProbeDataError(f"{stores.train.path}: width D={stores.d_model}, but models/{model.name} has D={self.backbone.d_model}")
+            raise ProbeDataError(
+                f"{stores.train.path}: width D={stores.d_model}, but models/{model.name} has D={self.backbone.d_model}"
+            )
 
     def __call__(self, acts: np.ndarray | Tensor) -> Tensor:
         """``[..., D]`` stored activations → final-normed float32 tensor on the device (no grad)."""
@@ -253,7 +263,9 @@ def patch_train_epochs(
     per_chunk = norm.device.type == "cpu"
 
     def rows(epoch_seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for acts_ND, image_N, token_N in token_rows(reader, layer, tokens="patches", shuffle=True, seed=epoch_seed, images=images_N):
+        for acts_ND, image_N, token_N in token_rows(
+            reader, layer, tokens="patches", shuffle=True, seed=epoch_seed, images=images_N
+        ):
             y_N = y_NP[image_N, token_N]
             keep_N = y_N != IGNORE_LABEL
             acts_ND = acts_ND[keep_N] if not keep_N.all() else acts_ND
@@ -261,7 +273,9 @@ def patch_train_epochs(
 
     def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         epoch_seed = seed + epoch
-        for x_ND, y_N in shuffle_buffer(rows(epoch_seed), batch_size=batch_size, buffer_size=buffer_size, seed=epoch_seed):
+        for x_ND, y_N in shuffle_buffer(
+            rows(epoch_seed), batch_size=batch_size, buffer_size=buffer_size, seed=epoch_seed
+        ):
             yield (torch.from_numpy(x_ND) if per_chunk else norm(x_ND)), torch.from_numpy(y_N)
 
     return epoch_batches
@@ -293,7 +307,9 @@ def cls_rows(reader: CacheReader, layer: int, norm: FinalNorm) -> tuple[Tensor, 
     return torch.cat(xs), y_N, image_N
 
 
-def in_memory_epochs(x_ND: Tensor, y_N: np.ndarray | Tensor, *, batch_size: int, seed: int) -> Callable[[int], Iterator[tuple[Tensor, Tensor]]]:
+def in_memory_epochs(
+    x_ND: Tensor, y_N: np.ndarray | Tensor, *, batch_size: int, seed: int
+) -> Callable[[int], Iterator[tuple[Tensor, Tensor]]]:
     """``epoch_batches`` over rows held in memory: a fresh permutation seeded ``seed + epoch`` each epoch."""
     y_N = torch.as_tensor(y_N, dtype=torch.long)
     n = len(y_N)
@@ -314,8 +330,21 @@ def default_out_dir(cfg: Config, kind: str, ref: CacheRef) -> Path:
     return probe_dir_of(cfg, kind, ref)
 
 
-def best_meta(kind: str, pc, stores: ProbeStores, norm: FinalNorm, members, best: int, metrics: dict, *, selected_by: str,
-              device_name: str, threads: int, seconds: dict, **extra) -> dict:
+def best_meta(
+    kind: str,
+    pc,
+    stores: ProbeStores,
+    norm: FinalNorm,
+    members,
+    best: int,
+    metrics: dict,
+    *,
+    selected_by: str,
+    device_name: str,
+    threads: int,
+    seconds: dict,
+    **extra,
+) -> dict:
     """The ``best.json`` record shared by both probes: member, metrics, inputs and provenance."""
     import datetime as dt
 
@@ -333,7 +362,10 @@ def best_meta(kind: str, pc, stores: ProbeStores, norm: FinalNorm, members, best
         "n_classes": stores.n_classes,
         "class_names": list(stores.class_names),
         "random_weights": stores.random_weights,
-        "model": {k: norm.provenance.get(k) for k in ("family", "source", "revision", "weights_sha256", "random_weights")} | {"name": pc.cache.model},
+        "model": {
+            k: norm.provenance.get(k) for k in ("family", "source", "revision", "weights_sha256", "random_weights")
+        }
+        | {"name": pc.cache.model},
         "dataset": pc.cache.dataset,
         "stores": {"train": store_record(stores.train), "val": store_record(stores.val)},
         "probe_config": to_jsonable(pc),
@@ -341,7 +373,7 @@ def best_meta(kind: str, pc, stores: ProbeStores, norm: FinalNorm, members, best
         "threads": threads,
         "seconds": seconds,
         "package_version": pipeline.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **extra,
     }
 
@@ -362,4 +394,3 @@ def probe_setup(cfg: Config, kind: str, out_dir: Path | None, ctx=None):
     stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task=task, n_classes=pc.n_classes, key=f"probes/{kind}")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg, kind, pc.cache)
     return pc, threads, device, stores, out_dir
-

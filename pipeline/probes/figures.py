@@ -20,7 +20,17 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from pipeline.plots import OKABE_ITO, OTHER_COLOUR, RANDOM_WEIGHTS_NOTE, SEQUENTIAL_SCHEME, class_palette, hex_rgb, label_font, save_chart, title_with_note
+from pipeline.plots import (
+    OKABE_ITO,
+    OTHER_COLOUR,
+    RANDOM_WEIGHTS_NOTE,
+    SEQUENTIAL_SCHEME,
+    class_palette,
+    hex_rgb,
+    label_font,
+    save_chart,
+    title_with_note,
+)
 
 __all__ = [
     "OTHER_COLOUR",
@@ -76,8 +86,12 @@ def sweep_chart(
     fmt = ".1f" if percent else ".4g"
     axis_title = f"{metric_title} (%)" if percent else metric_title
     # ticks at the swept rates only, written 1e-3 (default log ticks run into each other in a narrow panel)
-    x = alt.X("lr:Q", scale=alt.Scale(type="log"), title="learning rate (AdamW; log scale)",
-              axis=alt.Axis(values=sorted(data["lr"].unique().tolist()), format=".0e", labelOverlap="greedy"))
+    x = alt.X(
+        "lr:Q",
+        scale=alt.Scale(type="log"),
+        title="learning rate (AdamW; log scale)",
+        axis=alt.Axis(values=sorted(data["lr"].unique().tolist()), format=".0e", labelOverlap="greedy"),
+    )
     y = alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False), title=axis_title)
     base = alt.Chart(data).encode(
         x=x,
@@ -92,9 +106,12 @@ def sweep_chart(
         ]
         + ([alt.Tooltip("member:Q", title="member")] if "member" in data.columns else []),
     )
-    best = alt.Chart(data).transform_filter(alt.datum.best == True).mark_point(  # noqa: E712 (a Vega expression)
-        shape="circle", size=300, filled=False, color="black", strokeWidth=2
-    ).encode(x=x, y=y)
+    best = (
+        alt.Chart(data)
+        .transform_filter(alt.datum.best == True)  # noqa: E712 (a Vega expression)
+        .mark_point(shape="circle", size=300, filled=False, color="black", strokeWidth=2)
+        .encode(x=x, y=y)
+    )
     n_wd = len(wd_order)
     chart = (
         alt.layer(base.mark_line(), base.mark_point(filled=True, size=60), best)
@@ -144,7 +161,10 @@ def per_class_chart(
                 scale=alt.Scale(domain=[0, 100]) if percent and data[value].between(0, 100).all() else alt.Scale(),
             ),
             y=alt.Y(f"{label}:N", sort="-x", title="class"),
-            tooltip=[alt.Tooltip(f"{label}:N", title="class"), alt.Tooltip(f"{value}:Q", format=".1f" if percent else ".4g")],
+            tooltip=[
+                alt.Tooltip(f"{label}:N", title="class"),
+                alt.Tooltip(f"{value}:Q", format=".1f" if percent else ".4g"),
+            ],
         )
         .properties(width=360, height=alt.Step(14), title=alt.TitleParams(title, subtitle=subtitle))
     )
@@ -210,8 +230,7 @@ def confusion_chart(
             height=size,
             title=alt.TitleParams(
                 title,
-                subtitle=([RANDOM_WEIGHTS_NOTE] if random_weights else [])
-                + ["rows normalised to 1"],
+                subtitle=([RANDOM_WEIGHTS_NOTE] if random_weights else []) + ["rows normalised to 1"],
             ),
         )
     )
@@ -344,8 +363,16 @@ def segmentation_figure(
     return SegmentationLayout(path=path, size=(width, height), cells=tuple(cells))
 
 
-def epoch_chart(table: pd.DataFrame, stem: str | Path, *, metric: str, metric_title: str, best_slug: str,
-                random_weights: bool, percent: bool = True) -> list[Path]:
+def epoch_chart(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    metric: str,
+    metric_title: str,
+    best_slug: str,
+    random_weights: bool,
+    percent: bool = True,
+) -> list[Path]:
     """Per-epoch curves of a probe sweep (``epoch_table``): training loss and ``metric``, one line
     per member, the best member thick and black; saved via ``save_chart``. ``percent``: ``metric``
     is in percent (a ``_pct`` column)."""
@@ -363,8 +390,13 @@ def epoch_chart(table: pd.DataFrame, stem: str | Path, *, metric: str, metric_ti
         detail="slug:N",
         tooltip=[alt.Tooltip("slug:N", title="member"), "epoch:O", alt.Tooltip("value:Q", format=".4g")],
     )
-    others = base.transform_filter(~alt.datum.best).mark_line(point=True, opacity=0.6).encode(
-        color=alt.Color("slug:N", title="member (lr, wd)", scale=category_colours(sorted(data["slug"].unique()))))
+    others = (
+        base.transform_filter(~alt.datum.best)
+        .mark_line(point=True, opacity=0.6)
+        .encode(
+            color=alt.Color("slug:N", title="member (lr, wd)", scale=category_colours(sorted(data["slug"].unique())))
+        )
+    )
     best = base.transform_filter(alt.datum.best).mark_line(point=True, color="black", strokeWidth=3)
     chart = (
         alt.layer(others, best, data=long)

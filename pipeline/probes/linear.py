@@ -184,7 +184,9 @@ class SweepAdamW:
     set of small ops) per member; this keeps the sweep's step cost flat in M.
     """
 
-    def __init__(self, params: Sequence[Tensor], lr_M: Tensor, weight_decay_M: Tensor, *, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self, params: Sequence[Tensor], lr_M: Tensor, weight_decay_M: Tensor, *, betas=(0.9, 0.999), eps: float = 1e-8
+    ):
         self.params = list(params)
         self.lr_M, self.wd_M = lr_M, weight_decay_M
         self.beta1, self.beta2 = betas
@@ -274,7 +276,11 @@ def fit_sweep(
     for epoch in range(cfg.epochs):
         batches = epoch_batches(epoch)
         if bar is None:  # batches per epoch: known once the first epoch's iterable exists
-            n = steps_per_epoch if steps_per_epoch is not None else (len(batches) if hasattr(batches, "__len__") else None)
+            n = (
+                steps_per_epoch
+                if steps_per_epoch is not None
+                else (len(batches) if hasattr(batches, "__len__") else None)
+            )
             bar = Progress(f"probe sweep ({m_count} members)", cfg.epochs * n if n else None, "batch", enabled=progress)
         if cfg.lr_warmup_fraction > 0 and warmup_steps is None:
             per_epoch = steps_per_epoch if steps_per_epoch is not None else getattr(batches, "__len__", None)
@@ -308,7 +314,13 @@ def fit_sweep(
             step += 1
             loss_sum_M += loss_MN.detach().sum(dim=1)
             n_seen += n_valid
-            bar.update(1, lambda: {"epoch": f"{epoch + 1}/{cfg.epochs}", "best_loss": float((loss_sum_M / n_seen.clamp(min=1)).min())})
+            bar.update(
+                1,
+                lambda: {
+                    "epoch": f"{epoch + 1}/{cfg.epochs}",
+                    "best_loss": float((loss_sum_M / n_seen.clamp(min=1)).min()),
+                },
+            )
         if n_batches == 0:
             raise ValueError(f"epoch_batches({epoch}) yielded no batches.")
         sweep.train_loss_M.copy_(loss_sum_M / n_seen.clamp(min=1))
@@ -319,9 +331,14 @@ def fit_sweep(
             sweep.train()
         loss_M = sweep.train_loss_M.cpu().numpy()
         sweep.epoch_history.extend(
-            {"epoch": epoch, "member": k, "train_loss": float(loss_M[k]),
-             **{name: float(values[k]) for name, values in extra.items()}}
-            for k in range(m_count))
+            {
+                "epoch": epoch,
+                "member": k,
+                "train_loss": float(loss_M[k]),
+                **{name: float(values[k]) for name, values in extra.items()},
+            }
+            for k in range(m_count)
+        )
     if bar is not None:
         bar.close({"best_loss": float(sweep.train_loss_M.min())})
     sweep.eval()

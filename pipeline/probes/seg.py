@@ -104,16 +104,27 @@ from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OUTPUT_FILES", "PROTOCOL", "SegEvaluation", "evaluate_seg", "protocol_text", "run_seg_probe", "seg_metrics",
-           "selection_images", "upsampled_predictions"]
+__all__ = [
+    "OUTPUT_FILES",
+    "PROTOCOL",
+    "SegEvaluation",
+    "evaluate_seg",
+    "protocol_text",
+    "run_seg_probe",
+    "seg_metrics",
+    "selection_images",
+    "upsampled_predictions",
+]
 
 MIOU_DEFINITION = "present_in_truth"
 
 
 def protocol_text(protocol: str, miou_definition: str = MIOU_DEFINITION) -> str:
     """One line naming the protocol, the mIoU definition and the pixel-level rule (stored in outputs)."""
-    return (f"{protocol}: {metrics.SEG_PROTOCOLS[protocol]}; mIoU {miou_definition}: {metrics.MIOU_DEFINITIONS[miou_definition]}; "
-            "pixel level = bilinear upsampling (align_corners=False) of patch logits to the cropped mask")
+    return (
+        f"{protocol}: {metrics.SEG_PROTOCOLS[protocol]}; mIoU {miou_definition}: {metrics.MIOU_DEFINITIONS[miou_definition]}; "
+        "pixel level = bilinear upsampling (align_corners=False) of patch logits to the cropped mask"
+    )
 
 
 PROTOCOL = protocol_text("ade20k")
@@ -134,7 +145,9 @@ class SegEvaluation:
     figure_pred_MKHW: np.ndarray
 
 
-def upsampled_predictions(logits_MBPC: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], train_on_other: bool) -> np.ndarray:
+def upsampled_predictions(
+    logits_MBPC: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], train_on_other: bool
+) -> np.ndarray:
     """Pixel predictions ``[M, B, H, W]`` (uint8, or int32 beyond 256 classes): bilinear upsampling of each patch-logit map, then argmax.
 
     Works in slices so at most ``UPSAMPLE_BUDGET`` bytes of upsampled logits exist at once.
@@ -152,9 +165,17 @@ def upsampled_predictions(logits_MBPC: torch.Tensor, grid: tuple[int, int], size
     return out.view(m, b, *size).numpy()
 
 
-
-def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool, n_figure: int = 0,
-                 protocol: str = "ade20k", reader=None, images_N: np.ndarray | None = None) -> SegEvaluation:
+def evaluate_seg(
+    sweep: ProbeSweep,
+    stores: ProbeStores,
+    norm: FinalNorm,
+    *,
+    train_on_other: bool,
+    n_figure: int = 0,
+    protocol: str = "ade20k",
+    reader=None,
+    images_N: np.ndarray | None = None,
+) -> SegEvaluation:
     """Patch- and pixel-level confusion matrices of every member (one pass over the store).
 
     ``reader`` defaults to the val store; ``images_N`` (bool [N]) restricts the evaluation to
@@ -168,8 +189,15 @@ def evaluate_seg(sweep: ProbeSweep, stores: ProbeStores, norm: FinalNorm, *, tra
     patch_label_NP = val.labels("patch_label").astype(np.int64)
     check_label_range(val, "patch_label", patch_label_NP[val.valid], np.flatnonzero(val.valid))
     fig_images, fig_true, fig_pred = [], [], []
-    chunks = (patch_chunks(val, stores.layer, norm) if images_N is None else  # only the chunks holding those images
-              ((image_B, norm(acts_BPD)) for image_B, acts_BPD in val.iter_chunks(stores.layer, tokens="patches", images=images_N)))
+    chunks = (
+        patch_chunks(val, stores.layer, norm)
+        if images_N is None
+        # only the chunks holding those images
+        else (
+            (image_B, norm(acts_BPD))
+            for image_B, acts_BPD in val.iter_chunks(stores.layer, tokens="patches", images=images_N)
+        )
+    )
     for image_B, x_BPD in chunks:
         if images_N is not None:
             keep_B = images_N[image_B]
@@ -214,15 +242,19 @@ def val_patch_miou(stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool
         for image_B, x_BPD in patch_chunks(val, stores.layer, norm):
             b, p, d = x_BPD.shape
             with torch.no_grad():
-                pred_MBP = predict_classes(sweep(x_BPD.reshape(b * p, d)).reshape(sweep.n_members, b, p, c), real_classes_only=not train_on_other)
+                pred_MBP = predict_classes(
+                    sweep(x_BPD.reshape(b * p, d)).reshape(sweep.n_members, b, p, c),
+                    real_classes_only=not train_on_other,
+                )
             conf += metrics.confusion_matrices(patch_label_NP[image_B], pred_MBP.cpu().numpy(), c, ignore=ignore)
         return np.array([metrics.mean_iou_as(conf_k, MIOU_DEFINITION, exclude=exclude) for conf_k in conf])
 
     return score
 
 
-def seg_metrics(patch_conf: np.ndarray, pixel_conf: np.ndarray, protocol: str = "ade20k",
-                miou_definition: str = MIOU_DEFINITION) -> dict[str, float]:
+def seg_metrics(
+    patch_conf: np.ndarray, pixel_conf: np.ndarray, protocol: str = "ade20k", miou_definition: str = MIOU_DEFINITION
+) -> dict[str, float]:
     """One member's metrics from its confusion matrices (built under ``protocol``)."""
     exclude = metrics.protocol_exclude(protocol)
     out = {}
@@ -245,8 +277,10 @@ def selection_images(reader, y_NP: np.ndarray, fraction: float, seed: int) -> np
     if fraction <= 0:
         return out
     if usable.size < 2:
-        raise ProbeDataError(f"{reader.path}: {usable.size} usable train image(s): cannot hold out a selection part "
-                             "(set probes.seg.selection_fraction: 0 to select on val)")
+        raise ProbeDataError(
+            f"{reader.path}: {usable.size} usable train image(s): cannot hold out a selection part "
+            "(set probes.seg.selection_fraction: 0 to select on val)"
+        )
     n = min(usable.size - 1, max(1, round(fraction * usable.size)))
     out[np.random.default_rng(seed).choice(usable, size=n, replace=False)] = True
     return out
@@ -293,24 +327,54 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         stores.train, pc.layer, y_fit_NP, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=pc.seed
     )
     n_train = int((y_fit_NP != IGNORE_LABEL).sum())
-    log.info("seg probe: %d members, %d training patches (%d images held out for selection), %d epochs, device %s",
-             len(members), n_train, int(held_out_N.sum()), pc.epochs, device)
+    log.info(
+        "seg probe: %d members, %d training patches (%d images held out for selection), %d epochs, device %s",
+        len(members),
+        n_train,
+        int(held_out_N.sum()),
+        pc.epochs,
+        device,
+    )
 
     t0 = time.perf_counter()
     val_patch = val_patch_miou(stores, norm, train_on_other=pc.train_on_other, protocol=pc.protocol)
-    sweep = fit_sweep(epochs, d_model=stores.d_model, n_classes=stores.n_classes, members=members, cfg=train_cfg, device=device, progress=progress,
-                      steps_per_epoch=-(-n_train // pc.batch_size), on_epoch=lambda epoch, sw: {"val_patch_miou": val_patch(sw)})
+    sweep = fit_sweep(
+        epochs,
+        d_model=stores.d_model,
+        n_classes=stores.n_classes,
+        members=members,
+        cfg=train_cfg,
+        device=device,
+        progress=progress,
+        steps_per_epoch=-(-n_train // pc.batch_size),
+        on_epoch=lambda epoch, sw: {"val_patch_miou": val_patch(sw)},
+    )
     t1 = time.perf_counter()
-    ev = evaluate_seg(sweep, stores, norm, train_on_other=pc.train_on_other, n_figure=pc.n_figure_images, protocol=pc.protocol)
-    sel = (evaluate_seg(sweep, stores, norm, train_on_other=pc.train_on_other, protocol=pc.protocol,
-                        reader=stores.train, images_N=held_out_N) if held_out_N.any() else ev)
+    ev = evaluate_seg(
+        sweep, stores, norm, train_on_other=pc.train_on_other, n_figure=pc.n_figure_images, protocol=pc.protocol
+    )
+    sel = (
+        evaluate_seg(
+            sweep,
+            stores,
+            norm,
+            train_on_other=pc.train_on_other,
+            protocol=pc.protocol,
+            reader=stores.train,
+            images_N=held_out_N,
+        )
+        if held_out_N.any()
+        else ev
+    )
     t2 = time.perf_counter()
 
     rows = []
     for k in range(len(members)):
         row = {"train_loss": float(sweep.train_loss_M[k])}
         row.update(seg_metrics(ev.patch_conf_MCC[k], ev.pixel_conf_MCC[k], pc.protocol))
-        row["selection_pixel_miou"] = seg_metrics(sel.patch_conf_MCC[k], sel.pixel_conf_MCC[k], pc.protocol)["pixel_miou"]
+        row["selection_pixel_miou"] = seg_metrics(sel.patch_conf_MCC[k], sel.pixel_conf_MCC[k], pc.protocol)[
+            "pixel_miou"
+        ]
         rows.append(row)
     table = sweep_table(members, rows)
     device_name = describe_device(device)
@@ -322,11 +386,20 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     table["best"] = table["member"] == best
     best_row = table.loc[table["member"] == best].iloc[0]
     best_metrics = {k: float(best_row[k]) for k in rows[0]}
-    where = "val (selection_fraction 0: saev's choice, optimistic)" if not held_out_N.any() else (
-        f"{int(held_out_N.sum())} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})")
+    where = (
+        "val (selection_fraction 0: saev's choice, optimistic)"
+        if not held_out_N.any()
+        else (
+            f"{int(held_out_N.sum())} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})"
+        )
+    )
     selection = {
-        "metric": "pixel_miou", "on": where, "fraction": pc.selection_fraction, "seed": pc.selection_seed,
-        "n_images": int(held_out_N.sum()), "best_selection_pixel_miou": float(best_row["selection_pixel_miou"]),
+        "metric": "pixel_miou",
+        "on": where,
+        "fraction": pc.selection_fraction,
+        "seed": pc.selection_seed,
+        "n_images": int(held_out_N.sum()),
+        "best_selection_pixel_miou": float(best_row["selection_pixel_miou"]),
         "best_val_pixel_miou": float(best_row["pixel_miou"]),
         "image_ids": [str(stores.train.image_ids[i]) for i in np.flatnonzero(held_out_N)],
     }
@@ -356,29 +429,60 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
 
     member = members[best]
     meta = best_meta(
-        "seg", pc, stores, norm, members, best, best_metrics, selected_by=f"pixel_miou on {where}", selection=selection, provenance=record(cfg, "probe-seg"),
+        "seg",
+        pc,
+        stores,
+        norm,
+        members,
+        best,
+        best_metrics,
+        selected_by=f"pixel_miou on {where}",
+        selection=selection,
+        provenance=record(cfg, "probe-seg"),
         miou_definition=MIOU_DEFINITION,
-        device_name=device_name, threads=threads, seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        protocol=protocol_text(pc.protocol), input=f"final_norm(output of block {stores.block}) at the patch tokens, float32",
-        n_train_patches=n_train, n_val_images=int(stores.val.valid.sum()), n_selection_images=int(held_out_N.sum()),
+        device_name=device_name,
+        threads=threads,
+        seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
+        protocol=protocol_text(pc.protocol),
+        input=f"final_norm(output of block {stores.block}) at the patch tokens, float32",
+        n_train_patches=n_train,
+        n_val_images=int(stores.val.valid.sum()),
+        n_selection_images=int(held_out_N.sum()),
     )
     save_probe(out_dir / "best", member_state(sweep, best), meta)
 
     figures.sweep_chart(
-        table, out_dir / "sweep", metric="pixel_miou_pct",
+        table,
+        out_dir / "sweep",
+        metric="pixel_miou_pct",
         metric_title=f"val mIoU, pixel level (block {stores.block})",
         random_weights=stores.random_weights,
     )
     epoch_rows = units.to_pct(epoch_table(sweep), ["val_patch_miou"])
     epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
-    figures.epoch_chart(epoch_rows, out_dir / "epochs", metric="val_patch_miou_pct", metric_title="val mIoU, patch level",
-                        best_slug=member.slug, random_weights=stores.random_weights)
-    figures.per_class_chart(
-        per_class[scored_C], out_dir / "per_class_iou", value="iou_pct",  # classes the protocol scores
-        title=f"Val IoU per class ({pc.protocol}), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
-        random_weights=stores.random_weights, value_title="IoU, pixel level (%)",
+    figures.epoch_chart(
+        epoch_rows,
+        out_dir / "epochs",
+        metric="val_patch_miou_pct",
+        metric_title="val mIoU, patch level",
+        best_slug=member.slug,
+        random_weights=stores.random_weights,
     )
-    _examples(stores, ev, best, out_dir / "examples.png", title=f"Linear probe, {pc.cache.model} block {stores.block} on {pc.cache.dataset} val")
+    figures.per_class_chart(
+        per_class[scored_C],
+        out_dir / "per_class_iou",
+        value="iou_pct",  # classes the protocol scores
+        title=f"Val IoU per class ({pc.protocol}), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
+        random_weights=stores.random_weights,
+        value_title="IoU, pixel level (%)",
+    )
+    _examples(
+        stores,
+        ev,
+        best,
+        out_dir / "examples.png",
+        title=f"Linear probe, {pc.cache.model} block {stores.block} on {pc.cache.dataset} val",
+    )
     t3 = time.perf_counter()
 
     return {
@@ -402,12 +506,23 @@ def _examples(stores: ProbeStores, ev: SegEvaluation, best: int, path: Path, *, 
     if len(ev.figure_images) == 0:
         # n_figure_images: 0 still writes the declared file: a note instead of images.
         img = np.full((32, 32, 3), 255, dtype=np.uint8)
-        figures.segmentation_figure([img], [np.zeros((32, 32), np.int64)], [np.zeros((32, 32), np.int64)], stores.class_names, path,
-                                    random_weights=stores.random_weights, title=title + " (n_figure_images: 0)")
+        figures.segmentation_figure(
+            [img],
+            [np.zeros((32, 32), np.int64)],
+            [np.zeros((32, 32), np.int64)],
+            stores.class_names,
+            path,
+            random_weights=stores.random_weights,
+            title=title + " (n_figure_images: 0)",
+        )
         return
     images = _example_images(stores, ev.figure_images)
     figures.segmentation_figure(
-        images, list(ev.figure_true_KHW), list(ev.figure_pred_MKHW[best]), stores.class_names, path,
-        random_weights=stores.random_weights, title=title,
+        images,
+        list(ev.figure_true_KHW),
+        list(ev.figure_pred_MKHW[best]),
+        stores.class_names,
+        path,
+        random_weights=stores.random_weights,
+        title=title,
     )
-

@@ -86,9 +86,7 @@ def _header(sae: SparseAutoencoder, cfg: dict, scaling: InputScaling | None) -> 
     return {"schema": SCHEMA_VERSION, "cfg": full, "commit": "unknown", "lib": LIB}
 
 
-def save_checkpoint(
-    path: Path, sae: SparseAutoencoder, *, cfg: dict, scaling: InputScaling | None
-) -> None:
+def save_checkpoint(path: Path, sae: SparseAutoencoder, *, cfg: dict, scaling: InputScaling | None) -> None:
     """Write ``path`` (JSON header line + ``torch.save(state_dict)``) and its safetensors twin.
 
     ``cfg`` must be JSON-serialisable (hyper-parameters, metrics, provenance). Both files are
@@ -244,8 +242,12 @@ def load_checkpoint(
     d_model, n_latents = state["W_enc"].shape if state["W_enc"].ndim == 2 else (None, None)
     if d_model is None:
         raise CheckpointError(f"{path}: W_enc is not a matrix")
-    expected = {"W_enc": (d_model, n_latents), "b_enc": (n_latents,),
-                "W_dec": (n_latents, d_model), "b_dec": (d_model,)}
+    expected = {
+        "W_enc": (d_model, n_latents),
+        "b_enc": (n_latents,),
+        "W_dec": (n_latents, d_model),
+        "b_dec": (d_model,),
+    }
     for k, shape in expected.items():
         if tuple(state[k].shape) != shape:
             raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {shape}")
@@ -259,9 +261,7 @@ def load_checkpoint(
     if scaling is not None and scaling.d_model != d_model:
         raise CheckpointError(f"{path}: stored scaling has D={scaling.d_model}, SAE has D={d_model}")
 
-    sae = SparseAutoencoder(
-        d_model, n_latents, seed=int(cfg.get("seed", 0) or 0), encoder_subtracts_b_dec=subtracts
-    )
+    sae = SparseAutoencoder(d_model, n_latents, seed=int(cfg.get("seed", 0) or 0), encoder_subtracts_b_dec=subtracts)
     sae.load_state_dict({k: state[k].float() for k in _PARAM_NAMES}, strict=True)
     sae.eval()
     return sae, header, scaling

@@ -65,8 +65,9 @@ def sheet_size(n_images: int, tile_size: int) -> tuple[int, int]:
     return width, height
 
 
-def heat_overlay(patch_map: np.ndarray, grid: tuple[int, int], size: int, *, vmax: float,
-                 alpha_max: float = 0.7) -> Image.Image:
+def heat_overlay(
+    patch_map: np.ndarray, grid: tuple[int, int], size: int, *, vmax: float, alpha_max: float = 0.7
+) -> Image.Image:
     """RGBA overlay [size × size]: viridis colour of value / vmax, alpha ∝ value (nearest upsampling)."""
     rows, cols = grid
     v = np.asarray(patch_map, dtype=np.float32).reshape(rows, cols)
@@ -94,16 +95,23 @@ def _fit_tail(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return "…" + text
 
 
-def _latent_sheet(ds_l: xr.Dataset, lid: int, *, tile_of: Callable[[int], Image.Image],
-                  grid: tuple[int, int], image_ids: Sequence[str], n_images: int,
-                  tile_size: int, random_weights: bool) -> Image.Image:
+def _latent_sheet(
+    ds_l: xr.Dataset,
+    lid: int,
+    *,
+    tile_of: Callable[[int], Image.Image],
+    grid: tuple[int, int],
+    image_ids: Sequence[str],
+    n_images: int,
+    tile_size: int,
+    random_weights: bool,
+) -> Image.Image:
     rows, cols = sheet_layout(n_images)
     sheet = Image.new("RGB", sheet_size(n_images, tile_size), _BG)
     draw = ImageDraw.Draw(sheet)
     font = label_font(12)
     vmax = float(ds_l["max_value"])
-    title = (f"latent {lid}   freq {float(ds_l['freq']):.2e}   max {vmax:.3g}   "
-             f"mean {float(ds_l['mean_value']):.3g}")
+    title = f"latent {lid}   freq {float(ds_l['freq']):.2e}   max {vmax:.3g}   mean {float(ds_l['mean_value']):.3g}"
     if random_weights:
         title += "   [RANDOM WEIGHTS]"
     draw.text((PAD, 6), _fit(draw, title, font, sheet.width - 2 * PAD), fill=(0, 0, 0), font=font)
@@ -117,8 +125,7 @@ def _latent_sheet(ds_l: xr.Dataset, lid: int, *, tile_of: Callable[[int], Image.
             draw.rectangle([x0, y0, x0 + tile_size - 1, y0 + tile_size - 1], fill=_EMPTY)
             continue
         idx = int(imgs[r])
-        tile = Image.alpha_composite(
-            tile_of(idx), heat_overlay(maps[r], grid, tile_size, vmax=vmax))
+        tile = Image.alpha_composite(tile_of(idx), heat_overlay(maps[r], grid, tile_size, vmax=vmax))
         sheet.paste(tile.convert("RGB"), (x0, y0))
         # the file name without its folders (ADE20K ids all start "images/training/")
         name = str(image_ids[idx]).rsplit("/", 1)[-1] if idx < len(image_ids) else str(idx)
@@ -187,8 +194,7 @@ def write_gallery(
     """
     rows, cols = grid
     if rows * cols != ds.sizes["patch"]:
-        raise ValueError(f"grid {grid} has {rows * cols} cells, the stats have "
-                         f"{ds.sizes['patch']} patches")
+        raise ValueError(f"grid {grid} has {rows * cols} cells, the stats have {ds.sizes['patch']} patches")
     if not 1 <= n_images <= ds.sizes["rank"]:
         raise ValueError(f"n_images must be in [1, {ds.sizes['rank']}], got {n_images}")
     out_dir = Path(out_dir)
@@ -202,9 +208,16 @@ def write_gallery(
     rows_html = []
     for lid in [int(i) for i in latent_ids]:
         ds_l = ds.sel(latent=lid)
-        sheet = _latent_sheet(ds_l.isel(rank=slice(0, n_images)), lid, tile_of=tile_of,
-                              grid=grid, image_ids=image_ids, n_images=n_images,
-                              tile_size=tile_size, random_weights=random_weights)
+        sheet = _latent_sheet(
+            ds_l.isel(rank=slice(0, n_images)),
+            lid,
+            tile_of=tile_of,
+            grid=grid,
+            image_ids=image_ids,
+            n_images=n_images,
+            tile_size=tile_size,
+            random_weights=random_weights,
+        )
         name = f"latent_{lid}.png"
         sheet.save(out_dir / name)
         freq = float(ds_l["freq"])
@@ -220,19 +233,22 @@ def write_gallery(
             (n_top, str(n_top)),
         ]
         tds = "".join(f'<td data-v="{v}">{text}</td>' for v, text in cells)
-        tds += (f'<td class="thumb"><a href="{name}"><img src="{name}" loading="lazy" '
-                f'width="{thumb_width}" alt="latent {lid}"></a></td>')
+        tds += (
+            f'<td class="thumb"><a href="{name}"><img src="{name}" loading="lazy" '
+            f'width="{thumb_width}" alt="latent {lid}"></a></td>'
+        )
         rows_html.append(f'<tr id="latent-{lid}">{tds}</tr>')
 
-    headers = ["latent", "frequency", "log10 freq", "max value", "mean value",
-               f"images in top {ds.sizes['rank']}"]
+    headers = ["latent", "frequency", "log10 freq", "max value", "mean value", f"images in top {ds.sizes['rank']}"]
     ths = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(headers))
     ths += "<th>top images</th>"
     banner = f'<div class="banner">{html.escape(RANDOM_WEIGHTS_NOTE)}</div>' if random_weights else ""
     attrs = ds.attrs
-    summary = (f"{len(rows_html)} latents of {ds.sizes['latent']}; "
-               f"{attrs.get('n_images', '?')} images, {attrs.get('n_tokens', '?')} patch tokens; "
-               "heat maps: viridis, opacity ∝ value / latent max. Click a header to sort.")
+    summary = (
+        f"{len(rows_html)} latents of {ds.sizes['latent']}; "
+        f"{attrs.get('n_images', '?')} images, {attrs.get('n_tokens', '?')} patch tokens; "
+        "heat maps: viridis, opacity ∝ value / latent max. Click a header to sort."
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>SAE latent gallery</title>
 <style>{_CSS}</style></head>

@@ -72,9 +72,9 @@ def latent_stats(
         idx_B = idx_B.to(dev)
         chunk = max(1, max_chunk_elements // (P * acc.S))
         for lo in range(0, B, chunk):
-            x_bPD = acts_BPD[lo:lo + chunk].to(dev, non_blocking=True)
+            x_bPD = acts_BPD[lo : lo + chunk].to(dev, non_blocking=True)
             b = x_bPD.shape[0]
-            acc.add(encode_tokens(sae, scaling, x_bPD.reshape(b * P, D)).reshape(b, P, acc.S), idx_B[lo:lo + b])
+            acc.add(encode_tokens(sae, scaling, x_bPD.reshape(b * P, D)).reshape(b, P, acc.S), idx_B[lo : lo + b])
         acc.n_img += B
         bar.update(B)
     bar.close()
@@ -90,8 +90,7 @@ def _checked_batch(image_idx_B, acts_BPD, n_images: int) -> tuple[Tensor, Tensor
     idx_B = torch.from_numpy(np.array(image_idx_B, dtype=np.int64).reshape(-1))
     acts_BPD = torch.as_tensor(acts_BPD)
     if acts_BPD.ndim != 3 or acts_BPD.shape[0] != idx_B.shape[0]:
-        raise ValueError(f"expected acts [B, P, D] with B={idx_B.shape[0]}, "
-                         f"got {tuple(acts_BPD.shape)}")
+        raise ValueError(f"expected acts [B, P, D] with B={idx_B.shape[0]}, got {tuple(acts_BPD.shape)}")
     if idx_B.numel() and (idx_B.min() < 0 or idx_B.max() >= n_images):
         raise ValueError(f"image indices outside [0, {n_images})")
     return idx_B, acts_BPD
@@ -134,8 +133,7 @@ class _LatentAccumulator:
         """Merge the chunk's per-image max of every latent into its top-k (images where it fires)."""
         k, P = self.k, self.P
         img_max_bS = f_bPS.amax(dim=1)
-        cand_Sb = torch.where(img_max_bS > 0, img_max_bS,
-                              torch.full_like(img_max_bS, float("-inf"))).T
+        cand_Sb = torch.where(img_max_bS > 0, img_max_bS, torch.full_like(img_max_bS, float("-inf"))).T
         new_val_Sk, sel_Sk = torch.cat([self.top_val_Sk, cand_Sb], dim=1).topk(k, dim=1)
         from_old_Sk = sel_Sk < k
         old_sel = sel_Sk.clamp(max=k - 1)
@@ -173,9 +171,14 @@ class _LatentAccumulator:
             },
             coords={"latent": np.arange(S), "rank": np.arange(k), "patch": np.arange(P)},
             attrs={
-                "n_images": int(self.n_img), "n_tokens": int(self.n_tok), "n_patches": int(P),
-                "top_k": int(k), "d_model": int(sae.d_model), "n_latents": int(S),
-                "encoder": sae.encoder, "scaled": int(scaled),
+                "n_images": int(self.n_img),
+                "n_tokens": int(self.n_tok),
+                "n_patches": int(P),
+                "top_k": int(k),
+                "d_model": int(sae.d_model),
+                "n_latents": int(S),
+                "encoder": sae.encoder,
+                "scaled": int(scaled),
             },
         )
 
@@ -212,9 +215,12 @@ def select_latents(
         lf = np.log10(np.asarray(ds["freq"].values, dtype=np.float64))
         lv = np.log10(np.asarray(ds[value].values, dtype=np.float64))
     ok = (
-        np.isfinite(lf) & np.isfinite(lv)
-        & (lf >= log_freq_range[0]) & (lf <= log_freq_range[1])
-        & (lv >= log_value_range[0]) & (lv <= log_value_range[1])
+        np.isfinite(lf)
+        & np.isfinite(lv)
+        & (lf >= log_freq_range[0])
+        & (lf <= log_freq_range[1])
+        & (lv >= log_value_range[0])
+        & (lv <= log_value_range[1])
     )
     return np.asarray(ds["latent"].values)[ok].astype(np.int64)
 
@@ -236,18 +242,30 @@ def density_chart(ds: xr.Dataset, stem: Path, *, random_weights: bool, title: st
     hist = pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "latents": counts})
     points = pd.DataFrame({"latent": np.asarray(ds["latent"].values)[fired], "log_freq": log_f, "log_value": log_v})
     points = points[np.isfinite(points["log_value"])]
-    left = alt.Chart(hist).mark_bar().encode(
-        x=alt.X("lo:Q", bin="binned", title="log10 firing frequency"), x2="hi:Q",
-        y=alt.Y("latents:Q", title="latents"),
-        tooltip=[alt.Tooltip("lo:Q", format=".2f"), alt.Tooltip("hi:Q", format=".2f"), "latents:Q"],
-    ).properties(width=320, height=240, title=f"firing frequency ({int((~fired).sum())} dead latents not shown)")
-    right = alt.Chart(points).mark_circle(size=12, opacity=0.5).encode(
-        x=alt.X("log_freq:Q", title="log10 firing frequency", scale=alt.Scale(zero=False)),
-        y=alt.Y("log_value:Q", title="log10 mean value when firing", scale=alt.Scale(zero=False)),
-        tooltip=["latent:Q", alt.Tooltip("log_freq:Q", format=".2f"), alt.Tooltip("log_value:Q", format=".2f")],
-    ).properties(width=320, height=240, title="frequency vs mean value, per latent")
+    left = (
+        alt.Chart(hist)
+        .mark_bar()
+        .encode(
+            x=alt.X("lo:Q", bin="binned", title="log10 firing frequency"),
+            x2="hi:Q",
+            y=alt.Y("latents:Q", title="latents"),
+            tooltip=[alt.Tooltip("lo:Q", format=".2f"), alt.Tooltip("hi:Q", format=".2f"), "latents:Q"],
+        )
+        .properties(width=320, height=240, title=f"firing frequency ({int((~fired).sum())} dead latents not shown)")
+    )
+    right = (
+        alt.Chart(points)
+        .mark_circle(size=12, opacity=0.5)
+        .encode(
+            x=alt.X("log_freq:Q", title="log10 firing frequency", scale=alt.Scale(zero=False)),
+            y=alt.Y("log_value:Q", title="log10 mean value when firing", scale=alt.Scale(zero=False)),
+            tooltip=["latent:Q", alt.Tooltip("log_freq:Q", format=".2f"), alt.Tooltip("log_value:Q", format=".2f")],
+        )
+        .properties(width=320, height=240, title="frequency vs mean value, per latent")
+    )
     chart = alt.hconcat(left, right).properties(
-        title=title_with_note(title or f"SAE feature density ({ds.sizes['latent']} latents)", random_weights))
+        title=title_with_note(title or f"SAE feature density ({ds.sizes['latent']} latents)", random_weights)
+    )
     with alt.data_transformers.disable_max_rows():
         return save_chart(chart, stem)
 

@@ -54,9 +54,7 @@ class SparseAutoencoder(nn.Module):
         encoder_subtracts_b_dec: encoder convention, see the module docstring.
     """
 
-    def __init__(
-        self, d_model: int, n_latents: int, *, seed: int = 0, encoder_subtracts_b_dec: bool = True
-    ) -> None:
+    def __init__(self, d_model: int, n_latents: int, *, seed: int = 0, encoder_subtracts_b_dec: bool = True) -> None:
         super().__init__()
         if d_model <= 0 or n_latents <= 0:
             raise ValueError(f"d_model and n_latents must be positive, got {d_model}, {n_latents}")
@@ -148,7 +146,4 @@ class SparseAutoencoder(nn.Module):
         self.b_dec.copy_(mean_D)
 
     def extra_repr(self) -> str:
-        return (
-            f"d_model={self.d_model}, n_latents={self.n_latents}, seed={self.seed}, "
-            f"encoder={self.encoder!r}"
-        )
+        return f"d_model={self.d_model}, n_latents={self.n_latents}, seed={self.seed}, encoder={self.encoder!r}"

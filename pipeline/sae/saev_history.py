@@ -17,7 +17,8 @@ from __future__ import annotations
 
 SCHEMA1_FIRST_PLAIN = "e7ca004"
 
-SUBTRACTS_B_DEC = frozenset("""
+SUBTRACTS_B_DEC = frozenset(
+    """
     02b306f 03837ef 050ab62 053c29a 06d5e94 08f0176 0b6704b 0d2ec28 0eff867 0f835b3
     131266b 15e88c7 1c64e53 1c842cc 1e61d58 1f2cf1e 2202d3f 22c1f5d 24f21f6 2548ef3
     29338ad 29d30b7 2a109e8 2b4d098 2ba9540 2c5df57 2c7e6cd 2e6c946 2f49e5e 3073a91
@@ -36,11 +37,14 @@ SUBTRACTS_B_DEC = frozenset("""
     dfc4e39 e19e3a0 e302195 e4e9712 e5092bd e70fbac e71e456 e8037b3 e89ec17 ea2c9f5
     ea5a8eb eb7c1ca ec00e57 eca9c85 edb546d ee0f56f ee86c12 f190cc7 f206a1a f2dd7bd
     f326328 f3d648a f53bd68 f5d892c f87540e f8aaffd fcd4b3e fd5af0c ff2b5c8
-""".split())
+""".split()
+)
 
-PLAIN = frozenset("""
+PLAIN = frozenset(
+    """
     5056de4 795479b ab690dc e7ca004 fad9929
-""".split())
+""".split()
+)
 
 
 def schema1_subtracts_b_dec(commit: str | None) -> bool | None:

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import itertools
 import json
 import logging
 import math
@@ -89,7 +88,7 @@ from pipeline.cache.stream import (
 )
 from pipeline import layout
 from pipeline.data import store_image_loader
-from pipeline.layout import SAE_IMPORT_FILES as IMPORT_OUTPUTS, SAE_TRAIN_FILES as TRAIN_OUTPUTS, sae_dir, stats_path
+from pipeline.layout import sae_dir, stats_path
 from pipeline.provenance import record
 from pipeline.stats import read_stats
 from pipeline.config import sae_is_imported, sae_train_ref, CacheRef, Config, ConfigError, SAEConfig
@@ -97,8 +96,16 @@ from pipeline.config import sae_is_imported, sae_train_ref, CacheRef, Config, Co
 from .checkpoint import load_checkpoint
 from .latents import density_chart, latent_stats, load_latent_stats, save_latent_stats, select_latents
 from .scaling import InputScaling, scaling_from_stats
-from .train import (SAEHparams, TrainConfig, TrainedSAE, history_chart, history_table, sweep_chart, sweep_table,
-                    train_sweep)
+from .train import (
+    SAEHparams,
+    TrainConfig,
+    TrainedSAE,
+    history_chart,
+    history_table,
+    sweep_chart,
+    sweep_table,
+    train_sweep,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +143,9 @@ def member_grid(sc: SAEConfig) -> list[SAEHparams]:
     uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731
     return [
         SAEHparams(lr=float(lr), sparsity_coeff=float(sc_), exp_factor=int(e))
-        for e in uniq(sc.exp_factors) for lr in uniq(sc.lrs) for sc_ in uniq(sc.sparsity_coeffs)
+        for e in uniq(sc.exp_factors)
+        for lr in uniq(sc.lrs)
+        for sc_ in uniq(sc.sparsity_coeffs)
     ]
 
 
@@ -166,8 +175,9 @@ def _token_mode(tokens: str) -> str:
     return "patches" if tokens == "patches" else "all"
 
 
-def token_parts(reader: CacheReader, layer: int, *, tokens: str = "patches", shuffle: bool = False,
-                seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def token_parts(
+    reader: CacheReader, layer: int, *, tokens: str = "patches", shuffle: bool = False, seed: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``(acts_ND, image_N, token_N)`` per chunk for ``patches`` or ``patches+cls`` (no registers).
 
     One store read per chunk; ``token_N`` indexes the store's token axis for ``patches+cls``.
@@ -185,9 +195,19 @@ def tokens_per_pass(reader: CacheReader, tokens: str) -> int:
     return int(reader.valid.sum()) * per_image
 
 
-def train_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int, batch_size: int,
-                  buffer_size: int, seed: int, workers: int = 2, out_dtype: torch.dtype | None = torch.float32,
-                  pin_memory: bool = False) -> Iterator[torch.Tensor]:
+def train_batches(
+    reader: CacheReader,
+    layer: int,
+    *,
+    tokens: str,
+    n_tokens: int,
+    batch_size: int,
+    buffer_size: int,
+    seed: int,
+    workers: int = 2,
+    out_dtype: torch.dtype | None = torch.float32,
+    pin_memory: bool = False,
+) -> Iterator[torch.Tensor]:
     """Shuffled ``[batch, D]`` batches (``out_dtype``; None: the stored dtype) for ``n_tokens`` tokens from the store.
 
     Seed contract: ``ceil(n_tokens / tokens_per_pass)`` passes; pass p visits every chunk once in
@@ -207,13 +227,33 @@ def train_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int
     _token_mode(tokens)
     n_passes = math.ceil(n_tokens / per_pass)
     order = (chunk for p in range(n_passes) for chunk in chunk_order(reader, shuffle=True, seed=seed + p))
-    yield from in_background(group_batches(reader, layer, order, token_index(reader, tokens), batch_size=batch_size,
-                                           buffer_size=buffer_size, seed=seed, workers=workers, out_dtype=out_dtype,
-                                           pin_memory=pin_memory))
+    yield from in_background(
+        group_batches(
+            reader,
+            layer,
+            order,
+            token_index(reader, tokens),
+            batch_size=batch_size,
+            buffer_size=buffer_size,
+            seed=seed,
+            workers=workers,
+            out_dtype=out_dtype,
+            pin_memory=pin_memory,
+        )
+    )
 
 
-def device_batches(reader: CacheReader, layer: int, *, tokens: str, n_tokens: int, batch_size: int, seed: int,
-                   device: torch.device, workers: int = 2) -> Iterator[torch.Tensor]:
+def device_batches(
+    reader: CacheReader,
+    layer: int,
+    *,
+    tokens: str,
+    n_tokens: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    workers: int = 2,
+) -> Iterator[torch.Tensor]:
     """``token_source: device``: the layer's tokens loaded onto ``device`` once (:func:`load_tokens`),
     then float32 batches of a fresh permutation per pass (:func:`resident_batches`, pass p seeded
     ``seed + p``): the same tokens per pass as :func:`train_batches`, in another order. On CPU the
@@ -234,18 +274,20 @@ def token_source(reader: CacheReader, sc: SAEConfig, device: torch.device) -> st
     if sc.token_source == "device" and not fits:
         raise ConfigError(
             f"sae/token_source: device: the layer's tokens take {n_bytes / 2**30:.2f} GiB, more than "
-            f"{DEVICE_MEMORY_FRACTION:g} of the free memory of {device}; use stream or auto")
+            f"{DEVICE_MEMORY_FRACTION:g} of the free memory of {device}; use stream or auto"
+        )
     return "device" if fits and (sc.token_source == "device" or device.type == "cuda") else "stream"
 
 
-def eval_batches(reader: CacheReader, layer: int, *, tokens: str, max_tokens: int = EVAL_MAX_TOKENS,
-                 batch_size: int = EVAL_BATCH) -> Iterator[np.ndarray]:
+def eval_batches(
+    reader: CacheReader, layer: int, *, tokens: str, max_tokens: int = EVAL_MAX_TOKENS, batch_size: int = EVAL_BATCH
+) -> Iterator[np.ndarray]:
     """Held-out ``[batch, D]`` batches: chunks in order, at most ``max_tokens`` tokens."""
     seen = 0
     for acts_ND, _, _ in token_parts(reader, layer, tokens=tokens):
         acts_ND = acts_ND[: max_tokens - seen]
         for s in range(0, len(acts_ND), batch_size):
-            yield acts_ND[s:s + batch_size]
+            yield acts_ND[s : s + batch_size]
         seen += len(acts_ND)
         if seen >= max_tokens:
             return
@@ -325,8 +367,9 @@ def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block:
     }
 
 
-def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
-              device: str | None = None, ctx=None) -> dict[str, Any]:
+def run_train(
+    cfg: Config, *, out_dir: Path | None = None, progress: bool = True, device: str | None = None, ctx=None
+) -> dict[str, Any]:
     """Train the sweep from the cache, write the outputs; return a summary. ``ctx``: the step's
     RunContext (default: one started here on ``device``, else the config's)."""
     from pipeline.context import RunContext
@@ -343,8 +386,12 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
     block = train.block(sc.layer)
     if ref != sc.cache:  # trained elsewhere: it must apply to sae.cache (same weights, block, width)
         target = _open(cfg, sc.cache, "train")
-        check_applies(train.path, {"model_weights_sha256": weights_sha256(train), "block": block, "d_model": train.d_model},
-                      target, target.block(sc.layer))
+        check_applies(
+            train.path,
+            {"model_weights_sha256": weights_sha256(train), "block": block, "d_model": train.d_model},
+            target,
+            target.block(sc.layer),
+        )
     val_path = cfg.store(ref, "val")
     val = CacheReader(val_path) if (val_path / "zarr.json").exists() else None
     if val is not None:
@@ -356,41 +403,90 @@ def run_train(cfg: Config, *, out_dir: Path | None = None, progress: bool = True
     out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
     scaling, stats_path = load_train_scaling(cfg, train, block, sc.tokens)
     members = member_grid(sc)
-    tc = TrainConfig(n_tokens=sc.n_tokens, batch_size=sc.batch_size, lr_warmup_steps=sc.lr_warmup_steps,
-                     sparsity_warmup_steps=sc.sparsity_warmup_steps, seed=sc.seed)
+    tc = TrainConfig(
+        n_tokens=sc.n_tokens,
+        batch_size=sc.batch_size,
+        lr_warmup_steps=sc.lr_warmup_steps,
+        sparsity_warmup_steps=sc.sparsity_warmup_steps,
+        seed=sc.seed,
+    )
     tc = dataclasses.replace(tc, log_every=max(1, tc.n_steps // HISTORY_ROWS))
     per_pass = tokens_per_pass(train, sc.tokens)
-    log.info("SAE sweep: %d members, %d tokens (%.2f passes of %d), block %d, device %s", len(members),
-             sc.n_tokens, sc.n_tokens / per_pass, per_pass, block, dev)
+    log.info(
+        "SAE sweep: %d members, %d tokens (%.2f passes of %d), block %d, device %s",
+        len(members),
+        sc.n_tokens,
+        sc.n_tokens / per_pass,
+        per_pass,
+        block,
+        dev,
+    )
     source = token_source(train, sc, dev)
     log.info("tokens from: %s (sae.token_source: %s)", source, sc.token_source)
     if source == "device":
-        batches = device_batches(train, block, tokens=sc.tokens, n_tokens=sc.n_tokens, batch_size=sc.batch_size,
-                                 seed=sc.seed, device=dev, workers=max(2, threads))
+        batches = device_batches(
+            train,
+            block,
+            tokens=sc.tokens,
+            n_tokens=sc.n_tokens,
+            batch_size=sc.batch_size,
+            seed=sc.seed,
+            device=dev,
+            workers=max(2, threads),
+        )
     else:
-        batches = train_batches(train, block, tokens=sc.tokens, n_tokens=sc.n_tokens, batch_size=sc.batch_size,
-                                buffer_size=sc.shuffle_buffer, seed=sc.seed, workers=max(2, threads),
-                                out_dtype=None if dev.type == "cuda" else torch.float32, pin_memory=dev.type == "cuda")
+        batches = train_batches(
+            train,
+            block,
+            tokens=sc.tokens,
+            n_tokens=sc.n_tokens,
+            batch_size=sc.batch_size,
+            buffer_size=sc.shuffle_buffer,
+            seed=sc.seed,
+            workers=max(2, threads),
+            out_dtype=None if dev.type == "cuda" else torch.float32,
+            pin_memory=dev.type == "cuda",
+        )
     held_out = eval_batches(val, block, tokens=sc.tokens) if val is not None else None
     t0 = time.perf_counter()
     watch = SAESweepProgress(sc.n_tokens, [hp.label for hp in members], max_l0=sc.max_l0, enabled=progress)
     try:
         trained = train_sweep(
-            batches, train.d_model, members, tc,
+            batches,
+            train.d_model,
+            members,
+            tc,
             # the scaled data has mean 0 (the scaling centres on the data mean): b_dec starts there
-            data_mean_D=torch.zeros(train.d_model), device=dev, progress=False, scaling=scaling,
-            eval_batches=held_out, on_step=watch,
+            data_mean_D=torch.zeros(train.d_model),
+            device=dev,
+            progress=False,
+            scaling=scaling,
+            eval_batches=held_out,
+            on_step=watch,
         )
     finally:
         watch.close()
     seconds = time.perf_counter() - t0
-    prov = {**_provenance(cfg, train, val, block, stats_path), "device": describe_device(dev), "threads": threads,
-            "n_passes": math.ceil(sc.n_tokens / per_pass), "tokens_per_pass": per_pass, "token_source": source}
+    prov = {
+        **_provenance(cfg, train, val, block, stats_path),
+        "device": describe_device(dev),
+        "threads": threads,
+        "n_passes": math.ceil(sc.n_tokens / per_pass),
+        "tokens_per_pass": per_pass,
+        "token_source": source,
+    }
     return write_train_outputs(trained, members, out, prov, max_l0=sc.max_l0, seconds=seconds)
 
 
-def write_train_outputs(trained: list[TrainedSAE], members: list[SAEHparams], out: Path, prov: dict, *,
-                        max_l0: float, seconds: float = float("nan")) -> dict[str, Any]:
+def write_train_outputs(
+    trained: list[TrainedSAE],
+    members: list[SAEHparams],
+    out: Path,
+    prov: dict,
+    *,
+    max_l0: float,
+    seconds: float = float("nan"),
+) -> dict[str, Any]:
     """Members, sweep table + chart; then the choice (raises NoMemberError after writing the sweep)."""
     out.mkdir(parents=True, exist_ok=True)
     slugs = [member_slug(hp) for hp in members]
@@ -430,13 +526,25 @@ def write_train_outputs(trained: list[TrainedSAE], members: list[SAEHparams], ou
         "n_dense": chosen.n_dense,
         "metrics_source": chosen.metrics_source,
         **reason,
-        "why": (f"{slugs[pos]} has the lowest normalised MSE ({reason['normalized_mse']:.4g}) of the "
-                f"{reason['n_qualifying']} of {reason['n_members']} members with L0 <= {max_l0:g} "
-                f"(its L0: {reason['l0']:.3g})"),
+        "why": (
+            f"{slugs[pos]} has the lowest normalised MSE ({reason['normalized_mse']:.4g}) of the "
+            f"{reason['n_qualifying']} of {reason['n_members']} members with L0 <= {max_l0:g} "
+            f"(its L0: {reason['l0']:.3g})"
+        ),
     }
     chosen.save(out / "sae.pt", extra_cfg={**prov, "member": slugs[pos], "chosen": reason})
-    _write_json(out / "chosen.json", {**record, **{k: prov[k] for k in ("store", "store_config_hash", "layer", "block", "tokens", "provenance") if k in prov},
-                                      "created": _now()})
+    _write_json(
+        out / "chosen.json",
+        {
+            **record,
+            **{
+                k: prov[k]
+                for k in ("store", "store_config_hash", "layer", "block", "tokens", "provenance")
+                if k in prov
+            },
+            "created": _now(),
+        },
+    )
     return {
         "out": str(out),
         "members": len(trained),
@@ -449,16 +557,18 @@ def write_train_outputs(trained: list[TrainedSAE], members: list[SAEHparams], ou
     }
 
 
-def write_history(trained: list[TrainedSAE], slugs: list[str], out: Path, *, chosen: str | None,
-                  random_weights: bool) -> pd.DataFrame:
+def write_history(
+    trained: list[TrainedSAE], slugs: list[str], out: Path, *, chosen: str | None, random_weights: bool
+) -> pd.DataFrame:
     """``history.csv`` (one row per logged step per member: ``slug``, ``chosen`` and
     :data:`~pipeline.sae.train.HISTORY_COLUMNS`) and its chart ``history.{html,png,svg}``."""
     history = history_table(trained)
     history.insert(1, "slug", [slugs[m] for m in history["member"]])
     history.insert(2, "chosen", history["slug"] == chosen)
     history.to_csv(out / "history.csv", index=False)
-    history_chart(history.rename(columns={"slug": "label"}), out / "history", chosen=chosen,
-                  random_weights=random_weights)
+    history_chart(
+        history.rename(columns={"slug": "label"}), out / "history", chosen=chosen, random_weights=random_weights
+    )
     return history
 
 
@@ -486,18 +596,24 @@ def check_applies(path: Path | str, hcfg: dict, reader: CacheReader, block: int)
     trained = trained_block(hcfg)
     if trained is not None:
         if trained != int(block):
-            raise SAEStageError(f"{path}: the SAE was trained on block {trained}, sae.layer is block {block} of {reader.path}")
+            raise SAEStageError(
+                f"{path}: the SAE was trained on block {trained}, sae.layer is block {block} of {reader.path}"
+            )
         checked["block"] = f"block {block}"
     else:
         checked["block"] = "not recorded in the checkpoint"
     mine, theirs = hcfg.get("model_weights_sha256"), weights_sha256(reader)
     if mine is not None and theirs is not None:
         if mine != theirs:
-            raise SAEStageError(f"{path}: the SAE was trained on activations of model weights sha256 {mine[:12]}, "
-                                f"{reader.path} was extracted with {theirs[:12]}: another model")
+            raise SAEStageError(
+                f"{path}: the SAE was trained on activations of model weights sha256 {mine[:12]}, "
+                f"{reader.path} was extracted with {theirs[:12]}: another model"
+            )
         checked["model_weights_sha256"] = theirs
     else:
-        checked["model_weights_sha256"] = "not recorded in the checkpoint" if mine is None else "not recorded in the store"
+        checked["model_weights_sha256"] = (
+            "not recorded in the checkpoint" if mine is None else "not recorded in the store"
+        )
     return checked
 
 
@@ -522,8 +638,14 @@ SAEV_SCALING_NOTE = (
 )
 
 
-def saev_scaling(reader: CacheReader, block: int, *, tokens: str = "patches", n_samples: int = SAEV_SCALING_SAMPLES,
-                 seed: int = SAEV_SCALING_SEED) -> InputScaling:
+def saev_scaling(
+    reader: CacheReader,
+    block: int,
+    *,
+    tokens: str = "patches",
+    n_samples: int = SAEV_SCALING_SAMPLES,
+    seed: int = SAEV_SCALING_SEED,
+) -> InputScaling:
     """saev's input scaling for a checkpoint that records none (see ``SAEV_SCALING_NOTE``).
 
     saev took the mean and the mean L2 norm of the centred activations over a random sample
@@ -573,16 +695,26 @@ def resolve_checkpoint(cfg: Config) -> tuple[Path, dict[str, Any]]:
         try:
             path = Path(hf_hub_download(repo_id=src.repo, filename=src.file, revision=src.revision))
         except Exception as err:  # network, unknown repo / file / revision: all name the source
-            raise SAEStageError(f"sae/source: cannot download {src.file} from hub repo {src.repo} "
-                                f"(revision {src.revision or 'main'}): {err}") from err
+            raise SAEStageError(
+                f"sae/source: cannot download {src.file} from hub repo {src.repo} "
+                f"(revision {src.revision or 'main'}): {err}"
+            ) from err
         # hub cache layout: .../snapshots/<commit>/<file>: the commit the revision resolved to
         parts = path.parts
         resolved = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
-        record = {"kind": "hub", "repo": src.repo, "file": src.file, "revision": src.revision, "resolved_commit": resolved,
-                  "path": str(path)}
+        record = {
+            "kind": "hub",
+            "repo": src.repo,
+            "file": src.file,
+            "revision": src.revision,
+            "resolved_commit": resolved,
+            "path": str(path),
+        }
     digest = sha256_file(path)
     if src.sha256 is not None and digest != src.sha256:
-        raise SAEStageError(f"{path}: sha256 {digest} differs from sae/source/sha256 {src.sha256}; refusing another file")
+        raise SAEStageError(
+            f"{path}: sha256 {digest} differs from sae/source/sha256 {src.sha256}; refusing another file"
+        )
     record["sha256"] = digest
     record["sha256_pinned"] = src.sha256 is not None
     return path, record
@@ -605,13 +737,21 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
         scaling_note = SAEV_SCALING_NOTE
     out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
     prov = {
-        "model": sc.cache.model, "dataset": sc.cache.dataset,
-        "model_weights_sha256": hcfg.get("model_weights_sha256"), "d_model": int(sae.d_model),
-        "layer": int(sc.layer), "block": int(block), "tokens": sc.tokens,
-        "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"],
+        "model": sc.cache.model,
+        "dataset": sc.cache.dataset,
+        "model_weights_sha256": hcfg.get("model_weights_sha256"),
+        "d_model": int(sae.d_model),
+        "layer": int(sc.layer),
+        "block": int(block),
+        "tokens": sc.tokens,
+        "store": str(reader.path),
+        "store_config_hash": reader.attrs["config_hash"],
         "random_weights": reader.random_weights,
-        "imported_from": record, "imported_header": header, "checked_against_store": checked,
-        "scaling_note": scaling_note, "encoder": sae.encoder,
+        "imported_from": record,
+        "imported_header": header,
+        "checked_against_store": checked,
+        "scaling_note": scaling_note,
+        "encoder": sae.encoder,
     }
     for key in ("lr", "sparsity_coeff", "exp_factor"):
         if key in hcfg:
@@ -622,13 +762,23 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     from .checkpoint import save_checkpoint
 
     save_checkpoint(out / "sae.pt", sae, cfg=prov, scaling=scaling)
-    _write_json(out / "chosen.json", {"member": "imported", "checkpoint": str(out / "sae.pt"), **prov, "created": _now()})
-    return {"out": str(out), "imported": record, "checked": checked, "scaling": scaling_note, "encoder": sae.encoder,
-            "n_latents": int(sae.n_latents), "d_model": int(sae.d_model)}
+    _write_json(
+        out / "chosen.json", {"member": "imported", "checkpoint": str(out / "sae.pt"), **prov, "created": _now()}
+    )
+    return {
+        "out": str(out),
+        "imported": record,
+        "checked": checked,
+        "scaling": scaling_note,
+        "encoder": sae.encoder,
+        "n_latents": int(sae.n_latents),
+        "d_model": int(sae.d_model),
+    }
 
 
-def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = True,
-                device: str | None = None, ctx=None) -> dict[str, Any]:
+def run_latents(
+    cfg: Config, *, out_dir: Path | None = None, progress: bool = True, device: str | None = None, ctx=None
+) -> dict[str, Any]:
     """Latent statistics of ``sae.pt`` over the train store's patch tokens. ``ctx``: the step's
     RunContext (default: one started here on ``device``, else the config's)."""
     from pipeline.context import RunContext
@@ -642,18 +792,37 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
     sae, hcfg, scaling = load_sae_for(cfg, ckpt, reader)
     sae = sae.to(dev)
     t0 = time.perf_counter()
-    ds = latent_stats(reader.iter_chunks(block, tokens="patches"), sae, scaling, n_images=reader.n_images,
-                      top_k=sc.top_k, device=dev, progress=progress)
+    ds = latent_stats(
+        reader.iter_chunks(block, tokens="patches"),
+        sae,
+        scaling,
+        n_images=reader.n_images,
+        top_k=sc.top_k,
+        device=dev,
+        progress=progress,
+    )
     seconds = time.perf_counter() - t0
-    ds.attrs.update({
-        "store": str(reader.path), "store_config_hash": reader.attrs["config_hash"], "layer": int(sc.layer), "block": int(block),
-        "checkpoint": str(ckpt), "member": hcfg.get("member", ""), "random_weights": int(reader.random_weights),
-        "grid": list(reader.grid), "tokens": "patches (valid images of the train store)",
-    })
+    ds.attrs.update(
+        {
+            "store": str(reader.path),
+            "store_config_hash": reader.attrs["config_hash"],
+            "layer": int(sc.layer),
+            "block": int(block),
+            "checkpoint": str(ckpt),
+            "member": hcfg.get("member", ""),
+            "random_weights": int(reader.random_weights),
+            "grid": list(reader.grid),
+            "tokens": "patches (valid images of the train store)",
+        }
+    )
     save_latent_stats(ds, out / "latents.zarr")
-    density_chart(ds, out / "density", random_weights=reader.random_weights,
-                  title=f"Feature density of the chosen SAE ({hcfg.get('member', '')}, block {block}, "
-                        f"{ds.sizes['latent']} latents, {ds.attrs['n_tokens']} train patch tokens)")
+    density_chart(
+        ds,
+        out / "density",
+        random_weights=reader.random_weights,
+        title=f"Feature density of the chosen SAE ({hcfg.get('member', '')}, block {block}, "
+        f"{ds.sizes['latent']} latents, {ds.attrs['n_tokens']} train patch tokens)",
+    )
     selected = select_latents(ds, log_freq_range=tuple(sc.log_freq_range), log_value_range=tuple(sc.log_value_range))
     n_fired = ds["n_fired"].values
     max_value = ds["max_value"].values
@@ -671,9 +840,16 @@ def run_latents(cfg: Config, *, out_dir: Path | None = None, progress: bool = Tr
         "n_images": int(ds.attrs["n_images"]),
         "n_tokens": int(ds.attrs["n_tokens"]),
         "top_k": int(sc.top_k),
-        "max_value": {"min": float(max_value.min()), "median": float(np.median(max_value)), "max": float(max_value.max())},
-        "selection": {"log_freq_range": list(sc.log_freq_range), "log_value_range": list(sc.log_value_range),
-                      "value": "mean_value (mean activation when firing), as saev"},
+        "max_value": {
+            "min": float(max_value.min()),
+            "median": float(np.median(max_value)),
+            "max": float(max_value.max()),
+        },
+        "selection": {
+            "log_freq_range": list(sc.log_freq_range),
+            "log_value_range": list(sc.log_value_range),
+            "value": "mean_value (mean activation when firing), as saev",
+        },
         "n_selected": int(selected.size),
         "selected": [int(i) for i in selected],
         "seconds": round(seconds, 2),
@@ -725,17 +901,27 @@ def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     gallery.mkdir(parents=True, exist_ok=True)
     for old in gallery.glob("latent_*.png"):
         old.unlink()
-    index = write_gallery(ds, latent_ids, image_loader=store_image_loader(reader), grid=reader.grid,
-                          out_dir=gallery, image_ids=[str(i) for i in reader.image_ids],
-                          random_weights=reader.random_weights, n_images=min(9, ds.sizes["rank"]))
-    _write_json(gallery / "selection.json", {
-        "latents": [int(i) for i in latent_ids],
-        "how": f"{min(sc.gallery_latents, selected.size)} of {selected.size} candidate latents ({source}), "
-               "at evenly spaced ranks of their firing frequency; listed most frequent first",
-        "random_weights": reader.random_weights,
-        "created": _now(),
-        "provenance": record(cfg, "sae-gallery"),
-    })
+    index = write_gallery(
+        ds,
+        latent_ids,
+        image_loader=store_image_loader(reader),
+        grid=reader.grid,
+        out_dir=gallery,
+        image_ids=[str(i) for i in reader.image_ids],
+        random_weights=reader.random_weights,
+        n_images=min(9, ds.sizes["rank"]),
+    )
+    _write_json(
+        gallery / "selection.json",
+        {
+            "latents": [int(i) for i in latent_ids],
+            "how": f"{min(sc.gallery_latents, selected.size)} of {selected.size} candidate latents ({source}), "
+            "at evenly spaced ranks of their firing frequency; listed most frequent first",
+            "random_weights": reader.random_weights,
+            "created": _now(),
+            "provenance": record(cfg, "sae-gallery"),
+        },
+    )
     return {"index": str(index), "n_latents": int(latent_ids.size), "candidates": int(selected.size), "source": source}
 
 
@@ -743,7 +929,7 @@ def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -762,9 +948,31 @@ def _json_default(obj: Any) -> Any:
 
 
 __all__ = [
-    "CHOICE_RULE", "EVAL_MAX_TOKENS", "NoMemberError", "SAEStageError", "check_applies", "choose_member",
-    "eval_batches", "is_imported", "load_sae_for", "load_train_scaling", "resolve_checkpoint", "run_import", "saev_scaling",
-    "train_ref", "trained_block", "member_grid", "member_slug",
-    "run_gallery", "run_latents", "run_train", "sae_dir", "spread_by_frequency",
-    "token_parts", "tokens_per_pass", "train_batches", "train_outputs", "write_train_outputs",
+    "CHOICE_RULE",
+    "EVAL_MAX_TOKENS",
+    "NoMemberError",
+    "SAEStageError",
+    "check_applies",
+    "choose_member",
+    "eval_batches",
+    "is_imported",
+    "load_sae_for",
+    "load_train_scaling",
+    "resolve_checkpoint",
+    "run_import",
+    "saev_scaling",
+    "train_ref",
+    "trained_block",
+    "member_grid",
+    "member_slug",
+    "run_gallery",
+    "run_latents",
+    "run_train",
+    "sae_dir",
+    "spread_by_frequency",
+    "token_parts",
+    "tokens_per_pass",
+    "train_batches",
+    "train_outputs",
+    "write_train_outputs",
 ]

@@ -143,7 +143,11 @@ def make_optimizer(sae: SparseAutoencoder, betas: tuple[float, float] = (0.9, 0.
 
 
 def train_step(
-    sae: SparseAutoencoder, opt: torch.optim.Optimizer, x_ND: Tensor, *, lr: float,
+    sae: SparseAutoencoder,
+    opt: torch.optim.Optimizer,
+    x_ND: Tensor,
+    *,
+    lr: float,
     sparsity_coeff: float,
 ) -> LossTerms:
     """One update: loss → backward → remove parallel grads → Adam(lr) → unit-norm decoder rows.
@@ -158,8 +162,9 @@ def train_step(
         group["lr"] = lr
     opt.step()
     sae.normalize_decoder_()
-    return LossTerms(terms.loss.detach(), terms.mse.detach(), terms.l1.detach(),
-                     terms.x_hat_ND.detach(), terms.f_NS.detach())
+    return LossTerms(
+        terms.loss.detach(), terms.mse.detach(), terms.l1.detach(), terms.x_hat_ND.detach(), terms.f_NS.detach()
+    )
 
 
 class _Meter:
@@ -190,8 +195,14 @@ class _Meter:
     def results(self, m: int, d_model: int, dense_threshold: float) -> dict[str, Any]:
         if self.n == 0:
             nan = float("nan")
-            return dict(mse=nan, normalized_mse=nan, l0=nan, n_dead=-1, n_dense=-1,
-                        freq_S=np.full(self.fired_S[m].shape[0], np.nan))
+            return dict(
+                mse=nan,
+                normalized_mse=nan,
+                l0=nan,
+                n_dead=-1,
+                n_dense=-1,
+                freq_S=np.full(self.fired_S[m].shape[0], np.nan),
+            )
         sum_err = self.sum_err[m].item()
         var_total = self.sum_x2.item() - float((self.sum_x_D**2).sum().item()) / self.n
         freq_S = (self.fired_S[m].double() / self.n).cpu().numpy()
@@ -258,8 +269,12 @@ class _History:
         r = self.rows
         values = self.values_RMK[:r, m].cpu().numpy()
         out = {k: values[:, i] for i, k in enumerate(HISTORY_TERMS)}
-        out.update(lr=self.lr_RM[:r, m].copy(), sparsity_coeff=self.lam_RM[:r, m].copy(),
-                   step=self.step_R[:r].copy(), n_tokens=self.tokens_R[:r].copy())
+        out.update(
+            lr=self.lr_RM[:r, m].copy(),
+            sparsity_coeff=self.lam_RM[:r, m].copy(),
+            step=self.step_R[:r].copy(),
+            n_tokens=self.tokens_R[:r].copy(),
+        )
         return out
 
 
@@ -302,9 +317,13 @@ class TrainedSAE:
             "train": tc,
             "n_tokens_seen": self.n_tokens_seen,
             "metrics": {
-                "mse": self.mse, "normalized_mse": self.normalized_mse, "l0": self.l0,
-                "n_dead": self.n_dead, "n_dense": self.n_dense,
-                "n_metric_tokens": self.n_metric_tokens, "source": self.metrics_source,
+                "mse": self.mse,
+                "normalized_mse": self.normalized_mse,
+                "l0": self.l0,
+                "n_dead": self.n_dead,
+                "n_dense": self.n_dense,
+                "n_metric_tokens": self.n_metric_tokens,
+                "source": self.metrics_source,
             },
         }
 
@@ -335,7 +354,7 @@ def train_sweep(
     progress: bool = True,
     scaling: InputScaling | None = None,
     eval_batches: Iterable[Tensor] | None = None,
-    on_step: Callable[[int, int, "_History"], None] | None = None,
+    on_step: Callable[[int, int, _History], None] | None = None,
 ) -> list[TrainedSAE]:
     """Train every member on the same ``[B, D]`` batches in one pass over ``batches``.
 
@@ -366,9 +385,20 @@ def train_sweep(
 
     meter = _Meter([s.n_latents for s in saes], d_model, device)
     history = _History(cfg, [s.n_latents for s in saes], device)
-    seen = _train_pass(batches, members, saes, opts, cfg, prepare=prepare, meter=meter, history=history,
-                       init_b_dec_from_first_batch=data_mean_D is None, meter_window=eval_batches is None,
-                       progress=progress, on_step=on_step)
+    seen = _train_pass(
+        batches,
+        members,
+        saes,
+        opts,
+        cfg,
+        prepare=prepare,
+        meter=meter,
+        history=history,
+        init_b_dec_from_first_batch=data_mean_D is None,
+        meter_window=eval_batches is None,
+        progress=progress,
+        on_step=on_step,
+    )
     if seen < cfg.n_tokens:
         warnings.warn(f"data ran out after {seen} of {cfg.n_tokens} tokens", stacklevel=2)
 
@@ -380,22 +410,32 @@ def train_sweep(
     else:
         source = f"last {cfg.metrics_fraction:g} of training"
     return [
-        TrainedSAE(sae=sae, hparams=hp, train_cfg=cfg, n_tokens_seen=seen, n_metric_tokens=meter.n,
-                   metrics_source=source, scaling=scaling, history=history.member(m),
-                   **meter.results(m, d_model, cfg.dense_threshold))
+        TrainedSAE(
+            sae=sae,
+            hparams=hp,
+            train_cfg=cfg,
+            n_tokens_seen=seen,
+            n_metric_tokens=meter.n,
+            metrics_source=source,
+            scaling=scaling,
+            history=history.member(m),
+            **meter.results(m, d_model, cfg.dense_threshold),
+        )
         for m, (hp, sae) in enumerate(zip(members, saes))
     ]
 
 
-def init_members(members: Sequence[SAEHparams], d_model: int, cfg: TrainConfig, device: torch.device,
-                 data_mean_D: Tensor | None) -> tuple[list[SparseAutoencoder], list[torch.optim.Optimizer]]:
+def init_members(
+    members: Sequence[SAEHparams], d_model: int, cfg: TrainConfig, device: torch.device, data_mean_D: Tensor | None
+) -> tuple[list[SparseAutoencoder], list[torch.optim.Optimizer]]:
     """One SAE (seeded: the member's seed, else ``cfg.seed``) and its Adam per member, in training
     mode on ``device``; ``b_dec`` set to ``data_mean_D`` when given."""
     saes: list[SparseAutoencoder] = []
     opts: list[torch.optim.Optimizer] = []
     for hp in members:
         sae = SparseAutoencoder(
-            d_model, hp.exp_factor * d_model,
+            d_model,
+            hp.exp_factor * d_model,
             seed=cfg.seed if hp.seed is None else hp.seed,
             encoder_subtracts_b_dec=hp.encoder_subtracts_b_dec,
         ).to(device)
@@ -417,18 +457,34 @@ def prepare_batch(batch: Tensor, d_model: int, device: torch.device, scaling: In
     return scaling.apply(x) if scaling is not None else x
 
 
-def _train_pass(batches: Iterable[Tensor], members: Sequence[SAEHparams], saes: list[SparseAutoencoder],
-                opts: list[torch.optim.Optimizer], cfg: TrainConfig, *, prepare: Callable[[Tensor], Tensor],
-                meter: _Meter, history: _History, init_b_dec_from_first_batch: bool, meter_window: bool,
-                progress: bool, on_step: Callable[[int, int, _History], None] | None) -> int:
+def _train_pass(
+    batches: Iterable[Tensor],
+    members: Sequence[SAEHparams],
+    saes: list[SparseAutoencoder],
+    opts: list[torch.optim.Optimizer],
+    cfg: TrainConfig,
+    *,
+    prepare: Callable[[Tensor], Tensor],
+    meter: _Meter,
+    history: _History,
+    init_b_dec_from_first_batch: bool,
+    meter_window: bool,
+    progress: bool,
+    on_step: Callable[[int, int, _History], None] | None,
+) -> int:
     """The one pass over ``batches`` (cut at ``cfg.n_tokens``): every member steps on every batch.
     With ``meter_window``, the last ``cfg.metrics_fraction`` of the tokens feed ``meter``.
     Returns the number of tokens trained on."""
     M = len(members)
     window_start = cfg.n_tokens * (1.0 - cfg.metrics_fraction)
     seen, step = 0, 0
-    bar = tqdm(total=cfg.n_tokens, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"SAE sweep ({M} member{'s' if M > 1 else ''})")
+    bar = tqdm(
+        total=cfg.n_tokens,
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"SAE sweep ({M} member{'s' if M > 1 else ''})",
+    )
     try:
         for batch in batches:
             x_ND = prepare(batch)
@@ -445,8 +501,18 @@ def _train_pass(batches: Iterable[Tensor], members: Sequence[SAEHparams], saes: 
                 meter.add_data(x_ND)
             seen_after = seen + x_ND.shape[0]
             logged = history.logs(step, seen_after, cfg.n_tokens)
-            _step_members(step, x_ND, members, saes, opts, cfg, meter=meter if in_window else None,
-                          history=history, seen_after=seen_after, logged=logged)
+            _step_members(
+                step,
+                x_ND,
+                members,
+                saes,
+                opts,
+                cfg,
+                meter=meter if in_window else None,
+                history=history,
+                seen_after=seen_after,
+                logged=logged,
+            )
             if logged:
                 history.end_row(step, seen_after)
                 if on_step is not None:
@@ -463,9 +529,19 @@ def _train_pass(batches: Iterable[Tensor], members: Sequence[SAEHparams], saes: 
     return seen
 
 
-def _step_members(step: int, x_ND: Tensor, members: Sequence[SAEHparams], saes: list[SparseAutoencoder],
-                  opts: list[torch.optim.Optimizer], cfg: TrainConfig, *, meter: _Meter | None,
-                  history: _History, seen_after: int, logged: bool) -> None:
+def _step_members(
+    step: int,
+    x_ND: Tensor,
+    members: Sequence[SAEHparams],
+    saes: list[SparseAutoencoder],
+    opts: list[torch.optim.Optimizer],
+    cfg: TrainConfig,
+    *,
+    meter: _Meter | None,
+    history: _History,
+    seen_after: int,
+    logged: bool,
+) -> None:
     """One optimiser step of every member on ``x_ND`` (its own lr and λ schedule); dead-latent
     bookkeeping, the history row when ``logged``, the metrics window when ``meter`` is given."""
     for m, (hp, sae, opt) in enumerate(zip(members, saes, opts)):
@@ -481,8 +557,9 @@ def _step_members(step: int, x_ND: Tensor, members: Sequence[SAEHparams], saes: 
 
 
 @torch.no_grad()
-def _measure_held_out(eval_batches: Iterable[Tensor], saes: list[SparseAutoencoder],
-                      prepare: Callable[[Tensor], Tensor], meter: _Meter) -> None:
+def _measure_held_out(
+    eval_batches: Iterable[Tensor], saes: list[SparseAutoencoder], prepare: Callable[[Tensor], Tensor], meter: _Meter
+) -> None:
     """Feed one pass over the held-out batches through every (eval-mode) member into ``meter``."""
     for batch in eval_batches:
         x_ND = prepare(batch)
@@ -498,15 +575,25 @@ def sweep_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
     rows = []
     for i, t in enumerate(trained):
         S = t.sae.n_latents
-        rows.append({
-            "member": i, "label": t.hparams.label, "lr": t.hparams.lr,
-            "sparsity_coeff": t.hparams.sparsity_coeff, "exp_factor": t.hparams.exp_factor,
-            "n_latents": S, "l0": t.l0, "mse": t.mse, "normalized_mse": t.normalized_mse,
-            "n_dead": t.n_dead, "n_dense": t.n_dense,
-            "dead_pct": 100.0 * t.n_dead / S if t.n_dead >= 0 else float("nan"),
-            "dense_pct": 100.0 * t.n_dense / S if t.n_dense >= 0 else float("nan"),
-            "n_tokens_seen": t.n_tokens_seen, "metrics_source": t.metrics_source,
-        })
+        rows.append(
+            {
+                "member": i,
+                "label": t.hparams.label,
+                "lr": t.hparams.lr,
+                "sparsity_coeff": t.hparams.sparsity_coeff,
+                "exp_factor": t.hparams.exp_factor,
+                "n_latents": S,
+                "l0": t.l0,
+                "mse": t.mse,
+                "normalized_mse": t.normalized_mse,
+                "n_dead": t.n_dead,
+                "n_dense": t.n_dense,
+                "dead_pct": 100.0 * t.n_dead / S if t.n_dead >= 0 else float("nan"),
+                "dense_pct": 100.0 * t.n_dense / S if t.n_dense >= 0 else float("nan"),
+                "n_tokens_seen": t.n_tokens_seen,
+                "metrics_source": t.metrics_source,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -539,7 +626,8 @@ def sweep_chart(df: pd.DataFrame, stem: str | Path, *, random_weights: bool) -> 
     y = alt.Y("normalized_mse:Q", title="normalised MSE", scale=alt.Scale(zero=False))
     base = alt.Chart(data)
     points = base.mark_point(filled=True, size=90, opacity=0.9).encode(
-        x, y,
+        x,
+        y,
         color=alt.Color("sparsity_coeff:O", title="λ (sparsity)", scale=alt.Scale(scheme=SEQUENTIAL_SCHEME)),
         shape=alt.Shape("exp_factor:N", title="expansion"),
         tooltip=tooltip,
@@ -551,14 +639,31 @@ def sweep_chart(df: pd.DataFrame, stem: str | Path, *, random_weights: bool) -> 
     chart = (
         alt.layer(points, ring, label)
         .properties(width=420 if n_lr == 1 else 300, height=300)
-        .facet(column=alt.Column("learning rate:N", title="learning rate (Adam)", sort=sorted(data["learning rate"].unique(), key=lambda t: float(t[5:]))))
-        .properties(title=title_with_note("SAE sweep: sparsity vs reconstruction (ringed: the member used downstream)", random_weights))
+        .facet(
+            column=alt.Column(
+                "learning rate:N",
+                title="learning rate (Adam)",
+                sort=sorted(data["learning rate"].unique(), key=lambda t: float(t[5:])),
+            )
+        )
+        .properties(
+            title=title_with_note(
+                "SAE sweep: sparsity vs reconstruction (ringed: the member used downstream)", random_weights
+            )
+        )
     )
     return save_chart(chart, stem)
 
 
 HISTORY_PCT = {"frac_dead": "dead_pct"}  # history terms written in percent (pipeline.units)
-HISTORY_COLUMNS = ("member", "step", "n_tokens", "lr", "sparsity_coeff", *(HISTORY_PCT.get(k, k) for k in HISTORY_TERMS))
+HISTORY_COLUMNS = (
+    "member",
+    "step",
+    "n_tokens",
+    "lr",
+    "sparsity_coeff",
+    *(HISTORY_PCT.get(k, k) for k in HISTORY_TERMS),
+)
 
 
 def history_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
@@ -566,8 +671,10 @@ def history_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
     ``dead_pct``, percent of the latents)."""
     frames = []
     for i, t in enumerate(trained):
-        frame = units.to_pct(pd.DataFrame({k: t.history[k] for k in ("step", "n_tokens", "lr", "sparsity_coeff", *HISTORY_TERMS)}),
-                             HISTORY_PCT)
+        frame = units.to_pct(
+            pd.DataFrame({k: t.history[k] for k in ("step", "n_tokens", "lr", "sparsity_coeff", *HISTORY_TERMS)}),
+            HISTORY_PCT,
+        )
         frame.insert(0, "member", i)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(HISTORY_COLUMNS))
@@ -590,11 +697,17 @@ def history_chart(history: pd.DataFrame, stem: str | Path, *, chosen: str | None
         x=alt.X("n_tokens:Q", title="tokens seen"),
         y=alt.Y("value:Q", title="value (term in the panel's title)", scale=alt.Scale(zero=False)),
         detail="label:N",
-        tooltip=[alt.Tooltip("label:N", title="member"), alt.Tooltip("n_tokens:Q", title="tokens"),
-                 alt.Tooltip("value:Q", format=".4g")],
+        tooltip=[
+            alt.Tooltip("label:N", title="member"),
+            alt.Tooltip("n_tokens:Q", title="tokens"),
+            alt.Tooltip("value:Q", format=".4g"),
+        ],
     )
-    others = base.transform_filter(~alt.datum.chosen).mark_line(opacity=0.7, strokeWidth=1.2).encode(
-        color=alt.Color("label:N", title="member", scale=category_colours(sorted(data["label"].unique()))))
+    others = (
+        base.transform_filter(~alt.datum.chosen)
+        .mark_line(opacity=0.7, strokeWidth=1.2)
+        .encode(color=alt.Color("label:N", title="member", scale=category_colours(sorted(data["label"].unique()))))
+    )
     best = base.transform_filter(alt.datum.chosen).mark_line(color="black", strokeWidth=3)
     title = "SAE sweep training curves" + (f" (black: chosen member {chosen})" if chosen else "")
     chart = (
@@ -608,6 +721,20 @@ def history_chart(history: pd.DataFrame, stem: str | Path, *, chosen: str | None
 
 
 __all__ = [
-    "HISTORY_COLUMNS", "HISTORY_TERMS", "history_chart", "history_table", "LossTerms", "SAEHparams", "TrainConfig", "TrainedSAE", "lr_at", "make_optimizer",
-    "sae_loss", "sparsity_coeff_at", "sweep_chart", "sweep_table", "train_step", "train_sweep",
+    "HISTORY_COLUMNS",
+    "HISTORY_TERMS",
+    "history_chart",
+    "history_table",
+    "LossTerms",
+    "SAEHparams",
+    "TrainConfig",
+    "TrainedSAE",
+    "lr_at",
+    "make_optimizer",
+    "sae_loss",
+    "sparsity_coeff_at",
+    "sweep_chart",
+    "sweep_table",
+    "train_step",
+    "train_sweep",
 ]

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from pipeline.models.family import DemoRecipe, DemoShape, Family, embed_interpolating, no_attention_mask, one_cls_no_registers
+from pipeline.models.family import (
+    DemoRecipe,
+    DemoShape,
+    Family,
+    embed_interpolating,
+    no_attention_mask,
+    one_cls_no_registers,
+)
 
 
 def _demo_config(shape: DemoShape) -> dict:
@@ -42,5 +49,10 @@ CLIP = Family(
     ),
     demo=DemoRecipe("CLIPVisionConfig", _demo_config, patch_size=16),
     # the text tower and the projections of a full CLIPModel checkpoint are not used
-    harmless_unexpected=(r"(vision_model\.)?text_model\.", r"text_projection\.", r"visual_projection\.", r"logit_scale$"),
+    harmless_unexpected=(
+        r"(vision_model\.)?text_model\.",
+        r"text_projection\.",
+        r"visual_projection\.",
+        r"logit_scale$",
+    ),
 )

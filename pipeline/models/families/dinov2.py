@@ -62,6 +62,8 @@ DINOV2_REG = Family(
     hf_class="Dinov2WithRegistersModel",
     summary="DINOv2 with register tokens",
     prefix=one_cls_config_registers,
-    demo=DemoRecipe("Dinov2WithRegistersConfig", lambda shape: _demo_config(shape, registers=True), patch_size=14, n_registers=4),
+    demo=DemoRecipe(
+        "Dinov2WithRegistersConfig", lambda shape: _demo_config(shape, registers=True), patch_size=14, n_registers=4
+    ),
     **_COMMON,
 )

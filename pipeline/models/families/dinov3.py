@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.models.family import IMAGENET_PREPROCESS, DemoRecipe, DemoShape, Family, embed_plain, one_cls_config_registers
+from pipeline.models.family import (
+    IMAGENET_PREPROCESS,
+    DemoRecipe,
+    DemoShape,
+    Family,
+    embed_plain,
+    one_cls_config_registers,
+)
 
 
 def _rope_inputs(backbone: Any, x_BTD: Any) -> dict:

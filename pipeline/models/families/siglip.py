@@ -35,7 +35,9 @@ SIGLIP = Family(
     block_inputs=no_attention_mask,
     prefix=lambda config: PrefixTokens(n_cls=0, n_registers=0),
     image_readout="mean_patches",
-    preprocess=MappingProxyType({"resize": 224, "crop": 224, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic"}),
+    preprocess=MappingProxyType(
+        {"resize": 224, "crop": 224, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic"}
+    ),
     demo=DemoRecipe("SiglipVisionConfig", _demo_config, patch_size=16),
     harmless_missing=(r"(vision_model\.)?head\.",),  # the attention-pooling head is never run
     harmless_unexpected=(r"(vision_model\.)?head\.", r"text_model\.", r"logit_scale$", r"logit_bias$"),

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from pipeline.models.family import IMAGENET_PREPROCESS, DemoRecipe, DemoShape, Family, embed_interpolating, one_cls_no_registers
+from pipeline.models.family import (
+    IMAGENET_PREPROCESS,
+    DemoRecipe,
+    DemoShape,
+    Family,
+    embed_interpolating,
+    one_cls_no_registers,
+)
 
 
 def _demo_config(shape: DemoShape) -> dict:
