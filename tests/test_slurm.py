@@ -85,14 +85,23 @@ def gpu_rules_of_profile(profile: dict) -> set[str]:
 
 
 def workflow_rules() -> dict[str, bool]:
-    """Every rule of the workflow -> whether it declares a GPU (``resources: gpu=N``, N >= 1)."""
+    """Every rule of the workflow -> whether it asks for a GPU: ``resources: gpu=N`` (N >= 1)
+    written in the rule, or ``**resources_of("<step>")`` of a GPU stage of the registry
+    (``pipeline.stages``); the probe rules (one per registered kind, built in a loop) from the
+    probe-kind registry."""
+    from pipeline.probe_kinds import PROBE_KINDS
+    from pipeline.stages import STAGES
+
     rules: dict[str, bool] = {}
     for smk in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
         text = smk.read_text()
         found = list(re.finditer(r"^[ \t]*(?:rule|checkpoint)[ \t]+(\w+)[ \t]*:", text, re.M))
         for m, nxt in zip(found, found[1:] + [None]):
             body = text[m.end() : nxt.start() if nxt else len(text)]
-            rules[m.group(1)] = bool(re.search(r"\bgpu\s*=\s*[1-9]", body))
+            step = re.search(r"resources_of\(\s*\"([\w-]+)\"\s*\)", body)
+            rules[m.group(1)] = bool(re.search(r"\bgpu\s*=\s*[1-9]", body)) or bool(step and STAGES[step.group(1)].gpu)
+    for kind in PROBE_KINDS.values():
+        rules[kind.rule] = STAGES[kind.step].gpu
     return rules
 
 
