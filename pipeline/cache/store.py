@@ -279,16 +279,25 @@ class StoreWriter:
     generation: str
     config_hash: str
     config_file: str
+    pinned: Path | None = None  # /proc/self/fd/<n>: the store's directory as opened (Linux), else None
 
     @classmethod
     def of(cls, path: Path, group: zarr.Group) -> StoreWriter:
         attrs = group.attrs
+        # Writes go through a handle on the directory this process opened, not through the path:
+        # if the store is deleted (and re-created) between a check and a write, the write fails
+        # in the deleted directory instead of landing in its successor.
+        pinned = None
+        if Path("/proc/self/fd").is_dir():
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)  # kept open for the process's life
+            pinned = Path(f"/proc/self/fd/{fd}")
         # stores made before generation ids existed: their creation time identifies them
         return cls(
             Path(path),
             str(attrs.get("generation", attrs.get("created"))),
             str(attrs["config_hash"]),
             str(attrs.get("config_file", "?")),
+            pinned,
         )
 
     def check(self) -> None:
@@ -334,18 +343,24 @@ def write_chunk(
     With ``writer``, the store's identity is re-checked before every array write.
     """
     check = writer.check if writer is not None else (lambda: None)
-    acts = arrays["acts"]
-    stop = start + acts.shape[0]
-    acts_array = _whole_chunk_writer(group["acts"])
-    for li in range(acts.shape[1]):  # one whole chunk per layer, the store's identity checked before each
-        check()
-        acts_array[start:stop, li] = acts[:, li]
-    for name, value in arrays.items():
-        if name != "acts":
+    try:
+        if writer is not None and writer.pinned is not None:
+            group = zarr.open_group(writer.pinned, mode="r+")  # the directory this process opened
+        acts = arrays["acts"]
+        stop = start + acts.shape[0]
+        acts_array = _whole_chunk_writer(group["acts"])
+        for li in range(acts.shape[1]):  # one whole chunk per layer, the store's identity checked before each
             check()
-            group[name][start:stop] = value
-    check()
-    group["done"][start:stop] = True
+            acts_array[start:stop, li] = acts[:, li]
+        for name, value in arrays.items():
+            if name != "acts":
+                check()
+                group[name][start:stop] = value
+        check()
+        group["done"][start:stop] = True
+    except Exception:
+        check()  # the directory was deleted under this write: say so (ForeignWriterError)
+        raise
 
 
 def finalize(path: Path) -> dict:
