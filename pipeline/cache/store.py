@@ -338,9 +338,11 @@ def write_chunk(
 ) -> None:
     """Write one whole chunk of images starting at ``start``, then mark it done.
 
-    ``arrays["acts"]`` is [B, L, T, D]; it is written one layer at a time (each a whole
-    zarr chunk). ``done`` goes last, so a kill leaves the chunk pending.
-    With ``writer``, the store's identity is re-checked before every array write.
+    ``arrays["acts"]`` is [B, L, T, D]: L whole zarr chunks (one per layer), written by one
+    zarr call so that zarr encodes them concurrently. ``done`` goes last, so a kill leaves the
+    chunk pending. With ``writer``, the store's identity is re-checked before every array write,
+    and the writes go through the directory the writer opened (``StoreWriter.pinned``), so a
+    store that replaced it between a check and a write never receives the chunk.
     """
     check = writer.check if writer is not None else (lambda: None)
     try:
@@ -348,10 +350,10 @@ def write_chunk(
             group = zarr.open_group(writer.pinned, mode="r+")  # the directory this process opened
         acts = arrays["acts"]
         stop = start + acts.shape[0]
-        acts_array = _whole_chunk_writer(group["acts"])
-        for li in range(acts.shape[1]):  # one whole chunk per layer, the store's identity checked before each
-            check()
-            acts_array[start:stop, li] = acts[:, li]
+        check()
+        _whole_chunk_writer(group["acts"])[start:stop] = (
+            acts  # L whole chunks in one call: zarr encodes them concurrently
+        )
         for name, value in arrays.items():
             if name != "acts":
                 check()
