@@ -10,7 +10,10 @@
    ``torch.from_numpy(mm[idx])``); both on a warm page cache (each read once before timing), the
    same number of tokens; the readers alternate ``--read-repeats`` times and each repeat's ratio is
    printed (their median first), with the process CPU time per token of each. Target ≥ 1.0.
-   Also the ``token_source: device`` mode (tokens loaded once, CPU here) and bytes on disk: the
+   Two rows bound what a cheaper codec or cast could give: the stream handing over float16
+   batches (the stored dtype, as for a CUDA trainer, which casts on the device), and the stream
+   with every chunk decoded beforehand, so that each chunk read is one copy of decoded values
+   (no codec at all). Also the ``token_source: device`` mode (tokens loaded once, CPU here) and bytes on disk: the
    store's chunk files of that layer ÷ the same tokens as raw float32 (target ≤ 0.5; activations
    of a random-init model barely compress, so the ratio is float16's 0.5 minus what Blosc finds;
    real models' activations compress better).
@@ -143,6 +146,46 @@ def stream_vs_memmap(
             for b in shuffle_buffer(parts, batch_size=batch_size, buffer_size=buffer, seed=0)
         )
 
+    def stored_dtype() -> int:  # the stream's batches in the stored float16, as it hands them to a CUDA trainer
+        return sum(
+            len(b)
+            for b in train_batches(
+                reader,
+                block,
+                tokens="patches",
+                n_tokens=n_tokens,
+                batch_size=batch_size,
+                buffer_size=buffer,
+                seed=0,
+                workers=workers,
+                out_dtype=None,
+            )
+        )
+
+    # The same stream with every chunk decoded once beforehand: each read is one copy of the
+    # decoded chunk into the group buffer, in place of the Blosc decode. No codec can beat this,
+    # so it bounds what a cheaper codec (or none) could give.
+    from pipeline.cache import stream as stream_module
+
+    real_read = stream_module.ChunkDecoder.read
+    decoded: dict[tuple[int, int], np.ndarray] = {}
+
+    def predecoded_read(self, layer, start, stop, out=None):
+        if (layer, start) not in decoded:
+            decoded[(layer, start)] = np.array(real_read(self, layer, start, stop))
+        chunk = decoded[(layer, start)]
+        if out is None:
+            return chunk
+        out[: chunk.size] = chunk.reshape(-1)
+        return out[: chunk.size].reshape(chunk.shape)
+
+    def no_decode() -> int:
+        stream_module.ChunkDecoder.read = predecoded_read
+        try:
+            return ours()
+        finally:
+            stream_module.ChunkDecoder.read = real_read
+
     loaded = load_tokens(reader, block, token_index(reader, "patches"), device=torch.device("cpu"), workers=workers)
 
     def device_mode() -> int:  # batches only (on a producer thread, as device_batches on CPU): loaded once per run
@@ -150,7 +193,14 @@ def stream_vs_memmap(
             len(b) for b in in_background(resident_batches(loaded, n_tokens=n_tokens, batch_size=batch_size, seed=0))
         )
 
-    readers = (("saev", saev_read), ("stream", ours), ("previous", previous), ("device", device_mode))
+    readers = (
+        ("saev", saev_read),
+        ("stream", ours),
+        ("stream16", stored_dtype),
+        ("nodecode", no_decode),
+        ("previous", previous),
+        ("device", device_mode),
+    )
     for _, fn in readers:
         fn()  # warm page cache, allocator
     runs: dict[str, list[float]] = {name: [] for name, _ in readers}
@@ -377,12 +427,20 @@ def main(argv: list[str] | None = None) -> int:
             f"   our stream (train_batches, float32 batches)               {r['stream']:>12,.0f} tok/s {c['stream']:6.2f} µs"
         )
         print(
+            f"   our stream, float16 batches (as for a CUDA trainer)       {r['stream16']:>12,.0f} tok/s {c['stream16']:6.2f} µs"
+        )
+        print(
+            f"   our stream, chunks decoded beforehand (no codec cost)     {r['nodecode']:>12,.0f} tok/s {c['nodecode']:6.2f} µs"
+        )
+        print(
             f"   previous stream (token_parts -> shuffle_buffer, .float()) {r['previous']:>12,.0f} tok/s {c['previous']:6.2f} µs"
         )
         print(
             f"   token_source: device (CPU here; batches after the load)   {r['device']:>12,.0f} tok/s {c['device']:6.2f} µs"
         )
         print(f"   ratio our stream / saev layout  {spread(q['stream'])}   (target >= 1.0)")
+        print(f"   ratio float16 batches / saev    {spread(q['stream16'])}")
+        print(f"   ratio no-decode bound / saev    {spread(q['nodecode'])}")
         print(f"   ratio device mode / saev layout {spread(q['device'])}")
         print(
             f"   ratio our stream / previous     {spread([a / b for a, b in zip(read['runs']['stream'], read['runs']['previous'], strict=True)])}"
