@@ -205,12 +205,15 @@ def stream_vs_memmap(
         fn()  # warm page cache, allocator
     runs: dict[str, list[float]] = {name: [] for name, _ in readers}
     cpu: dict[str, list[float]] = {name: [] for name, _ in readers}
+    read: dict[str, int] = {}
     for _ in range(repeats):  # the readers alternate, so each repeat's ratios see the same load
         for name, fn in readers:
             t0, c0 = time.perf_counter(), time.process_time()
-            n = fn()
+            n = read[name] = fn()
             runs[name].append(n / (time.perf_counter() - t0))
             cpu[name].append((time.process_time() - c0) / n * 1e6)
+    if set(read.values()) != {n_tokens}:  # a rate is only comparable over the same tokens
+        raise SystemExit(f"bench_sae: the readers read different token counts {read}, expected {n_tokens} each")
     rates = {name: float(np.median(r)) for name, r in runs.items()}
     ratios = {name: [a / b for a, b in zip(r, runs["saev"], strict=True)] for name, r in runs.items()}
     li = reader.layer_index(block)
@@ -221,6 +224,7 @@ def stream_vs_memmap(
     return {
         "d_model": reader.d_model,
         "tokens": n_tokens,
+        "tokens_read": read,
         "per_pass": per_pass,
         "rates": rates,
         "runs": runs,

@@ -1,0 +1,98 @@
+"""The benchmarks run end to end at toy sizes and print the rows the README quotes.
+
+Their figures are machine-dependent and not asserted; what is asserted holds on any machine:
+every reader of ``bench_sae`` section 1 reads the same tokens (else its ratios compare
+different work), the cache stays within half the bytes of raw float32, and the ratio lines
+the README and the issues quote are printed with a number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, *args: str, tmp_path: Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _number(out: str, label: str) -> float:
+    m = re.search(re.escape(label) + r"\s+([0-9.]+)", out)
+    assert m, f"no line {label!r} in:\n{out}"
+    return float(m.group(1))
+
+
+def test_bench_sae_stream_rows_compare_the_same_tokens(tmp_path):
+    out = _run(
+        "bench_sae.py",
+        "--skip-demo-sweeps",
+        "--wide-images",
+        "4",
+        "--read-passes",
+        "2",
+        "--read-repeats",
+        "1",
+        "--sweep-tokens",
+        "64",
+        "--json",
+        str(tmp_path / "rows.json"),
+        tmp_path=tmp_path,
+    )
+    read = json.loads((tmp_path / "rows.json").read_text())["read"]
+    assert read["tokens"] == 2 * 4 * 256  # 2 passes over 4 images of 256 patch tokens
+    assert read["tokens_read"] == dict.fromkeys(
+        ("saev", "stream", "stream16", "nodecode", "previous", "device"), read["tokens"]
+    )
+    assert read["bytes_ratio"] <= 0.5
+    for label in (
+        "ratio our stream / saev layout",
+        "ratio float16 batches / saev",
+        "ratio no-decode bound / saev",
+        "ratio device mode / saev layout",
+    ):
+        assert _number(out, label) > 0
+    assert re.search(r"streamed [0-9,]+ tok/s, in memory [0-9,]+ tok/s: ratio [0-9.]+", out), out
+
+
+def test_bench_extract_prints_the_stage_limit_ratio_per_round(tmp_path):
+    out = _run(
+        "bench_extract.py",
+        "--hidden",
+        "48",
+        "--layers",
+        "2",
+        "--images",
+        "8",
+        "--batch-size",
+        "4",
+        "--chunk-images",
+        "4",
+        "--repeats",
+        "2",
+        tmp_path=tmp_path,
+    )
+    rounds = re.search(
+        r"extraction ÷ stage limit, median of rounds\s+([0-9.]+)\s+>= 0.9\s+\(each round: ([^)]*)\)", out
+    )
+    assert rounds, out
+    each = [float(x) for x in rounds.group(2).split(", ")]
+    assert len(each) == 2
+    assert float(rounds.group(1)) == pytest.approx(sum(each) / 2, abs=0.006)  # the median of two rounds
+    assert _number(out, "cache bytes ÷ raw float32 bytes") <= 0.5
