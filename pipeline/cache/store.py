@@ -350,10 +350,10 @@ def write_chunk(
             group = zarr.open_group(writer.pinned, mode="r+")  # the directory this process opened
         acts = arrays["acts"]
         stop = start + acts.shape[0]
+        acts_array = group["acts"]
+        assert isinstance(acts_array, zarr.Array)  # created by create_or_open as an array, never a group
         check()
-        _whole_chunk_writer(group["acts"])[start:stop] = (
-            acts  # L whole chunks in one call: zarr encodes them concurrently
-        )
+        _whole_chunk_writer(acts_array)[start:stop] = acts  # L whole chunks in one call: zarr encodes them concurrently
         for name, value in arrays.items():
             if name != "acts":
                 check()
