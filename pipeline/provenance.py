@@ -212,7 +212,7 @@ def check_cli_step(args: Any, cfg: Config) -> None:
     ``--model/--dataset/--split``; an SAE step given ``--out`` reads its inputs from that folder,
     which the config does not name, so only its stores are checked."""
     step = getattr(args, "step", None)
-    if step not in STEPS:
+    if step is None or step not in STEPS:
         return
     keys = {k: getattr(args, k) for k in ("model", "dataset", "split") if getattr(args, k, None) is not None}
     if step.startswith("sae-") and getattr(args, "out", None) is not None:
