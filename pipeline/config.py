@@ -230,9 +230,8 @@ class Config:
     datasets: dict[str, DatasetConfig]
     extract: ExtractConfig
     caches: tuple[CacheRef, ...]
-    probes: dict[str, Any] = field(
-        default_factory=dict
-    )  # kind -> its probes.<kind> section (pipeline.probe_kinds), configured kinds only
+    # kind -> its probes.<kind> section (the kind's dataclass, pipeline.probe_kinds), configured kinds only
+    probes: dict[str, Any] = field(default_factory=dict)
     sae: SAEConfig | None = None
     quantify: QuantifyConfig | None = None
     dimred: DimredConfig | None = None

@@ -14,7 +14,7 @@ provenance, start the run context with :func:`rule_threads`, ``stage.run(ctx, ar
 ``pipeline/provenance.py`` (keys,
 upstream, records), ``workflow/rules/common.smk`` (a rule's outputs, threads and GPU resource via
 :func:`rule_outputs`, :func:`rule_threads`, :func:`rule_resources`). Probe stages come from the
-probe-kind registry (:mod:`pipeline.probe_kinds`), one per kind.
+probe-kind registry (:mod:`pipeline.probe_kinds`), one per kind, read each time the table is used.
 
 Reads the config only; imports no torch.
 """
