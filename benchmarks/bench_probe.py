@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.config import Config, config_from_dict, load_config  # noqa: E402
 from pipeline.context import RunContext  # noqa: E402
+from pipeline.probe_kinds import probe_section  # noqa: E402
 from pipeline.probes.features import FinalNorm, open_probe_stores, patch_train_epochs, seg_train_labels  # noqa: E402
 from pipeline.probes.linear import ProbeTrainConfig, fit_sweep, member_grid  # noqa: E402
 from pipeline.runtime import describe_device  # noqa: E402
@@ -58,10 +59,10 @@ SMALL = {
 
 
 def _complete(cfg: Config) -> bool:
-    if cfg.seg_probe is None:
+    if probe_section(cfg, "seg") is None:
         return False
     for split in ("train", "val"):
-        store = cfg.store(cfg.seg_probe.cache, split)
+        store = cfg.store(probe_section(cfg, "seg").cache, split)
         if not (store / "zarr.json").exists():
             return False
         import zarr
@@ -82,7 +83,7 @@ def build_small(folder: Path) -> Config:
     make_segmentation_demo(folder / "resources/data/seg", seed=0, n_train=96, n_val=16, n_classes=8, image_size=224)
     build_demo_model("dinov2", folder / "resources/models/dino", seed=0, hidden_size=96, n_layers=6, n_heads=4)
     for split in ("train", "val"):
-        extract(cfg, cfg.seg_probe.cache, split, progress=False)
+        extract(cfg, probe_section(cfg, "seg").cache, split, progress=False)
     return cfg
 
 
@@ -113,7 +114,7 @@ def main() -> None:
         source = "small demo cache built in a temp folder"
     ctx = RunContext.start(cfg)
     threads, device = ctx.threads, ctx.device
-    pc = cfg.seg_probe
+    pc = probe_section(cfg, "seg")
     stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task="segmentation", n_classes=None, key="probes/seg")
     reader = stores.train
     norm = FinalNorm(cfg, stores, device)

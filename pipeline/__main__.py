@@ -20,19 +20,14 @@ from pipeline import commands, provenance
 from pipeline.config import load_config
 from pipeline.stages import STAGES, rule_threads
 
-# step name -> module that defines add_parser(subparsers), from the stage registry (pipeline.stages);
-# imported lazily so --help is fast.
-STEPS = {name: stage.cli for name, stage in STAGES.items()}
-
 
 def build_parser() -> argparse.ArgumentParser:
+    """One sub-command per stage: each stage's front-end module (pipeline.stages ``cli``, imported
+    now, so --help is fast) adds its steps' parsers."""
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
-    seen = set()
-    for module_name in dict.fromkeys(STEPS.values()):
-        if module_name not in seen:
-            importlib.import_module(module_name).add_parser(sub)
-            seen.add(module_name)
+    for module_name in dict.fromkeys(stage.cli for stage in STAGES.values()):
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 

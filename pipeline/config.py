@@ -1,23 +1,25 @@
 """The configuration: read once, validated once, passed down as frozen dataclasses.
 
-Reads a YAML file (``config.yaml`` by default), validates it against
-``pipeline/schemas/config.schema.yaml`` (JSON Schema draft 2020-12, the same
-schema Snakemake validates with), fills defaults, checks cross references
-(a cache names a model and a dataset that exist), and returns a ``Config``.
-Nothing below this module reads the YAML or the environment.
+Reads a YAML file (``config.yaml`` by default), validates it against the config schema
+(:func:`load_schema`: ``pipeline/schemas/config.schema.yaml``, JSON Schema draft 2020-12,
+with each probe kind's ``probes.<kind>`` node from :mod:`pipeline.probe_kinds`), fills
+defaults, checks cross references (a cache names a model and a dataset that exist), and
+returns a ``Config``. Nothing below this module reads the YAML or the environment.
 
 The schema owns every default: each dataclass field with a default takes it from the
-schema's ``default:`` of its YAML key (:func:`default`, read when this module is imported),
-so a config read here, a dataclass built in code and Snakemake's ``validate`` (which fills
-the same ``default:`` values into ``config``) agree. ``tests/test_config_defaults.py`` checks
-that no field keeps a default of its own. Defaults that depend on another value (a model
-family's preprocessing, a dataset kind's split names) are not in the schema.
+schema's ``default:`` of its YAML key (:func:`pipeline.config_schema.default`, read when the
+class is defined; a probe kind's section reads its kind's node), so a config read here and a
+dataclass built in code agree. ``tests/test_config_defaults.py`` checks that no field keeps a
+default of its own. Snakemake's ``validate`` reads the file alone (``probes`` there is only
+"a mapping of sections"); the workflow then builds its config here, which checks the probe
+sections too. Defaults that depend on another value (a model family's preprocessing, a
+dataset kind's split names) are not in the schema.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -27,12 +29,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from pipeline.config_schema import SCHEMA_PATH, default, frozen, node_at, schema_file
 from pipeline.data.transforms import Preprocess
 from pipeline.methods import METHODS
 from pipeline.models.spec import FAMILIES, ModelSpec, default_preprocess
+from pipeline.probe_kinds import PROBE_KINDS
 
-# Ships inside the package (package-data), so a wheel install validates like a clone does.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 SPLITS = ("train", "val")
 
 
@@ -40,43 +42,11 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the file and the key."""
 
 
-@functools.cache
-def _schema_file() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
-
-
-def _resolve(node: dict) -> dict:
-    """``node`` with its local ``$ref`` (``#/$defs/...``) merged in; the node's own keys win."""
-    while "$ref" in node:
-        target: Any = _schema_file()
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return node
-
-
 def schema_node(key: str) -> dict:
-    """The schema of YAML key ``key`` (``sae/max_l0``; ``*`` = any name of a mapping such as
-    ``datasets/*``, ``[]`` = an item of a list), ``$ref`` resolved; a key found only in a
-    ``oneOf`` branch (``sae/source/scaling``) is taken from the first branch that has it."""
-    node = _schema_file()
-    for part in key.split("/"):
-        node = _resolve(node)
-        if part == "*":
-            node = node["additionalProperties"]
-        elif part == "[]":
-            node = node["items"]
-        else:
-            branches = [node] + [_resolve(b) for b in node.get("oneOf", [])]
-            found = [b["properties"][part] for b in branches if part in b.get("properties", {})]
-            if not found:
-                raise KeyError(f"{SCHEMA_PATH.name}: no key {key!r}")
-            node = found[0]
-    return _resolve(node)
-
-
-def _frozen(value: Any) -> Any:
-    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+    """The schema of YAML key ``key`` in the whole config schema (:func:`load_schema`: the file
+    and every probe kind's node); ``sae/max_l0``, ``datasets/*``, ``manipulate/examples/[]``
+    (see :func:`pipeline.config_schema.node_at`)."""
+    return node_at(load_schema(), key)
 
 
 def schema_default(key: str) -> Any:
@@ -84,15 +54,7 @@ def schema_default(key: str) -> Any:
     node = schema_node(key)
     if "default" not in node:
         raise KeyError(f"{SCHEMA_PATH.name}: key {key!r} has no default")
-    return _frozen(node["default"])
-
-
-def default(key: str) -> Any:
-    """A dataclass field whose default is the schema's for YAML key ``key`` (see the module docstring)."""
-    value = schema_default(key)
-    if isinstance(value, dict):
-        return field(default_factory=lambda: dict(value))
-    return field(default=value)
+    return frozen(node["default"])
 
 
 @dataclass(frozen=True)
@@ -155,43 +117,6 @@ class CacheRef:
     def store(self, paths: Paths, split: str) -> Path:
         """``<cache>/<model>/<dataset>/<split>.zarr``."""
         return paths.cache / self.model / self.dataset / f"{split}.zarr"
-
-
-@dataclass(frozen=True)
-class SegProbeConfig:
-    cache: CacheRef
-    layer: int = default("probes/seg/layer")
-    n_classes: int | None = None
-    shuffle_buffer: int = default("probes/seg/shuffle_buffer")
-    seed: int = default("probes/seg/seed")
-    lrs: tuple[float, ...] = default("probes/seg/lrs")
-    weight_decays: tuple[float, ...] = default("probes/seg/weight_decays")
-    epochs: int = default("probes/seg/epochs")
-    batch_size: int = default("probes/seg/batch_size")
-    min_purity: float = default("probes/seg/min_purity")
-    train_on_other: bool = default("probes/seg/train_on_other")
-    n_figure_images: int = default("probes/seg/n_figure_images")
-    protocol: str = default("probes/seg/protocol")  # ade20k | zero_is_class (pipeline.metrics.SEG_PROTOCOLS)
-    selection_fraction: float = default(
-        "probes/seg/selection_fraction"
-    )  # train images held out to choose the best member (0: choose on val, as saev)
-    selection_seed: int = default("probes/seg/selection_seed")
-
-
-@dataclass(frozen=True)
-class ClsProbeConfig:
-    cache: CacheRef
-    layer: int = default("probes/cls/layer")
-    n_classes: int | None = None
-    seed: int = default("probes/cls/seed")
-    lrs: tuple[float, ...] = default("probes/cls/lrs")
-    weight_decays: tuple[float, ...] = default("probes/cls/weight_decays")
-    epochs: int = default("probes/cls/epochs")
-    batch_size: int = default("probes/cls/batch_size")
-    selection_fraction: float = default(
-        "probes/cls/selection_fraction"
-    )  # train images held out to choose the best member (0: choose on val, as saev)
-    selection_seed: int = default("probes/cls/selection_seed")
 
 
 @dataclass(frozen=True)
@@ -305,8 +230,8 @@ class Config:
     datasets: dict[str, DatasetConfig]
     extract: ExtractConfig
     caches: tuple[CacheRef, ...]
-    seg_probe: SegProbeConfig | None = None
-    cls_probe: ClsProbeConfig | None = None
+    # kind -> its probes.<kind> section (the kind's dataclass, pipeline.probe_kinds), configured kinds only
+    probes: dict[str, Any] = field(default_factory=dict)
     sae: SAEConfig | None = None
     quantify: QuantifyConfig | None = None
     dimred: DimredConfig | None = None
@@ -339,10 +264,15 @@ def _lookup(table: dict, name: str, section: str, source: Path):
 
 
 def load_schema() -> dict:
-    """The config schema, with the model-family and intervention-method names filled in from
-    their registries (`pipeline.models.FAMILIES`, `pipeline.methods.METHODS` own them; the file
-    says only "a string")."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    """The whole config schema: the file, with each registered probe kind's node as
+    ``probes.<kind>`` (:data:`pipeline.probe_kinds.PROBE_KINDS` owns them; the file says only
+    "a mapping of sections") and the model-family and intervention-method names filled in
+    from their registries (`pipeline.models.FAMILIES`, `pipeline.methods.METHODS` own them; the
+    file says only "a string"). Built on each call, so a kind registered later is in it."""
+    schema = copy.deepcopy(schema_file())
+    probes = schema["properties"]["probes"]
+    probes["properties"] = {kind: copy.deepcopy(pk.schema) for kind, pk in PROBE_KINDS.items()}
+    probes["additionalProperties"] = False
     schema["$defs"]["model_family"]["enum"] = list(FAMILIES)
     schema["properties"]["quantify"]["properties"]["methods"]["items"]["enum"] = list(METHODS)
     return schema
@@ -425,8 +355,7 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
         datasets=datasets,
         extract=extract,
         caches=caches,
-        seg_probe=_section(SegProbeConfig, probes.get("seg")),
-        cls_probe=_section(ClsProbeConfig, probes.get("cls")),
+        probes={kind: _section(pk.section, probes[kind]) for kind, pk in PROBE_KINDS.items() if kind in probes},
         sae=_sae(raw.get("sae")),
         quantify=_quantify(raw.get("quantify")),
         dimred=_section(DimredConfig, raw.get("dimred")),
@@ -564,8 +493,7 @@ def _check_references(cfg: Config, raw: dict) -> None:
     for i, ref in enumerate(cfg.caches):
         _check_ref(cfg, f"caches/{i}", ref)
     stages = (
-        ("probes/seg", cfg.seg_probe, "segmentation"),
-        ("probes/cls", cfg.cls_probe, "classification"),
+        *((pk.key, cfg.probes.get(pk.name), pk.task) for pk in PROBE_KINDS.values()),
         ("sae", cfg.sae, "segmentation"),
         ("dimred", cfg.dimred, "segmentation"),
     )
@@ -597,7 +525,8 @@ def _check_references(cfg: Config, raw: dict) -> None:
                 f"{cfg.source}: key sae/source/cache/model: {src.cache.model!r} differs from sae/cache/model "
                 f"{cfg.sae.cache.model!r}; an SAE applies only to activations of the model it was trained on"
             )
-    if cfg.seg_probe is not None and cfg.seg_probe.protocol == "zero_is_class" and not cfg.seg_probe.train_on_other:
+    seg = cfg.probes.get("seg")
+    if seg is not None and seg.protocol == "zero_is_class" and not seg.train_on_other:
         raise ConfigError(
             f"{cfg.source}: key probes/seg/protocol: zero_is_class scores label 0 as a class; "
             "it needs probes/seg/train_on_other: true (a probe that never predicts 0 would score IoU 0 on it)"

@@ -50,7 +50,7 @@ Step = Stage
 
 
 def config_view(cfg: Config) -> dict[str, Any]:
-    """The resolved config (defaults filled in) shaped as the YAML is: ``probes.seg``, not ``seg_probe``."""
+    """The resolved config (defaults filled in) shaped as the YAML is (``probes.<kind>`` for every registered kind)."""
     manipulate = to_jsonable(cfg.manipulate)
     if manipulate is not None:
         # by name, with the YAML's key `class` (the dataclass field is target_class)
@@ -197,7 +197,7 @@ def check_store(cfg: Config, ref: CacheRef, split: str) -> None:
 
 def check_inputs(cfg: Config, step: str, **keys: str) -> None:
     """Before ``step`` runs: every upstream output it reads was made from the current config."""
-    if step not in STEPS or any(getattr(cfg, name) is None for name in STEPS[step].needs):
+    if step not in STEPS or not STEPS[step].configured(cfg):
         return
     for up, up_keys in STEPS[step].upstream(cfg, keys):
         if up == "extract":
@@ -212,7 +212,7 @@ def check_cli_step(args: Any, cfg: Config) -> None:
     ``--model/--dataset/--split``; an SAE step given ``--out`` reads its inputs from that folder,
     which the config does not name, so only its stores are checked."""
     step = getattr(args, "step", None)
-    if step not in STEPS:
+    if step is None or step not in STEPS:
         return
     keys = {k: getattr(args, k) for k in ("model", "dataset", "split") if getattr(args, k, None) is not None}
     if step.startswith("sae-") and getattr(args, "out", None) is not None:
@@ -258,15 +258,16 @@ def require_quantify(cfg: Config) -> QuantifyConfig:
         raise ConfigError(
             f"{cfg.source}: key quantify: missing; the interventions need it (scale, methods, thresholds)"
         )
-    if cfg.sae is None or cfg.seg_probe is None:
+    seg = probe_section(cfg, "seg")
+    if cfg.sae is None or seg is None:
         raise ConfigError(f"{cfg.source}: key quantify: needs both an `sae` and a `probes: seg` section")
-    if cfg.sae.cache != cfg.seg_probe.cache:
+    if cfg.sae.cache != seg.cache:
         raise ConfigError(
             f"{cfg.source}: key sae/cache and probes/seg/cache must name the same (model, dataset) for quantify "
-            f"(now {cfg.sae.cache.model}/{cfg.sae.cache.dataset} and {cfg.seg_probe.cache.model}/{cfg.seg_probe.cache.dataset}); "
+            f"(now {cfg.sae.cache.model}/{cfg.sae.cache.dataset} and {seg.cache.model}/{seg.cache.dataset}); "
             "sae.cache is where the SAE is applied: train it on another cache with sae.source"
         )
-    if cfg.seg_probe.layer != -1:
+    if seg.layer != -1:
         raise ConfigError(f"{cfg.source}: key probes/seg/layer must be -1 (the final representation) for quantify")
     return cfg.quantify
 

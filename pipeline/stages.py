@@ -14,20 +14,21 @@ provenance, start the run context with :func:`rule_threads`, ``stage.run(ctx, ar
 ``pipeline/provenance.py`` (keys,
 upstream, records), ``workflow/rules/common.smk`` (a rule's outputs, threads and GPU resource via
 :func:`rule_outputs`, :func:`rule_threads`, :func:`rule_resources`). Probe stages come from the
-probe-kind registry (:mod:`pipeline.probe_kinds`), one per kind.
+probe-kind registry (:mod:`pipeline.probe_kinds`), one per kind, read each time the table is used.
 
 Reads the config only; imports no torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import layout
 from pipeline.config import SPLITS, CacheRef, Config, sae_is_imported, sae_train_ref
-from pipeline.probe_kinds import PROBE_KINDS, kind_for_task, probe_section
+from pipeline.probe_kinds import PROBE_KINDS, ProbeKind, kind_for_task, probe_section
 
 Keys = dict[str, str]
 Upstream = list[tuple[str, Keys]]
@@ -45,7 +46,9 @@ class Stage:
     output: Callable[[Config, Keys], Path] | None = (
         None  # the JSON holding the step's provenance record (None: a store / none)
     )
-    needs: tuple[str, ...] = ()  # Config attributes that must be set (else the step itself reports the missing section)
+    needs: tuple[
+        str, ...
+    ] = ()  # config sections that must be set, YAML spelling ("sae", "probes.seg"); else the step itself reports the missing section
     section: str | None = None  # the config section it is configured by (YAML spelling), for docs and --help
     threads: str = "config"  # "config": the config's `threads` (the step caps torch there); "one": a single CPU
     gpu: bool = False  # the rule asks for `resources: gpu=1`
@@ -62,6 +65,16 @@ class Stage:
     def outputs(self, cfg: Config, **keys) -> layout.Outputs:
         """What the step writes (pipeline.layout owns it)."""
         return layout.step_outputs(cfg, self.name, **keys)
+
+    def configured(self, cfg: Config) -> bool:
+        """Whether the config has every section the step needs."""
+        return all(_section(cfg, name) is not None for name in self.needs)
+
+
+def _section(cfg: Config, name: str) -> object:
+    """The config section ``name`` in YAML spelling: ``sae``, ``probes.seg``."""
+    kind = name.removeprefix("probes.")
+    return probe_section(cfg, kind) if kind != name else getattr(cfg, name)
 
 
 # ---------------------------------------------------------------------------- upstream
@@ -168,8 +181,9 @@ QUANTIFY_KEYS = tuple(
 # ---------------------------------------------------------------------------- the table
 
 
-def _probe_stage(kind: str) -> Stage:
-    pk = PROBE_KINDS[kind]
+@functools.cache  # one Stage per record (ProbeKind hashes by identity)
+def _probe_stage(pk: ProbeKind) -> Stage:
+    kind = pk.name
     return Stage(
         pk.step,
         "pipeline.commands.probe",
@@ -177,14 +191,14 @@ def _probe_stage(kind: str) -> Stage:
         (f"probes.{kind}",),
         lambda cfg, k: _stores(probe_section(cfg, kind).cache),
         lambda cfg, k: layout.probe_dir(cfg, kind) / "best.json",
-        needs=(pk.attr,),
+        needs=(f"probes.{kind}",),
         section=f"probes.{kind}",
         gpu=True,
     )
 
 
 _SAE = ("sae",)
-STAGES: dict[str, Stage] = {
+_BEFORE_PROBES: dict[str, Stage] = {
     "demo-data": Stage(
         "demo-data",
         "pipeline.commands.demo",
@@ -257,7 +271,8 @@ STAGES: dict[str, Stage] = {
         _SAE,
         "sae",
     ),
-    **{PROBE_KINDS[kind].step: _probe_stage(kind) for kind in PROBE_KINDS},
+}
+_AFTER_PROBES: dict[str, Stage] = {
     "dimred": Stage(
         "dimred",
         "pipeline.commands.dimred",
@@ -302,7 +317,7 @@ STAGES: dict[str, Stage] = {
             ("class-f1", {}),
             ("probe-seg", {}),
         ],
-        needs=("sae", "seg_probe"),
+        needs=("sae", "probes.seg"),
         section="quantify",
         gpu=True,
     ),
@@ -316,6 +331,28 @@ STAGES: dict[str, Stage] = {
         section="manipulate",
     ),
 }
+
+
+class _Stages(Mapping[str, Stage]):
+    """The table: the fixed stages and one ``probe-<kind>`` stage per kind of the probe-kind
+    registry, read from the registry on each use (so a kind registered after this module is
+    imported is a step too), in a fixed order (the probes after the SAE stages)."""
+
+    def _table(self) -> dict[str, Stage]:
+        probes = {pk.step: _probe_stage(pk) for pk in PROBE_KINDS.values()}
+        return {**_BEFORE_PROBES, **probes, **_AFTER_PROBES}
+
+    def __getitem__(self, step: str) -> Stage:
+        return self._table()[step]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+STAGES: Mapping[str, Stage] = _Stages()
 
 
 # ---------------------------------------------------------------------------- for the rules

@@ -1,7 +1,9 @@
 """The config schema is the one owner of every default (issue 14).
 
-Each dataclass field of ``pipeline.config`` with a default must take it from the schema
-(``default("<yaml key>")``; ``None`` / ``()`` only where absence means "not given") and agree
+Each dataclass field of ``pipeline.config``, and of every probe kind's section
+(``pipeline.probe_kinds``), with a default must take it from the schema
+(``default("<yaml key>"[, <kind's schema node>])``; ``None`` / ``()`` only where absence means
+"not given") and agree
 with it value for value and type for type (a float written ``-6`` in the schema would change
 every provenance hash); ``config_from_dict`` keeps no literal fallback of its own.
 """
@@ -16,8 +18,8 @@ import json
 import pytest
 
 from pipeline import config as config_module
+from pipeline import probe_kinds
 from pipeline.config import (
-    ClsProbeConfig,
     DatasetConfig,
     DimredConfig,
     ExtractConfig,
@@ -27,7 +29,6 @@ from pipeline.config import (
     QuantifyConfig,
     SAEConfig,
     SAESource,
-    SegProbeConfig,
     config_from_dict,
     schema_default,
     schema_node,
@@ -38,8 +39,7 @@ SECTIONS = {  # dataclass -> its YAML key in the schema
     Paths: "paths",
     DatasetConfig: "datasets/*",
     ExtractConfig: "extract",
-    SegProbeConfig: "probes/seg",
-    ClsProbeConfig: "probes/cls",
+    **{pk.section: f"probes/{kind}" for kind, pk in probe_kinds.PROBE_KINDS.items()},
     SAESource: "sae/source",
     SAEConfig: "sae",
     QuantifyConfig: "quantify",
@@ -89,12 +89,15 @@ def test_every_dataclass_default_is_the_schemas(cls, name, key, value):
     assert _typed(value) == _typed(schema_default(key)), f"{key}: dataclass {value!r} vs schema {node['default']!r}"
 
 
-def test_no_default_is_written_twice_in_config_py():
-    """Dataclass defaults are ``default("key")`` calls (or None / () for "not given"), and
-    ``config_from_dict`` and its helpers fall back on no literal value."""
-    tree = ast.parse(inspect.getsource(config_module))
+@pytest.mark.parametrize("module", [config_module, probe_kinds], ids=lambda m: m.__name__)
+def test_no_default_is_written_twice(module):
+    """Dataclass defaults (pipeline.config's and the probe kinds' sections) are ``default(...)``
+    calls (or None / () for "not given"), and ``config_from_dict`` and its helpers fall back on
+    no literal value."""
+    tree = ast.parse(inspect.getsource(module))
     problems = []
     classes = {c.__name__ for c in SECTIONS}
+    assert module is config_module or classes & {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name in classes:
             for stmt in node.body:
@@ -137,7 +140,7 @@ def test_a_minimal_config_gets_the_schemas_defaults(tmp_path):
     assert str(cfg.paths.results) == schema_default("paths/results")
     assert cfg.datasets["d"].val_fraction == schema_default("datasets/*/val_fraction")
     assert cfg.extract.layers == schema_default("extract/layers")
-    assert cfg.seg_probe.lrs == schema_default("probes/seg/lrs")
+    assert cfg.probes["seg"].lrs == schema_default("probes/seg/lrs")
     assert cfg.sae.max_l0 == schema_default("sae/max_l0") and cfg.sae.source.scaling == schema_default(
         "sae/source/scaling"
     )

@@ -159,6 +159,22 @@ def in_seg(seg, monkeypatch):
 
 
 # ---- values, edits, the re-forward path ---------------------------------------------------------
+def test_without_a_device_the_session_uses_the_configs(in_seg, monkeypatch):
+    """``Manipulator(cfg)`` (the notebook API, no ``device=``) resolves the config's ``device``
+    as a step does (runtime.resolve_device): ``cpu`` is the CPU, ``cuda`` on a machine without
+    one is the same DeviceError, ``auto`` without CUDA the CPU."""
+    import dataclasses
+
+    from pipeline.manipulate import Manipulator
+    from pipeline.runtime import DeviceError
+
+    assert Manipulator(dataclasses.replace(in_seg.cfg, device="cpu")).device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="config key device: cuda, but torch finds no CUDA GPU"):
+        Manipulator(dataclasses.replace(in_seg.cfg, device="cuda"))
+    assert Manipulator(dataclasses.replace(in_seg.cfg, device="auto")).device == torch.device("cpu")
+
+
 def test_values_are_fractions_of_the_max_observed_on_train(in_seg):
     m = in_seg.m
     from pipeline.sae import load_latent_stats

@@ -217,7 +217,7 @@ def test_zero_is_class_needs_train_on_other(tmp_path):
         load_config(tmp_path / "c.yaml")
     raw["probes"]["seg"]["train_on_other"] = True
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    assert load_config(tmp_path / "c.yaml").seg_probe.protocol == "zero_is_class"
+    assert load_config(tmp_path / "c.yaml").probes["seg"].protocol == "zero_is_class"
 
 
 def test_transposed_or_empty_counting_is_an_error():

@@ -72,11 +72,12 @@ def test_segmentation_figure_at_150_classes_lists_only_present_classes(tmp_path)
 
 
 def test_every_step_help_says_what_it_reads_and_writes(capsys):
-    from pipeline.__main__ import STEPS, build_parser
+    from pipeline.__main__ import build_parser
+    from pipeline.stages import STAGES
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for step in STEPS:
+    for step in STAGES:
         if step == "prepare":
             continue  # its help is the module docstring (downloads in, image folders out)
         text = (sub.choices[step].description or "").lower()

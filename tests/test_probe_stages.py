@@ -18,10 +18,11 @@ from helpers import REPO, run_cli, write_config
 from pipeline import metrics
 from pipeline.__main__ import main as cli_main
 from pipeline.cache import CacheError, CacheReader, open_cache
-from pipeline.config import CacheRef, ConfigError, SegProbeConfig, load_config
+from pipeline.config import CacheRef, ConfigError, load_config
 from pipeline.data import make_classification_demo
 from pipeline.extract import extract
 from pipeline.models import load_backbone
+from pipeline.probe_kinds import SegProbeConfig
 from pipeline.probes import cls as cls_probe
 from pipeline.probes import seg as seg_probe
 from pipeline.probes.features import seg_train_labels
@@ -227,7 +228,7 @@ def test_n_classes_mismatch_is_one_cli_error_line(project):
 def test_store_without_patch_labels(project):
     cfg = _setup(project, refs=(CLS,))
     # The config schema refuses a classification dataset for probes/seg, so bypass it.
-    cfg = dataclasses.replace(cfg, seg_probe=SegProbeConfig(cache=CLS, epochs=1))
+    cfg = dataclasses.replace(cfg, probes={**cfg.probes, "seg": SegProbeConfig(cache=CLS, epochs=1)})
     with pytest.raises(CacheError, match=r"cache/clip/cls/train\.zarr.*(patch_label|segmentation)"):
         seg_probe.run_seg_probe(cfg, progress=False)
 
@@ -248,7 +249,7 @@ def test_pixel_label_outside_range(project):
     cfg = _setup(project)
     group = zarr.open_group(cfg.store(SEG, "val"), mode="r+", zarr_format=3)
     group["pixel_label"][5, 0, 0] = 40
-    cfg = dataclasses.replace(cfg, seg_probe=dataclasses.replace(cfg.seg_probe, epochs=1))
+    cfg = dataclasses.replace(cfg, probes={**cfg.probes, "seg": dataclasses.replace(cfg.probes["seg"], epochs=1)})
     with pytest.raises(CacheError, match=r"cache/dino/seg/val\.zarr: pixel_label holds label 40 \(image 5"):
         seg_probe.run_seg_probe(cfg, progress=False)
 

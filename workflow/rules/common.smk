@@ -11,7 +11,9 @@ from pipeline import stages as registry
 from pipeline.config import SCHEMA_PATH, SPLITS, CacheRef, config_from_dict
 from pipeline.probe_kinds import PROBE_KINDS, configured as configured_probe_kinds, probe_section
 
-validate(config, str(SCHEMA_PATH))  # the schema ships inside the package (pipeline/schemas/)
+# The schema file ships inside the package (pipeline/schemas/); its `probes` is only "a mapping of
+# sections": config_from_dict below checks each probe kind's section (pipeline.probe_kinds).
+validate(config, str(SCHEMA_PATH))
 
 # The file the steps read: the last --configfile given, else config.yaml (the steps
 # re-validate it themselves, so a hand-run step and a rule see the same config).
