@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,17 +48,25 @@ from pipeline import metrics, units
 from pipeline.config import Config
 from pipeline.probes import figures
 from pipeline.models.family import READOUTS
-from pipeline.probes.features import best_meta, probe_setup, cls_rows, FinalNorm, in_memory_epochs
+from pipeline.probes.features import (
+    FinalNorm,
+    ProbeStores,
+    best_meta,
+    cls_rows,
+    in_memory_epochs,
+    probe_setup,
+    selection_record,
+    sweep_with_best,
+    write_epochs,
+    write_sweep_csv,
+)
 from pipeline.probes.linear import (
     ProbeSweep,
     ProbeTrainConfig,
-    best_member,
-    epoch_table,
     fit_sweep,
     member_grid,
     member_state,
     save_probe,
-    sweep_table,
 )
 from pipeline.provenance import record
 from pipeline.layout import probe_files
@@ -65,7 +74,18 @@ from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OUTPUT_FILES", "evaluate_cls", "run_cls_probe", "selection_rows"]
+__all__ = [
+    "OUTPUT_FILES",
+    "ClsData",
+    "cls_data",
+    "cls_sweep_rows",
+    "evaluate_cls",
+    "fit_cls_sweep",
+    "run_cls_probe",
+    "selection_rows",
+    "write_cls_figures",
+    "write_per_class_accuracy",
+]
 
 OUTPUT_FILES = probe_files("cls")  # what run_cls_probe writes (pipeline.layout owns the list)
 
@@ -117,124 +137,115 @@ def selection_rows(n: int, fraction: float, seed: int) -> np.ndarray:
     return out
 
 
-def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
-    """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a summary.
-    ``ctx``: the step's RunContext (default: one started here)."""
-    pc, threads, device, stores, out_dir = probe_setup(cfg, "cls", out_dir, ctx)
+@dataclass
+class ClsData:
+    """Both splits' image vectors (float32 on the device) and labels, and the train rows split
+    into fitting and held-out selection rows (:func:`cls_data`)."""
+
+    norm: FinalNorm
+    x_all_ND: torch.Tensor  # every valid train image
+    y_all_N: np.ndarray  # int64
+    image_all_N: np.ndarray  # their store indices
+    x_val_ND: torch.Tensor
+    y_val_N: np.ndarray
+    sel_idx: np.ndarray  # rows of x_all held out for selection
+    x_train_ND: torch.Tensor  # the other rows: what the sweep is fitted on
+    y_train_N: np.ndarray
+
+
+def cls_data(cfg: Config, pc, stores: ProbeStores, device: torch.device) -> ClsData:
+    """Loads the final norm (the backbone, checked against the store), reads every valid
+    image's vector of both splits once and draws the held-out selection rows."""
     norm = FinalNorm(cfg, stores, device)
-    c = stores.n_classes
     x_all, y_all, image_all = cls_rows(stores.train, pc.layer, norm)
     x_val, y_val, _ = cls_rows(stores.val, pc.layer, norm)
     held_out = selection_rows(len(y_all), pc.selection_fraction, pc.selection_seed)
     fit_idx, sel_idx = np.flatnonzero(~held_out), np.flatnonzero(held_out)
     x_train, y_train = x_all[torch.from_numpy(fit_idx).to(x_all.device)], y_all[fit_idx]
-    members = member_grid(pc.lrs, pc.weight_decays)
+    return ClsData(norm, x_all, y_all, image_all, x_val, y_val, sel_idx, x_train, y_train)
+
+
+def fit_cls_sweep(
+    pc, stores: ProbeStores, data: ClsData, members, *, device: torch.device, progress: bool
+) -> ProbeSweep:
+    """Fits every member on the train rows (a fresh permutation per epoch); after each epoch
+    every member's val top-1 accuracy goes into the epoch history (``val_top1_acc``)."""
     train_cfg = ProbeTrainConfig(epochs=pc.epochs, batch_size=pc.batch_size, seed=pc.seed)
     log.info(
         "cls probe: %d members, %d train (+%d held out for selection) / %d val images, %d epochs, device %s",
         len(members),
-        len(y_train),
-        len(sel_idx),
-        len(y_val),
+        len(data.y_train_N),
+        len(data.sel_idx),
+        len(data.y_val_N),
         pc.epochs,
         device,
     )
-
-    t0 = time.perf_counter()
-    epochs = in_memory_epochs(x_train, y_train, batch_size=pc.batch_size, seed=pc.seed)
-    sweep = fit_sweep(
+    epochs = in_memory_epochs(data.x_train_ND, data.y_train_N, batch_size=pc.batch_size, seed=pc.seed)
+    return fit_sweep(
         epochs,
         d_model=stores.d_model,
-        n_classes=c,
+        n_classes=stores.n_classes,
         members=members,
         cfg=train_cfg,
         device=device,
         progress=progress,
-        on_epoch=lambda epoch, sw: {"val_top1_acc": [row["top1_acc"] for row, _ in evaluate_cls(sw, x_val, y_val)]},
+        on_epoch=lambda epoch, sw: {
+            "val_top1_acc": [row["top1_acc"] for row, _ in evaluate_cls(sw, data.x_val_ND, data.y_val_N)]
+        },
     )
-    t1 = time.perf_counter()
+
+
+def cls_sweep_rows(sweep: ProbeSweep, data: ClsData) -> tuple[list[dict[str, float]], list[np.ndarray]]:
+    """Per member: its row (fractions: ``train_loss``, the val metrics of :func:`evaluate_cls`,
+    ``selection_top1_acc`` on the held-out rows, or on val when none are held out) and its val
+    confusion matrix (int64 [C, C])."""
+    sel_idx = data.sel_idx
     selection = (
-        evaluate_cls(sweep, x_all[torch.from_numpy(sel_idx).to(x_all.device)], y_all[sel_idx]) if len(sel_idx) else None
+        evaluate_cls(sweep, data.x_all_ND[torch.from_numpy(sel_idx).to(data.x_all_ND.device)], data.y_all_N[sel_idx])
+        if len(sel_idx)
+        else None
     )
     rows, confs = [], []
-    for k, (row, conf) in enumerate(evaluate_cls(sweep, x_val, y_val)):
+    for k, (row, conf) in enumerate(evaluate_cls(sweep, data.x_val_ND, data.y_val_N)):
         sel_top1 = selection[k][0]["top1_acc"] if selection is not None else row["top1_acc"]
         rows.append({"train_loss": float(sweep.train_loss_M[k]), **row, "selection_top1_acc": sel_top1})
         confs.append(conf)
-    t2 = time.perf_counter()
+    return rows, confs
 
-    device_name = describe_device(device)
-    table = sweep_table(members, rows)
-    table["random_weights"] = stores.random_weights
-    table["device"] = device_name
-    best = best_member(table, "selection_top1_acc")
-    table["best"] = table["member"] == best
-    best_metrics = {k: float(v) for k, v in rows[best].items()}
-    where = (
-        "val (selection_fraction 0: saev's choice, optimistic)"
-        if not len(sel_idx)
-        else (
-            f"{len(sel_idx)} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})"
-        )
-    )
-    selection_record = {
-        "metric": "top1_acc",
-        "on": where,
-        "fraction": pc.selection_fraction,
-        "seed": pc.selection_seed,
-        "n_images": int(len(sel_idx)),
-        "best_selection_top1_acc": best_metrics["selection_top1_acc"],
-        "best_val_top1_acc": best_metrics["top1_acc"],
-        "image_ids": [str(stores.train.image_ids[i]) for i in image_all[sel_idx]],
-    }
-    names = stores.class_names
-    conf = confs[best]
 
-    table = units.to_pct(table, [k for k in rows[0] if k != "train_loss"])  # metrics in percent (pipeline.units)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "sweep.csv", index=False)
+def write_per_class_accuracy(conf_CC: np.ndarray, stores: ProbeStores, out_dir: Path) -> None:
+    """Writes ``per_class_accuracy.csv``: the best member's val accuracy per class (percent) and image count."""
     units.to_pct(
         pd.DataFrame(
             {
-                "class_id": np.arange(c),
-                "class_name": list(names),
-                "accuracy": metrics.per_class_accuracy(conf),
-                "n_images": conf.sum(axis=1),
+                "class_id": np.arange(stores.n_classes),
+                "class_name": list(stores.class_names),
+                "accuracy": metrics.per_class_accuracy(conf_CC),
+                "n_images": conf_CC.sum(axis=1),
                 "random_weights": stores.random_weights,
             }
         ),
         ["accuracy"],
     ).to_csv(out_dir / "per_class_accuracy.csv", index=False)
 
-    member = members[best]
-    meta = best_meta(
-        "cls",
-        pc,
-        stores,
-        norm,
-        members,
-        best,
-        best_metrics,
-        selected_by=f"top1_acc on {where}",
-        selection=selection_record,
-        provenance=record(cfg, "probe-cls"),
-        device_name=device_name,
-        threads=threads,
-        seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        top_k=min(5, c),
-        input=f"{READOUTS[stores.train.image_readout]} of block {stores.block}'s output, float32",
-        confusion=conf,
-        n_train_images=len(y_train),
-        n_val_images=len(y_val),
-        n_selection_images=int(len(sel_idx)),
-    )
-    save_probe(out_dir / "best", member_state(sweep, best), meta)
-    epoch_rows = units.to_pct(epoch_table(sweep), ["val_top1_acc"])
-    epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
-    figures.epoch_chart(
-        epoch_rows,
-        out_dir / "epochs",
-        metric="val_top1_acc_pct",
+
+def write_cls_figures(
+    stores: ProbeStores,
+    sweep: ProbeSweep,
+    best: int,
+    *,
+    table: pd.DataFrame,
+    conf_CC: np.ndarray,
+    best_metrics: dict[str, float],
+    out_dir: Path,
+) -> None:
+    """Writes ``epochs.csv`` + ``epochs.*``, ``sweep.*`` (val top-1 per member) and
+    ``confusion.*`` (best member)."""
+    member = sweep.members[best]
+    write_epochs(
+        sweep,
+        out_dir,
+        "val_top1_acc",
         metric_title="val top-1 accuracy",
         best_slug=member.slug,
         random_weights=stores.random_weights,
@@ -247,22 +258,71 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         random_weights=stores.random_weights,
     )
     figures.confusion_chart(
-        conf,
-        names,
+        conf_CC,
+        stores.class_names,
         out_dir / "confusion",
         random_weights=stores.random_weights,
         title=f"Val confusion, best probe (lr {member.lr:g}, wd {member.weight_decay:g}); top-1 {best_metrics['top1_acc']:.1%}",
     )
+
+
+def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
+    """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a summary.
+    ``ctx``: the step's RunContext (default: one started here)."""
+    pc, threads, device, stores, out_dir = probe_setup(cfg, "cls", out_dir, ctx)
+    data = cls_data(cfg, pc, stores, device)
+    members = member_grid(pc.lrs, pc.weight_decays)
+
+    t0 = time.perf_counter()
+    sweep = fit_cls_sweep(pc, stores, data, members, device=device, progress=progress)
+    t1 = time.perf_counter()
+    rows, confs = cls_sweep_rows(sweep, data)
+    t2 = time.perf_counter()
+
+    device_name = describe_device(device)
+    table, best = sweep_with_best(
+        members, rows, "selection_top1_acc", random_weights=stores.random_weights, device=device_name
+    )
+    best_metrics = {k: float(v) for k, v in rows[best].items()}
+    image_ids = [str(stores.train.image_ids[i]) for i in data.image_all_N[data.sel_idx]]
+    selection = selection_record(pc, "top1_acc", best_metrics, image_ids)
+    conf = confs[best]
+
+    table = write_sweep_csv(table, rows[0], out_dir)
+    write_per_class_accuracy(conf, stores, out_dir)
+    meta = best_meta(
+        "cls",
+        pc,
+        stores,
+        data.norm,
+        members,
+        best,
+        best_metrics,
+        selected_by=f"top1_acc on {selection['on']}",
+        selection=selection,
+        provenance=record(cfg, "probe-cls"),
+        device_name=device_name,
+        threads=threads,
+        seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
+        top_k=min(5, stores.n_classes),
+        input=f"{READOUTS[stores.train.image_readout]} of block {stores.block}'s output, float32",
+        confusion=conf,
+        n_train_images=len(data.y_train_N),
+        n_val_images=len(data.y_val_N),
+        n_selection_images=len(image_ids),
+    )
+    save_probe(out_dir / "best", member_state(sweep, best), meta)
+    write_cls_figures(stores, sweep, best, table=table, conf_CC=conf, best_metrics=best_metrics, out_dir=out_dir)
     t3 = time.perf_counter()
     return {
         "probe": "cls",
         "out": str(out_dir),
         "best": meta["member"],
         "metrics": best_metrics,
-        "selected_on": where,
-        "selection_top1_acc": selection_record["best_selection_top1_acc"],
-        "val_top1_acc": selection_record["best_val_top1_acc"],
-        "chance": 1.0 / c,
+        "selected_on": selection["on"],
+        "selection_top1_acc": selection["best_selection_top1_acc"],
+        "val_top1_acc": selection["best_val_top1_acc"],
+        "chance": 1.0 / stores.n_classes,
         "n_members": len(members),
         "random_weights": stores.random_weights,
         "device": device_name,

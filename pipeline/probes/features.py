@@ -21,6 +21,10 @@ normalising every token and then selecting; only those rows are normalised.
 - :func:`cls_rows` reads every image's vector once (the CLS row, or the mean of the patch
   rows for a model without a CLS token; they fit in memory) and
   :func:`in_memory_epochs` shuffles them per epoch.
+- Shared by the probe stages (``seg``, ``cls``): :func:`probe_setup` (section, run context,
+  stores, output folder), :func:`sweep_with_best` (the sweep table and its best member),
+  :func:`selection_record` (where the best was chosen), :func:`write_sweep_csv`,
+  :func:`write_epochs` and :func:`best_meta` (the ``best.json`` record).
 
 Store problems (missing, unfinished, no labels, labels out of range, mismatched train/val)
 raise :class:`ProbeDataError` (a ``CacheError``) naming the store and what is wrong; config
@@ -32,19 +36,27 @@ D width, C classes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
+import pipeline
+from pipeline import units
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.store import CacheError
 from pipeline.cache.stream import shuffle_buffer, token_rows
-from pipeline.config import CacheRef, Config, ConfigError
-from pipeline.probes.linear import IGNORE_LABEL
+from pipeline.config import CacheRef, Config, ConfigError, to_jsonable
+from pipeline.context import RunContext
+from pipeline.layout import probe_dir_of
+from pipeline.probe_kinds import PROBE_KINDS, probe_section
+from pipeline.probes import figures
+from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, best_member, epoch_table, sweep_table
 
 __all__ = [
     "FinalNorm",
@@ -57,7 +69,11 @@ __all__ = [
     "patch_chunks",
     "patch_train_epochs",
     "seg_train_labels",
+    "selection_record",
     "store_record",
+    "sweep_with_best",
+    "write_epochs",
+    "write_sweep_csv",
 ]
 
 SEG_ARRAYS = ("patch_label", "patch_purity", "pixel_label")
@@ -323,10 +339,11 @@ def in_memory_epochs(
     return epoch_batches
 
 
+# ---- shared by the probe stages -------------------------------------------------------------
+
+
 def default_out_dir(cfg: Config, kind: str, ref: CacheRef) -> Path:
     """``<results>/probes/<kind>/<model>/<dataset>`` (pipeline.layout owns it)."""
-    from pipeline.layout import probe_dir_of
-
     return probe_dir_of(cfg, kind, ref)
 
 
@@ -346,11 +363,6 @@ def best_meta(
     **extra,
 ) -> dict:
     """The ``best.json`` record shared by both probes: member, metrics, inputs and provenance."""
-    import datetime as dt
-
-    import pipeline
-    from pipeline.config import to_jsonable
-
     member = members[best]
     return {
         "probe": kind,
@@ -382,9 +394,6 @@ def probe_setup(cfg: Config, kind: str, out_dir: Path | None, ctx=None):
     """What both probe stages start with: their config section, threads, device, the train/val
     stores (checked) and the output folder. ``kind``: a name in pipeline.probe_kinds.PROBE_KINDS;
     ``ctx``: the step's RunContext (default: one started here)."""
-    from pipeline.context import RunContext
-    from pipeline.probe_kinds import PROBE_KINDS, probe_section
-
     pc = probe_section(cfg, kind)
     if pc is None:
         raise ConfigError(f"{cfg.source}: key probes/{kind}: missing; the {kind} probe needs it (cache, layer, sweep)")
@@ -394,3 +403,65 @@ def probe_setup(cfg: Config, kind: str, out_dir: Path | None, ctx=None):
     stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task=task, n_classes=pc.n_classes, key=f"probes/{kind}")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg, kind, pc.cache)
     return pc, threads, device, stores, out_dir
+
+
+def sweep_with_best(
+    members: Sequence[ProbeMember], rows: list[dict], metric: str, **columns
+) -> tuple[pd.DataFrame, int]:
+    """The sweep table (one row per member: ``sweep_table`` of ``rows``, then the constant
+    ``columns`` in the order given, then ``best``) and the best member: the highest ``metric``
+    (ties: the first in the sweep)."""
+    table = sweep_table(members, rows)
+    for name, value in columns.items():
+        table[name] = value
+    best = best_member(table, metric)
+    table["best"] = table["member"] == best
+    return table, best
+
+
+def selection_record(pc, metric: str, best: Mapping[str, float], image_ids: Sequence[str]) -> dict:
+    """``best.json``'s ``selection``: where the best member was chosen (``on``: the held-out
+    train images ``image_ids``, or val when none are held out), and its ``selection_<metric>``
+    and val ``<metric>`` from ``best`` (its sweep row, fractions)."""
+    n = len(image_ids)
+    where = (
+        "val (selection_fraction 0: saev's choice, optimistic)"
+        if not n
+        else f"{n} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})"
+    )
+    return {
+        "metric": metric,
+        "on": where,
+        "fraction": pc.selection_fraction,
+        "seed": pc.selection_seed,
+        "n_images": n,
+        f"best_selection_{metric}": float(best[f"selection_{metric}"]),
+        f"best_val_{metric}": float(best[metric]),
+        "image_ids": list(image_ids),
+    }
+
+
+def write_sweep_csv(table: pd.DataFrame, metric_names: Iterable[str], out_dir: Path) -> pd.DataFrame:
+    """Writes ``out_dir/sweep.csv``: ``table`` with every metric but ``train_loss`` in percent
+    (:mod:`pipeline.units`); returns that table (creating ``out_dir``)."""
+    table = units.to_pct(table, [k for k in metric_names if k != "train_loss"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "sweep.csv", index=False)
+    return table
+
+
+def write_epochs(
+    sweep: ProbeSweep, out_dir: Path, metric: str, *, metric_title: str, best_slug: str, random_weights: bool
+) -> None:
+    """Writes ``out_dir/epochs.csv`` (the sweep's epoch history, ``metric`` in percent) and
+    ``epochs.{html,png,svg}`` (``metric`` per epoch, one line per member)."""
+    epoch_rows = units.to_pct(epoch_table(sweep), [metric])
+    epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
+    figures.epoch_chart(
+        epoch_rows,
+        out_dir / "epochs",
+        metric=units.pct_name(metric),
+        metric_title=metric_title,
+        best_slug=best_slug,
+        random_weights=random_weights,
+    )

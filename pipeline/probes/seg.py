@@ -84,19 +84,20 @@ from pipeline.probes.features import (
     patch_chunks,
     patch_train_epochs,
     seg_train_labels,
+    selection_record,
+    sweep_with_best,
+    write_epochs,
+    write_sweep_csv,
 )
 from pipeline.probes.linear import (
     IGNORE_LABEL,
     ProbeSweep,
     ProbeTrainConfig,
-    best_member,
-    epoch_table,
     fit_sweep,
     member_grid,
     member_state,
     predict_classes,
     save_probe,
-    sweep_table,
 )
 from pipeline.provenance import record
 from pipeline.layout import probe_files
@@ -108,12 +109,19 @@ __all__ = [
     "OUTPUT_FILES",
     "PROTOCOL",
     "SegEvaluation",
+    "SegTrainingData",
+    "evaluate_members",
     "evaluate_seg",
+    "fit_seg_sweep",
     "protocol_text",
     "run_seg_probe",
     "seg_metrics",
+    "seg_sweep_rows",
+    "seg_training_data",
     "selection_images",
     "upsampled_predictions",
+    "write_per_class_iou",
+    "write_seg_figures",
 ]
 
 MIOU_DEFINITION = "present_in_truth"
@@ -312,33 +320,52 @@ def _example_images(stores: ProbeStores, image_idx: np.ndarray) -> list[np.ndarr
     return out
 
 
-def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
-    """Train the sweep on the train split, evaluate on val, write the outputs; return a summary.
-    ``ctx``: the step's RunContext (default: one started here)."""
-    pc, threads, device, stores, out_dir = probe_setup(cfg, "seg", out_dir, ctx)
+@dataclass
+class SegTrainingData:
+    """The train split as the sweep sees it (:func:`seg_training_data`)."""
+
+    norm: FinalNorm
+    y_fit_NP: np.ndarray  # int64 [N, P]: training labels, IGNORE_LABEL for excluded patches and held-out images
+    held_out_N: np.ndarray  # bool [N]: the held-out selection images
+    n_train: int  # training patches (labels not IGNORE_LABEL)
+
+
+def seg_training_data(cfg: Config, pc, stores: ProbeStores, device: torch.device) -> SegTrainingData:
+    """Reads train's ``patch_label`` / ``patch_purity``, draws the held-out selection images and
+    loads the final norm (the backbone, checked against the store)."""
     y_NP = seg_train_labels(stores.train, min_purity=pc.min_purity, train_on_other=pc.train_on_other)
     held_out_N = selection_images(stores.train, y_NP, pc.selection_fraction, pc.selection_seed)
     y_fit_NP = y_NP.copy()
     y_fit_NP[held_out_N] = IGNORE_LABEL
     norm = FinalNorm(cfg, stores, device)
-    members = member_grid(pc.lrs, pc.weight_decays)
+    return SegTrainingData(norm, y_fit_NP, held_out_N, int((y_fit_NP != IGNORE_LABEL).sum()))
+
+
+def fit_seg_sweep(
+    pc, stores: ProbeStores, data: SegTrainingData, members, *, device: torch.device, progress: bool
+) -> ProbeSweep:
+    """Fits every member on train's patches (one read of the train store per epoch); after each
+    epoch every member's val mIoU at patch level goes into the epoch history (``val_patch_miou``)."""
     train_cfg = ProbeTrainConfig(epochs=pc.epochs, batch_size=pc.batch_size, seed=pc.seed)
     epochs = patch_train_epochs(
-        stores.train, pc.layer, y_fit_NP, norm, batch_size=pc.batch_size, buffer_size=pc.shuffle_buffer, seed=pc.seed
+        stores.train,
+        pc.layer,
+        data.y_fit_NP,
+        data.norm,
+        batch_size=pc.batch_size,
+        buffer_size=pc.shuffle_buffer,
+        seed=pc.seed,
     )
-    n_train = int((y_fit_NP != IGNORE_LABEL).sum())
     log.info(
         "seg probe: %d members, %d training patches (%d images held out for selection), %d epochs, device %s",
         len(members),
-        n_train,
-        int(held_out_N.sum()),
+        data.n_train,
+        int(data.held_out_N.sum()),
         pc.epochs,
         device,
     )
-
-    t0 = time.perf_counter()
-    val_patch = val_patch_miou(stores, norm, train_on_other=pc.train_on_other, protocol=pc.protocol)
-    sweep = fit_sweep(
+    val_patch = val_patch_miou(stores, data.norm, train_on_other=pc.train_on_other, protocol=pc.protocol)
+    return fit_sweep(
         epochs,
         d_model=stores.d_model,
         n_classes=stores.n_classes,
@@ -346,111 +373,86 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         cfg=train_cfg,
         device=device,
         progress=progress,
-        steps_per_epoch=-(-n_train // pc.batch_size),
+        steps_per_epoch=-(-data.n_train // pc.batch_size),
         on_epoch=lambda epoch, sw: {"val_patch_miou": val_patch(sw)},
     )
-    t1 = time.perf_counter()
+
+
+def evaluate_members(
+    pc, stores: ProbeStores, data: SegTrainingData, sweep: ProbeSweep
+) -> tuple[SegEvaluation, SegEvaluation]:
+    """Every member on val (with the figure's images) and on the held-out train images (the
+    val evaluation again when none are held out): ``(val, selection)``."""
     ev = evaluate_seg(
-        sweep, stores, norm, train_on_other=pc.train_on_other, n_figure=pc.n_figure_images, protocol=pc.protocol
+        sweep, stores, data.norm, train_on_other=pc.train_on_other, n_figure=pc.n_figure_images, protocol=pc.protocol
     )
-    sel = (
-        evaluate_seg(
-            sweep,
-            stores,
-            norm,
-            train_on_other=pc.train_on_other,
-            protocol=pc.protocol,
-            reader=stores.train,
-            images_N=held_out_N,
-        )
-        if held_out_N.any()
-        else ev
+    if not data.held_out_N.any():
+        return ev, ev
+    sel = evaluate_seg(
+        sweep,
+        stores,
+        data.norm,
+        train_on_other=pc.train_on_other,
+        protocol=pc.protocol,
+        reader=stores.train,
+        images_N=data.held_out_N,
     )
-    t2 = time.perf_counter()
+    return ev, sel
 
+
+def seg_sweep_rows(sweep: ProbeSweep, ev: SegEvaluation, sel: SegEvaluation, protocol: str) -> list[dict[str, float]]:
+    """One row per member (fractions): ``train_loss``, the val metrics (:func:`seg_metrics`) and
+    ``selection_pixel_miou`` (pixel-level mIoU on the selection images)."""
     rows = []
-    for k in range(len(members)):
+    for k in range(sweep.n_members):
         row = {"train_loss": float(sweep.train_loss_M[k])}
-        row.update(seg_metrics(ev.patch_conf_MCC[k], ev.pixel_conf_MCC[k], pc.protocol))
-        row["selection_pixel_miou"] = seg_metrics(sel.patch_conf_MCC[k], sel.pixel_conf_MCC[k], pc.protocol)[
-            "pixel_miou"
-        ]
+        row.update(seg_metrics(ev.patch_conf_MCC[k], ev.pixel_conf_MCC[k], protocol))
+        row["selection_pixel_miou"] = seg_metrics(sel.patch_conf_MCC[k], sel.pixel_conf_MCC[k], protocol)["pixel_miou"]
         rows.append(row)
-    table = sweep_table(members, rows)
-    device_name = describe_device(device)
-    table["protocol"] = pc.protocol
-    table["miou_definition"] = MIOU_DEFINITION
-    table["random_weights"] = stores.random_weights
-    table["device"] = device_name
-    best = best_member(table, "selection_pixel_miou")
-    table["best"] = table["member"] == best
-    best_row = table.loc[table["member"] == best].iloc[0]
-    best_metrics = {k: float(best_row[k]) for k in rows[0]}
-    where = (
-        "val (selection_fraction 0: saev's choice, optimistic)"
-        if not held_out_N.any()
-        else (
-            f"{int(held_out_N.sum())} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})"
-        )
-    )
-    selection = {
-        "metric": "pixel_miou",
-        "on": where,
-        "fraction": pc.selection_fraction,
-        "seed": pc.selection_seed,
-        "n_images": int(held_out_N.sum()),
-        "best_selection_pixel_miou": float(best_row["selection_pixel_miou"]),
-        "best_val_pixel_miou": float(best_row["pixel_miou"]),
-        "image_ids": [str(stores.train.image_ids[i]) for i in np.flatnonzero(held_out_N)],
-    }
+    return rows
 
-    table = units.to_pct(table, [k for k in rows[0] if k != "train_loss"])  # metrics in percent (pipeline.units)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "sweep.csv", index=False)
 
-    conf = ev.pixel_conf_MCC[best]
-    names = stores.class_names
-    iou_C = metrics.iou_per_class(conf)
-    scored_C = ~np.isin(np.arange(stores.n_classes), metrics.protocol_exclude(pc.protocol))
+def write_per_class_iou(
+    conf_CC: np.ndarray, pixel_count_C: np.ndarray, stores: ProbeStores, protocol: str, out_dir: Path
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Writes ``per_class_iou.csv`` (the best member's pixel-level IoU per class, in percent;
+    NaN for classes the protocol ignores); returns that table and ``scored_C`` (bool [C]: the
+    classes the protocol scores)."""
+    iou_C = metrics.iou_per_class(conf_CC)
+    scored_C = ~np.isin(np.arange(stores.n_classes), metrics.protocol_exclude(protocol))
     per_class = pd.DataFrame(
         {
             "class_id": np.arange(stores.n_classes),
-            "class_name": list(names),
+            "class_name": list(stores.class_names),
             "iou": iou_C,
-            "n_pixels": ev.pixel_count_C,
-            "in_miou": scored_C & (conf.sum(axis=1) > 0),
-            "protocol": pc.protocol,
+            "n_pixels": pixel_count_C,
+            "in_miou": scored_C & (conf_CC.sum(axis=1) > 0),
+            "protocol": protocol,
             "random_weights": stores.random_weights,
         }
     )
     per_class.loc[~scored_C, "iou"] = np.nan  # ignored under the protocol (ade20k: class 0), never scored
     per_class = units.to_pct(per_class, ["iou"])
     per_class.to_csv(out_dir / "per_class_iou.csv", index=False)
+    return per_class, scored_C
 
-    member = members[best]
-    meta = best_meta(
-        "seg",
-        pc,
-        stores,
-        norm,
-        members,
-        best,
-        best_metrics,
-        selected_by=f"pixel_miou on {where}",
-        selection=selection,
-        provenance=record(cfg, "probe-seg"),
-        miou_definition=MIOU_DEFINITION,
-        device_name=device_name,
-        threads=threads,
-        seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        protocol=protocol_text(pc.protocol),
-        input=f"final_norm(output of block {stores.block}) at the patch tokens, float32",
-        n_train_patches=n_train,
-        n_val_images=int(stores.val.valid.sum()),
-        n_selection_images=int(held_out_N.sum()),
-    )
-    save_probe(out_dir / "best", member_state(sweep, best), meta)
 
+def write_seg_figures(
+    pc,
+    stores: ProbeStores,
+    sweep: ProbeSweep,
+    ev: SegEvaluation,
+    best: int,
+    *,
+    table: pd.DataFrame,
+    per_class: pd.DataFrame,
+    scored_C: np.ndarray,
+    best_metrics: dict[str, float],
+    out_dir: Path,
+) -> None:
+    """Writes ``sweep.*`` (val pixel mIoU per member), ``epochs.csv`` + ``epochs.*``,
+    ``per_class_iou.*`` (scored classes, best member) and ``examples.png``."""
+    member = sweep.members[best]
     figures.sweep_chart(
         table,
         out_dir / "sweep",
@@ -458,12 +460,10 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         metric_title=f"val mIoU, pixel level (block {stores.block})",
         random_weights=stores.random_weights,
     )
-    epoch_rows = units.to_pct(epoch_table(sweep), ["val_patch_miou"])
-    epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
-    figures.epoch_chart(
-        epoch_rows,
-        out_dir / "epochs",
-        metric="val_patch_miou_pct",
+    write_epochs(
+        sweep,
+        out_dir,
+        "val_patch_miou",
         metric_title="val mIoU, patch level",
         best_slug=member.slug,
         random_weights=stores.random_weights,
@@ -483,6 +483,73 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         out_dir / "examples.png",
         title=f"Linear probe, {pc.cache.model} block {stores.block} on {pc.cache.dataset} val",
     )
+
+
+def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
+    """Train the sweep on the train split, evaluate on val, write the outputs; return a summary.
+    ``ctx``: the step's RunContext (default: one started here)."""
+    pc, threads, device, stores, out_dir = probe_setup(cfg, "seg", out_dir, ctx)
+    data = seg_training_data(cfg, pc, stores, device)
+    members = member_grid(pc.lrs, pc.weight_decays)
+
+    t0 = time.perf_counter()
+    sweep = fit_seg_sweep(pc, stores, data, members, device=device, progress=progress)
+    t1 = time.perf_counter()
+    ev, sel = evaluate_members(pc, stores, data, sweep)
+    t2 = time.perf_counter()
+
+    rows = seg_sweep_rows(sweep, ev, sel, pc.protocol)
+    device_name = describe_device(device)
+    table, best = sweep_with_best(
+        members,
+        rows,
+        "selection_pixel_miou",
+        protocol=pc.protocol,
+        miou_definition=MIOU_DEFINITION,
+        random_weights=stores.random_weights,
+        device=device_name,
+    )
+    best_row = table.loc[table["member"] == best].iloc[0]
+    best_metrics = {k: float(best_row[k]) for k in rows[0]}
+    image_ids = [str(stores.train.image_ids[i]) for i in np.flatnonzero(data.held_out_N)]
+    selection = selection_record(pc, "pixel_miou", best_row, image_ids)
+
+    table = write_sweep_csv(table, rows[0], out_dir)
+    per_class, scored_C = write_per_class_iou(ev.pixel_conf_MCC[best], ev.pixel_count_C, stores, pc.protocol, out_dir)
+    meta = best_meta(
+        "seg",
+        pc,
+        stores,
+        data.norm,
+        members,
+        best,
+        best_metrics,
+        selected_by=f"pixel_miou on {selection['on']}",
+        selection=selection,
+        provenance=record(cfg, "probe-seg"),
+        miou_definition=MIOU_DEFINITION,
+        device_name=device_name,
+        threads=threads,
+        seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
+        protocol=protocol_text(pc.protocol),
+        input=f"final_norm(output of block {stores.block}) at the patch tokens, float32",
+        n_train_patches=data.n_train,
+        n_val_images=int(stores.val.valid.sum()),
+        n_selection_images=len(image_ids),
+    )
+    save_probe(out_dir / "best", member_state(sweep, best), meta)
+    write_seg_figures(
+        pc,
+        stores,
+        sweep,
+        ev,
+        best,
+        table=table,
+        per_class=per_class,
+        scored_C=scored_C,
+        best_metrics=best_metrics,
+        out_dir=out_dir,
+    )
     t3 = time.perf_counter()
 
     return {
@@ -490,7 +557,7 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         "out": str(out_dir),
         "best": meta["member"],
         "metrics": best_metrics,
-        "selected_on": where,
+        "selected_on": selection["on"],
         "selection_pixel_miou": selection["best_selection_pixel_miou"],
         "val_pixel_miou": selection["best_val_pixel_miou"],
         "protocol": pc.protocol,
