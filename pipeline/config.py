@@ -378,7 +378,7 @@ def resolve_auto_counts(section: dict, device: str = "auto") -> dict:
     """
     if "auto" not in section.values():
         return section
-    from pipeline.runtime import available_cpus
+    from pipeline.runtime import available_cpus  # imports torch: the config stays torch-free
 
     n = available_cpus()
     if {"num_workers", "write_threads"} & {k for k, v in section.items() if v == "auto"} and _gpu_device(device):
@@ -393,7 +393,7 @@ def _gpu_device(device: str) -> bool:
     """Whether the forward runs on a GPU (``runtime.resolve_device``'s answer; imports torch for auto)."""
     if device in ("cpu", "mps"):
         return False
-    from pipeline.runtime import resolve_device
+    from pipeline.runtime import resolve_device  # imports torch: the config stays torch-free
 
     try:
         return resolve_device(device).type == "cuda"

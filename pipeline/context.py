@@ -28,6 +28,8 @@ from typing import Any
 import torch
 
 from pipeline.config import CacheRef, Config
+from pipeline.provenance import check_store, check_weights
+from pipeline.runtime import describe_device, resolve_device, set_threads
 
 
 @dataclass
@@ -42,8 +44,6 @@ class RunContext:
     def start(cls, cfg: Config, *, device: str | torch.device | None = None, threads: int | None = None) -> RunContext:
         """Set torch's threads (``threads``, default the config's; capped at the CPUs available).
         ``device`` overrides the config's device (resolved on first use of :attr:`device`)."""
-        from pipeline.runtime import set_threads
-
         return cls(cfg, set_threads(cfg.threads if threads is None else threads), device)
 
     @property
@@ -51,21 +51,16 @@ class RunContext:
         """The requested (else configured) device, resolved once: ``auto`` → cuda when there is one;
         ``cuda`` without one raises :class:`pipeline.runtime.DeviceError`."""
         if self._device is None:
-            from pipeline.runtime import resolve_device
-
             req = self.requested_device
             self._device = req if isinstance(req, torch.device) else resolve_device(req or self.cfg.device)
         return self._device
 
     def describe_device(self) -> str:
-        from pipeline.runtime import describe_device
-
         return describe_device(self.device)
 
     def store(self, ref: CacheRef, split: str):
         """The store of (ref, split), checked against the config (opened once per context)."""
-        from pipeline.cache import CacheReader
-        from pipeline.provenance import check_store
+        from pipeline.cache import CacheReader  # dask, zarr, xarray: only for steps that open a store
 
         key = (ref.model, ref.dataset, split)
         if key not in self._stores:
@@ -75,8 +70,7 @@ class RunContext:
 
     def backbone(self, ref: CacheRef, store) -> tuple[Any, dict]:
         """The model of ``ref`` on the context's device, refused unless it has the weights ``store`` was extracted with."""
-        from pipeline.models import load_backbone
-        from pipeline.provenance import check_weights
+        from pipeline.models import load_backbone  # transformers: only for steps that run the model
 
         backbone, model_provenance = load_backbone(self.cfg.model(ref.model).spec, device=self.device)
         check_weights(store.attrs, model_provenance, store.path)
@@ -84,6 +78,6 @@ class RunContext:
 
     def sae(self, path: Path, store) -> tuple[Any, dict, Any]:
         """``(sae, header cfg, scaling)`` from ``path``, refused unless it applies to ``store`` (model, block, width)."""
-        from pipeline.sae.stages import load_sae_for
+        from pipeline.sae.stages import load_sae_for  # import cycle: pipeline.sae.stages imports this module
 
         return load_sae_for(self.cfg, Path(path), store)

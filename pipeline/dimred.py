@@ -73,6 +73,7 @@ import torch
 from torch import Tensor
 
 from pipeline.cache.reader import CacheReader
+from pipeline.config import ConfigError
 from pipeline.cache.stream import token_rows
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ class LinearReduction:
 
 def fit_pca(x_ND: np.ndarray, n_components: int, *, seed: int = 0) -> LinearReduction:
     """sklearn PCA of a standardised sample, ``n_components`` kept (solver: see the module docstring)."""
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # scikit-learn: only when this method runs
 
     n, dim = x_ND.shape
     solver = "full" if n * dim <= PCA_FULL_SVD_MAX_ELEMENTS else "covariance_eigh"
@@ -302,7 +303,7 @@ def fit_pca(x_ND: np.ndarray, n_components: int, *, seed: int = 0) -> LinearRedu
 
 def fit_random_projection(x_ND: np.ndarray, n_components: int, *, seed: int = 0) -> LinearReduction:
     """sklearn GaussianRandomProjection at ``n_components``, seeded; dim d = first d rows x sqrt(K/d)."""
-    from sklearn.random_projection import GaussianRandomProjection
+    from sklearn.random_projection import GaussianRandomProjection  # scikit-learn: only when this method runs
 
     grp = GaussianRandomProjection(n_components=n_components, random_state=seed)
     grp.fit(x_ND)
@@ -333,7 +334,7 @@ class HNNEReduction:
     method = "hnne"
 
     def __init__(self, x_ND: np.ndarray, dims: Sequence[int], *, seed: int = 0):
-        from hnne import HNNE
+        from hnne import HNNE  # only when this method runs
 
         np.random.seed(seed)  # older h-NNE releases drew from numpy's global generator
         base = HNNE(metric="cosine", random_state=seed)
@@ -374,8 +375,6 @@ def fit_reductions(
             out[method] = fit_random_projection(x_ND, k, seed=seed)
         elif method == "hnne":
             if not hnne_available():  # a dependency: a broken install is an error, not a silent skip
-                from pipeline.config import ConfigError
-
                 raise ConfigError(
                     "dimred/methods: hnne needs the hnne package (a dependency of this project: "
                     "pip install -e . installs it with numba, pynndescent and finch-clust)"

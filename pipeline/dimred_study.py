@@ -80,6 +80,7 @@ from torch import Tensor
 import pipeline
 from pipeline import cluster_probe, crf, dimred, layout, metrics, units
 from pipeline.config import Config, ConfigError, DimredConfig, schema_default, to_jsonable
+from pipeline.context import RunContext
 from pipeline.data import store_image_loader
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
 from pipeline.progress import Progress
@@ -460,8 +461,6 @@ def run_dimred_study(cfg: Config, *, progress: bool = True, ctx=None) -> dict:
     dc = cfg.dimred
     if dc is None:
         raise ConfigError(f"{cfg.source}: key dimred: missing; the study needs it (cache, layer, methods, dims)")
-    from pipeline.context import RunContext
-
     ctx = ctx or RunContext.start(cfg)
     threads, device = ctx.threads, ctx.device
     stores = open_probe_stores(cfg, dc.cache, layer=dc.layer, task="segmentation", n_classes=None, key="dimred")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import SPLITS, CacheRef, Config, ConfigError, sae_is_imported
+from pipeline.probe_kinds import PROBE_KINDS, probe_section
 
 # ---------------------------------------------------------------------------- file lists
 
@@ -115,8 +116,6 @@ def stats_path(cfg: Config, ref: CacheRef, split: str) -> Path:
 
 def probe_dir(cfg: Config, kind: str) -> Path:
     """``results/probes/<kind>/<model>/<dataset>`` of the configured probe of that kind."""
-    from pipeline.probe_kinds import probe_section
-
     section = probe_section(cfg, kind)
     if section is None:
         raise ConfigError(f"{cfg.source}: key probes/{kind}: missing")
@@ -135,8 +134,6 @@ def probe_stem(cfg: Config, kind: str = "seg") -> Path:
 
 def probe_files(kind: str) -> tuple[str, ...]:
     """File names a probe of this kind writes in its folder: the shared ones and the kind's own."""
-    from pipeline.probe_kinds import PROBE_KINDS
-
     return PROBE_COMMON_FILES + PROBE_KINDS[kind].files
 
 
@@ -329,8 +326,6 @@ STEP_OUTPUTS: dict[str, Callable[[Config, dict], Outputs]] = {
 
 def step_outputs(cfg: Config, step: str, **keys) -> Outputs:
     """What ``python -m pipeline STEP`` (and so its rule) writes, for the step's keys."""
-    from pipeline.probe_kinds import PROBE_KINDS
-
     for kind, pk in PROBE_KINDS.items():
         if step == pk.step:
             return _probe(kind)(cfg, keys)

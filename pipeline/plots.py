@@ -240,7 +240,7 @@ def class_palette(n_classes: int, class_names: Sequence[str] | None = None) -> n
     if n_real <= 7:
         colours = [hex_rgb(h) for h in OKABE_ITO if h.upper() != "#000000"][:n_real]
     else:
-        import colorcet
+        import colorcet  # ~0.1 s: only for more than 7 classes
 
         # dark colours next to "other"'s grey are left out (a few of the 256): ~240 remain
         glasbey = [

@@ -84,6 +84,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 __all__ = [
     "DATASETS",
     "MANIFEST",
@@ -343,15 +345,13 @@ def _plan_cub(src: Path, work: Path, keep_background: bool) -> tuple[Plan, dict]
 
 
 def _load_mat_ids(path: Path, name: str) -> list[int]:
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # scipy: only for the .mat split files of one dataset
 
     data = loadmat(path, squeeze_me=True)
     if name not in data:
         raise ValueError(
             f"{path}: variable {name!r} not found (have {sorted(k for k in data if not k.startswith('__'))})"
         )
-    import numpy as np
-
     arr = np.atleast_1d(np.asarray(data[name])).ravel()
     ids = [int(v) for v in arr]
     if any(float(v) != i for v, i in zip(arr.tolist(), ids)):

@@ -28,6 +28,7 @@ Reads nothing; writes nothing.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -203,7 +204,5 @@ def configured(cfg: Config) -> list[ProbeKind]:
 
 def run_kind(kind: str, cfg: Config, **kwargs) -> dict:
     """Import the kind's module and run its step."""
-    import importlib
-
     module, func = PROBE_KINDS[kind].run.split(":")
     return getattr(importlib.import_module(module), func)(cfg, **kwargs)

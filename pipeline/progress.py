@@ -152,7 +152,7 @@ def dask_progress(what: str, *, enabled: bool = True, interval: float | None = N
 
     A dask distributed cluster runs tasks elsewhere: its dashboard shows progress instead.
     """
-    from dask.callbacks import Callback
+    from dask.callbacks import Callback  # dask: only for the steps that compute with it
 
     class _Tasks(Callback):
         bar: Progress | None = None

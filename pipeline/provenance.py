@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import CacheRef, Config, ConfigError, QuantifyConfig, stable_hash, to_jsonable
+from pipeline.models.spec import weight_files
 from pipeline.probe_kinds import PROBE_KINDS, probe_section
 from pipeline.stages import EXTRACT_KEYS, QUANTIFY_KEYS, SAE_TRAIN_KEYS, STAGES, Keys, Stage  # noqa: F401  (re-exported)
 
@@ -305,8 +306,6 @@ def check_plan(cfg: Config) -> None:
 def weights_inputs(cfg: Config, model: str) -> list[str]:
     """A local model folder's ``config.json`` and weight files, as workflow inputs (a newer file
     reschedules extraction); nothing for a hub id (its revision is in the extraction's keys)."""
-    from pipeline.models.spec import weight_files
-
     folder = Path(str(cfg.model(model).spec.source)).expanduser()
     if not (folder / "config.json").is_file():
         return []

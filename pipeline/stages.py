@@ -22,6 +22,7 @@ Reads the config only; imports no torch.
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,6 @@ class Stage:
     def run(self, ctx, args) -> object:
         """Do the step: ``target`` imported now (so --help imports no torch), called with the
         started RunContext (None for a step without a config: prepare) and the parsed args."""
-        import importlib
-
         module, func = self.target.split(":")
         return getattr(importlib.import_module(module), func)(ctx, args)
 

@@ -40,10 +40,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dask
+import dask.array as da
 import numpy as np
 
 from pipeline.cache.store import CacheError, CacheIncompleteError, open_group
+from pipeline.config import CacheRef
+from pipeline.layout import stats_path
 from pipeline.progress import dask_progress
+from pipeline.provenance import record
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +118,12 @@ def _finish(sums: np.ndarray, shift_D: np.ndarray) -> dict[str, Any]:
 @contextmanager
 def _dask_scheduler(scheduler: str | None, threads: int | None):
     """Local threads (``threads`` workers), or a distributed scheduler at ``scheduler``."""
-    import dask
-
     if not scheduler:
         with dask.config.set(scheduler="threads", num_workers=threads):
             yield "local threads" + (f" ({threads})" if threads else "")
         return
     try:
-        from distributed import Client
+        from distributed import Client  # optional package: only for --scheduler
     except ImportError as err:
         raise RuntimeError(
             f"--scheduler {scheduler}: connecting to a dask cluster needs the 'distributed' package, "
@@ -150,9 +153,6 @@ def compute_stats(
     local threads (``threads`` of them; None = dask's default) do the work. If a
     ``distributed.Client`` is already active in this process, dask uses it anyway.
     """
-    import dask
-    import dask.array as da
-
     store = Path(store)
     group = open_group(store)
     attrs = dict(group.attrs)
@@ -274,10 +274,7 @@ def run_stats(
     cfg, model: str, dataset: str, split: str, *, scheduler: str | None = None, out: Path | None = None
 ) -> dict[str, Any]:
     """The ``stats`` step: compute and write the stats of one store; return a short summary."""
-    from pipeline.config import CacheRef
-    from pipeline.layout import stats_path
-    from pipeline.provenance import record
-    from pipeline.runtime import available_cpus
+    from pipeline.runtime import available_cpus  # imports torch: this module stays torch-free
 
     store = cfg.store(CacheRef(model, dataset), split)
     threads = max(1, min(int(cfg.threads), available_cpus()))

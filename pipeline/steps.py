@@ -7,8 +7,9 @@ lands here: each function reads the parsed ``args`` and the context (config, thr
 checked stores), calls the stage's module and returns the JSON summary ``__main__`` prints.
 ``ctx`` is None only for ``prepare``, which takes no config.
 
-Each function imports its stage module when called, so ``--help`` and a config error import no
-torch.
+Each function imports its stage module when called (the function-local imports below), so
+``--help`` and a config error import no torch, transformers or dask; the torch-free modules
+(config, layout, provenance, probe_kinds, demo data, prepare) are imported at the top.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import CacheRef, Config, ConfigError
+import numpy as np
+
+from pipeline.config import CacheRef, Config, ConfigError, ManipulateConfig, ManipulateExample
+from pipeline.data.demo import make_classification_demo, make_segmentation_demo
+from pipeline.layout import class_f1_path, latents_zarr, probe_stem, quantify_dir, quantitative_csv, sae_checkpoint
+from pipeline.prepare import _run
+from pipeline.probe_kinds import run_kind
+from pipeline.provenance import record, require_quantify
 
 if TYPE_CHECKING:  # the context module imports torch
     from pipeline.context import RunContext
@@ -40,7 +48,6 @@ def _mark_complete(folder, result: dict) -> None:
 
 
 def run_demo_data(ctx: RunContext, args: argparse.Namespace) -> dict:
-    from pipeline.data.demo import make_classification_demo, make_segmentation_demo
 
     cfg = ctx.cfg
     spec = _demo_entry(cfg, "datasets", args.name)
@@ -73,7 +80,6 @@ def run_demo_model(ctx: RunContext, args: argparse.Namespace) -> dict:
 
 def run_extract(ctx: RunContext, args: argparse.Namespace) -> dict:
     from pipeline.extract import extract, write_part_sentinel
-    from pipeline.provenance import record
 
     cfg = ctx.cfg
     report = extract(
@@ -94,7 +100,6 @@ def run_extract(ctx: RunContext, args: argparse.Namespace) -> dict:
 
 def run_finalize(ctx: RunContext, args: argparse.Namespace) -> dict:
     from pipeline.cache import finalize
-    from pipeline.provenance import record
 
     cfg = ctx.cfg
     summary = finalize(cfg.store(CacheRef(args.model, args.dataset), args.split))
@@ -110,7 +115,6 @@ def run_finalize(ctx: RunContext, args: argparse.Namespace) -> dict:
 
 def run_prepare(ctx: None, args: argparse.Namespace) -> int:
     """``prepare`` takes no config (hence no context): its own entry point."""
-    from pipeline.prepare import _run
 
     return _run(args)
 
@@ -153,7 +157,6 @@ def run_sae_gallery(ctx: RunContext, args: argparse.Namespace) -> dict:
 
 def run_probe(ctx: RunContext, args: argparse.Namespace) -> dict:
     """``probe-<kind>``: the kind (``args.probe``, set by its sub-command) runs its sweep."""
-    from pipeline.probe_kinds import run_kind
 
     return run_kind(args.probe, ctx.cfg, out_dir=args.out, progress=not args.no_progress, ctx=ctx)
 
@@ -169,8 +172,6 @@ def run_dimred(ctx: RunContext, args: argparse.Namespace) -> dict:
 
 def run_class_f1(ctx: RunContext, args: argparse.Namespace) -> dict:
     from pipeline.feature_selection import class_latent_f1, save_f1
-    from pipeline.layout import class_f1_path, sae_checkpoint
-    from pipeline.provenance import record, require_quantify
 
     cfg = ctx.cfg
     q = require_quantify(cfg)  # upstream outputs were checked by provenance.check_cli_step
@@ -192,19 +193,14 @@ def run_class_f1(ctx: RunContext, args: argparse.Namespace) -> dict:
 
 def run_propose(ctx: RunContext, args: argparse.Namespace) -> dict:
     from pipeline.proposals import write_proposals
-    from pipeline.provenance import require_quantify
 
     return write_proposals(ctx.cfg, require_quantify(ctx.cfg))
 
 
 def run_quantify(ctx: RunContext, args: argparse.Namespace) -> dict:
-    import numpy as np
-
     from pipeline.feature_selection import load_f1
     from pipeline.interventions import LatentEditor, ReforwardPredictor
-    from pipeline.layout import class_f1_path, latents_zarr, probe_stem, quantify_dir, quantitative_csv, sae_checkpoint
     from pipeline.probes import load_probe
-    from pipeline.provenance import require_quantify
     from pipeline.quantify import provenance_columns, resolve_manual, run, write_outputs
     from pipeline.sae import load_latent_stats
 
@@ -267,7 +263,6 @@ def run_quantify(ctx: RunContext, args: argparse.Namespace) -> dict:
 
 
 def run_manipulate(ctx: RunContext, args: argparse.Namespace) -> dict:
-    from pipeline.config import ManipulateConfig, ManipulateExample
     from pipeline.manipulate import Manipulator, run_example
 
     cfg = ctx.cfg

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.config import config_from_dict
+from pipeline.data.demo import make_classification_demo, make_segmentation_demo
+
 TINY_CONFIG = {
     "paths": {"resources": "resources", "cache": "cache", "results": "results"},
     "threads": 2,
@@ -66,9 +69,7 @@ def write_config(folder: Path, overrides: dict | None = None, name: str = "confi
 
 def build_demo_assets(folder: Path, config: dict | None = None) -> None:
     """Generate the tiny config's datasets and models in-process (fast: no interpreter start-up)."""
-    from pipeline.config import config_from_dict
-    from pipeline.data.demo import make_classification_demo, make_segmentation_demo
-    from pipeline.models import build_demo_model
+    from pipeline.models import build_demo_model  # transformers: only when models are built
 
     raw = config or TINY_CONFIG
     cfg = config_from_dict(raw)
@@ -97,8 +98,6 @@ def benchmark_project(
 ):
     """A 224 px segmentation dataset and a DINOv2-architecture model of the given size, built in
     ``folder`` for the benchmarks; returns the validated Config (one cache: dino/seg)."""
-    from pipeline.config import config_from_dict
-
     raw = deep_update(
         TINY_CONFIG,
         {

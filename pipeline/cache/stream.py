@@ -25,7 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
+import psutil
 import torch
+from numcodecs import blosc
+from zarr.codecs import BloscCodec, BytesCodec
 
 from pipeline.cache.reader import CacheReader
 
@@ -113,8 +116,6 @@ class ChunkDecoder:
     """
 
     def __init__(self, reader: CacheReader) -> None:
-        from zarr.codecs import BloscCodec, BytesCodec
-
         self.reader = reader
         acts = reader.group["acts"]
         meta = acts.metadata
@@ -140,8 +141,6 @@ class ChunkDecoder:
         touch). The compressed bytes are decoded from a read-only ``mmap`` of the chunk file: no
         copy of them into the process (measured ~1.5× faster than ``read`` + decode here).
         """
-        from numcodecs import blosc
-
         li = self.reader.layer_index(layer)
         c = self.chunk_shape[0]
         if self.direct and start % c == 0:
@@ -398,8 +397,6 @@ def free_memory(device: torch.device) -> int:
     """Free bytes on ``device``: CUDA's ``mem_get_info``, else available host memory (psutil)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
-
     return int(psutil.virtual_memory().available)
 
 

@@ -20,6 +20,7 @@ segfolder           <root>/classes.txt, <root>/<split>/images/*, <root>/<split>/
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass
@@ -162,8 +163,6 @@ def read_object_info(path: Path) -> tuple[str, ...]:
     Name`` rows, tab- or space-separated) or ``objectInfo*.csv`` (the same columns, comma-separated,
     names quoted).  Returns (name_1, ..., name_N)."""
     if path.suffix.lower() == ".csv":
-        import csv
-
         with open(path, encoding="utf-8", newline="") as fd:
             rows = [r for r in csv.reader(fd) if any(f.strip() for f in r)]
         lines = ["\t".join(f.strip() for f in r) for r in rows]

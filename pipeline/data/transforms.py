@@ -123,7 +123,7 @@ def preprocess_image(img: Image.Image, pre: Preprocess) -> torch.Tensor:
 
     Raises ValueError if ``img`` is not mode "RGB" (use ``load_rgb`` first).
     """
-    import torch
+    import torch  # the config imports this module and stays torch-free
 
     if img.mode != "RGB":
         raise ValueError(f"preprocess_image needs an RGB image, got mode {img.mode!r}")

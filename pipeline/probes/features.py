@@ -200,7 +200,7 @@ class FinalNorm:
     """
 
     def __init__(self, cfg: Config, stores: ProbeStores, device: torch.device):
-        from pipeline.models import load_backbone
+        from pipeline.models import load_backbone  # transformers: when a final norm is built
 
         model = cfg.model(stores.ref.model)
         self.backbone, self.provenance = load_backbone(model.spec, device=device)

@@ -20,11 +20,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from pipeline.probes.linear import best_member
 from pipeline.plots import (
     OKABE_ITO,
     OTHER_COLOUR,
     RANDOM_WEIGHTS_NOTE,
     SEQUENTIAL_SCHEME,
+    category_colours,
     class_palette,
     hex_rgb,
     label_font,
@@ -71,8 +73,6 @@ def sweep_chart(
     ``df`` is a :func:`pipeline.probes.linear.sweep_table` (columns ``lr``, ``weight_decay``,
     ``metric``). ``percent``: the metric is in percent (a ``_pct`` column).
     """
-    from pipeline.probes.linear import best_member
-
     stem = _check_stem(stem)
     for col in ("lr", "weight_decay", metric):
         if col not in df.columns:
@@ -376,10 +376,6 @@ def epoch_chart(
     """Per-epoch curves of a probe sweep (``epoch_table``): training loss and ``metric``, one line
     per member, the best member thick and black; saved via ``save_chart``. ``percent``: ``metric``
     is in percent (a ``_pct`` column)."""
-    import altair as alt
-
-    from pipeline.plots import category_colours, save_chart, title_with_note
-
     data = table.copy()
     data["best"] = data["slug"] == best_slug
     long = data.melt(id_vars=["epoch", "slug", "best"], value_vars=["train_loss", metric], var_name="term")

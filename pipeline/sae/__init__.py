@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name == "write_gallery":
-        from .gallery import write_gallery
+        from .gallery import write_gallery  # altair (via pipeline.plots): on first use only
 
         return write_gallery
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

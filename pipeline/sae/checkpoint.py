@@ -47,6 +47,7 @@ from safetensors.torch import save_file
 
 from .. import __version__
 from .model import ENCODER_PLAIN, ENCODER_SUBTRACT, SparseAutoencoder
+from .saev_history import SCHEMA1_FIRST_PLAIN, schema1_subtracts_b_dec
 from .scaling import InputScaling
 
 SCHEMA_VERSION = 2
@@ -187,8 +188,6 @@ def _interpret_header(path: Path, header: dict) -> tuple[dict, bool, InputScalin
     if "d_model" not in cfg and "d_vit" in cfg:
         cfg["d_model"] = cfg["d_vit"]
     if schema == 1:
-        from .saev_history import SCHEMA1_FIRST_PLAIN, schema1_subtracts_b_dec
-
         subtracts = schema1_subtracts_b_dec(header.get("commit"))
         if subtracts is not None:
             cfg["encoder_from_commit"] = (

@@ -229,9 +229,9 @@ def density_chart(ds: xr.Dataset, stem: Path, *, random_weights: bool, title: st
     """saev's feature-density views of one SAE, side by side, via ``save_chart``:
     the histogram of log10 firing frequency (latents that fired; the dead count in the title),
     and log10 frequency vs log10 mean value when firing, one point per latent."""
-    import altair as alt
+    import altair as alt  # charts only: pipeline.sae imports no altair
 
-    from ..plots import save_chart, title_with_note
+    from ..plots import save_chart, title_with_note  # imports altair
 
     freq = np.asarray(ds["freq"].values, dtype=np.float64)
     value = np.asarray(ds["mean_value"].values, dtype=np.float64)

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -92,8 +93,11 @@ from pipeline.layout import sae_dir, stats_path
 from pipeline.provenance import record
 from pipeline.stats import read_stats
 from pipeline.config import sae_is_imported, sae_train_ref, CacheRef, Config, ConfigError, SAEConfig
+from pipeline.context import RunContext
+from pipeline.progress import SAESweepProgress
+from pipeline.runtime import describe_device
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .latents import density_chart, latent_stats, load_latent_stats, save_latent_stats, select_latents
 from .scaling import InputScaling, scaling_from_stats
 from .train import (
@@ -372,10 +376,6 @@ def run_train(
 ) -> dict[str, Any]:
     """Train the sweep from the cache, write the outputs; return a summary. ``ctx``: the step's
     RunContext (default: one started here on ``device``, else the config's)."""
-    from pipeline.context import RunContext
-    from pipeline.progress import SAESweepProgress
-    from pipeline.runtime import describe_device
-
     sc = require_sae(cfg)
     if is_imported(sc):
         return run_import(cfg, out_dir=out_dir)
@@ -672,8 +672,6 @@ def saev_scaling(
 
 
 def sha256_file(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as fd:
         for block in iter(lambda: fd.read(1 << 20), b""):
@@ -690,7 +688,7 @@ def resolve_checkpoint(cfg: Config) -> tuple[Path, dict[str, Any]]:
             raise ConfigError(f"{cfg.source}: key sae/source/checkpoint: {path} does not exist")
         record: dict[str, Any] = {"kind": "checkpoint", "path": str(path)}
     else:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # only for an SAE imported from the hub
 
         try:
             path = Path(hf_hub_download(repo_id=src.repo, filename=src.file, revision=src.revision))
@@ -759,8 +757,6 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     if prov["model_weights_sha256"] is None:
         log.warning("%s records no model weights hash: checked width (and block when recorded) only", path)
     out.mkdir(parents=True, exist_ok=True)
-    from .checkpoint import save_checkpoint
-
     save_checkpoint(out / "sae.pt", sae, cfg=prov, scaling=scaling)
     _write_json(
         out / "chosen.json", {"member": "imported", "checkpoint": str(out / "sae.pt"), **prov, "created": _now()}
@@ -781,8 +777,6 @@ def run_latents(
 ) -> dict[str, Any]:
     """Latent statistics of ``sae.pt`` over the train store's patch tokens. ``ctx``: the step's
     RunContext (default: one started here on ``device``, else the config's)."""
-    from pipeline.context import RunContext
-
     sc = require_sae(cfg)
     dev = (ctx or RunContext.start(cfg, device=device)).device
     reader = _open(cfg, sc.cache, "train")
@@ -880,7 +874,7 @@ def spread_by_frequency(ds, candidates: np.ndarray, n: int) -> np.ndarray:
 
 def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     """Write the gallery of ``gallery_latents`` selected latents."""
-    from .gallery import write_gallery
+    from .gallery import write_gallery  # altair (via pipeline.plots): only for the gallery step
 
     sc = require_sae(cfg)
     reader = _open(cfg, sc.cache, "train")

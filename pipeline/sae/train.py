@@ -601,9 +601,9 @@ def sweep_chart(df: pd.DataFrame, stem: str | Path, *, random_weights: bool) -> 
     """Scatter L0 (x) vs normalised MSE (y), one panel per learning rate; colour λ, shape
     expansion factor; the member used downstream (``chosen`` column, when present) ringed and
     labelled. Saved via save_chart."""
-    import altair as alt
+    import altair as alt  # charts only: pipeline.sae imports no altair
 
-    from ..plots import SEQUENTIAL_SCHEME, save_chart, title_with_note
+    from ..plots import SEQUENTIAL_SCHEME, save_chart, title_with_note  # imports altair
 
     data = df.copy()
     data["exp_factor"] = data["exp_factor"].astype(str)
@@ -686,9 +686,9 @@ HISTORY_PANELS = {"loss": "loss", "mse": "MSE", "l1": "L1 (Σ f)", "l0": "L0", "
 def history_chart(history: pd.DataFrame, stem: str | Path, *, chosen: str | None, random_weights: bool) -> list[Path]:
     """Training curves over tokens seen: one small panel per ``HISTORY_PANELS`` term, one line per
     member (``label`` column), the chosen member drawn thick and black; saved via save_chart."""
-    import altair as alt
+    import altair as alt  # charts only: pipeline.sae imports no altair
 
-    from ..plots import category_colours, save_chart, title_with_note
+    from ..plots import category_colours, save_chart, title_with_note  # imports altair
 
     data = history.melt(id_vars=["label", "n_tokens"], value_vars=list(HISTORY_PANELS), var_name="term")
     data["term"] = data["term"].map(HISTORY_PANELS)
