@@ -371,16 +371,10 @@ def _provenance(cfg: Config, train: CacheReader, val: CacheReader | None, block:
     }
 
 
-def run_train(
-    cfg: Config, *, out_dir: Path | None = None, progress: bool = True, device: str | None = None, ctx=None
-) -> dict[str, Any]:
-    """Train the sweep from the cache, write the outputs; return a summary. ``ctx``: the step's
-    RunContext (default: one started here on ``device``, else the config's)."""
-    sc = require_sae(cfg)
-    if is_imported(sc):
-        return run_import(cfg, out_dir=out_dir)
-    ctx = ctx or RunContext.start(cfg, device=device)
-    threads, dev = ctx.threads, ctx.device
+def open_train_stores(cfg: Config, sc: SAEConfig) -> tuple[CacheReader, CacheReader | None, int]:
+    """``(train, val, block)``: the train store of ``sae.source``'s cache (checked to apply to
+    ``sae.cache`` when it is another one), its val store if extracted (checked to come from the
+    same model and to hold the block; else None, with a warning) and the block number."""
     ref = train_ref(sc)
     train = _open(cfg, ref, "train")
     block = train.block(sc.layer)
@@ -400,9 +394,12 @@ def run_train(
             raise SAEStageError(f"{val.path}: made with another model than {train.path}")
     else:
         log.warning("no val store at %s: sweep metrics come from the end of training", val_path)
-    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
-    scaling, stats_path = load_train_scaling(cfg, train, block, sc.tokens)
-    members = member_grid(sc)
+    return train, val, block
+
+
+def train_config(sc: SAEConfig) -> TrainConfig:
+    """The sweep's :class:`TrainConfig` from ``sae``: tokens, batch, warm-ups, seed; a history
+    row every ``n_steps / HISTORY_ROWS`` steps."""
     tc = TrainConfig(
         n_tokens=sc.n_tokens,
         batch_size=sc.batch_size,
@@ -410,17 +407,15 @@ def run_train(
         sparsity_warmup_steps=sc.sparsity_warmup_steps,
         seed=sc.seed,
     )
-    tc = dataclasses.replace(tc, log_every=max(1, tc.n_steps // HISTORY_ROWS))
-    per_pass = tokens_per_pass(train, sc.tokens)
-    log.info(
-        "SAE sweep: %d members, %d tokens (%.2f passes of %d), block %d, device %s",
-        len(members),
-        sc.n_tokens,
-        sc.n_tokens / per_pass,
-        per_pass,
-        block,
-        dev,
-    )
+    return dataclasses.replace(tc, log_every=max(1, tc.n_steps // HISTORY_ROWS))
+
+
+def training_batches(
+    train: CacheReader, block: int, sc: SAEConfig, dev: torch.device, threads: int
+) -> tuple[str, Iterator[torch.Tensor]]:
+    """``(source, batches)``: the token stream the sweep trains on, from ``token_source``
+    (``device``: every token resident on the GPU; else chunks decoded on worker threads into
+    a shuffle buffer)."""
     source = token_source(train, sc, dev)
     log.info("tokens from: %s (sae.token_source: %s)", source, sc.token_source)
     if source == "device":
@@ -447,6 +442,35 @@ def run_train(
             out_dtype=None if dev.type == "cuda" else torch.float32,
             pin_memory=dev.type == "cuda",
         )
+    return source, batches
+
+
+def run_train(
+    cfg: Config, *, out_dir: Path | None = None, progress: bool = True, device: str | None = None, ctx=None
+) -> dict[str, Any]:
+    """Train the sweep from the cache, write the outputs; return a summary. ``ctx``: the step's
+    RunContext (default: one started here on ``device``, else the config's)."""
+    sc = require_sae(cfg)
+    if is_imported(sc):
+        return run_import(cfg, out_dir=out_dir)
+    ctx = ctx or RunContext.start(cfg, device=device)
+    threads, dev = ctx.threads, ctx.device
+    train, val, block = open_train_stores(cfg, sc)
+    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
+    scaling, stats_path = load_train_scaling(cfg, train, block, sc.tokens)
+    members = member_grid(sc)
+    tc = train_config(sc)
+    per_pass = tokens_per_pass(train, sc.tokens)
+    log.info(
+        "SAE sweep: %d members, %d tokens (%.2f passes of %d), block %d, device %s",
+        len(members),
+        sc.n_tokens,
+        sc.n_tokens / per_pass,
+        per_pass,
+        block,
+        dev,
+    )
+    source, batches = training_batches(train, block, sc, dev, threads)
     held_out = eval_batches(val, block, tokens=sc.tokens) if val is not None else None
     t0 = time.perf_counter()
     watch = SAESweepProgress(sc.n_tokens, [hp.label for hp in members], max_l0=sc.max_l0, enabled=progress)
@@ -956,9 +980,12 @@ __all__ = [
     "run_import",
     "saev_scaling",
     "train_ref",
+    "train_config",
     "trained_block",
+    "training_batches",
     "member_grid",
     "member_slug",
+    "open_train_stores",
     "run_gallery",
     "run_latents",
     "run_train",
