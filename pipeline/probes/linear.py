@@ -269,80 +269,124 @@ def fit_sweep(
         torch.tensor([m.lr for m in sweep.members], device=device),
         torch.tensor([m.weight_decay for m in sweep.members], device=device),
     )
-    m_count = sweep.n_members
     warmup_steps: int | None = None
     step = 0
     bar: Progress | None = None
     for epoch in range(cfg.epochs):
         batches = epoch_batches(epoch)
         if bar is None:  # batches per epoch: known once the first epoch's iterable exists
-            n = (
-                steps_per_epoch
-                if steps_per_epoch is not None
-                else (len(batches) if hasattr(batches, "__len__") else None)
-            )
-            bar = Progress(f"probe sweep ({m_count} members)", cfg.epochs * n if n else None, "batch", enabled=progress)
+            bar = _sweep_bar(sweep.n_members, cfg, batches, steps_per_epoch, progress)
         if cfg.lr_warmup_fraction > 0 and warmup_steps is None:
-            per_epoch = steps_per_epoch if steps_per_epoch is not None else getattr(batches, "__len__", None)
-            if per_epoch is None:
-                raise ValueError(
-                    "lr warm-up needs the number of steps per epoch: pass steps_per_epoch or "
-                    "return a sized iterable (list, DataLoader) from epoch_batches."
-                )
-            per_epoch = per_epoch if isinstance(per_epoch, int) else int(per_epoch())
-            warmup_steps = max(1, round(cfg.lr_warmup_fraction * cfg.epochs * per_epoch))
-        loss_sum_M = torch.zeros(m_count, device=device)
-        n_seen = torch.zeros((), device=device)
-        n_batches = 0
-        for x_ND, y_N in batches:
-            x_ND, y_N = _as_batch(x_ND, y_N, d_model=d_model, n_classes=n_classes)
-            n_batches += 1
-            if y_N.device.type == "cpu" and not bool((y_N != IGNORE_LABEL).any()):
-                continue
-            x_ND = x_ND.to(device, dtype=torch.float32, non_blocking=True)
-            y_N = y_N.to(device, dtype=torch.long, non_blocking=True)
-            scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps is not None else 1.0
-            logits_MCN = sweep.forward_MCN(x_ND)
-            y_MN = y_N.unsqueeze(0).expand(m_count, -1)
-            loss_MN = F.cross_entropy(logits_MCN, y_MN, ignore_index=IGNORE_LABEL, reduction="none")
-            n_valid = (y_N != IGNORE_LABEL).sum()
-            loss_M = loss_MN.sum(dim=1) / n_valid.clamp(min=1)
-            optim.zero_grad()
-            # Members share no parameters, so the sum gives each member its own mean-loss gradient.
-            loss_M.sum().backward()
-            optim.step(scale)
-            step += 1
-            loss_sum_M += loss_MN.detach().sum(dim=1)
-            n_seen += n_valid
-            bar.update(
-                1,
-                lambda: {
-                    "epoch": f"{epoch + 1}/{cfg.epochs}",
-                    "best_loss": float((loss_sum_M / n_seen.clamp(min=1)).min()),
-                },
-            )
-        if n_batches == 0:
-            raise ValueError(f"epoch_batches({epoch}) yielded no batches.")
-        sweep.train_loss_M.copy_(loss_sum_M / n_seen.clamp(min=1))
-        extra: dict[str, Any] = {}
-        if on_epoch is not None:
-            sweep.eval()
-            extra = on_epoch(epoch, sweep) or {}
-            sweep.train()
-        loss_M = sweep.train_loss_M.cpu().numpy()
-        sweep.epoch_history.extend(
-            {
-                "epoch": epoch,
-                "member": k,
-                "train_loss": float(loss_M[k]),
-                **{name: float(values[k]) for name, values in extra.items()},
-            }
-            for k in range(m_count)
+            warmup_steps = _warmup_steps(cfg, batches, steps_per_epoch)
+        step = _train_epoch(
+            sweep,
+            optim,
+            batches,
+            epoch=epoch,
+            step=step,
+            warmup_steps=warmup_steps,
+            cfg=cfg,
+            device=device,
+            bar=bar,
         )
+        _record_epoch(sweep, epoch, on_epoch)
     if bar is not None:
         bar.close({"best_loss": float(sweep.train_loss_M.min())})
     sweep.eval()
     return sweep
+
+
+def _sweep_bar(
+    m_count: int, cfg: ProbeTrainConfig, batches: Iterable, steps_per_epoch: int | None, progress: bool
+) -> Progress:
+    """The sweep's progress over ``cfg.epochs`` × the batches per epoch (``steps_per_epoch``, else
+    ``len(batches)``; no total when neither is known)."""
+    n = steps_per_epoch if steps_per_epoch is not None else (len(batches) if hasattr(batches, "__len__") else None)
+    return Progress(f"probe sweep ({m_count} members)", cfg.epochs * n if n else None, "batch", enabled=progress)
+
+
+def _warmup_steps(cfg: ProbeTrainConfig, batches: Iterable, steps_per_epoch: int | None) -> int:
+    """Warm-up length in steps: ``lr_warmup_fraction`` of all steps (at least one); the steps per
+    epoch are ``steps_per_epoch``, else ``len()`` of the first epoch's ``batches``."""
+    per_epoch = steps_per_epoch if steps_per_epoch is not None else getattr(batches, "__len__", None)
+    if per_epoch is None:
+        raise ValueError(
+            "lr warm-up needs the number of steps per epoch: pass steps_per_epoch or "
+            "return a sized iterable (list, DataLoader) from epoch_batches."
+        )
+    per_epoch = per_epoch if isinstance(per_epoch, int) else int(per_epoch())
+    return max(1, round(cfg.lr_warmup_fraction * cfg.epochs * per_epoch))
+
+
+def _train_epoch(
+    sweep: ProbeSweep,
+    optim: SweepAdamW,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    epoch: int,
+    step: int,
+    warmup_steps: int | None,
+    cfg: ProbeTrainConfig,
+    device: torch.device,
+    bar: Progress,
+) -> int:
+    """One pass over ``batches``: an AdamW step per batch for every member; sets
+    ``sweep.train_loss_M`` to the epoch's mean loss per member and returns the step count."""
+    m_count = sweep.n_members
+    loss_sum_M = torch.zeros(m_count, device=device)
+    n_seen = torch.zeros((), device=device)
+    n_batches = 0
+    for x_ND, y_N in batches:
+        x_ND, y_N = _as_batch(x_ND, y_N, d_model=sweep.d_model, n_classes=sweep.n_classes)
+        n_batches += 1
+        if y_N.device.type == "cpu" and not bool((y_N != IGNORE_LABEL).any()):
+            continue
+        x_ND = x_ND.to(device, dtype=torch.float32, non_blocking=True)
+        y_N = y_N.to(device, dtype=torch.long, non_blocking=True)
+        scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps is not None else 1.0
+        logits_MCN = sweep.forward_MCN(x_ND)
+        y_MN = y_N.unsqueeze(0).expand(m_count, -1)
+        loss_MN = F.cross_entropy(logits_MCN, y_MN, ignore_index=IGNORE_LABEL, reduction="none")
+        n_valid = (y_N != IGNORE_LABEL).sum()
+        loss_M = loss_MN.sum(dim=1) / n_valid.clamp(min=1)
+        optim.zero_grad()
+        # Members share no parameters, so the sum gives each member its own mean-loss gradient.
+        loss_M.sum().backward()
+        optim.step(scale)
+        step += 1
+        loss_sum_M += loss_MN.detach().sum(dim=1)
+        n_seen += n_valid
+        bar.update(
+            1,
+            lambda: {
+                "epoch": f"{epoch + 1}/{cfg.epochs}",
+                "best_loss": float((loss_sum_M / n_seen.clamp(min=1)).min()),
+            },
+        )
+    if n_batches == 0:
+        raise ValueError(f"epoch_batches({epoch}) yielded no batches.")
+    sweep.train_loss_M.copy_(loss_sum_M / n_seen.clamp(min=1))
+    return step
+
+
+def _record_epoch(sweep: ProbeSweep, epoch: int, on_epoch: Callable[[int, ProbeSweep], dict[str, Any]] | None) -> None:
+    """Appends the epoch's rows (one per member: train loss and ``on_epoch``'s values, the sweep in
+    eval mode during that call) to ``sweep.epoch_history``."""
+    extra: dict[str, Any] = {}
+    if on_epoch is not None:
+        sweep.eval()
+        extra = on_epoch(epoch, sweep) or {}
+        sweep.train()
+    loss_M = sweep.train_loss_M.cpu().numpy()
+    sweep.epoch_history.extend(
+        {
+            "epoch": epoch,
+            "member": k,
+            "train_loss": float(loss_M[k]),
+            **{name: float(values[k]) for name, values in extra.items()},
+        }
+        for k in range(sweep.n_members)
+    )
 
 
 def predict_classes(logits_C: Tensor, *, real_classes_only: bool = True) -> Tensor:
