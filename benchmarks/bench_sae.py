@@ -117,7 +117,7 @@ def stream_vs_memmap(
                 n += len(torch.from_numpy(mm[np.sort(perm[s : s + batch_size])]))
         return n
 
-    def ours() -> int:
+    def ours(out_dtype: torch.dtype | None = torch.float32) -> int:  # None: the stored dtype
         return sum(
             len(b)
             for b in train_batches(
@@ -129,6 +129,7 @@ def stream_vs_memmap(
                 buffer_size=buffer,
                 seed=0,
                 workers=workers,
+                out_dtype=out_dtype,
             )
         )
 
@@ -144,22 +145,6 @@ def stream_vs_memmap(
         return sum(
             len(torch.from_numpy(b[0]).float())
             for b in shuffle_buffer(parts, batch_size=batch_size, buffer_size=buffer, seed=0)
-        )
-
-    def stored_dtype() -> int:  # the stream's batches in the stored float16, as it hands them to a CUDA trainer
-        return sum(
-            len(b)
-            for b in train_batches(
-                reader,
-                block,
-                tokens="patches",
-                n_tokens=n_tokens,
-                batch_size=batch_size,
-                buffer_size=buffer,
-                seed=0,
-                workers=workers,
-                out_dtype=None,
-            )
         )
 
     # The same stream with every chunk decoded once beforehand: each read is one copy of the
@@ -196,7 +181,7 @@ def stream_vs_memmap(
     readers = (
         ("saev", saev_read),
         ("stream", ours),
-        ("stream16", stored_dtype),
+        ("stream16", lambda: ours(None)),  # float16 batches, as the stream hands them to a CUDA trainer
         ("nodecode", no_decode),
         ("previous", previous),
         ("device", device_mode),
