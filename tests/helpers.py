@@ -30,6 +30,19 @@ def run_cli(args: list[str], cwd: Path, *, check: bool = True, env: dict | None 
     return proc
 
 
+def snakemake(folder: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``snakemake ARGS`` with the repo's Snakefile in the project ``folder`` (its ``config.yaml``),
+    run from there; returns the finished process (stdout/stderr captured), whatever its exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder), *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
 # The whole chain on the tiny data: one seg cache, a small probe sweep, a small SAE sweep,
 # quantify. Used by the end-to-end workflow tests (local and SLURM).
 CHAIN_OVERRIDES = {

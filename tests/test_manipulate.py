@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO, run_cli, write_config
+from helpers import REPO, run_cli, snakemake, write_config
 
 from pipeline.config import CacheRef, ConfigError, ManipulateExample, load_config
 
@@ -377,24 +375,7 @@ def test_the_demo_config_and_the_rule(tmp_path):
     cfg = load_config(REPO / "config.yaml")
     assert cfg.manipulate is not None and cfg.manipulate.examples
     write_config(tmp_path, PROJECT)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "manipulate",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = snakemake(tmp_path, "-n", "manipulate", timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert (
@@ -404,24 +385,7 @@ def test_the_demo_config_and_the_rule(tmp_path):
     )
     # an example that names no probe for its task is refused when the workflow is parsed
     write_config(tmp_path, {**{k: v for k, v in PROJECT.items() if k not in ("probes", "quantify")}})
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "manipulate",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = snakemake(tmp_path, "-n", "manipulate", timeout=300)
     assert proc.returncode != 0 and "probes/seg" in proc.stdout + proc.stderr
 
 
@@ -485,25 +449,7 @@ def test_classification_edits_the_cls_token(cls_project, monkeypatch):
 def test_snakemake_builds_a_classification_example_from_nothing(tmp_path):
     """`snakemake manipulate` on the classification config: demo data and model, cache, probe, SAE, example (~1 min)."""
     write_config(tmp_path, CLS_PROJECT)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--cores",
-            "2",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "manipulate",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    proc = snakemake(tmp_path, "--cores", "2", "manipulate")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "results" / "manipulate" / "cls-first"
     summary = json.loads((out / "summary.json").read_text())

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import REPO, chain_config
+from helpers import REPO, chain_config, snakemake
 from pipeline.progress import Progress, SAESweepProgress
 
 # WHAT: done/total unit (pct%), rate unit/s, elapsed h:mm:ss, ETA h:mm:ss[ | k=v ...]
@@ -91,25 +89,7 @@ def test_rule_logs_show_progress_during_a_short_run(tmp_path):
     """`snakemake sae` on the tiny chain: extraction, stats, SAE training and latent stats log progress lines."""
     chain_config(tmp_path)
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "PIPELINE_PROGRESS_SECONDS": "0"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--cores",
-            "2",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "sae",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    proc = snakemake(tmp_path, "--cores", "2", "sae", env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_rule_logs(tmp_path / "logs")
 

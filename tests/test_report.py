@@ -4,14 +4,12 @@ SAE gallery, the proposals and the manipulate figures, with captions that name t
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import zipfile
 
 import pytest
 from test_manipulate import built_project
 
-from helpers import REPO
+from helpers import snakemake
 
 
 @pytest.mark.slow
@@ -20,45 +18,10 @@ def test_report_zip_has_gallery_proposals_and_manipulate_pages(tmp_path_factory,
     folder = tmp_path / "project"
     shutil.copytree(built.folder, folder)  # the report run must not write into the shared project
     # Outputs were made in-process, not by Snakemake: mark them up to date so the report takes them as they are.
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(folder),
-            "--touch",
-            "--cores",
-            "1",
-            "all",
-        ],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = snakemake(folder, "--touch", "--cores", "1", "all", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = tmp_path / "report.zip"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(folder),
-            "--report",
-            str(report),
-            "all",
-        ],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = snakemake(folder, "--report", str(report), "all", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with zipfile.ZipFile(report) as z:
         names = z.namelist()

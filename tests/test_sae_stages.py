@@ -6,8 +6,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +15,7 @@ import pytest
 import torch
 import zarr
 
-from helpers import REPO, run_cli, write_config
+from helpers import run_cli, snakemake, write_config
 from pipeline.cache import CacheReader
 from pipeline.cache.stream import ChunkDecoder, group_batches, load_tokens, resident_batches, token_index
 from pipeline.config import CacheRef, load_config
@@ -383,24 +381,7 @@ def test_cli_steps(sae_project):
 
 def test_snakemake_dry_run_lists_the_sae_rules(tmp_path):
     write_config(tmp_path, {"sae": SAE})
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "sae",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(tmp_path / "config.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    proc = snakemake(tmp_path, "-n", "sae", "--configfile", str(tmp_path / "config.yaml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for rule in ("stats", "sae_train", "sae_latents", "sae_gallery"):
         assert re.search(rf"^rule {rule}:", proc.stdout, re.M), rule
