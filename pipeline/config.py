@@ -29,7 +29,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from pipeline.config_schema import SCHEMA_PATH, default, frozen, node_at, schema_file
+from pipeline.config_schema import SCHEMA_PATH as SCHEMA_PATH  # re-exported: common.smk validates with it
+from pipeline.config_schema import default, default_value, node_at, schema_file
 from pipeline.data.transforms import Preprocess
 from pipeline.methods import METHODS
 from pipeline.models.spec import FAMILIES, ModelSpec, default_preprocess
@@ -50,11 +51,9 @@ def schema_node(key: str) -> dict:
 
 
 def schema_default(key: str) -> Any:
-    """The schema's ``default:`` of YAML key ``key`` (lists as tuples, as the dataclasses hold them)."""
-    node = schema_node(key)
-    if "default" not in node:
-        raise KeyError(f"{SCHEMA_PATH.name}: key {key!r} has no default")
-    return frozen(node["default"])
+    """The schema's ``default:`` of YAML key ``key`` in the whole config schema (lists as tuples,
+    as the dataclasses hold them)."""
+    return default_value(key, load_schema())
 
 
 @dataclass(frozen=True)

@@ -62,13 +62,19 @@ def frozen(value: Any) -> Any:
     return tuple(frozen(v) for v in value) if isinstance(value, list) else value
 
 
+def default_value(key: str, root: dict) -> Any:
+    """The ``default:`` of YAML key ``key`` below the schema node ``root`` (lists as tuples, as the
+    dataclasses hold them); KeyError when the key has none."""
+    found = node_at(root, key)
+    if "default" not in found:
+        raise KeyError(f"{SCHEMA_PATH.name}: key {key!r} has no default")
+    return frozen(found["default"])
+
+
 def default(key: str, node: dict | None = None) -> Any:
     """A dataclass field whose default is the schema's ``default:`` of YAML key ``key``, read
     below ``node`` (a probe kind's ``schema``; None: the schema file)."""
-    found = node_at(schema_file() if node is None else node, key)
-    if "default" not in found:
-        raise KeyError(f"{SCHEMA_PATH.name}: key {key!r} has no default")
-    value = frozen(found["default"])
+    value = default_value(key, schema_file() if node is None else node)
     if isinstance(value, dict):
         return field(default_factory=lambda: dict(value))
     return field(default=value)
