@@ -45,9 +45,8 @@ class ProbeKind:
     name: str  # "seg": the config key probes.<name>, the folder probes/<name>/, the step probe-<name>
     task: str  # the dataset task its cache must have: "segmentation" | "classification"
     section: type  # the dataclass of its config section probes.<name> (a `cache` key becomes a CacheRef)
-    schema: dict[
-        str, Any
-    ]  # the JSON-schema node of probes.<name> (keys, checks, defaults; `$ref`s into the schema file's $defs)
+    # the JSON-schema node of probes.<name> (keys, checks, defaults; `$ref`s into the schema file's $defs)
+    schema: dict[str, Any]
     run: str  # "module:function(cfg, *, out_dir, progress, ctx) -> dict" that fits the sweep and writes its files
     files: tuple[str, ...]  # file names it writes beside the shared probe files (layout.PROBE_COMMON_FILES)
     help: str  # one line for `python -m pipeline --help`
@@ -116,9 +115,8 @@ class SegProbeConfig:
     train_on_other: bool = default("train_on_other", SEG_SCHEMA)
     n_figure_images: int = default("n_figure_images", SEG_SCHEMA)
     protocol: str = default("protocol", SEG_SCHEMA)  # ade20k | zero_is_class (pipeline.metrics.SEG_PROTOCOLS)
-    selection_fraction: float = default(
-        "selection_fraction", SEG_SCHEMA
-    )  # train images held out to choose the best member (0: choose on val, as saev)
+    # train images held out to choose the best member (0: choose on val, as saev)
+    selection_fraction: float = default("selection_fraction", SEG_SCHEMA)
     selection_seed: int = default("selection_seed", SEG_SCHEMA)
 
 
@@ -152,9 +150,8 @@ class ClsProbeConfig:
     weight_decays: tuple[float, ...] = default("weight_decays", CLS_SCHEMA)
     epochs: int = default("epochs", CLS_SCHEMA)
     batch_size: int = default("batch_size", CLS_SCHEMA)
-    selection_fraction: float = default(
-        "selection_fraction", CLS_SCHEMA
-    )  # train images held out to choose the best member (0: choose on val, as saev)
+    # train images held out to choose the best member (0: choose on val, as saev)
+    selection_fraction: float = default("selection_fraction", CLS_SCHEMA)
     selection_seed: int = default("selection_seed", CLS_SCHEMA)
 
 

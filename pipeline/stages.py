@@ -47,9 +47,8 @@ class Stage:
     output: Callable[[Config, Keys], Path] | None = (
         None  # the JSON holding the step's provenance record (None: a store / none)
     )
-    needs: tuple[
-        str, ...
-    ] = ()  # config sections that must be set, YAML spelling ("sae", "probes.seg"); else the step itself reports the missing section
+    # config sections that must be set, YAML spelling ("sae", "probes.seg"); else the step itself reports the missing section
+    needs: tuple[str, ...] = ()
     section: str | None = None  # the config section it is configured by (YAML spelling), for docs and --help
     threads: str = "config"  # "config": the config's `threads` (the step caps torch there); "one": a single CPU
     gpu: bool = False  # the rule asks for `resources: gpu=1`
