@@ -39,6 +39,7 @@ repairs it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -300,6 +301,11 @@ class StoreWriter:
             pinned,
         )
 
+    @functools.cached_property
+    def pinned_group(self) -> zarr.Group | None:
+        """The store opened through ``pinned`` (once per writer, shared by its writer threads), or None."""
+        return None if self.pinned is None else zarr.open_group(self.pinned, mode="r+")
+
     def check(self) -> None:
         """Raise ForeignWriterError if the store at ``path`` was deleted or re-created since it was opened."""
         found = read_root_attrs(self.path)
@@ -346,8 +352,8 @@ def write_chunk(
     """
     check = writer.check if writer is not None else (lambda: None)
     try:
-        if writer is not None and writer.pinned is not None:
-            group = zarr.open_group(writer.pinned, mode="r+")  # the directory this process opened
+        if writer is not None and writer.pinned_group is not None:
+            group = writer.pinned_group  # the directory this process opened
         acts = arrays["acts"]
         stop = start + acts.shape[0]
         acts_array = group["acts"]
