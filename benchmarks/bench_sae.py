@@ -2,26 +2,27 @@
 
     python benchmarks/bench_sae.py [--store STORE] [--passes 1] [--skip-demo-sweeps]
 
-1. Stream read rate, width 768 (a store extracted here from a random-init DINOv2-architecture
-   model, hidden 768, 224 px, float16, Blosc lz4 + bitshuffle, 32-image chunks): our training
-   stream (``train_batches``: groups of chunks decoded on 2 threads, batches gathered from them,
-   float32 batches, as ``sae-train`` asks for on CPU) ÷ saev's layout (the same patch tokens as a float32 ``.npy`` memmap, each pass a
-   random permutation cut into 1024-row batches, each batch's indices sorted,
-   ``torch.from_numpy(mm[idx])``); both on a warm page cache (each read once before timing), the
-   same number of tokens; the readers alternate ``--read-repeats`` times and each repeat's ratio is
-   printed (their median first), with the process CPU time per token of each. Target ≥ 1.0.
-   Two rows bound what a cheaper codec or cast could give: the stream handing over float16
-   batches (the stored dtype, as for a CUDA trainer, which casts on the device), and the stream
-   with every chunk decoded beforehand, so that each chunk read is one copy of decoded values
-   (no codec at all). Also the ``token_source: device`` mode (tokens loaded once, CPU here) and bytes on disk: the
-   store's chunk files of that layer ÷ the same tokens as raw float32 (target ≤ 0.5; activations
-   of a random-init model barely compress, so the ratio is float16's 0.5 minus what Blosc finds;
-   real models' activations compress better).
+1. Stream read rate, width 768: two stores extracted here from a random-init DINOv2-architecture
+   model (hidden 768, 224 px, float16, 32-image chunks), one per ``extract.compression``: ``none``
+   (raw chunk files; the stream gathers rows straight from them, mapped) and ``lz4`` (the
+   default, Blosc lz4 + bitshuffle; chunks decoded on 2 threads first). Our training stream
+   (``train_batches`` as ``sae-train`` calls it: float16 batches, the stored dtype; the trainer
+   casts inside its scaling op) ÷ saev's layout (the same patch tokens as a float32 ``.npy``
+   memmap, each pass a random permutation cut into 1024-row batches, each batch's indices
+   sorted, ``torch.from_numpy(mm[idx])``); both on a warm page cache (each read once before
+   timing), the same number of tokens; the readers alternate ``--read-repeats`` times and each
+   repeat's ratio is printed (their median first), with the process CPU time per token of each.
+   Target ≥ 1.0. Also: the stream handing over float32 batches (cast on the stream's threads),
+   the first stream (``token_parts`` → ``shuffle_buffer``), the ``token_source: device`` mode
+   (tokens loaded once, CPU here) and bytes on disk: each store's chunk files of that layer ÷
+   the same tokens (CLS included, as saev stores them) as raw float32 (target ≤ 0.5;
+   ``none`` is float16's 0.5 exactly; activations of a random-init model barely compress, so
+   ``lz4`` saves only a few percent more here).
 2. GPU-scale sweep (``--device``: cpu by default, cuda on a GPU node; the same code path): width
-   768, 16× expansion (12,288 latents), 8 members, the same store; tokens/s streamed
-   (``train_batches``, pinned float16 batches on CUDA → ``train_sweep`` casting and scaling on the device) ÷ the
-   same scaled batches already in device memory. Target ≥ 0.9. On CPU keep the token count small
-   (the CPU does ~0.5 TFLOP per 1024-token step for 8 such members).
+   768, 16× expansion (12,288 latents), 8 members, the ``none`` store; tokens/s streamed
+   (``train_batches``, float16 batches, pinned on CUDA → ``train_sweep`` casting and scaling on
+   the device) ÷ the same scaled batches already in device memory. Target ≥ 0.9. On CPU keep
+   the token count small (the CPU does ~0.5 TFLOP per 1024-token step for 8 such members).
 3. (unless ``--skip-demo-sweeps``) the demo-size sweeps, streamed ÷ in memory, on ``--store``, else
    the demo cache if complete, else a tiny temp cache; target ≥ 0.8.
 
@@ -66,7 +67,7 @@ def build_fallback_store(folder: Path) -> Path:
         os.chdir(old)
 
 
-def build_wide_store(folder: Path, *, images: int) -> Path:
+def build_wide_store(folder: Path, *, images: int, compression: str) -> Path:
     """A width-768 float16 store (random-init DINOv2 architecture, 2 blocks, block 0 cached)."""
     from pipeline.testing import benchmark_project
 
@@ -79,7 +80,14 @@ def build_wide_store(folder: Path, *, images: int) -> Path:
         n_val=1,
         hidden=768,
         n_layers=2,
-        extract={"layers": [0], "dtype": "float16", "batch_size": 16, "chunk_images": 32, "num_workers": 0},
+        extract={
+            "layers": [0],
+            "dtype": "float16",
+            "batch_size": 16,
+            "chunk_images": 32,
+            "num_workers": 0,
+            "compression": compression,
+        },
         device="cpu",
     )
     extract(cfg, CacheRef("dino", "seg"), "train", progress=False)
@@ -87,16 +95,18 @@ def build_wide_store(folder: Path, *, images: int) -> Path:
 
 
 def stream_vs_memmap(
-    store: Path, folder: Path, *, passes: int, batch_size: int, buffer: int, workers: int, repeats: int
+    stores: dict[str, Path], folder: Path, *, passes: int, batch_size: int, buffer: int, workers: int, repeats: int
 ) -> dict:
-    """Section 1: tokens/s of our stream, of the device mode and of saev's memmap layout; bytes on disk."""
+    """Section 1: tokens/s of our stream on each store (by compression), of the device mode and of
+    saev's memmap layout; bytes on disk of each store."""
     import numpy as np
 
     from pipeline.cache import CacheReader
-    from pipeline.cache.stream import in_background, load_tokens, resident_batches, token_index
-    from pipeline.sae.stages import tokens_per_pass, train_batches
+    from pipeline.cache.stream import in_background, load_tokens, resident_batches, shuffle_buffer, token_index
+    from pipeline.sae.stages import token_parts, tokens_per_pass, train_batches
 
-    reader = CacheReader(store)
+    readers_of = {name: CacheReader(path) for name, path in stores.items()}
+    reader = readers_of["lz4"]
     block = reader.layers[0]
     per_pass = tokens_per_pass(reader, "patches")
     n_tokens = passes * per_pass
@@ -117,11 +127,11 @@ def stream_vs_memmap(
                 n += len(torch.from_numpy(mm[np.sort(perm[s : s + batch_size])]))
         return n
 
-    def ours(out_dtype: torch.dtype | None = torch.float32) -> int:  # None: the stored dtype
+    def ours(compression: str, out_dtype: torch.dtype | None = None) -> int:  # None: the stored dtype, as sae-train
         return sum(
             len(b)
             for b in train_batches(
-                reader,
+                readers_of[compression],
                 block,
                 tokens="patches",
                 n_tokens=n_tokens,
@@ -133,10 +143,7 @@ def stream_vs_memmap(
             )
         )
 
-    def previous() -> int:  # the stream before this change: row arrays re-concatenated per part
-        from pipeline.cache.stream import shuffle_buffer
-        from pipeline.sae.stages import token_parts
-
+    def previous() -> int:  # the first stream: row arrays re-concatenated per part, float32
         parts = (
             (a,)
             for p in range(passes)
@@ -147,30 +154,6 @@ def stream_vs_memmap(
             for b in shuffle_buffer(parts, batch_size=batch_size, buffer_size=buffer, seed=0)
         )
 
-    # The same stream with every chunk decoded once beforehand: each read is one copy of the
-    # decoded chunk into the group buffer, in place of the Blosc decode. No codec can beat this,
-    # so it bounds what a cheaper codec (or none) could give.
-    from pipeline.cache import stream as stream_module
-
-    real_read = stream_module.ChunkDecoder.read
-    decoded: dict[tuple[int, int], np.ndarray] = {}
-
-    def predecoded_read(self, layer, start, stop, out=None):
-        if (layer, start) not in decoded:
-            decoded[(layer, start)] = np.array(real_read(self, layer, start, stop))
-        chunk = decoded[(layer, start)]
-        if out is None:
-            return chunk
-        out[: chunk.size] = chunk.reshape(-1)
-        return out[: chunk.size].reshape(chunk.shape)
-
-    def no_decode() -> int:
-        stream_module.ChunkDecoder.read = predecoded_read
-        try:
-            return ours()
-        finally:
-            stream_module.ChunkDecoder.read = real_read
-
     loaded = load_tokens(reader, block, token_index(reader, "patches"), device=torch.device("cpu"), workers=workers)
 
     def device_mode() -> int:  # batches only (on a producer thread, as device_batches on CPU): loaded once per run
@@ -180,9 +163,10 @@ def stream_vs_memmap(
 
     readers = (
         ("saev", saev_read),
-        ("stream", ours),
-        ("stream16", lambda: ours(None)),  # float16 batches, as the stream hands them to a CUDA trainer
-        ("nodecode", no_decode),
+        ("none", lambda: ours("none")),
+        ("lz4", lambda: ours("lz4")),
+        ("none32", lambda: ours("none", torch.float32)),
+        ("lz432", lambda: ours("lz4", torch.float32)),
         ("previous", previous),
         ("device", device_mode),
     )
@@ -202,10 +186,15 @@ def stream_vs_memmap(
     rates = {name: float(np.median(r)) for name, r in runs.items()}
     ratios = {name: [a / b for a, b in zip(r, runs["saev"], strict=True)] for name, r in runs.items()}
     li = reader.layer_index(block)
-    disk = sum(
-        p.stat().st_size for p in (store / "acts" / "c").rglob("*") if p.is_file() and p.parent.parent.name == str(li)
-    )
-    raw_f32 = reader.n_images * reader.n_tokens * reader.d_model * 4
+    raw_f32 = reader.n_images * reader.n_tokens * reader.d_model * 4  # saev stores CLS + patches, float32
+    disk = {
+        name: sum(
+            p.stat().st_size
+            for p in (path / "acts" / "c").rglob("*")
+            if p.is_file() and p.parent.parent.name == str(li)
+        )
+        for name, path in stores.items()
+    }
     return {
         "d_model": reader.d_model,
         "tokens": n_tokens,
@@ -215,7 +204,7 @@ def stream_vs_memmap(
         "runs": runs,
         "ratios": ratios,
         "cpu_us_per_token": {k: float(np.median(v)) for k, v in cpu.items()},
-        "bytes_ratio": disk / raw_f32,
+        "bytes_ratio": {name: n / raw_f32 for name, n in disk.items()},
         "disk_bytes": disk,
     }
 
@@ -250,8 +239,8 @@ def gpu_scale_sweep(
             seed=0,
             workers=workers,
             pin_memory=cuda,
-            out_dtype=None if cuda else torch.float32,
-        )  # as sae-train asks
+            out_dtype=None,
+        )  # as sae-train asks: the stored dtype
 
     def sync() -> None:
         if cuda:
@@ -389,9 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        wide = build_wide_store(Path(tmp) / "wide", images=args.wide_images)
+        stores = {
+            compression: build_wide_store(
+                Path(tmp) / f"wide-{compression}", images=args.wide_images, compression=compression
+            )
+            for compression in ("none", "lz4")
+        }
+        wide = stores["none"]
         read = stream_vs_memmap(
-            wide,
+            stores,
             Path(tmp),
             passes=args.read_passes,
             batch_size=args.batch_size,
@@ -406,37 +401,34 @@ def main(argv: list[str] | None = None) -> int:
 
         print(
             f"\n1. stream read, D={read['d_model']}, {read['per_pass']} patch tokens per pass, {read['tokens']} tokens"
-            f" per timing, warm page cache, {args.workers} decode threads; {args.read_repeats} alternating repeats,"
+            f" per timing, warm page cache, {args.workers} stream threads; {args.read_repeats} alternating repeats,"
             f" median tok/s and process CPU µs per token"
         )
-        print(
-            f"   saev layout (fp32 memmap, sorted random 1024-row batches) {r['saev']:>12,.0f} tok/s {c['saev']:6.2f} µs"
+        lines = (
+            ("saev", "saev layout (fp32 memmap, sorted random 1024-row batches)"),
+            ("none", "our stream, compression none (float16, as sae-train reads)"),
+            ("lz4", "our stream, compression lz4 (float16, as sae-train reads)"),
+            ("none32", "our stream, compression none, float32 batches"),
+            ("lz432", "our stream, compression lz4, float32 batches"),
+            ("previous", "first stream (token_parts -> shuffle_buffer, .float())"),
+            ("device", "token_source: device (CPU here; batches after the load)"),
         )
+        for key, label in lines:
+            print(f"   {label:<60} {r[key]:>12,.0f} tok/s {c[key]:6.2f} µs")
+        print(f"   ratio stream (none) / saev layout  {spread(q['none'])}   (target >= 1.0)")
+        print(f"   ratio stream (lz4) / saev layout   {spread(q['lz4'])}")
+        print(f"   ratio float32 batches (none) / saev {spread(q['none32'])}")
+        print(f"   ratio float32 batches (lz4) / saev {spread(q['lz432'])}")
+        print(f"   ratio device mode / saev layout    {spread(q['device'])}")
         print(
-            f"   our stream (train_batches, float32 batches)               {r['stream']:>12,.0f} tok/s {c['stream']:6.2f} µs"
+            f"   ratio stream (lz4) / first stream  {spread([a / b for a, b in zip(read['runs']['lz4'], read['runs']['previous'], strict=True)])}"
         )
+        print(f"   CPU time per token, stream (none) / saev layout {c['none'] / c['saev']:6.2f}")
+        print(f"   CPU time per token, stream (lz4) / saev layout  {c['lz4'] / c['saev']:6.2f}")
+        b = read["bytes_ratio"]
         print(
-            f"   our stream, float16 batches (as for a CUDA trainer)       {r['stream16']:>12,.0f} tok/s {c['stream16']:6.2f} µs"
-        )
-        print(
-            f"   our stream, chunks decoded beforehand (no codec cost)     {r['nodecode']:>12,.0f} tok/s {c['nodecode']:6.2f} µs"
-        )
-        print(
-            f"   previous stream (token_parts -> shuffle_buffer, .float()) {r['previous']:>12,.0f} tok/s {c['previous']:6.2f} µs"
-        )
-        print(
-            f"   token_source: device (CPU here; batches after the load)   {r['device']:>12,.0f} tok/s {c['device']:6.2f} µs"
-        )
-        print(f"   ratio our stream / saev layout  {spread(q['stream'])}   (target >= 1.0)")
-        print(f"   ratio float16 batches / saev    {spread(q['stream16'])}")
-        print(f"   ratio no-decode bound / saev    {spread(q['nodecode'])}")
-        print(f"   ratio device mode / saev layout {spread(q['device'])}")
-        print(
-            f"   ratio our stream / previous     {spread([a / b for a, b in zip(read['runs']['stream'], read['runs']['previous'], strict=True)])}"
-        )
-        print(f"   CPU time per token, our stream / saev layout {c['stream'] / c['saev']:6.2f}")
-        print(
-            f"   bytes on disk / raw float32     {read['bytes_ratio']:6.3f}   (target <= 0.5; random-init activations)"
+            f"   bytes on disk / saev's float32 (none)  {b['none']:6.3f}   (target <= 0.5)\n"
+            f"   bytes on disk / saev's float32 (lz4)   {b['lz4']:6.3f}   (random-init activations barely compress)"
         )
         sweep = gpu_scale_sweep(
             wide,

@@ -80,6 +80,24 @@ def sae_project(built, monkeypatch):
     return built
 
 
+@pytest.fixture(scope="module")
+def raw_store(built, tmp_path_factory) -> Path:
+    """``built``'s train store extracted again with ``extract.compression: none`` (raw chunk files)."""
+    folder = tmp_path_factory.mktemp("sae_raw")
+    shutil.copytree(built.folder / "resources", folder / "resources")
+    write_config(folder, {"sae": SAE, "extract": {"compression": "none"}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        cfg = load_config("config.yaml")
+        extract(cfg, SEG, "train", progress=False)
+    return folder / cfg.store(SEG, "train")
+
+
+def store_reader(compression: str, raw_store: Path) -> CacheReader:
+    """The train store with that ``extract.compression`` (the same tokens either way)."""
+    return CacheReader(raw_store if compression == "none" else Path("cache/dino/seg/train.zarr"))
+
+
 def test_checkpoint_carries_the_stats_scaling_and_provenance(sae_project):
     stats = read_stats(Path(sae_project.stats["stats"]))
     layer = stats["layers"][str(BLOCK)]["patches"]
@@ -224,22 +242,34 @@ def test_spread_by_frequency():
     assert spread_by_frequency(ds, np.arange(6), 0).size == 0
 
 
-def test_stream_reads_each_chunk_once_per_pass(sae_project, monkeypatch):
-    reader = CacheReader("cache/dino/seg/train.zarr")
+@pytest.mark.parametrize("compression", ["lz4", "none"])
+def test_stream_reads_each_chunk_once_per_pass(sae_project, raw_store, monkeypatch, compression):
+    reader = store_reader(compression, raw_store)
     reads: list[tuple[int, int]] = []
-    original, original_decode = CacheReader.read, ChunkDecoder.read
+    original, original_decode, original_map = CacheReader.read, ChunkDecoder.read, ChunkDecoder.mapped
+    c = reader.chunk_images
 
     def counting(self, layer, start, stop, tokens=None):
         reads.append((start, stop))
         return original(self, layer, start, stop, tokens)
 
     def counting_decode(self, layer, start, stop, out=None):  # the training stream's chunk reads
-        reads.append((start, stop))
+        if not self.raw:  # a raw store's read is mapped(), counted there
+            reads.append((start, stop))
         return original_decode(self, layer, start, stop, out)
+
+    def counting_map(self, layer, start):  # an uncompressed store's chunks, mapped
+        rows = original_map(self, layer, start)
+        if rows is not None:
+            reads.append((start, min(start + c, self.reader.n_images)))
+        return rows
 
     monkeypatch.setattr(CacheReader, "read", counting)
     monkeypatch.setattr(ChunkDecoder, "read", counting_decode)
-    assert ChunkDecoder(reader).direct  # the layout the fast path decodes itself
+    monkeypatch.setattr(ChunkDecoder, "mapped", counting_map)
+    decoder = ChunkDecoder(reader)
+    # the layouts the fast paths read themselves: Blosc-decoded, or mapped (no decode at all)
+    assert (decoder.direct, decoder.raw) == ((True, False) if compression == "lz4" else (False, True))
     per_pass = tokens_per_pass(reader, "patches")
     assert per_pass == 24 * 16
     n_passes = 3
@@ -284,16 +314,19 @@ def reference_batches(reader, tokens, *, n_passes, seed, batch_size, buffer_size
     return out
 
 
-@pytest.mark.parametrize("tokens", ["patches", "patches+cls"])
-def test_stream_follows_its_seed_contract_for_any_thread_count(sae_project, tokens):
-    """Seed contract (``group_batches``): the batches of the row-wise reference above, whatever the
-    decode threads; so every pass yields each valid token exactly once."""
-    reader = CacheReader("cache/dino/seg/train.zarr")
+@pytest.mark.parametrize(("tokens", "compression"), [("patches", "lz4"), ("patches+cls", "lz4"), ("patches", "none")])
+def test_stream_follows_its_seed_contract_for_any_thread_count(sae_project, raw_store, tokens, compression):
+    """Seed contract (``group_batches``): the batches of the row-wise reference above (read from
+    the lz4 store), whatever the stream threads and the store's compression; so every pass
+    yields each valid token exactly once."""
+    reader = store_reader(compression, raw_store)
     per_pass = tokens_per_pass(reader, tokens)
     n_passes, seed = 3, 7
     reference = [
         torch.from_numpy(b).float()
-        for b in reference_batches(reader, tokens, n_passes=n_passes, seed=seed, batch_size=64, buffer_size=256)
+        for b in reference_batches(
+            store_reader("lz4", raw_store), tokens, n_passes=n_passes, seed=seed, batch_size=64, buffer_size=256
+        )
     ]
     assert len(reference) > 2 and all(len(b) == 64 for b in reference[:-1])
     for workers in (1, 2, 4):
@@ -324,8 +357,11 @@ def test_stream_follows_its_seed_contract_for_any_thread_count(sae_project, toke
     assert len(first) > 1
 
 
-def test_stream_without_mixing_is_store_order_and_the_zarr_fallback_gives_the_same_batches(sae_project, monkeypatch):
-    reader = CacheReader("cache/dino/seg/train.zarr")
+@pytest.mark.parametrize("compression", ["lz4", "none"])
+def test_stream_without_mixing_is_store_order_and_the_zarr_fallback_gives_the_same_batches(
+    sae_project, raw_store, monkeypatch, compression
+):
+    reader = store_reader(compression, raw_store)
     tok = token_index(reader, "patches")
     store_rows = load_tokens(reader, BLOCK, tok, device=torch.device("cpu"))
     order = [(s, e) for s, e in reader.chunks() if reader.valid[s:e].any()]
@@ -337,16 +373,24 @@ def test_stream_without_mixing_is_store_order_and_the_zarr_fallback_gives_the_sa
     monkeypatch.setattr(
         ChunkDecoder, "read", lambda self, layer, start, stop, out=None: self.reader.read(layer, start, stop)
     )
+    monkeypatch.setattr(ChunkDecoder, "mapped", lambda self, layer, start: None)
     again = list(group_batches(reader, BLOCK, order, tok, batch_size=64, buffer_size=256, seed=3))
     assert len(again) == len(mixed) and all(torch.equal(a, b) for a, b in zip(again, mixed, strict=True))
     assert not torch.equal(torch.cat(mixed), store_rows)
 
 
-def test_chunk_decoder_matches_zarr_and_device_mode_covers_each_token_once_per_pass(sae_project):
+def test_chunk_decoder_matches_zarr_and_device_mode_covers_each_token_once_per_pass(sae_project, raw_store):
     reader = CacheReader("cache/dino/seg/train.zarr")
     decoder = ChunkDecoder(reader)
+    raw = ChunkDecoder(CacheReader(raw_store))
+    c, t = reader.chunk_images, reader.n_tokens
     for s, e in reader.chunks():
         np.testing.assert_array_equal(decoder.read(BLOCK, s, e), reader.read(BLOCK, s, e))
+        assert decoder.mapped(BLOCK, s) is None  # Blosc chunks are decoded, never mapped
+        rows = raw.mapped(BLOCK, s)  # the whole chunk file (a last partial chunk is stored padded)
+        assert rows is not None and rows.shape == (c * t, reader.d_model) and not rows.flags.writeable
+        np.testing.assert_array_equal(rows[: (e - s) * t].reshape(e - s, t, -1), reader.read(BLOCK, s, e))
+        np.testing.assert_array_equal(raw.read(BLOCK, s, e), reader.read(BLOCK, s, e))
     tok = token_index(reader, "patches")
     tokens_ND = load_tokens(reader, BLOCK, tok, device=torch.device("cpu"))
     per_pass = len(tokens_ND)

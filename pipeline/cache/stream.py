@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import functools
 import itertools
 import math
 import mmap
@@ -22,11 +23,13 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import psutil
 import torch
+import zarr
 from numcodecs import blosc
 from zarr.codecs import BloscCodec, BytesCodec
 
@@ -104,58 +107,92 @@ def shuffle_buffer(
 
 
 class ChunkDecoder:
-    """Whole ``acts`` chunks decoded straight from their files with numcodecs' Blosc.
+    """Whole ``acts`` chunks read straight from their files: Blosc-decoded, or mapped when uncompressed.
 
     zarr's codec pipeline hands each chunk through its event loop and copies it into a fresh
-    output array; on this store layout (regular chunks ``(c, 1, T, D)``, bytes + Blosc, one
-    file per chunk in a local folder) that measured ~2.7× slower than a Blosc decode of the
-    same bytes into a reused buffer, so training streams read the files themselves.
-    ``numcodecs.blosc.decompress`` releases the GIL, so several chunks decode at once on
-    worker threads. Any other layout (or a missing chunk file) falls back to
-    ``CacheReader.read``, which gives the same values (tested).
+    output array; on this store layout (regular chunks ``(c, 1, T, D)``, one file per chunk in a
+    local folder) that measured ~2.7× slower than a Blosc decode of the same bytes into a reused
+    buffer, so training streams read the files themselves. Two layouts are read directly:
+
+    - ``blosc`` (``extract.compression: lz4``, codecs bytes + Blosc): ``numcodecs.blosc.decompress``
+      into a caller's buffer; it releases the GIL, so several chunks decode at once on threads.
+    - ``raw`` (``extract.compression: none``, codec bytes only): the chunk file *is* the array,
+      so :meth:`mapped` returns a read-only view of the file mapped into memory, with no copy
+      and no decode; a batch gathers its rows straight out of the page cache.
+
+    Any other layout (or a missing or short chunk file) falls back to ``CacheReader.read``,
+    which gives the same values (tested).
     """
 
     def __init__(self, reader: CacheReader) -> None:
         self.reader = reader
         acts = reader.group["acts"]
+        if not isinstance(acts, zarr.Array):
+            raise TypeError(f"{reader.path}: acts is not an array")
         meta = acts.metadata
-        codecs = getattr(meta, "codecs", ())
+        codecs = tuple(getattr(meta, "codecs", ()))
         self.chunk_shape = tuple(acts.chunks)
         self.dtype = np.dtype(acts.dtype)
-        self.direct = (
-            len(codecs) == 2
+        native = (
+            bool(codecs)
             and isinstance(codecs[0], BytesCodec)
-            and isinstance(codecs[1], BloscCodec)
             and (codecs[0].endian is None or codecs[0].endian.value == sys.byteorder)
             and self.chunk_shape[1:] == (1, reader.n_tokens, reader.d_model)
         )
+        self.direct = native and len(codecs) == 2 and isinstance(codecs[1], BloscCodec)
+        self.raw = native and len(codecs) == 1
         self.chunk_elements = int(np.prod(self.chunk_shape))
         self._meta = meta
         self._root = reader.path / "acts"
 
+    def _file(self, layer: int, start: int) -> Path | None:
+        c = self.chunk_shape[0]
+        if start % c:
+            return None
+        path = self._root / self._meta.encode_chunk_key((start // c, self.reader.layer_index(layer), 0, 0))
+        return path if path.is_file() else None
+
+    def mapped(self, layer: int, start: int) -> np.ndarray | None:
+        """The chunk at ``start`` of an uncompressed store as a read-only ``[c·T, D]`` view of its
+        mapped file (rows image-major, then token), or None where the store is not ``raw`` or
+        the file is missing or short. The view keeps the mapping alive; the kernel is asked to
+        read the file ahead (``MADV_WILLNEED``), so a cold page cache fills while earlier rows
+        are gathered."""
+        path = self._file(layer, start) if self.raw else None
+        n_bytes = self.chunk_elements * self.dtype.itemsize
+        if path is None or path.stat().st_size != n_bytes:
+            return None
+        with open(path, "rb") as f:
+            m = mmap.mmap(f.fileno(), n_bytes, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_WILLNEED"):  # Linux, macOS
+            m.madvise(mmap.MADV_WILLNEED)
+        return np.frombuffer(m, dtype=self.dtype).reshape(-1, self.chunk_shape[-1])
+
     def read(self, layer: int, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """``acts[start:stop, layer]`` as stored (``[B, T, D]``); ``start`` on a chunk boundary.
 
-        ``out`` (flat, at least ``chunk_elements``): a reusable buffer for the direct path, so a
+        ``out`` (flat, at least ``chunk_elements``): a reusable buffer for the Blosc path, so a
         chunk read allocates nothing (fresh multi-MB arrays cost a page fault per 4 KiB on first
         touch). The compressed bytes are decoded from a read-only ``mmap`` of the chunk file: no
-        copy of them into the process (measured ~1.5× faster than ``read`` + decode here).
+        copy of them into the process (measured ~1.5× faster than ``read`` + decode here). On a
+        ``raw`` store the result is the mapped file itself (``out`` unused).
         """
-        li = self.reader.layer_index(layer)
         c = self.chunk_shape[0]
-        if self.direct and start % c == 0:
-            path = self._root / self._meta.encode_chunk_key((start // c, li, 0, 0))
-            if path.is_file():
-                n = self.chunk_elements
-                if out is None or out.size < n or out.dtype != self.dtype:
-                    out = np.empty(n, dtype=self.dtype)
-                with (
-                    open(path, "rb") as f,
-                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
-                    memoryview(m) as data,
-                ):
-                    blosc.decompress(data, out[:n])
-                return out[:n].reshape(c, *self.chunk_shape[2:])[: stop - start]
+        rows = self.mapped(layer, start)
+        if rows is not None:
+            return rows.reshape(c, *self.chunk_shape[2:])[: stop - start]
+        path = self._file(layer, start) if self.direct else None
+        if path is not None:
+            n = self.chunk_elements
+            if out is None or out.size < n or out.dtype != self.dtype:
+                out = np.empty(n, dtype=self.dtype)
+            with (
+                open(path, "rb") as f,
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
+                memoryview(m) as data,
+            ):
+                blosc.decompress(data, out[:n])
+            return out[:n].reshape(c, *self.chunk_shape[2:])[: stop - start]
         return self.reader.read(layer, start, stop)
 
 
@@ -269,77 +306,95 @@ def group_batches(
     ``batch_size`` slices, each batch holding its slice's rows in group order (sorted positions);
     what is left over is carried. Only the very last batch may be short, and every row of
     ``order`` comes out exactly once. The batches depend on ``order``, ``batch_size``,
-    ``buffer_size``, the seed and the store's chunking, never on ``workers``.
+    ``buffer_size``, the seed and the store's chunking, never on ``workers`` or on the store's
+    compression (tested).
 
-    How: each group's chunks are Blosc-decoded (:class:`ChunkDecoder`, ``workers`` threads) straight
-    into one of two preallocated ``[batch_size + W·c·T, D]`` buffers, the next group while this one
-    is gathered; a batch is one ``np.take`` of its rows, so rows are copied once, with no per-row
-    Python work and no shuffle-buffer compaction. Batches are fresh tensors of ``out_dtype``
-    (default: the stored dtype), pinned when ``pin_memory``. The gathers are numpy's (one thread,
-    GIL released) and a cast runs in torch calls of fewer than ``CAST_ELEMENTS`` elements, which
-    torch runs on the calling thread: torch's intra-op thread count is process-wide, and a gather
-    or cast split across that team spent most of its time in the team's barrier on a busy machine
-    (py-spy), where the consumer's own ops need the team.
+    How: a group's chunks are its *sources*, ``[c·T, D]`` row arrays made on ``workers`` threads
+    while the previous group is gathered: on an uncompressed store the chunk files mapped into
+    memory (:meth:`ChunkDecoder.mapped`: no copy, no decode), else chunks Blosc-decoded into one
+    of two preallocated sets of ``W`` chunk buffers. The carried rows are one more source. A
+    batch is one ``np.take`` per source it draws from, straight into the batch (rows are copied
+    once, with no per-row Python work), run on the same threads, in order. Batches are fresh
+    tensors of ``out_dtype`` (default: the stored dtype), pinned when ``pin_memory``; a cast runs
+    as pieces of fewer than ``CAST_ELEMENTS`` elements (one ``torch._foreach_copy_`` call), which
+    torch runs on the calling thread: torch's intra-op thread count is process-wide, and a gather or cast split across that
+    team spent most of its time in the team's barrier on a busy machine (py-spy), where the
+    consumer's own ops need the team.
     """
     decoder = ChunkDecoder(reader)
     c, t, d = decoder.chunk_shape[0], reader.n_tokens, reader.d_model
     mixing = buffer_size > batch_size
     w = max(1, math.ceil(buffer_size / (c * tok_T.size))) if mixing else 1
-    slot = c * t  # rows of one decoded chunk
-    dtype = torch.from_numpy(np.zeros(0, decoder.dtype)).dtype
-    bufs = [torch.empty((batch_size + w * slot, d), dtype=dtype) for _ in range(2)]
+    slot = c * t  # rows of one chunk
+    buffers = None if decoder.raw else np.empty((2, w, slot, d), dtype=decoder.dtype)
     rng = np.random.default_rng(seed)
     chunks = iter(order)
-
-    def decode_into(buf: torch.Tensor, j: int, s: int, e: int) -> None:
-        flat = buf.numpy().reshape(-1)[(batch_size + j * slot) * d : (batch_size + (j + 1) * slot) * d]
-        acts_BTD = decoder.read(layer, s, e, out=flat)
-        if not np.may_share_memory(acts_BTD, flat):  # CacheReader.read (another layout): copy in
-            flat[: acts_BTD.size] = acts_BTD.reshape(-1)
-
-    def rows_of(group: list[tuple[int, int]]) -> np.ndarray:
-        parts = []
-        for j, (s, e) in enumerate(group):
-            image_B = np.flatnonzero(reader.valid[s:e])
-            parts.append((batch_size + j * slot + image_B[:, None] * t + tok_T[None, :]).reshape(-1))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    out_dtype = dtype if out_dtype is None else out_dtype
-    staging = np.empty((batch_size, d), dtype=decoder.dtype)
+    out_dtype = torch.from_numpy(np.zeros(0, decoder.dtype)).dtype if out_dtype is None else out_dtype
+    staging = threading.local()  # per thread: the stored-dtype rows of a batch before its cast
     piece = max(1, (CAST_ELEMENTS - 1) // d)  # rows per cast call
 
-    def gather(buf: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-        out = torch.empty((rows.size, d), dtype=out_dtype, pin_memory=pin_memory)
-        if out_dtype == dtype:
-            np.take(buf.numpy(), rows, axis=0, out=out.numpy(), mode="clip")  # "raise" would buffer the copy
+    def source(k: int, j: int, s: int, e: int) -> np.ndarray:
+        """Chunk ``j`` of group ``k`` (images ``s:e``) as ``[slot, D]`` rows: mapped, else decoded
+        into its buffer (a fresh one for a raw store's missing chunk file)."""
+        rows = decoder.mapped(layer, s)
+        if rows is not None:
+            return rows
+        buf = buffers[k % 2, j] if buffers is not None else np.empty((slot, d), dtype=decoder.dtype)
+        acts_BTD = decoder.read(layer, s, e, out=buf.reshape(-1))
+        if not np.may_share_memory(acts_BTD, buf):  # CacheReader.read (another layout): copy in
+            buf.reshape(-1)[: acts_BTD.size] = acts_BTD.reshape(-1)
+        return buf
+
+    def selected(s: int, e: int) -> np.ndarray:
+        """Row numbers within a chunk's source of its valid images' ``tok_T`` tokens, in group order."""
+        image_B = np.flatnonzero(reader.valid[s:e])
+        return (image_B[:, None] * t + tok_T[None, :]).reshape(-1)
+
+    def take(sources: list[np.ndarray], bounds: np.ndarray, local: np.ndarray, pos: np.ndarray, out: np.ndarray):
+        """Rows at sorted group positions ``pos`` into ``out``: one ``np.take`` per source."""
+        cut = np.searchsorted(pos, bounds)
+        for j, src in enumerate(sources):
+            a, b = cut[j], cut[j + 1]
+            if b > a:  # mode="clip": "raise" would buffer the copy
+                np.take(src, local[pos[a:b]], axis=0, out=out[a:b], mode="clip")
+        return out
+
+    def gather(sources: list[np.ndarray], bounds: np.ndarray, local: np.ndarray, pos: np.ndarray) -> torch.Tensor:
+        out = torch.empty((pos.size, d), dtype=out_dtype, pin_memory=pin_memory)
+        if out.numpy().dtype == decoder.dtype:
+            take(sources, bounds, local, pos, out.numpy())
             return out
-        rows_ND = torch.from_numpy(np.take(buf.numpy(), rows, axis=0, out=staging[: rows.size], mode="clip"))
-        for s in range(0, rows.size, piece):
-            out[s : s + piece].copy_(rows_ND[s : s + piece])
+        if getattr(staging, "rows", None) is None:
+            staging.rows = np.empty((batch_size, d), dtype=decoder.dtype)
+        rows_ND = torch.from_numpy(take(sources, bounds, local, pos, staging.rows[: pos.size]))
+        # one call for all pieces: per-piece copy_ calls from several threads queued on the GIL
+        torch._foreach_copy_(out.split(piece), rows_ND.split(piece))  # pyright: ignore[reportPrivateImportUsage]
         return out
 
     with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
 
         def submit(k: int) -> tuple[list[tuple[int, int]], list[cf.Future]]:
             group = list(itertools.islice(chunks, w))
-            return group, [pool.submit(decode_into, bufs[k % 2], j, s, e) for j, (s, e) in enumerate(group)]
+            return group, [pool.submit(source, k, j, s, e) for j, (s, e) in enumerate(group)]
 
-        carry = np.zeros(0, dtype=np.int64)  # rows of bufs[k % 2] carried into group k
+        carry = np.zeros((0, d), dtype=decoder.dtype)  # rows carried into group k, in group order
         k = 0
         group, pending = submit(0)
         while group:
-            for f in pending:
-                f.result()
-            buf = bufs[k % 2]
-            nxt, nxt_pending = submit(k + 1)  # decodes into the other buffer while this one is gathered
-            rows = np.concatenate([carry, rows_of(group)])
-            perm = rng.permutation(rows.size) if mixing else np.arange(rows.size)
-            n_out = rows.size if not nxt else rows.size // batch_size * batch_size
-            for s in range(0, n_out, batch_size):
-                yield gather(buf, rows[np.sort(perm[s : s + batch_size])])
-            left = rows[np.sort(perm[n_out:])]
-            np.take(buf.numpy(), left, axis=0, out=bufs[(k + 1) % 2].numpy()[: left.size], mode="clip")
-            carry = np.arange(left.size, dtype=np.int64)
+            sources = [carry, *(f.result() for f in pending)]
+            nxt, nxt_pending = submit(k + 1)  # made while this group is gathered
+            picks = [selected(s, e) for s, e in group]
+            local = np.concatenate([np.arange(len(carry)), *picks])  # group position → row in its source
+            bounds = np.cumsum([0, len(carry), *(p.size for p in picks)])  # sources' first positions, then the end
+            perm = rng.permutation(local.size) if mixing else np.arange(local.size)
+            n_out = local.size if not nxt else local.size // batch_size * batch_size
+            tasks = (
+                functools.partial(gather, sources, bounds, local, np.sort(perm[s : s + batch_size]))
+                for s in range(0, n_out, batch_size)
+            )
+            yield from _in_order(pool, tasks, ahead=max(1, workers) + 1)
+            left = np.sort(perm[n_out:])
+            carry = take(sources, bounds, local, left, np.empty((left.size, d), dtype=decoder.dtype))
             group, pending, k = nxt, nxt_pending, k + 1
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -98,8 +98,14 @@ class InputScaling:
         mean_sq_norm = sum_sq.item() / n - float((mean_D * mean_D).sum())
         return cls.from_stats(mean_D.numpy(), mean_sq_norm)
 
-    def apply(self, x: Tensor | np.ndarray) -> Tensor | np.ndarray:
-        """(x − mean) · scalar over the last axis; a tensor stays on its device and dtype.
+    @overload
+    def apply(self, x: Tensor, *, dtype: torch.dtype | None = None) -> Tensor: ...
+    @overload
+    def apply(self, x: np.ndarray, *, dtype: torch.dtype | None = None) -> np.ndarray: ...
+    def apply(self, x: Tensor | np.ndarray, *, dtype: torch.dtype | None = None) -> Tensor | np.ndarray:
+        """(x − mean) · scalar over the last axis; a tensor stays on its device and dtype, or
+        becomes ``dtype`` (the subtraction promotes a float16 ``x``: the same values as casting
+        first, without a separate cast pass).
 
         Every SAE input passes here, so a NaN or inf in it raises :class:`NonFiniteInputError`
         (a ``ValueError``) instead of silently turning latents and edits into NaN.
@@ -107,9 +113,9 @@ class InputScaling:
         check_finite(x, "SAE input")
         if isinstance(x, Tensor):
             mean = torch.tensor(self.mean_D, device=x.device)
-            if x.is_floating_point():
-                mean = mean.to(x.dtype)
-            return (x - mean) * self.scalar
+            if dtype is not None or x.is_floating_point():
+                mean = mean.to(dtype or x.dtype)
+            return (x - mean).mul_(self.scalar)
         x = np.asarray(x)
         out = (x - self.mean_D) * np.float32(self.scalar)
         return out.astype(x.dtype, copy=False) if np.issubdtype(x.dtype, np.floating) else out

@@ -221,9 +221,9 @@ def train_batches(
     exactly once and only the very last batch may be short. The batches depend on the seed, the
     store's chunking, ``batch_size`` and ``buffer_size`` only, not on ``workers`` (tested). Raw
     activations, made on a producer thread (:func:`in_background`); scaling happens on the
-    trainer's device. ``sae-train`` asks for float32 on CPU (cast on the producer thread) and for
-    the stored dtype, pinned, for CUDA (float16 halves the host → device copy; the trainer casts
-    on the device).
+    trainer's device. ``sae-train`` asks for the stored dtype (pinned for CUDA): float16 halves
+    the bytes gathered and copied to the device, and the trainer's scaling turns it into float32
+    in the same op (:func:`pipeline.sae.train.prepare_batch`).
     """
     per_pass = tokens_per_pass(reader, tokens)
     if per_pass == 0:
@@ -439,7 +439,7 @@ def training_batches(
             buffer_size=sc.shuffle_buffer,
             seed=sc.seed,
             workers=max(2, threads),
-            out_dtype=None if dev.type == "cuda" else torch.float32,
+            out_dtype=None,  # the stored dtype: train_sweep casts inside its scaling, on the device
             pin_memory=dev.type == "cuda",
         )
     return source, batches

@@ -449,12 +449,15 @@ def init_members(
 
 
 def prepare_batch(batch: Tensor, d_model: int, device: torch.device, scaling: InputScaling | None) -> Tensor:
-    """A batch as training reads it: on ``device``, ``[N, D]`` float32, scaled when ``scaling`` is given."""
+    """A batch as training reads it: on ``device``, ``[N, D]`` float32, scaled when ``scaling`` is given.
+
+    A float16 batch (the stored dtype, as ``sae-train`` streams it) becomes float32 inside the
+    scaling's subtraction, with the same values as a cast first."""
     x = torch.as_tensor(batch).to(device, non_blocking=True)
-    x = x.reshape(-1, x.shape[-1]).float()
+    x = x.reshape(-1, x.shape[-1])
     if x.shape[-1] != d_model:
         raise ValueError(f"batch has width {x.shape[-1]}, expected d_model={d_model}")
-    return scaling.apply(x) if scaling is not None else x
+    return scaling.apply(x, dtype=torch.float32) if scaling is not None else x.float()
 
 
 def _train_pass(
