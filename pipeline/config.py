@@ -105,6 +105,7 @@ class ExtractConfig:
     forward_dtype: str = default(
         "extract/forward_dtype"
     )  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
+    compression: str = default("extract/compression")  # the acts codec: a pipeline.cache.store.ACTS_CODECS key
     on_bad_image: str = default("extract/on_bad_image")
 
 
