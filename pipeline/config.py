@@ -341,7 +341,8 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
             )
 
     ex = resolve_auto_counts(raw["extract"], raw.get("device", schema_default("device")))
-    extract = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()})
+    ex_keys: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()}  # schema-checked
+    extract = ExtractConfig(**ex_keys)
     caches = tuple(CacheRef(**c) for c in raw["caches"])
 
     probes = raw.get("probes", {})

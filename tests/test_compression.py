@@ -163,5 +163,7 @@ def test_an_unknown_codec_is_one_error_line_naming_the_key(project):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and "key extract/compression: 'zstd' is not one of ['lz4', 'none']" in lines[0]
+    assert (
+        lines[0].startswith("error: ") and "key extract/compression: 'zstd' is not one of ['lz4', 'none']" in lines[0]
+    )
     assert not (project / "cache").exists()
