@@ -112,7 +112,7 @@ class StoreLayout:
 def blosc() -> BloscCodec:
     # lz4 + bitshuffle: the fastest codec measured here. The ~2x smaller acts is float16 vs
     # float32, not Blosc: on a random-init model's float16 activations Blosc saves ~3 % more
-    # (0.485 vs 0.5 of the float32 bytes; benchmarks/bench_sae.py, "bytes on disk").
+    # (~0.48 vs 0.5 of the float32 bytes: benchmarks/bench_sae.py, "bytes on disk").
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
 
 
