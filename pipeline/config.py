@@ -105,6 +105,7 @@ class ExtractConfig:
     forward_dtype: str = default(
         "extract/forward_dtype"
     )  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
+    compression: str = default("extract/compression")  # the acts codec: a pipeline.cache.store.ACTS_CODECS key
     on_bad_image: str = default("extract/on_bad_image")
 
 
@@ -340,7 +341,8 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
             )
 
     ex = resolve_auto_counts(raw["extract"], raw.get("device", schema_default("device")))
-    extract = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()})
+    ex_keys: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()}  # schema-checked
+    extract = ExtractConfig(**ex_keys)
     caches = tuple(CacheRef(**c) for c in raw["caches"])
 
     probes = raw.get("probes", {})

@@ -209,6 +209,7 @@ def layout_and_attrs(
         chunk_images=ex.chunk_images,
         task=data.task,
         mask_size=pre.crop if data.task == "segmentation" else None,
+        compression=ex.compression,
     )
     # Everything that changes the numbers or the layout; not parts, batch size or workers. The
     # entries are pipeline.stages.STORE_HASHED_KEYS (which also gives the extract step's config keys).
@@ -220,6 +221,8 @@ def layout_and_attrs(
         # stores made before this key existed ran in float32: their hash stays valid
         "forward_dtype": forward_dtype if forward_dtype != "float32" else None,
         "chunk_images": ex.chunk_images,
+        # stores made before this key existed are lz4: their hash stays valid
+        "compression": ex.compression if ex.compression != "lz4" else None,
         "dataset": {
             "kind": dataset.kind,
             "root": str(dataset.root),
@@ -254,6 +257,7 @@ def layout_and_attrs(
         "layers_note": "layer = 0-based block number; acts = that block's OUTPUT (residual stream, before the final norm)",
         "dtype": ex.dtype,
         "forward_dtype": forward_dtype,
+        "compression": ex.compression,
         "package": "pipeline",
         "package_version": pipeline.__version__,
         "torch_version": torch.__version__,

@@ -172,6 +172,7 @@ def store_expectation(cfg: Config, ref: CacheRef, split: str, attrs: dict) -> di
         "extract.layers": (stored.get("layers"), layers),
         "extract.dtype": (stored.get("dtype"), ex.dtype),
         "extract.chunk_images": (stored.get("chunk_images"), ex.chunk_images),
+        "extract.compression": (stored.get("compression", "lz4"), ex.compression),  # hashed only when not lz4
         f"{d}.kind": (stored.get("dataset", {}).get("kind"), dataset.kind),
         f"{d}.root": (stored.get("dataset", {}).get("root"), str(dataset.root)),
         f"{d}.splits.{split}": (stored.get("dataset", {}).get("split"), dataset.splits[split]),

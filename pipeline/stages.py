@@ -130,6 +130,7 @@ STORE_HASHED_KEYS: dict[str, tuple[str, ...]] = {
     "dtype": ("extract.dtype",),
     "forward_dtype": ("extract.forward_dtype",),
     "chunk_images": ("extract.chunk_images",),
+    "compression": ("extract.compression",),
     "dataset": (
         "datasets.{dataset}.kind",
         "datasets.{dataset}.root",

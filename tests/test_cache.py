@@ -28,8 +28,9 @@ def _reference_acts(cfg, ref, split, layers):
         return backbone.forward_to(pixels, layers).numpy(), data, backbone
 
 
-def test_segmentation_store_round_trip(project):
-    cfg = load_config("config.yaml")
+@pytest.mark.parametrize("compression", ["lz4", "none"])
+def test_segmentation_store_round_trip(project, compression):
+    cfg = load_config(write_config(project, {"extract": {"compression": compression}}))
     report = extract(cfg, SEG, "val", progress=False)
     assert report.chunks_computed == 3 and report.images_computed == 12  # 12 images, chunks of 4
 
@@ -69,6 +70,7 @@ def test_segmentation_store_round_trip(project):
     assert attrs["n_blocks"] == 3 and attrs["patch_size"] == 14 and attrs["grid"] == [4, 4]
     assert attrs["preprocess"]["crop"] == 56 and attrs["split"] == "val" and attrs["task"] == "segmentation"
     assert len(attrs["config_hash"]) == 64
+    assert attrs["compression"] == compression
 
 
 def test_classification_store_has_labels(project):

@@ -43,6 +43,11 @@ FULL = deep_update(deep_update(PROBE, SAE), QUANTIFY)
         ),
         ({"extract": {"batch_size": 7, "num_workers": 2}}, set()),  # speed only: no rerun
         (
+            {"extract": {"compression": "none"}},  # another store (its files), identical numbers
+            {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"},
+        ),
+        ({"extract": {"compression": "lz4"}}, set()),  # the default, written out
+        (
             {"models": {"dino": {"preprocess": {"resize": 64}}}},
             {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"},
         ),

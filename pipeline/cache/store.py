@@ -8,7 +8,8 @@ row-major), D width, P patches, H/W pixels of the cropped label mask.
 Arrays (every per-image array is chunked by ``chunk_images`` along N, so a
 chunk of images is one set of files and a part owns whole chunks):
 
-- ``acts[N, L, T, D]`` float16/float32, chunk (chunk_images, 1, T, D), Blosc lz4 + bitshuffle;
+- ``acts[N, L, T, D]`` float16/float32, chunk (chunk_images, 1, T, D), coded by
+  ``ACTS_CODECS[compression]`` (``lz4``: Blosc lz4 + bitshuffle; ``none``: raw chunk files);
 - ``done[N]`` set only after every array of that image is on disk;
 - ``bad[N]`` rows whose image could not be read (``on_bad_image: skip``) and
   ``bad_reason[N]`` (why; "" for good rows), merged into attrs by ``finalize``;
@@ -47,6 +48,7 @@ import socket
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +94,7 @@ class StoreLayout:
     chunk_images: int
     task: str  # "segmentation" | "classification"
     mask_size: int | None = None  # H = W of pixel_label (segmentation)
+    compression: str = "lz4"  # the acts array's codec, an ACTS_CODECS key (extract.compression)
 
     @property
     def n_images(self) -> int:
@@ -107,8 +110,20 @@ class StoreLayout:
 
 
 def blosc() -> BloscCodec:
-    # lz4 + bitshuffle: the fastest codec measured here, and float16 activations compress ~2x.
+    # lz4 + bitshuffle: the fastest codec measured here. The ~2x smaller acts is float16 vs
+    # float32, not Blosc: on a random-init model's float16 activations Blosc saves ~3 % more
+    # (~0.48 vs 0.5 of the float32 bytes: benchmarks/bench_sae.py, "bytes on disk").
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
+
+
+# extract.compression -> the zarr compressors of the acts array. "none": no compressor, so zarr
+# writes each chunk as its raw little-endian bytes (codecs [bytes]), readable straight from the
+# file; "lz4": Blosc (codecs [bytes, blosc]). The config schema's enum lists the same names (kept
+# there so that importing the config does not import zarr; tests/test_compression.py checks them).
+ACTS_CODECS: dict[str, Callable[[], tuple]] = {
+    "lz4": lambda: (blosc(),),
+    "none": lambda: (),
+}
 
 
 def chunk_ranges(n_images: int, chunk_images: int) -> list[tuple[int, int]]:
@@ -139,7 +154,7 @@ def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
         "bad_reason": (("image",), np.full(n, "", dtype=object)),  # small: written at creation
     }
     enc = {
-        "acts": {"chunks": (c, 1, t, d), "compressors": (blosc(),), "fill_value": np.nan},
+        "acts": {"chunks": (c, 1, t, d), "compressors": ACTS_CODECS[layout.compression](), "fill_value": np.nan},
         "done": {"chunks": (c,), "fill_value": False},
         "bad": {"chunks": (c,), "fill_value": False},
         "bad_reason": {"chunks": (c,)},
