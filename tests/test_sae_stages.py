@@ -276,7 +276,14 @@ def test_stream_reads_each_chunk_once_per_pass(sae_project, raw_store, monkeypat
     rows = sum(
         len(b)
         for b in train_batches(
-            reader, BLOCK, tokens="patches", n_tokens=n_passes * per_pass - 10, batch_size=64, buffer_size=256, seed=7
+            reader,
+            BLOCK,
+            tokens="patches",
+            n_tokens=n_passes * per_pass - 10,
+            batch_size=64,
+            buffer_size=256,
+            seed=7,
+            workers=1,  # reads logged in visit order (with more threads a group's chunks may log in any order)
         )
     )
     chunks = reader.chunks()
