@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import threading
+import time
 
-from pipeline.cache.stream import shuffle_buffer
+import numpy as np
+import pytest
+
+from pipeline.cache.stream import in_background, shuffle_buffer
 
 
 def _parts(n_parts=10, rows=50):
@@ -37,3 +41,38 @@ def test_drop_last():
     batches = list(shuffle_buffer(_parts(), batch_size=64, buffer_size=1, seed=0, drop_last=True))
     assert all(len(b[0]) == 64 for b in batches) and sum(len(b[0]) for b in batches) == 448
     np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), np.arange(448))  # in order
+
+
+@pytest.mark.parametrize(("n", "bundle"), [(0, 4), (1, 4), (9, 4), (12, 4), (7, 1)])
+def test_in_background_yields_every_item_in_order_whatever_the_bundle(n, bundle):
+    assert list(in_background(iter(range(n)), depth=2, bundle=bundle)) == list(range(n))
+
+
+def test_in_background_raises_the_producers_error_after_the_items_before_it():
+    def items():
+        yield from range(6)
+        raise KeyError("bad chunk")
+
+    got = []
+    with pytest.raises(KeyError, match="bad chunk"):
+        for x in in_background(items(), depth=2, bundle=4):
+            got.append(x)
+    assert got == list(range(6))  # the partial last bundle comes before the error
+
+
+def test_in_background_stops_its_thread_when_closed_early():
+    made = []
+
+    def items():
+        for i in range(10_000):
+            made.append(i)
+            yield i
+
+    it = in_background(items(), depth=2, bundle=4)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "token-stream" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "token-stream" for t in threading.enumerate())
+    assert len(made) <= 4 * (2 + 2)  # at most the bundles queued, the one being handed over and the one taken

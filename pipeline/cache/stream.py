@@ -418,8 +418,8 @@ def in_background(items: Iterator[T], *, depth: int = 2, bundle: int = 4) -> Ite
         return False
 
     def run() -> None:
+        part: list[T] = []
         try:
-            part: list[T] = []
             for item in items:
                 part.append(item)
                 if len(part) == bundle:
@@ -429,8 +429,9 @@ def in_background(items: Iterator[T], *, depth: int = 2, bundle: int = 4) -> Ite
             if part and not hand_over(part):
                 return
             q.put((done, None))
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            q.put((done, err))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, after what came before it
+            if not part or hand_over(part):
+                q.put((done, err))
 
     thread = threading.Thread(target=run, name="token-stream", daemon=True)
     thread.start()
