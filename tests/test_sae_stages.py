@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import re
 import shutil
@@ -31,6 +33,7 @@ from pipeline.sae.stages import (
     token_parts,
     tokens_per_pass,
     train_batches,
+    training_batches,
 )
 from pipeline.stats import read_stats, run_stats
 
@@ -443,3 +446,14 @@ def test_snakemake_dry_run_lists_the_sae_rules(tmp_path):
         "results/sae/dino/seg/layer-2/gallery",
     ):
         assert path in proc.stdout
+
+
+@pytest.mark.parametrize("compression", ["lz4", "none"])
+def test_sae_train_says_when_its_tokens_are_decoded_on_every_read(sae_project, raw_store, caplog, compression):
+    reader = store_reader(compression, raw_store)
+    sc = dataclasses.replace(sae_project.cfg.sae, token_source="stream")
+    with caplog.at_level(logging.INFO, logger="pipeline.sae.stages"):
+        source, _ = training_batches(reader, BLOCK, sc, torch.device("cpu"), 1)
+    assert source == "stream"
+    hinted = "extract.compression: none" in caplog.text
+    assert hinted == (compression == "lz4")

@@ -414,10 +414,16 @@ def training_batches(
     train: CacheReader, block: int, sc: SAEConfig, dev: torch.device, threads: int
 ) -> tuple[str, Iterator[torch.Tensor]]:
     """``(source, batches)``: the token stream the sweep trains on, from ``token_source``
-    (``device``: every token resident on the GPU; else chunks decoded on worker threads into
-    a shuffle buffer)."""
+    (``device``: every token resident on the device; else groups of chunks permuted, read
+    straight from the mapped files of an uncompressed store or decoded on worker threads)."""
     source = token_source(train, sc, dev)
     log.info("tokens from: %s (sae.token_source: %s)", source, sc.token_source)
+    if source == "stream" and not ChunkDecoder(train).raw:
+        log.info(
+            "tokens are decoded on every read (store %s is compressed); a store extracted with "
+            "extract.compression: none is read without decoding",
+            train.path,
+        )
     if source == "device":
         batches = device_batches(
             train,
