@@ -12,7 +12,7 @@
    sorted, ``torch.from_numpy(mm[idx])``); both on a warm page cache (each read once before
    timing), the same number of tokens; the readers alternate ``--read-repeats`` times and each
    repeat's ratio is printed (their median first), with the process CPU time per token of each.
-   Target ≥ 1.0. Also: the stream handing over float32 batches (cast on the stream's threads),
+   Target ≥ 1.0. Also: the stream handing over float32 batches (cast on the stream's thread),
    the first stream (``token_parts`` → ``shuffle_buffer``), the ``token_source: device`` mode
    (tokens loaded once, CPU here) and bytes on disk: each store's chunk files of that layer ÷
    the same tokens (CLS included, as saev stores them) as raw float32 (target ≤ 0.5;

@@ -317,9 +317,9 @@ def group_batches(
     worker thread cost more than the gather itself here (thread wake-ups). Batches are fresh
     tensors of ``out_dtype`` (default: the stored dtype), pinned when ``pin_memory``; a cast runs
     as pieces of fewer than ``CAST_ELEMENTS`` elements (one ``torch._foreach_copy_`` call), which
-    torch runs on the calling thread: torch's intra-op thread count is process-wide, and a gather or cast split across that
-    team spent most of its time in the team's barrier on a busy machine (py-spy), where the
-    consumer's own ops need the team.
+    torch runs on the calling thread: torch's intra-op thread count is process-wide, and a gather
+    or cast split across that team spent most of its time in the team's barrier on a busy
+    machine (py-spy), where the consumer's own ops need the team.
     """
     decoder = ChunkDecoder(reader)
     c, t, d = decoder.chunk_shape[0], reader.n_tokens, reader.d_model
@@ -330,7 +330,7 @@ def group_batches(
     rng = np.random.default_rng(seed)
     chunks = iter(order)
     out_dtype = torch.from_numpy(np.zeros(0, decoder.dtype)).dtype if out_dtype is None else out_dtype
-    staging = threading.local()  # per thread: the stored-dtype rows of a batch before its cast
+    staging: list[np.ndarray] = []  # the stored-dtype rows of a batch before its cast, made on first use
     piece = max(1, (CAST_ELEMENTS - 1) // d)  # rows per cast call
 
     def source(k: int, j: int, s: int, e: int) -> np.ndarray:
@@ -364,10 +364,10 @@ def group_batches(
         if out.numpy().dtype == decoder.dtype:
             take(sources, bounds, local, pos, out.numpy())
             return out
-        if getattr(staging, "rows", None) is None:
-            staging.rows = np.empty((batch_size, d), dtype=decoder.dtype)
-        rows_ND = torch.from_numpy(take(sources, bounds, local, pos, staging.rows[: pos.size]))
-        # one call for all pieces: per-piece copy_ calls from several threads queued on the GIL
+        if not staging:
+            staging.append(np.empty((batch_size, d), dtype=decoder.dtype))
+        rows_ND = torch.from_numpy(take(sources, bounds, local, pos, staging[0][: pos.size]))
+        # one call for all pieces: a copy_ per piece costs a Python call and a GIL hand-off each
         torch._foreach_copy_(out.split(piece), rows_ND.split(piece))  # pyright: ignore[reportPrivateImportUsage]
         return out
 
