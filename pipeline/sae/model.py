@@ -1,10 +1,16 @@
-"""The ReLU sparse autoencoder (SAE) of saev (Stevens et al., OSU-NLP-Group/saev), bugs fixed.
+"""The sparse autoencoder (SAE) of saev (Stevens et al., OSU-NLP-Group/saev), bugs fixed.
 
 Dimension keys used in names and docstrings: N tokens (a batch), D model width,
-S latents (``n_latents = exp_factor * D``), M sweep members.
+S latents (``n_latents = exp_factor * D``), M sweep members, P Matryoshka prefixes.
 
-    f_NS  = relu((x_ND - b_dec_D) @ W_enc_DS + b_enc_S)     # encode (default convention)
+    h_NS  = (x_ND - b_dec_D) @ W_enc_DS + b_enc_S            # pre-activations (default convention)
+    f_NS  = σ(h_NS)                                          # the kind's activation (``sae.activation``)
     x̂_ND  = f_NS @ W_dec_SD + b_dec_D                        # decode
+
+σ is ReLU by default; :mod:`pipeline.sae.kinds` registers the others (TopK, BatchTopK) with their
+formulas. An SAE trained with the Matryoshka objective records its ``prefixes`` (latent counts
+s_1 < … < s_P = S) and :meth:`SparseAutoencoder.decode_prefixes` gives each prefix's
+reconstruction; encoding and the full decode do not depend on them.
 
 Encoder conventions (``encoder_subtracts_b_dec``)
 -------------------------------------------------
@@ -40,21 +46,36 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .kinds import Activation, ReLU
+from .kinds.matryoshka import decode_prefixes
+
 ENCODER_SUBTRACT = "relu((x - b_dec) @ W_enc + b_enc)"
 ENCODER_PLAIN = "relu(x @ W_enc + b_enc)"
 
 
 class SparseAutoencoder(nn.Module):
-    """ReLU SAE with parameters ``W_enc [D,S]``, ``b_enc [S]``, ``W_dec [S,D]``, ``b_dec [D]``.
+    """SAE with parameters ``W_enc [D,S]``, ``b_enc [S]``, ``W_dec [S,D]``, ``b_dec [D]`` and the
+    activation module ``activation`` (its buffers, if any, are in the state dict as ``activation.*``).
 
     Args:
         d_model: D, the width of the activations.
         n_latents: S, the number of latents.
         seed: seeds the initialisation (a private generator; global RNG untouched).
         encoder_subtracts_b_dec: encoder convention, see the module docstring.
+        activation: σ, a :class:`pipeline.sae.kinds.Activation` (default ReLU).
+        prefixes: Matryoshka prefix sizes (ascending latent counts ending at S), or None.
     """
 
-    def __init__(self, d_model: int, n_latents: int, *, seed: int = 0, encoder_subtracts_b_dec: bool = True) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_latents: int,
+        *,
+        seed: int = 0,
+        encoder_subtracts_b_dec: bool = True,
+        activation: Activation | None = None,
+        prefixes: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if d_model <= 0 or n_latents <= 0:
             raise ValueError(f"d_model and n_latents must be positive, got {d_model}, {n_latents}")
@@ -62,6 +83,14 @@ class SparseAutoencoder(nn.Module):
         self.n_latents = int(n_latents)
         self.seed = int(seed)
         self.encoder_subtracts_b_dec = bool(encoder_subtracts_b_dec)
+        self.activation: Activation = activation if activation is not None else ReLU()
+        if prefixes is not None:
+            prefixes = tuple(int(p) for p in prefixes)
+            if not prefixes or any(b <= a for a, b in zip(prefixes, prefixes[1:])) or prefixes[0] < 1:
+                raise ValueError(f"prefixes must be ascending positive latent counts, got {list(prefixes)}")
+            if prefixes[-1] != self.n_latents:
+                raise ValueError(f"prefixes {list(prefixes)} must end at S={self.n_latents}")
+        self.prefixes: tuple[int, ...] | None = prefixes
 
         gen = torch.Generator().manual_seed(self.seed)
         W_dec_SD = torch.empty(self.n_latents, self.d_model)
@@ -79,12 +108,17 @@ class SparseAutoencoder(nn.Module):
         return int(ratio) if ratio == int(ratio) else ratio
 
     @property
+    def kind(self) -> str:
+        """The activation's registered kind (``relu``, ``topk``, ``batchtopk``, ...)."""
+        return self.activation.kind
+
+    @property
     def encoder(self) -> str:
         """The encoder convention as a formula string (stored in checkpoint headers)."""
         return ENCODER_SUBTRACT if self.encoder_subtracts_b_dec else ENCODER_PLAIN
 
     def pre_acts(self, x_ND: Tensor, latents_K: Tensor | Sequence[int] | None = None) -> Tensor:
-        """Pre-activations h [..., S] (before the ReLU); accepts any leading dims.
+        """Pre-activations h [..., S] (before the activation σ); accepts any leading dims.
 
         With ``latents_K`` only those latents' columns are computed: [..., K], the same numbers
         as ``pre_acts(x)[..., latents_K]`` at K/S of the cost.
@@ -97,18 +131,33 @@ class SparseAutoencoder(nn.Module):
         return x_ND @ self.W_enc[:, idx_K] + self.b_enc[idx_K]
 
     def encode(self, x_ND: Tensor, latents_K: Tensor | Sequence[int] | None = None) -> Tensor:
-        """Latents f_NS = relu(pre_acts(x)); leading dims are kept ([..., D] -> [..., S]).
+        """Latents f_NS = σ(pre_acts(x)); leading dims are kept ([..., D] -> [..., S]).
 
-        With ``latents_K``: those latents only, [..., K]. Exact for this ReLU SAE, where each
-        latent reads only its own encoder column; every caller (training, statistics, F1,
-        interventions, manipulate) encodes through here, so an SAE with another activation
-        (TopK, JumpReLU) changes this one method.
+        With ``latents_K``: those latents only, [..., K], the same numbers as
+        ``encode(x)[..., latents_K]``. When σ is elementwise (ReLU; BatchTopK's threshold at
+        inference) only those K encoder columns are computed; otherwise (TopK, which must rank
+        all S) the full encoding is computed and indexed. Every caller (training, statistics,
+        F1, interventions, manipulate) encodes through here.
         """
-        return torch.relu(self.pre_acts(x_ND, latents_K))
+        if latents_K is None:
+            return self.activation(self.pre_acts(x_ND))
+        if self.activation.elementwise:
+            return self.activation(self.pre_acts(x_ND, latents_K))
+        idx_K = torch.as_tensor(latents_K, dtype=torch.long, device=x_ND.device)
+        return self.activation(self.pre_acts(x_ND))[..., idx_K]
 
     def decode(self, f_NS: Tensor) -> Tensor:
         """Reconstruction x̂_ND = f @ W_dec + b_dec ([..., S] -> [..., D])."""
         return f_NS @ self.W_dec + self.b_dec
+
+    def decode_prefixes(self, f_NS: Tensor, prefixes: Sequence[int] | None = None) -> Tensor:
+        """Matryoshka reconstructions from each prefix, ``[..., P, D]`` (``x̂_p = f[:, :s_p] @
+        W_dec[:s_p] + b_dec``); ``prefixes`` defaults to the SAE's own (its last one equals
+        :meth:`decode`). Raises ValueError when neither is set."""
+        prefixes = self.prefixes if prefixes is None else tuple(int(p) for p in prefixes)
+        if prefixes is None:
+            raise ValueError("this SAE has no Matryoshka prefixes; pass prefixes=")
+        return decode_prefixes(f_NS, self.W_dec, self.b_dec, prefixes)
 
     def forward(self, x_ND: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(x̂_ND, f_NS)``."""
@@ -146,4 +195,8 @@ class SparseAutoencoder(nn.Module):
         self.b_dec.copy_(mean_D)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_latents={self.n_latents}, seed={self.seed}, encoder={self.encoder!r}"
+        extra = f", prefixes={list(self.prefixes)}" if self.prefixes else ""
+        return (
+            f"d_model={self.d_model}, n_latents={self.n_latents}, seed={self.seed}, encoder={self.encoder!r}, "
+            f"kind={self.activation.describe()!r}{extra}"
+        )
