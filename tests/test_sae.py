@@ -188,7 +188,7 @@ def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "ck" / "sae.pt"
     save_checkpoint(path, sae, cfg={"lr": 1e-3, "sparsity_coeff": 4e-4}, scaling=sc)
     assert path.exists() and safetensors_twin(path).exists()
-    assert json.loads(path.read_bytes().split(b"\n", 1)[0])["schema"] == 2
+    assert json.loads(path.read_bytes().split(b"\n", 1)[0])["schema"] == 3
     x = torch.randn(5, 6)
     for p in (path, safetensors_twin(path)):
         sae2, header, sc2 = load_checkpoint(p)
