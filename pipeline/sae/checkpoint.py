@@ -56,9 +56,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
-from .kinds import Activation, ReLU, make_activation
+from .kinds import Activation, BatchTopK, ReLU, TopK, make_activation
 from .model import ENCODER_PLAIN, ENCODER_SUBTRACT, SparseAutoencoder
-from .saev_history import SCHEMA1_FIRST_PLAIN, schema1_subtracts_b_dec
+from .saev_history import Writer, writer
 from .scaling import InputScaling
 
 SCHEMA_VERSION = 3
@@ -132,6 +132,11 @@ def _read_torch_file(path: Path) -> tuple[dict, dict]:
             payload = fd.read()
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
+    if first.startswith((b"PK\x03\x04", b"\x80")):  # a zip (torch.save) or pickle stream: no header line
+        raise CheckpointError(
+            f"{path}: no JSON header line: a bare torch.save file (saev before fee0ab5, 2024-10-31, pickled "
+            "{'cfg': <config object>, 'state_dict': ...} this way); saev's current loader refuses it too"
+        )
     try:
         header = json.loads(first.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -180,6 +185,7 @@ class _Spec:
     activation: Activation
     prefixes: tuple[int, ...] | None = None
     scaling: InputScaling | None = None
+    saev: bool = False  # written by saev (its BatchTopK had no threshold buffer before ce1add2)
 
 
 def _our_activation(path: Path, schema: Any, act: Any) -> Activation:
@@ -215,14 +221,14 @@ def _interpret_ours(path: Path, header: dict, cfg: dict) -> _Spec:
     )
 
 
-def _interpret_header(path: Path, header: dict) -> _Spec:
+def _interpret_header(path: Path, header: dict, state_names: set[str]) -> _Spec:
     """The SAE a header describes (our header styles and saev's)."""
     if "schema" not in header:  # saev pre-schema: the header *is* the config
         if "d_vit" not in header:
             raise CheckpointError(f"{path}: legacy (schema-less) header has no 'd_vit'")
         cfg = dict(header)
         cfg["d_model"] = cfg["d_vit"]
-        return _Spec(cfg, True, ReLU())
+        return _Spec(cfg, True, ReLU(), saev=True)
 
     cfg = header.get("cfg")
     if not isinstance(cfg, dict):
@@ -231,33 +237,120 @@ def _interpret_header(path: Path, header: dict) -> _Spec:
     if "encoder_subtracts_b_dec" in cfg:  # ours
         return _interpret_ours(path, header, cfg)
 
+    return _interpret_saev(path, header, cfg, state_names)
+
+
+_SAEV_KINDS = {"Relu": "relu", "TopK": "topk", "BatchTopK": "batchtopk"}
+_BATCH_DEPENDENT = ("batch", "batch_total")
+
+
+def _saev_activation_cls(path: Path, header: dict, cfg: dict) -> tuple[str, dict]:
+    """saev's activation class name and its params, from any saev schema's header."""
+    schema = header["schema"]
+    if schema == 1 and header.get("cls", "SparseAutoencoderConfig") != "SparseAutoencoderConfig":
+        cls = header["cls"]  # format 1A: the config class is the activation (its fields are the cfg)
+        return cls, ({"top_k": cfg.get("top_k", 32)} if cls in ("TopK", "BatchTopK") else {})
+    act = cfg.get("activation")
+    if act is None and schema == 1:  # format 1B without an activation: saev's default, ReLU
+        return "Relu", {}
+    if not isinstance(act, dict) or not isinstance(act.get("cls"), str) or not isinstance(act.get("params", {}), dict):
+        raise CheckpointError(
+            f"{path}: saev schema-{schema} cfg.activation {act!r} is not {{'cls': ..., 'params': {{...}}}}"
+        )
+    return act["cls"], act.get("params") or {}
+
+
+def _saev_batchtopk_mode(path: Path, schema: int, w: Writer | None, has_threshold: bool) -> str:
+    """The BatchTopK inference mode that reproduces the writer's forward (see saev_history)."""
+    if has_threshold:
+        if w is not None and w.batchtopk != "threshold":
+            raise CheckpointError(
+                f"{path}: has activation.threshold, but the BatchTopK of its writer ({w.note}) has no threshold"
+            )
+        if w is None and schema < 4:
+            raise CheckpointError(f"{path}: has activation.threshold, but no saev schema-{schema} BatchTopK had one")
+        return "threshold"
+    if w is not None:
+        if w.batchtopk == "threshold":
+            raise CheckpointError(
+                f"{path}: state dict lacks ['activation.threshold'], which its writer's BatchTopK has ({w.note})"
+            )
+        if w.batchtopk is None:
+            raise CheckpointError(f"{path}: its writer's code has no BatchTopK ({w.note})")
+        return w.batchtopk
+    if schema == 5:
+        raise CheckpointError(
+            f"{path}: state dict lacks ['activation.threshold'] (every saev schema-5 BatchTopK has it)"
+        )
+    if schema in (2, 4):
+        meanings = {
+            2: "the k largest of the batch (8d38c23..2fe190b) or each row's k largest (later)",
+            4: "each row's k largest (513cd52..) or the batch's N·k largest (b94e5ea, 6e5fc00)",
+        }
+        warnings.warn(
+            f"{path}: saev schema-{schema} BatchTopK without a threshold and with an unknown commit: saev's BatchTopK "
+            f"meant {meanings[schema]} then; assuming each row's k largest",
+            stacklevel=5,
+        )
+        return "row"
+    return "batch_total" if schema == 1 else "row"
+
+
+def _interpret_saev(path: Path, header: dict, cfg: dict, state_names: set[str]) -> _Spec:
+    """A saev schema 1-5 header → the SAE its writer's code computed (pipeline.sae.saev_history)."""
     schema = header["schema"]
     if schema not in (1, 2, 3, 4, 5):
         raise CheckpointError(f"{path}: unknown saev checkpoint schema {schema!r}")
-    act = cfg.get("activation")
-    cls = act.get("cls") if isinstance(act, dict) else header.get("cls", "Relu")
-    if cls == "SparseAutoencoderConfig":
-        cls = "Relu"
-    if cls != "Relu":
-        raise CheckpointError(f"{path}: activation {cls!r} is not supported (ReLU SAEs only)")
     if "d_model" not in cfg and "d_vit" in cfg:
         cfg["d_model"] = cfg["d_vit"]
-    if schema == 1:
-        subtracts = schema1_subtracts_b_dec(header.get("commit"))
-        if subtracts is not None:
-            cfg["encoder_from_commit"] = (
-                f"saev commit {str(header['commit'])[:7]} "
-                f"{'precedes' if subtracts else 'includes'} {SCHEMA1_FIRST_PLAIN}: "
-                f"{ENCODER_SUBTRACT if subtracts else ENCODER_PLAIN}"
-            )
-            return _Spec(cfg, subtracts, ReLU())
-        warnings.warn(
-            f"{path}: saev schema-1 checkpoint with commit={header.get('commit')!r} (absent or not a known "
-            "saev schema-1 writer): saev wrote this header with both encoder conventions; assuming "
-            "relu(x @ W_enc + b_enc). Pass encoder_subtracts_b_dec=True if it was trained with (x - b_dec).",
-            stacklevel=4,
+    cls, params = _saev_activation_cls(path, header, cfg)
+    if cls == "AbsBatchTopK":
+        raise CheckpointError(
+            f"{path}: saev's AbsBatchTopK (the N·k largest |pre-activations| of a batch, schema-4 writers ce1add2..3b363b4) "
+            "is not an SAE kind here; saev's current loader refuses it too ('Unknown activation class')"
         )
-    return _Spec(cfg, False, ReLU())
+    if cls not in _SAEV_KINDS:
+        raise CheckpointError(f"{path}: saev activation class {cls!r} is not one saev wrote (Relu, TopK, BatchTopK)")
+    kind = _SAEV_KINDS[cls]
+    commit = header.get("commit")
+    w = writer(commit)
+    if w is not None and w.schema != schema:
+        raise CheckpointError(f"{path}: header says schema {schema}, but saev commit {commit} wrote schema {w.schema}")
+    if w is not None and kind != "relu" and w.batchtopk is None:
+        raise CheckpointError(
+            f"{path}: activation {cls!r}, but saev's code at commit {commit} had ReLU only ({w.note})"
+        )
+
+    subtracts = False
+    if schema == 1:
+        if w is not None:
+            subtracts = w.subtracts_b_dec
+            cfg["encoder_from_commit"] = (
+                f"saev commit {str(commit)[:7]} ({w.note}): {ENCODER_SUBTRACT if subtracts else ENCODER_PLAIN}"
+            )
+        else:
+            warnings.warn(
+                f"{path}: saev schema-1 checkpoint with commit={commit!r} (absent or not a known saev schema-1 "
+                "writer): saev wrote this header with both encoder conventions; assuming relu(x @ W_enc + b_enc). "
+                "Pass encoder_subtracts_b_dec=True if it was trained with (x - b_dec).",
+                stacklevel=4,
+            )
+
+    k = params.get("top_k", 32)
+    if kind == "relu":
+        activation: Activation = ReLU()
+    elif kind == "topk":
+        activation = TopK(k=k, keep_negative=True)
+    else:
+        mode = _saev_batchtopk_mode(path, schema, w, "activation.threshold" in state_names)
+        activation = BatchTopK(k=k, momentum=params.get("momentum", 0.1), inference=mode, keep_negative=True)
+        if mode in _BATCH_DEPENDENT:
+            warnings.warn(
+                f"{path}: this saev BatchTopK ({'the k' if mode == 'batch_total' else 'the N·k'} largest pre-activations "
+                "of the whole batch, as its writer computed) gives latents that depend on which tokens share a batch",
+                stacklevel=4,
+            )
+    return _Spec(cfg, subtracts, activation, saev=True)
 
 
 def load_checkpoint(
@@ -287,7 +380,7 @@ def load_checkpoint(
             n_bad = int((~torch.isfinite(v)).sum())
             raise CheckpointError(f"{path}: tensor {k} holds {n_bad} NaN/inf values")
 
-    spec = _interpret_header(path, header)
+    spec = _interpret_header(path, header, set(state))
     cfg = spec.cfg
     subtracts = spec.subtracts if encoder_subtracts_b_dec is None else bool(encoder_subtracts_b_dec)
 
@@ -325,6 +418,8 @@ def load_checkpoint(
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from err
     wanted = sae.state_dict()
+    if spec.saev and isinstance(sae.activation, BatchTopK) and "activation.threshold" not in state:
+        state = {**state, "activation.threshold": torch.tensor(0.0)}  # saev's code had no buffer; θ is unused
     unexpected = sorted(set(state) - set(wanted))
     if unexpected:
         raise CheckpointError(
