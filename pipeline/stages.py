@@ -270,6 +270,7 @@ _BEFORE_PROBES: dict[str, Stage] = {
         _SAE,
         "sae",
     ),
+    "export-sae": Stage("export-sae", "pipeline.commands.sae", "pipeline.steps:run_export_sae", workflow=False),
 }
 _AFTER_PROBES: dict[str, Stage] = {
     "dimred": Stage(

@@ -152,6 +152,15 @@ def run_sae_gallery(ctx: RunContext, args: argparse.Namespace) -> dict:
     return run_gallery(ctx.cfg, out_dir=args.out)
 
 
+def run_export_sae(ctx: None, args: argparse.Namespace) -> dict:
+    """``export-sae`` takes no config (hence no context)."""
+    from pipeline.sae.export import export_saev
+
+    return export_saev(
+        args.sae_pt, args.out, fold_scaling=not args.no_fold_scaling, allow_topk_negatives=args.allow_topk_negatives
+    )
+
+
 # ---------------------------------------------------------------------------- probes and dimred
 
 
