@@ -55,7 +55,7 @@ class Era:
         return _HEADERS[self.name](self, cls, D, S, k)
 
 
-def _legacy_a(era, cls, D, S, k):  # fee0ab5 (2024-10-31) saev/nn.py dump: sae_kwargs
+def _legacy_a(era, cls, D, S, k):  # 984dfb2 (2024-10-30) .. fcb77f7^: dump's sae_kwargs
     return _fields(("d_vit", "d_sae", "l1_coeff", "use_ghost_grads"), D, S)
 
 

@@ -141,10 +141,10 @@ def test_batchtopk_threshold_must_match_its_writer(tmp_path):
 
 
 def test_pickle_era_files_are_refused_with_one_line(tmp_path):
-    """saev before fee0ab5 (2024-10-31): torch.save({"cfg": <config object>, "state_dict": ...}), no JSON line."""
+    """saev before 984dfb2 (2024-10-30): torch.save({"cfg": <config object>, "state_dict": ...}), no JSON line."""
     path = tmp_path / "old.pt"
     torch.save({"cfg": {"d_in": 4}, "state_dict": F.make_state(F.ERAS[0], "Relu", D, S)}, path)
-    with pytest.raises(CheckpointError, match="saev before fee0ab5.*saev's current loader refuses it too") as err:
+    with pytest.raises(CheckpointError, match="saev before 984dfb2.*saev's current loader refuses it too") as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value)
 

@@ -27,14 +27,21 @@ Reading accepts three header styles (the encoder convention each implies is docu
 * saev pre-schema / legacy (no ``schema``; ``d_vit``, ``exp_factor``, ``n_reinit_samples``,
   ``sparsity_coeff``, ``ghost_grads``, ``remove_parallel_grads``, ``normalize_w_dec``, ``seed``;
   the public ``osunlp/SAE_*`` files): ``relu((x − b_dec) @ W_enc + b_enc)``;
-* saev ``schema`` 1-5: ``relu(x @ W_enc + b_enc)``, except schema 1, which saev wrote with
-  both conventions: its header's ``commit`` decides (saev subtracted ``b_dec`` before commit
-  ``e7ca004`` and not after; the table of schema-1 writers is :mod:`pipeline.sae.saev_history`).
-  Only when ``commit`` is absent or unknown is the plain encoder a guess, and a warning says
-  so; pass ``encoder_subtracts_b_dec=`` to override. TopK/BatchTopK SAEs are refused.
+* saev ``schema`` 1-5: the SAE its writer's code computed, found from the schema, the activation
+  class (``cls`` / ``cfg.activation``), the header's ``commit`` and the tensors present
+  (:mod:`pipeline.sae.saev_history` lists every writer; docs/saev-checkpoints.md has the table):
+  the encoder is ``x @ W_enc + b_enc`` except for schema-1 writers before ``e7ca004`` (and on the
+  PR-14 branch), which subtracted ``b_dec``; saev's ``TopK`` becomes ``TopK(keep_negative=True)``;
+  its ``BatchTopK`` becomes :class:`~pipeline.sae.kinds.BatchTopK` with the writer's inference
+  meaning (the batch's k largest, each row's k largest, the batch's N·k largest, or the threshold
+  buffer ``activation.threshold``). Where ``commit`` is absent or unknown and the header shape has
+  two meanings, the later one is assumed and a warning says so (pass ``encoder_subtracts_b_dec=``
+  to override the schema-1 encoder). saev's ``AbsBatchTopK`` and the pre-JSON pickled files are
+  refused in one line (saev's current loader refuses them too).
 
 Tensors are loaded by name into the SAE the header describes (``load_state_dict(strict=True)``):
-missing or unexpected tensors are refused with their names. Tensors holding NaN or inf are refused (:class:`CheckpointError` naming the tensor).
+missing or unexpected tensors are refused with their names. Tensors holding NaN or inf are
+refused (:class:`CheckpointError` naming the tensor).
 
 Only ``torch.load(..., weights_only=True)`` is used: a payload that needs any pickled object
 other than tensors and plain containers raises :class:`CheckpointError` and nothing in it runs.
@@ -134,7 +141,7 @@ def _read_torch_file(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
     if first.startswith((b"PK\x03\x04", b"\x80")):  # a zip (torch.save) or pickle stream: no header line
         raise CheckpointError(
-            f"{path}: no JSON header line: a bare torch.save file (saev before fee0ab5, 2024-10-31, pickled "
+            f"{path}: no JSON header line: a bare torch.save file (saev before 984dfb2, 2024-10-30, pickled "
             "{'cfg': <config object>, 'state_dict': ...} this way); saev's current loader refuses it too"
         )
     try:

@@ -19,8 +19,8 @@ that schema, with
   (``mask * x``, no ReLU): ``TopK(keep_negative=True)``; so does every masking BatchTopK.
 * ``abs_batchtopk``: that code also has ``AbsBatchTopK`` (top N·k of ``|h|`` over the batch).
 
-Before schema 1 (no ``schema`` key, the header is the bare config; saev/nn.py from fee0ab5,
-2024-10-31, to 57a7163) every writer subtracted b_dec and had ReLU only; before fee0ab5 saev
+Before schema 1 (no ``schema`` key, the header is the bare config; saev/modeling.py at 984dfb2,
+2024-10-30, then saev/nn.py to 57a7163) every writer subtracted b_dec and had ReLU only; before 984dfb2 saev
 pickled ``{"cfg": <config object>, "state_dict": ...}`` with ``torch.save`` and no JSON header.
 docs/saev-checkpoints.md has the whole table with what saev's current loader (3d73f1f) does.
 
