@@ -6,7 +6,9 @@ cannot reproduce are refused with one line. When saev's own code is importable (
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import saev_fixtures as F
@@ -179,3 +181,24 @@ def test_saev_current_loader_on_the_same_files(tmp_path, era, cls):
     f = sae.encode(x).f_x
     f_ref, _ = F.saev_forward(era, cls, K, state, x)
     assert torch.allclose(f, f_ref, atol=1e-6) is (expected == "loads")  # "(wrong encoder)": legacy files
+
+
+DUMPS = os.environ.get("PIPELINE_SAEV_DUMPS")
+
+
+@pytest.mark.skipif(not DUMPS, reason="PIPELINE_SAEV_DUMPS (files from tests/saev_real_dumps.py) not set")
+def test_files_dumped_by_saevs_own_code_encode_as_saevs_own_forward():
+    files = sorted(Path(str(DUMPS)).glob("*.pt"))
+    assert files
+    for path in files:
+        commit, cls = path.stem.split("-")
+        if cls == "AbsBatchTopK":
+            with pytest.raises(CheckpointError, match="AbsBatchTopK"):
+                load_checkpoint(path)
+            continue
+        sae, _, _ = _load_quietly(path)
+        runs = torch.load(path.with_suffix(".fwd"))
+        for x, f, x_hat in runs.values():  # a batch of 6 tokens, then the first token alone
+            x_hat_ours, f_ours = sae(x)
+            torch.testing.assert_close(f_ours, f, rtol=0, atol=1e-6, msg=f"{path.name}")
+            torch.testing.assert_close(x_hat_ours, x_hat, rtol=0, atol=1e-6, msg=f"{path.name}")
