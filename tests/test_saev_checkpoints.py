@@ -142,6 +142,19 @@ def test_batchtopk_threshold_must_match_its_writer(tmp_path):
         load_checkpoint(path)
 
 
+def test_bad_saev_params_are_one_error(tmp_path):
+    era = next(e for e in F.ERAS if e.name == "5")
+    header = era.header("TopK", D, S, K)
+    header["cfg"]["activation"]["params"]["top_k"] = 0
+    F.write(tmp_path / "k0.pt", header, F.make_state(era, "TopK", D, S), compact=True)
+    with pytest.raises(CheckpointError, match="saev activation TopK with params .*k must be a positive integer"):
+        load_checkpoint(tmp_path / "k0.pt")
+    header["cfg"]["activation"] = {"cls": "JumpRelu", "params": {}}
+    F.write(tmp_path / "j.pt", header, F.make_state(era, "Relu", D, S), compact=True)
+    with pytest.raises(CheckpointError, match="'JumpRelu' is not one saev wrote"):
+        load_checkpoint(tmp_path / "j.pt")
+
+
 def test_pickle_era_files_are_refused_with_one_line(tmp_path):
     """saev before 984dfb2 (2024-10-30): torch.save({"cfg": <config object>, "state_dict": ...}), no JSON line."""
     path = tmp_path / "old.pt"

@@ -344,13 +344,17 @@ def _interpret_saev(path: Path, header: dict, cfg: dict, state_names: set[str]) 
             )
 
     k = params.get("top_k", 32)
-    if kind == "relu":
-        activation: Activation = ReLU()
-    elif kind == "topk":
-        activation = TopK(k=k, keep_negative=True)
-    else:
-        mode = _saev_batchtopk_mode(path, schema, w, "activation.threshold" in state_names)
-        activation = BatchTopK(k=k, momentum=params.get("momentum", 0.1), inference=mode, keep_negative=True)
+    mode = _saev_batchtopk_mode(path, schema, w, "activation.threshold" in state_names) if kind == "batchtopk" else ""
+    try:
+        if kind == "relu":
+            activation: Activation = ReLU()
+        elif kind == "topk":
+            activation = TopK(k=k, keep_negative=True)
+        else:
+            activation = BatchTopK(k=k, momentum=params.get("momentum", 0.1), inference=mode, keep_negative=True)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: saev activation {cls} with params {params!r}: {err}") from err
+    if kind == "batchtopk":
         if mode in _BATCH_DEPENDENT:
             warnings.warn(
                 f"{path}: this saev BatchTopK ({'the k' if mode == 'batch_total' else 'the N·k'} largest pre-activations "
