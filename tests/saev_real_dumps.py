@@ -6,7 +6,8 @@ orjson, tyro)::
 
     python tests/saev_real_dumps.py COMMIT OUT_DIR
 
-For every activation class that commit has (Relu, TopK, BatchTopK, AbsBatchTopK) it builds a small SAE
+For every activation class that commit has (Relu, TopK, BatchTopK, AbsBatchTopK; the one ReLU
+``config.SparseAutoencoder`` of the pre-schema saev/nn.py, 8089a37..fb2b8e1^) it builds a small SAE
 (D=4, S=8, k=3) with saev's config classes, sets seeded weights (and BatchTopK's threshold, where the
 buffer exists), writes ``OUT_DIR/COMMIT-CLASS.pt`` with saev's ``dump`` (the header's ``commit`` then set
 to COMMIT, as a git checkout writes it) and ``OUT_DIR/COMMIT-CLASS.fwd``: saev's eval-mode latents and
@@ -57,21 +58,26 @@ def _build(modeling, modules, kind_cls):
 
 
 def main(commit: str, out: str) -> dict:
-    modeling = importlib.import_module("saev.nn.modeling")
+    modeling = _optional("saev.nn.modeling") or importlib.import_module("saev.nn")  # saev/nn.py before fb2b8e1
     modules = (modeling, _optional("saev.nn.activations"), _optional("saev.config"))
+    legacy = _find(modules[2:], "SparseAutoencoder")  # pre-schema: one ReLU config class
     results = {}
-    for kind in ("Relu", "TopK", "BatchTopK", "AbsBatchTopK"):
+    for kind in ("SparseAutoencoder",) if legacy else ("Relu", "TopK", "BatchTopK", "AbsBatchTopK"):
         kind_cls = _find(modules, kind)
         if kind_cls is None:
             continue
-        sae = _build(modeling, modules, kind_cls)
+        sae = (
+            modeling.SparseAutoencoder(legacy(d_vit=D, exp_factor=S // D))
+            if legacy
+            else _build(modeling, modules, kind_cls)
+        )
         g = torch.Generator().manual_seed(11)
         with torch.no_grad():
             sae.W_enc.copy_(torch.randn(D, S, generator=g) / 2)
             sae.b_enc.copy_(0.3 * torch.randn(S, generator=g) - 1.0)
             sae.W_dec.copy_(torch.randn(S, D, generator=g))
             sae.b_dec.copy_(0.5 * torch.randn(D, generator=g))
-            if hasattr(sae.activation, "threshold"):
+            if hasattr(getattr(sae, "activation", None), "threshold"):
                 sae.activation.threshold.fill_(0.3)
         path = pathlib.Path(out) / f"{commit}-{kind}.pt"
         try:
@@ -95,7 +101,7 @@ def main(commit: str, out: str) -> dict:
             f, x_hat = (o.f_x, o.x_hats) if hasattr(o, "f_x") else (o[1], o[0])
             runs[name] = (xb, f, x_hat[:, -1] if x_hat.ndim == 3 else x_hat)
         torch.save(runs, path.with_suffix(".fwd"))
-        results[kind] = "dumped"
+        results[kind] = "dumped"  # (legacy files are named COMMIT-SparseAutoencoder.pt)
     return results
 
 
