@@ -271,6 +271,7 @@ _BEFORE_PROBES: dict[str, Stage] = {
         _SAE,
         "sae",
     ),
+    "export-sae": Stage("export-sae", "pipeline.commands.sae", "pipeline.sae.stages.export:run", workflow=False),
 }
 _AFTER_PROBES: dict[str, Stage] = {
     "dimred": Stage(

@@ -188,7 +188,7 @@ def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "ck" / "sae.pt"
     save_checkpoint(path, sae, cfg={"lr": 1e-3, "sparsity_coeff": 4e-4}, scaling=sc)
     assert path.exists() and safetensors_twin(path).exists()
-    assert json.loads(path.read_bytes().split(b"\n", 1)[0])["schema"] == 2
+    assert json.loads(path.read_bytes().split(b"\n", 1)[0])["schema"] == 3
     x = torch.randn(5, 6)
     for p in (path, safetensors_twin(path)):
         sae2, header, sc2 = load_checkpoint(p)
@@ -286,8 +286,11 @@ def test_new_saev_headers(tmp_path):
 
     topk = {"schema": 2, "cfg": {"d_model": 2, "d_sae": 4, "activation": {"cls": "TopK", "params": {"top_k": 2}}}}
     _write_raw(tmp_path / "tk.pt", topk, _legacy_state())
-    with pytest.raises(CheckpointError, match="TopK"):
-        load_checkpoint(tmp_path / "tk.pt")
+    # issue 23: saev's TopK SAEs load (they were refused before), with saev's TopK (negatives kept)
+    sae_tk, _, _ = load_checkpoint(tmp_path / "tk.pt")
+    assert sae_tk.kind == "topk" and not sae_tk.encoder_subtracts_b_dec
+    # by hand: x @ W_enc + b_enc = [2, 1, 3, -1] + [0, 0, -1, 0] = [2, 1, 2, -1]; top 2: 2, 2
+    torch.testing.assert_close(sae_tk.encode(x), torch.tensor([[2.0, 0.0, 2.0, 0.0]]))
 
     wrong = dict(LEGACY_HEADER, exp_factor=8)
     _write_raw(tmp_path / "wrong.pt", wrong, _legacy_state())

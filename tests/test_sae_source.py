@@ -189,6 +189,32 @@ def test_saev_checkpoint_import_uses_saevs_scaling_and_encoder(cross, monkeypatc
     )
 
 
+@pytest.mark.parametrize("era_name, cls", [("5", "BatchTopK"), ("1A-pr14", "TopK"), ("4-row", "BatchTopK")])
+def test_saev_topk_and_batchtopk_checkpoints_import(cross, monkeypatch, era_name, cls):
+    """Issue 23: saev's k-sparse SAEs import with their writer's forward; sae.pt records the kind."""
+    import saev_fixtures as F
+
+    monkeypatch.chdir(cross.folder)
+    era = next(e for e in F.ERAS if e.name == era_name)
+    state = F.make_state(era, cls, 32, 64, threshold=0.05)
+    F.write(cross.folder / "k.pt", era.header(cls, 32, 64, 4), state, compact=era.compact)
+    out = cross.folder / f"imported-{era_name}"
+    summary = run_import(_import_config(cross.folder, {"checkpoint": "k.pt"}), out_dir=out)
+    sae, header, scaling = load_checkpoint(out / "sae.pt")
+    kind = {"TopK": "topk", "BatchTopK": "batchtopk"}[cls]
+    params = {"k": 4, **({"momentum": 0.1} if cls == "BatchTopK" else {})}
+    if era.batchtopk not in (None, "threshold") and cls == "BatchTopK":
+        params["inference"] = era.batchtopk
+    assert header["cfg"]["activation"] == {"kind": kind, "params": {**params, "keep_negative": True}}
+    assert summary["encoder"] == sae.encoder and sae.encoder_subtracts_b_dec is era.subtracts_b_dec
+    for name, v in state.items():
+        assert torch.equal(sae.state_dict()[name], v), name
+    reader = CacheReader(cross.cfg.store(SEG, "train"))
+    x = next(iter(reader.iter_chunks(1, tokens="patches")))[1].reshape(-1, 32)[:7].astype(np.float32)
+    xs = scaling.apply(torch.from_numpy(x))
+    torch.testing.assert_close(sae.encode(xs), F.saev_forward(era, cls, 4, state, xs)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_pinned_sha256_and_width_are_checked(cross, monkeypatch):
     monkeypatch.chdir(cross.folder)
     _saev_legacy_file(cross.folder / "wide.pt", 48, 96)

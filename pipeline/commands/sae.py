@@ -1,4 +1,4 @@
-"""``stats``, ``sae-train``, ``sae-latents`` and ``sae-gallery`` steps."""
+"""``stats``, ``sae-train``, ``sae-latents``, ``sae-gallery`` and ``export-sae`` steps."""
 
 from __future__ import annotations
 
@@ -53,3 +53,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             p.add_argument(
                 "--no-progress", action="store_true", help="no progress bar and no progress lines in the log"
             )
+
+    e = sub.add_parser(
+        "export-sae",
+        help="write an SAE checkpoint as a saev schema-5 file (saev's own load reads it)",
+        description="Reads SAE_PT (our sae.pt, a member, or any checkpoint the pipeline loads); writes OUT in saev's "
+        "format (JSON header line + torch.save, schema 5). Our encoder convention and input scaling are folded into "
+        "the weights, so OUT maps raw activations to the same latents; the header's 'pipeline' record lists every "
+        "difference (docs/saev-checkpoints.md). No config.",
+    )
+    e.add_argument("sae_pt", type=Path, metavar="SAE_PT", help="the checkpoint to export")
+    e.add_argument("out", type=Path, metavar="OUT", help="the saev file to write")
+    e.add_argument(
+        "--no-fold-scaling",
+        action="store_true",
+        help="keep the weights in our scaled input space (the header records the scaling; saev ignores it)",
+    )
+    e.add_argument(
+        "--allow-topk-negatives",
+        action="store_true",
+        help="write a TopK SAE whose negatives we zero although saev's TopK keeps them (the difference is recorded)",
+    )

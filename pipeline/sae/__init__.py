@@ -4,7 +4,8 @@
 * :mod:`.encode` — :func:`encode_tokens` (scaling + the SAE's encoder, on a subset of tokens / latents)
 * :mod:`.scaling` — :class:`InputScaling` (centre + scale to E‖x‖² = D), stored with checkpoints
 * :mod:`.checkpoint` — saev's file format (JSON header line + torch.save), safetensors twin,
-  legacy/new header styles, no pickled objects
+  every saev schema and kind with its writer's forward (:mod:`.saev_history`), no pickled objects
+* :mod:`.export` — our SAEs written as saev schema-5 files (``python -m pipeline export-sae``)
 * :mod:`.train` — one-pass sweeps (:func:`train_sweep`), sweep table and chart
 * :mod:`.latents` — per-latent statistics and top images (:func:`latent_stats`)
 * :mod:`.gallery` — static HTML gallery with patch heat maps (:func:`write_gallery`)

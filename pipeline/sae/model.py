@@ -20,14 +20,17 @@ saev changed its encoder without changing the checkpoint format in a way that ma
   ``n_reinit_samples``, ``sparsity_coeff``, ``ghost_grads``, ...; this is what the public
   ``osunlp/SAE_*`` checkpoints on Hugging Face carry) were written by code whose forward was
   ``relu((x - b_dec) @ W_enc + b_enc)`` ("Remove encoder bias as per Anthropic") -> subtract.
-* The first ``"schema": 1`` dumps (header ``cls`` = ``"Relu"``/``"TopK"``/...) were written by
-  *both* conventions: early schema-1 code still subtracted b_dec, later schema-1 code (same header
-  shape) computes ``relu(x @ W_enc + b_enc)``. The header cannot tell them apart.
-* Schema 1 with ``cls`` = ``"SparseAutoencoderConfig"`` and schemas 2-5 come from code with a
-  separate ``encode`` that computes ``relu(x @ W_enc + b_enc)`` -> no subtraction.
-* saev's current loader reads pre-schema checkpoints into that newer model, so it silently
-  encodes the public legacy SAEs without subtracting b_dec. :mod:`pipeline.sae.checkpoint`
-  picks the convention from the header style instead (see there).
+* **Schema 1** headers (``cls`` = ``"Relu"``/``"TopK"``/``"BatchTopK"``, format 1A; or
+  ``"SparseAutoencoderConfig"``, format 1B, a shape saev's loaders read but no committed saev
+  code wrote) came from code of *both* conventions: saev subtracted ``b_dec`` until commit
+  ``e7ca004`` (and on the PR-14 branch that forked before it), not after. The header shape cannot
+  tell them apart; its ``commit`` can: :mod:`pipeline.sae.saev_history` lists every schema-1
+  writer with its encoder. An absent or unknown commit falls back to ``relu(x @ W_enc + b_enc)``
+  with a warning (:mod:`pipeline.sae.checkpoint`).
+* Schemas 2-5 were all written by code computing ``x @ W_enc + b_enc`` -> no subtraction.
+* saev's current loader reads pre-schema checkpoints into its newer model, so it silently
+  encodes the public legacy SAEs without subtracting b_dec; it refuses schema-1 files (their
+  ``d_vit`` + ``exp_factor``). :mod:`pipeline.sae.checkpoint` picks the convention as above.
 
 Both are the same family (``x @ W_enc + (b_enc - b_dec @ W_enc)`` is the other one with a
 different encoder bias), so this class implements both with one flag. Our own checkpoints

@@ -20,7 +20,9 @@ Older saev checkpoints named ``BatchTopK`` meant other things at inference; they
 
 * ``"batch"``: the training rule at inference too (batch-wide top N·k, θ unused): the latents of a
   token depend on the rest of its batch;
-* ``"row"``: each row's top k, as :mod:`.topk` (saev once named its per-row top-k ``BatchTopK``).
+* ``"row"``: each row's top k, as :mod:`.topk` (saev once named its per-row top-k ``BatchTopK``);
+* ``"batch_total"``: the k largest entries of the whole batch, k in total (not per token): saev's
+  first ``BatchTopK`` (schema-1 and early schema-2 writers, :mod:`pipeline.sae.saev_history`).
 
 ``keep_negative`` (saev's batch-wide mask, like its TopK, keeps negative pre-activations that
 rank among the N·k largest) is only ever set when loading saev's files; ours apply the ReLU
@@ -36,7 +38,7 @@ from torch import Tensor
 from .base import Activation
 from .topk import topk_mask
 
-INFERENCE_MODES = ("threshold", "batch", "row")
+INFERENCE_MODES = ("threshold", "batch", "row", "batch_total")
 
 
 class BatchTopK(Activation):
@@ -67,11 +69,12 @@ class BatchTopK(Activation):
         kept = torch.where(mask, h, torch.zeros_like(h))
         return kept if self.keep_negative else torch.relu(kept)
 
-    def batch_topk(self, h: Tensor) -> Tensor:
-        """The training rule: the N·k largest entries of the batch (all leading dims are the batch)."""
+    def batch_topk(self, h: Tensor, *, total: bool = False) -> Tensor:
+        """The training rule: the N·k largest entries of the batch (all leading dims are the batch);
+        with ``total`` the k largest (saev's first BatchTopK)."""
         flat = h.reshape(-1)
         n_rows = flat.numel() // h.shape[-1] if h.shape[-1] else 0
-        k = min(self.k * n_rows, flat.numel())
+        k = min(self.k if total else self.k * n_rows, flat.numel())
         mask = torch.zeros_like(flat, dtype=torch.bool)
         mask[torch.topk(flat, k, sorted=False).indices] = True
         return self._keep(h, mask.reshape(h.shape))
@@ -86,6 +89,8 @@ class BatchTopK(Activation):
             return f
         if self.inference == "batch":
             return self.batch_topk(h)
+        if self.inference == "batch_total":
+            return self.batch_topk(h, total=True)
         if self.inference == "row":
             return self._keep(h, topk_mask(h, self.k))
         theta = self.threshold.clamp_min(0).to(h.dtype)

@@ -7,6 +7,7 @@ step               module              does
                                        :mod:`.source` for ``sae.source: checkpoint | hub``)
 ``sae-latents``    :mod:`.latents`     per-latent statistics of ``sae.pt`` → ``latents.zarr``
 ``sae-gallery``    :mod:`.gallery`     image galleries of the selected latents
+``export-sae``     :mod:`.export`      one of our SAEs as a saev schema-5 file (hand-run)
 =================  ==================  =====================================================
 
 Each module's ``run(ctx, args)`` is the step's target in :mod:`pipeline.stages`; its
