@@ -25,7 +25,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import functools
-import json
 import logging
 import os
 import threading
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline import atomic
 import pipeline
 from pipeline.cache import (
     StoreLayout,
@@ -522,6 +522,5 @@ def _worker_init(parent_pid: int, worker_id: int) -> None:
 def write_part_sentinel(path: Path, report: ExtractReport, provenance: dict | None = None) -> None:
     """The file Snakemake tracks for a part (the store itself is shared, never a job output),
     with the config record of the extraction (``pipeline.provenance.record``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {**report.__dict__, "images_per_second": report.images_per_second, "provenance": provenance}
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    atomic.write_json(path, doc, indent=1)

@@ -15,13 +15,13 @@ Each function imports its stage module when called (the function-local imports b
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline import atomic
 from pipeline.config import CacheRef, Config, ConfigError, ManipulateConfig, ManipulateExample
 from pipeline.data.demo import make_classification_demo, make_segmentation_demo
 from pipeline.layout import class_f1_path, latents_zarr, probe_stem, quantify_dir, quantitative_csv, sae_checkpoint
@@ -44,7 +44,7 @@ def _demo_entry(cfg: Config, section: str, name: str) -> dict:
 
 def _mark_complete(folder, result: dict) -> None:
     """The sentinel the demo rules declare; written last, so a killed run is redone."""
-    (Path(folder) / ".complete").write_text(json.dumps(result, indent=1) + "\n")
+    atomic.write_json(Path(folder) / ".complete", result, indent=1)
 
 
 def run_demo_data(ctx: RunContext, args: argparse.Namespace) -> dict:
@@ -109,7 +109,7 @@ def run_finalize(ctx: RunContext, args: argparse.Namespace) -> dict:
             **summary,
             "provenance": record(cfg, "finalize", model=args.model, dataset=args.dataset, split=args.split),
         }
-        args.sentinel.write_text(json.dumps(doc, indent=1) + "\n")
+        atomic.write_json(args.sentinel, doc, indent=1)
     return summary
 
 
@@ -187,7 +187,7 @@ def run_class_f1(ctx: RunContext, args: argparse.Namespace) -> dict:
         "written": str(out),
         "provenance": record(cfg, "class-f1"),
     }
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic.write_json(out.with_suffix(".json"), summary, indent=1)
     return summary
 
 

@@ -58,6 +58,8 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from pipeline import atomic
+
 STORE_FORMAT = 1
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
@@ -426,9 +428,7 @@ def _declare_complete(path: Path) -> None:
     meta = Path(path) / "zarr.json"
     doc = json.loads(meta.read_text())
     doc["attributes"]["complete"] = True
-    tmp = meta.with_name(f".zarr.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, meta)
+    atomic.write_text(meta, json.dumps(doc, indent=2))
 
 
 def check_finalized(path: Path, attrs: dict) -> None:

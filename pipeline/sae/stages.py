@@ -63,7 +63,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +72,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import atomic
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.store import CacheError
 from pipeline.cache.stream import (
@@ -531,14 +531,14 @@ def write_train_outputs(
     try:
         pos, reason = choose_member(table, max_l0)
     except NoMemberError:
-        table.to_csv(out / "sweep.csv", index=False)
+        atomic.write_csv(table, out / "sweep.csv", index=False)
         sweep_chart(table, out / "sweep", random_weights=random_weights)
         write_history(trained, slugs, out, chosen=None, random_weights=random_weights)
         for name in ("sae.pt", "sae.safetensors", "chosen.json"):
             (out / name).unlink(missing_ok=True)
         raise
     table.loc[pos, "chosen"] = True
-    table.to_csv(out / "sweep.csv", index=False)
+    atomic.write_csv(table, out / "sweep.csv", index=False)
     sweep_chart(table, out / "sweep", random_weights=random_weights)
     write_history(trained, slugs, out, chosen=slugs[pos], random_weights=random_weights)
     chosen = trained[pos]
@@ -595,7 +595,7 @@ def write_history(
     history = history_table(trained)
     history.insert(1, "slug", [slugs[m] for m in history["member"]])
     history.insert(2, "chosen", history["slug"] == chosen)
-    history.to_csv(out / "history.csv", index=False)
+    atomic.write_csv(history, out / "history.csv", index=False)
     history_chart(
         history.rename(columns={"slug": "label"}), out / "history", chosen=chosen, random_weights=random_weights
     )
@@ -957,10 +957,7 @@ def _now() -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, obj, indent=1, default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:
