@@ -108,6 +108,7 @@ class ExtractConfig:
     )  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
     compression: str = default("extract/compression")  # the acts codec: a pipeline.cache.store.ACTS_CODECS key
     on_bad_image: str = default("extract/on_bad_image")
+    max_image_pixels: int = default("extract/max_image_pixels")  # refused before decoding above this
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from pipeline.stages import STORE_HASHED_KEYS
 from pipeline.data import (
     BadImageError,
     DatasetError,
+    Fingerprint,
     MaskError,
     Preprocess,
     SplitData,
@@ -110,8 +111,9 @@ def split_data(cfg: Config, dataset: str, split: str) -> SplitData:
 class _Images(Dataset):
     """Decodes, preprocesses and labels images (runs in DataLoader workers)."""
 
-    def __init__(self, data: SplitData, indices: np.ndarray, pre: Preprocess, patch_size: int):
+    def __init__(self, data: SplitData, indices: np.ndarray, pre: Preprocess, patch_size: int, max_pixels: int):
         self.data, self.indices, self.pre, self.patch_size = data, indices, pre, patch_size
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -125,8 +127,9 @@ class _Images(Dataset):
         sample = self.data.samples[index]
         item = {"index": index, "bad": False, "reason": "", "mask_error": ""}
         crop = self.pre.crop
+        fingerprint = Fingerprint()  # the bytes read for decoding, hashed: no second read
         try:
-            img = load_rgb(sample.image)
+            img = load_rgb(sample.image, max_pixels=self.max_pixels, fingerprint=fingerprint)
         except BadImageError as err:
             img = None
             item.update(bad=True, reason=err.reason)
@@ -135,7 +138,13 @@ class _Images(Dataset):
             mask = np.zeros((crop, crop), dtype=np.int64)
             if img is not None:
                 try:
-                    raw = load_mask(sample.mask, image_path=sample.image, image_size=img.size)
+                    raw = load_mask(
+                        sample.mask,
+                        image_path=sample.image,
+                        image_size=img.size,
+                        max_pixels=self.max_pixels,
+                        fingerprint=fingerprint,
+                    )
                     top = int(raw.max()) if raw.size else 0
                     if top >= self.data.n_classes:
                         raise MaskError(
@@ -149,6 +158,7 @@ class _Images(Dataset):
             item.update(patch_label=labels, patch_purity=purity.astype(np.float16), pixel_label=mask.astype(np.uint16))
         else:
             item["label"] = -1 if item["bad"] else int(sample.label)
+        item["fingerprint"] = fingerprint.row()
         item["decode_s"] = time.perf_counter() - t0
         return item
 
@@ -432,7 +442,7 @@ def _run(
     ex = cfg.extract
     indices = np.concatenate([np.arange(s, e) for s, e in todo])
     loader = DataLoader(
-        _Images(data, indices, pre, backbone.patch_size),
+        _Images(data, indices, pre, backbone.patch_size, ex.max_image_pixels),
         batch_size=ex.batch_size,
         num_workers=ex.num_workers,
         collate_fn=_collate,
