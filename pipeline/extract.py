@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline import atomic
 import pipeline
 from pipeline.cache import (
+    InputsChangedError,
     StoreLayout,
     StoreWriter,
     chunk_ranges,
@@ -250,6 +251,9 @@ def layout_and_attrs(
         "model_name": ref.model,
         "dataset_name": ref.dataset,
         "dataset_root": str(dataset.root),
+        # where the root resolved to: checked at every open (check_inputs), not hashed, so stores
+        # made before this key existed keep their hash
+        "inputs": {"dataset_root": str(Path(dataset.root).resolve())},
         "dataset_kind": dataset.kind,
         "split": split,
         "task": data.task,
@@ -304,6 +308,7 @@ def extract(
     layout, attrs = layout_and_attrs(cfg, ref, split, data, backbone, provenance)
     store = cfg.store(ref, split)
     group = create_or_open(store, layout, attrs)
+    check_inputs(store, group, data, attrs["inputs"]["dataset_root"], f"datasets.{ref.dataset}.root")
 
     chunks = chunk_ranges(layout.n_images, layout.chunk_images)
     mine = [chunks[i] for i in part_chunks(len(chunks), part, of)]
@@ -338,6 +343,64 @@ def extract(
     if of == 1:
         finalize(store)
     return report
+
+
+def sample_files(data: SplitData, index: int, bad: bool) -> list[Path]:
+    """The files the decode worker read for sample ``index``, in order: its image, then (a
+    segmentation sample whose image was readable) its mask."""
+    sample = data.samples[index]
+    with_mask = data.task == "segmentation" and not bad and sample.mask is not None
+    return [sample.image, *([sample.mask] if with_mask else [])]
+
+
+def _changed(files: list[Path], row: np.ndarray) -> str | None:
+    """How ``files`` differ now from fingerprint ``row`` (None if they do not): sizes from a stat;
+    the content hash is re-read only where the size agrees but a modification time moved."""
+    stats = [p.stat() for p in files if p.is_file()]
+    size, mtime = sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+    if size != int(row[0]):
+        return f"{size} bytes now, {int(row[0])} when extracted"
+    if mtime == int(row[1]):
+        return None
+    now = Fingerprint()
+    for path in files:
+        if path.is_file():
+            with open(path, "rb") as f:
+                now.add(f.read(), os.fstat(f.fileno()))
+    return None if np.array_equal(now.row()[2:], row[2:]) else "same size, other content (BLAKE2b differs)"
+
+
+def check_inputs(store: Path, group, data: SplitData, root: str, root_key: str) -> None:
+    """Refuse a store (at open, so also at resume) extracted from other dataset files.
+
+    The dataset root must resolve to the folder the store was extracted from (two projects
+    sharing ``paths.cache`` with relative roots), and every done image's files must still be
+    what their ``fingerprint`` row recorded (size from a stat; the content hash re-read only
+    where a size agrees and a modification time moved). Stores made before either record
+    open with a log line saying it is not checked. Raises InputsChangedError naming the first
+    differing image.
+    """
+    stored_root = (group.attrs.get("inputs") or {}).get("dataset_root")
+    if stored_root is None:
+        log.info("%s: made before stores recorded their dataset root: the root is not compared", store)
+    elif stored_root != root:
+        raise InputsChangedError(
+            f"{store}: extracted from the dataset at {stored_root}, but {root_key} resolves to {root} here "
+            "(another project sharing paths.cache?). It is not reused: point paths.cache elsewhere, or delete it"
+        )
+    if "fingerprint" not in group:
+        log.info("%s: made before input fingerprints: its images are not compared with the files", store)
+        return
+    fp, done, bad = group["fingerprint"][:], group["done"][:], group["bad"][:]
+    recorded = np.flatnonzero(done & ((fp[:, 0] != 0) | (fp[:, 1] != 0)))
+    changed = [(int(i), why) for i in recorded if (why := _changed(sample_files(data, int(i), bad[i]), fp[i]))]
+    if changed:
+        i, why = changed[0]
+        raise InputsChangedError(
+            f"{store}: image {i} ({data.samples[i].image}) is not the file it was extracted from ({why}); "
+            f"{len(changed)} of {recorded.size} extracted images differ. The store is not reused: delete it "
+            f"(rm -r '{store}') and extract again"
+        )
 
 
 @dataclass
@@ -450,6 +513,7 @@ def _run(
         worker_init_fn=functools.partial(_worker_init, os.getpid()) if ex.num_workers else None,
     )
     label_keys = ("patch_label", "patch_purity", "pixel_label") if data.task == "segmentation" else ("label",)
+    label_keys += ("fingerprint",) if "fingerprint" in group else ()  # stores made before fingerprints lack it
     out_dtype = getattr(torch, layout.dtype)
     layers = list(layout.layers)
     clock = _StageClock()
