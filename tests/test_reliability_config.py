@@ -74,7 +74,13 @@ def _plant(raw: dict, key: tuple[str, ...], value: float) -> str:
 
 def test_the_schema_walk_finds_the_float_lists():
     flat = {"/".join(k) for k in NUMBER_KEYS}
-    for expected in ("sae/lrs/[]", "sae/max_l0", "quantify/thresholds/[]", "probes/seg/lrs/[]", "datasets/*/val_fraction"):
+    for expected in (
+        "sae/lrs/[]",
+        "sae/max_l0",
+        "quantify/thresholds/[]",
+        "probes/seg/lrs/[]",
+        "datasets/*/val_fraction",
+    ):
         assert expected in flat, expected
     assert len(NUMBER_KEYS) > 15
 

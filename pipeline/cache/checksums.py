@@ -145,9 +145,7 @@ class VerifyingStore(WrapperStore[LocalStore]):
             self._known.complete = bool(attrs.get("complete", False))
         return self._known.complete
 
-    async def get(
-        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
-    ) -> Buffer | None:
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         value = await self._store.get(key, prototype, byte_range)
         name, sep, rest = key.partition("/c/")
         if not sep or byte_range is not None:
