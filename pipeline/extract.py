@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline import atomic
 import pipeline
+from pipeline import atomic
 from pipeline.cache import (
     InputsChangedError,
     StoreLayout,

@@ -219,7 +219,10 @@ def scan(path: Path) -> ScanResult:
     """
     path = Path(path)
     group = zarr.open_group(LocalStore(path, read_only=True), mode="r", zarr_format=3)
-    done = group["done"][:] if "done" in group else None
+    try:
+        done = group["done"][:] if "done" in group else None
+    except Exception:  # noqa: BLE001 - a corrupt ``done`` chunk: reported below with the others
+        done = None
     result = ScanResult(path, has_checksums(path))
     for name in sorted(k for k, v in group.arrays()):
         info = array_info(path, name)
@@ -231,7 +234,8 @@ def scan(path: Path) -> ScanResult:
             file = path / info.chunk_key(index)
             images = info.images(index)
             if not file.is_file():
-                if name == "acts" and done is not None and images is not None and done[slice(*images)].any():
+                done_here = done is None or images is None or done[slice(*images)].any()
+                if name == "acts" and images is not None and done_here:
                     result.bad.append(BadChunk(name, index, images, "chunk file missing"))
                 continue
             if info.checksummed:
