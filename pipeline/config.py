@@ -29,6 +29,7 @@ from typing import Any
 
 import jsonschema
 import yaml
+from jsonschema import validators
 
 from pipeline.config_schema import SCHEMA_PATH as SCHEMA_PATH  # re-exported: common.smk validates with it
 from pipeline.config_schema import default, default_value, node_at, schema_file
@@ -288,7 +289,7 @@ def _finite_number(checker: Any, instance: Any) -> bool:
 # The schema's `type: number` means a finite number: one rule for every number of the config, so
 # `sae.lrs: [.nan]` is refused at load (naming the key) instead of training a sweep of NaNs.
 # (`type: integer` already refuses them: a float is an integer only when `is_integer()`.)
-FiniteValidator = jsonschema.validators.extend(
+FiniteValidator = validators.extend(
     jsonschema.Draft202012Validator,
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number),
 )

@@ -139,6 +139,8 @@ class _Images(Dataset):
             mask = np.zeros((crop, crop), dtype=np.int64)
             if img is not None:
                 try:
+                    if sample.mask is None:
+                        raise MaskError(f"no mask for image {sample.image}")
                     raw = load_mask(
                         sample.mask,
                         image_path=sample.image,
@@ -349,8 +351,9 @@ def sample_files(data: SplitData, index: int, bad: bool) -> list[Path]:
     """The files the decode worker read for sample ``index``, in order: its image, then (a
     segmentation sample whose image was readable) its mask."""
     sample = data.samples[index]
-    with_mask = data.task == "segmentation" and not bad and sample.mask is not None
-    return [sample.image, *([sample.mask] if with_mask else [])]
+    if data.task == "segmentation" and not bad and sample.mask is not None:
+        return [sample.image, sample.mask]
+    return [sample.image]
 
 
 def _changed(files: list[Path], row: np.ndarray) -> str | None:

@@ -195,9 +195,13 @@ def save_chart(chart: alt.TopLevelMixin, stem: str | Path, *, png_scale: float =
     stem.parent.mkdir(parents=True, exist_ok=True)
     # append, not with_suffix: a stem like "lr0.001" must not lose its ".001"
     paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("html", "png", "svg")]
-    for path, kwargs in zip(paths, ({"inline": True}, {"scale_factor": png_scale}, {})):
-        with atomic.replacing(path) as tmp:  # the suffix picks the format
-            chart.save(str(tmp), **kwargs)
+    # each to a temporary name, renamed when whole (the temporary name keeps the suffix: it picks the format)
+    with atomic.replacing(paths[0]) as tmp:
+        chart.save(str(tmp), inline=True)
+    with atomic.replacing(paths[1]) as tmp:
+        chart.save(str(tmp), scale_factor=png_scale)
+    with atomic.replacing(paths[2]) as tmp:
+        chart.save(str(tmp))
     return paths
 
 

@@ -220,7 +220,7 @@ def scan(path: Path) -> ScanResult:
     path = Path(path)
     group = zarr.open_group(LocalStore(path, read_only=True), mode="r", zarr_format=3)
     try:
-        done = group["done"][:] if "done" in group else None
+        done = np.asarray(_array(group, "done")[:]) if "done" in group else None
     except Exception:  # noqa: BLE001 - a corrupt ``done`` chunk: reported below with the others
         done = None
     result = ScanResult(path, has_checksums(path))
@@ -228,7 +228,7 @@ def scan(path: Path) -> ScanResult:
         info = array_info(path, name)
         if info is None:
             continue
-        array = group[name]
+        array = _array(group, name)
         for index in info.chunk_indices():
             result.n_chunks += 1
             file = path / info.chunk_key(index)
@@ -244,10 +244,16 @@ def scan(path: Path) -> ScanResult:
                 continue
             sel = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, info.chunks))
             try:
-                array[sel]  # pyright: ignore[reportIndexIssue]
+                array[sel]
             except Exception as err:  # noqa: BLE001 - any decode failure means the chunk is bad
                 result.bad.append(BadChunk(name, index, images, f"cannot decode ({type(err).__name__}: {err})"))
     return result
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    array = group[name]
+    assert isinstance(array, zarr.Array)  # a store's arrays are arrays, never groups
+    return array
 
 
 def mark_not_done(path: Path, result: ScanResult) -> list[int]:
@@ -266,7 +272,7 @@ def mark_not_done(path: Path, result: ScanResult) -> list[int]:
             "rows, so re-extracting images cannot repair it: delete the store and extract it again"
         )
     group = zarr.open_group(LocalStore(Path(path)), mode="r+", zarr_format=3)
-    done = group["done"]
+    done = _array(group, "done")
     c = done.chunks[0]
     images = result.bad_images
     for start in sorted({int(i) // c * c for i in images}):

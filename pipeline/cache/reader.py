@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from pipeline.cache.checksums import array_info, corrupt, has_checksums, verifying_store
 from pipeline.cache.store import CacheError, ChunkCorruptError, check_finalized, chunk_ranges, open_group
@@ -120,10 +121,15 @@ class CacheReader:
         self.require(name)
         return self.group[name][:]
 
+    def _array(self, name: str) -> zarr.Array:
+        array = self.group[name]
+        assert isinstance(array, zarr.Array)  # the store's arrays are arrays, never groups
+        return array
+
     def pixel_labels(self, start: int, stop: int) -> np.ndarray:
         self.require("pixel_label")
         with _decoding(self.path, "pixel_label", start):
-            return self.group["pixel_label"][start:stop]
+            return np.asarray(self._array("pixel_label")[start:stop])
 
     # ---- activations ----------------------------------------------------
     def chunks(self) -> list[tuple[int, int]]:
@@ -134,7 +140,7 @@ class CacheReader:
         li = self.layer_index(layer)
         sel = (slice(start, stop), li) + ((tokens,) if tokens is not None else ())
         with _decoding(self.path, "acts", start, li):
-            return self.group["acts"][sel]
+            return np.asarray(self._array("acts")[sel])
 
     def token_slice(self, which: str) -> slice:
         """``patches`` → the patch tokens, ``cls`` → CLS only, ``all`` → every token,

@@ -58,6 +58,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dask.array as da
 import numpy as np
@@ -260,7 +261,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def open_group(path: Path, mode: str = "r") -> zarr.Group:
+def open_group(path: Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").exists():
         if path.exists():
