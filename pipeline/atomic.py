@@ -10,9 +10,10 @@ it); on any error it is removed. Only a kill (-9) can leave one behind: nothing 
 names. No ``fsync``: this guards against crashes of the process, not against power loss.
 
 torch's serialiser reports a failed write (disk full) as ``RuntimeError: [enforce fail at
-inline_container.cc:…] unexpected pos …`` or ``… PytorchStreamWriter failed writing file …``;
-:func:`replacing` raises those as ``OSError(ENOSPC)`` naming the target, so the command line
-prints its one-line disk-full message for them too.
+inline_container.cc:…] unexpected pos …`` or ``… PytorchStreamWriter failed writing file …``,
+safetensors as a ``SafetensorError`` holding the I/O error; :func:`replacing` raises those as
+``OSError(ENOSPC)`` naming the target, so the command line prints its one-line disk-full
+message for them too.
 
 Reads nothing; writes the target file.
 """
@@ -28,8 +29,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# Substrings of torch's RuntimeError when the bytes of a torch.save could not all be written.
-TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed writing file")
+# Substrings of the errors writers raise, instead of OSError(ENOSPC), when the disk is full:
+# torch.save's RuntimeError when the bytes could not all be written, and safetensors'
+# SafetensorError, which carries the Rust I/O error (ENOSPC is errno 28, "StorageFull").
+DISK_FULL_MESSAGES = (
+    "unexpected pos",
+    "PytorchStreamWriter failed writing file",
+    "No space left on device",
+    "StorageFull",
+)
 
 
 def temporary_name(path: Path) -> Path:
@@ -37,9 +45,9 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
 
 
-def is_torch_write_failure(err: BaseException) -> bool:
-    """Whether ``err`` is torch's report of a write that ran out of space."""
-    return isinstance(err, RuntimeError) and any(s in str(err) for s in TORCH_WRITE_FAILURES)
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (not an OSError) is a writer library's report of a write that ran out of space."""
+    return not isinstance(err, OSError) and any(s in str(err) for s in DISK_FULL_MESSAGES)
 
 
 @contextlib.contextmanager
@@ -47,7 +55,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on leaving the block, rename it over ``path``.
 
     The parent folder is created. On an exception the temporary file is removed and ``path``
-    is left as it was; torch's write failure is re-raised as ``OSError(ENOSPC)``.
+    is left as it was; a writer library's disk-full error (torch, safetensors) is re-raised as ``OSError(ENOSPC)``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +63,8 @@ def replacing(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except RuntimeError as err:
-        if is_torch_write_failure(err):
+    except Exception as err:
+        if is_disk_full(err):
             raise OSError(errno.ENOSPC, f"writing failed ({str(err).splitlines()[0]})", str(path)) from err
         raise
     finally:

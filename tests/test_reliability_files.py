@@ -200,6 +200,23 @@ def test_torch_disk_full_in_a_checkpoint_is_disk_full(tmp_path, monkeypatch):
     _no_temp_left(tmp_path)
 
 
+def test_safetensors_disk_full_is_disk_full_too(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from pipeline.probes import linear
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 10)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError) as info:
+        linear.save_probe(tmp_path / "best", {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}, meta={})
+    assert info.value.errno == errno.ENOSPC and "best.safetensors" in str(info.value)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # neither the tensors nor a temp file
+
+
 def test_the_cli_reports_torch_disk_full_in_one_line(project, capsys, monkeypatch):
     from pipeline.__main__ import main
     from pipeline.stages import STAGES

@@ -9,7 +9,8 @@ Arrays (every per-image array is chunked by ``chunk_images`` along N, so a
 chunk of images is one set of files and a part owns whole chunks):
 
 - ``acts[N, L, T, D]`` float16/float32, chunk (chunk_images, 1, T, D), coded by
-  ``ACTS_CODECS[compression]`` (``lz4``: Blosc lz4 + bitshuffle; ``none``: raw chunk files);
+  ``ACTS_CODECS[compression]`` (``lz4``: Blosc lz4 + bitshuffle; ``none``: raw chunk files),
+  then (every array) the checksum;
 - ``done[N]`` set only after every array of that image is on disk;
 - ``fingerprint[N, 4]`` uint64: what the image's files (image, then its mask) were when
   extracted: total bytes, newest mtime (ns) and BLAKE2b-128 of their bytes as two words
@@ -135,9 +136,10 @@ def blosc() -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
 
 
-# extract.compression -> the zarr compressors of the acts array. "none": no compressor, so zarr
-# writes each chunk as its raw little-endian bytes (codecs [bytes]), readable straight from the
-# file; "lz4": Blosc (codecs [bytes, blosc]). The config schema's enum lists the same names (kept
+# extract.compression -> the zarr compressors of the acts array (before the checksum every array
+# gets, `checksummed`). "none": no compressor, so zarr writes each chunk as its raw little-endian
+# bytes and their CRC32C (codecs [bytes, crc32c]), readable straight from the file; "lz4": Blosc
+# (codecs [bytes, blosc, crc32c]). The config schema's enum lists the same names (kept
 # there so that importing the config does not import zarr; tests/test_compression.py checks them).
 ACTS_CODECS: dict[str, Callable[[], tuple]] = {
     "lz4": lambda: (blosc(),),

@@ -117,7 +117,8 @@ class ChunkDecoder:
 
     - ``blosc`` (``extract.compression: lz4``, codecs bytes + Blosc): ``numcodecs.blosc.decompress``
       into a caller's buffer; it releases the GIL, so several chunks decode at once on threads.
-    - ``raw`` (``extract.compression: none``, codec bytes only): the chunk file *is* the array,
+    - ``raw`` (``extract.compression: none``, codec bytes only, then the checksum): the chunk
+      file *is* the array (followed by its 4-byte CRC32C on a store made since checksums),
       so :meth:`mapped` returns a read-only view of the file mapped into memory, with no copy
       and no decode; a batch gathers its rows straight out of the page cache.
 
