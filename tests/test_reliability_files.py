@@ -236,3 +236,41 @@ def test_the_cli_reports_torch_disk_full_in_one_line(project, capsys, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: disk full") and "sae.pt" in err[0], err
     _no_temp_left(project)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (where this machine lets the tests mount one: root, Linux), else skip."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_real_full_disk_leaves_no_partial_result(small_disk):
+    sae = SparseAutoencoder(64, 512)  # ~260 KB of weights: more than the disk holds
+    with pytest.raises(OSError) as info:
+        save_checkpoint(small_disk / "sae.pt", sae, cfg={}, scaling=None)
+    assert info.value.errno == errno.ENOSPC
+    assert list(small_disk.iterdir()) == []  # no sae.pt, no temp file
+
+    (small_disk / "ballast").write_bytes(b"\0" * 60_000)  # a few KB left: the chart's PNG does not fit
+    chart = alt.Chart(pd.DataFrame({"x": range(200), "y": range(200)})).mark_point().encode(x="x", y="y")
+    with pytest.raises(OSError) as info:
+        save_chart(chart, small_disk / "sweep")
+    assert info.value.errno == errno.ENOSPC
+    left = sorted(p.name for p in small_disk.iterdir())
+    assert all(not name.startswith(".") for name in left), left  # no temp files
+    for name in left:  # whatever was written whole (the HTML may have fitted) is whole
+        if name.endswith(".html"):
+            assert (small_disk / name).read_text().rstrip().endswith("</html>")
