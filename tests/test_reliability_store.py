@@ -299,3 +299,27 @@ def test_checksummed_stores_stream_the_stored_numbers(project, compression):
     batches = group_batches(reader, reader.layers[0], reader.chunks(), tok, batch_size=10**6, buffer_size=1, seed=0)
     got = torch.cat(list(batches)).numpy()
     assert np.array_equal(got, acts[:, 0, reader.n_prefix :].reshape(-1, acts.shape[-1]))
+
+
+def test_an_edited_image_reschedules_the_extraction_in_the_workflow(project):
+    """Snakemake's view: the extraction's params carry the dataset files' stat digest."""
+    import yaml
+
+    from helpers import TINY_CONFIG
+    from test_provenance import _planned, _run_planned
+
+    raw = json.loads(json.dumps(TINY_CONFIG))
+    raw["demo"]["datasets"].pop("seg")  # a dataset on disk, as a real one (the demo's own has no digest)
+    raw["demo"].pop("models")
+    raw["demo"]["datasets"].pop("cls")
+    raw["models"].pop("clip")
+    raw["datasets"].pop("cls")
+    raw["caches"] = [{"model": "dino", "dataset": "seg"}]
+    (project / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    _run_planned(project, list(_planned(project)))
+    assert _planned(project) == {}
+    image = sorted((project / VAL).glob("*.jpg"))[3]
+    _repaint(image, seed=11)
+    planned = _planned(project)
+    planned.pop("all", None)
+    assert planned == {"extract_part": 2, "finalize_cache": 2}, planned  # both splits: one digest per dataset
