@@ -121,7 +121,7 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
 
     # (b) decode alone, with the configured workers
     loader = DataLoader(
-        _Images(data, np.arange(n), model.preprocess, backbone.patch_size),
+        _Images(data, np.arange(n), model.preprocess, backbone.patch_size, cfg.extract.max_image_pixels),
         batch_size=batch_size,
         num_workers=cfg.extract.num_workers,
         collate_fn=_collate,

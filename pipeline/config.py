@@ -22,12 +22,14 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
+from jsonschema import validators
 
 from pipeline.config_schema import SCHEMA_PATH as SCHEMA_PATH  # re-exported: common.smk validates with it
 from pipeline.config_schema import default, default_value, node_at, schema_file
@@ -107,6 +109,7 @@ class ExtractConfig:
     )  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
     compression: str = default("extract/compression")  # the acts codec: a pipeline.cache.store.ACTS_CODECS key
     on_bad_image: str = default("extract/on_bad_image")
+    max_image_pixels: int = default("extract/max_image_pixels")  # refused before decoding above this
 
 
 @dataclass(frozen=True)
@@ -278,14 +281,31 @@ def load_schema() -> dict:
     return schema
 
 
+def _finite_number(checker: Any, instance: Any) -> bool:
+    """JSON Schema's ``number``, less NaN and ±infinity (YAML's ``.nan`` / ``.inf`` parse as floats)."""
+    return jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(instance, "number") and math.isfinite(instance)
+
+
+# The schema's `type: number` means a finite number: one rule for every number of the config, so
+# `sae.lrs: [.nan]` is refused at load (naming the key) instead of training a sweep of NaNs.
+# (`type: integer` already refuses them: a float is an integer only when `is_integer()`.)
+FiniteValidator = validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number),
+)
+
+
 def validate_raw(raw: Any, source: Path | str) -> None:
     """Validate a parsed YAML document; raise ConfigError naming the key of the first problem."""
-    validator = jsonschema.Draft202012Validator(load_schema())
+    validator = FiniteValidator(load_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise ConfigError(f"{source}: key {where}: {err.message}")
+        message = err.message
+        if isinstance(err.instance, float) and not math.isfinite(err.instance):
+            message = f"{err.instance} is not a finite number (NaN and infinity are refused)"
+        raise ConfigError(f"{source}: key {where}: {message}")
 
 
 def load_config(path: str | Path = "config.yaml") -> Config:

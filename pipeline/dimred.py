@@ -72,6 +72,7 @@ import safetensors.numpy
 import torch
 from torch import Tensor
 
+from pipeline import atomic
 from pipeline.cache.reader import CacheReader
 from pipeline.config import ConfigError
 from pipeline.cache.stream import token_rows
@@ -428,7 +429,7 @@ def save_projections(
         "shapes": {k: list(v.shape) for k, v in arrays.items()},
         "meta": meta,
     }
-    json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    atomic.write_json(json_path, doc, indent=2, default=str)
     return tensors_path, json_path
 
 

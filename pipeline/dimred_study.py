@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline import atomic
 import pipeline
 from pipeline import cluster_probe, crf, dimred, layout, metrics, units
 from pipeline.config import Config, ConfigError, DimredConfig, schema_default, to_jsonable
@@ -712,7 +713,7 @@ def _write_outputs(
     out = dimred_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     dimred_csv(cfg).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(dimred_csv(cfg), index=False)
+    atomic.write_csv(table, dimred_csv(cfg), index=False)
     meta = {
         "study": "stego-studies dimensionality reduction (Koenig et al., CVPR-W 2023)",
         "protocol": PROTOCOL,
@@ -756,7 +757,7 @@ def _write_outputs(
         if evr is None:  # pca asked for but nothing could be fitted (no dim left)
             evr = np.zeros(0, np.float32)
         _, data = pca_variance_chart(evr, out / "pca_variance", dims=dims, random_weights=stores.random_weights)
-        data.to_csv(out / "pca_variance.csv", index=False)
+        atomic.write_csv(data, out / "pca_variance.csv", index=False)
     return out
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import functools
-import json
 import logging
 import os
 import threading
@@ -38,7 +37,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import pipeline
+from pipeline import atomic
 from pipeline.cache import (
+    InputsChangedError,
     StoreLayout,
     StoreWriter,
     chunk_ranges,
@@ -55,6 +56,7 @@ from pipeline.stages import STORE_HASHED_KEYS
 from pipeline.data import (
     BadImageError,
     DatasetError,
+    Fingerprint,
     MaskError,
     Preprocess,
     SplitData,
@@ -110,8 +112,9 @@ def split_data(cfg: Config, dataset: str, split: str) -> SplitData:
 class _Images(Dataset):
     """Decodes, preprocesses and labels images (runs in DataLoader workers)."""
 
-    def __init__(self, data: SplitData, indices: np.ndarray, pre: Preprocess, patch_size: int):
+    def __init__(self, data: SplitData, indices: np.ndarray, pre: Preprocess, patch_size: int, max_pixels: int):
         self.data, self.indices, self.pre, self.patch_size = data, indices, pre, patch_size
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -125,8 +128,9 @@ class _Images(Dataset):
         sample = self.data.samples[index]
         item = {"index": index, "bad": False, "reason": "", "mask_error": ""}
         crop = self.pre.crop
+        fingerprint = Fingerprint()  # the bytes read for decoding, hashed: no second read
         try:
-            img = load_rgb(sample.image)
+            img = load_rgb(sample.image, max_pixels=self.max_pixels, fingerprint=fingerprint)
         except BadImageError as err:
             img = None
             item.update(bad=True, reason=err.reason)
@@ -135,7 +139,15 @@ class _Images(Dataset):
             mask = np.zeros((crop, crop), dtype=np.int64)
             if img is not None:
                 try:
-                    raw = load_mask(sample.mask, image_path=sample.image, image_size=img.size)
+                    if sample.mask is None:
+                        raise MaskError(f"no mask for image {sample.image}")
+                    raw = load_mask(
+                        sample.mask,
+                        image_path=sample.image,
+                        image_size=img.size,
+                        max_pixels=self.max_pixels,
+                        fingerprint=fingerprint,
+                    )
                     top = int(raw.max()) if raw.size else 0
                     if top >= self.data.n_classes:
                         raise MaskError(
@@ -149,6 +161,7 @@ class _Images(Dataset):
             item.update(patch_label=labels, patch_purity=purity.astype(np.float16), pixel_label=mask.astype(np.uint16))
         else:
             item["label"] = -1 if item["bad"] else int(sample.label)
+        item["fingerprint"] = fingerprint.row()
         item["decode_s"] = time.perf_counter() - t0
         return item
 
@@ -240,6 +253,9 @@ def layout_and_attrs(
         "model_name": ref.model,
         "dataset_name": ref.dataset,
         "dataset_root": str(dataset.root),
+        # where the root resolved to: checked at every open (check_inputs), not hashed, so stores
+        # made before this key existed keep their hash
+        "inputs": {"dataset_root": str(Path(dataset.root).resolve())},
         "dataset_kind": dataset.kind,
         "split": split,
         "task": data.task,
@@ -294,6 +310,7 @@ def extract(
     layout, attrs = layout_and_attrs(cfg, ref, split, data, backbone, provenance)
     store = cfg.store(ref, split)
     group = create_or_open(store, layout, attrs)
+    check_inputs(store, group, data, attrs["inputs"]["dataset_root"], f"datasets.{ref.dataset}.root")
 
     chunks = chunk_ranges(layout.n_images, layout.chunk_images)
     mine = [chunks[i] for i in part_chunks(len(chunks), part, of)]
@@ -328,6 +345,65 @@ def extract(
     if of == 1:
         finalize(store)
     return report
+
+
+def sample_files(data: SplitData, index: int, bad: bool) -> list[Path]:
+    """The files the decode worker read for sample ``index``, in order: its image, then (a
+    segmentation sample whose image was readable) its mask."""
+    sample = data.samples[index]
+    if data.task == "segmentation" and not bad and sample.mask is not None:
+        return [sample.image, sample.mask]
+    return [sample.image]
+
+
+def _changed(files: list[Path], row: np.ndarray) -> str | None:
+    """How ``files`` differ now from fingerprint ``row`` (None if they do not): sizes from a stat;
+    the content hash is re-read only where the size agrees but a modification time moved."""
+    stats = [p.stat() for p in files if p.is_file()]
+    size, mtime = sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+    if size != int(row[0]):
+        return f"{size} bytes now, {int(row[0])} when extracted"
+    if mtime == int(row[1]):
+        return None
+    now = Fingerprint()
+    for path in files:
+        if path.is_file():
+            with open(path, "rb") as f:
+                now.add(f.read(), os.fstat(f.fileno()))
+    return None if np.array_equal(now.row()[2:], row[2:]) else "same size, other content (BLAKE2b differs)"
+
+
+def check_inputs(store: Path, group, data: SplitData, root: str, root_key: str) -> None:
+    """Refuse a store (at open, so also at resume) extracted from other dataset files.
+
+    The dataset root must resolve to the folder the store was extracted from (two projects
+    sharing ``paths.cache`` with relative roots), and every done image's files must still be
+    what their ``fingerprint`` row recorded (size from a stat; the content hash re-read only
+    where a size agrees and a modification time moved). Stores made before either record
+    open with a log line saying it is not checked. Raises InputsChangedError naming the first
+    differing image.
+    """
+    stored_root = (group.attrs.get("inputs") or {}).get("dataset_root")
+    if stored_root is None:
+        log.info("%s: made before stores recorded their dataset root: the root is not compared", store)
+    elif stored_root != root:
+        raise InputsChangedError(
+            f"{store}: extracted from the dataset at {stored_root}, but {root_key} resolves to {root} here "
+            "(another project sharing paths.cache?). It is not reused: point paths.cache elsewhere, or delete it"
+        )
+    if "fingerprint" not in group:
+        log.info("%s: made before input fingerprints: its images are not compared with the files", store)
+        return
+    fp, done, bad = group["fingerprint"][:], group["done"][:], group["bad"][:]
+    recorded = np.flatnonzero(done & ((fp[:, 0] != 0) | (fp[:, 1] != 0)))
+    changed = [(int(i), why) for i in recorded if (why := _changed(sample_files(data, int(i), bad[i]), fp[i]))]
+    if changed:
+        i, why = changed[0]
+        raise InputsChangedError(
+            f"{store}: image {i} ({data.samples[i].image}) is not the file it was extracted from ({why}); "
+            f"{len(changed)} of {recorded.size} extracted images differ. The store is not reused: delete it "
+            f"(rm -r '{store}') and extract again"
+        )
 
 
 @dataclass
@@ -432,7 +508,7 @@ def _run(
     ex = cfg.extract
     indices = np.concatenate([np.arange(s, e) for s, e in todo])
     loader = DataLoader(
-        _Images(data, indices, pre, backbone.patch_size),
+        _Images(data, indices, pre, backbone.patch_size, ex.max_image_pixels),
         batch_size=ex.batch_size,
         num_workers=ex.num_workers,
         collate_fn=_collate,
@@ -440,6 +516,7 @@ def _run(
         worker_init_fn=functools.partial(_worker_init, os.getpid()) if ex.num_workers else None,
     )
     label_keys = ("patch_label", "patch_purity", "pixel_label") if data.task == "segmentation" else ("label",)
+    label_keys += ("fingerprint",) if "fingerprint" in group else ()  # stores made before fingerprints lack it
     out_dtype = getattr(torch, layout.dtype)
     layers = list(layout.layers)
     clock = _StageClock()
@@ -522,6 +599,5 @@ def _worker_init(parent_pid: int, worker_id: int) -> None:
 def write_part_sentinel(path: Path, report: ExtractReport, provenance: dict | None = None) -> None:
     """The file Snakemake tracks for a part (the store itself is shared, never a job output),
     with the config record of the extraction (``pipeline.provenance.record``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {**report.__dict__, "images_per_second": report.images_per_second, "provenance": provenance}
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    atomic.write_json(path, doc, indent=1)

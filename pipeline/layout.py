@@ -107,6 +107,13 @@ def store_complete(cfg: Config, ref: CacheRef, split: str) -> Path:
     return cfg.paths.cache / ref.model / ref.dataset / f"{split}.complete.json"
 
 
+def store_sentinels(store: Path) -> list[Path]:
+    """The Snakemake sentinels of the store at ``<cache>/<m>/<d>/<split>.zarr``: its finalized
+    sentinel (:func:`store_complete`) and its parts' folder (:func:`part_sentinel`)."""
+    split = Path(store).name.removesuffix(".zarr")
+    return [Path(store).with_name(f"{split}.complete.json"), Path(store).with_name(f"{split}.parts")]
+
+
 def stats_path(cfg: Config, ref: CacheRef, split: str) -> Path:
     return cfg.paths.results / "stats" / ref.model / ref.dataset / f"{split}.json"
 

@@ -13,6 +13,8 @@ import altair as alt
 import numpy as np
 from PIL import ImageFont
 
+from pipeline import atomic
+
 # Okabe & Ito (2008), the usual colour-blind-safe qualitative palette.
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 SEQUENTIAL_SCHEME = "viridis"
@@ -193,9 +195,13 @@ def save_chart(chart: alt.TopLevelMixin, stem: str | Path, *, png_scale: float =
     stem.parent.mkdir(parents=True, exist_ok=True)
     # append, not with_suffix: a stem like "lr0.001" must not lose its ".001"
     paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("html", "png", "svg")]
-    chart.save(str(paths[0]), inline=True)
-    chart.save(str(paths[1]), scale_factor=png_scale)
-    chart.save(str(paths[2]))
+    # each to a temporary name, renamed when whole (the temporary name keeps the suffix: it picks the format)
+    with atomic.replacing(paths[0]) as tmp:
+        chart.save(str(tmp), inline=True)
+    with atomic.replacing(paths[1]) as tmp:
+        chart.save(str(tmp), scale_factor=png_scale)
+    with atomic.replacing(paths[2]) as tmp:
+        chart.save(str(tmp))
     return paths
 
 

@@ -86,6 +86,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from pipeline import atomic
+
 __all__ = [
     "DATASETS",
     "MANIFEST",
@@ -547,9 +549,7 @@ def _prepare(dataset: str, src: Path, out: Path, *, keep_background: bool = Fals
 
 
 def _write_manifest(out: Path, record: dict) -> None:
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    atomic.write_json(out / MANIFEST, record, indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -15,6 +15,7 @@ import html
 import numpy as np
 import pandas as pd
 
+from pipeline import atomic
 from pipeline.cache import CacheReader
 from pipeline import units
 from pipeline.config import Config, QuantifyConfig
@@ -102,10 +103,12 @@ def write_proposals(cfg: Config, q: QuantifyConfig) -> dict:
             random_weights=train.random_weights,
             n_images=min(9, cfg.sae.top_k),  # the latent stats keep top_k images per latent
         )
-    table.to_csv(out / "proposals.csv", index=False, float_format="%.4f")
+    atomic.write_csv(table, out / "proposals.csv", index=False, float_format="%.4f")
     page = out / "proposals.html"
-    page.write_text(proposals_html(table, random_weights=train.random_weights))
-    (out / "proposals" / "index.html").write_text(proposals_html(table, random_weights=train.random_weights, folder=""))
+    atomic.write_text(page, proposals_html(table, random_weights=train.random_weights))
+    atomic.write_text(
+        out / "proposals" / "index.html", proposals_html(table, random_weights=train.random_weights, folder="")
+    )
     return {
         "written": str(page),
         "n_classes": int(table["class_id"].nunique()) if len(table) else 0,

@@ -21,6 +21,7 @@ fields filled from the step's own keys) and the upstream steps whose outputs it 
   any job): a ``quantify`` section fits the SAE and probe it reads (:func:`require_quantify`),
   and every stage's layer is cached.
 * :func:`weights_inputs` — a local model folder's weight files, as extraction inputs.
+* :func:`dataset_files_digest` — a stat digest of a dataset's files, an extraction ``params`` value.
 
 Reads: the config, upstream JSON outputs, store attributes (``zarr.json``). Writes nothing.
 """
@@ -28,6 +29,7 @@ Reads: the config, upstream JSON outputs, store attributes (``zarr.json``). Writ
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +304,28 @@ def check_plan(cfg: Config) -> None:
                 f"{cfg.source}: key {key}/layer: {section.layer} is not cached; add it to extract.layers "
                 f"(now {list(cfg.extract.layers)})"
             )
+
+
+def dataset_files_digest(root: str | Path) -> str:
+    """A digest of every file under a dataset root: sha256 over each file's relative path, size
+    and modification time (one ``stat`` per file, no content read), for the extraction rule's
+    ``params``: editing, adding or removing an image (or mask) changes it, so Snakemake reruns the
+    extraction, which then compares each image with its fingerprint in the store. Empty when the
+    root does not exist (yet)."""
+    root = Path(root)
+    if not root.is_dir():
+        return ""
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            entries.append((path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    return stable_hash(entries)
 
 
 def weights_inputs(cfg: Config, model: str) -> list[str]:

@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import atomic
 from pipeline.cache import CacheReader
 from pipeline.config import ConfigError, QuantifyConfig
 from pipeline.interventions import LatentEditor, ReforwardPredictor
@@ -442,9 +443,9 @@ def write_outputs(
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for method, df in per_method.items():
-        df.to_csv(out_dir / f"{method}.csv", index=False, float_format="%.4f")
+        atomic.write_csv(df, out_dir / f"{method}.csv", index=False, float_format="%.4f")
     change_chart(per_method, summary, out_dir / "chart", random_weights=random_weights)
-    summary.to_csv(summary_csv, index=False, float_format="%.4f")  # last: the workflow's target
+    atomic.write_csv(summary, summary_csv, index=False, float_format="%.4f")  # last: the workflow's target
 
 
 def run(

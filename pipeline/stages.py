@@ -231,6 +231,7 @@ _BEFORE_PROBES: dict[str, Stage] = {
         threads="one",
     ),
     "prepare": Stage("prepare", "pipeline.prepare", "pipeline.steps:run_prepare", workflow=False),
+    "verify": Stage("verify", "pipeline.commands.extract", "pipeline.steps:run_verify", workflow=False),
     "stats": Stage(
         "stats",
         "pipeline.commands.sae",

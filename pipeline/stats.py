@@ -35,7 +35,6 @@ import datetime as dt
 import functools
 import json
 import logging
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from pipeline import atomic
 from pipeline.cache.store import CacheError, CacheIncompleteError, open_group
 from pipeline.config import CacheRef
 from pipeline.layout import stats_path
@@ -224,10 +224,7 @@ def compute_stats(
 def write_stats(stats: dict[str, Any], path: str | Path) -> Path:
     """Write ``stats`` as indented JSON (atomically: temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(stats, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, stats, indent=1)
     return path
 
 

@@ -15,13 +15,14 @@ Each function imports its stage module when called (the function-local imports b
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline import atomic, layout
 from pipeline.config import CacheRef, Config, ConfigError, ManipulateConfig, ManipulateExample
 from pipeline.data.demo import make_classification_demo, make_segmentation_demo
 from pipeline.layout import class_f1_path, latents_zarr, probe_stem, quantify_dir, quantitative_csv, sae_checkpoint
@@ -44,7 +45,7 @@ def _demo_entry(cfg: Config, section: str, name: str) -> dict:
 
 def _mark_complete(folder, result: dict) -> None:
     """The sentinel the demo rules declare; written last, so a killed run is redone."""
-    (Path(folder) / ".complete").write_text(json.dumps(result, indent=1) + "\n")
+    atomic.write_json(Path(folder) / ".complete", result, indent=1)
 
 
 def run_demo_data(ctx: RunContext, args: argparse.Namespace) -> dict:
@@ -109,8 +110,57 @@ def run_finalize(ctx: RunContext, args: argparse.Namespace) -> dict:
             **summary,
             "provenance": record(cfg, "finalize", model=args.model, dataset=args.dataset, split=args.split),
         }
-        args.sentinel.write_text(json.dumps(doc, indent=1) + "\n")
+        atomic.write_json(args.sentinel, doc, indent=1)
     return summary
+
+
+def run_verify(ctx: None, args: argparse.Namespace) -> None:
+    """``verify STORE``: check every chunk, print the summary; corrupt chunks end in a
+    ChunkCorruptError (one ``error:`` line) unless ``--mark-not-done`` marks their images."""
+    from pipeline.cache.checksums import mark_not_done, scan
+    from pipeline.cache.store import ChunkCorruptError, open_group
+
+    store = Path(args.store)
+    open_group(store)  # not a store: CacheError naming it
+    result = scan(store)
+    summary = result.summary()
+    n_bad = len(result.bad)
+    print(
+        f"{store}: {summary['chunks_checked']} chunks checked: {summary['chunks_checked'] - n_bad} ok, {n_bad} corrupt"
+    )
+    if not result.checksummed:
+        print("  (a store made before chunk checksums: chunks were decoded, so flipped bits go unnoticed)")
+    for b in result.bad:
+        held = f"images {b.images[0]}..{b.images[1] - 1}" if b.images else "no per-image rows"
+        print(f"  corrupt: {b.array} chunk {'.'.join(map(str, b.index))} ({held}): {b.why}")
+    if not n_bad:
+        return
+    images = summary["corrupt_images"]
+    print(f"  corrupt images: {len(images)} ({_ranges(images)})")
+    if not args.mark_not_done:
+        raise ChunkCorruptError(
+            f"{store}: {n_bad} corrupt chunks ({len(images)} images); re-run with --mark-not-done to re-extract "
+            "just them, or delete the store"
+        )
+    marked = mark_not_done(store, result)
+    for sentinel in layout.store_sentinels(store):  # so snakemake reschedules the extraction
+        shutil.rmtree(sentinel) if sentinel.is_dir() else sentinel.unlink(missing_ok=True)
+    print(
+        f"  marked {len(marked)} images not done ({_ranges(marked)}); re-run the extraction "
+        "(snakemake, or `python -m pipeline extract` for each part, then finalize) to recompute them"
+    )
+
+
+def _ranges(values: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1..3, 7"``."""
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(f"{start}..{v}" if v != start else str(v))
+            start = None
+    return ", ".join(out)
 
 
 def run_prepare(ctx: None, args: argparse.Namespace) -> int:
@@ -169,7 +219,7 @@ def run_class_f1(ctx: RunContext, args: argparse.Namespace) -> dict:
         "written": str(out),
         "provenance": record(cfg, "class-f1"),
     }
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic.write_json(out.with_suffix(".json"), summary, indent=1)
     return summary
 
 

@@ -21,7 +21,7 @@ from pipeline.config import CacheRef, ExtractConfig, load_config, load_schema
 from pipeline.extract import extract, split_data
 
 SEG = CacheRef("dino", "seg")
-CODECS = {"lz4": ["bytes", "blosc"], "none": ["bytes"]}
+CODECS = {"lz4": ["bytes", "blosc", "crc32c"], "none": ["bytes", "crc32c"]}  # every chunk ends with its CRC32C
 
 
 def _store(project: Path, compression: str, split: str = "train", **extract_keys) -> Path:
@@ -62,16 +62,16 @@ def test_none_and_lz4_stores_hold_bit_identical_arrays(project):
     # the codec chain zarr wrote: the labels stay Blosc either way
     for c, chain in CODECS.items():
         assert _codecs(stores[c]) == chain, c
-        assert _codecs(stores[c], "pixel_label") == ["bytes", "blosc"]
+        assert _codecs(stores[c], "pixel_label") == ["bytes", "blosc", "crc32c"]
         attrs = dict(groups[c].attrs)
         assert attrs["compression"] == c and attrs["complete"] is True
 
-    # raw chunk files: N·L·T·D·2 bytes for float16, one file per (chunk, layer)
+    # raw chunk files: N·L·T·D·2 bytes for float16 and a 4-byte CRC32C each, one file per (chunk, layer)
     n, n_layers, t, d = acts.shape
     files = [f for f in (stores["none"] / "acts" / "c").rglob("*") if f.is_file()]
     assert len(files) == -(-n // 4) * n_layers  # chunks of 4 images
-    assert sum(f.stat().st_size for f in files) == n * n_layers * t * d * 2
-    first = np.frombuffer((stores["none"] / "acts/c/0/0/0/0").read_bytes(), dtype="<f2").reshape(4, t, d)
+    assert sum(f.stat().st_size for f in files) == n * n_layers * t * d * 2 + 4 * len(files)
+    first = np.frombuffer((stores["none"] / "acts/c/0/0/0/0").read_bytes()[:-4], dtype="<f2").reshape(4, t, d)
     assert np.array_equal(first, acts[:4, 0])  # the file is the rows themselves
     lz4_bytes = sum(f.stat().st_size for f in (stores["lz4"] / "acts" / "c").rglob("*") if f.is_file())
     assert lz4_bytes < n * n_layers * t * d * 2
@@ -110,7 +110,7 @@ def test_parts_and_resume_fill_a_raw_store_like_one_run(project):
     assert (first.chunks_computed, again.chunks_computed, again.chunks_skipped) == (2, 1, 1)
     extract(cfg, SEG, "val", part=1, of=2, progress=False)
     finalize(store)
-    assert _codecs(store) == ["bytes"]
+    assert _codecs(store) == CODECS["none"]
     assert np.array_equal(open_cache(store).acts.values, whole)
 
 
@@ -154,7 +154,7 @@ def test_a_store_of_the_other_codec_is_never_reused(project):
         check_store(raw, SEG, "val")
     check_store(lz4, SEG, "val")  # the store's own config passes
     # nothing computed was lost
-    assert _codecs(store) == ["bytes", "blosc"] and open_cache(store).attrs["complete"] is True
+    assert _codecs(store) == CODECS["lz4"] and open_cache(store).attrs["complete"] is True
 
 
 def test_an_unknown_codec_is_one_error_line_naming_the_key(project):

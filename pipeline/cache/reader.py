@@ -7,18 +7,29 @@ Dimension key: N images, L cached layers, T tokens, D width, P patches, B images
 attrs. ``CacheReader`` is the one way for code: it reads whole zarr chunks
 (never single rows), in order or in a seeded random chunk order, and
 prefetches the next chunk in a thread so decompression overlaps compute.
+
+Both read through :class:`pipeline.cache.checksums.VerifyingStore`: a chunk that fails its
+checksum (or is short, or missing from a finalized store) raises ``ChunkCorruptError`` naming
+the store, array, chunk and images. On a store made before checksums, a chunk that fails to
+decode raises the same error from ``CacheReader``; a flipped bit there goes unnoticed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
 
-from pipeline.cache.store import CacheError, check_finalized, chunk_ranges, open_group
+from pipeline.cache.checksums import array_info, corrupt, has_checksums, verifying_store
+from pipeline.cache.store import CacheError, ChunkCorruptError, check_finalized, chunk_ranges, open_group
+
+log = logging.getLogger(__name__)
 
 
 def open_cache(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
@@ -32,7 +43,24 @@ def open_cache(path: str | Path, *, require_complete: bool = True) -> xr.Dataset
     if require_complete:
         check_finalized(path, dict(group.attrs))  # or open with require_complete=False to look inside
     # finalize consolidates the metadata; a store still being written has none yet
-    return xr.open_zarr(path, consolidated=bool(group.attrs.get("complete", False)), zarr_format=3)
+    complete = bool(group.attrs.get("complete", False))
+    return xr.open_zarr(verifying_store(path, read_only=True), consolidated=complete, zarr_format=3)
+
+
+@contextlib.contextmanager
+def _decoding(path: Path, name: str, start: int, *rest: int) -> Iterator[None]:
+    """Name the chunk (of array ``name`` holding image ``start``; ``rest``: its chunk index on the
+    other axes) when zarr fails to decode it."""
+    try:
+        yield
+    except ChunkCorruptError:
+        raise
+    except (ValueError, RuntimeError) as err:  # Blosc's "-1", a reshape of a short chunk
+        info = array_info(path, name)
+        if info is None or not info.chunks:
+            raise
+        index = (start // info.chunks[0], *rest) + (0,) * (len(info.chunks) - 1 - len(rest))
+        raise corrupt(path, info, index, f"cannot decode ({type(err).__name__}: {err})") from err
 
 
 class CacheReader:
@@ -44,6 +72,8 @@ class CacheReader:
         self.attrs = dict(self.group.attrs)
         if require_complete:
             check_finalized(self.path, self.attrs)
+        if not has_checksums(self.path):
+            log.info("%s: made before chunk checksums: a corrupt chunk is found only when it fails to decode", path)
         acts = self.group["acts"]
         self.n_images, _, self.n_tokens, self.d_model = acts.shape
         self.chunk_images = acts.chunks[0]
@@ -91,9 +121,15 @@ class CacheReader:
         self.require(name)
         return self.group[name][:]
 
+    def _array(self, name: str) -> zarr.Array:
+        array = self.group[name]
+        assert isinstance(array, zarr.Array)  # the store's arrays are arrays, never groups
+        return array
+
     def pixel_labels(self, start: int, stop: int) -> np.ndarray:
         self.require("pixel_label")
-        return self.group["pixel_label"][start:stop]
+        with _decoding(self.path, "pixel_label", start):
+            return np.asarray(self._array("pixel_label")[start:stop])
 
     # ---- activations ----------------------------------------------------
     def chunks(self) -> list[tuple[int, int]]:
@@ -103,7 +139,8 @@ class CacheReader:
         """acts[start:stop, layer, tokens] as stored ([B, T', D])."""
         li = self.layer_index(layer)
         sel = (slice(start, stop), li) + ((tokens,) if tokens is not None else ())
-        return self.group["acts"][sel]
+        with _decoding(self.path, "acts", start, li):
+            return np.asarray(self._array("acts")[sel])
 
     def token_slice(self, which: str) -> slice:
         """``patches`` → the patch tokens, ``cls`` → CLS only, ``all`` → every token,

@@ -9,8 +9,12 @@ Arrays (every per-image array is chunked by ``chunk_images`` along N, so a
 chunk of images is one set of files and a part owns whole chunks):
 
 - ``acts[N, L, T, D]`` float16/float32, chunk (chunk_images, 1, T, D), coded by
-  ``ACTS_CODECS[compression]`` (``lz4``: Blosc lz4 + bitshuffle; ``none``: raw chunk files);
+  ``ACTS_CODECS[compression]`` (``lz4``: Blosc lz4 + bitshuffle; ``none``: raw chunk files),
+  then (every array) the checksum;
 - ``done[N]`` set only after every array of that image is on disk;
+- ``fingerprint[N, 4]`` uint64: what the image's files (image, then its mask) were when
+  extracted: total bytes, newest mtime (ns) and BLAKE2b-128 of their bytes as two words
+  (0 = not recorded: an unreadable file, or a store made before fingerprints);
 - ``bad[N]`` rows whose image could not be read (``on_bad_image: skip``) and
   ``bad_reason[N]`` (why; "" for good rows), merged into attrs by ``finalize``;
 - segmentation: ``patch_label[N, P]`` (0 = other/unlabelled), ``patch_purity[N, P]``,
@@ -18,6 +22,10 @@ chunk of images is one set of files and a part owns whole chunks):
 - classification: ``label[N]`` (-1 for a bad row);
 - coords: ``image`` (ids = paths relative to the dataset root), ``layer`` (block
   numbers), ``token``/``token_kind``, ``patch``/``patch_row``/``patch_col``/``patch_token``.
+
+Every array's chunks end with a CRC32C (zarr's ``crc32c`` codec, last in each codec chain;
+``store_format`` 2): readers check it and name a corrupt chunk (``pipeline.cache.checksums``).
+Stores of ``store_format`` 1 have no checksums and no ``fingerprint``; they still open.
 
 Creation is atomic (built in a temp folder, then renamed), so concurrent parts
 and a part killed mid-creation never leave a half-made store (a temp folder
@@ -51,14 +59,17 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
-STORE_FORMAT = 1
+from pipeline import atomic
+
+STORE_FORMAT = 2  # 2: chunk checksums (crc32c) and per-image input fingerprints; 1: neither
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
 # zarr-python warns that consolidated metadata is not in the v3 spec yet; xarray reads it fine.
@@ -75,6 +86,15 @@ class CacheMismatchError(CacheError):
 
 class CacheIncompleteError(CacheError):
     """The store has images that are not done yet, or was not finalized."""
+
+
+class ChunkCorruptError(CacheError):
+    """A chunk file that fails its checksum, is short, missing or cannot be decoded; the message
+    names the store, the array, the chunk index and the images it holds."""
+
+
+class InputsChangedError(CacheMismatchError):
+    """The store was extracted from other dataset files than those on disk now."""
 
 
 class ForeignWriterError(CacheError):
@@ -116,14 +136,21 @@ def blosc() -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)
 
 
-# extract.compression -> the zarr compressors of the acts array. "none": no compressor, so zarr
-# writes each chunk as its raw little-endian bytes (codecs [bytes]), readable straight from the
-# file; "lz4": Blosc (codecs [bytes, blosc]). The config schema's enum lists the same names (kept
+# extract.compression -> the zarr compressors of the acts array (before the checksum every array
+# gets, `checksummed`). "none": no compressor, so zarr writes each chunk as its raw little-endian
+# bytes and their CRC32C (codecs [bytes, crc32c]), readable straight from the file; "lz4": Blosc
+# (codecs [bytes, blosc, crc32c]). The config schema's enum lists the same names (kept
 # there so that importing the config does not import zarr; tests/test_compression.py checks them).
 ACTS_CODECS: dict[str, Callable[[], tuple]] = {
     "lz4": lambda: (blosc(),),
     "none": lambda: (),
 }
+
+
+def checksummed(codecs: tuple) -> tuple:
+    """``codecs`` (an array's bytes-to-bytes codecs) with zarr's CRC32C appended: every chunk file
+    ends with the checksum of the bytes before it (4 bytes; checked on every read)."""
+    return (*codecs, Crc32cCodec())
 
 
 def chunk_ranges(n_images: int, chunk_images: int) -> list[tuple[int, int]]:
@@ -150,12 +177,14 @@ def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
             da.zeros((n, len(layout.layers), t, d), dtype=layout.dtype, chunks=(c, 1, t, d)),
         ),
         "done": (("image",), da.zeros(n, dtype=bool, chunks=c)),
+        "fingerprint": (("image", "fingerprint_field"), da.zeros((n, 4), dtype="uint64", chunks=(c, 4))),
         "bad": (("image",), da.zeros(n, dtype=bool, chunks=c)),
         "bad_reason": (("image",), np.full(n, "", dtype=object)),  # small: written at creation
     }
     enc = {
         "acts": {"chunks": (c, 1, t, d), "compressors": ACTS_CODECS[layout.compression](), "fill_value": np.nan},
         "done": {"chunks": (c,), "fill_value": False},
+        "fingerprint": {"chunks": (c, 4), "fill_value": 0},
         "bad": {"chunks": (c,), "fill_value": False},
         "bad_reason": {"chunks": (c,)},
     }
@@ -171,6 +200,7 @@ def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
         data["label"] = (("image",), da.full(n, -1, dtype="int32", chunks=c))
         enc["label"] = {"chunks": (c,), "fill_value": -1}
     coords = {
+        "fingerprint_field": np.array(["bytes", "mtime_ns", "blake2b_hi", "blake2b_lo"], dtype=object),
         "image": np.array(layout.image_ids, dtype=object),
         "layer": np.array(layout.layers, dtype=np.int64),
         "token": np.arange(t),
@@ -180,6 +210,9 @@ def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
         "patch_col": ("patch", cols),
         "patch_token": ("patch", np.arange(p) + n_prefix),
     }
+    for name in (*data, *coords):  # every array, coordinates too, carries chunk checksums
+        enc.setdefault(name, {})
+        enc[name]["compressors"] = checksummed(tuple(enc[name].get("compressors", ())))
     return xr.Dataset(data, coords=coords, attrs=attrs), enc
 
 
@@ -230,7 +263,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def open_group(path: Path, mode: str = "r") -> zarr.Group:
+def open_group(path: Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").exists():
         if path.exists():
@@ -240,7 +273,10 @@ def open_group(path: Path, mode: str = "r") -> zarr.Group:
                 f"delete it (rm -r '{path}') and run `python -m pipeline extract` for it"
             )
         raise CacheError(f"{path}: no activation store here (run `python -m pipeline extract` for it first)")
-    return zarr.open_group(path, mode=mode, zarr_format=3)
+    from pipeline.cache.checksums import verifying_store  # it imports this module's errors
+
+    # Every chunk read through the group is checked (checksum, short or missing chunk).
+    return zarr.open_group(verifying_store(path, read_only=mode == "r"), mode=mode, zarr_format=3)
 
 
 def read_root_attrs(path: Path) -> dict | None:
@@ -426,9 +462,7 @@ def _declare_complete(path: Path) -> None:
     meta = Path(path) / "zarr.json"
     doc = json.loads(meta.read_text())
     doc["attributes"]["complete"] = True
-    tmp = meta.with_name(f".zarr.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, meta)
+    atomic.write_text(meta, json.dumps(doc, indent=2))
 
 
 def check_finalized(path: Path, attrs: dict) -> None:

@@ -30,9 +30,11 @@ import psutil
 import torch
 import zarr
 from numcodecs import blosc
-from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
+from pipeline.cache.checksums import CRC_BYTES, array_info, check_chunk_bytes, corrupt, crc_ok
 from pipeline.cache.reader import CacheReader
+from pipeline.cache.store import CacheError
 
 T = TypeVar("T")
 
@@ -115,12 +117,16 @@ class ChunkDecoder:
 
     - ``blosc`` (``extract.compression: lz4``, codecs bytes + Blosc): ``numcodecs.blosc.decompress``
       into a caller's buffer; it releases the GIL, so several chunks decode at once on threads.
-    - ``raw`` (``extract.compression: none``, codec bytes only): the chunk file *is* the array,
+    - ``raw`` (``extract.compression: none``, codec bytes only, then the checksum): the chunk
+      file *is* the array (followed by its 4-byte CRC32C on a store made since checksums),
       so :meth:`mapped` returns a read-only view of the file mapped into memory, with no copy
       and no decode; a batch gathers its rows straight out of the page cache.
 
     Any other layout (or a missing or short chunk file) falls back to ``CacheReader.read``,
-    which gives the same values (tested).
+    which gives the same values (tested) or raises ``ChunkCorruptError``. On a store with chunk
+    checksums (codec ``crc32c`` last: each file ends with a 4-byte CRC32C), both paths check the
+    file's CRC before using it (the mapped path over the mapping, so no copy either) and raise
+    ``ChunkCorruptError`` naming the chunk on a mismatch: never wrong numbers.
     """
 
     def __init__(self, reader: CacheReader) -> None:
@@ -130,6 +136,8 @@ class ChunkDecoder:
             raise TypeError(f"{reader.path}: acts is not an array")
         meta = acts.metadata
         codecs = tuple(getattr(meta, "codecs", ()))
+        self.crc = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)  # each file ends with its CRC32C
+        codecs = codecs[:-1] if self.crc else codecs
         self.chunk_shape = tuple(acts.chunks)
         self.dtype = np.dtype(acts.dtype)
         native = (
@@ -143,6 +151,13 @@ class ChunkDecoder:
         self.chunk_elements = int(np.prod(self.chunk_shape))
         self._meta = meta
         self._root = reader.path / "acts"
+        self._info = array_info(reader.path, "acts")
+
+    def _check(self, layer: int, start: int, data: np.ndarray) -> None:
+        """Raise ChunkCorruptError unless the chunk file's bytes ``data`` end with their CRC32C."""
+        if self.crc and self._info is not None:
+            index = (start // self.chunk_shape[0], self.reader.layer_index(layer), 0, 0)
+            check_chunk_bytes(self.reader.path, self._info, index, data)
 
     def _file(self, layer: int, start: int) -> Path | None:
         c = self.chunk_shape[0]
@@ -159,13 +174,15 @@ class ChunkDecoder:
         are gathered."""
         path = self._file(layer, start) if self.raw else None
         n_bytes = self.chunk_elements * self.dtype.itemsize
-        if path is None or path.stat().st_size != n_bytes:
-            return None
+        n_file = n_bytes + (CRC_BYTES if self.crc else 0)
+        if path is None or path.stat().st_size != n_file:
+            return None  # CacheReader.read: the same values, or ChunkCorruptError for a short file
         with open(path, "rb") as f:
-            m = mmap.mmap(f.fileno(), n_bytes, access=mmap.ACCESS_READ)
+            m = mmap.mmap(f.fileno(), n_file, access=mmap.ACCESS_READ)
         if hasattr(mmap, "MADV_WILLNEED"):  # Linux, macOS
             m.madvise(mmap.MADV_WILLNEED)
-        return np.frombuffer(m, dtype=self.dtype).reshape(-1, self.chunk_shape[-1])
+        self._check(layer, start, np.frombuffer(m, dtype=np.uint8))
+        return np.frombuffer(m, dtype=self.dtype, count=self.chunk_elements).reshape(-1, self.chunk_shape[-1])
 
     def read(self, layer: int, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """``acts[start:stop, layer]`` as stored (``[B, T, D]``); ``start`` on a chunk boundary.
@@ -185,12 +202,25 @@ class ChunkDecoder:
             n = self.chunk_elements
             if out is None or out.size < n or out.dtype != self.dtype:
                 out = np.empty(n, dtype=self.dtype)
+            failure = None  # raised after the mapping is closed (a live view would block closing it)
             with (
                 open(path, "rb") as f,
                 mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
                 memoryview(m) as data,
             ):
-                blosc.decompress(data, out[:n])
+                if self.crc and not crc_ok(np.frombuffer(data, dtype=np.uint8)):
+                    failure = "its CRC32C does not match its bytes"
+                else:
+                    with data[: len(data) - (CRC_BYTES if self.crc else 0)] as payload:
+                        try:
+                            blosc.decompress(payload, out[:n])
+                        except (RuntimeError, ValueError) as err:
+                            failure = f"cannot decode ({err})"
+            if failure is not None:
+                if self._info is None:
+                    raise CacheError(f"{path}: {failure}")
+                index = (start // c, self.reader.layer_index(layer), 0, 0)
+                raise corrupt(self.reader.path, self._info, index, failure)
             return out[:n].reshape(c, *self.chunk_shape[2:])[: stop - start]
         return self.reader.read(layer, start, stop)
 

@@ -34,3 +34,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--dataset", required=True)
     f.add_argument("--split", required=True, choices=SPLITS)
     f.add_argument("--sentinel", type=Path, help="file to write when the store is complete (for Snakemake)")
+
+    v = sub.add_parser(
+        "verify",
+        help="check every chunk of a store (checksums); optionally mark corrupt images not done",
+        description="Reads every chunk file of STORE (no config needed) and prints a summary: chunks ok / corrupt and "
+        "the images each corrupt chunk holds. A store with corrupt chunks ends with one error line (exit 2) unless "
+        "--mark-not-done marks their images not done (and the store unfinalized, its Snakemake sentinels removed), "
+        "so that re-running the extraction (or snakemake) re-extracts only those chunks.",
+    )
+    v.add_argument("store", type=Path, help="the store folder, e.g. cache/<model>/<dataset>/train.zarr")
+    v.add_argument(
+        "--mark-not-done",
+        action="store_true",
+        help="mark the images of corrupt chunks not done, so the next extraction recomputes just them",
+    )

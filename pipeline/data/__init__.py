@@ -21,7 +21,7 @@ from pipeline.data.datasets import (
     segmentation_folder,
 )
 from pipeline.data.demo import make_classification_demo, make_segmentation_demo
-from pipeline.data.images import BadImageError, MaskError, load_mask, load_rgb
+from pipeline.data.images import BadImageError, Fingerprint, MaskError, load_mask, load_rgb
 from pipeline.data.patch_labels import patch_labels, patch_labels_batch
 from pipeline.data.transforms import (
     CropGeometry,
@@ -38,6 +38,7 @@ __all__ = [
     "BadImageError",
     "CropGeometry",
     "DatasetError",
+    "Fingerprint",
     "MaskError",
     "Preprocess",
     "Sample",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -30,6 +29,8 @@ from typing import Any
 from collections.abc import Callable, Mapping
 
 import numpy as np
+
+from pipeline import atomic
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -132,10 +133,7 @@ def _require_dir(path: Path, what: str) -> None:
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, payload, indent=1)
 
 
 # --------------------------------------------------------------------------- ADE20K

@@ -11,13 +11,13 @@ patches outlined) and ``summary.json``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline import atomic
 from pipeline.config import Config, ManipulateExample
 from pipeline.layout import MANIPULATE_FILES, manipulate_dir, manipulate_files
 from pipeline.manipulate.figures import before_after_image, probability_chart
@@ -140,9 +140,9 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
     state = m.load_image(example.split, example.image)
     target, other, table, latents, values = resolve_edit(m, state, example)
     result = m.apply(state, latents, values)
-    table.to_csv(out / "latents.csv", index=False, float_format="%.6g")
+    atomic.write_csv(table, out / "latents.csv", index=False, float_format="%.6g")
     probs = probability_table(m, result)
-    probs.to_csv(out / "probabilities.csv", index=False, float_format="%.6g")
+    atomic.write_csv(probs, out / "probabilities.csv", index=False, float_format="%.6g")
     edit_text = ", ".join(
         f"latent {s} -> {u:+.2f} x {m.max_value_S[s]:.3g} = {t:.3g}"
         for s, u, t in zip(latents, values, result.target_values)
@@ -178,7 +178,8 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
             ],
             random_weights=m.random_weights,
         )
-        fig.save(out / "maps.png", format="PNG")
+        with atomic.replacing(out / "maps.png") as tmp:
+            fig.save(tmp, format="PNG")
     summary = {
         "example": example.name,
         "task": m.task,
@@ -214,5 +215,5 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "provenance": record(m.cfg, "manipulate", example=example.name),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    atomic.write_json(out / "summary.json", summary, indent=1, default=float)
     return summary

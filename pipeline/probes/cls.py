@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import atomic
 from pipeline import metrics, units
 from pipeline.config import Config
 from pipeline.probes import figures
@@ -215,7 +216,7 @@ def cls_sweep_rows(sweep: ProbeSweep, data: ClsData) -> tuple[list[dict[str, flo
 
 def write_per_class_accuracy(conf_CC: np.ndarray, stores: ProbeStores, out_dir: Path) -> None:
     """Writes ``per_class_accuracy.csv``: the best member's val accuracy per class (percent) and image count."""
-    units.to_pct(
+    table = units.to_pct(
         pd.DataFrame(
             {
                 "class_id": np.arange(stores.n_classes),
@@ -226,7 +227,8 @@ def write_per_class_accuracy(conf_CC: np.ndarray, stores: ProbeStores, out_dir: 
             }
         ),
         ["accuracy"],
-    ).to_csv(out_dir / "per_class_accuracy.csv", index=False)
+    )
+    atomic.write_csv(table, out_dir / "per_class_accuracy.csv", index=False)
 
 
 def write_cls_figures(

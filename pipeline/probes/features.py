@@ -46,6 +46,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from pipeline import atomic
 import pipeline
 from pipeline import units
 from pipeline.cache.reader import CacheReader
@@ -446,7 +447,7 @@ def write_sweep_csv(table: pd.DataFrame, metric_names: Iterable[str], out_dir: P
     (:mod:`pipeline.units`); returns that table (creating ``out_dir``)."""
     table = units.to_pct(table, [k for k in metric_names if k != "train_loss"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "sweep.csv", index=False)
+    atomic.write_csv(table, out_dir / "sweep.csv", index=False)
     return table
 
 

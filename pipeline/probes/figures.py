@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from pipeline import atomic
 from pipeline.probes.linear import best_member
 from pipeline.plots import (
     OKABE_ITO,
@@ -359,7 +360,8 @@ def segmentation_figure(
         draw.rectangle((x, yy + 1, x + 13, yy + 14), fill=tuple(int(v) for v in colours_C3[k]), outline=(0, 0, 0))
         draw.text((x + 20, yy), text, fill=(0, 0, 0), font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
+    with atomic.replacing(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return SegmentationLayout(path=path, size=(width, height), cells=tuple(cells))
 
 

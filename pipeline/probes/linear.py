@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline import atomic
 from pipeline import metrics
 from pipeline.progress import Progress
 
@@ -492,12 +493,13 @@ def save_probe(path_stem: str | Path, state: dict[str, Tensor], meta: dict[str, 
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
     c, d = weight.shape
     doc = {"format": _FORMAT, "d_model": int(d), "n_classes": int(c), "meta": _jsonable(meta)}
-    safetensors.torch.save_file(
-        {"weight": weight.detach().cpu().contiguous(), "bias": bias.detach().cpu().contiguous()},
-        str(tensors_path),
-        metadata={"format": _FORMAT},
-    )
-    json_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    with atomic.replacing(tensors_path) as tmp:
+        safetensors.torch.save_file(
+            {"weight": weight.detach().cpu().contiguous(), "bias": bias.detach().cpu().contiguous()},
+            str(tmp),
+            metadata={"format": _FORMAT},
+        )
+    atomic.write_json(json_path, doc, indent=2, allow_nan=False)
     return tensors_path, json_path
 
 

@@ -70,6 +70,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from pipeline import atomic
 from pipeline import metrics, units
 from pipeline.config import Config
 from pipeline.data import load_rgb, resize_crop, store_image_paths, store_preprocess
@@ -433,7 +434,7 @@ def write_per_class_iou(
     )
     per_class.loc[~scored_C, "iou"] = np.nan  # ignored under the protocol (ade20k: class 0), never scored
     per_class = units.to_pct(per_class, ["iou"])
-    per_class.to_csv(out_dir / "per_class_iou.csv", index=False)
+    atomic.write_csv(per_class, out_dir / "per_class_iou.csv", index=False)
     return per_class, scored_C
 
 

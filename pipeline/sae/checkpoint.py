@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .. import __version__
+from .. import __version__, atomic
 from .kinds import Activation, BatchTopK, ReLU, TopK, make_activation
 from .model import ENCODER_PLAIN, ENCODER_SUBTRACT, SparseAutoencoder
 from .saev_history import Writer, writer
@@ -120,16 +119,11 @@ def save_checkpoint(path: Path, sae: SparseAutoencoder, *, cfg: dict, scaling: I
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in sae.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fd:
+    with atomic.replacing(path) as tmp, open(tmp, "wb") as fd:  # disk full: OSError(ENOSPC), no temp left
         fd.write((header_line + "\n").encode("utf-8"))
         torch.save(state, fd)
-    os.replace(tmp, path)
-
-    twin = safetensors_twin(path)
-    tmp_twin = twin.with_name(twin.name + ".tmp")
-    save_file(state, str(tmp_twin), metadata={"header": header_line})
-    os.replace(tmp_twin, twin)
+    with atomic.replacing(safetensors_twin(path)) as tmp_twin:
+        save_file(state, str(tmp_twin), metadata={"header": header_line})
 
 
 def _read_torch_file(path: Path) -> tuple[dict, dict]:

@@ -37,13 +37,12 @@ data loader hands it. What differs from ours, and what the export does:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import __version__
+from .. import __version__, atomic
 from .checkpoint import CheckpointError, load_checkpoint
 from .kinds import BatchTopK, ReLU, TopK
 from .model import SparseAutoencoder
@@ -168,15 +167,12 @@ def saev_schema5(
 
 
 def write_saev(path: Path, header: dict, state: dict[str, torch.Tensor]) -> None:
-    """saev's bytes: orjson-style compact header line + newline + ``torch.save``; atomic rename."""
-    path = Path(path)
+    """saev's bytes: orjson-style compact header line + newline + ``torch.save``, written through
+    :func:`pipeline.atomic.replacing` (a temporary file and a rename; disk full is one clear error)."""
     line = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fd:
+    with atomic.replacing(path) as tmp, open(tmp, "wb") as fd:
         fd.write((line + "\n").encode("utf-8"))
         torch.save(state, fd)
-    os.replace(tmp, path)
 
 
 def export_saev(

@@ -23,6 +23,8 @@ from PIL import Image, ImageDraw
 
 from ..plots import RANDOM_WEIGHTS_NOTE, label_font
 
+from pipeline import atomic
+
 # matplotlib's viridis (van der Walt & Smith, CC0), 256 RGB entries as hex.
 _VIRIDIS_HEX = (
     "44015444025645045745055946075a46085c460a5d460b5e470d60470e61471063471164471365481467481668481769"
@@ -219,7 +221,8 @@ def write_gallery(
             random_weights=random_weights,
         )
         name = f"latent_{lid}.png"
-        sheet.save(out_dir / name)
+        with atomic.replacing(out_dir / name) as tmp:
+            sheet.save(tmp)
         freq = float(ds_l["freq"])
         mx, mean = float(ds_l["max_value"]), float(ds_l["mean_value"])
         n_top = int((np.asarray(ds_l["top_image"].values) >= 0).sum())
@@ -264,7 +267,7 @@ def write_gallery(
 </body></html>
 """
     index = out_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
+    atomic.write_text(index, page)
     return index
 
 

@@ -1,6 +1,7 @@
 # Config validation and every input / output function, in one place; rules stay declarative.
 # Every path comes from pipeline.layout, every step's outputs, threads and keys from the stage
 # registry (pipeline.stages), the probe kinds from pipeline.probe_kinds.
+import functools
 import sys
 from pathlib import Path
 
@@ -94,6 +95,18 @@ def demo_inputs(wildcards):
     elif wildcards.model in CFG.models:
         inputs["weights"] = provenance.weights_inputs(CFG, wildcards.model)
     return inputs
+
+
+@functools.cache
+def _dataset_digest(name):
+    return provenance.dataset_files_digest(CFG.dataset(name).root)
+
+
+def dataset_files_of(wildcards):
+    """The extraction's ``images`` param: a stat digest of the dataset's files (an edited image
+    reruns the extraction; pipeline.provenance.dataset_files_digest). Not for a demo dataset:
+    its generator's sentinel is an input already, and it does not exist before the first run."""
+    return "" if wildcards.dataset in DEMO_DATASETS else _dataset_digest(wildcards.dataset)
 
 
 def store_complete(ref, split):

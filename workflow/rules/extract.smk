@@ -16,6 +16,7 @@ rule extract_part:
         py=PY,
         config=CONFIG_PATH,
         prov=prov_of("extract", model="model", dataset="dataset", split="split"),
+        images=dataset_files_of,
     conda:
         CONDA_ENV
     shell:

@@ -1,18 +1,17 @@
 """What the SAE stage modules share: opening a store of the config, and writing JSON records.
 
-Reads stores; writes the JSON files it is given (atomically: a temporary name, then a rename).
+Reads stores; writes the JSON files it is given (atomically: :mod:`pipeline.atomic`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import atomic
 from pipeline.config import CacheRef, Config
 
 if TYPE_CHECKING:
@@ -32,11 +31,9 @@ def now() -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=json_default) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as indented JSON to ``path`` (:func:`pipeline.atomic.write_json`: a temporary
+    file and a rename; disk full is one clear error)."""
+    atomic.write_json(path, obj, indent=1, default=json_default)
 
 
 def json_default(obj: Any) -> Any:

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import layout
+from pipeline import atomic, layout
 from pipeline.cache.reader import CacheReader
 from pipeline.config import CacheRef, Config, ConfigError, SAEConfig, require_sae, sae_is_imported, sae_train_ref
 from pipeline.context import RunContext
@@ -292,14 +292,14 @@ def write_train_outputs(
     try:
         pos, reason = choose_member(table, max_l0)
     except NoMemberError:
-        table.to_csv(out / "sweep.csv", index=False)
+        atomic.write_csv(table, out / "sweep.csv", index=False)
         sweep_chart(table, out / "sweep", random_weights=random_weights)
         write_history(trained, slugs, out, chosen=None, random_weights=random_weights)
         for name in ("sae.pt", "sae.safetensors", "chosen.json"):
             (out / name).unlink(missing_ok=True)
         raise
     table.loc[pos, "chosen"] = True
-    table.to_csv(out / "sweep.csv", index=False)
+    atomic.write_csv(table, out / "sweep.csv", index=False)
     sweep_chart(table, out / "sweep", random_weights=random_weights)
     write_history(trained, slugs, out, chosen=slugs[pos], random_weights=random_weights)
     chosen = trained[pos]
@@ -356,7 +356,7 @@ def write_history(
     history = history_table(trained)
     history.insert(1, "slug", [slugs[m] for m in history["member"]])
     history.insert(2, "chosen", history["slug"] == chosen)
-    history.to_csv(out / "history.csv", index=False)
+    atomic.write_csv(history, out / "history.csv", index=False)
     history_chart(
         history.rename(columns={"slug": "label"}), out / "history", chosen=chosen, random_weights=random_weights
     )
