@@ -546,14 +546,23 @@ def sweep_table(members: Sequence[ProbeMember], metrics_per_member: list[dict[st
     return pd.DataFrame(rows)
 
 
-def best_member(df: pd.DataFrame, metric: str, *, higher_is_better: bool = True) -> int:
-    """The ``member`` index of the row with the best ``metric`` (NaN rows skipped; ties: first row)."""
-    if metric not in df.columns:
-        raise KeyError(f"no column {metric!r}; have {list(df.columns)}.")
+def best_member(
+    df: pd.DataFrame, metric: str, *, higher_is_better: bool = True, tie_break: str | None = None
+) -> int:
+    """The ``member`` index of the row with the best ``metric`` (NaN rows skipped). Rows that tie
+    on it (equal values) are ordered by the lowest ``tie_break`` (a loss column; NaN last), and a
+    tie that remains goes to the first row."""
+    for col in (metric, tie_break):
+        if col is not None and col not in df.columns:
+            raise KeyError(f"no column {col!r}; have {list(df.columns)}.")
     values = pd.to_numeric(df[metric], errors="coerce")
     if values.isna().all():
         raise ValueError(f"metric {metric!r} is NaN for every member.")
     pos = values.idxmax() if higher_is_better else values.idxmin()
+    if tie_break is not None:
+        tied = pd.to_numeric(df.loc[values == values[pos], tie_break], errors="coerce")
+        if tied.notna().any():
+            pos = tied.idxmin()
     return int(df.loc[pos, "member"]) if "member" in df.columns else int(pos)
 
 
