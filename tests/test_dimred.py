@@ -269,6 +269,14 @@ def test_end_to_end_tiny_project(project, monkeypatch):
     full = df[df["method"] == "full"]
     assert full["miou_crf_pct"].between(0, 100).all() and full["accuracy_crf_pct"].between(0, 100).all()
     assert df.loc[df["method"] != "full", "miou_crf_pct"].isna().all()
+    # the CRF that ran is named (auto: STEGO's pydensecrf when importable, else the torch approximation)
+    from pipeline import crf
+
+    backend = crf.resolve_backend("auto")
+    assert (full["crf"] == backend).all() and df.loc[df["method"] != "full", "crf"].isna().all()
+    doc = json.loads((project / "results" / "dimred" / "projections.json").read_text())
+    assert doc["meta"]["crf"]["backend"] == backend
+    assert doc["meta"]["crf"]["implementation"] == crf.CRF_BACKENDS[backend].describe()
     for col in ("miou_pct", "accuracy_pct", "patch_miou_pct", "patch_accuracy_pct"):
         assert df[col].between(0, 100).all(), col
     assert (df["n_fit_tokens"] == summary["n_fit_tokens"]).all() and df["random_weights"].all()
