@@ -216,7 +216,9 @@ CRF_BACKENDS: dict[str, CRFBackend] = {
         "pydensecrf",
         PyDenseCRF,
         lambda: importlib.util.find_spec("pydensecrf") is not None,
-        lambda: f"pydensecrf2 {_pydensecrf_version()}: DenseCRF2D, permutohedral, symmetric normalisation (STEGO's CRF)",
+        lambda: (
+            f"pydensecrf2 {_pydensecrf_version()}: DenseCRF2D, permutohedral, symmetric normalisation (STEGO's CRF)"
+        ),
     ),
     "torch_window": CRFBackend(
         "torch_window",
@@ -243,6 +245,9 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def make_crf(backend: str, image_3HW: Tensor, params: CRFParams = STEGO, *, window: int = 7):
-    """One image's CRF field of ``backend`` (a :data:`CRF_BACKENDS` name): ``.refine(probs_CHW)``."""
+def make_crf(backend: str, image_3HW: Tensor, params: CRFParams = STEGO, *, window: int | None = 7):
+    """One image's CRF field of ``backend`` (a :data:`CRF_BACKENDS` name): ``.refine(probs_CHW)``.
+    ``window``: ``torch_window``'s pairwise range (required there), ignored by ``pydensecrf``."""
+    if backend == "torch_window" and window is None:
+        raise ValueError("the torch_window CRF needs a window (pixels)")
     return CRF_BACKENDS[backend].make(image_3HW, params, window=window)

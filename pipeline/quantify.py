@@ -194,8 +194,9 @@ def _saev_fill(rated: pd.DataFrame, rate: str) -> float:
     if fill is None:
         return 0.0
     (lost, changed), (n_target, n_other) = fill
-    total = rated[n_target].sum() + rated[n_other].sum()
-    return float(100.0 * (rated[lost].sum() + rated[changed].sum()) / total) if total else 0.0
+    total = float(rated[n_target].to_numpy(dtype=float).sum() + rated[n_other].to_numpy(dtype=float).sum())
+    n_changed = float(rated[lost].to_numpy(dtype=float).sum() + rated[changed].to_numpy(dtype=float).sum())
+    return 100.0 * n_changed / total if total else 0.0
 
 
 def summarize(per_class: pd.DataFrame, n_real_classes: int | None = None) -> dict:

@@ -82,7 +82,9 @@ def _natural_scene(seed: int, h: int = 64, w: int = 96, c: int = 5, patch: int =
     warp = smooth(2, (3, 4)) * 6.0  # wobbly region boundaries
     n_regions = 9
     centres = torch.rand(n_regions, 2, generator=g) * torch.tensor([h, w])
-    d2 = ((yy + warp[0])[None] - centres[:, 0, None, None]) ** 2 + ((xx + warp[1])[None] - centres[:, 1, None, None]) ** 2
+    d2 = ((yy + warp[0])[None] - centres[:, 0, None, None]) ** 2 + (
+        (xx + warp[1])[None] - centres[:, 1, None, None]
+    ) ** 2
     region = d2.argmin(0)
     region_class = torch.randint(0, c, (n_regions,), generator=g)
     truth = region_class[region]
@@ -170,7 +172,9 @@ def test_backend_names_resolve_or_fail_with_the_install_hint(monkeypatch):
         resolve_backend("dense")
     import dataclasses
 
-    monkeypatch.setitem(CRF_BACKENDS, "pydensecrf", dataclasses.replace(CRF_BACKENDS["pydensecrf"], available=lambda: False))
+    monkeypatch.setitem(
+        CRF_BACKENDS, "pydensecrf", dataclasses.replace(CRF_BACKENDS["pydensecrf"], available=lambda: False)
+    )
     assert resolve_backend("auto") == "torch_window"
     with pytest.raises(ValueError, match=r"pip install -e '.\[crf\]'"):
         resolve_backend("pydensecrf")

@@ -597,7 +597,9 @@ def test_configured_csail_csv_class_list_is_read_by_column_with_the_header_skipp
     assert names == ("other", "road", "car")
     # a .csv without the header is refused, naming the file and the header it needs
     (tmp_path / "plain.csv").write_text("wall\nbuilding\n")
-    with pytest.raises(DatasetError, match=r"plain.csv: a .csv class list needs CSAIL's header 'Idx,Ratio,Train,Val,Name'"):
+    with pytest.raises(
+        DatasetError, match=r"plain.csv: a .csv class list needs CSAIL's header 'Idx,Ratio,Train,Val,Name'"
+    ):
         load_split(kind, tmp_path, "train", class_list=tmp_path / "plain.csv")
     (tmp_path / "gap.csv").write_text("Idx,Ratio,Train,Val,Name\n1,0.5,1,1,wall\n3,0.5,1,1,sky\n")
     with pytest.raises(DatasetError, match=r"gap.csv, line 3: Idx 3, expected 2"):

@@ -198,7 +198,9 @@ def read_object_info(path: Path) -> tuple[str, ...]:
     rows = _table_rows(path)
     header = [f.lower() for f in rows[0][1]] if rows else []
     if not header or header[0] != "idx" or "name" not in header:
-        raise DatasetError(f"{path}: first line must be the header 'Idx Ratio Train Val Name' (.csv: 'Idx,Ratio,Train,Val,Name')")
+        raise DatasetError(
+            f"{path}: first line must be the header 'Idx Ratio Train Val Name' (.csv: 'Idx,Ratio,Train,Val,Name')"
+        )
     name_col = header.index("name")
     names = []
     for line_no, fields in rows[1:]:
@@ -465,7 +467,9 @@ def segmentation_folder(root: Path, split: str, class_list: Path | None = None) 
     root = Path(root)
     if class_list is not None and not Path(class_list).is_file():
         raise DatasetError(f"segmentation folder: class_list {class_list} does not exist")
-    class_names = read_any_class_list(Path(class_list)) if class_list is not None else read_class_list(root / "classes.txt")
+    class_names = (
+        read_any_class_list(Path(class_list)) if class_list is not None else read_class_list(root / "classes.txt")
+    )
     image_dir, mask_dir = root / split / "images", root / split / "masks"
     _require_dir(image_dir, f"segmentation folder split {split!r} images")
     _require_dir(mask_dir, f"segmentation folder split {split!r} masks")

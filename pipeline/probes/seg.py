@@ -359,9 +359,7 @@ def seg_training_data(cfg: Config, pc, stores: ProbeStores, device: torch.device
     """Reads train's ``patch_label`` / ``patch_purity``, draws the held-out selection images and
     loads the final norm (the backbone, checked against the store)."""
     y_NP = seg_train_labels(stores.train, min_purity=pc.min_purity, train_on_other=pc.train_on_other)
-    held_out_N = selection_images(
-        stores.train, y_NP, pc.selection_fraction, pc.selection_seed, pc.selection_min_images
-    )
+    held_out_N = selection_images(stores.train, y_NP, pc.selection_fraction, pc.selection_seed, pc.selection_min_images)
     y_fit_NP, y_held_out_NP = y_NP.copy(), y_NP.copy()
     y_fit_NP[held_out_N] = IGNORE_LABEL
     y_held_out_NP[~held_out_N] = IGNORE_LABEL
