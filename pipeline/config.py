@@ -189,7 +189,8 @@ class DimredConfig:
     probe_lr: float = default("dimred/probe_lr")
     seed: int = default("dimred/seed")
     crf: bool = default("dimred/crf")  # dense CRF on the full-feature rows (pipeline.crf, STEGO's settings)
-    crf_window: int = default("dimred/crf_window")  # pairwise terms within this many pixels (Chebyshev distance)
+    crf_backend: str = default("dimred/crf_backend")  # auto | pydensecrf | torch_window (pipeline.crf.CRF_BACKENDS)
+    crf_window: int = default("dimred/crf_window")  # torch_window: pairwise terms within this many pixels (Chebyshev)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,21 @@
-"""Dense CRF refinement of per-pixel class probabilities (Krähenbühl & Koltun, NeurIPS 2011), in torch.
+"""Dense CRF refinement of per-pixel class probabilities (Krähenbühl & Koltun, NeurIPS 2011).
 
-STEGO refines its probe outputs with ``pydensecrf``. Its only release on PyPI (1.0rc3) is a
-source archive whose Cython step fails with current Cython (``pip download pydensecrf``
-stops at "Error compiling Cython file"); the forks there (``pydensecrf2``, ``SimpleCRF``)
-are C++ source builds too. This module implements the same model and mean-field inference
-in torch instead (CPU or GPU, no compiler).
+STEGO refines its probe outputs with ``pydensecrf`` (``crf.py``: ``DenseCRF2D``, unary
+``unary_from_softmax``, ``addPairwiseGaussian(sxy=1, compat=3)``, ``addPairwiseBilateral(sxy=67,
+srgb=3, compat=4)``, 10 iterations; pydensecrf's defaults: symmetric kernel normalisation,
+permutohedral-lattice filtering over all pixel pairs). Two backends, named in
+:data:`CRF_BACKENDS`:
 
-Model (Potts compatibility, two kernels, RGB in 0 … 255, positions in pixels)::
+- ``pydensecrf``: that very call through ``pydensecrf2`` (the maintained fork of pydensecrf,
+  same import name, a C++ source build; the ``crf`` extra). STEGO's numbers.
+- ``torch_window``: our torch mean-field (CPU or GPU, no compiler), below. Not STEGO's
+  numbers: it is an approximation of a different normalisation (none), kept for machines
+  without a compiler.
+
+:func:`resolve_backend` turns ``auto`` into ``pydensecrf`` when it can be imported, else
+``torch_window``; every output of the STEGO study names the backend that ran.
+
+torch model (Potts compatibility, two kernels, RGB in 0 … 255, positions in pixels)::
 
     E(x) = Σ_i −log p_i(x_i) + Σ_{i≠j} [x_i ≠ x_j] · k(i, j)
     k(i, j) = w_bi · exp(−|p_i − p_j|² / 2θ_α² − |I_i − I_j|² / 2θ_β²)     (appearance, bilateral)
@@ -26,21 +35,36 @@ Approximation (documented, tested): the pairwise sum runs over the pixels within
 dropped. :func:`dense_crf_reference` is the brute-force fully connected version (an
 ``[HW, HW]`` kernel matrix, small images only); with ``window >= max(H, W) − 1`` the two
 agree to float precision (``tests/test_crf.py``). Unlike ``pydensecrf`` the kernels are not
-normalised (pydensecrf's default symmetric normalisation rescales each pixel's messages).
+normalised (pydensecrf's default symmetric normalisation rescales each pixel's messages), so
+its argmax agrees with pydensecrf's on only ~70–85 % of pixels of natural-looking images.
 
 Dimension key: C classes (channels), H/W pixels, O window offsets, N = H·W pixels.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["STEGO", "CRFParams", "DenseCRF", "dense_crf_reference"]
+__all__ = [
+    "CRF_BACKENDS",
+    "STEGO",
+    "CRFBackend",
+    "CRFParams",
+    "DenseCRF",
+    "PyDenseCRF",
+    "dense_crf_reference",
+    "make_crf",
+    "resolve_backend",
+]
 
 
 @dataclass(frozen=True)
@@ -135,3 +159,95 @@ def dense_crf_reference(probs_CHW: Tensor, image_3HW: Tensor, params: CRFParams 
     for _ in range(params.iterations):
         q = torch.softmax(log_p + q @ k_NN.T, dim=0)
     return q.reshape(c, h, w).float()
+
+
+class PyDenseCRF:
+    """STEGO's ``dense_crf`` on one image through ``pydensecrf`` (the ``pydensecrf2`` package):
+    ``DenseCRF2D`` with ``unary_from_softmax`` unaries, ``addPairwiseGaussian(sxy=θ_γ,
+    compat=w_pos)`` and ``addPairwiseBilateral(sxy=θ_α, srgb=θ_β, compat=w_bi)`` (pydensecrf's
+    defaults: symmetric normalisation, permutohedral lattice), ``iterations`` mean-field steps.
+
+    ``image_3HW``: RGB 0 … 255 (rounded to uint8, as STEGO's PIL image is). ``window`` is
+    accepted for the common signature and unused (all pixel pairs count)."""
+
+    def __init__(self, image_3HW: Tensor, params: CRFParams = STEGO, *, window: int | None = None):
+        import pydensecrf.densecrf as dcrf  # optional (the `crf` extra): imported when a CRF runs
+
+        del window
+        self.params, self._dcrf = params, dcrf
+        self.shape = tuple(image_3HW.shape[1:])
+        rgb = image_3HW.detach().float().round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        self.image_HW3 = np.ascontiguousarray(rgb)
+
+    def refine(self, probs_CHW: Tensor) -> Tensor:
+        """Refined marginals Q ``[C, H, W]`` (float32, on ``probs_CHW``'s device) from probabilities."""
+        _check(probs_CHW, torch.zeros(3, *self.shape))
+        from pydensecrf.utils import unary_from_softmax
+
+        p = self.params
+        c, h, w = probs_CHW.shape
+        field = self._dcrf.DenseCRF2D(w, h, c)
+        field.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs_CHW.detach().float().cpu().numpy())))
+        field.addPairwiseGaussian(sxy=p.theta_gamma, compat=p.w_pos)
+        field.addPairwiseBilateral(sxy=p.theta_alpha, srgb=p.theta_beta, rgbim=self.image_HW3, compat=p.w_bi)
+        q = np.asarray(field.inference(p.iterations), dtype=np.float32).reshape(c, h, w)
+        return torch.from_numpy(q).to(probs_CHW.device)
+
+
+def _pydensecrf_version() -> str:
+    try:
+        return metadata.version("pydensecrf2")
+    except metadata.PackageNotFoundError:
+        return "unknown version"
+
+
+@dataclass(frozen=True)
+class CRFBackend:
+    """A CRF implementation: how to build one image's field, whether it can run here, what it is."""
+
+    name: str
+    make: Callable[..., DenseCRF | PyDenseCRF]  # (image_3HW, params, *, window) -> .refine(probs_CHW)
+    available: Callable[[], bool]
+    describe: Callable[[], str]
+
+
+CRF_BACKENDS: dict[str, CRFBackend] = {
+    "pydensecrf": CRFBackend(
+        "pydensecrf",
+        PyDenseCRF,
+        lambda: importlib.util.find_spec("pydensecrf") is not None,
+        lambda: (
+            f"pydensecrf2 {_pydensecrf_version()}: DenseCRF2D, permutohedral, symmetric normalisation (STEGO's CRF)"
+        ),
+    ),
+    "torch_window": CRFBackend(
+        "torch_window",
+        DenseCRF,
+        lambda: True,
+        lambda: "torch windowed mean-field, unnormalised kernels (an approximation, not STEGO's numbers)",
+    ),
+}
+"""Backend name -> :class:`CRFBackend` (``dimred.crf_backend`` names one, or ``auto``)."""
+
+
+def resolve_backend(name: str) -> str:
+    """``auto`` -> ``pydensecrf`` when it can be imported, else ``torch_window``; a named backend
+    that cannot run here raises ValueError saying how to install it."""
+    if name == "auto":
+        return "pydensecrf" if CRF_BACKENDS["pydensecrf"].available() else "torch_window"
+    if name not in CRF_BACKENDS:
+        raise ValueError(f"unknown CRF backend {name!r}; known: auto, {', '.join(CRF_BACKENDS)}")
+    if not CRF_BACKENDS[name].available():
+        raise ValueError(
+            f"CRF backend {name!r} cannot be imported here: install it with pip install -e '.[crf]' "
+            "(pydensecrf2, a C++ source build), or set dimred.crf_backend: torch_window"
+        )
+    return name
+
+
+def make_crf(backend: str, image_3HW: Tensor, params: CRFParams = STEGO, *, window: int | None = 7):
+    """One image's CRF field of ``backend`` (a :data:`CRF_BACKENDS` name): ``.refine(probs_CHW)``.
+    ``window``: ``torch_window``'s pairwise range (required there), ignored by ``pydensecrf``."""
+    if backend == "torch_window" and window is None:
+        raise ValueError("the torch_window CRF needs a window (pixels)")
+    return CRF_BACKENDS[backend].make(image_3HW, params, window=window)

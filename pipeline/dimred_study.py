@@ -30,10 +30,12 @@ Steps (see :mod:`pipeline.dimred` for the sampling, standardisation and projecti
     6. Dense CRF (``dimred.crf``, on by default): for the ``full`` features, the pixel-level
        probabilities of both probes (linear: softmax of the upsampled logits over the real
        classes; cluster: softmax(2 · upsampled cosine similarity), STEGO's eval-time
-       ``alpha``) are refined with :class:`pipeline.crf.DenseCRF` (STEGO's kernel settings,
-       pairwise terms within ``crf_window`` pixels) on the val image as the model saw it
-       (read from the dataset with the store's resize / crop), then scored like the rest;
-       the cluster probe's CRF output gets its own Hungarian match.
+       ``alpha``) are refined with STEGO's CRF settings by the ``dimred.crf_backend`` of
+       :data:`pipeline.crf.CRF_BACKENDS` (``auto``: pydensecrf, STEGO's own CRF, when it can be
+       imported; else the windowed torch approximation, with a warning) on the val image as
+       the model saw it (read from the dataset with the store's resize / crop), then scored
+       like the rest; the cluster probe's CRF output gets its own Hungarian match. The
+       ``crf`` column names the backend that ran.
     Metrics: protocol ``ade20k`` (true label 0, "unlabelled", ignored; classes 1 … C-1
     scored) and STEGO's mIoU (:data:`pipeline.metrics.MIOU_DEFINITIONS` ``stego``: every
     scored class with a defined IoU, a class only predicted counts 0); accuracy over the
@@ -43,7 +45,8 @@ Outputs (``<results>`` = ``paths.results``)
     ``<results>/dimred.csv``: one row per (method, dim, probe), plus ``method = full`` rows:
     ``method, dim, probe, miou_pct, accuracy_pct`` (pixel level, percent as every table:
     :mod:`pipeline.units`), ``miou_crf_pct, accuracy_crf_pct`` (the same after the dense CRF;
-    ``full`` rows only, NaN elsewhere), ``protocol, miou_definition``, ``patch_miou_pct,
+    ``full`` rows only, NaN elsewhere), ``crf`` (the CRF backend that made them: ``pydensecrf``
+    or ``torch_window``; empty elsewhere), ``protocol, miou_definition``, ``patch_miou_pct,
     patch_accuracy_pct, mean_class_accuracy_pct``, ``n_fit_tokens`` (tokens the reductions were
     fitted on), ``n_train_tokens`` (tokens the probe trained on), ``k``, ``train_loss`` /
     ``kmeans_objective``, ``explained_variance_pct`` (PCA, cumulative at d), ``layer, block,
@@ -287,10 +290,12 @@ def _evaluate(
     scaler: dimred.Standardizer,
     *,
     crf_window: int | None = None,
+    crf_backend: str = "torch_window",
     progress: bool = False,
 ) -> list[Confusions]:
     """One pass over the val store: every variant, both probes, patch and pixel level (truth 0 ignored);
-    with ``crf_window``, also the dense-CRF pixel level of the ``full`` variant."""
+    with ``crf_window`` (not None), also the dense-CRF pixel level of the ``full`` variant, with
+    the :data:`pipeline.crf.CRF_BACKENDS` entry ``crf_backend``."""
     val, c = stores.val, stores.n_classes
     confs = [Confusions(*(np.zeros((c, c), np.int64) for _ in range(4))) for _ in fitted]
     load = None
@@ -330,7 +335,7 @@ def _evaluate(
                     # per-image ops of ~1e5 elements: one CPU thread is faster than several on shared cores
                     with _cpu_threads_for(0.0, lin_p.device):
                         for j, img in enumerate(_crf_images(val, load, image_B, size)):
-                            field = crf.DenseCRF(img.to(lin_p.device), crf.STEGO, window=crf_window)
+                            field = crf.make_crf(crf_backend, img.to(lin_p.device), crf.STEGO, window=crf_window)
                             lin = (field.refine(lin_p[j]).argmax(0) + 1).cpu().numpy()
                             clu = field.refine(clu_p[j]).argmax(0).cpu().numpy()
                             conf.linear_crf += metrics.confusion_matrix(pixel_BHW[j], lin, c, ignore=0)
@@ -469,6 +474,14 @@ def run_dimred_study(cfg: Config, *, progress: bool = True, ctx=None) -> dict:
         raise ConfigError(
             f"{cfg.source}: key dimred/cache: {stores.train.path} has {stores.n_classes} classes incl. 0; the cluster probe needs at least 2 real classes"
         )
+    crf_backend = None
+    if dc.crf:
+        try:
+            crf_backend = crf.resolve_backend(dc.crf_backend)
+        except ValueError as err:
+            raise ConfigError(f"{cfg.source}: key dimred/crf_backend: {err}") from None
+        if crf_backend == "torch_window":
+            log.warning("dimred: dense CRF %s", crf.CRF_BACKENDS[crf_backend].describe())
     norm = FinalNorm(cfg, stores, device)
     d_model = stores.d_model
     t0 = time.perf_counter()
@@ -493,7 +506,15 @@ def run_dimred_study(cfg: Config, *, progress: bool = True, ctx=None) -> dict:
         cfg, dc, stores, sample, x_std, y_NP, reductions, dims, device=device, progress=progress
     )
     t3 = time.perf_counter()
-    confs = _evaluate(fitted, stores, norm, scaler, crf_window=dc.crf_window if dc.crf else None, progress=progress)
+    confs = _evaluate(
+        fitted,
+        stores,
+        norm,
+        scaler,
+        crf_window=dc.crf_window if crf_backend else None,
+        crf_backend=crf_backend or "torch_window",
+        progress=progress,
+    )
     t4 = time.perf_counter()
 
     evr = reductions["pca"].extras["explained_variance_ratio"] if "pca" in reductions else None
@@ -506,11 +527,13 @@ def run_dimred_study(cfg: Config, *, progress: bool = True, ctx=None) -> dict:
         n_train=n_train,
         evr=evr,
         random_weights=stores.random_weights,
+        crf_backend=crf_backend,
     )
     out = _write_outputs(
         cfg,
         dc,
         table,
+        crf_backend=crf_backend,
         stores=stores,
         sample=sample,
         dims=dims,
@@ -623,8 +646,10 @@ def _result_rows(
     n_train: int,
     evr: np.ndarray | None,
     random_weights: bool,
+    crf_backend: str | None = None,
 ) -> tuple[list[dict], pd.DataFrame]:
-    """One row per (variant, probe): pixel / patch metrics, CRF metrics, fit facts; and the table of them."""
+    """One row per (variant, probe): pixel / patch metrics, CRF metrics (``crf``: the backend that
+    made them, empty where none ran), fit facts; and the table of them."""
     rows = []
     for f, conf in zip(fitted, confs):
         v = f.variant
@@ -644,6 +669,7 @@ def _result_rows(
                 "probe": "linear",
                 **_metric_columns(lin),
                 **_crf_columns(conf.linear_crf),
+                "crf": crf_backend if conf.linear_crf is not None else "",
                 "n_train_tokens": n_train,
                 "k": np.nan,
                 "train_loss": float(f.probe.train_loss_M[0]),
@@ -661,6 +687,7 @@ def _result_rows(
                 "probe": "cluster",
                 **_metric_columns(clu),
                 **_crf_columns(crf_matched),
+                "crf": crf_backend if crf_matched is not None else "",
                 "n_train_tokens": n_fit_tokens,
                 "k": k,
                 "train_loss": np.nan,
@@ -677,6 +704,7 @@ def _result_rows(
         "accuracy",
         "miou_crf",
         "accuracy_crf",
+        "crf",
         "protocol",
         "miou_definition",
         "patch_miou",
@@ -707,6 +735,7 @@ def _write_outputs(
     scaler: dimred.Standardizer,
     reductions: dict[str, Any],
     evr: np.ndarray | None,
+    crf_backend: str | None = None,
 ) -> Path:
     """``dimred.csv``, the fitted projections with their metadata, and the charts; returns the output folder."""
     block, d_model = stores.block, stores.d_model
@@ -719,12 +748,14 @@ def _write_outputs(
         "protocol": PROTOCOL,
         "crf": (
             {
+                "backend": crf_backend,
+                "implementation": crf.CRF_BACKENDS[crf_backend].describe(),
                 "params": to_jsonable(crf.STEGO),
-                "window": dc.crf_window,
+                "window": dc.crf_window if crf_backend == "torch_window" else None,
                 "on": "full features, both probes, pixel level",
                 "cluster_alpha": CLUSTER_ALPHA,
             }
-            if dc.crf
+            if crf_backend
             else None
         ),
         "input": f"final_norm(output of block {block}) at the patch tokens, float32, standardised with the train sample's statistics",

@@ -23,7 +23,8 @@ Conventions:
   as STEGO's ``UnsupervisedMetrics``); :func:`mean_iou_as` computes one by name.
 - :data:`SEG_PROTOCOLS` names the two segmentation evaluation protocols: ``ade20k`` (true
   label 0 ignored, mean over classes 1 … C-1) and ``zero_is_class`` (label 0 is an ordinary
-  class: nothing ignored, mean over all C classes, an n+1-way problem);
+  class: nothing ignored, an n+1-way problem; the headline mIoU still averages classes 1 … C-1,
+  :data:`HEADLINE_MIOU_EXCLUDE`, and the mean over all C classes is reported beside it);
   :func:`protocol_confusion` and :func:`protocol_exclude` implement them.
 
 Dimension key: N samples (pixels, patches or images), C classes (C_true, C_pred when they
@@ -39,6 +40,7 @@ import numpy.typing as npt
 import scipy.optimize
 
 __all__ = [
+    "HEADLINE_MIOU_EXCLUDE",
     "MIOU_DEFINITIONS",
     "SEG_PROTOCOLS",
     "confusion_matrix",
@@ -64,9 +66,17 @@ MIOU_DEFINITIONS = {
 
 SEG_PROTOCOLS = {
     "ade20k": "true label 0 (other / unlabelled) ignored; classes 1..C-1 scored (mmseg reduce_zero_label)",
-    "zero_is_class": "label 0 is a class like any other: nothing ignored, all C classes scored (n+1-way)",
+    "zero_is_class": (
+        "label 0 is a class like any other: nothing ignored (n+1-way); the headline mIoU averages "
+        "classes 1..C-1 (ADE-comparable), *_miou_with_0 all C classes"
+    ),
 }
 """Segmentation evaluation protocol name -> its rule."""
+
+HEADLINE_MIOU_EXCLUDE: tuple[int, ...] = (0,)
+"""Classes left out of the headline mIoU under every protocol: class 0, so that ``zero_is_class``
+reports the same classes 1 … C-1 as ``ade20k`` (its mean over all C classes, background
+included, is reported beside it as ``*_miou_with_0``)."""
 
 
 def _as_int_labels(a: npt.ArrayLike, name: str) -> np.ndarray:

@@ -96,6 +96,7 @@ properties:
       ade20k: true label 0 ignored, classes 1..C-1 scored (mmseg reduce_zero_label);
       zero_is_class: label 0 is a class, nothing ignored, all C classes scored (needs train_on_other).
   selection_fraction: {$ref: "#/$defs/selection_fraction"}
+  selection_min_images: {$ref: "#/$defs/selection_min_images"}
   selection_seed: {type: integer, default: 0, description: seed of the held-out selection images}
 """)
 
@@ -117,6 +118,7 @@ class SegProbeConfig:
     protocol: str = default("protocol", SEG_SCHEMA)  # ade20k | zero_is_class (pipeline.metrics.SEG_PROTOCOLS)
     # train images held out to choose the best member (0: choose on val, as saev)
     selection_fraction: float = default("selection_fraction", SEG_SCHEMA)
+    selection_min_images: int = default("selection_min_images", SEG_SCHEMA)
     selection_seed: int = default("selection_seed", SEG_SCHEMA)
 
 
@@ -136,6 +138,7 @@ properties:
   batch_size: {$ref: "#/$defs/positive_int", default: 256}
   seed: {type: integer, default: 0}
   selection_fraction: {$ref: "#/$defs/selection_fraction"}
+  selection_min_images: {$ref: "#/$defs/selection_min_images"}
   selection_seed: {type: integer, default: 0, description: seed of the held-out selection images}
 """)
 
@@ -152,6 +155,7 @@ class ClsProbeConfig:
     batch_size: int = default("batch_size", CLS_SCHEMA)
     # train images held out to choose the best member (0: choose on val, as saev)
     selection_fraction: float = default("selection_fraction", CLS_SCHEMA)
+    selection_min_images: int = default("selection_min_images", CLS_SCHEMA)
     selection_seed: int = default("selection_seed", CLS_SCHEMA)
 
 

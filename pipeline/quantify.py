@@ -33,8 +33,9 @@ class other than c (truth 0, "other/unlabelled", left out of both).
 
 Summaries report, in PERCENT, the macro mean over the evaluated classes with its SAMPLE
 standard deviation (ddof 1, over the evaluated classes: ``*_std_pct``), saev's POPULATION
-standard deviation over ALL real classes 1 … C-1, a class without target patches counting
-0 (``*_std_saev_pct``, saev's ``np.std`` over its 150 classes), and the pooled ratio
+standard deviation over ALL real classes 1 … C-1 (``*_std_saev_pct``, saev's ``np.std`` over its
+150 classes: a class not evaluated counts target rate 0 and, as in saev's one edited pass, other
+rate = the fraction of all patches changed, see :func:`summarize`), and the pooled ratio
 (Σ lost / Σ original-c). saev's quantify printed the pooled ratio as a fraction and called
 it a mean percentage; we report both, named for what they are.
 
@@ -167,9 +168,47 @@ def add_rates(row: dict) -> dict:
     return row
 
 
+# rate column -> the counts whose pooled ratio saev's formula gives a class it does not evaluate
+UNEVALUATED_FILL = {
+    "target_change_rate_pct": None,  # 0: no target patches
+    "other_change_rate_pct": (("target_lost", "other_changed"), ("n_target", "n_other")),
+    "target_change_rate_labelled_pct": None,
+    "other_change_rate_labelled_pct": (
+        ("target_lost_labelled", "other_changed_labelled"),
+        ("n_target_labelled", "n_other_labelled"),
+    ),
+}
+
+
+def _saev_fill(rated: pd.DataFrame, rate: str) -> float:
+    """The rate saev's ``Report`` gives a class without target patches, in percent.
+
+    saev (``contrib/semseg/quantitative.py``, ``compute_class_results`` and ``Report``) counts a
+    class c over ONE edited pass: its other patches are all patches not predicted c, and a class
+    never predicted has every patch as "other", so its other change rate is the fraction of ALL
+    patches that changed (its target rate is 0). Here each class has its own edit; the same
+    fraction is Σ changed / Σ patches over the evaluated edits (changed = target lost + other
+    changed, patches = target + other), which equals saev's number exactly when every row comes
+    from one edited pass.
+    """
+    fill = UNEVALUATED_FILL[rate]
+    if fill is None:
+        return 0.0
+    (lost, changed), (n_target, n_other) = fill
+    total = float(rated[n_target].to_numpy(dtype=float).sum() + rated[n_other].to_numpy(dtype=float).sum())
+    n_changed = float(rated[lost].to_numpy(dtype=float).sum() + rated[changed].to_numpy(dtype=float).sum())
+    return 100.0 * n_changed / total if total else 0.0
+
+
 def summarize(per_class: pd.DataFrame, n_real_classes: int | None = None) -> dict:
     """Macro mean and sample std over the evaluated classes, saev's population std over all
-    ``n_real_classes`` (absent classes count 0), and pooled ratios; all in percent."""
+    ``n_real_classes``, and pooled ratios; all in percent.
+
+    saev's std (``*_std_saev_pct``, ``np.std`` over classes 1 … C-1) gives each class not
+    evaluated here the rate saev's code gives a class without target patches (:func:`_saev_fill`:
+    0 for target rates, the overall changed fraction for other rates), and an evaluated class
+    whose rate is undefined (no other patches) 0, as saev does.
+    """
     rated = per_class.dropna(subset=["target_change_rate_pct"])
     out = {"n_classes": int(len(rated))}
     for rate, (num, den) in RATES.items():
@@ -181,7 +220,7 @@ def summarize(per_class: pd.DataFrame, n_real_classes: int | None = None) -> dic
         out[f"{kind}_mean_pct"] = float(finite.mean()) if finite.size else float("nan")
         out[f"{kind}_std_pct"] = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
         if n_real_classes is not None:
-            padded = np.zeros(max(n_real_classes, finite.size))
+            padded = np.full(max(n_real_classes, rates.size), _saev_fill(rated, rate))
             padded[: rates.size] = np.nan_to_num(rates, nan=0.0)
             out[f"{kind}_std_saev_pct"] = float(padded.std(ddof=0))
         den_sum = rated[den].sum()
@@ -191,7 +230,8 @@ def summarize(per_class: pd.DataFrame, n_real_classes: int | None = None) -> dic
 
 STD_NOTE = (
     "*_std_pct: sample std (ddof=1) over the evaluated classes; *_std_saev_pct: population std (ddof=0) "
-    "over all real classes, a class without target patches counting 0 (saev)"
+    "over all real classes, a class not evaluated counting as saev counts a class without target patches "
+    "(target rate 0, other rate the overall changed fraction)"
 )
 
 

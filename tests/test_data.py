@@ -569,6 +569,43 @@ def test_ade20k_class_names_from_csv_renamed_file_or_configured_list(tmp_path):
         ade20k(tmp_path, "train", class_list=tmp_path / "missing.txt")
 
 
+CSAIL_CSV = (  # CSAIL's objectInfo150.csv format: header, Idx from 1, ';'-separated synonyms, a BOM
+    "\ufeffIdx,Ratio,Train,Val,Name\n"
+    "1,0.1576,11664,1172,wall\n"
+    "2,0.1072,6046,612,building;edifice\n"
+    '3,0.0878,8265,796,"sky"\n'
+    "\n"
+    "4,0.0621,9336,917,floor;flooring\n"
+)
+
+
+@pytest.mark.parametrize("kind", ["ade20k", "segfolder"])
+def test_configured_csail_csv_class_list_is_read_by_column_with_the_header_skipped(tmp_path, kind):
+    if kind == "ade20k":
+        make_segmentation_demo(tmp_path, n_train=1, n_val=1, n_classes=4, image_size=16)
+    else:
+        (tmp_path / "classes.txt").write_text("background\nroad\n")
+        _touch(tmp_path / "train" / "images" / "a.png")
+        _touch(tmp_path / "train" / "masks" / "a.png")
+    (tmp_path / "objectInfo10.csv").write_text(CSAIL_CSV, encoding="utf-8")
+    names = load_split(kind, tmp_path, "train", class_list=tmp_path / "objectInfo10.csv").class_names
+    # not the raw rows, not the header as class 0; the first synonym, as CSAIL's and mmseg's ADE20K code
+    assert names == ("other", "wall", "building", "sky", "floor")
+    # the Name column found by the header, wherever it stands
+    (tmp_path / "reordered.csv").write_text("Idx,Name,Ratio\n1,road;route,0.5\n2,car,0.5\n")
+    names = load_split(kind, tmp_path, "train", class_list=tmp_path / "reordered.csv").class_names
+    assert names == ("other", "road", "car")
+    # a .csv without the header is refused, naming the file and the header it needs
+    (tmp_path / "plain.csv").write_text("wall\nbuilding\n")
+    with pytest.raises(
+        DatasetError, match=r"plain.csv: a .csv class list needs CSAIL's header 'Idx,Ratio,Train,Val,Name'"
+    ):
+        load_split(kind, tmp_path, "train", class_list=tmp_path / "plain.csv")
+    (tmp_path / "gap.csv").write_text("Idx,Ratio,Train,Val,Name\n1,0.5,1,1,wall\n3,0.5,1,1,sky\n")
+    with pytest.raises(DatasetError, match=r"gap.csv, line 3: Idx 3, expected 2"):
+        load_split(kind, tmp_path, "train", class_list=tmp_path / "gap.csv")
+
+
 def test_configured_class_list_reaches_the_store(project):
     import yaml
 

@@ -198,6 +198,24 @@ def test_each_protocol_and_miou_definition_on_a_hand_built_matrix():
     del iou3
 
 
+def test_zero_is_class_headline_is_classes_1_to_n_and_reports_the_mean_with_class_0_beside_it():
+    from pipeline.probes.seg import seg_metrics
+
+    z = metrics.protocol_confusion(*_truth_pred(HAND_CONF), 4, "zero_is_class")
+    m = seg_metrics(z, z, "zero_is_class")
+    # headline: classes 1..3 present in the truth (1 and 2), computed on the n+1-way matrix (the 2
+    # "other" pixels predicted 1 count against class 1): the classes an ADE20K figure averages
+    assert m["pixel_miou"] == pytest.approx((6 / 11 + 3 / 6) / 2)
+    # beside it, with class 0 (IoU 1/4) averaged in, as the headline was before
+    assert m["pixel_miou_with_0"] == pytest.approx((1 / 4 + 6 / 11 + 3 / 6) / 3)
+    assert m["patch_miou"] == m["pixel_miou"] and m["patch_miou_with_0"] == m["pixel_miou_with_0"]
+    assert m["pixel_acc"] == pytest.approx(10 / 16)  # accuracy follows the protocol: nothing ignored
+    # ade20k never scores class 0: the headline is the same mean, no "with 0" figure
+    a = metrics.protocol_confusion(*_truth_pred(HAND_CONF), 4, "ade20k")
+    m = seg_metrics(a, a, "ade20k")
+    assert m["pixel_miou"] == pytest.approx((6 / 9 + 3 / 6) / 2) and np.isnan(m["pixel_miou_with_0"])
+
+
 def test_unknown_protocol_or_definition_is_an_error():
     with pytest.raises(ValueError, match="unknown segmentation protocol 'mmseg'"):
         metrics.protocol_exclude("mmseg")

@@ -84,7 +84,7 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
     train = CacheReader(cfg.store(SEG, "train"))
     val = CacheReader(cfg.store(SEG, "val"))
     y_NP = seg_train_labels(train, min_purity=0.5, train_on_other=False)
-    held_out = seg_probe.selection_images(train, y_NP, 0.1, 0)  # the defaults: 10 % of train, seed 0
+    held_out = seg_probe.selection_images(train, y_NP, 0.1, 0, 100)  # the defaults: 10 % of train, at least 100, seed 0
     y_fit = np.where(held_out[:, None], IGNORE_LABEL, y_NP)
     used_chunks = sum((y_fit[s:e] != IGNORE_LABEL).any() for s, e in train.chunks())
     selection_chunks = sum(held_out[s:e].any() for s, e in train.chunks())
@@ -113,6 +113,8 @@ def test_seg_probe_beats_majority_baseline_and_reads_cache_once_per_epoch(projec
     best = sweep.loc[sweep["best"]].iloc[0]
     # chosen on the held-out part of train, not on val (issue 15: no peeking)
     assert best["selection_pixel_miou_pct"] == sweep["selection_pixel_miou_pct"].max()
+    tied = sweep[sweep["selection_pixel_miou_pct"] == sweep["selection_pixel_miou_pct"].max()]
+    assert best["selection_loss"] == tied["selection_loss"].min() and sweep["selection_loss"].notna().all()
     assert (sweep["protocol"] == "ade20k").all() and (sweep["miou_definition"] == "present_in_truth").all()
     assert 100 * summary["val_pixel_miou"] == pytest.approx(
         best["pixel_miou_pct"]
@@ -207,9 +209,13 @@ def test_cls_probe_above_chance(project, capsys):
     # selection on held-out train rows: recorded, disjoint from val, best by selection accuracy
     train = CacheReader(cfg.store(CLS, "train"))
     ids = meta["selection"]["image_ids"]
-    assert len(ids) == round(0.1 * int(train.valid.sum())) and summary["n_members"] == 6
+    # 10 % of 45 is 4; the floor (selection_min_images, 100) is capped at half: 22
+    assert len(ids) == int(train.valid.sum()) // 2 == 22 and summary["n_members"] == 6
     assert set(ids) <= {str(i) for i in train.image_ids} and not set(ids) & {str(i) for i in val.image_ids}
     assert sweep.loc[sweep["best"], "selection_top1_acc_pct"].iloc[0] == sweep["selection_top1_acc_pct"].max()
+    tied = sweep[sweep["selection_top1_acc_pct"] == sweep["selection_top1_acc_pct"].max()]
+    assert sweep.loc[sweep["best"], "selection_loss"].iloc[0] == tied["selection_loss"].min()  # ties: lowest loss
+    assert sweep["loss"].notna().all() and sweep["selection_loss"].notna().all()
     assert summary["val_top1_acc"] == pytest.approx(top1)
 
 

@@ -255,3 +255,73 @@ def test_sweep_adamw_matches_torch_adamw_per_member():
     for m, (w, b) in enumerate(refs):
         torch.testing.assert_close(sweep.weights[m], w, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sweep.biases[m], b, rtol=1e-5, atol=1e-6)
+
+
+# ---- choosing the best member on a small held-out part (issue 25, item 6) ----------------
+def test_best_member_breaks_a_tie_by_the_lowest_loss_not_the_first_row():
+    members = linear.member_grid([1e-5, 1e-4, 1e-3, 1e-2], [0.0])
+    # three members tie on 61/80 = 76.25 % held-out accuracy; the fourth has a lower loss but less accuracy
+    rows = [
+        {"acc": 61 / 80, "loss": 0.90},
+        {"acc": 61 / 80, "loss": 0.80},
+        {"acc": 61 / 80, "loss": 0.60},
+        {"acc": 60 / 80, "loss": 0.10},
+    ]
+    df = linear.sweep_table(members, rows)
+    assert linear.best_member(df, "acc") == 0  # without a tie-break: the first row (lowest lr), the old rule
+    assert linear.best_member(df, "acc", tie_break="loss") == 2
+    df.loc[2, "loss"] = float("nan")  # a NaN loss does not win a tie
+    assert linear.best_member(df, "acc", tie_break="loss") == 1
+    with pytest.raises(KeyError, match="'nope'"):
+        linear.best_member(df, "acc", tie_break="nope")
+
+
+@pytest.mark.parametrize(
+    "n, fraction, floor, expected",
+    [
+        (800, 0.1, 100, 100),  # 10 % would be 80: the floor
+        (20_000, 0.1, 100, 2000),  # the fraction above the floor
+        (150, 0.1, 100, 75),  # never more than half
+        (3, 0.1, 100, 1),  # at least one
+        (800, 0.0, 100, 0),  # 0: select on val
+    ],
+)
+def test_held_out_size_is_a_fraction_with_a_floor_and_a_cap(n, fraction, floor, expected):
+    from pipeline.probes.features import n_held_out
+
+    assert n_held_out(n, fraction, floor) == expected
+
+
+def test_held_out_floor_is_the_schema_default_for_both_probe_kinds():
+    from pipeline.probe_kinds import ClsProbeConfig, SegProbeConfig
+
+    assert ClsProbeConfig.selection_min_images == SegProbeConfig.selection_min_images == 100
+    from pipeline.probes.cls import selection_rows
+
+    assert selection_rows(800, 0.1, seed=0, min_images=100).sum() == 100
+
+
+def test_cls_selection_with_a_planted_tie_picks_the_lowest_held_out_loss():
+    from pipeline.probes.cls import ClsData, cls_sweep_rows
+    from pipeline.probes.features import sweep_with_best
+
+    # 2 classes, 1-d input; every member predicts class 1 for x > 0: the same 3-of-4 held-out
+    # accuracy (x = -2 is class 1, predicted 0), only the confidence (weight scale) differs
+    members = linear.member_grid([1e-4, 1e-3, 1e-2], [0.0])
+    sweep = linear.ProbeSweep(1, 2, members)
+    scales = torch.tensor([0.01, 0.2, 1.0])
+    with torch.no_grad():
+        sweep.weight_MCD.copy_(torch.stack([-scales, scales], dim=1)[:, :, None])
+        sweep.bias_MC.zero_()
+    x = torch.tensor([[1.0], [2.0], [-1.0], [-2.0]])
+    y = np.array([1, 1, 0, 1])
+    data = ClsData(None, x, y, np.arange(4), x, y, np.arange(4), x, y)  # pyright: ignore[reportArgumentType]
+    rows, _ = cls_sweep_rows(sweep, data)
+    assert [r["selection_top1_acc"] for r in rows] == [0.75, 0.75, 0.75]
+    # the mean cross-entropy by hand: logit margin 2·s·x for the true class
+    margin = 2 * scales.numpy()[:, None] * np.array([1.0, 2.0, 1.0, -2.0])[None, :]
+    loss = np.log1p(np.exp(-margin)).mean(axis=1)
+    np.testing.assert_allclose([r["selection_loss"] for r in rows], loss, rtol=1e-5)
+    assert loss.argmin() == 1  # scale 0.2: confident enough on the right ones, not too wrong on x = -2
+    _, best = sweep_with_best(members, rows, "selection_top1_acc", tie_break="selection_loss")
+    assert best == 1

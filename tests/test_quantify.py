@@ -269,17 +269,46 @@ def test_labelled_only_rates_on_a_planted_example():
     assert row["other_change_rate_labelled_pct"] == pytest.approx(0.0)
 
 
-def test_saev_population_std_over_all_classes_counts_absent_classes_as_zero():
+def test_saev_population_std_over_all_classes_counts_absent_classes_as_saev_does():
     table = pd.DataFrame(
         [
-            add_rates({"target_lost": 1, "n_target": 2, "other_changed": 0, "n_other": 10}),  # 50 %
-            add_rates({"target_lost": 1, "n_target": 10, "other_changed": 5, "n_other": 10}),  # 10 %
+            add_rates({"target_lost": 1, "n_target": 2, "other_changed": 0, "n_other": 10}),  # 50 %, other 0 %
+            add_rates({"target_lost": 1, "n_target": 10, "other_changed": 5, "n_other": 10}),  # 10 %, other 50 %
         ]
     )
     s = summarize(table, n_real_classes=4)
     assert s["target_change_rate_std_pct"] == pytest.approx(np.std([50, 10], ddof=1))
+    # saev: a class without target patches has target rate 0 ...
     assert s["target_change_rate_std_saev_pct"] == pytest.approx(np.std([50, 10, 0, 0], ddof=0))
-    assert s["other_change_rate_std_saev_pct"] == pytest.approx(np.std([0, 50, 0, 0], ddof=0))
+    # ... and other rate = changed / all patches: (1 + 0 + 1 + 5) / (2 + 10 + 10 + 10) = 21.875 %
+    absent = 100 * 7 / 32
+    assert s["other_change_rate_std_saev_pct"] == pytest.approx(np.std([0, 50, absent, absent], ddof=0))
+    assert s["other_change_rate_std_saev_pct"] == pytest.approx(17.7466, abs=1e-4)  # by hand: mean 23.4375, var 314.94
+
+
+def _saev_other_change_std(orig: np.ndarray, new: np.ndarray, n_real: int) -> float:
+    """saev's ``Report.other_change_std`` over ``compute_class_results`` (contrib/semseg/quantitative.py
+    at 6a3bcd0), transcribed: classes 1..n_real, rate 0 when a class has no other patches."""
+    rates = []
+    for c in range(1, n_real + 1):
+        other = orig != c
+        n_other = int(other.sum())
+        rates.append(int(((new != orig) & other).sum()) / n_other if n_other > 0 else 0.0)
+    return float(np.std(np.array(rates)))
+
+
+def test_saev_std_equals_saevs_code_on_one_edited_pass_with_absent_classes():
+    rng = np.random.default_rng(0)
+    n_real = 9
+    orig = rng.choice([1, 2, 3, 5, 8], size=(6, 40), p=[0.5, 0.2, 0.15, 0.1, 0.05])  # 4, 6, 7, 9 absent
+    new = np.where(rng.random(orig.shape) < 0.08, rng.integers(1, n_real + 1, orig.shape), orig)
+    rows = [add_rates(change_counts(orig, new, c, n_classes=n_real + 1)) for c in np.unique(orig)]
+    s = summarize(pd.DataFrame(rows).drop(columns="into"), n_real_classes=n_real)
+    assert s["n_classes"] == 5
+    assert s["other_change_rate_std_saev_pct"] == pytest.approx(100 * _saev_other_change_std(orig, new, n_real))
+    padded_with_zeros = np.zeros(n_real)  # the old formula: absent classes at 0, which saev never did
+    padded_with_zeros[:5] = [r["other_change_rate_pct"] for r in rows]
+    assert abs(s["other_change_rate_std_saev_pct"] - padded_with_zeros.std()) > 1.0
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -152,40 +153,84 @@ def _ade_base(root: Path) -> Path:
 
 
 def _first_name(raw: str) -> str:
-    """'building;edifice' / 'building, edifice' -> 'building'."""
+    """'building;edifice' (CSAIL's .csv) / 'building, edifice' (ADE's .txt) -> 'building'.
+
+    The first synonym is the class name ADE20K users know: CSAIL's semantic-segmentation-pytorch
+    (``row[5].split(";")[0]``) and mmsegmentation's ``ADE20KDataset`` use it."""
     return raw.split(";")[0].split(",")[0].strip()
 
 
-def read_object_info(path: Path) -> tuple[str, ...]:
-    """Class names 1..N from an ADE20K ``objectInfo*.txt`` (header, then ``Idx Ratio Train Val
-    Name`` rows, tab- or space-separated) or ``objectInfo*.csv`` (the same columns, comma-separated,
-    names quoted).  Returns (name_1, ..., name_N)."""
+def _table_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of the non-blank lines: a ``.csv`` through :mod:`csv` (quoted fields),
+    any other file split on tabs where a line has one per header field, else on runs of whitespace (the last
+    field, the name, keeps its spaces)."""
     if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8", newline="") as fd:
-            rows = [r for r in csv.reader(fd) if any(f.strip() for f in r)]
-        lines = ["\t".join(f.strip() for f in r) for r in rows]
-    else:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines or not lines[0].split()[0].lower() == "idx":
-        raise DatasetError(f"{path}: first line must be the header 'Idx Ratio Train Val Name'")
+        with open(path, encoding="utf-8-sig", newline="") as fd:
+            rows = [(i, [f.strip() for f in r]) for i, r in enumerate(csv.reader(fd), start=1)]
+        return [(i, r) for i, r in rows if any(r)]
+    lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1)]
+    lines = [(i, line) for i, line in lines if line.strip()]
+    if not lines:
+        return []
+    n = len(lines[0][1].split())  # header fields
+    return [
+        (i, [f.strip() for f in line.split("\t")] if line.count("\t") >= n - 1 else line.split(None, n - 1))
+        for i, line in lines
+    ]
+
+
+def has_object_info_header(path: Path) -> bool:
+    """Whether the first non-blank line of ``path`` is an objectInfo header (first field ``Idx``,
+    separated by commas, tabs or spaces: ADE20K's ``objectInfo150.txt`` and CSAIL's ``.csv``)."""
+    with open(path, encoding="utf-8-sig") as fd:
+        first = next((line for line in fd if line.strip()), "")
+    return re.split(r"[,\s]+", first.strip(), maxsplit=1)[0].lower() == "idx"
+
+
+def read_object_info(path: Path) -> tuple[str, ...]:
+    """Class names 1..N from an ADE20K ``objectInfo*.txt`` (header ``Idx Ratio Train Val Name``,
+    tab- or space-separated) or a CSAIL-format ``.csv`` (header ``Idx,Ratio,Train,Val,Name``, as
+    ``objectInfo150.csv``; names may be quoted).  The header is skipped, the ``Idx`` column must
+    count 1, 2, …, names come from the ``Name`` column, and of ``;``- or ``,``-separated synonyms
+    the first is kept (:func:`_first_name`).  Returns (name_1, ..., name_N)."""
+    rows = _table_rows(path)
+    header = [f.lower() for f in rows[0][1]] if rows else []
+    if not header or header[0] != "idx" or "name" not in header:
+        raise DatasetError(
+            f"{path}: first line must be the header 'Idx Ratio Train Val Name' (.csv: 'Idx,Ratio,Train,Val,Name')"
+        )
+    name_col = header.index("name")
     names = []
-    for line_no, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t") if line.count("\t") >= 4 else line.split(None, 4)
-        if len(fields) < 5:
-            raise DatasetError(f"{path}, line {line_no}: expected 5 fields, got {line!r}")
+    for line_no, fields in rows[1:]:
+        if len(fields) <= name_col:
+            raise DatasetError(f"{path}, line {line_no}: expected {len(header)} fields, got {fields!r}")
         try:
             idx = int(fields[0])
         except ValueError:
             raise DatasetError(f"{path}, line {line_no}: Idx {fields[0]!r} is not an integer") from None
         if idx != len(names) + 1:
             raise DatasetError(f"{path}, line {line_no}: Idx {idx}, expected {len(names) + 1}")
-        name = _first_name(fields[4])
+        name = _first_name(fields[name_col])
         if not name:
             raise DatasetError(f"{path}, line {line_no}: empty class name")
         names.append(name)
     if not names:
         raise DatasetError(f"{path}: no class rows after the header")
     return tuple(names)
+
+
+def read_any_class_list(path: Path) -> tuple[str, ...]:
+    """("other", name_1, ...) from an objectInfo-style file (header first, :func:`read_object_info`),
+    else a plain list (:func:`read_class_list`, line 0 = id 0). A ``.csv`` must have the header:
+    read as lines, its rows would become class names."""
+    if has_object_info_header(path):
+        return ("other",) + read_object_info(path)
+    if path.suffix.lower() == ".csv":
+        raise DatasetError(
+            f"{path}: a .csv class list needs CSAIL's header 'Idx,Ratio,Train,Val,Name' (as ADE20K's "
+            "objectInfo150.csv); a plain list is a .txt with one name per line, line 0 = id 0"
+        )
+    return read_class_list(path)
 
 
 def ade20k_class_names(root: Path, class_list: Path | None = None) -> tuple[tuple[str, ...], Path]:
@@ -202,10 +247,7 @@ def ade20k_class_names(root: Path, class_list: Path | None = None) -> tuple[tupl
         path = Path(class_list)
         if not path.is_file():
             raise DatasetError(f"ADE20K: class_list {path} does not exist")
-        first = path.read_text(encoding="utf-8").lstrip().split(None, 1)
-        if first and first[0].lower().rstrip(",") == "idx":
-            return ("other",) + read_object_info(path), path
-        return read_class_list(path), path
+        return read_any_class_list(path), path
     folders = list(dict.fromkeys([base, Path(root)]))
     named = [f / n for f in folders for n in ("objectInfo150.txt", "objectInfo150.csv")]
     found = next((p for p in named if p.is_file()), None)
@@ -421,7 +463,11 @@ def segmentation_folder(root: Path, split: str, class_list: Path | None = None) 
             without its mask (naming both paths).
     """
     root = Path(root)
-    class_names = read_class_list(Path(class_list) if class_list is not None else root / "classes.txt")
+    if class_list is not None and not Path(class_list).is_file():
+        raise DatasetError(f"segmentation folder: class_list {class_list} does not exist")
+    class_names = (
+        read_any_class_list(Path(class_list)) if class_list is not None else read_class_list(root / "classes.txt")
+    )
     image_dir, mask_dir = root / split / "images", root / split / "masks"
     _require_dir(image_dir, f"segmentation folder split {split!r} images")
     _require_dir(mask_dir, f"segmentation folder split {split!r} masks")

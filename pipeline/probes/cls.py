@@ -19,9 +19,12 @@ Evaluation (val split, every member at once)
 
 Model selection (held out, no peeking at val)
     ``selection_fraction`` of the train images (a seeded permutation, ``selection_seed``) are
-    held out of training; the best member has the highest top-1 accuracy on them (ties: the
-    first in the sweep) and is reported on val. ``sweep.csv`` holds both
-    (``selection_top1_acc_pct`` and the val columns), ``best.json`` the held-out image ids.
+    held out of training (at least ``selection_min_images``, at most half:
+    ``features.n_held_out``); the best member has the highest top-1 accuracy on them, members
+    that tie go to the lowest cross-entropy on them (accuracy on a few dozen images ties often),
+    then the first in the sweep; it is reported on val. ``sweep.csv`` holds both
+    (``selection_top1_acc_pct``, ``selection_loss`` and the val columns, ``loss`` the val
+    cross-entropy), ``best.json`` the held-out image ids.
     ``selection_fraction: 0`` selects on val, as saev did (optimistic).
 
 Outputs: ``sweep.csv`` (one row per member; metrics in percent, ``_pct`` columns, as every
@@ -43,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from pipeline import atomic
 from pipeline import metrics, units
@@ -55,6 +59,7 @@ from pipeline.probes.features import (
     best_meta,
     cls_rows,
     in_memory_epochs,
+    n_held_out,
     probe_setup,
     selection_record,
     sweep_with_best,
@@ -94,7 +99,8 @@ OUTPUT_FILES = probe_files("cls")  # what run_cls_probe writes (pipeline.layout 
 def evaluate_cls(
     sweep: ProbeSweep, x_ND: torch.Tensor, y_N: np.ndarray, *, rows: int = 4096
 ) -> list[tuple[dict[str, float], np.ndarray]]:
-    """Every member's val metrics and confusion matrix, from logits computed ``rows`` images at a time.
+    """Every member's metrics on ``x_ND`` / ``y_N`` (top-1, top-5, mean class accuracy, ``loss``: the
+    mean cross-entropy) and confusion matrix, from logits computed ``rows`` images at a time.
 
     Top-k accuracies are accumulated as counts over the row blocks (``metrics.topk_accuracy``
     times the block size), so no ``[M, N, C]`` array is ever held whole.
@@ -102,11 +108,15 @@ def evaluate_cls(
     m, c, n = sweep.n_members, sweep.n_classes, len(y_N)
     k5 = min(5, c)
     hits = np.zeros((m, 2))
+    loss_sum_M = np.zeros(m)
     confs = np.zeros((m, c, c), dtype=np.int64)
     with torch.no_grad():
         for s in range(0, n, rows):
-            logits_MNC = sweep(x_ND[s : s + rows]).float().cpu().numpy()
+            logits = sweep(x_ND[s : s + rows]).float()
             y = y_N[s : s + rows]
+            y_t = torch.from_numpy(y).to(logits.device).expand(m, -1)
+            loss_sum_M += F.cross_entropy(logits.transpose(1, 2), y_t, reduction="none").sum(1).cpu().numpy()
+            logits_MNC = logits.cpu().numpy()
             for k in range(m):
                 hits[k, 0] += metrics.topk_accuracy(logits_MNC[k], y, 1) * len(y)
                 hits[k, 1] += metrics.topk_accuracy(logits_MNC[k], y, k5) * len(y)
@@ -118,22 +128,21 @@ def evaluate_cls(
             "top1_acc": float(np.round(hits[k, 0]) / n),
             "top5_acc": float(np.round(hits[k, 1]) / n),
             "mean_class_acc": float(np.nanmean(acc_C)) if np.isfinite(acc_C).any() else float("nan"),
+            "loss": float(loss_sum_M[k] / n),
         }
         out.append((row, confs[k]))
     return out
 
 
-def selection_rows(n: int, fraction: float, seed: int) -> np.ndarray:
-    """bool [n]: the held-out selection rows of train (a seeded choice; none when fraction is 0).
-
-    At least one row is held out and at least one left to train on.
-    """
+def selection_rows(n: int, fraction: float, seed: int, min_images: int = 1) -> np.ndarray:
+    """bool [n]: the held-out selection rows of train (a seeded choice of
+    :func:`~pipeline.probes.features.n_held_out` rows; none when fraction is 0)."""
     out = np.zeros(n, dtype=bool)
     if fraction <= 0:
         return out
     if n < 2:
         raise ValueError(f"{n} train image(s): cannot hold out a selection part (set probes.cls.selection_fraction: 0)")
-    k = min(n - 1, max(1, round(fraction * n)))
+    k = n_held_out(n, fraction, min_images)
     out[np.random.default_rng(seed).choice(n, size=k, replace=False)] = True
     return out
 
@@ -160,7 +169,7 @@ def cls_data(cfg: Config, pc, stores: ProbeStores, device: torch.device) -> ClsD
     norm = FinalNorm(cfg, stores, device)
     x_all, y_all, image_all = cls_rows(stores.train, pc.layer, norm)
     x_val, y_val, _ = cls_rows(stores.val, pc.layer, norm)
-    held_out = selection_rows(len(y_all), pc.selection_fraction, pc.selection_seed)
+    held_out = selection_rows(len(y_all), pc.selection_fraction, pc.selection_seed, pc.selection_min_images)
     fit_idx, sel_idx = np.flatnonzero(~held_out), np.flatnonzero(held_out)
     x_train, y_train = x_all[torch.from_numpy(fit_idx).to(x_all.device)], y_all[fit_idx]
     return ClsData(norm, x_all, y_all, image_all, x_val, y_val, sel_idx, x_train, y_train)
@@ -198,8 +207,8 @@ def fit_cls_sweep(
 
 def cls_sweep_rows(sweep: ProbeSweep, data: ClsData) -> tuple[list[dict[str, float]], list[np.ndarray]]:
     """Per member: its row (fractions: ``train_loss``, the val metrics of :func:`evaluate_cls`,
-    ``selection_top1_acc`` on the held-out rows, or on val when none are held out) and its val
-    confusion matrix (int64 [C, C])."""
+    ``selection_top1_acc`` and ``selection_loss`` on the held-out rows, or on val when none are
+    held out) and its val confusion matrix (int64 [C, C])."""
     sel_idx = data.sel_idx
     selection = (
         evaluate_cls(sweep, data.x_all_ND[torch.from_numpy(sel_idx).to(data.x_all_ND.device)], data.y_all_N[sel_idx])
@@ -208,8 +217,15 @@ def cls_sweep_rows(sweep: ProbeSweep, data: ClsData) -> tuple[list[dict[str, flo
     )
     rows, confs = [], []
     for k, (row, conf) in enumerate(evaluate_cls(sweep, data.x_val_ND, data.y_val_N)):
-        sel_top1 = selection[k][0]["top1_acc"] if selection is not None else row["top1_acc"]
-        rows.append({"train_loss": float(sweep.train_loss_M[k]), **row, "selection_top1_acc": sel_top1})
+        sel = selection[k][0] if selection is not None else row
+        rows.append(
+            {
+                "train_loss": float(sweep.train_loss_M[k]),
+                **row,
+                "selection_top1_acc": sel["top1_acc"],
+                "selection_loss": sel["loss"],
+            }
+        )
         confs.append(conf)
     return rows, confs
 
@@ -283,7 +299,12 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
 
     device_name = describe_device(device)
     table, best = sweep_with_best(
-        members, rows, "selection_top1_acc", random_weights=stores.random_weights, device=device_name
+        members,
+        rows,
+        "selection_top1_acc",
+        tie_break="selection_loss",
+        random_weights=stores.random_weights,
+        device=device_name,
     )
     best_metrics = {k: float(v) for k, v in rows[best].items()}
     image_ids = [str(stores.train.image_ids[i]) for i in data.image_all_N[data.sel_idx]]
@@ -300,7 +321,7 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         members,
         best,
         best_metrics,
-        selected_by=f"top1_acc on {selection['on']}",
+        selected_by=f"top1_acc on {selection['on']}, ties: lowest loss there",
         selection=selection,
         provenance=record(cfg, "probe-cls"),
         device_name=device_name,

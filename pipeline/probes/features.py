@@ -70,6 +70,7 @@ __all__ = [
     "patch_chunks",
     "patch_train_epochs",
     "seg_train_labels",
+    "n_held_out",
     "selection_record",
     "store_record",
     "sweep_with_best",
@@ -407,17 +408,27 @@ def probe_setup(cfg: Config, kind: str, out_dir: Path | None, ctx=None):
 
 
 def sweep_with_best(
-    members: Sequence[ProbeMember], rows: list[dict], metric: str, **columns
+    members: Sequence[ProbeMember], rows: list[dict], metric: str, *, tie_break: str | None = None, **columns
 ) -> tuple[pd.DataFrame, int]:
     """The sweep table (one row per member: ``sweep_table`` of ``rows``, then the constant
-    ``columns`` in the order given, then ``best``) and the best member: the highest ``metric``
-    (ties: the first in the sweep)."""
+    ``columns`` in the order given, then ``best``) and the best member: the highest ``metric``;
+    members that tie on it go to the lowest ``tie_break`` (the held-out loss), then the first in
+    the sweep (:func:`pipeline.probes.linear.best_member`)."""
     table = sweep_table(members, rows)
     for name, value in columns.items():
         table[name] = value
-    best = best_member(table, metric)
+    best = best_member(table, metric, tie_break=tie_break)
     table["best"] = table["member"] == best
     return table, best
+
+
+def n_held_out(n: int, fraction: float, min_images: int) -> int:
+    """How many of ``n`` train images are held out to choose the best member: ``fraction`` of
+    them, at least ``min_images`` (a small held-out part ties and is noisy), at most half (the
+    rest is what the probe learns from), and at least 1; 0 when ``fraction`` is 0."""
+    if fraction <= 0:
+        return 0
+    return max(1, min(n // 2, max(min_images, round(fraction * n))))
 
 
 def selection_record(pc, metric: str, best: Mapping[str, float], image_ids: Sequence[str]) -> dict:
@@ -428,12 +439,16 @@ def selection_record(pc, metric: str, best: Mapping[str, float], image_ids: Sequ
     where = (
         "val (selection_fraction 0: saev's choice, optimistic)"
         if not n
-        else f"{n} held-out train images (selection_fraction {pc.selection_fraction:g}, seed {pc.selection_seed})"
+        else (
+            f"{n} held-out train images (selection_fraction {pc.selection_fraction:g}, "
+            f"selection_min_images {pc.selection_min_images}, seed {pc.selection_seed})"
+        )
     )
     return {
         "metric": metric,
         "on": where,
         "fraction": pc.selection_fraction,
+        "min_images": pc.selection_min_images,
         "seed": pc.selection_seed,
         "n_images": n,
         f"best_selection_{metric}": float(best[f"selection_{metric}"]),
@@ -443,9 +458,9 @@ def selection_record(pc, metric: str, best: Mapping[str, float], image_ids: Sequ
 
 
 def write_sweep_csv(table: pd.DataFrame, metric_names: Iterable[str], out_dir: Path) -> pd.DataFrame:
-    """Writes ``out_dir/sweep.csv``: ``table`` with every metric but ``train_loss`` in percent
+    """Writes ``out_dir/sweep.csv``: ``table`` with every metric but the losses in percent
     (:mod:`pipeline.units`); returns that table (creating ``out_dir``)."""
-    table = units.to_pct(table, [k for k in metric_names if k != "train_loss"])
+    table = units.to_pct(table, [k for k in metric_names if not k.endswith("loss")])
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_csv(table, out_dir / "sweep.csv", index=False)
     return table

@@ -121,6 +121,8 @@ class ProbeSweep(nn.Module):
     loss over the last epoch (NaN before training).
     """
 
+    train_loss_M: Tensor  # a buffer (register_buffer), declared for the type checker
+
     def __init__(self, d_model: int, n_classes: int, members: Sequence[ProbeMember], *, seed: int = 0):
         super().__init__()
         if d_model < 1 or n_classes < 2:
@@ -548,15 +550,24 @@ def sweep_table(members: Sequence[ProbeMember], metrics_per_member: list[dict[st
     return pd.DataFrame(rows)
 
 
-def best_member(df: pd.DataFrame, metric: str, *, higher_is_better: bool = True) -> int:
-    """The ``member`` index of the row with the best ``metric`` (NaN rows skipped; ties: first row)."""
-    if metric not in df.columns:
-        raise KeyError(f"no column {metric!r}; have {list(df.columns)}.")
-    values = pd.to_numeric(df[metric], errors="coerce")
-    if values.isna().all():
+def best_member(df: pd.DataFrame, metric: str, *, higher_is_better: bool = True, tie_break: str | None = None) -> int:
+    """The ``member`` index of the row with the best ``metric`` (NaN rows skipped). Rows that tie
+    on it (equal values) are ordered by the lowest ``tie_break`` (a loss column; NaN last), and a
+    tie that remains goes to the first row."""
+    for col in (metric, tie_break):
+        if col is not None and col not in df.columns:
+            raise KeyError(f"no column {col!r}; have {list(df.columns)}.")
+    values = np.asarray(pd.to_numeric(df[metric], errors="coerce"), dtype=np.float64)
+    if np.isnan(values).all():
         raise ValueError(f"metric {metric!r} is NaN for every member.")
-    pos = values.idxmax() if higher_is_better else values.idxmin()
-    return int(df.loc[pos, "member"]) if "member" in df.columns else int(pos)
+    score = values if higher_is_better else -values
+    tied = np.flatnonzero(score == np.nanmax(score))
+    pos = int(tied[0])
+    if tie_break is not None:
+        loss = np.asarray(pd.to_numeric(df[tie_break], errors="coerce"), dtype=np.float64)[tied]
+        if not np.isnan(loss).all():
+            pos = int(tied[np.nanargmin(loss)])
+    return int(df["member"].iloc[pos]) if "member" in df.columns else int(df.index[pos])
 
 
 def benchmark_sweep_step(

@@ -34,9 +34,10 @@ pixels predicted right (``metrics.pixel_accuracy``). The protocol and mIoU defin
 recorded in ``sweep.csv``, ``best.json`` and ``per_class_iou.csv``.
 
 Model selection (held out, no peeking at val): ``selection_fraction`` of the valid train
-images (seeded ``selection_seed``) are held out of training; every member is scored on them
-and the best is the one with the highest pixel-level mIoU there (ties: the first in the
-sweep). Val metrics are then reported for every member and for the chosen one; both figures
+images (seeded ``selection_seed``; at least ``selection_min_images``, at most half:
+``features.n_held_out``) are held out of training; every member is scored on them and the best
+is the one with the highest pixel-level mIoU there (members that tie: the lowest cross-entropy
+on their training patches, ``selection_loss``; then the first in the sweep). Val metrics are then reported for every member and for the chosen one; both figures
 are printed and stored (``selection_*`` and val columns). ``selection_fraction: 0`` selects
 on val, as saev did (the reported figure is then optimistic).
 
@@ -46,7 +47,7 @@ training loss (one row per epoch and member) and ``epochs.{html,png,svg}``.
 
 Outputs (tables in percent, ``_pct`` columns: :mod:`pipeline.units`; ``best.json`` in fractions):
 ``sweep.csv`` (one row per member: lr, weight decay, train loss, patch- and
-pixel-level mIoU / accuracy / mean class accuracy on val, ``selection_pixel_miou_pct``,
+pixel-level mIoU / accuracy / mean class accuracy on val, ``selection_pixel_miou_pct``, ``selection_loss``,
 ``protocol``, ``miou_definition``, ``random_weights``), ``best.safetensors``
 + ``best.json`` (hyper-parameters, val metrics, selection metrics and the held-out image ids, the stores and their config hashes, layer,
 class names, random_weights, device), ``per_class_iou.csv`` (best member, pixel level),
@@ -82,6 +83,7 @@ from pipeline.probes.features import (
     ProbeDataError,
     ProbeStores,
     check_label_range,
+    n_held_out,
     patch_chunks,
     patch_train_epochs,
     seg_train_labels,
@@ -152,6 +154,7 @@ class SegEvaluation:
     figure_images: np.ndarray  # store indices of the first valid val images
     figure_true_KHW: np.ndarray
     figure_pred_MKHW: np.ndarray
+    loss_M: np.ndarray | None = None  # mean cross-entropy over the `loss_labels_NP` patches, when given
 
 
 def upsampled_predictions(
@@ -184,11 +187,14 @@ def evaluate_seg(
     protocol: str = "ade20k",
     reader=None,
     images_N: np.ndarray | None = None,
+    loss_labels_NP: np.ndarray | None = None,
 ) -> SegEvaluation:
     """Patch- and pixel-level confusion matrices of every member (one pass over the store).
 
     ``reader`` defaults to the val store; ``images_N`` (bool [N]) restricts the evaluation to
-    those images (the held-out selection part of train).
+    those images (the held-out selection part of train). ``loss_labels_NP`` (int64 [N, P],
+    IGNORE_LABEL for patches left out): every member's mean cross-entropy on those patches too
+    (``loss_M``), the loss the probe was trained on.
     """
     val = stores.val if reader is None else reader
     c, m = stores.n_classes, sweep.n_members
@@ -197,6 +203,7 @@ def evaluate_seg(
     pixel_count = np.zeros(c, dtype=np.int64)
     patch_label_NP = val.labels("patch_label").astype(np.int64)
     check_label_range(val, "patch_label", patch_label_NP[val.valid], np.flatnonzero(val.valid))
+    loss_sum_M, n_loss = np.zeros(m), 0
     fig_images, fig_true, fig_pred = [], [], []
     chunks = (
         patch_chunks(val, stores.layer, norm)
@@ -218,6 +225,13 @@ def evaluate_seg(
             logits_MBPC = sweep(x_BPD.reshape(b * p, d)).reshape(m, b, p, c)
             patch_pred_MBP = predict_classes(logits_MBPC, real_classes_only=not train_on_other).cpu().numpy()
             pixel_pred_MBHW = upsampled_predictions(logits_MBPC, val.grid, pixel_BHW.shape[1:], train_on_other)
+            if loss_labels_NP is not None:
+                y_N = torch.from_numpy(loss_labels_NP[image_B].reshape(-1)).to(logits_MBPC.device)
+                keep = y_N != IGNORE_LABEL
+                logits_MNC = logits_MBPC.reshape(m, b * p, c)[:, keep].float()
+                y_MN = y_N[keep].expand(m, -1)
+                loss_sum_M += F.cross_entropy(logits_MNC.transpose(1, 2), y_MN, reduction="none").sum(1).cpu().numpy()
+                n_loss += int(keep.sum())
         truth_BP = patch_label_NP[image_B]
         ignore = 0 if protocol == "ade20k" else None  # metrics.SEG_PROTOCOLS
         patch_conf += metrics.confusion_matrices(truth_BP, patch_pred_MBP, c, ignore=ignore)
@@ -236,6 +250,7 @@ def evaluate_seg(
         figure_images=np.concatenate(fig_images) if fig_images else np.zeros(0, dtype=np.int64),
         figure_true_KHW=np.concatenate(fig_true) if fig_true else np.zeros((0, h, w), dtype=np.int64),
         figure_pred_MKHW=np.concatenate(fig_pred, axis=1) if fig_pred else np.zeros((m, 0, h, w), dtype=np.int64),
+        loss_M=None if loss_labels_NP is None else loss_sum_M / max(n_loss, 1),
     )
 
 
@@ -244,7 +259,7 @@ def val_patch_miou(stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool
     no upsampling), with the protocol of :func:`evaluate_seg`."""
     val, c = stores.val, stores.n_classes
     patch_label_NP = val.labels("patch_label").astype(np.int64)
-    ignore, exclude = (0 if protocol == "ade20k" else None), metrics.protocol_exclude(protocol)
+    ignore, exclude = (0 if protocol == "ade20k" else None), metrics.HEADLINE_MIOU_EXCLUDE
 
     def score(sweep: ProbeSweep) -> np.ndarray:
         conf = np.zeros((sweep.n_members, c, c), dtype=np.int64)
@@ -264,22 +279,31 @@ def val_patch_miou(stores: ProbeStores, norm: FinalNorm, *, train_on_other: bool
 def seg_metrics(
     patch_conf: np.ndarray, pixel_conf: np.ndarray, protocol: str = "ade20k", miou_definition: str = MIOU_DEFINITION
 ) -> dict[str, float]:
-    """One member's metrics from its confusion matrices (built under ``protocol``)."""
+    """One member's metrics from its confusion matrices (built under ``protocol``).
+
+    ``*_miou`` (the headline) averages classes 1 … C-1 under both protocols
+    (:data:`pipeline.metrics.HEADLINE_MIOU_EXCLUDE`), so a ``zero_is_class`` figure compares with
+    an ADE20K one; ``*_miou_with_0`` is ``zero_is_class``'s mean over all C classes, background
+    included (NaN under ``ade20k``, which never scores class 0). Accuracies follow the protocol
+    (``ade20k`` leaves truth 0 out, ``zero_is_class`` counts it)."""
     exclude = metrics.protocol_exclude(protocol)
     out = {}
     for level, conf in (("patch", patch_conf), ("pixel", pixel_conf)):
         acc_C = np.delete(metrics.per_class_accuracy(conf), list(exclude))
-        out[f"{level}_miou"] = metrics.mean_iou_as(conf, miou_definition, exclude=exclude)
+        out[f"{level}_miou"] = metrics.mean_iou_as(conf, miou_definition, exclude=metrics.HEADLINE_MIOU_EXCLUDE)
         out[f"{level}_acc"] = metrics.pixel_accuracy(conf, exclude=exclude)
         out[f"{level}_mean_class_acc"] = float(np.nanmean(acc_C)) if np.isfinite(acc_C).any() else float("nan")
+        out[f"{level}_miou_with_0"] = (
+            float("nan") if exclude else metrics.mean_iou_as(conf, miou_definition, exclude=())
+        )
     return out
 
 
-def selection_images(reader, y_NP: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def selection_images(reader, y_NP: np.ndarray, fraction: float, seed: int, min_images: int = 1) -> np.ndarray:
     """bool [N]: the held-out selection images of the train store (seeded; empty when fraction is 0).
 
-    Drawn from the valid images that have a usable training patch; at least one image is
-    held out and at least one is left to train on.
+    Drawn from the valid images that have a usable training patch:
+    :func:`~pipeline.probes.features.n_held_out` of them.
     """
     usable = np.flatnonzero(reader.valid & (y_NP != IGNORE_LABEL).any(axis=1))
     out = np.zeros(reader.n_images, dtype=bool)
@@ -290,7 +314,7 @@ def selection_images(reader, y_NP: np.ndarray, fraction: float, seed: int) -> np
             f"{reader.path}: {usable.size} usable train image(s): cannot hold out a selection part "
             "(set probes.seg.selection_fraction: 0 to select on val)"
         )
-    n = min(usable.size - 1, max(1, round(fraction * usable.size)))
+    n = n_held_out(usable.size, fraction, min_images)
     out[np.random.default_rng(seed).choice(usable, size=n, replace=False)] = True
     return out
 
@@ -328,6 +352,7 @@ class SegTrainingData:
     norm: FinalNorm
     y_fit_NP: np.ndarray  # int64 [N, P]: training labels, IGNORE_LABEL for excluded patches and held-out images
     held_out_N: np.ndarray  # bool [N]: the held-out selection images
+    y_held_out_NP: np.ndarray  # int64 [N, P]: the training labels of the held-out images only (their loss)
     n_train: int  # training patches (labels not IGNORE_LABEL)
 
 
@@ -335,11 +360,12 @@ def seg_training_data(cfg: Config, pc, stores: ProbeStores, device: torch.device
     """Reads train's ``patch_label`` / ``patch_purity``, draws the held-out selection images and
     loads the final norm (the backbone, checked against the store)."""
     y_NP = seg_train_labels(stores.train, min_purity=pc.min_purity, train_on_other=pc.train_on_other)
-    held_out_N = selection_images(stores.train, y_NP, pc.selection_fraction, pc.selection_seed)
-    y_fit_NP = y_NP.copy()
+    held_out_N = selection_images(stores.train, y_NP, pc.selection_fraction, pc.selection_seed, pc.selection_min_images)
+    y_fit_NP, y_held_out_NP = y_NP.copy(), y_NP.copy()
     y_fit_NP[held_out_N] = IGNORE_LABEL
+    y_held_out_NP[~held_out_N] = IGNORE_LABEL
     norm = FinalNorm(cfg, stores, device)
-    return SegTrainingData(norm, y_fit_NP, held_out_N, int((y_fit_NP != IGNORE_LABEL).sum()))
+    return SegTrainingData(norm, y_fit_NP, held_out_N, y_held_out_NP, int((y_fit_NP != IGNORE_LABEL).sum()))
 
 
 def fit_seg_sweep(
@@ -397,18 +423,21 @@ def evaluate_members(
         protocol=pc.protocol,
         reader=stores.train,
         images_N=data.held_out_N,
+        loss_labels_NP=data.y_held_out_NP,
     )
     return ev, sel
 
 
 def seg_sweep_rows(sweep: ProbeSweep, ev: SegEvaluation, sel: SegEvaluation, protocol: str) -> list[dict[str, float]]:
-    """One row per member (fractions): ``train_loss``, the val metrics (:func:`seg_metrics`) and
-    ``selection_pixel_miou`` (pixel-level mIoU on the selection images)."""
+    """One row per member (fractions): ``train_loss``, the val metrics (:func:`seg_metrics`),
+    ``selection_pixel_miou`` (pixel-level mIoU on the selection images) and ``selection_loss``
+    (their training patches' mean cross-entropy; NaN when selecting on val)."""
     rows = []
     for k in range(sweep.n_members):
         row = {"train_loss": float(sweep.train_loss_M[k])}
         row.update(seg_metrics(ev.patch_conf_MCC[k], ev.pixel_conf_MCC[k], protocol))
         row["selection_pixel_miou"] = seg_metrics(sel.patch_conf_MCC[k], sel.pixel_conf_MCC[k], protocol)["pixel_miou"]
+        row["selection_loss"] = float(sel.loss_M[k]) if sel.loss_M is not None else float("nan")
         rows.append(row)
     return rows
 
@@ -417,17 +446,20 @@ def write_per_class_iou(
     conf_CC: np.ndarray, pixel_count_C: np.ndarray, stores: ProbeStores, protocol: str, out_dir: Path
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Writes ``per_class_iou.csv`` (the best member's pixel-level IoU per class, in percent;
-    NaN for classes the protocol ignores); returns that table and ``scored_C`` (bool [C]: the
-    classes the protocol scores)."""
+    NaN for classes the protocol ignores; ``in_miou``: in the headline mIoU, classes 1 … C-1
+    present in the truth); returns that table and ``scored_C`` (bool [C]: the classes the
+    protocol scores)."""
     iou_C = metrics.iou_per_class(conf_CC)
-    scored_C = ~np.isin(np.arange(stores.n_classes), metrics.protocol_exclude(protocol))
+    class_C = np.arange(stores.n_classes)
+    scored_C = ~np.isin(class_C, metrics.protocol_exclude(protocol))
+    headline_C = ~np.isin(class_C, metrics.HEADLINE_MIOU_EXCLUDE)
     per_class = pd.DataFrame(
         {
             "class_id": np.arange(stores.n_classes),
             "class_name": list(stores.class_names),
             "iou": iou_C,
             "n_pixels": pixel_count_C,
-            "in_miou": scored_C & (conf_CC.sum(axis=1) > 0),
+            "in_miou": scored_C & headline_C & (conf_CC.sum(axis=1) > 0),
             "protocol": protocol,
             "random_weights": stores.random_weights,
         }
@@ -505,6 +537,7 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         members,
         rows,
         "selection_pixel_miou",
+        tie_break="selection_loss",
         protocol=pc.protocol,
         miou_definition=MIOU_DEFINITION,
         random_weights=stores.random_weights,
@@ -525,7 +558,7 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         members,
         best,
         best_metrics,
-        selected_by=f"pixel_miou on {selection['on']}",
+        selected_by=f"pixel_miou on {selection['on']}, ties: lowest loss there",
         selection=selection,
         provenance=record(cfg, "probe-seg"),
         miou_definition=MIOU_DEFINITION,
