@@ -27,6 +27,9 @@ class Activation(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    mode_dependent: ClassVar[bool] = False
+    """True when the forward differs between ``train()`` and ``eval()`` mode (BatchTopK): metrics
+    measured during training then re-encode in eval mode (:mod:`pipeline.sae.train`)."""
 
     @property
     def elementwise(self) -> bool:

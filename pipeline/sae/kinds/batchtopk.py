@@ -41,6 +41,7 @@ INFERENCE_MODES = ("threshold", "batch", "row")
 
 class BatchTopK(Activation):
     kind = "batchtopk"
+    mode_dependent = True
     threshold: Tensor
 
     def __init__(
@@ -79,10 +80,10 @@ class BatchTopK(Activation):
     def forward(self, h: Tensor) -> Tensor:
         if self.training:
             f = self.batch_topk(h)
-            with torch.no_grad():
-                pos = f[f > 0]
-                if pos.numel():
-                    self.threshold.mul_(1.0 - self.momentum).add_(self.momentum * pos.min().to(self.threshold))
+            with torch.no_grad():  # no host sync: the update is selected on the device
+                min_pos = torch.where(f > 0, f, torch.full_like(f, float("inf"))).amin().to(self.threshold)
+                moved = self.threshold * (1.0 - self.momentum) + self.momentum * min_pos
+                self.threshold.copy_(torch.where(torch.isfinite(min_pos), moved, self.threshold))
             return f
         if self.inference == "batch":
             return self.batch_topk(h)
