@@ -30,7 +30,7 @@ Metrics (``mse``, ``normalized_mse`` = FVU, ``explained_variance`` = 1 − FVU, 
 baseline) come from a held-out pass when ``eval_batches`` is given, else from the last
 ``metrics_fraction`` of training (measured on each batch just before the step that uses it). The
 PCA baseline: the normalised MSE, on the same tokens, of the reconstruction from the first
-``r = round(L0)`` principal components of the first ``pca_tokens`` training tokens (mean
+``r`` principal components (L0 rounded half up) of the first ``pca_tokens`` training tokens (mean
 included), i.e. the best linear code with as many numbers per token as the member's L0.
 
 History (per logged step and member: tokens seen, lr, λ_t, loss, MSE, L1, AuxK, L0 and the
@@ -566,7 +566,7 @@ class TrainedSAE:
     """Matryoshka members: the normalised MSE of each prefix's reconstruction (``sae.prefixes``
     order; the last is ``normalized_mse``); empty otherwise."""
     pca_components: int = -1
-    """r = round(L0), capped at D: the components of the PCA baseline."""
+    """r = L0 rounded half up, capped at D: the components of the PCA baseline."""
     pca_normalized_mse: float = float("nan")
     """Normalised MSE of the PCA reconstruction with ``pca_components`` components, on the tokens
     of the metrics (module docstring)."""
@@ -700,7 +700,7 @@ def train_sweep(
     trained = []
     for m, (hp, sae) in enumerate(zip(members, saes)):
         results = meter.results(m, d_model, cfg.dense_threshold)
-        r = int(min(round(results["l0"]), d_model)) if math.isfinite(results["l0"]) else -1
+        r = min(math.floor(results["l0"] + 0.5), d_model) if math.isfinite(results["l0"]) else -1
         trained.append(
             TrainedSAE(
                 sae=sae,
