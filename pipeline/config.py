@@ -561,6 +561,13 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def require_sae(cfg: Config) -> SAEConfig:
+    """``cfg.sae``, or :class:`ConfigError` naming the config file when the section is missing."""
+    if cfg.sae is None:
+        raise ConfigError(f"{cfg.source}: key sae: missing; the SAE stages need it (cache, layer, sweep)")
+    return cfg.sae
+
+
 def sae_is_imported(sc: SAEConfig) -> bool:
     """True when ``sae.source`` is a checkpoint (local or hub): ``sae-train`` imports instead of training."""
     return sc.source is not None and sc.source.kind in ("checkpoint", "hub")

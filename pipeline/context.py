@@ -13,7 +13,7 @@ context for
   ``models`` / ``datasets`` / ``extract`` keys);
 * :meth:`RunContext.backbone` — the model, after :func:`pipeline.provenance.check_weights`
   against the store it will continue (same weights sha256);
-* :meth:`RunContext.sae` — ``sae.pt`` after :func:`pipeline.sae.stages.load_sae_for`'s check
+* :meth:`RunContext.sae` — ``sae.pt`` after :func:`pipeline.sae.applies.load_sae_for`'s check
   that the SAE was trained on this store's model, block and width.
 
 Reads the config, store attributes and checkpoints; writes nothing.
@@ -78,6 +78,6 @@ class RunContext:
 
     def sae(self, path: Path, store) -> tuple[Any, dict, Any]:
         """``(sae, header cfg, scaling)`` from ``path``, refused unless it applies to ``store`` (model, block, width)."""
-        from pipeline.sae.stages import load_sae_for  # import cycle: pipeline.sae.stages imports this module
+        from pipeline.sae.applies import load_sae_for  # the SAE package (xarray): only for steps that load an SAE
 
         return load_sae_for(self.cfg, Path(path), store)

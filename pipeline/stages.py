@@ -5,7 +5,8 @@ the upstream stages whose outputs it reads (:mod:`pipeline.provenance` hashes an
 them: ``provenance.STEPS`` is this table), the JSON that records its provenance, its outputs
 (asked of :mod:`pipeline.layout`), its resources (threads from the config or one, a GPU or
 not), its front end (the ``pipeline.commands`` module whose ``add_parser`` builds the
-sub-command's arguments) and what it runs (``target``: a function of :mod:`pipeline.steps`,
+sub-command's arguments) and what it runs (``target``: a ``run(ctx, args)`` function, the SAE
+stages' in their modules under :mod:`pipeline.sae.stages`, the others' in :mod:`pipeline.steps`,
 called by :meth:`Stage.run` with the started :class:`pipeline.context.RunContext` and the
 parsed arguments).
 
@@ -39,7 +40,7 @@ Upstream = list[tuple[str, Keys]]
 class Stage:
     name: str  # python -m pipeline NAME (the rule runs exactly this)
     cli: str  # module defining add_parser(subparsers) for this step (its arguments only)
-    target: str  # "module:function(ctx, args) -> dict" that does the step (pipeline.steps)
+    target: str  # "module:function(ctx, args) -> dict" that does the step
     reads: tuple[
         str, ...
     ] = ()  # dotted config keys; "{model}", "{dataset}", "{split}", "{example}" filled from the keys
@@ -241,7 +242,7 @@ _BEFORE_PROBES: dict[str, Stage] = {
     "sae-train": Stage(
         "sae-train",
         "pipeline.commands.sae",
-        "pipeline.steps:run_sae_train",
+        "pipeline.sae.stages.train:run",
         SAE_TRAIN_KEYS,
         _sae_train_upstream,
         lambda cfg, k: layout.sae_dir(cfg) / "chosen.json",
@@ -252,7 +253,7 @@ _BEFORE_PROBES: dict[str, Stage] = {
     "sae-latents": Stage(
         "sae-latents",
         "pipeline.commands.sae",
-        "pipeline.steps:run_sae_latents",
+        "pipeline.sae.stages.latents:run",
         ("sae.top_k", "sae.log_freq_range", "sae.log_value_range"),
         lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
         lambda cfg, k: layout.latents_json(cfg),
@@ -263,7 +264,7 @@ _BEFORE_PROBES: dict[str, Stage] = {
     "sae-gallery": Stage(
         "sae-gallery",
         "pipeline.commands.sae",
-        "pipeline.steps:run_sae_gallery",
+        "pipeline.sae.stages.gallery:run",
         ("sae.gallery_latents",),
         lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {})],
         lambda cfg, k: layout.gallery_dir(cfg) / "selection.json",

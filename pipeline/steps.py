@@ -134,24 +134,6 @@ def run_stats(ctx: RunContext, args: argparse.Namespace) -> dict:
         raise
 
 
-def run_sae_train(ctx: RunContext, args: argparse.Namespace) -> dict:
-    from pipeline.sae.stages import run_train
-
-    return run_train(ctx.cfg, out_dir=args.out, progress=not args.no_progress, ctx=ctx)
-
-
-def run_sae_latents(ctx: RunContext, args: argparse.Namespace) -> dict:
-    from pipeline.sae.stages import run_latents
-
-    return run_latents(ctx.cfg, out_dir=args.out, progress=not args.no_progress, ctx=ctx)
-
-
-def run_sae_gallery(ctx: RunContext, args: argparse.Namespace) -> dict:
-    from pipeline.sae.stages import run_gallery
-
-    return run_gallery(ctx.cfg, out_dir=args.out)
-
-
 # ---------------------------------------------------------------------------- probes and dimred
 
 

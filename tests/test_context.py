@@ -59,6 +59,7 @@ def test_main_starts_the_context_with_the_stage_threads_and_device_flag(tmp_path
     from helpers import write_config
     from pipeline import provenance, steps
     from pipeline.__main__ import main
+    from pipeline.sae.stages import train as sae_train
     from pipeline.runtime import available_cpus
 
     config = write_config(tmp_path)
@@ -69,7 +70,7 @@ def test_main_starts_the_context_with_the_stage_threads_and_device_flag(tmp_path
         return {}
 
     monkeypatch.setattr(steps, "run_demo_data", record)
-    monkeypatch.setattr(steps, "run_sae_train", record)
+    monkeypatch.setattr(sae_train, "run", record)
     monkeypatch.setattr(provenance, "check_cli_step", lambda args, cfg: None)  # no upstream outputs here
     before = torch.get_num_threads()
     try:

@@ -35,7 +35,7 @@ from pipeline.probe_kinds import probe_section as probe_section_of
 from pipeline.probes import load_probe, predict_classes
 from pipeline.runtime import forward_precision, resolve_device
 from pipeline.sae import encode_tokens, load_latent_stats
-from pipeline.sae.stages import load_sae_for, trained_block
+from pipeline.sae.applies import load_sae_for, trained_block
 
 log = logging.getLogger(__name__)
 

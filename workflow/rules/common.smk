@@ -166,12 +166,12 @@ def stats_inputs(wildcards):
 def sae_train_inputs(wildcards):
     """Training: the train cache's stores + stats (and sae.cache's train store when that differs);
     an imported checkpoint (sae.source): sae.cache's train store and the local file, if any."""
-    from pipeline.sae.stages import is_imported, train_ref
+    from pipeline.config import sae_is_imported, sae_train_ref  # torch-free
 
-    if is_imported(CFG.sae):
+    if sae_is_imported(CFG.sae):
         src = CFG.sae.source
         return {**store_inputs(CFG.sae.cache, ("train",)), **({"checkpoint": src.path} if src.kind == "checkpoint" else {})}
-    ref = train_ref(CFG.sae)
+    ref = sae_train_ref(CFG.sae)
     return {**store_inputs(ref), "stats": str(layout.stats_path(CFG, ref, "train")),
             **({"target": store_complete(CFG.sae.cache, "train")} if ref != CFG.sae.cache else {})}
 
