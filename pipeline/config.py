@@ -546,6 +546,11 @@ def _check_references(cfg: Config, raw: dict) -> None:
             raise ConfigError(
                 f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}{hint}"
             )
+    if cfg.sae is not None:
+        try:
+            sae_members(cfg.sae)  # two sae.kinds entries giving the same member
+        except ConfigError as err:
+            raise ConfigError(f"{cfg.source}: {err}") from None
     src = cfg.sae.source if cfg.sae is not None else None
     if src is not None and src.kind == "cache":
         _check_ref(cfg, "sae/source/cache", src.cache)

@@ -362,3 +362,83 @@ def test_sweep_of_all_kinds_equals_each_member_alone(held_out):
     assert list(table["k"].astype("float").fillna(-1)) == [-1, 3, 2, 3, 2, -1, 2]
     assert list(table["dead_tokens"].astype("float").fillna(-1)) == [-1, -1, 200, -1, 100, -1, -1]
     assert len(prefix_table(together)) == 2 + 3
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _sae_config(tmp_path, sae_overrides):
+    from pipeline.config import load_config
+    from pipeline.testing import write_config
+
+    sae = {"cache": {"model": "dino", "dataset": "seg"}, "layer": -2, **sae_overrides}
+    write_config(tmp_path, {"sae": sae})
+    return load_config(tmp_path / "config.yaml")
+
+
+def test_config_kinds_default_keeps_the_relu_grid_and_its_slugs(tmp_path):
+    from pipeline.config import sae_members
+    from pipeline.layout import sae_member_slug
+    from pipeline.provenance import step_config
+    from pipeline.sae.stages.train import member_grid, member_slug
+
+    cfg = _sae_config(tmp_path, {"lrs": [1e-3, 3e-3], "sparsity_coeffs": [0.01, 0.03], "exp_factors": [4, 8]})
+    assert cfg.sae.kinds == ({"kind": "relu"},)
+    grid = member_grid(cfg.sae)
+    # exp_factor × lr × λ, in that nesting order, as before kinds existed
+    assert [(m.exp_factor, m.lr, m.sparsity_coeff, m.kind) for m in grid] == [
+        (e, lr, lam, "relu") for e in (4, 8) for lr in (1e-3, 3e-3) for lam in (0.01, 0.03)
+    ]
+    assert member_slug(grid[0]) == "x4_lr0.001_lambda0.01" == sae_member_slug(sae_members(cfg.sae)[0])
+    assert "sae.kinds" not in step_config(cfg, "sae-train")  # at its default: not recorded, the hash unchanged
+    cfg2 = _sae_config(tmp_path, {"kinds": [{"kind": "relu"}, {"kind": "topk"}]})
+    assert step_config(cfg2, "sae-train")["sae.kinds"] == [{"kind": "relu"}, {"kind": "topk"}]
+
+
+def test_config_kinds_sweep_as_a_product(tmp_path):
+    from pipeline.sae.stages.train import member_grid, member_slug
+
+    cfg = _sae_config(
+        tmp_path,
+        {
+            "lrs": [1e-3],
+            "sparsity_coeffs": [0.01, 0.03],
+            "exp_factors": [4],
+            "kinds": [
+                {"kind": "relu", "matryoshka": {"prefixes": [0.25, 1.0]}},
+                {"kind": "topk", "k": [8, 16], "auxk": {"alpha": 0.5}},
+                {"kind": "batchtopk", "k": [8], "momentum": [0.1, 0.2]},
+            ],
+        },
+    )
+    grid = member_grid(cfg.sae)
+    assert [member_slug(m) for m in grid] == [
+        "x4_lr0.001_lambda0.01_mat2",
+        "x4_lr0.001_lambda0.03_mat2",
+        "x4_lr0.001_topk_k8_auxk",
+        "x4_lr0.001_topk_k16_auxk",
+        "x4_lr0.001_batchtopk_k8_momentum0.1",
+        "x4_lr0.001_batchtopk_k8_momentum0.2",
+    ]
+    assert grid[2].auxk == AuxK(k_aux=512, alpha=0.5, dead_tokens=None)  # the schema's defaults filled in
+    assert grid[0].prefixes == (0.25, 1.0) and grid[2].sparsity_coeff == 0.0
+    assert dict(grid[5].kind_params) == {"k": 8, "momentum": 0.2}
+
+
+@pytest.mark.parametrize(
+    "kinds, match",
+    [
+        ([{"kind": "gated"}], r"key sae/kinds/0/kind: 'gated' is not one of \['relu', 'topk', 'batchtopk'\]"),
+        ([{"kind": "topk", "momentum": [0.1]}], r"key sae/kinds/0: 'momentum' is not one of"),
+        ([{"kind": "relu", "auxk": {}}], r"key sae/kinds/0: 'auxk' is not one of"),
+        ([{"kind": "topk", "k": [0]}], r"key sae/kinds/0/k/0: 0 is less than the minimum of 1"),
+        ([{"kind": "topk", "matryoshka": {}}], r"key sae/kinds/0/matryoshka: 'prefixes' is a required property"),
+        ([{"kind": "topk"}, {"kind": "topk", "k": [32]}], r"config.yaml: key sae/kinds/1: gives the member"),
+    ],
+)
+def test_config_kinds_errors_name_the_key(tmp_path, kinds, match):
+    from pipeline.config import ConfigError
+    from pipeline.sae.stages.train import member_grid
+
+    with pytest.raises(ConfigError, match=match):
+        member_grid(_sae_config(tmp_path, {"kinds": kinds}).sae)
