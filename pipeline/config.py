@@ -606,12 +606,12 @@ class SAEMemberSpec:
     exp_factor: int
     lr: float
     sparsity_coeff: float
-    kind: str = "relu"
-    params: tuple[tuple[str, Any], ...] = ()
+    kind: str
+    params: tuple[tuple[str, Any], ...]
     """The kind's parameters (every one, defaults filled in), in the registry's order."""
-    auxk: tuple[tuple[str, Any], ...] | None = None
+    auxk: tuple[tuple[str, Any], ...] | None
     """``sae.kinds[].auxk`` with the schema's defaults filled in, or None."""
-    prefixes: tuple[float, ...] | None = None
+    prefixes: tuple[float, ...] | None
 
 
 def sae_members(sc: SAEConfig) -> list[SAEMemberSpec]:

@@ -59,6 +59,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import units
+from ..config_schema import default
 from .checkpoint import save_checkpoint
 from .kinds import KINDS, get_kind, make_activation
 from .kinds.auxk import auxk_loss
@@ -74,7 +75,8 @@ DEAD_TOKENS_FRACTION = 0.1
 
 @dataclass(frozen=True)
 class AuxK:
-    """A member's AuxK dead-latent loss (:mod:`pipeline.sae.kinds.auxk`); defaults are saev's.
+    """A member's AuxK dead-latent loss (:mod:`pipeline.sae.kinds.auxk`); the defaults are the config
+    schema's (``sae.kinds[].auxk``: saev's k_aux 512 and alpha 1/32).
 
     Attributes:
         k_aux: dead latents (the largest pre-activations among them) that reconstruct the residual.
@@ -83,9 +85,9 @@ class AuxK:
             None → :meth:`dead_tokens_for` of the sweep's token budget.
     """
 
-    k_aux: int = 512
-    alpha: float = 1 / 32
-    dead_tokens: int | None = None
+    k_aux: int = default("sae/kinds/[]/auxk/k_aux")
+    alpha: float = default("sae/kinds/[]/auxk/alpha")
+    dead_tokens: int | None = default("sae/kinds/[]/auxk/dead_tokens")
 
     def __post_init__(self) -> None:
         if isinstance(self.k_aux, bool) or int(self.k_aux) != self.k_aux or self.k_aux < 1:
