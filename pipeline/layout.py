@@ -183,9 +183,10 @@ def sae_member_slug(member: SAEMemberSpec) -> str:
 
 def sae_member_files(cfg: Config) -> list[Path]:
     """The sweep members' checkpoints (written by ``sae-train``, not declared: named by config values)."""
-    if sae_is_imported(cfg.sae):
+    sc = cfg.sae
+    if sc is None or sae_is_imported(sc):
         return []
-    slugs = [sae_member_slug(m) for m in sae_members(cfg.sae)]
+    slugs = [sae_member_slug(m) for m in sae_members(sc)]
     return [sae_dir(cfg) / "members" / f"{slug}.{ext}" for slug in slugs for ext in ("pt", "safetensors")]
 
 

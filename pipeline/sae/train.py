@@ -322,8 +322,8 @@ def sae_loss(
     loss = recon + sparsity_coeff * l1 if KINDS[sae.kind].l1_penalty else recon
     aux = x_ND.new_zeros(())
     if auxk is not None and dead_S is not None:
-        dead_S = dead_S & ~(f_NS > 0).any(0)
-        aux = auxk_loss(h_NS, sae.W_dec, x_ND, x_hat_ND, dead_S, k_aux=auxk.k_aux, alpha=auxk.alpha)
+        dead_now_S = dead_S & ~(f_NS > 0).any(0)
+        aux = auxk_loss(h_NS, sae.W_dec, x_ND, x_hat_ND, dead_now_S, k_aux=auxk.k_aux, alpha=auxk.alpha)
         loss = loss + aux
     return LossTerms(loss, mse, l1, aux, x_hat_ND, f_NS, x_hat_NPD)
 
@@ -847,8 +847,8 @@ def _step_members(
     for m, (hp, sae, opt) in enumerate(zip(members, saes, opts)):
         lr = lr_at(step, hp.lr, cfg.lr_warmup_steps)
         lam = sparsity_coeff_at(step, hp.sparsity_coeff, cfg.sparsity_warmup_steps)
-        measure_eval = meter is not None and sae.activation.mode_dependent
-        if measure_eval:
+        measure_eval = sae.activation.mode_dependent
+        if meter is not None and measure_eval:
             _measure(sae.eval(), m, x_ND, meter)
             sae.train()
         dead_S = None
@@ -1130,9 +1130,11 @@ def history_chart(history: pd.DataFrame, stem: str | Path, *, chosen: str | None
 
     from ..plots import category_colours, save_chart, title_with_note  # imports altair
 
-    panels = {k: v for k, v in HISTORY_PANELS.items() if k in history and (k != "aux" or history[k].any())}
+    panels = {
+        k: v for k, v in HISTORY_PANELS.items() if k in history and (k != "aux" or bool(history[k].to_numpy().any()))
+    }
     data = history.melt(id_vars=["label", "n_tokens"], value_vars=list(panels), var_name="term")
-    data["term"] = data["term"].map(panels)
+    data["term"] = [panels[t] for t in data["term"]]
     data["chosen"] = data["label"] == chosen
     base = alt.Chart().encode(
         x=alt.X("n_tokens:Q", title="tokens seen"),

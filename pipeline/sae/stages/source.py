@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.cache.reader import CacheReader
 from pipeline.config import Config, ConfigError, require_sae
 from pipeline.layout import sae_dir
+from pipeline.provenance import record as config_record
 
 from ..applies import SAEStageError, check_applies
 from ..checkpoint import load_checkpoint, save_checkpoint
@@ -173,7 +174,7 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
             "member": "imported",
             "checkpoint": str(out / "sae.pt"),
             **prov,
-            "provenance": record(cfg, "sae-train"),
+            "provenance": config_record(cfg, "sae-train"),
             "created": now(),
         },
     )
