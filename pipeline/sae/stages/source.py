@@ -159,6 +159,7 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
         "checked_against_store": checked,
         "scaling_note": scaling_note,
         "encoder": sae.encoder,
+        "kind": sae.kind,
     }
     for key in ("lr", "sparsity_coeff", "exp_factor"):
         if key in hcfg:
