@@ -76,8 +76,16 @@ def test_the_sweep_trains_every_kind(swept):
     assert list(prefixes["slug"]) == [SLUGS[3]] * 2 and list(prefixes["n_latents"]) == [32, 128]
 
 
+# Until the checkpoint header records our kinds (the ckpt branch's "checkpoint: our kinds
+# round-trip"), a TopK / BatchTopK member is saved as ReLU and its import fails; strict, so the
+# marks go when that lands.
+NEEDS_ROUND_TRIP = pytest.mark.xfail(strict=True, reason="our kinds' checkpoint round-trip is not merged yet")
+
+
 @pytest.mark.parametrize(
-    "member", range(len(KINDS)), ids=[k["kind"] + ("+mat" if "matryoshka" in k else "") for k in KINDS]
+    "member",
+    [pytest.param(i, marks=() if k["kind"] == "relu" else NEEDS_ROUND_TRIP) for i, k in enumerate(KINDS)],
+    ids=[k["kind"] + ("+mat" if "matryoshka" in k else "") for k in KINDS],
 )
 def test_every_downstream_stage_runs_with_the_kind(swept, member, monkeypatch):
     folder, project = swept
