@@ -447,11 +447,21 @@ def _section(cls, raw: dict | None):
     return cls(**kwargs)
 
 
+def _sae_kind_entry(entry: dict) -> dict:
+    """A ``sae.kinds`` entry with its ``auxk`` defaults (the schema's) filled in."""
+    if entry.get("auxk") is None:
+        return dict(entry)
+    defaults = {k: default_value(f"sae/kinds/[]/auxk/{k}", schema_file()) for k in ("k_aux", "alpha", "dead_tokens")}
+    return {**entry, "auxk": {**defaults, **entry["auxk"]}}
+
+
 def _sae(raw: dict | None) -> SAEConfig | None:
     if raw is None:
         return None
     raw = dict(raw)
     src = raw.pop("source", None)
+    if "kinds" in raw:  # nested defaults filled in, as Snakemake's validate fills them: one hash either way
+        raw["kinds"] = [_sae_kind_entry(e) for e in raw["kinds"]]
     sae = _section(SAEConfig, raw)
     if src is None:
         return sae

@@ -442,3 +442,17 @@ def test_config_kinds_errors_name_the_key(tmp_path, kinds, match):
 
     with pytest.raises(ConfigError, match=match):
         member_grid(_sae_config(tmp_path, {"kinds": kinds}).sae)
+
+
+def test_config_kinds_hash_is_the_same_with_snakemakes_filled_defaults(tmp_path):
+    """Snakemake's validate fills the schema's defaults into the config it plans with (auxk's
+    k_aux, alpha, dead_tokens); the step reading the file must record the same hash."""
+    from pipeline.provenance import step_hash
+
+    short = _sae_config(tmp_path, {"kinds": [{"kind": "topk", "auxk": {}}]})
+    filled = _sae_config(
+        tmp_path, {"kinds": [{"kind": "topk", "auxk": {"k_aux": 512, "alpha": 0.03125, "dead_tokens": None}}]}
+    )
+    assert step_hash(short, "sae-train") == step_hash(filled, "sae-train")
+    other = _sae_config(tmp_path, {"kinds": [{"kind": "topk", "auxk": {"k_aux": 64}}]})
+    assert step_hash(other, "sae-train") != step_hash(short, "sae-train")
