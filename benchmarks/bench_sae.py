@@ -23,7 +23,13 @@
    (``train_batches``, float16 batches, pinned on CUDA → ``train_sweep`` casting and scaling on
    the device) ÷ the same scaled batches already in device memory. Target ≥ 0.9. On CPU keep
    the token count small (the CPU does ~0.5 TFLOP per 1024-token step for 8 such members).
-3. (unless ``--skip-demo-sweeps``) the demo-size sweeps, streamed ÷ in memory, on ``--store``, else
+3. SAE kinds at the same width (``--kinds-width``, default 768, 16× expansion, ``--device``): one
+   member of each kind (``relu``, ``topk`` and ``batchtopk`` with k = 32, and the variants
+   ``topk+auxk``, ``batchtopk+auxk``, ``topk+matryoshka``) trained alone on the same random
+   in-memory batches of 1024 tokens; tokens/s per kind and ÷ ``relu``: TopK/BatchTopK target ≥ 0.7
+   on CPU. The kinds alternate ``--kinds-repeats`` times; each ratio is the median of its
+   repeats' ratios. ``--only-kinds`` runs this section alone.
+4. (unless ``--skip-demo-sweeps``) the demo-size sweeps, streamed ÷ in memory, on ``--store``, else
    the demo cache if complete, else a tiny temp cache; target ≥ 0.8.
 
 Ratios from one run of each kind on a shared machine: expect ±10–30 % between runs.
@@ -274,6 +280,81 @@ def gpu_scale_sweep(
     }
 
 
+KIND_MEMBERS = {
+    "relu": {},
+    "topk": {"kind": "topk", "kind_params": {"k": 32}},
+    "batchtopk": {"kind": "batchtopk", "kind_params": {"k": 32}},
+    "topk+auxk": {"kind": "topk", "kind_params": {"k": 32}, "auxk": True},
+    "batchtopk+auxk": {"kind": "batchtopk", "kind_params": {"k": 32}, "auxk": True},
+    "topk+matryoshka": {"kind": "topk", "kind_params": {"k": 32}, "prefixes": (0.0625, 0.25, 1.0)},
+}
+"""Section 3's members (one each, 16× expansion, lr 1e-4; relu with λ = 1e-3)."""
+
+
+def kinds_sweep(*, width: int, n_tokens: int, batch_size: int, repeats: int, device: torch.device) -> dict:
+    """Section 3: tokens/s of one member of each kind on the same in-memory batches on ``device``.
+
+    AuxK members count a latent dead after one batch without firing (so the AuxK term is computed
+    from the second step on, as in a long run once latents die; it costs the same whatever the
+    number of dead latents: no host sync)."""
+    import numpy as np
+
+    from pipeline.runtime import describe_device
+    from pipeline.sae import SAEHparams, TrainConfig, train_sweep
+    from pipeline.sae.train import AuxK
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(batch_size, width, generator=g).to(device) for _ in range(max(1, n_tokens // batch_size))]
+    n_tokens = len(batches) * batch_size
+    members = {}
+    for name, spec in KIND_MEMBERS.items():
+        spec = dict(spec)
+        auxk = AuxK(dead_tokens=batch_size) if spec.pop("auxk", False) else None
+        lam = 1e-3 if spec.get("kind", "relu") == "relu" else 0.0
+        members[name] = SAEHparams(1e-4, lam, 16, auxk=auxk, **spec)
+    tc = TrainConfig(n_tokens=n_tokens, batch_size=batch_size, lr_warmup_steps=1, sparsity_warmup_steps=1)
+    warm = TrainConfig(n_tokens=batch_size, batch_size=batch_size, lr_warmup_steps=1, sparsity_warmup_steps=1)
+    zeros = torch.zeros(width)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for hp in members.values():  # warm-up: allocator, kernels
+        train_sweep(iter(batches[:1]), width, [hp], warm, data_mean_D=zeros, progress=False, device=device)
+    runs: dict[str, list[float]] = {name: [] for name in members}
+    for _ in range(repeats):  # alternate the kinds, so each repeat's ratios see the same load
+        for name, hp in members.items():
+            sync()
+            t0 = time.perf_counter()
+            train_sweep(iter(batches), width, [hp], tc, data_mean_D=zeros, progress=False, device=device)
+            sync()
+            runs[name].append(n_tokens / (time.perf_counter() - t0))
+    ratios = {name: [a / b for a, b in zip(r, runs["relu"], strict=True)] for name, r in runs.items()}
+    return {
+        "width": width,
+        "n_latents": 16 * width,
+        "tokens": n_tokens,
+        "device": describe_device(device),
+        "tok_s": {name: float(np.median(r)) for name, r in runs.items()},
+        "runs": runs,
+        "ratio_to_relu": {name: float(np.median(r)) for name, r in ratios.items()},
+    }
+
+
+def print_kinds(kinds: dict) -> None:
+    print(
+        f"\n3. SAE kinds on {kinds['device']}: D={kinds['width']}, {kinds['n_latents']} latents (16x), one member "
+        f"each, k=32, {kinds['tokens']} tokens, median of alternating repeats"
+    )
+    for name, rate in kinds["tok_s"].items():
+        print(f"   {name:<18} {rate:>12,.0f} tok/s   ÷ relu {kinds['ratio_to_relu'][name]:5.2f}")
+    print(
+        f"   ratio topk / relu       {kinds['ratio_to_relu']['topk']:.2f}   (target >= 0.7 on CPU)\n"
+        f"   ratio batchtopk / relu  {kinds['ratio_to_relu']['batchtopk']:.2f}   (target >= 0.7 on CPU)"
+    )
+
+
 def run(store: Path, *, passes: float, batch_size: int, buffer: int, threads: int, repeats: int) -> list[dict]:
     from pipeline.cache import CacheReader
     from pipeline.runtime import set_threads
@@ -366,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sweep-tokens", type=int, default=4096, help="tokens of the GPU-scale sweep (default 4096)")
     p.add_argument("--skip-demo-sweeps", action="store_true", help="only sections 1 and 2")
-    p.add_argument("--device", default="cpu", help="where section 2's sweep trains (cpu, cuda, auto)")
+    p.add_argument("--device", default="cpu", help="where sections 2 and 3 train (cpu, cuda, auto)")
+    p.add_argument("--kinds-width", type=int, default=768, help="D of section 3 (default 768, 16x expansion)")
+    p.add_argument("--kinds-tokens", type=int, default=8192, help="tokens per kind in section 3 (default 8192)")
+    p.add_argument("--kinds-repeats", type=int, default=3, help="alternating timings in section 3 (default 3)")
+    p.add_argument("--only-kinds", action="store_true", help="only section 3")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -377,6 +462,23 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(args.threads)
     device = resolve_device(args.device)
+
+    def kinds_section() -> dict:
+        kinds = kinds_sweep(
+            width=args.kinds_width,
+            n_tokens=args.kinds_tokens,
+            batch_size=args.batch_size,
+            repeats=args.kinds_repeats,
+            device=device,
+        )
+        print_kinds(kinds)
+        return kinds
+
+    if args.only_kinds:
+        kinds = kinds_section()
+        if args.json:
+            args.json.write_text(json.dumps({"kinds": kinds}, indent=1) + "\n")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         stores = {
             compression: build_wide_store(
@@ -446,9 +548,10 @@ def main(argv: list[str] | None = None) -> int:
             f"   streamed {sweep['stream_tok_s']:,.0f} tok/s, in memory {sweep['memory_tok_s']:,.0f} tok/s: "
             f"ratio {sweep['ratio']:.2f} (target >= 0.9)"
         )
+        kinds = kinds_section()
         if args.skip_demo_sweeps:
             if args.json:
-                args.json.write_text(json.dumps({"read": read, "sweep": sweep}, indent=1) + "\n")
+                args.json.write_text(json.dumps({"read": read, "sweep": sweep, "kinds": kinds}, indent=1) + "\n")
             return 0
         store = args.store
         if store is None:
@@ -483,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"read": read, "sweep": sweep, "demo": rows}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"read": read, "sweep": sweep, "kinds": kinds, "demo": rows}, indent=1) + "\n")
     return 0
 
 

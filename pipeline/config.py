@@ -37,6 +37,7 @@ from pipeline.data.transforms import Preprocess
 from pipeline.methods import METHODS
 from pipeline.models.spec import FAMILIES, ModelSpec, default_preprocess
 from pipeline.probe_kinds import PROBE_KINDS
+from pipeline.sae_kinds import KINDS as SAE_KINDS
 
 SPLITS = ("train", "val")
 
@@ -154,6 +155,7 @@ class SAEConfig:
     lrs: tuple[float, ...] = default("sae/lrs")
     sparsity_coeffs: tuple[float, ...] = default("sae/sparsity_coeffs")
     exp_factors: tuple[int, ...] = default("sae/exp_factors")
+    kinds: tuple[dict[str, Any], ...] = default("sae/kinds")
     lr_warmup_steps: int = default("sae/lr_warmup_steps")
     sparsity_warmup_steps: int = default("sae/sparsity_warmup_steps")
     max_l0: float = default("sae/max_l0")
@@ -272,13 +274,15 @@ def load_schema() -> dict:
     ``probes.<kind>`` (:data:`pipeline.probe_kinds.PROBE_KINDS` owns them; the file says only
     "a mapping of sections") and the model-family and intervention-method names filled in
     from their registries (`pipeline.models.FAMILIES`, `pipeline.methods.METHODS` own them; the
-    file says only "a string"). Built on each call, so a kind registered later is in it."""
+    file says only "a string"), and the SAE kinds' names and parameters in ``sae.kinds[]``
+    (`pipeline.sae_kinds.KINDS`). Built on each call, so a kind registered later is in it."""
     schema = copy.deepcopy(schema_file())
     probes = schema["properties"]["probes"]
     probes["properties"] = {kind: copy.deepcopy(pk.schema) for kind, pk in PROBE_KINDS.items()}
     probes["additionalProperties"] = False
     schema["$defs"]["model_family"]["enum"] = list(FAMILIES)
     schema["properties"]["quantify"]["properties"]["methods"]["items"]["enum"] = list(METHODS)
+    _fill_sae_kinds(schema["properties"]["sae"]["properties"]["kinds"]["items"])
     return schema
 
 
@@ -294,6 +298,34 @@ FiniteValidator = validators.extend(
     jsonschema.Draft202012Validator,
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number),
 )
+
+
+def _fill_sae_kinds(item: dict) -> None:
+    """``sae.kinds[]`` from :data:`pipeline.sae_kinds.KINDS`: the kind names, every kind's
+    parameters as lists of values, and per kind (``if kind: … then``) no parameter of another
+    kind, and no ``auxk`` for kinds without it."""
+    props = item["properties"]
+    item["additionalProperties"] = False
+    props["kind"]["enum"] = list(SAE_KINDS)
+    for spec in SAE_KINDS.values():
+        for name, node in spec.param_schema.items():
+            props.setdefault(
+                name,
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": dict(node),
+                    "description": f"values swept ({node.get('description', name)}; default [{spec.params[name]!r}])",
+                },
+            )
+    item["allOf"] = [
+        {
+            "if": {"properties": {"kind": {"const": name}}, "required": ["kind"]},
+            # the message names the key: "'momentum' is not one of ['kind', 'k', ...]"
+            "then": {"propertyNames": {"enum": ["kind", *spec.params, *(["auxk"] if spec.auxk else []), "matryoshka"]}},
+        }
+        for name, spec in SAE_KINDS.items()
+    ]
 
 
 def validate_raw(raw: Any, source: Path | str) -> None:
@@ -436,11 +468,21 @@ def _section(cls, raw: dict | None):
     return cls(**kwargs)
 
 
+def _sae_kind_entry(entry: dict) -> dict:
+    """A ``sae.kinds`` entry with its ``auxk`` defaults (the schema's) filled in."""
+    if entry.get("auxk") is None:
+        return dict(entry)
+    defaults = {k: default_value(f"sae/kinds/[]/auxk/{k}", schema_file()) for k in ("k_aux", "alpha", "dead_tokens")}
+    return {**entry, "auxk": {**defaults, **entry["auxk"]}}
+
+
 def _sae(raw: dict | None) -> SAEConfig | None:
     if raw is None:
         return None
     raw = dict(raw)
     src = raw.pop("source", None)
+    if "kinds" in raw:  # nested defaults filled in, as Snakemake's validate fills them: one hash either way
+        raw["kinds"] = [_sae_kind_entry(e) for e in raw["kinds"]]
     sae = _section(SAEConfig, raw)
     if src is None:
         return sae
@@ -535,6 +577,11 @@ def _check_references(cfg: Config, raw: dict) -> None:
             raise ConfigError(
                 f"{cfg.source}: key {key}/cache/dataset: {section.cache.dataset!r} is a {found} dataset; {key} needs {task}{hint}"
             )
+    if cfg.sae is not None:
+        try:
+            sae_members(cfg.sae)  # two sae.kinds entries giving the same member
+        except ConfigError as err:
+            raise ConfigError(f"{cfg.source}: {err}") from None
     src = cfg.sae.source if cfg.sae is not None else None
     if src is not None and src.kind == "cache":
         _check_ref(cfg, "sae/source/cache", src.cache)
@@ -580,6 +627,61 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+@dataclass(frozen=True)
+class SAEMemberSpec:
+    """One member of the SAE sweep as the config names it (torch-free; ``sae-train`` builds its
+    :class:`pipeline.sae.train.SAEHparams` from it, :mod:`pipeline.layout` its file name)."""
+
+    exp_factor: int
+    lr: float
+    sparsity_coeff: float
+    kind: str
+    params: tuple[tuple[str, Any], ...]
+    """The kind's parameters (every one, defaults filled in), in the registry's order."""
+    auxk: tuple[tuple[str, Any], ...] | None
+    """``sae.kinds[].auxk`` with the schema's defaults filled in, or None."""
+    prefixes: tuple[float, ...] | None
+
+
+def sae_members(sc: SAEConfig) -> list[SAEMemberSpec]:
+    """The sweep's members in order: for each exp_factor, each lr, each ``sae.kinds`` entry, each
+    λ in ``sparsity_coeffs`` (kinds with an L1 penalty; λ = 0 for the others) and each combination
+    of the entry's parameter lists (the registry's default where a list is left out). A config
+    with only ``{kind: relu}`` gives exactly the (exp_factor, lr, λ) grid of before kinds existed.
+    Repeated values are dropped; two entries giving the same member raise ConfigError."""
+    import itertools
+
+    uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731
+    auxk_defaults = {
+        k: default_value(f"sae/kinds/[]/auxk/{k}", schema_file()) for k in ("k_aux", "alpha", "dead_tokens")
+    }
+    out: list[SAEMemberSpec] = []
+    seen: dict[SAEMemberSpec, int] = {}
+    for e in uniq(sc.exp_factors):
+        for lr in uniq(sc.lrs):
+            for i, entry in enumerate(sc.kinds):
+                spec = SAE_KINDS[entry["kind"]]
+                lams = [float(v) for v in uniq(sc.sparsity_coeffs)] if spec.l1_penalty else [0.0]
+                names = list(spec.params)
+                lists = [uniq(entry.get(n, [spec.params[n]])) for n in names]
+                auxk = entry.get("auxk")
+                auxk_t = None if auxk is None else tuple({**auxk_defaults, **auxk}.items())
+                mat = entry.get("matryoshka")
+                prefixes = None if mat is None else tuple(mat["prefixes"])
+                for lam in lams:
+                    for combo in itertools.product(*lists):
+                        member = SAEMemberSpec(
+                            int(e), float(lr), lam, spec.name, tuple(zip(names, combo)), auxk_t, prefixes
+                        )
+                        if member in seen:
+                            raise ConfigError(
+                                f"key sae/kinds/{i}: gives the member {member} that entry {seen[member]} already gives"
+                            )
+                        seen[member] = i
+                        out.append(member)
+    return out
 
 
 def require_sae(cfg: Config) -> SAEConfig:

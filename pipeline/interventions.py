@@ -10,7 +10,10 @@ term, so only the edited latents change::
 
 ``f`` is the SAE's encoding of the *scaled* input ``(x − mean) · scalar`` (the SAE's
 ``InputScaling``), so the decoder direction is mapped back to model space by ``/ scalar``.
-A random-vector edit adds a fixed vector ``u`` to every patch token instead.
+The edit acts on the latent values after the SAE's activation, whatever its kind: for TopK /
+BatchTopK SAEs nothing is re-ranked (the edited latents are set even where they are not among a
+token's active ones, and the others keep their values), as if the edited latents were decoded on
+top of the encoding. A random-vector edit adds a fixed vector ``u`` to every patch token instead.
 
 The predictor runs only blocks ``l+1 … N−1``, the final norm and the linear probe, starting
 from block ``l``'s (edited) output; baseline predictions use the very same path on the

@@ -29,8 +29,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pipeline.config import SPLITS, CacheRef, Config, ConfigError, sae_is_imported
+from pipeline.config import SPLITS, CacheRef, Config, ConfigError, SAEMemberSpec, sae_is_imported, sae_members
 from pipeline.probe_kinds import PROBE_KINDS, probe_section
 
 # ---------------------------------------------------------------------------- file lists
@@ -152,22 +153,47 @@ def sae_dir(cfg: Config) -> Path:
     return cfg.paths.results / "sae" / cfg.sae.cache.model / cfg.sae.cache.dataset / layer_tag(cfg.sae.layer)
 
 
-def member_slug(exp_factor: int, lr: float, sparsity_coeff: float) -> str:
-    """File-name-safe SAE sweep member name, e.g. ``x8_lr0.001_lambda0.0003``."""
-    return f"x{exp_factor}_lr{lr:g}_lambda{sparsity_coeff:g}"
+def member_slug(
+    exp_factor: int,
+    lr: float,
+    sparsity_coeff: float,
+    kind: str = "relu",
+    params: tuple[tuple[str, Any], ...] = (),
+    *,
+    auxk: bool = False,
+    n_prefixes: int = 0,
+) -> str:
+    """File-name-safe SAE sweep member name: ``x8_lr0.001_lambda0.0003`` for ReLU (as before kinds
+    existed), ``x8_lr0.001_topk_k32``, ``x8_lr0.001_batchtopk_k32_momentum0.1_auxk_mat3`` (the
+    kind's parameters, then ``_auxk`` and ``_mat<number of Matryoshka prefixes>``)."""
+    if kind == "relu":
+        slug = f"x{exp_factor}_lr{lr:g}_lambda{sparsity_coeff:g}"
+    else:
+        slug = f"x{exp_factor}_lr{lr:g}_{kind}" + "".join(
+            f"_{name}{value:g}" if isinstance(value, float) else f"_{name}{value}" for name, value in params
+        )
+    return slug + ("_auxk" if auxk else "") + (f"_mat{n_prefixes}" if n_prefixes else "")
+
+
+def sae_member_slug(member: SAEMemberSpec) -> str:
+    """:func:`member_slug` of one member of :func:`pipeline.config.sae_members`."""
+    return member_slug(
+        member.exp_factor,
+        member.lr,
+        member.sparsity_coeff,
+        member.kind,
+        member.params,
+        auxk=member.auxk is not None,
+        n_prefixes=len(member.prefixes or ()),
+    )
 
 
 def sae_member_files(cfg: Config) -> list[Path]:
     """The sweep members' checkpoints (written by ``sae-train``, not declared: named by config values)."""
-    if sae_is_imported(cfg.sae):
+    sc = cfg.sae
+    if sc is None or sae_is_imported(sc):
         return []
-    sc, uniq = cfg.sae, lambda xs: list(dict.fromkeys(xs))
-    slugs = [
-        member_slug(int(e), float(lr), float(s))
-        for e in uniq(sc.exp_factors)
-        for lr in uniq(sc.lrs)
-        for s in uniq(sc.sparsity_coeffs)
-    ]
+    slugs = [sae_member_slug(m) for m in sae_members(sc)]
     return [sae_dir(cfg) / "members" / f"{slug}.{ext}" for slug in slugs for ext in ("pt", "safetensors")]
 
 

@@ -33,7 +33,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CacheRef, Config, ConfigError, QuantifyConfig, stable_hash, to_jsonable
+from pipeline.config import CacheRef, Config, ConfigError, QuantifyConfig, schema_default, stable_hash, to_jsonable
 from pipeline.models.spec import weight_files
 from pipeline.probe_kinds import PROBE_KINDS, probe_section
 from pipeline.stages import EXTRACT_KEYS, QUANTIFY_KEYS, SAE_TRAIN_KEYS, STAGES, Keys, Stage  # noqa: F401  (re-exported)
@@ -75,11 +75,25 @@ def config_view(cfg: Config) -> dict[str, Any]:
         "datasets": {n: {k: v for k, v in to_jsonable(d).items() if k != "name"} for n, d in cfg.datasets.items()},
         "extract": to_jsonable(cfg.extract),
         "probes": {kind: to_jsonable(probe_section(cfg, kind)) for kind in PROBE_KINDS},
-        "sae": to_jsonable(cfg.sae),
+        "sae": _sae_view(cfg),
         "quantify": to_jsonable(cfg.quantify),
         "dimred": to_jsonable(cfg.dimred),
         "manipulate": manipulate,
     }
+
+
+def _sae_view(cfg: Config) -> Any:
+    """``sae`` as recorded; ``kinds`` left out at its default (``[{kind: relu}]``, the sweep of before
+    kinds existed), so results made then keep their hash and stay current."""
+    view = to_jsonable(cfg.sae)
+    if isinstance(view, dict) and view.get("kinds") == list(to_jsonable(schema_default("sae/kinds"))):
+        del view["kinds"]
+    return view
+
+
+_ABSENT = object()
+OMITTED_AT_DEFAULT = frozenset({"sae.kinds"})
+"""Keys a view leaves out at their default (:func:`_sae_view`): not recorded, not hashed."""
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -95,6 +109,8 @@ def _lookup(view: dict, dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(node, dict):
             return None
+        if dotted in OMITTED_AT_DEFAULT and part not in node:
+            return _ABSENT
         node = node.get(part)
     return node
 
@@ -108,7 +124,9 @@ def step_config(cfg: Config, step: str, keys: Keys | None = None, *, _view: dict
         out.update(step_config(cfg, up, up_keys, _view=view))
     for pattern in STEPS[step].reads:
         dotted = pattern.format(**keys)
-        _flatten(dotted, _lookup(view, dotted), out)
+        value = _lookup(view, dotted)
+        if value is not _ABSENT:
+            _flatten(dotted, value, out)
     return dict(sorted(out.items()))
 
 

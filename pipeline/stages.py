@@ -155,6 +155,7 @@ SAE_TRAIN_KEYS = tuple(
         "lrs",
         "sparsity_coeffs",
         "exp_factors",
+        "kinds",
         "lr_warmup_steps",
         "sparsity_warmup_steps",
         "max_l0",

@@ -51,6 +51,12 @@ def test_bench_sae_stream_rows_compare_the_same_tokens(tmp_path):
         "1",
         "--sweep-tokens",
         "64",
+        "--kinds-width",
+        "32",
+        "--kinds-tokens",
+        "2048",
+        "--kinds-repeats",
+        "1",
         "--json",
         str(tmp_path / "rows.json"),
         tmp_path=tmp_path,
@@ -72,6 +78,19 @@ def test_bench_sae_stream_rows_compare_the_same_tokens(tmp_path):
     ):
         assert _number(out, label) > 0
     assert re.search(r"streamed [0-9,]+ tok/s, in memory [0-9,]+ tok/s: ratio [0-9.]+", out), out
+    # section 3: every kind trained on the same tokens, each rate ÷ relu's
+    kinds = json.loads((tmp_path / "rows.json").read_text())["kinds"]
+    assert kinds["tokens"] == 2048 and set(kinds["tok_s"]) == {
+        "relu",
+        "topk",
+        "batchtopk",
+        "topk+auxk",
+        "batchtopk+auxk",
+        "topk+matryoshka",
+    }
+    assert kinds["ratio_to_relu"]["relu"] == 1.0
+    for label in ("ratio topk / relu", "ratio batchtopk / relu"):
+        assert _number(out, label) > 0
 
 
 def test_bench_extract_prints_the_stage_limit_ratio_per_round(tmp_path):

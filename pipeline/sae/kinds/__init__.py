@@ -14,7 +14,8 @@ kind, and ``auxk`` (:mod:`.auxk`) the dead-latent loss of the k-sparse kinds; bo
 an SAE is trained.
 
 Adding a kind: one module with its :class:`~.base.Activation` (formula in the docstring, where
-saev differs), one :func:`register` call below. Every stage reaches the activation through
+saev differs), one :func:`register` call in :mod:`pipeline.sae_kinds` (the registry, torch-free:
+the config schema reads it). Every stage reaches the activation through
 ``SparseAutoencoder.encode``, and checkpoints record ``{"kind": ..., "params": ...}``.
 """
 
@@ -22,45 +23,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Activation, SAEKind
+from pipeline.sae_kinds import KINDS, SAEKind, get_kind, register
+
+from .base import Activation
 from .batchtopk import BatchTopK
 from .relu import ReLU
 from .topk import TopK
-
-KINDS: dict[str, SAEKind] = {}
-
-
-def register(kind: SAEKind) -> SAEKind:
-    """Add ``kind`` to the registry (its name must be new); returns it."""
-    if kind.name in KINDS:
-        raise ValueError(f"SAE kind {kind.name!r} is already registered")
-    KINDS[kind.name] = kind
-    return kind
-
-
-def get_kind(name: str) -> SAEKind:
-    """The registered kind ``name`` (KeyError naming the known kinds otherwise)."""
-    try:
-        return KINDS[name]
-    except KeyError:
-        raise KeyError(f"unknown SAE kind {name!r} (known: {', '.join(sorted(KINDS))})") from None
 
 
 def make_activation(name: str, **params: Any) -> Activation:
     """The activation of kind ``name`` built from ``params`` (the registered defaults fill the rest)."""
     return get_kind(name).make(**params)
 
-
-register(SAEKind("relu", ReLU, {}, l1_penalty=True, summary="ReLU latents, sparsity from an L1 penalty λ"))
-register(SAEKind("topk", TopK, {"k": 32}, auxk=True, summary="each token keeps its k largest latents"))
-register(
-    SAEKind(
-        "batchtopk",
-        BatchTopK,
-        {"k": 32, "momentum": 0.1},
-        auxk=True,
-        summary="k per token on average over the batch in training; a learned threshold at inference",
-    )
-)
 
 __all__ = ["KINDS", "Activation", "BatchTopK", "ReLU", "SAEKind", "TopK", "get_kind", "make_activation", "register"]

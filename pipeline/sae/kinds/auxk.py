@@ -25,13 +25,17 @@ from torch import Tensor
 def auxk_loss(
     h_NS: Tensor, W_dec_SD: Tensor, x_ND: Tensor, x_hat_ND: Tensor, dead_S: Tensor, *, k_aux: int, alpha: float
 ) -> Tensor:
-    """``α · mean (z @ W_dec − (x − x̂))²`` over the ``k_aux`` largest dead pre-activations per row."""
-    n_dead = int(dead_S.sum())
-    k = min(int(k_aux), n_dead)
-    if k == 0:
+    """``α · mean (z @ W_dec − (x − x̂))²`` over the ``k_aux`` largest dead pre-activations per row.
+
+    No host sync (it runs every training step): the top ``min(k_aux, S)`` of the masked
+    pre-activations are taken whatever the number of dead latents, live ones masked to −inf (so
+    they enter ``z`` as relu(−inf) = 0, which is the cap at the number of dead latents), and the
+    loss is multiplied by ``any(dead_S)`` (0 with none dead)."""
+    k = min(int(k_aux), h_NS.shape[-1])
+    if k <= 0:
         return x_ND.new_zeros(())
     residual_ND = (x_ND - x_hat_ND).detach()
     masked_NS = h_NS.masked_fill(~dead_S, float("-inf"))
     top = torch.topk(masked_NS, k, dim=-1, sorted=False)
     z_NS = torch.zeros_like(h_NS).scatter(-1, top.indices, torch.relu(top.values))
-    return alpha * (z_NS @ W_dec_SD - residual_ND).pow(2).mean()
+    return alpha * (z_NS @ W_dec_SD - residual_ND).pow(2).mean() * dead_S.any().to(x_ND.dtype)

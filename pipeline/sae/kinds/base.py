@@ -1,4 +1,5 @@
-"""What every SAE kind is: an activation ``f = σ(h)`` on the pre-activations, and its registry record.
+"""What every SAE kind is: an activation ``f = σ(h)`` on the pre-activations (its registry record,
+:class:`pipeline.sae_kinds.SAEKind`, is torch-free).
 
 Dimension key: N tokens (any leading dims), S latents.
 
@@ -13,8 +14,6 @@ the names saev uses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import nn
@@ -27,6 +26,9 @@ class Activation(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    mode_dependent: ClassVar[bool] = False
+    """True when the forward differs between ``train()`` and ``eval()`` mode (BatchTopK): metrics
+    measured during training then re-encode in eval mode (:mod:`pipeline.sae.train`)."""
 
     @property
     def elementwise(self) -> bool:
@@ -46,26 +48,3 @@ class Activation(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-
-
-@dataclass(frozen=True)
-class SAEKind:
-    """One registered SAE kind (see :mod:`pipeline.sae.kinds`).
-
-    Attributes:
-        name: the config / header name (``sae.kinds[].kind``).
-        make: builds the activation from its parameters (``make(**params)``).
-        params: the parameters a config may set and their defaults (JSON values); the config
-            schema lists exactly these.
-        l1_penalty: the loss adds ``λ · mean_N Σ_S f`` (the sweep's ``sparsity_coeffs`` apply);
-            False for kinds whose ``k`` sets the sparsity (λ is 0 and not swept).
-        auxk: the AuxK dead-latent loss (:mod:`.auxk`) may be added.
-        summary: one line for docs and ``--help``.
-    """
-
-    name: str
-    make: Callable[..., Activation]
-    params: Mapping[str, Any] = field(default_factory=dict)
-    l1_penalty: bool = False
-    auxk: bool = False
-    summary: str = ""

@@ -43,6 +43,7 @@ INFERENCE_MODES = ("threshold", "batch", "row", "batch_total")
 
 class BatchTopK(Activation):
     kind = "batchtopk"
+    mode_dependent = True
     threshold: Tensor
 
     def __init__(
@@ -66,26 +67,34 @@ class BatchTopK(Activation):
         return not self.training and self.inference == "threshold"
 
     def _keep(self, h: Tensor, mask: Tensor) -> Tensor:
+        """``h`` where ``mask``, else 0 (then the ReLU unless ``keep_negative``)."""
         kept = torch.where(mask, h, torch.zeros_like(h))
         return kept if self.keep_negative else torch.relu(kept)
 
     def batch_topk(self, h: Tensor, *, total: bool = False) -> Tensor:
         """The training rule: the N·k largest entries of the batch (all leading dims are the batch);
         with ``total`` the k largest (saev's first BatchTopK)."""
+        return self._batch_topk(h, total=total)[0]
+
+    def _batch_topk(self, h: Tensor, *, total: bool = False) -> tuple[Tensor, Tensor]:
+        """``(f, kept values)``: the N·k (``total``: k) largest entries of ``h`` scattered into zeros
+        (the same numbers as masking ``h``, without passes over the whole batch for a mask), and
+        those values (after the ReLU unless ``keep_negative``)."""
         flat = h.reshape(-1)
         n_rows = flat.numel() // h.shape[-1] if h.shape[-1] else 0
-        k = min(self.k if total else self.k * n_rows, flat.numel())
-        mask = torch.zeros_like(flat, dtype=torch.bool)
-        mask[torch.topk(flat, k, sorted=False).indices] = True
-        return self._keep(h, mask.reshape(h.shape))
+        top = torch.topk(flat, min(self.k if total else self.k * n_rows, flat.numel()), sorted=False)
+        values = top.values if self.keep_negative else torch.relu(top.values)
+        return torch.zeros_like(flat).scatter(0, top.indices, values).reshape(h.shape), values
 
     def forward(self, h: Tensor) -> Tensor:
         if self.training:
-            f = self.batch_topk(h)
-            with torch.no_grad():
-                pos = f[f > 0]
-                if pos.numel():
-                    self.threshold.mul_(1.0 - self.momentum).add_(self.momentum * pos.min().to(self.threshold))
+            f, values = self._batch_topk(h)
+            with torch.no_grad():  # no host sync: the update is selected on the device
+                # min{f > 0} over the N·k kept values (the only non-zero entries of f)
+                min_pos = torch.where(values > 0, values, torch.full_like(values, float("inf"))).amin()
+                min_pos = min_pos.to(self.threshold)
+                moved = self.threshold * (1.0 - self.momentum) + self.momentum * min_pos
+                self.threshold.copy_(torch.where(torch.isfinite(min_pos), moved, self.threshold))
             return f
         if self.inference == "batch":
             return self.batch_topk(h)

@@ -24,10 +24,12 @@ import numpy as np
 from pipeline.cache.reader import CacheReader
 from pipeline.config import Config, ConfigError, require_sae
 from pipeline.layout import sae_dir
+from pipeline.provenance import record as config_record
 
 from ..applies import SAEStageError, check_applies
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..scaling import InputScaling
+
 from .common import now, open_store, write_json
 from .tokens import (
     token_parts,
@@ -157,6 +159,7 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
         "checked_against_store": checked,
         "scaling_note": scaling_note,
         "encoder": sae.encoder,
+        "kind": sae.kind,
     }
     for key in ("lr", "sparsity_coeff", "exp_factor"):
         if key in hcfg:
@@ -165,7 +168,17 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
         log.warning("%s records no model weights hash: checked width (and block when recorded) only", path)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "sae.pt", sae, cfg=prov, scaling=scaling)
-    write_json(out / "chosen.json", {"member": "imported", "checkpoint": str(out / "sae.pt"), **prov, "created": now()})
+    # the config provenance, as sae-train's chosen.json: the steps that read sae.pt check it
+    write_json(
+        out / "chosen.json",
+        {
+            "member": "imported",
+            "checkpoint": str(out / "sae.pt"),
+            **prov,
+            "provenance": config_record(cfg, "sae-train"),
+            "created": now(),
+        },
+    )
     return {
         "out": str(out),
         "imported": record,

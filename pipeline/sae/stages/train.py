@@ -4,12 +4,13 @@ Tokens of block L (``patches``; ``patches+cls`` adds the CLS token, never regist
 TRAIN store of ``sae.source``'s cache (:mod:`.tokens`: streamed chunk-wise, or resident on the
 device), scaled with :class:`~pipeline.sae.scaling.InputScaling` built from that store's stats
 file (:mod:`pipeline.stats`; mean and E‖x − mean‖² of those tokens). All members
-(``exp_factors`` × ``lrs`` × ``sparsity_coeffs``) train in one pass
+(``exp_factors`` × ``lrs`` × ``kinds`` entries × λ or each entry's parameters) train in one pass
 (:func:`~pipeline.sae.train.train_sweep`); metrics come from up to ``EVAL_MAX_TOKENS`` tokens of
 the VAL store (held out). ``sae.source: checkpoint | hub`` imports instead (:mod:`.source`).
 
 Writes into ``<results>/sae/<model>/<dataset>/layer<L>/`` (:func:`pipeline.layout.sae_dir`):
-``sweep.csv``, ``sweep.{html,png,svg}``, ``members/<slug>.pt`` (+ ``.safetensors``), ``sae.pt``
+``sweep.csv``, ``sweep.{html,png,svg}`` (with the PCA baseline), ``sweep_prefixes.csv`` (when a
+member is Matryoshka: each prefix's normalised MSE), ``members/<slug>.pt`` (+ ``.safetensors``), ``sae.pt``
 (+ ``sae.safetensors``) = the member with the lowest normalised MSE among those with
 L0 ≤ ``max_l0`` (:func:`choose_member`), ``chosen.json``, and the training curves ``history.csv``
 (one row per logged step per member, every ``max(1, n_steps // HISTORY_ROWS)``-th step) with
@@ -34,7 +35,17 @@ import torch
 
 from pipeline import atomic, layout
 from pipeline.cache.reader import CacheReader
-from pipeline.config import CacheRef, Config, ConfigError, SAEConfig, require_sae, sae_is_imported, sae_train_ref
+from pipeline.config import (
+    CacheRef,
+    Config,
+    ConfigError,
+    SAEConfig,
+    SAEMemberSpec,
+    require_sae,
+    sae_is_imported,
+    sae_members,
+    sae_train_ref,
+)
 from pipeline.context import RunContext
 from pipeline.layout import sae_dir, stats_path
 from pipeline.progress import SAESweepProgress
@@ -45,11 +56,14 @@ from pipeline.stats import read_stats
 from ..applies import SAEStageError, check_applies, weights_sha256
 from ..scaling import InputScaling, scaling_from_stats
 from ..train import (
+    AuxK,
     SAEHparams,
     TrainConfig,
     TrainedSAE,
     history_chart,
     history_table,
+    pca_table,
+    prefix_table,
     sweep_chart,
     sweep_table,
     train_sweep,
@@ -79,19 +93,43 @@ def stats_file(cfg: Config, ref: CacheRef, split: str) -> Path:
 
 
 def member_grid(sc: SAEConfig) -> list[SAEHparams]:
-    """Every (exp_factor, lr, sparsity_coeff) combination, in that nesting order, no duplicates."""
-    uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731
-    return [
-        SAEHparams(lr=float(lr), sparsity_coeff=float(sc_), exp_factor=int(e))
-        for e in uniq(sc.exp_factors)
-        for lr in uniq(sc.lrs)
-        for sc_ in uniq(sc.sparsity_coeffs)
-    ]
+    """The sweep's members (:func:`pipeline.config.sae_members`: exp_factor × lr × ``sae.kinds``
+    entry × λ or the entry's parameter lists, in that nesting order, no duplicates) as
+    :class:`SAEHparams`. Raises ConfigError when two members would share a file name."""
+    members = [_hparams(m) for m in sae_members(sc)]
+    slugs = [member_slug(hp) for hp in members]
+    if len(set(slugs)) != len(slugs):
+        twice = sorted({s for s in slugs if slugs.count(s) > 1})
+        raise ConfigError(
+            f"key sae/kinds: entries give two members named {twice[0]} (they differ only in auxk or matryoshka settings)"
+        )
+    return members
+
+
+def _hparams(m: SAEMemberSpec) -> SAEHparams:
+    return SAEHparams(
+        lr=m.lr,
+        sparsity_coeff=m.sparsity_coeff,
+        exp_factor=m.exp_factor,
+        kind=m.kind,
+        kind_params=dict(m.params),
+        auxk=None if m.auxk is None else AuxK(**dict(m.auxk)),
+        prefixes=m.prefixes,
+    )
 
 
 def member_slug(hp: SAEHparams) -> str:
-    """File-name-safe member name, e.g. ``x8_lr0.001_lambda0.0003`` (pipeline.layout owns the spelling)."""
-    return layout.member_slug(hp.exp_factor, hp.lr, hp.sparsity_coeff)
+    """File-name-safe member name, e.g. ``x8_lr0.001_lambda0.0003`` or ``x8_lr0.001_topk_k32_auxk``
+    (:func:`pipeline.layout.member_slug` owns the spelling)."""
+    return layout.member_slug(
+        hp.exp_factor,
+        hp.lr,
+        hp.sparsity_coeff,
+        hp.kind,
+        tuple(hp.kind_params.items()),
+        auxk=hp.auxk is not None,
+        n_prefixes=len(hp.prefixes or ()),
+    )
 
 
 # is_imported / train_ref live in pipeline.config (no torch): the workflow and provenance use them too
@@ -289,18 +327,23 @@ def write_train_outputs(
     table["random_weights"] = bool(prov.get("random_weights", False))
     table["chosen"] = False
     random_weights = bool(prov.get("random_weights", False))
+    pca = pca_table(trained)
+    prefixes = prefix_table(trained)
+    if len(prefixes):  # Matryoshka members: each prefix's reconstruction (long: one row per member and prefix)
+        prefixes.insert(1, "slug", [slugs[m] for m in prefixes["member"]])
+        atomic.write_csv(prefixes, out / "sweep_prefixes.csv", index=False)
     try:
         pos, reason = choose_member(table, max_l0)
     except NoMemberError:
         atomic.write_csv(table, out / "sweep.csv", index=False)
-        sweep_chart(table, out / "sweep", random_weights=random_weights)
+        sweep_chart(table, out / "sweep", random_weights=random_weights, pca=pca)
         write_history(trained, slugs, out, chosen=None, random_weights=random_weights)
         for name in ("sae.pt", "sae.safetensors", "chosen.json"):
             (out / name).unlink(missing_ok=True)
         raise
     table.loc[pos, "chosen"] = True
     atomic.write_csv(table, out / "sweep.csv", index=False)
-    sweep_chart(table, out / "sweep", random_weights=random_weights)
+    sweep_chart(table, out / "sweep", random_weights=random_weights, pca=pca)
     write_history(trained, slugs, out, chosen=slugs[pos], random_weights=random_weights)
     chosen = trained[pos]
     record = {
@@ -308,6 +351,8 @@ def write_train_outputs(
         "label": chosen.hparams.label,
         "checkpoint": str(out / "sae.pt"),
         "member_checkpoint": str(out / "members" / f"{slugs[pos]}.pt"),
+        "kind": chosen.hparams.kind,
+        "kind_params": dict(chosen.hparams.kind_params),
         "lr": chosen.hparams.lr,
         "sparsity_coeff": chosen.hparams.sparsity_coeff,
         "exp_factor": chosen.hparams.exp_factor,
