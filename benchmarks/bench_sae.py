@@ -193,14 +193,11 @@ def stream_vs_memmap(
     ratios = {name: [a / b for a, b in zip(r, runs["saev"], strict=True)] for name, r in runs.items()}
     li = reader.layer_index(block)
     raw_f32 = reader.n_images * reader.n_tokens * reader.d_model * 4  # saev stores CLS + patches, float32
-    disk = {
-        name: sum(
-            p.stat().st_size
-            for p in (path / "acts" / "c").rglob("*")
-            if p.is_file() and p.parent.parent.name == str(li)
-        )
+    files = {
+        name: [p for p in (path / "acts" / "c").rglob("*") if p.is_file() and p.parent.parent.name == str(li)]
         for name, path in stores.items()
     }
+    disk = {name: sum(p.stat().st_size for p in found) for name, found in files.items()}
     return {
         "d_model": reader.d_model,
         "tokens": n_tokens,
@@ -212,6 +209,7 @@ def stream_vs_memmap(
         "cpu_us_per_token": {k: float(np.median(v)) for k, v in cpu.items()},
         "bytes_ratio": {name: n / raw_f32 for name, n in disk.items()},
         "disk_bytes": disk,
+        "chunk_files": {name: len(found) for name, found in files.items()},
     }
 
 

@@ -66,8 +66,11 @@ def test_bench_sae_stream_rows_compare_the_same_tokens(tmp_path):
     assert read["tokens_read"] == dict.fromkeys(
         ("saev", "none", "lz4", "none32", "lz432", "previous", "device"), read["tokens"]
     )
-    # compression none: exactly float16's half of saev's float32 (CLS + patches); lz4 below it
-    assert read["bytes_ratio"]["none"] == 0.5
+    # compression none: exactly float16's half of saev's float32 (CLS + patches) plus the 4-byte
+    # CRC32C that ends each chunk file (store format 2); lz4 below it
+    raw_f32 = read["disk_bytes"]["none"] / read["bytes_ratio"]["none"]
+    assert read["disk_bytes"]["none"] == raw_f32 / 2 + 4 * read["chunk_files"]["none"]
+    assert read["bytes_ratio"]["none"] == pytest.approx(0.5, abs=1e-6)
     assert read["bytes_ratio"]["lz4"] < 0.5
     for label in (
         "ratio stream (none) / saev layout",

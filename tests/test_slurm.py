@@ -331,9 +331,11 @@ def _assert_same_results(target: str, slurm_dir: Path, local_dir: Path) -> None:
         b = xr.open_zarr(local_dir / "cache" / "dino" / "seg" / f"{split}.zarr")
         assert set(a.data_vars) == set(b.data_vars) and "acts" in a.data_vars
         for name in a.data_vars:
-            assert np.array_equal(a[name].values, b[name].values), (
-                f"{split}.zarr {name} differs between SLURM and local"
-            )
+            va, vb = a[name].values, b[name].values
+            if name == "fingerprint":  # each project generated its own files: same bytes, other mtimes
+                keep = [f != "mtime_ns" for f in a["fingerprint_field"].values]
+                va, vb = va[:, keep], vb[:, keep]
+            assert np.array_equal(va, vb), f"{split}.zarr {name} differs between SLURM and local"
 
 
 @pytest.mark.slurm

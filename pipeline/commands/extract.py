@@ -41,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Reads every chunk file of STORE (no config needed) and prints a summary: chunks ok / corrupt and "
         "the images each corrupt chunk holds. A store with corrupt chunks ends with one error line (exit 2) unless "
         "--mark-not-done marks their images not done (and the store unfinalized, its Snakemake sentinels removed), "
-        "so that re-running the extraction (or snakemake) re-extracts only those chunks.",
+        "so that re-running the extraction (or snakemake) re-extracts only those chunks. Writes nothing without "
+        "--mark-not-done; with it, the store's done flags and attrs.",
     )
     v.add_argument("store", type=Path, help="the store folder, e.g. cache/<model>/<dataset>/train.zarr")
     v.add_argument(
