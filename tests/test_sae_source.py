@@ -105,6 +105,30 @@ def test_cross_cache_quantify_on_the_demo(cross, monkeypatch):
     assert summary["store"].eq(str(cross.cfg.store(SEG, "val"))).all()
 
 
+@pytest.mark.parametrize("kind", [{"kind": "topk", "k": [8], "auxk": {}}, {"kind": "batchtopk", "k": [8]}])
+def test_cross_cache_training_with_a_k_sparse_kind(cross, monkeypatch, tmp_path, kind):
+    """sae.source: {cache} with a TopK / BatchTopK sweep: trained on the classification cache's
+    tokens, saved with its kind, then applied to the seg cache's train store by sae-latents."""
+    monkeypatch.chdir(cross.folder)
+    sae = {**CROSS["sae"], "kinds": [kind]}
+    cfg = load_config(write_config(cross.folder, {**CROSS, "sae": sae}, name=f"cross-{kind['kind']}.yaml"))
+    out = tmp_path / "sae"
+    train = run_train(cfg, out_dir=out, progress=False)
+    loaded, header, _ = load_checkpoint(out / "sae.pt")
+    hcfg = header["cfg"]
+    assert train["members"] == 1 and loaded.kind == kind["kind"] and loaded.activation.k == 8
+    assert hcfg["store"] == str(CacheReader(cross.cfg.store(CLS_DINO, "train")).path) and hcfg["dataset"] == "cls"
+    latents = run_latents(cfg, out_dir=out, progress=False)
+    seg_train = CacheReader(cross.cfg.store(SEG, "train"))
+    assert latents["store"] == str(seg_train.path)
+    assert latents["n_tokens"] == int(seg_train.valid.sum()) * seg_train.n_patches
+    if kind["kind"] == "topk":  # at most k latents per token, so at most k·tokens firings in all
+        from pipeline.sae import load_latent_stats
+
+        n_fired = load_latent_stats(out / "latents.zarr")["n_fired"].values
+        assert 0 < n_fired.sum() <= 8 * latents["n_tokens"]
+
+
 def test_sae_of_another_model_is_refused(cross, monkeypatch, tmp_path):
     """The same SAE applied to a store of another model (clip): the weights hash disagrees."""
     monkeypatch.chdir(cross.folder)
