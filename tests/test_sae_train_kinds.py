@@ -241,11 +241,11 @@ def test_metrics_on_a_hand_computed_example(monkeypatch, tmp_path):
     table = sweep_table([t])
     row = table.iloc[0]
     assert row["kind"] == "relu" and row["prefixes"] == "1 2" and not row["auxk"] and pd_isna(row["k"])
-    assert row["explained_variance"] == pytest.approx(0.5) and row["pca_normalized_mse"] == pytest.approx(0.2)
+    assert row["explained_variance_pct"] == pytest.approx(50.0) and row["pca_normalized_mse"] == pytest.approx(0.2)
     prefixes = prefix_table([t])
-    assert list(prefixes["n_latents"]) == [1, 2] and list(prefixes["fraction"]) == [0.5, 1.0]
+    assert list(prefixes["n_latents"]) == [1, 2] and list(prefixes["fraction_pct"]) == [50.0, 100.0]
     np.testing.assert_allclose(prefixes["normalized_mse"], [0.9, 0.5])
-    np.testing.assert_allclose(prefixes["explained_variance"], [0.1, 0.5])
+    np.testing.assert_allclose(prefixes["explained_variance_pct"], [10.0, 50.0])
     curve = pca_table([t])
     assert list(curve["components"]) == [0, 1, 2]  # ceil(L0) + 1, capped at D
     paths = sweep_chart(table, tmp_path / "sweep", random_weights=True, pca=curve)

@@ -21,8 +21,9 @@ from pipeline import units
 DOC = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
 # Names that say "this is a rate or a fraction" (what the convention is about) ...
 RATE_WORDS = re.compile(r"miou|iou|acc|f1|freq|frac|prob_|probab|variance|rate|dead|dense|cumulative")
-# ... except counts (n_*), a flag and the name of a definition.
-NOT_RATES = re.compile(r"^n_|^in_miou$|^miou_definition$")
+# ... except counts (n_*; the SAE sweep's AuxK threshold `dead_tokens`, in tokens), a flag and the
+# name of a definition.
+NOT_RATES = re.compile(r"^n_|^dead_tokens$|^in_miou$|^miou_definition$")
 
 
 def test_to_pct_scales_renames_in_place_and_fails_loudly():

@@ -900,7 +900,7 @@ def sweep_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
     ``aux_alpha`` and ``dead_tokens`` (the threshold used; empty without AuxK), ``prefixes`` (the
     Matryoshka prefix sizes as ``"64 128 256"``, empty otherwise; each prefix's normalised MSE is
     in :func:`prefix_table`), then the metrics ``l0``, ``mse``, ``normalized_mse``,
-    ``explained_variance`` (1 − normalized_mse), ``pca_components`` and ``pca_normalized_mse``
+    ``explained_variance_pct`` (100 · (1 − normalized_mse)), ``pca_components`` and ``pca_normalized_mse``
     (the PCA baseline with round(L0) components), dead / dense latents (also in percent of S,
     ``dead_pct`` / ``dense_pct``, as every table: :mod:`pipeline.units`), tokens and the metrics'
     source."""
@@ -942,16 +942,16 @@ def sweep_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
     for name in (*params, "k_aux", "dead_tokens"):  # integer columns with gaps stay integers
         if name in table and all(isinstance(v, int) for v in table[name].dropna()):
             table[name] = table[name].astype("Int64")
-    return table
+    return units.to_pct(table, ["explained_variance"]) if rows else table
 
 
-PREFIX_COLUMNS = ("member", "prefix", "n_latents", "fraction", "normalized_mse", "explained_variance")
+PREFIX_COLUMNS = ("member", "prefix", "n_latents", "fraction_pct", "normalized_mse", "explained_variance_pct")
 
 
 def prefix_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
     """The Matryoshka members' reconstruction from each prefix, one row per (member, prefix):
     ``PREFIX_COLUMNS`` (``prefix`` counts from 1, ``n_latents`` is the prefix size s_p,
-    ``fraction`` = s_p / S). Long rather than one column per prefix: members may have different
+    ``fraction_pct`` = 100 · s_p / S; fractions in percent, as every table: :mod:`pipeline.units`). Long rather than one column per prefix: members may have different
     numbers and sizes of prefixes, and a row names its size. Empty (with those columns) when no
     member is Matryoshka."""
     rows = [
@@ -959,9 +959,9 @@ def prefix_table(trained: Sequence[TrainedSAE]) -> pd.DataFrame:
             "member": i,
             "prefix": p + 1,
             "n_latents": size,
-            "fraction": size / t.sae.n_latents,
+            "fraction_pct": 100.0 * size / t.sae.n_latents,
             "normalized_mse": nmse,
-            "explained_variance": 1.0 - nmse,
+            "explained_variance_pct": 100.0 * (1.0 - nmse),
         }
         for i, t in enumerate(trained)
         for p, (size, nmse) in enumerate(zip(t.sae.prefixes or (), t.prefix_normalized_mse))
