@@ -32,7 +32,7 @@ import yaml
 from jsonschema import validators
 
 from pipeline.config_schema import SCHEMA_PATH as SCHEMA_PATH  # re-exported: common.smk validates with it
-from pipeline.config_schema import default, default_value, node_at, schema_file
+from pipeline.config_schema import default, default_value, load_yaml, node_at, schema_file
 from pipeline.data.transforms import Preprocess
 from pipeline.methods import METHODS
 from pipeline.models.spec import FAMILIES, ModelSpec, default_preprocess
@@ -99,18 +99,22 @@ class ExtractConfig:
     batch_size: int = default("extract/batch_size")
     chunk_images: int = default("extract/chunk_images")
     parts: int = default("extract/parts")
-    num_workers: int = default(
-        "extract/num_workers"
-    )  # "auto" in the YAML: resolved here by resolve_auto_counts (CPU or GPU)
-    write_threads: int = default(
-        "extract/write_threads"
-    )  # compression + write threads (each writes whole chunks); "auto" likewise
+    # "auto" in the YAML: resolved by resolve_auto_counts (CPU or GPU) when the config is read, or,
+    # with `device: auto`, by the extraction job for its device (ExtractConfig.resolved)
+    num_workers: int | str = default("extract/num_workers")
+    write_threads: int | str = default("extract/write_threads")  # compression + write threads (whole chunks each)
     forward_dtype: str = default(
         "extract/forward_dtype"
     )  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
     compression: str = default("extract/compression")  # the acts codec: a pipeline.cache.store.ACTS_CODECS key
     on_bad_image: str = default("extract/on_bad_image")
     max_image_pixels: int = default("extract/max_image_pixels")  # refused before decoding above this
+
+    def resolved(self, device_type: str) -> ExtractConfig:
+        """This section with ``num_workers`` / ``write_threads`` still ``auto`` counted for a job
+        whose forward runs on ``device_type`` (``cuda``, ``cpu``, ``mps``)."""
+        counts = resolve_auto_counts({"num_workers": self.num_workers, "write_threads": self.write_threads}, device_type)
+        return dataclasses.replace(self, **counts)
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,9 @@ class Config:
     quantify: QuantifyConfig | None = None
     dimred: DimredConfig | None = None
     manipulate: ManipulateConfig | None = None
+    # `threads: auto` in the YAML: `threads` is this machine's CPU count, and each job counts its
+    # own (a SLURM rule asks for pipeline.stages.REMOTE_AUTO_THREADS, not the login node's count)
+    threads_auto: bool = False
 
     def model(self, name: str) -> ModelConfig:
         return _lookup(self.models, name, "models", self.source)
@@ -347,7 +354,7 @@ def load_config(path: str | Path = "config.yaml") -> Config:
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     return config_from_dict(raw, source=path)
@@ -393,17 +400,22 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
                 f"{source}: key datasets/{name}/class_list: an imagefolder's classes are its folder names"
             )
 
-    ex = resolve_auto_counts(raw["extract"], raw.get("device", schema_default("device")))
+    device = raw.get("device", schema_default("device"))
+    # device auto: whether the job has a GPU is the job's to say (torch), so num_workers and
+    # write_threads stay "auto" until the extraction resolves them (ExtractConfig.resolved)
+    ex = raw["extract"] if device == "auto" else resolve_auto_counts(raw["extract"], device)
     ex_keys: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()}  # schema-checked
     extract = ExtractConfig(**ex_keys)
+    threads = raw.get("threads", schema_default("threads"))
     caches = tuple(CacheRef(**c) for c in raw["caches"])
 
     probes = raw.get("probes", {})
     cfg = Config(
         source=source,
         paths=paths,
-        threads=resolve_auto_counts({"threads": raw.get("threads", schema_default("threads"))})["threads"],
-        device=raw.get("device", schema_default("device")),
+        threads=resolve_auto_counts({"threads": threads})["threads"],
+        threads_auto=threads == "auto",
+        device=device,
         demo=raw.get("demo", {}),
         models=models,
         datasets=datasets,
@@ -428,11 +440,11 @@ def resolve_auto_counts(section: dict, device: str = "auto") -> dict:
     CPU the forward needs every core, and decoders or writers running beside its threads slow
     it more than they save (measured with ``benchmarks/bench_extract.py``): num_workers 0
     (decode in the forward's process, between batches) and write_threads 1. Counts from
-    ``runtime.available_cpus`` (affinity mask, cgroup quota, SLURM allocation).
+    ``cpus.available_cpus`` (affinity mask, cgroup quota, SLURM allocation).
     """
     if "auto" not in section.values():
         return section
-    from pipeline.runtime import available_cpus  # imports torch: the config stays torch-free
+    from pipeline.cpus import available_cpus
 
     n = available_cpus()
     if {"num_workers", "write_threads"} & {k for k, v in section.items() if v == "auto"} and _gpu_device(device):
@@ -444,9 +456,12 @@ def resolve_auto_counts(section: dict, device: str = "auto") -> dict:
 
 
 def _gpu_device(device: str) -> bool:
-    """Whether the forward runs on a GPU (``runtime.resolve_device``'s answer; imports torch for auto)."""
+    """Whether the forward runs on a GPU: ``cuda`` as named (a step without one says so), ``auto``
+    as ``runtime.resolve_device`` answers (imports torch: only a job resolves ``auto``)."""
     if device in ("cpu", "mps"):
         return False
+    if device != "auto":
+        return True
     from pipeline.runtime import resolve_device  # imports torch: the config stays torch-free
 
     try:

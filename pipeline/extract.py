@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import dataclasses
 import functools
 import logging
 import os
@@ -303,6 +304,7 @@ def extract(
         )
     ctx = ctx or RunContext.start(cfg)
     threads, device = ctx.threads, ctx.device
+    cfg = dataclasses.replace(cfg, extract=cfg.extract.resolved(device.type))  # `auto` counts for this device
     data = split_data(cfg, ref.dataset, split)
     if not data.samples:
         raise DatasetError(f"dataset {ref.dataset!r} split {split!r} ({cfg.dataset(ref.dataset).root}) has no images")

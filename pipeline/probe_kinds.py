@@ -18,7 +18,7 @@ only when the step runs, so this module needs no torch, and it lives outside
 * :mod:`pipeline.probes.features` (``probe_setup``: section, task, store checks);
 * :mod:`pipeline.manipulate` (the probe that reads the SAE cache's task);
 * ``workflow/rules/probe.smk`` / ``common.smk`` — one ``probe_<kind>`` rule per configured kind;
-* :mod:`pipeline.provenance` ``check_plan`` — each configured kind's layer is cached.
+* :mod:`pipeline.plan` ``check_plan`` — each configured kind's layer is cached.
 
 A section dataclass takes every default from its kind's ``schema`` (:func:`default`), as the
 other sections take theirs from the schema file (``tests/test_config_defaults.py`` checks both).
@@ -32,9 +32,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from pipeline.config_schema import default
+from pipeline.config_schema import default, load_yaml
 
 if TYPE_CHECKING:  # annotations only: pipeline.config imports this module
     from pipeline.config import CacheRef, Config
@@ -67,7 +65,7 @@ class ProbeKind:
 
 # ---------------------------------------------------------------------------- seg
 
-SEG_SCHEMA: dict[str, Any] = yaml.safe_load("""
+SEG_SCHEMA: dict[str, Any] = load_yaml("""
 type: object
 additionalProperties: false
 required: [cache]
@@ -124,7 +122,7 @@ class SegProbeConfig:
 
 # ---------------------------------------------------------------------------- cls
 
-CLS_SCHEMA: dict[str, Any] = yaml.safe_load("""
+CLS_SCHEMA: dict[str, Any] = load_yaml("""
 type: object
 additionalProperties: false
 required: [cache]

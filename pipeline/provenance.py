@@ -17,9 +17,6 @@ fields filled from the step's own keys) and the upstream steps whose outputs it 
   equal the one the current config gives, and each store it reads must have been extracted
   with the current ``models`` / ``datasets`` / ``extract`` keys; else :class:`StaleInputError`
   names the file and the changed keys.
-* :func:`check_plan` — the cross-stage checks Snakemake runs when it builds the DAG (before
-  any job): a ``quantify`` section fits the SAE and probe it reads (:func:`require_quantify`),
-  and every stage's layer is cached.
 * :func:`weights_inputs` — a local model folder's weight files, as extraction inputs.
 * :func:`dataset_files_digest` — a stat digest of a dataset's files, an extraction ``params`` value.
 
@@ -33,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CacheRef, Config, ConfigError, QuantifyConfig, schema_default, stable_hash, to_jsonable
+from pipeline.config import CacheRef, Config, ConfigError, schema_default, stable_hash, to_jsonable
 from pipeline.models.spec import weight_files
 from pipeline.probe_kinds import PROBE_KINDS, probe_section
 from pipeline.stages import EXTRACT_KEYS, QUANTIFY_KEYS, SAE_TRAIN_KEYS, STAGES, Keys, Stage  # noqa: F401  (re-exported)
@@ -254,74 +251,6 @@ def check_weights(store_attrs: dict, model_provenance: dict, store: Path | str) 
             f"{store}: extracted with model weights {stored[:12]}…, the model loaded now has {found[:12]}…; "
             "re-extract (snakemake reschedules it when the weights file changes)"
         )
-
-
-# ---------------------------------------------------------------------------- plan-time checks
-
-
-def known_n_blocks(cfg: Config, model: str) -> int | None:
-    """The model's block count when it is known without loading it: the demo spec, or a local
-    folder's ``config.json``; None for a hub id not yet downloaded."""
-    spec = cfg.demo.get("models", {}).get(model)
-    if spec is not None:
-        return int(spec["n_layers"])
-    config_json = Path(str(cfg.model(model).spec.source)) / "config.json"
-    if config_json.is_file():
-        raw = json.loads(config_json.read_text())
-        raw = raw.get("vision_config", raw)
-        return raw.get("num_hidden_layers")
-    return None
-
-
-def require_quantify(cfg: Config) -> QuantifyConfig:
-    """The ``quantify`` section, checked against the stages it reads: an SAE and a seg probe on
-    one cache, the probe on the final representation (layer -1)."""
-    if cfg.quantify is None:
-        raise ConfigError(
-            f"{cfg.source}: key quantify: missing; the interventions need it (scale, methods, thresholds)"
-        )
-    seg = probe_section(cfg, "seg")
-    if cfg.sae is None or seg is None:
-        raise ConfigError(f"{cfg.source}: key quantify: needs both an `sae` and a `probes: seg` section")
-    if cfg.sae.cache != seg.cache:
-        raise ConfigError(
-            f"{cfg.source}: key sae/cache and probes/seg/cache must name the same (model, dataset) for quantify "
-            f"(now {cfg.sae.cache.model}/{cfg.sae.cache.dataset} and {seg.cache.model}/{seg.cache.dataset}); "
-            "sae.cache is where the SAE is applied: train it on another cache with sae.source"
-        )
-    if seg.layer != -1:
-        raise ConfigError(f"{cfg.source}: key probes/seg/layer must be -1 (the final representation) for quantify")
-    return cfg.quantify
-
-
-def check_plan(cfg: Config) -> None:
-    """Cross-stage checks for the workflow, at DAG build time (before any job runs): a
-    ``quantify`` section fits the SAE and probe (:func:`require_quantify`), and each stage's
-    layer is among ``extract.layers`` (compared as block numbers when the model's depth is known)."""
-    if cfg.quantify is not None:
-        require_quantify(cfg)
-    stages = (
-        *((pk.key, probe_section(cfg, pk.name)) for pk in PROBE_KINDS.values()),
-        ("sae", cfg.sae),
-        ("dimred", cfg.dimred),
-    )
-    for key, section in stages:
-        if section is None:
-            continue
-        n_blocks = known_n_blocks(cfg, section.cache.model)
-        cached = set(cfg.extract.layers)
-        wanted = section.layer
-        if n_blocks:
-            if not -n_blocks <= wanted < n_blocks:
-                raise ConfigError(
-                    f"{cfg.source}: key {key}/layer: {wanted} is not a block of {section.cache.model} ({n_blocks} blocks)"
-                )
-            cached, wanted = {layer % n_blocks for layer in cached}, wanted % n_blocks
-        if wanted not in cached:
-            raise ConfigError(
-                f"{cfg.source}: key {key}/layer: {section.layer} is not cached; add it to extract.layers "
-                f"(now {list(cfg.extract.layers)})"
-            )
 
 
 def dataset_files_digest(root: str | Path) -> str:

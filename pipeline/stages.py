@@ -366,8 +366,21 @@ def rule_outputs(cfg: Config, step: str, **keys) -> list[Path]:
     return STAGES[step].outputs(cfg, **keys).declared()
 
 
-def rule_threads(cfg: Config, step: str) -> int:
-    return 1 if STAGES[step].threads == "one" else cfg.threads
+# CPUs a rule asks of a cluster (SLURM's --cpus-per-task) under `threads: auto`, unless
+# snakemake's --max-threads says fewer: the planning (login) node's count says nothing of the
+# compute nodes', and inside the job `auto` counts the CPUs SLURM gave it.
+REMOTE_AUTO_THREADS = 8
+
+
+def rule_threads(cfg: Config, step: str, *, remote: bool = False, max_threads: int | None = None) -> int:
+    """The threads of ``step``'s rule or job: 1 for the light steps, else the config's
+    ``threads``; ``threads: auto`` under a cluster executor (``remote``) asks for
+    :data:`REMOTE_AUTO_THREADS` (or ``max_threads``, snakemake's --max-threads, if fewer)."""
+    if STAGES[step].threads == "one":
+        return 1
+    if remote and cfg.threads_auto:
+        return min(REMOTE_AUTO_THREADS, max_threads or REMOTE_AUTO_THREADS)
+    return cfg.threads
 
 
 def rule_resources(step: str) -> dict[str, int]:

@@ -271,7 +271,7 @@ def run_stats(
     cfg, model: str, dataset: str, split: str, *, scheduler: str | None = None, out: Path | None = None
 ) -> dict[str, Any]:
     """The ``stats`` step: compute and write the stats of one store; return a short summary."""
-    from pipeline.runtime import available_cpus  # imports torch: this module stays torch-free
+    from pipeline.cpus import available_cpus
 
     store = cfg.store(CacheRef(model, dataset), split)
     threads = max(1, min(int(cfg.threads), available_cpus()))

@@ -28,7 +28,8 @@ from pipeline.data.demo import make_classification_demo, make_segmentation_demo
 from pipeline.layout import class_f1_path, latents_zarr, probe_stem, quantify_dir, quantitative_csv, sae_checkpoint
 from pipeline.prepare import _run
 from pipeline.probe_kinds import run_kind
-from pipeline.provenance import record, require_quantify
+from pipeline.plan import require_quantify
+from pipeline.provenance import record
 
 if TYPE_CHECKING:  # the context module imports torch
     from pipeline.context import RunContext

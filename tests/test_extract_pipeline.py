@@ -115,9 +115,9 @@ def test_auto_counts_follow_a_restricted_affinity_mask(project):
 @pytest.mark.parametrize(("cpus", "workers", "writers"), [(1, 1, 1), (2, 1, 1), (8, 5, 2), (16, 11, 4), (64, 16, 4)])
 def test_auto_counts_on_a_gpu_give_decoders_the_cores_writers_leave(monkeypatch, cpus, workers, writers):
     import pipeline.config as config
-    import pipeline.runtime as runtime
+    import pipeline.cpus as cpus_module
 
-    monkeypatch.setattr(runtime, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(cpus_module, "available_cpus", lambda: cpus)
     monkeypatch.setattr(config, "_gpu_device", lambda device: device == "cuda")
     auto = {"threads": "auto", "num_workers": "auto", "write_threads": "auto"}
     assert config.resolve_auto_counts(auto, "cuda") == {
@@ -146,3 +146,62 @@ def test_stage_report_in_log_and_sentinel(project, caplog, tmp_path):
     sentinel = tmp_path / "part.json"
     write_part_sentinel(sentinel, report)
     assert json.loads(sentinel.read_text())["stages"] == stages
+
+
+AUTO_PLAN_SCRIPT = """
+import json, sys
+from pipeline.config import load_config
+from pipeline.stages import rule_threads
+cfg = load_config("config.yaml")
+print(json.dumps({
+    "torch": "torch" in sys.modules,
+    "threads_auto": cfg.threads_auto,
+    "extract": [cfg.extract.num_workers, cfg.extract.write_threads],
+    "local": rule_threads(cfg, "sae-train"),
+    "remote": rule_threads(cfg, "sae-train", remote=True),
+    "remote_capped": rule_threads(cfg, "sae-train", remote=True, max_threads=3),
+    "remote_light": rule_threads(cfg, "finalize", remote=True),
+    "cpu": [cfg.extract.resolved("cpu").num_workers, cfg.extract.resolved("cpu").write_threads],
+}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs an affinity mask")
+def test_auto_counts_under_device_auto_are_left_to_the_job_and_planning_imports_no_torch(project):
+    """`device: auto`: reading the config decides nothing that needs torch (is there a GPU?), so
+    extraction's auto counts stay `auto` until the job resolves them for its device; `threads:
+    auto` is this machine's CPUs locally, REMOTE_AUTO_THREADS on a cluster executor."""
+    from pipeline.stages import REMOTE_AUTO_THREADS
+
+    write_config(
+        project, {"threads": "auto", "device": "auto", "extract": {"num_workers": "auto", "write_threads": "auto"}}
+    )
+    script = "import os; os.sched_setaffinity(0, {0})\n" + AUTO_PLAN_SCRIPT
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {
+        "torch": False,
+        "threads_auto": True,
+        "extract": ["auto", "auto"],
+        "local": 1,  # the affinity mask's one CPU
+        "remote": REMOTE_AUTO_THREADS,
+        "remote_capped": 3,
+        "remote_light": 1,
+        "cpu": [0, 1],
+    }
+
+
+def test_an_extraction_under_device_auto_resolves_its_auto_counts(project):
+    cfg = load_config(
+        write_config(project, {"device": "auto", "extract": {"num_workers": "auto", "write_threads": "auto"}})
+    )
+    assert (cfg.extract.num_workers, cfg.extract.write_threads) == ("auto", "auto")
+    report = extract(cfg, SEG, "val", progress=False)  # CPU here: decode in-process, one writer
+    assert (report.num_workers, report.write_threads) == (0, 1)

@@ -100,21 +100,21 @@ def test_record_lists_the_keys_and_a_default_equals_its_explicit_value():
 )
 def test_plan_checks_fail_at_dag_build_time(edit, match):
     from pipeline.config import ConfigError
-    from pipeline.provenance import check_plan
+    from pipeline.plan import check_plan
 
     with pytest.raises(ConfigError, match=match):
         check_plan(_cfg(edit))
 
 
 def test_plan_check_compares_layers_as_block_numbers():
-    from pipeline.provenance import check_plan
+    from pipeline.plan import check_plan
 
     check_plan(_cfg(deep_update(FULL, {"sae": {"layer": 1}})))  # block 1 = layer -2 of a 3-block model: cached
 
 
 def test_quantify_and_the_workflow_refuse_a_config_without_a_quantify_section(tmp_path):
     from pipeline.config import ConfigError
-    from pipeline.provenance import require_quantify
+    from pipeline.plan import require_quantify
 
     with pytest.raises(ConfigError, match="key quantify: missing"):
         require_quantify(_cfg(deep_update(PROBE, SAE)))

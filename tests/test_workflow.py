@@ -26,6 +26,26 @@ def test_dry_run_of_the_cache_target_on_the_demo_config():
         assert rule in out, f"{rule} missing from the plan:\n{out}"
 
 
+HEAVY = ("torch", "transformers", "zarr", "altair", "xarray", "dask")
+
+
+def test_planning_imports_no_torch_transformers_zarr_or_altair(tmp_path):
+    """A dry run of everything the demo config defines (every section: caches, probes, SAE,
+    dimred, quantify, manipulate) imports none of the heavy libraries: they are the jobs'."""
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(tmp_path), "--cores", "8"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rule manipulate" in proc.stdout and "rule quantify" in proc.stdout  # the whole plan was built
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "pipeline.layout" in imported and "pipeline.plan" in imported  # the workflow's own modules were timed
+    heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY)
+    assert not heavy, f"planning imported {heavy[:10]}"
+
+
 def test_schema_validation_names_the_key(tmp_path):
     write_config(tmp_path, {"extract": {"chunk_images": 0}})
     proc = _snakemake(["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache"], tmp_path)

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from pipeline.manipulate.figures import before_after_image, probability_bars, probability_chart
 from pipeline.manipulate.run import FILES, example_outputs, out_dir, probability_table, resolve_edit, run_example
-from pipeline.manipulate.session import RANK_BY, Manipulator, probe_section, probe_stem, require_sae
+from pipeline.manipulate.session import RANK_BY, Manipulator
 from pipeline.manipulate.state import EditResult, ImageState, ManipulateError
 
 __all__ = [
@@ -71,9 +71,6 @@ __all__ = [
     "probability_bars",
     "probability_chart",
     "probability_table",
-    "probe_section",
-    "probe_stem",
-    "require_sae",
     "resolve_edit",
     "run_example",
 ]

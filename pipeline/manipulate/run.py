@@ -21,7 +21,8 @@ from pipeline import atomic
 from pipeline.config import Config, ManipulateExample
 from pipeline.layout import MANIPULATE_FILES, manipulate_dir, manipulate_files
 from pipeline.manipulate.figures import before_after_image, probability_chart
-from pipeline.manipulate.session import Manipulator, require_sae
+from pipeline.manipulate.session import Manipulator
+from pipeline.plan import manipulate_sae
 from pipeline.manipulate.state import EditResult, ImageState, ManipulateError
 from pipeline.provenance import record
 
@@ -33,7 +34,7 @@ out_dir = manipulate_dir  # ``<results>/manipulate/<name>`` (pipeline.layout)
 
 def example_outputs(cfg: Config, name: str) -> list[Path]:
     """The files :func:`run_example` writes for an example of this config's task."""
-    require_sae(cfg)
+    manipulate_sae(cfg)
     return manipulate_files(cfg, name)
 
 

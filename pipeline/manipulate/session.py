@@ -14,7 +14,6 @@ K edited latents, C classes.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,11 +26,9 @@ from pipeline.feature_selection import load_f1
 from pipeline.interventions import LatentEditor
 from pipeline.manipulate import ranking
 from pipeline.manipulate.state import EditResult, ImageState, ManipulateError
+from pipeline.plan import manipulate_probe, manipulate_probe_stem, manipulate_sae
 from pipeline.methods import Edit
 from pipeline.layout import class_f1_path, sae_dir
-from pipeline.layout import probe_stem as layout_probe_stem
-from pipeline.probe_kinds import kind_for_task
-from pipeline.probe_kinds import probe_section as probe_section_of
 from pipeline.probes import load_probe, predict_classes
 from pipeline.runtime import forward_precision, resolve_device
 from pipeline.sae import encode_tokens, load_latent_stats
@@ -40,40 +37,6 @@ from pipeline.sae.applies import load_sae_for, trained_block
 log = logging.getLogger(__name__)
 
 RANK_BY = ("auto", "f1", "activation")
-
-
-def require_sae(cfg: Config):
-    """The config's ``sae`` section (manipulate edits its latents), or a :class:`ManipulateError`."""
-    if cfg.sae is None:
-        raise ManipulateError(f"{cfg.source}: key sae: missing; manipulate edits the latents of the configured SAE")
-    return cfg.sae
-
-
-def probe_section(cfg: Config):
-    """The probe that reads what the SAE's cache is for: ``probes.seg`` or ``probes.cls``."""
-    sc = require_sae(cfg)
-    task = cfg.dataset(sc.cache.dataset).task
-    kind = kind_for_task(task)
-    key, section = kind.key, probe_section_of(cfg, kind.name)
-    if section is None:
-        raise ManipulateError(f"{cfg.source}: key {key}: missing; manipulate on a {task} SAE needs that probe")
-    if section.cache != sc.cache:
-        raise ManipulateError(
-            f"{cfg.source}: key {key}/cache must name the SAE's cache ({sc.cache.model}, {sc.cache.dataset}) for manipulate"
-        )
-    if section.layer != -1:
-        raise ManipulateError(f"{cfg.source}: key {key}/layer must be -1 (the final representation) for manipulate")
-    if task == "classification" and sc.tokens != "patches+cls":
-        raise ManipulateError(
-            f"{cfg.source}: key sae/tokens must be patches+cls to edit CLS tokens on a classification cache"
-        )
-    return section
-
-
-def probe_stem(cfg: Config) -> Path:
-    """``<probe dir>/best``: the best probe of the kind the SAE's task needs."""
-    task = cfg.dataset(require_sae(cfg).cache.dataset).task
-    return layout_probe_stem(cfg, kind_for_task(task).name)
 
 
 class Manipulator:
@@ -88,9 +51,9 @@ class Manipulator:
             raise ManipulateError(
                 f"{cfg.source}: key manipulate/rank_by: {self.settings.rank_by!r} is not one of {', '.join(RANK_BY)}"
             )
-        sc = require_sae(cfg)
+        sc = manipulate_sae(cfg)
         self.task = cfg.dataset(sc.cache.dataset).task
-        probe_section(cfg)
+        manipulate_probe(cfg)
         self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
         self._readers: dict[str, CacheReader] = {}
         train = self.reader("train")
@@ -142,7 +105,7 @@ class Manipulator:
                 f"{train.path}: made with model weights {stored[:12]}…, models/{sc.cache.model} now has "
                 f"{self.model_provenance['weights_sha256'][:12]}…; the later blocks would not match the cache"
             )
-        self.probe_stem = probe_stem(cfg)
+        self.probe_stem = manipulate_probe_stem(cfg)
         probe, self.probe_meta = load_probe(self.probe_stem)
         if probe.out_features != self.n_classes or probe.in_features != train.d_model:
             raise ManipulateError(
@@ -169,7 +132,7 @@ class Manipulator:
     # ------------------------------------------------------------------ stores and images
     def reader(self, split: str) -> CacheReader:
         if split not in self._readers:
-            ref = require_sae(self.cfg).cache
+            ref = manipulate_sae(self.cfg).cache
             self._readers[split] = CacheReader(self.cfg.store(ref, split))
         return self._readers[split]
 

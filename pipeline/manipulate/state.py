@@ -13,11 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError
-
-
-class ManipulateError(ConfigError):
-    """A manipulate request that does not fit the config, the store or the SAE (names what)."""
+from pipeline.plan import ManipulateError  # noqa: F401  (the session's error type; defined torch-free)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from pipeline import layout, provenance
+from pipeline import layout, plan, provenance
 from pipeline import stages as registry
 from pipeline.config import SCHEMA_PATH, SPLITS, CacheRef, config_from_dict
 from pipeline.probe_kinds import PROBE_KINDS, configured as configured_probe_kinds, probe_section
@@ -25,7 +25,7 @@ CONFIG_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_conf
 # config sharing a cache, reruns nothing; tests/test_provenance.py checks this).
 CONFIG_PATH = Path(CONFIG_FILE)
 CFG = config_from_dict(config, source=CONFIG_FILE)
-provenance.check_plan(CFG)  # quantify's needs and every stage's layer: errors now, before any job
+plan.check_plan(CFG)  # quantify's and manipulate's needs, every stage's layer: errors now, before any job
 
 
 def prov(step, **keys):
@@ -69,8 +69,11 @@ def outputs(step, **keys):
 
 
 def threads_of(step):
-    """The rule's threads: the config's `threads`, or 1 for the light steps (pipeline.stages)."""
-    return registry.rule_threads(CFG, step)
+    """The rule's threads: the config's `threads`, or 1 for the light steps; `threads: auto` on a
+    cluster executor asks for pipeline.stages.REMOTE_AUTO_THREADS (pipeline.stages.rule_threads)."""
+    return registry.rule_threads(
+        CFG, step, remote=workflow.non_local_exec, max_threads=workflow.resource_settings.max_threads
+    )
 
 
 def resources_of(step):
@@ -274,11 +277,8 @@ def quantify_targets():
 
 # ---- manipulate (rule in manipulate.smk; outputs in <results>/manipulate/<example>/)
 MANIPULATE = {e.name: e for e in CFG.manipulate.examples} if CFG.manipulate is not None else {}
-if MANIPULATE:
-    from pipeline import manipulate as _manipulate
-
-    _manipulate.probe_section(CFG)  # a missing / mismatched probe is a config error now, not a failed job
-    MANIPULATE_STEM = str(_manipulate.probe_stem(CFG))
+if MANIPULATE:  # plan.check_plan checked its probe: a missing / mismatched one is a config error now
+    MANIPULATE_STEM = str(plan.manipulate_probe_stem(CFG))
 
 
 MANIPULATE_REPORTED = ("probabilities.png", "maps.png")
