@@ -113,7 +113,9 @@ class ExtractConfig:
     def resolved(self, device_type: str) -> ExtractConfig:
         """This section with ``num_workers`` / ``write_threads`` still ``auto`` counted for a job
         whose forward runs on ``device_type`` (``cuda``, ``cpu``, ``mps``)."""
-        counts = resolve_auto_counts({"num_workers": self.num_workers, "write_threads": self.write_threads}, device_type)
+        counts = resolve_auto_counts(
+            {"num_workers": self.num_workers, "write_threads": self.write_threads}, device_type
+        )
         return dataclasses.replace(self, **counts)
 
 
