@@ -57,9 +57,10 @@ def test_main_starts_the_context_with_the_stage_threads_and_device_flag(tmp_path
     """`python -m pipeline STEP`: one RunContext per step, threads as the stage's rule reserves
     (1 for demo-data, the config's 2 capped at the CPUs for sae-train), `--device` passed on."""
     from helpers import write_config
-    from pipeline import provenance, steps
+    from pipeline import provenance
     from pipeline.__main__ import main
     from pipeline.sae.stages import train as sae_train
+    from pipeline.stages import demo_data
     from pipeline.runtime import available_cpus
 
     config = write_config(tmp_path)
@@ -69,7 +70,7 @@ def test_main_starts_the_context_with_the_stage_threads_and_device_flag(tmp_path
         seen[args.step] = (ctx.threads, ctx.requested_device, torch.get_num_threads(), ctx.cfg.source)
         return {}
 
-    monkeypatch.setattr(steps, "run_demo_data", record)
+    monkeypatch.setattr(demo_data, "run", record)
     monkeypatch.setattr(sae_train, "run", record)
     monkeypatch.setattr(provenance, "check_cli_step", lambda args, cfg: None)  # no upstream outputs here
     before = torch.get_num_threads()

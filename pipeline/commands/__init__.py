@@ -1,5 +1,5 @@
 """Command-line front ends of the stages: argparse only (each module's ``add_parser``). What a
-sub-command runs is its stage's ``run`` (pipeline.stages, pipeline.steps)."""
+sub-command runs is its stage's ``run`` (the registry :mod:`pipeline.stages` names it)."""
 
 from __future__ import annotations
 

@@ -5,10 +5,16 @@ the upstream stages whose outputs it reads (:mod:`pipeline.provenance` hashes an
 them: ``provenance.STEPS`` is this table), the JSON that records its provenance, its outputs
 (asked of :mod:`pipeline.layout`), its resources (threads from the config or one, a GPU or
 not), its front end (the ``pipeline.commands`` module whose ``add_parser`` builds the
-sub-command's arguments) and what it runs (``target``: a ``run(ctx, args)`` function, the SAE
-stages' in their modules under :mod:`pipeline.sae.stages`, the others' in :mod:`pipeline.steps`,
-called by :meth:`Stage.run` with the started :class:`pipeline.context.RunContext` and the
-parsed arguments).
+sub-command's arguments) and what it runs (``target``: the ``run(ctx, args)`` of the stage's
+own module, called by :meth:`Stage.run` with the started :class:`pipeline.context.RunContext`
+and the parsed arguments).
+
+The stage modules: one per step in this package (``demo_data``, ``demo_model``, ``extract``,
+``finalize``, ``verify``, ``prepare``, ``stats``, ``probe`` (every probe kind's), ``dimred``,
+``class_f1``, ``propose``, ``quantify``, ``manipulate``), the SAE steps' in
+:mod:`pipeline.sae.stages` beside the token streams they share. Each reads the parsed
+arguments and ``ctx.cfg``, imports its work module when called (so ``--help``, planning and a
+config error import no torch) and returns the JSON summary ``__main__`` prints.
 
 Who reads it: ``pipeline/__main__.py`` (the sub-commands: parse, load the config, check
 provenance, start the run context with :func:`rule_threads`, ``stage.run(ctx, args)``),
@@ -17,7 +23,7 @@ upstream, records), ``workflow/rules/common.smk`` (a rule's outputs, threads and
 :func:`rule_outputs`, :func:`rule_threads`, :func:`rule_resources`). Probe stages come from the
 probe-kind registry (:mod:`pipeline.probe_kinds`), one per kind, read each time the table is used.
 
-Reads the config only; imports no torch.
+Reads the config only; importing this package imports no stage module and no torch.
 """
 
 from __future__ import annotations
@@ -188,7 +194,7 @@ def _probe_stage(pk: ProbeKind) -> Stage:
     return Stage(
         pk.step,
         "pipeline.commands.probe",
-        "pipeline.steps:run_probe",
+        "pipeline.stages.probe:run",
         (f"probes.{kind}",),
         lambda cfg, k: _stores(probe_section(cfg, kind).cache),
         lambda cfg, k: layout.probe_dir(cfg, kind) / "best.json",
@@ -203,21 +209,21 @@ _BEFORE_PROBES: dict[str, Stage] = {
     "demo-data": Stage(
         "demo-data",
         "pipeline.commands.demo",
-        "pipeline.steps:run_demo_data",
+        "pipeline.stages.demo_data:run",
         ("demo.seed", "demo.datasets.{dataset}"),
         threads="one",
     ),
     "demo-model": Stage(
         "demo-model",
         "pipeline.commands.demo",
-        "pipeline.steps:run_demo_model",
+        "pipeline.stages.demo_model:run",
         ("demo.seed", "demo.models.{model}"),
         threads="one",
     ),
     "extract": Stage(
         "extract",
         "pipeline.commands.extract",
-        "pipeline.steps:run_extract",
+        "pipeline.stages.extract:run",
         EXTRACT_KEYS,
         _demo,
         section="extract",
@@ -226,17 +232,17 @@ _BEFORE_PROBES: dict[str, Stage] = {
     "finalize": Stage(
         "finalize",
         "pipeline.commands.extract",
-        "pipeline.steps:run_finalize",
+        "pipeline.stages.finalize:run",
         (),
         lambda cfg, k: [("extract", k)],
         threads="one",
     ),
-    "prepare": Stage("prepare", "pipeline.prepare", "pipeline.steps:run_prepare", workflow=False),
-    "verify": Stage("verify", "pipeline.commands.extract", "pipeline.steps:run_verify", workflow=False),
+    "prepare": Stage("prepare", "pipeline.prepare", "pipeline.stages.prepare:run", workflow=False),
+    "verify": Stage("verify", "pipeline.commands.extract", "pipeline.stages.verify:run", workflow=False),
     "stats": Stage(
         "stats",
         "pipeline.commands.sae",
-        "pipeline.steps:run_stats",
+        "pipeline.stages.stats:run",
         (),
         lambda cfg, k: [("extract", k)],
         lambda cfg, k: layout.stats_path(cfg, CacheRef(k["model"], k["dataset"]), k["split"]),
@@ -279,7 +285,7 @@ _AFTER_PROBES: dict[str, Stage] = {
     "dimred": Stage(
         "dimred",
         "pipeline.commands.dimred",
-        "pipeline.steps:run_dimred",
+        "pipeline.stages.dimred:run",
         ("dimred",),
         lambda cfg, k: _stores(cfg.dimred.cache),
         lambda cfg, k: layout.dimred_dir(cfg) / "projections.json",
@@ -290,7 +296,7 @@ _AFTER_PROBES: dict[str, Stage] = {
     "class-f1": Stage(
         "class-f1",
         "pipeline.commands.quantify",
-        "pipeline.steps:run_class_f1",
+        "pipeline.stages.class_f1:run",
         ("quantify.thresholds",),
         lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-train", {})],
         lambda cfg, k: layout.class_f1_path(cfg).with_suffix(".json"),
@@ -301,7 +307,7 @@ _AFTER_PROBES: dict[str, Stage] = {
     "propose": Stage(
         "propose",
         "pipeline.commands.quantify",
-        "pipeline.steps:run_propose",
+        "pipeline.stages.propose:run",
         ("quantify.max_firing_fraction", "quantify.n_proposals"),
         lambda cfg, k: [*_stores(_sae(cfg), ("train",)), ("sae-latents", {}), ("class-f1", {})],
         needs=_SAE,
@@ -311,7 +317,7 @@ _AFTER_PROBES: dict[str, Stage] = {
     "quantify": Stage(
         "quantify",
         "pipeline.commands.quantify",
-        "pipeline.steps:run_quantify",
+        "pipeline.stages.quantify:run",
         QUANTIFY_KEYS,
         lambda cfg, k: [
             *_stores(_sae(cfg), ("val",)),
@@ -327,7 +333,7 @@ _AFTER_PROBES: dict[str, Stage] = {
     "manipulate": Stage(
         "manipulate",
         "pipeline.commands.manipulate",
-        "pipeline.steps:run_manipulate",
+        "pipeline.stages.manipulate:run",
         ("manipulate.n_top_latents", "manipulate.n_top_classes", "manipulate.rank_by", "manipulate.examples.{example}"),
         _manipulate_upstream,
         needs=_SAE,

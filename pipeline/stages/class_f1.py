@@ -1,0 +1,39 @@
+"""``class-f1``: per-class F1 of every SAE latent over the train store's patch tokens (:mod:`pipeline.feature_selection`).
+
+Reads ``sae.pt`` and ``sae.cache``'s train store; writes ``class_f1.zarr`` and ``class_f1.json``
+(with its provenance record) in the quantify folder (``layout.class_f1_path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from pipeline import atomic
+from pipeline.layout import class_f1_path, sae_checkpoint
+from pipeline.plan import require_quantify
+from pipeline.provenance import record
+
+if TYPE_CHECKING:  # the context module imports torch
+    from pipeline.context import RunContext
+
+
+def run(ctx: RunContext, args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.feature_selection import class_latent_f1, save_f1
+
+    cfg = ctx.cfg
+    q = require_quantify(cfg)  # upstream outputs were checked by provenance.check_cli_step
+    train = ctx.store(cfg.sae.cache, "train")
+    sae, _, scaling = ctx.sae(sae_checkpoint(cfg), train)  # refuses an SAE of another model / block / width
+    ds = class_latent_f1(train, cfg.sae.layer, sae, scaling, q.thresholds, device=ctx.device)
+    out = class_f1_path(cfg)
+    save_f1(ds, out)
+    summary = {
+        "store": str(train.path),
+        "n_tokens": ds.attrs["n_tokens"],
+        "thresholds": list(q.thresholds),
+        "written": str(out),
+        "provenance": record(cfg, "class-f1"),
+    }
+    atomic.write_json(out.with_suffix(".json"), summary, indent=1)
+    return summary
