@@ -34,6 +34,7 @@ from jsonschema import validators
 from pipeline.config_schema import SCHEMA_PATH as SCHEMA_PATH  # re-exported: common.smk validates with it
 from pipeline.config_schema import default, default_value, load_yaml, node_at, schema_file
 from pipeline.data.transforms import Preprocess
+from pipeline.dataset_kinds import DATASET_KINDS, dataset_kind
 from pipeline.methods import METHODS
 from pipeline.models.spec import FAMILIES, ModelSpec, default_preprocess
 from pipeline.probe_kinds import PROBE_KINDS
@@ -80,7 +81,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str
-    kind: str  # ade20k | imagefolder | segfolder
+    kind: str  # a pipeline.dataset_kinds name: ade20k | imagefolder | segfolder
     root: Path
     splits: dict[str, str]  # our split name -> the dataset's own split name
     val_fraction: float = default("datasets/*/val_fraction")
@@ -89,7 +90,7 @@ class DatasetConfig:
 
     @property
     def task(self) -> str:
-        return "classification" if self.kind == "imagefolder" else "segmentation"
+        return dataset_kind(self.kind).task
 
 
 @dataclass(frozen=True)
@@ -282,14 +283,15 @@ def load_schema() -> dict:
     """The whole config schema: the file, with each registered probe kind's node as
     ``probes.<kind>`` (:data:`pipeline.probe_kinds.PROBE_KINDS` owns them; the file says only
     "a mapping of sections") and the model-family and intervention-method names filled in
-    from their registries (`pipeline.models.FAMILIES`, `pipeline.methods.METHODS` own them; the
-    file says only "a string"), and the SAE kinds' names and parameters in ``sae.kinds[]``
+    from their registries (`pipeline.models.FAMILIES`, `pipeline.methods.METHODS` and the
+    dataset layouts `pipeline.dataset_kinds.DATASET_KINDS` own them; the file says only "a string"), and the SAE kinds' names and parameters in ``sae.kinds[]``
     (`pipeline.sae_kinds.KINDS`). Built on each call, so a kind registered later is in it."""
     schema = copy.deepcopy(schema_file())
     probes = schema["properties"]["probes"]
     probes["properties"] = {kind: copy.deepcopy(pk.schema) for kind, pk in PROBE_KINDS.items()}
     probes["additionalProperties"] = False
     schema["$defs"]["model_family"]["enum"] = list(FAMILIES)
+    schema["properties"]["datasets"]["additionalProperties"]["properties"]["kind"]["enum"] = list(DATASET_KINDS)
     schema["properties"]["quantify"]["properties"]["methods"]["items"]["enum"] = list(METHODS)
     _fill_sae_kinds(schema["properties"]["sae"]["properties"]["kinds"]["items"])
     return schema
@@ -386,9 +388,8 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
 
     datasets = {}
     for name, d in raw["datasets"].items():
-        default_splits = {"ade20k": {"train": "training", "val": "validation"}}.get(
-            d["kind"], {"train": "train", "val": "val"}
-        )
+        layout_kind = dataset_kind(d["kind"])  # the schema's enum lists exactly the registered kinds
+        default_splits = dict(layout_kind.default_splits)
         datasets[name] = DatasetConfig(
             name=name,
             kind=d["kind"],
@@ -397,9 +398,10 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
             class_list=Path(d["class_list"]) if d.get("class_list") is not None else None,
             **{k: d[k] for k in ("val_fraction", "split_seed") if k in d},
         )
-        if d.get("class_list") is not None and d["kind"] == "imagefolder":
+        if d.get("class_list") is not None and not layout_kind.class_list:
             raise ConfigError(
-                f"{source}: key datasets/{name}/class_list: an imagefolder's classes are its folder names"
+                f"{source}: key datasets/{name}/class_list: a {d['kind']} dataset takes no class list "
+                "(an imagefolder's classes are its folder names)"
             )
 
     device = raw.get("device", schema_default("device"))

@@ -50,6 +50,7 @@ from pipeline.cache import (
     pending_chunks,
     write_chunk,
 )
+from pipeline.dataset_kinds import dataset_kind
 from pipeline.config import CacheRef, Config, ConfigError, stable_hash, to_jsonable
 from pipeline.context import RunContext
 from pipeline.layout import split_file
@@ -102,11 +103,12 @@ class ExtractReport:
 def split_data(cfg: Config, dataset: str, split: str) -> SplitData:
     """The samples of one split of a configured dataset (seeded split saved beside the caches)."""
     ds = cfg.dataset(dataset)
+    kind = dataset_kind(ds.kind)
     kwargs = {}
-    if ds.kind == "imagefolder":
+    if kind.seeded_split:
         kwargs = dict(split_file=split_file(cfg, dataset), val_fraction=ds.val_fraction, seed=ds.split_seed)
-    elif ds.class_list is not None:
-        kwargs = dict(class_list=ds.class_list)
+    if kind.class_list and ds.class_list is not None:
+        kwargs["class_list"] = ds.class_list
     return load_split(ds.kind, ds.root, ds.splits[split], **kwargs)
 
 

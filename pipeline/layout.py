@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import SPLITS, CacheRef, Config, ConfigError, SAEMemberSpec, sae_is_imported, sae_members
+from pipeline.dataset_kinds import dataset_kind
 from pipeline.probe_kinds import PROBE_KINDS, probe_section
 
 # ---------------------------------------------------------------------------- file lists
@@ -296,7 +297,7 @@ def _demo_model(cfg: Config, k: dict) -> Outputs:
 
 def _extract(cfg: Config, k: dict) -> Outputs:
     ref = CacheRef(k["model"], k["dataset"])
-    shared = [split_file(cfg, ref.dataset)] if cfg.dataset(ref.dataset).kind == "imagefolder" else []
+    shared = [split_file(cfg, ref.dataset)] if dataset_kind(cfg.dataset(ref.dataset).kind).seeded_split else []
     return Outputs(
         [part_sentinel(cfg, ref, k["split"], k.get("part", 0), k.get("of", cfg.extract.parts))],
         undeclared_folders=[store_path(cfg, ref, k["split"])],

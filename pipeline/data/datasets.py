@@ -16,6 +16,9 @@ ade20k              <root>/ADEChallengeData2016/{images,annotations}/{training,v
 imagefolder         <root>/<class>/<img>            (split computed and saved once)
                     <root>/{train,val|test}/<class>/<img>   (pre-split)
 segfolder           <root>/classes.txt, <root>/<split>/images/*, <root>/<split>/masks/*.png
+
+Each loader is registered (task, default splits, arguments) in :mod:`pipeline.dataset_kinds`;
+:func:`load_split` reads a split through that registry.
 """
 
 from __future__ import annotations
@@ -25,13 +28,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
-from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from pipeline import atomic
+from pipeline.dataset_kinds import TASKS, dataset_kind
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -43,11 +45,9 @@ __all__ = [
     "image_folder",
     "segmentation_folder",
     "load_split",
-    "LOADERS",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-TASKS = ("segmentation", "classification")
 _ADE_SPLITS = {
     "training": "training",
     "train": "training",
@@ -485,16 +485,14 @@ def segmentation_folder(root: Path, split: str, class_list: Path | None = None) 
 
 # --------------------------------------------------------------------------- dispatch
 
-LOADERS: Mapping[str, Callable[..., SplitData]] = MappingProxyType(
-    {"ade20k": ade20k, "imagefolder": image_folder, "segfolder": segmentation_folder}
-)
-
 
 def load_split(kind: str, root: Path, split: str, **kwargs: Any) -> SplitData:
-    """Dispatch to the loader named ``kind`` ("ade20k", "imagefolder", "segfolder").
+    """List one split with the loader of the registered layout ``kind`` (:mod:`pipeline.dataset_kinds`).
 
     Raises ValueError listing the known kinds if ``kind`` is unknown.
     """
-    if kind not in LOADERS:
-        raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {sorted(LOADERS)}")
-    return LOADERS[kind](Path(root), split, **kwargs)
+    try:
+        record = dataset_kind(kind)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    return record.load_function()(Path(root), split, **kwargs)

@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.data.datasets import DatasetError, load_split
+from pipeline.dataset_kinds import dataset_kind
 from pipeline.data.images import load_rgb
 from pipeline.data.transforms import Preprocess, resize_crop
 
@@ -46,9 +47,10 @@ def store_image_loader(reader) -> Callable[[int], Image.Image]:
     """image index → the image as the model saw it (RGB, before normalisation), for a store
     reader (``attrs``, ``image_ids``, ``path``) of a segmentation dataset."""
     attrs = reader.attrs
-    if attrs["dataset_kind"] == "imagefolder":
+    if not dataset_kind(attrs["dataset_kind"]).has_masks:
         raise DatasetError(
-            f"{reader.path}: reading the images needs a segmentation dataset, this store is an image folder"
+            f"{reader.path}: reading the images needs a segmentation dataset; this store's is "
+            f"{attrs['dataset_kind']} ({dataset_kind(attrs['dataset_kind']).task})"
         )
     path_of = store_image_paths(attrs)
     pre = store_preprocess(attrs)
