@@ -739,10 +739,10 @@ def _write_outputs(
 ) -> Path:
     """``dimred.csv``, the fitted projections with their metadata, and the charts; returns the output folder."""
     block, d_model = stores.block, stores.d_model
-    out = dimred_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    dimred_csv(cfg).parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_csv(table, dimred_csv(cfg), index=False)
+    files = layout.dimred_files_of(cfg)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    files.table.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_csv(table, files.table, index=False)
     meta = {
         "study": "stego-studies dimensionality reduction (Koenig et al., CVPR-W 2023)",
         "protocol": PROTOCOL,
@@ -781,15 +781,17 @@ def _write_outputs(
         "package_version": pipeline.__version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    dimred.save_projections(out / "projections", scaler, reductions, meta)
+    dimred.save_projections(files.projections, scaler, reductions, meta)
     for probe in PROBES:
-        dims_chart(table, out / probe, probe=probe, d_model=d_model, random_weights=stores.random_weights, notes=notes)
+        dims_chart(
+            table, files.chart(probe), probe=probe, d_model=d_model, random_weights=stores.random_weights, notes=notes
+        )
     if "pca" in dc.methods:
         if evr is None:  # pca asked for but nothing could be fitted (no dim left)
             evr = np.zeros(0, np.float32)
-        _, data = pca_variance_chart(evr, out / "pca_variance", dims=dims, random_weights=stores.random_weights)
-        atomic.write_csv(data, out / "pca_variance.csv", index=False)
-    return out
+        _, data = pca_variance_chart(evr, files.chart("pca_variance"), dims=dims, random_weights=stores.random_weights)
+        atomic.write_csv(data, files.pca_variance_csv, index=False)
+    return files.dir
 
 
 def _crf_columns(conf: np.ndarray | None) -> dict[str, float]:

@@ -45,30 +45,200 @@ def chart(stem: str) -> tuple[str, ...]:
     return tuple(f"{stem}.{ext}" for ext in CHART_EXTS)
 
 
-# Files every probe kind writes in its folder; a kind adds its own (pipeline.probe_kinds).
-PROBE_COMMON_FILES = ("best.json", "best.safetensors", "sweep.csv", *chart("sweep"), "epochs.csv", *chart("epochs"))
-SAE_TRAIN_FILES = (
-    "sweep.csv",
-    *chart("sweep"),
-    "sae.pt",
-    "sae.safetensors",
-    "chosen.json",
-    "history.csv",
-    *chart("history"),
-)
-SAE_IMPORT_FILES = ("sae.pt", "sae.safetensors", "chosen.json")
-SAE_LATENTS_FILES = ("latents.json", "latents.zarr/zarr.json", *chart("density"))
-PROPOSAL_FILES = ("proposals.csv", "proposals.html")
 DIMRED_CHART_STEMS = ("linear", "cluster")  # + pca_variance when PCA is among the methods
-MANIPULATE_FILES = {
-    "segmentation": ("latents.csv", "probabilities.csv", *chart("probabilities"), "maps.png", "summary.json"),
-    "classification": ("latents.csv", "probabilities.csv", *chart("probabilities"), "summary.json"),
-}
 
 
 def layer_tag(layer: int | str) -> str:
     """A layer as the config spells it, in a path: ``layer-2``."""
     return f"layer{layer}"
+
+
+def chart_files(stem: Path) -> list[Path]:
+    """The files of the chart saved at ``stem`` (:func:`pipeline.plots.save_chart`)."""
+    return [stem.with_name(name) for name in chart(stem.name)]
+
+
+# ---------------------------------------------------------------------------- one record per step's folder
+# Each record is built from the folder a step writes into (the configured one, or a step's --out)
+# and names every file in it: the writers take the record and never spell a file name, and
+# :func:`step_outputs` lists its fields. A chart field is the chart's stem (save_chart adds the
+# extensions, :data:`CHART_EXTS`).
+
+
+@dataclass(frozen=True)
+class ProbeFiles:
+    """What a probe of ``kind`` writes in ``dir`` (``<results>/probes/<kind>/<model>/<dataset>``)."""
+
+    dir: Path
+    kind: str
+
+    @property
+    def best(self) -> Path:
+        """The best member's stem: ``best.safetensors`` (weights) + ``best.json`` (meta)."""
+        return self.dir / "best"
+
+    @property
+    def best_json(self) -> Path:
+        return self.dir / "best.json"
+
+    @property
+    def best_safetensors(self) -> Path:
+        return self.dir / "best.safetensors"
+
+    @property
+    def sweep_csv(self) -> Path:
+        return self.dir / "sweep.csv"
+
+    @property
+    def sweep_chart(self) -> Path:
+        return self.dir / "sweep"
+
+    @property
+    def epochs_csv(self) -> Path:
+        return self.dir / "epochs.csv"
+
+    @property
+    def epochs_chart(self) -> Path:
+        return self.dir / "epochs"
+
+    def common(self) -> list[Path]:
+        """The files every probe kind writes."""
+        return [
+            self.best_json,
+            self.best_safetensors,
+            self.sweep_csv,
+            *chart_files(self.sweep_chart),
+            self.epochs_csv,
+            *chart_files(self.epochs_chart),
+        ]
+
+    def own(self, name: str) -> Path:
+        """One of the kind's own files (``ProbeKind.files``), or a chart of them by its stem;
+        ValueError for a name the kind does not declare."""
+        declared = PROBE_KINDS[self.kind].files
+        if name not in declared and not set(chart(name)) <= set(declared):
+            raise ValueError(f"probe kind {self.kind!r} declares no file {name!r} (its files: {', '.join(declared)})")
+        return self.dir / name
+
+    def all(self) -> list[Path]:
+        return self.common() + [self.dir / name for name in PROBE_KINDS[self.kind].files]
+
+
+@dataclass(frozen=True)
+class SAEFiles:
+    """What the SAE stages write in ``dir`` (``<results>/sae/<model>/<dataset>/layer<L>``)."""
+
+    dir: Path
+
+    sae_pt = property(lambda self: self.dir / "sae.pt")  # the chosen SAE (saev format + our header)
+    sae_safetensors = property(lambda self: self.dir / "sae.safetensors")
+    chosen_json = property(lambda self: self.dir / "chosen.json")
+    sweep_csv = property(lambda self: self.dir / "sweep.csv")
+    sweep_chart = property(lambda self: self.dir / "sweep")
+    sweep_prefixes_csv = property(lambda self: self.dir / "sweep_prefixes.csv")  # Matryoshka members only
+    history_csv = property(lambda self: self.dir / "history.csv")
+    history_chart = property(lambda self: self.dir / "history")
+    members = property(lambda self: self.dir / "members")
+    latents_json = property(lambda self: self.dir / "latents.json")
+    latents_zarr = property(lambda self: self.dir / "latents.zarr")
+    density_chart = property(lambda self: self.dir / "density")
+    gallery = property(lambda self: self.dir / "gallery")  # index.html, latent_<id>.png, selection.json
+    gallery_selection = property(lambda self: self.dir / "gallery" / "selection.json")
+    class_f1_zarr = property(lambda self: self.dir / "class_f1.zarr")  # its summary: class_f1.json
+    class_f1_json = property(lambda self: self.dir / "class_f1.json")
+
+    def member(self, slug: str, ext: str = "pt") -> Path:
+        """One sweep member's checkpoint, ``members/<slug>.pt`` (or ``.safetensors``)."""
+        return self.members / f"{slug}.{ext}"
+
+    def imported(self) -> list[Path]:
+        """What ``sae-train`` writes for an imported checkpoint (``sae.source``)."""
+        return [self.sae_pt, self.sae_safetensors, self.chosen_json]
+
+    def trained(self) -> list[Path]:
+        """What ``sae-train`` writes for a sweep (declared; the members are not)."""
+        return [
+            self.sweep_csv,
+            *chart_files(self.sweep_chart),
+            *self.imported(),
+            self.history_csv,
+            *chart_files(self.history_chart),
+        ]
+
+    def latents(self) -> list[Path]:
+        """What ``sae-latents`` declares (``latents.zarr`` by its metadata file)."""
+        return [self.latents_json, self.latents_zarr / "zarr.json", *chart_files(self.density_chart)]
+
+
+@dataclass(frozen=True)
+class QuantifyFiles:
+    """What ``propose`` and ``quantify`` write: ``dir`` (``<results>/quantitative``) and the headline table."""
+
+    dir: Path
+    table: Path  # <results>/quantitative.csv
+
+    proposals_csv = property(lambda self: self.dir / "proposals.csv")
+    proposals_html = property(lambda self: self.dir / "proposals.html")
+    proposals = property(lambda self: self.dir / "proposals")  # one page per proposed latent, index.html
+    chart = property(lambda self: self.dir / "chart")
+
+    def method_csv(self, method: str) -> Path:
+        """One intervention method's per-class table (not declared: named by config values)."""
+        return self.dir / f"{method}.csv"
+
+
+@dataclass(frozen=True)
+class DimredFiles:
+    """What the STEGO study writes: ``dir`` (``<results>/dimred``) and its table."""
+
+    dir: Path
+    table: Path  # <results>/dimred.csv
+
+    projections = property(lambda self: self.dir / "projections")  # .safetensors + .json
+    pca_variance_csv = property(lambda self: self.dir / "pca_variance.csv")
+
+    def chart(self, stem: str) -> Path:
+        """A chart's stem: ``linear``, ``cluster`` (:data:`DIMRED_CHART_STEMS`) or ``pca_variance``."""
+        if stem not in (*DIMRED_CHART_STEMS, "pca_variance"):
+            raise ValueError(f"dimred writes no chart {stem!r}")
+        return self.dir / stem
+
+    def all(self, pca: bool) -> list[Path]:
+        """Every file, ``pca``: PCA is among the methods (its variance chart and table)."""
+        stems = [*DIMRED_CHART_STEMS, *(["pca_variance"] if pca else [])]
+        files = [self.table] + [p for s in stems for p in chart_files(self.chart(s))]
+        if pca:
+            files.append(self.pca_variance_csv)
+        return files + [self.projections.with_suffix(".safetensors"), self.projections.with_suffix(".json")]
+
+
+@dataclass(frozen=True)
+class ManipulateFiles:
+    """What ``manipulate`` writes for one example in ``dir`` (``<results>/manipulate/<example>``)."""
+
+    dir: Path
+    task: str  # the SAE cache's: a segmentation example also draws maps.png
+
+    latents_csv = property(lambda self: self.dir / "latents.csv")
+    probabilities_csv = property(lambda self: self.dir / "probabilities.csv")
+    probabilities_chart = property(lambda self: self.dir / "probabilities")
+    summary_json = property(lambda self: self.dir / "summary.json")
+
+    @property
+    def maps_png(self) -> Path:
+        if self.task != "segmentation":
+            raise ValueError("maps.png: a segmentation example's only")
+        return self.dir / "maps.png"
+
+    def all(self) -> list[Path]:
+        maps = [self.maps_png] if self.task == "segmentation" else []
+        return [
+            self.latents_csv,
+            self.probabilities_csv,
+            *chart_files(self.probabilities_chart),
+            *maps,
+            self.summary_json,
+        ]
 
 
 # ---------------------------------------------------------------------------- demo and cache
@@ -136,14 +306,19 @@ def probe_dir_of(cfg: Config, kind: str, ref: CacheRef) -> Path:
     return cfg.paths.results / "probes" / kind / ref.model / ref.dataset
 
 
+def probe_files_of(cfg: Config, kind: str, out_dir: Path | None = None) -> ProbeFiles:
+    """The files of the configured probe of ``kind``, in ``out_dir`` when given (``--out``)."""
+    return ProbeFiles(Path(out_dir) if out_dir is not None else probe_dir(cfg, kind), kind)
+
+
 def probe_stem(cfg: Config, kind: str = "seg") -> Path:
     """The best probe of a kind: ``<stem>.safetensors`` + ``<stem>.json``."""
-    return probe_dir(cfg, kind) / "best"
+    return probe_files_of(cfg, kind).best
 
 
 def probe_files(kind: str) -> tuple[str, ...]:
     """File names a probe of this kind writes in its folder: the shared ones and the kind's own."""
-    return PROBE_COMMON_FILES + PROBE_KINDS[kind].files
+    return tuple(p.as_posix() for p in ProbeFiles(_HERE, kind).all())
 
 
 # ---------------------------------------------------------------------------- SAE
@@ -189,69 +364,81 @@ def sae_member_slug(member: SAEMemberSpec) -> str:
     )
 
 
+def sae_files(cfg: Config, out_dir: Path | None = None) -> SAEFiles:
+    """The SAE folder's files: :func:`sae_dir`, or ``out_dir`` when given (a step's ``--out``)."""
+    return SAEFiles(Path(out_dir) if out_dir is not None else sae_dir(cfg))
+
+
 def sae_member_files(cfg: Config) -> list[Path]:
     """The sweep members' checkpoints (written by ``sae-train``, not declared: named by config values)."""
     sc = cfg.sae
     if sc is None or sae_is_imported(sc):
         return []
-    slugs = [sae_member_slug(m) for m in sae_members(sc)]
-    return [sae_dir(cfg) / "members" / f"{slug}.{ext}" for slug in slugs for ext in ("pt", "safetensors")]
+    files = sae_files(cfg)
+    return [files.member(sae_member_slug(m), ext) for m in sae_members(sc) for ext in ("pt", "safetensors")]
 
 
 def sae_checkpoint(cfg: Config) -> Path:
-    return sae_dir(cfg) / "sae.pt"
+    return sae_files(cfg).sae_pt
 
 
 def latents_zarr(cfg: Config) -> Path:
-    return sae_dir(cfg) / "latents.zarr"
+    return sae_files(cfg).latents_zarr
 
 
 def latents_json(cfg: Config) -> Path:
-    return sae_dir(cfg) / "latents.json"
+    return sae_files(cfg).latents_json
 
 
 def gallery_dir(cfg: Config) -> Path:
     """The gallery folder: ``index.html``, ``latent_<id>.png``, ``selection.json``."""
-    return sae_dir(cfg) / "gallery"
+    return sae_files(cfg).gallery
 
 
 def class_f1_path(cfg: Config) -> Path:
     """The class–latent F1 table (zarr); its summary is the ``.json`` beside it."""
-    return sae_dir(cfg) / "class_f1.zarr"
+    return sae_files(cfg).class_f1_zarr
 
 
 # ---------------------------------------------------------------------------- quantify, dimred, manipulate
 
 
+def quantify_files(cfg: Config) -> QuantifyFiles:
+    """``<results>/quantitative/`` and ``<results>/quantitative.csv``."""
+    return QuantifyFiles(cfg.paths.results / "quantitative", cfg.paths.results / "quantitative.csv")
+
+
 def quantify_dir(cfg: Config) -> Path:
-    return cfg.paths.results / "quantitative"
+    return quantify_files(cfg).dir
 
 
 def quantitative_csv(cfg: Config) -> Path:
-    return cfg.paths.results / "quantitative.csv"
+    return quantify_files(cfg).table
 
 
 def method_csv(cfg: Config, method: str) -> Path:
     """One intervention method's per-class table (written by ``quantify``, not declared)."""
-    return quantify_dir(cfg) / f"{method}.csv"
+    return quantify_files(cfg).method_csv(method)
+
+
+def dimred_files_of(cfg: Config, out_dir: Path | None = None) -> DimredFiles:
+    """``<results>/dimred/`` (or ``out_dir``) and ``<results>/dimred.csv``."""
+    return DimredFiles(
+        Path(out_dir) if out_dir is not None else cfg.paths.results / "dimred", cfg.paths.results / "dimred.csv"
+    )
 
 
 def dimred_csv(cfg: Config) -> Path:
-    return cfg.paths.results / "dimred.csv"
+    return dimred_files_of(cfg).table
 
 
 def dimred_dir(cfg: Config) -> Path:
-    return cfg.paths.results / "dimred"
+    return dimred_files_of(cfg).dir
 
 
 def dimred_files(cfg: Config) -> list[Path]:
     """Every file the STEGO study writes."""
-    out, pca = dimred_dir(cfg), "pca" in cfg.dimred.methods
-    stems = [*DIMRED_CHART_STEMS, *(["pca_variance"] if pca else [])]
-    files = [dimred_csv(cfg)] + [out / name for s in stems for name in chart(s)]
-    if pca:
-        files.append(out / "pca_variance.csv")
-    return files + [out / "projections.safetensors", out / "projections.json"]
+    return dimred_files_of(cfg).all(pca="pca" in cfg.dimred.methods)
 
 
 def manipulate_dir(cfg: Config, name: str) -> Path:
@@ -259,10 +446,31 @@ def manipulate_dir(cfg: Config, name: str) -> Path:
     return cfg.paths.results / "manipulate" / name
 
 
+def manipulate_files_of(cfg: Config, name: str, out_dir: Path | None = None) -> ManipulateFiles:
+    """The files of example ``name`` (in ``out_dir`` when given), for the SAE cache's task."""
+    task = cfg.dataset(cfg.sae.cache.dataset).task
+    return ManipulateFiles(Path(out_dir) if out_dir is not None else manipulate_dir(cfg, name), task)
+
+
 def manipulate_files(cfg: Config, name: str) -> list[Path]:
     """The files ``manipulate`` writes for an example of the SAE cache's task."""
-    task = cfg.dataset(cfg.sae.cache.dataset).task
-    return [manipulate_dir(cfg, name) / f for f in MANIPULATE_FILES[task]]
+    return manipulate_files_of(cfg, name).all()
+
+
+# ---------------------------------------------------------------------------- file names, from the records
+
+_HERE = Path()
+# Files every probe kind writes in its folder; a kind adds its own (pipeline.probe_kinds).
+PROBE_COMMON_FILES = tuple(p.as_posix() for p in ProbeFiles(_HERE, "").common())
+SAE_TRAIN_FILES = tuple(p.as_posix() for p in SAEFiles(_HERE).trained())
+SAE_IMPORT_FILES = tuple(p.as_posix() for p in SAEFiles(_HERE).imported())
+SAE_LATENTS_FILES = tuple(p.as_posix() for p in SAEFiles(_HERE).latents())
+PROPOSAL_FILES = tuple(
+    p.name for p in (QuantifyFiles(_HERE, _HERE).proposals_csv, QuantifyFiles(_HERE, _HERE).proposals_html)
+)
+MANIPULATE_FILES = {
+    task: tuple(p.name for p in ManipulateFiles(_HERE, task).all()) for task in ("segmentation", "classification")
+}
 
 
 # ---------------------------------------------------------------------------- per step
@@ -311,32 +519,34 @@ def _finalize(cfg: Config, k: dict) -> Outputs:
 
 
 def _probe(kind: str) -> Callable[[Config, dict], Outputs]:
-    return lambda cfg, k: Outputs([probe_dir(cfg, kind) / name for name in probe_files(kind)])
+    return lambda cfg, k: Outputs(probe_files_of(cfg, kind).all())
 
 
 def _sae_train(cfg: Config, k: dict) -> Outputs:
-    names = SAE_IMPORT_FILES if sae_is_imported(cfg.sae) else SAE_TRAIN_FILES
-    return Outputs([sae_dir(cfg) / n for n in names], undeclared=sae_member_files(cfg))
+    files = sae_files(cfg)
+    return Outputs(files.imported() if sae_is_imported(cfg.sae) else files.trained(), undeclared=sae_member_files(cfg))
 
 
 def _sae_latents(cfg: Config, k: dict) -> Outputs:
-    return Outputs([sae_dir(cfg) / n for n in SAE_LATENTS_FILES], undeclared_folders=[latents_zarr(cfg)])
+    files = sae_files(cfg)
+    return Outputs(files.latents(), undeclared_folders=[files.latents_zarr])
 
 
 def _class_f1(cfg: Config, k: dict) -> Outputs:
-    return Outputs([class_f1_path(cfg).with_suffix(".json")], undeclared_folders=[class_f1_path(cfg)])
+    files = sae_files(cfg)
+    return Outputs([files.class_f1_json], undeclared_folders=[files.class_f1_zarr])
 
 
 def _propose(cfg: Config, k: dict) -> Outputs:
-    q = quantify_dir(cfg)
-    return Outputs([q / n for n in PROPOSAL_FILES], [q / "proposals"])
+    q = quantify_files(cfg)
+    return Outputs([q.proposals_csv, q.proposals_html], [q.proposals])
 
 
 def _quantify(cfg: Config, k: dict) -> Outputs:
-    q = quantify_dir(cfg)
+    q = quantify_files(cfg)
     return Outputs(
-        [quantitative_csv(cfg)] + [q / n for n in chart("chart")],
-        undeclared=[method_csv(cfg, m) for m in cfg.quantify.methods],
+        [q.table, *chart_files(q.chart)],
+        undeclared=[q.method_csv(m) for m in cfg.quantify.methods],
     )
 
 
@@ -377,8 +587,14 @@ __all__ = [
     "SAE_TRAIN_FILES",
     "SPLITS",
     "STEP_OUTPUTS",
+    "DimredFiles",
+    "ManipulateFiles",
     "Outputs",
+    "ProbeFiles",
+    "QuantifyFiles",
+    "SAEFiles",
     "chart",
+    "chart_files",
     "class_f1_path",
     "demo_dataset_root",
     "demo_model_dir",
@@ -386,23 +602,28 @@ __all__ = [
     "dimred_csv",
     "dimred_dir",
     "dimred_files",
+    "dimred_files_of",
     "gallery_dir",
     "latents_json",
     "latents_zarr",
     "layer_tag",
     "manipulate_dir",
     "manipulate_files",
+    "manipulate_files_of",
     "member_slug",
     "method_csv",
     "part_sentinel",
     "probe_dir",
     "probe_dir_of",
     "probe_files",
+    "probe_files_of",
     "probe_stem",
     "quantify_dir",
+    "quantify_files",
     "quantitative_csv",
     "sae_checkpoint",
     "sae_dir",
+    "sae_files",
     "sae_member_files",
     "split_file",
     "stats_path",

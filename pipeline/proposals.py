@@ -21,7 +21,7 @@ from pipeline import units
 from pipeline.config import Config, QuantifyConfig
 from pipeline.data import store_image_loader
 from pipeline.feature_selection import load_f1
-from pipeline.layout import class_f1_path, quantify_dir, sae_dir
+from pipeline.layout import quantify_files, sae_files
 from pipeline.methods import allowed_latents, ranked_latents
 from pipeline.sae import load_latent_stats
 from pipeline.sae.gallery import write_gallery
@@ -85,12 +85,13 @@ def proposals_html(table: pd.DataFrame, *, random_weights: bool, folder: str = "
 
 def write_proposals(cfg: Config, q: QuantifyConfig) -> dict:
     train = CacheReader(cfg.store(cfg.sae.cache, "train"))
-    latents = load_latent_stats(sae_dir(cfg) / "latents.zarr")
-    f1 = load_f1(class_f1_path(cfg))
+    sae = sae_files(cfg)
+    latents = load_latent_stats(sae.latents_zarr)
+    f1 = load_f1(sae.class_f1_zarr)
     freq, max_value = latents["freq"].values, latents["max_value"].values
     table = proposal_table(f1, freq, max_value, train.class_names, q)
-    out = quantify_dir(cfg)
-    (out / "proposals").mkdir(parents=True, exist_ok=True)
+    files = quantify_files(cfg)
+    files.proposals.mkdir(parents=True, exist_ok=True)
     ids = sorted(set(table["latent"].tolist())) if len(table) else []
     if ids:
         write_gallery(
@@ -98,16 +99,16 @@ def write_proposals(cfg: Config, q: QuantifyConfig) -> dict:
             ids,
             image_loader=store_image_loader(train),
             grid=train.grid,
-            out_dir=out / "proposals",
+            out_dir=files.proposals,
             image_ids=[str(i) for i in train.image_ids],
             random_weights=train.random_weights,
             n_images=min(9, cfg.sae.top_k),  # the latent stats keep top_k images per latent
         )
-    atomic.write_csv(table, out / "proposals.csv", index=False, float_format="%.4f")
-    page = out / "proposals.html"
+    atomic.write_csv(table, files.proposals_csv, index=False, float_format="%.4f")
+    page = files.proposals_html
     atomic.write_text(page, proposals_html(table, random_weights=train.random_weights))
     atomic.write_text(
-        out / "proposals" / "index.html", proposals_html(table, random_weights=train.random_weights, folder="")
+        files.proposals / "index.html", proposals_html(table, random_weights=train.random_weights, folder="")
     )
     return {
         "written": str(page),

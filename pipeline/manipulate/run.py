@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline import atomic
 from pipeline.config import Config, ManipulateExample
-from pipeline.layout import MANIPULATE_FILES, manipulate_dir, manipulate_files
+from pipeline.layout import MANIPULATE_FILES, ManipulateFiles, manipulate_dir, manipulate_files, manipulate_files_of
 from pipeline.manipulate.figures import before_after_image, probability_chart
 from pipeline.manipulate.session import Manipulator
 from pipeline.plan import manipulate_sae
@@ -136,14 +136,14 @@ def probability_table(m: Manipulator, result: EditResult) -> pd.DataFrame:
 
 def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = None) -> dict[str, Any]:
     """Everything for one example in ``out`` (default ``<results>/manipulate/<name>``); returns the summary."""
-    out = Path(out) if out is not None else out_dir(m.cfg, example.name)
-    out.mkdir(parents=True, exist_ok=True)
+    files = ManipulateFiles(Path(out), m.task) if out is not None else manipulate_files_of(m.cfg, example.name)
+    files.dir.mkdir(parents=True, exist_ok=True)
     state = m.load_image(example.split, example.image)
     target, other, table, latents, values = resolve_edit(m, state, example)
     result = m.apply(state, latents, values)
-    atomic.write_csv(table, out / "latents.csv", index=False, float_format="%.6g")
+    atomic.write_csv(table, files.latents_csv, index=False, float_format="%.6g")
     probs = probability_table(m, result)
-    atomic.write_csv(probs, out / "probabilities.csv", index=False, float_format="%.6g")
+    atomic.write_csv(probs, files.probabilities_csv, index=False, float_format="%.6g")
     edit_text = ", ".join(
         f"latent {s} -> {u:+.2f} x {m.max_value_S[s]:.3g} = {t:.3g}"
         for s, u, t in zip(latents, values, result.target_values)
@@ -158,12 +158,11 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
     )
     probability_chart(
         probs[probs.class_id.isin(shown)],
-        out / "probabilities",
+        files.probabilities_chart,
         title=f"{example.name}: probe class probabilities before / after the edit",
         random_weights=m.random_weights,
         subtitle=[f"{state.split} image {state.image_id} ({where})", f"block {m.block}: {edit_text}"],
     )
-    files = [out / f for f in FILES[m.task]]
     if m.task == "segmentation":
         grid = tuple(m.reader(state.split).grid)
         fig = before_after_image(
@@ -179,7 +178,7 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
             ],
             random_weights=m.random_weights,
         )
-        with atomic.replacing(out / "maps.png") as tmp:
+        with atomic.replacing(files.maps_png) as tmp:
             fig.save(tmp, format="PNG")
     summary = {
         "example": example.name,
@@ -212,9 +211,9 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
         "store_config_hash": m.reader(state.split).attrs["config_hash"],
         "random_weights": m.random_weights,
         "device": str(m.device),
-        "files": [str(f) for f in files],
+        "files": [str(f) for f in files.all()],
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "provenance": record(m.cfg, "manipulate", example=example.name),
     }
-    atomic.write_json(out / "summary.json", summary, indent=1, default=float)
+    atomic.write_json(files.summary_json, summary, indent=1, default=float)
     return summary

@@ -28,7 +28,7 @@ from pipeline.manipulate import ranking
 from pipeline.manipulate.state import EditResult, ImageState, ManipulateError
 from pipeline.plan import manipulate_probe, manipulate_probe_stem, manipulate_sae
 from pipeline.methods import Edit
-from pipeline.layout import class_f1_path, sae_dir
+from pipeline.layout import class_f1_path, sae_files
 from pipeline.probes import load_probe, predict_classes
 from pipeline.runtime import forward_precision, resolve_device
 from pipeline.sae import encode_tokens, load_latent_stats
@@ -67,7 +67,7 @@ class Manipulator:
         self.n_classes = train.n_classes
         self.random_weights = train.random_weights
 
-        self.sae_path = sae_dir(cfg) / "sae.pt"
+        self.sae_path = sae_files(cfg).sae_pt
         if not self.sae_path.exists():
             raise FileNotFoundError(f"{self.sae_path}: no SAE checkpoint; run sae-train first")
         sae, self.sae_cfg, self.scaling = load_sae_for(cfg, self.sae_path, train)
@@ -76,7 +76,7 @@ class Manipulator:
             raise ManipulateError(f"{self.sae_path}: trained on block {trained}, sae.layer is block {self.block}")
         self.sae = sae.to(self.device).eval()
         self.n_latents = int(self.sae.W_enc.shape[1])
-        latents_path = sae_dir(cfg) / "latents.zarr"
+        latents_path = sae_files(cfg).latents_zarr
         if not latents_path.exists():
             raise FileNotFoundError(f"{latents_path}: no latent statistics; run sae-latents first")
         stats = load_latent_stats(latents_path)

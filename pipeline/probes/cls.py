@@ -75,7 +75,7 @@ from pipeline.probes.linear import (
     save_probe,
 )
 from pipeline.provenance import record
-from pipeline.layout import probe_files
+from pipeline.layout import ProbeFiles, probe_files
 from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def cls_sweep_rows(sweep: ProbeSweep, data: ClsData) -> tuple[list[dict[str, flo
     return rows, confs
 
 
-def write_per_class_accuracy(conf_CC: np.ndarray, stores: ProbeStores, out_dir: Path) -> None:
+def write_per_class_accuracy(conf_CC: np.ndarray, stores: ProbeStores, files: ProbeFiles) -> None:
     """Writes ``per_class_accuracy.csv``: the best member's val accuracy per class (percent) and image count."""
     table = units.to_pct(
         pd.DataFrame(
@@ -244,7 +244,7 @@ def write_per_class_accuracy(conf_CC: np.ndarray, stores: ProbeStores, out_dir: 
         ),
         ["accuracy"],
     )
-    atomic.write_csv(table, out_dir / "per_class_accuracy.csv", index=False)
+    atomic.write_csv(table, files.own("per_class_accuracy.csv"), index=False)
 
 
 def write_cls_figures(
@@ -255,14 +255,14 @@ def write_cls_figures(
     table: pd.DataFrame,
     conf_CC: np.ndarray,
     best_metrics: dict[str, float],
-    out_dir: Path,
+    files: ProbeFiles,
 ) -> None:
     """Writes ``epochs.csv`` + ``epochs.*``, ``sweep.*`` (val top-1 per member) and
     ``confusion.*`` (best member)."""
     member = sweep.members[best]
     write_epochs(
         sweep,
-        out_dir,
+        files,
         "val_top1_acc",
         metric_title="val top-1 accuracy",
         best_slug=member.slug,
@@ -270,7 +270,7 @@ def write_cls_figures(
     )
     figures.sweep_chart(
         table,
-        out_dir / "sweep",
+        files.sweep_chart,
         metric="top1_acc_pct",
         metric_title=f"val top-1 accuracy (block {stores.block})",
         random_weights=stores.random_weights,
@@ -278,7 +278,7 @@ def write_cls_figures(
     figures.confusion_chart(
         conf_CC,
         stores.class_names,
-        out_dir / "confusion",
+        files.own("confusion"),
         random_weights=stores.random_weights,
         title=f"Val confusion, best probe (lr {member.lr:g}, wd {member.weight_decay:g}); top-1 {best_metrics['top1_acc']:.1%}",
     )
@@ -287,7 +287,7 @@ def write_cls_figures(
 def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
     """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a summary.
     ``ctx``: the step's RunContext (default: one started here)."""
-    pc, threads, device, stores, out_dir = probe_setup(cfg, "cls", out_dir, ctx)
+    pc, threads, device, stores, files = probe_setup(cfg, "cls", out_dir, ctx)
     data = cls_data(cfg, pc, stores, device)
     members = member_grid(pc.lrs, pc.weight_decays)
 
@@ -311,8 +311,8 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     selection = selection_record(pc, "top1_acc", best_metrics, image_ids)
     conf = confs[best]
 
-    table = write_sweep_csv(table, rows[0], out_dir)
-    write_per_class_accuracy(conf, stores, out_dir)
+    table = write_sweep_csv(table, rows[0], files)
+    write_per_class_accuracy(conf, stores, files)
     meta = best_meta(
         "cls",
         pc,
@@ -334,12 +334,12 @@ def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         n_val_images=len(data.y_val_N),
         n_selection_images=len(image_ids),
     )
-    save_probe(out_dir / "best", member_state(sweep, best), meta)
-    write_cls_figures(stores, sweep, best, table=table, conf_CC=conf, best_metrics=best_metrics, out_dir=out_dir)
+    save_probe(files.best, member_state(sweep, best), meta)
+    write_cls_figures(stores, sweep, best, table=table, conf_CC=conf, best_metrics=best_metrics, files=files)
     t3 = time.perf_counter()
     return {
         "probe": "cls",
-        "out": str(out_dir),
+        "out": str(files.dir),
         "best": meta["member"],
         "metrics": best_metrics,
         "selected_on": selection["on"],

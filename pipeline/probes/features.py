@@ -54,7 +54,7 @@ from pipeline.cache.store import CacheError
 from pipeline.cache.stream import shuffle_buffer, token_rows
 from pipeline.config import CacheRef, Config, ConfigError, to_jsonable
 from pipeline.context import RunContext
-from pipeline.layout import probe_dir_of
+from pipeline.layout import ProbeFiles, probe_dir_of
 from pipeline.probe_kinds import PROBE_KINDS, probe_section
 from pipeline.probes import figures
 from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, best_member, epoch_table, sweep_table
@@ -344,11 +344,6 @@ def in_memory_epochs(
 # ---- shared by the probe stages -------------------------------------------------------------
 
 
-def default_out_dir(cfg: Config, kind: str, ref: CacheRef) -> Path:
-    """``<results>/probes/<kind>/<model>/<dataset>`` (pipeline.layout owns it)."""
-    return probe_dir_of(cfg, kind, ref)
-
-
 def best_meta(
     kind: str,
     pc,
@@ -394,7 +389,8 @@ def best_meta(
 
 def probe_setup(cfg: Config, kind: str, out_dir: Path | None, ctx=None):
     """What both probe stages start with: their config section, threads, device, the train/val
-    stores (checked) and the output folder. ``kind``: a name in pipeline.probe_kinds.PROBE_KINDS;
+    stores (checked) and the files they write (:class:`pipeline.layout.ProbeFiles`, in ``out_dir``
+    when given, else the layout's folder). ``kind``: a name in pipeline.probe_kinds.PROBE_KINDS;
     ``ctx``: the step's RunContext (default: one started here)."""
     pc = probe_section(cfg, kind)
     if pc is None:
@@ -403,8 +399,13 @@ def probe_setup(cfg: Config, kind: str, out_dir: Path | None, ctx=None):
     threads, device = ctx.threads, ctx.device
     task = PROBE_KINDS[kind].task
     stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task=task, n_classes=pc.n_classes, key=f"probes/{kind}")
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg, kind, pc.cache)
-    return pc, threads, device, stores, out_dir
+    return (
+        pc,
+        threads,
+        device,
+        stores,
+        ProbeFiles(Path(out_dir) if out_dir is not None else probe_dir_of(cfg, kind, pc.cache), kind),
+    )
 
 
 def sweep_with_best(
@@ -457,25 +458,25 @@ def selection_record(pc, metric: str, best: Mapping[str, float], image_ids: Sequ
     }
 
 
-def write_sweep_csv(table: pd.DataFrame, metric_names: Iterable[str], out_dir: Path) -> pd.DataFrame:
-    """Writes ``out_dir/sweep.csv``: ``table`` with every metric but the losses in percent
-    (:mod:`pipeline.units`); returns that table (creating ``out_dir``)."""
+def write_sweep_csv(table: pd.DataFrame, metric_names: Iterable[str], files: ProbeFiles) -> pd.DataFrame:
+    """Writes ``sweep.csv``: ``table`` with every metric but the losses in percent
+    (:mod:`pipeline.units`); returns that table (creating the probe's folder)."""
     table = units.to_pct(table, [k for k in metric_names if not k.endswith("loss")])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_csv(table, out_dir / "sweep.csv", index=False)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_csv(table, files.sweep_csv, index=False)
     return table
 
 
 def write_epochs(
-    sweep: ProbeSweep, out_dir: Path, metric: str, *, metric_title: str, best_slug: str, random_weights: bool
+    sweep: ProbeSweep, files: ProbeFiles, metric: str, *, metric_title: str, best_slug: str, random_weights: bool
 ) -> None:
-    """Writes ``out_dir/epochs.csv`` (the sweep's epoch history, ``metric`` in percent) and
-    ``epochs.{html,png,svg}`` (``metric`` per epoch, one line per member)."""
+    """Writes ``epochs.csv`` (the sweep's epoch history, ``metric`` in percent) and the
+    ``epochs`` chart (``metric`` per epoch, one line per member)."""
     epoch_rows = units.to_pct(epoch_table(sweep), [metric])
-    epoch_rows.to_csv(out_dir / "epochs.csv", index=False)
+    atomic.write_csv(epoch_rows, files.epochs_csv, index=False)
     figures.epoch_chart(
         epoch_rows,
-        out_dir / "epochs",
+        files.epochs_chart,
         metric=units.pct_name(metric),
         metric_title=metric_title,
         best_slug=best_slug,

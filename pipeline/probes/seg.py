@@ -103,7 +103,7 @@ from pipeline.probes.linear import (
     save_probe,
 )
 from pipeline.provenance import record
-from pipeline.layout import probe_files
+from pipeline.layout import ProbeFiles, probe_files
 from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)
@@ -443,7 +443,7 @@ def seg_sweep_rows(sweep: ProbeSweep, ev: SegEvaluation, sel: SegEvaluation, pro
 
 
 def write_per_class_iou(
-    conf_CC: np.ndarray, pixel_count_C: np.ndarray, stores: ProbeStores, protocol: str, out_dir: Path
+    conf_CC: np.ndarray, pixel_count_C: np.ndarray, stores: ProbeStores, protocol: str, files: ProbeFiles
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Writes ``per_class_iou.csv`` (the best member's pixel-level IoU per class, in percent;
     NaN for classes the protocol ignores; ``in_miou``: in the headline mIoU, classes 1 … C-1
@@ -466,7 +466,7 @@ def write_per_class_iou(
     )
     per_class.loc[~scored_C, "iou"] = np.nan  # ignored under the protocol (ade20k: class 0), never scored
     per_class = units.to_pct(per_class, ["iou"])
-    atomic.write_csv(per_class, out_dir / "per_class_iou.csv", index=False)
+    atomic.write_csv(per_class, files.own("per_class_iou.csv"), index=False)
     return per_class, scored_C
 
 
@@ -481,21 +481,21 @@ def write_seg_figures(
     per_class: pd.DataFrame,
     scored_C: np.ndarray,
     best_metrics: dict[str, float],
-    out_dir: Path,
+    files: ProbeFiles,
 ) -> None:
     """Writes ``sweep.*`` (val pixel mIoU per member), ``epochs.csv`` + ``epochs.*``,
     ``per_class_iou.*`` (scored classes, best member) and ``examples.png``."""
     member = sweep.members[best]
     figures.sweep_chart(
         table,
-        out_dir / "sweep",
+        files.sweep_chart,
         metric="pixel_miou_pct",
         metric_title=f"val mIoU, pixel level (block {stores.block})",
         random_weights=stores.random_weights,
     )
     write_epochs(
         sweep,
-        out_dir,
+        files,
         "val_patch_miou",
         metric_title="val mIoU, patch level",
         best_slug=member.slug,
@@ -503,7 +503,7 @@ def write_seg_figures(
     )
     figures.per_class_chart(
         per_class[scored_C],
-        out_dir / "per_class_iou",
+        files.own("per_class_iou"),
         value="iou_pct",  # classes the protocol scores
         title=f"Val IoU per class ({pc.protocol}), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
         random_weights=stores.random_weights,
@@ -513,7 +513,7 @@ def write_seg_figures(
         stores,
         ev,
         best,
-        out_dir / "examples.png",
+        files.own("examples.png"),
         title=f"Linear probe, {pc.cache.model} block {stores.block} on {pc.cache.dataset} val",
     )
 
@@ -521,7 +521,7 @@ def write_seg_figures(
 def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
     """Train the sweep on the train split, evaluate on val, write the outputs; return a summary.
     ``ctx``: the step's RunContext (default: one started here)."""
-    pc, threads, device, stores, out_dir = probe_setup(cfg, "seg", out_dir, ctx)
+    pc, threads, device, stores, files = probe_setup(cfg, "seg", out_dir, ctx)
     data = seg_training_data(cfg, pc, stores, device)
     members = member_grid(pc.lrs, pc.weight_decays)
 
@@ -548,8 +548,8 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
     image_ids = [str(stores.train.image_ids[i]) for i in np.flatnonzero(data.held_out_N)]
     selection = selection_record(pc, "pixel_miou", best_row, image_ids)
 
-    table = write_sweep_csv(table, rows[0], out_dir)
-    per_class, scored_C = write_per_class_iou(ev.pixel_conf_MCC[best], ev.pixel_count_C, stores, pc.protocol, out_dir)
+    table = write_sweep_csv(table, rows[0], files)
+    per_class, scored_C = write_per_class_iou(ev.pixel_conf_MCC[best], ev.pixel_count_C, stores, pc.protocol, files)
     meta = best_meta(
         "seg",
         pc,
@@ -571,7 +571,7 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         n_val_images=int(stores.val.valid.sum()),
         n_selection_images=len(image_ids),
     )
-    save_probe(out_dir / "best", member_state(sweep, best), meta)
+    save_probe(files.best, member_state(sweep, best), meta)
     write_seg_figures(
         pc,
         stores,
@@ -582,13 +582,13 @@ def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = 
         per_class=per_class,
         scored_C=scored_C,
         best_metrics=best_metrics,
-        out_dir=out_dir,
+        files=files,
     )
     t3 = time.perf_counter()
 
     return {
         "probe": "seg",
-        "out": str(out_dir),
+        "out": str(files.dir),
         "best": meta["member"],
         "metrics": best_metrics,
         "selected_on": selection["on"],

@@ -10,7 +10,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from pipeline import atomic
-from pipeline.layout import class_f1_path, sae_checkpoint
+from pipeline.layout import class_f1_path, sae_checkpoint, sae_files
 from pipeline.plan import require_quantify
 from pipeline.provenance import record
 
@@ -35,5 +35,5 @@ def run(ctx: RunContext, args: argparse.Namespace) -> dict[str, Any]:
         "written": str(out),
         "provenance": record(cfg, "class-f1"),
     }
-    atomic.write_json(out.with_suffix(".json"), summary, indent=1)
+    atomic.write_json(sae_files(cfg).class_f1_json, summary, indent=1)
     return summary

@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.config import Config, require_sae
 from pipeline.context import RunContext
 from pipeline.data import store_image_loader
-from pipeline.layout import sae_dir
+from pipeline.layout import sae_files
 from pipeline.provenance import record
 
 from ..applies import SAEStageError
@@ -58,11 +58,11 @@ def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     sc = require_sae(cfg)
     reader = open_store(cfg, sc.cache, "train")
     reader.block(sc.layer)  # fails early, naming the store, when the layer is not cached
-    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
-    info = json.loads((out / "latents.json").read_text())
+    files = sae_files(cfg, out_dir)
+    info = json.loads(files.latents_json.read_text())
     if info.get("store_config_hash") != reader.attrs["config_hash"]:
-        raise SAEStageError(f"{out / 'latents.json'}: computed on another store than {reader.path}; re-run sae-latents")
-    ds = load_latent_stats(out / "latents.zarr")
+        raise SAEStageError(f"{files.latents_json}: computed on another store than {reader.path}; re-run sae-latents")
+    ds = load_latent_stats(files.latents_zarr)
     selected = np.asarray(info["selected"], dtype=np.int64)
     source = "selected by log_freq_range / log_value_range"
     if selected.size == 0:
@@ -70,7 +70,7 @@ def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
         source = "no latent passed the selection ranges: all latents that fired"
         log.warning("gallery: %s", source)
     latent_ids = spread_by_frequency(ds, selected, sc.gallery_latents)
-    gallery = out / "gallery"
+    gallery = files.gallery
     gallery.mkdir(parents=True, exist_ok=True)
     for old in gallery.glob("latent_*.png"):
         old.unlink()
@@ -85,7 +85,7 @@ def run_gallery(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
         n_images=min(9, ds.sizes["rank"]),
     )
     write_json(
-        gallery / "selection.json",
+        files.gallery_selection,
         {
             "latents": [int(i) for i in latent_ids],
             "how": f"{min(sc.gallery_latents, selected.size)} of {selected.size} candidate latents ({source}), "

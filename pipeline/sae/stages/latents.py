@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.config import Config, require_sae
 from pipeline.context import RunContext
-from pipeline.layout import sae_dir
+from pipeline.layout import sae_files
 from pipeline.provenance import record
 
 from ..applies import load_sae_for
@@ -43,8 +43,8 @@ def run_latents(
     dev = (ctx or RunContext.start(cfg, device=device)).device
     reader = open_store(cfg, sc.cache, "train")
     block = reader.block(sc.layer)
-    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
-    ckpt = out / "sae.pt"
+    files = sae_files(cfg, out_dir)
+    ckpt = files.sae_pt
     sae, hcfg, scaling = load_sae_for(cfg, ckpt, reader)
     sae = sae.to(dev)
     t0 = time.perf_counter()
@@ -71,10 +71,10 @@ def run_latents(
             "tokens": "patches (valid images of the train store)",
         }
     )
-    save_latent_stats(ds, out / "latents.zarr")
+    save_latent_stats(ds, files.latents_zarr)
     density_chart(
         ds,
-        out / "density",
+        files.density_chart,
         random_weights=reader.random_weights,
         title=f"Feature density of the chosen SAE ({hcfg.get('member', '')}, block {block}, "
         f"{ds.sizes['latent']} latents, {ds.attrs['n_tokens']} train patch tokens)",
@@ -83,7 +83,7 @@ def run_latents(
     n_fired = ds["n_fired"].values
     max_value = ds["max_value"].values
     summary = {
-        "latents": str(out / "latents.zarr"),
+        "latents": str(files.latents_zarr),
         "checkpoint": str(ckpt),
         "member": hcfg.get("member"),
         "store": str(reader.path),
@@ -112,5 +112,5 @@ def run_latents(
         "created": now(),
         "provenance": record(cfg, "sae-latents"),
     }
-    write_json(out / "latents.json", summary)
+    write_json(files.latents_json, summary)
     return {k: v for k, v in summary.items() if k != "selected"}

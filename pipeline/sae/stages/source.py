@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.cache.reader import CacheReader
 from pipeline.config import Config, ConfigError, require_sae
-from pipeline.layout import sae_dir
+from pipeline.layout import sae_files
 from pipeline.provenance import record as config_record
 
 from ..applies import SAEStageError, check_applies
@@ -142,7 +142,7 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     else:
         scaling = saev_scaling(reader, block, tokens=sc.tokens)
         scaling_note = SAEV_SCALING_NOTE
-    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
+    files = sae_files(cfg, out_dir)
     prov = {
         "model": sc.cache.model,
         "dataset": sc.cache.dataset,
@@ -166,21 +166,21 @@ def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
             prov[f"source_{key}"] = hcfg[key]
     if prov["model_weights_sha256"] is None:
         log.warning("%s records no model weights hash: checked width (and block when recorded) only", path)
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "sae.pt", sae, cfg=prov, scaling=scaling)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(files.sae_pt, sae, cfg=prov, scaling=scaling)
     # the config provenance, as sae-train's chosen.json: the steps that read sae.pt check it
     write_json(
-        out / "chosen.json",
+        files.chosen_json,
         {
             "member": "imported",
-            "checkpoint": str(out / "sae.pt"),
+            "checkpoint": str(files.sae_pt),
             **prov,
             "provenance": config_record(cfg, "sae-train"),
             "created": now(),
         },
     )
     return {
-        "out": str(out),
+        "out": str(files.dir),
         "imported": record,
         "checked": checked,
         "scaling": scaling_note,

@@ -47,7 +47,7 @@ from pipeline.config import (
     sae_train_ref,
 )
 from pipeline.context import RunContext
-from pipeline.layout import sae_dir, stats_path
+from pipeline.layout import SAEFiles, sae_files, stats_path
 from pipeline.progress import SAESweepProgress
 from pipeline.provenance import record
 from pipeline.runtime import describe_device
@@ -261,7 +261,7 @@ def run_train(
     ctx = ctx or RunContext.start(cfg, device=device)
     threads, dev = ctx.threads, ctx.device
     train, val, block = open_train_stores(cfg, sc)
-    out = Path(out_dir) if out_dir is not None else sae_dir(cfg)
+    files = sae_files(cfg, out_dir)
     scaling, stats_path = load_train_scaling(cfg, train, block, sc.tokens)
     members = member_grid(sc)
     tc = train_config(sc)
@@ -304,26 +304,26 @@ def run_train(
         "tokens_per_pass": per_pass,
         "token_source": source,
     }
-    return write_train_outputs(trained, members, out, prov, max_l0=sc.max_l0, seconds=seconds)
+    return write_train_outputs(trained, members, files, prov, max_l0=sc.max_l0, seconds=seconds)
 
 
 def write_train_outputs(
     trained: list[TrainedSAE],
     members: list[SAEHparams],
-    out: Path,
+    files: SAEFiles,
     prov: dict,
     *,
     max_l0: float,
     seconds: float = float("nan"),
 ) -> dict[str, Any]:
     """Members, sweep table + chart; then the choice (raises NoMemberError after writing the sweep)."""
-    out.mkdir(parents=True, exist_ok=True)
+    files.dir.mkdir(parents=True, exist_ok=True)
     slugs = [member_slug(hp) for hp in members]
     for t, slug in zip(trained, slugs):
-        t.save(out / "members" / f"{slug}.pt", extra_cfg={**prov, "member": slug})
+        t.save(files.member(slug), extra_cfg={**prov, "member": slug})
     table = sweep_table(trained)
     table.insert(1, "slug", slugs)
-    table["checkpoint"] = [str(out / "members" / f"{s}.pt") for s in slugs]
+    table["checkpoint"] = [str(files.member(s)) for s in slugs]
     table["random_weights"] = bool(prov.get("random_weights", False))
     table["chosen"] = False
     random_weights = bool(prov.get("random_weights", False))
@@ -331,26 +331,26 @@ def write_train_outputs(
     prefixes = prefix_table(trained)
     if len(prefixes):  # Matryoshka members: each prefix's reconstruction (long: one row per member and prefix)
         prefixes.insert(1, "slug", [slugs[m] for m in prefixes["member"]])
-        atomic.write_csv(prefixes, out / "sweep_prefixes.csv", index=False)
+        atomic.write_csv(prefixes, files.sweep_prefixes_csv, index=False)
     try:
         pos, reason = choose_member(table, max_l0)
     except NoMemberError:
-        atomic.write_csv(table, out / "sweep.csv", index=False)
-        sweep_chart(table, out / "sweep", random_weights=random_weights, pca=pca)
-        write_history(trained, slugs, out, chosen=None, random_weights=random_weights)
-        for name in ("sae.pt", "sae.safetensors", "chosen.json"):
-            (out / name).unlink(missing_ok=True)
+        atomic.write_csv(table, files.sweep_csv, index=False)
+        sweep_chart(table, files.sweep_chart, random_weights=random_weights, pca=pca)
+        write_history(trained, slugs, files, chosen=None, random_weights=random_weights)
+        for path in files.imported():  # no chosen SAE: none of an earlier run's is left
+            path.unlink(missing_ok=True)
         raise
     table.loc[pos, "chosen"] = True
-    atomic.write_csv(table, out / "sweep.csv", index=False)
-    sweep_chart(table, out / "sweep", random_weights=random_weights, pca=pca)
-    write_history(trained, slugs, out, chosen=slugs[pos], random_weights=random_weights)
+    atomic.write_csv(table, files.sweep_csv, index=False)
+    sweep_chart(table, files.sweep_chart, random_weights=random_weights, pca=pca)
+    write_history(trained, slugs, files, chosen=slugs[pos], random_weights=random_weights)
     chosen = trained[pos]
     record = {
         "member": slugs[pos],
         "label": chosen.hparams.label,
-        "checkpoint": str(out / "sae.pt"),
-        "member_checkpoint": str(out / "members" / f"{slugs[pos]}.pt"),
+        "checkpoint": str(files.sae_pt),
+        "member_checkpoint": str(files.member(slugs[pos])),
         "kind": chosen.hparams.kind,
         "kind_params": dict(chosen.hparams.kind_params),
         "lr": chosen.hparams.lr,
@@ -368,9 +368,9 @@ def write_train_outputs(
             f"(its L0: {reason['l0']:.3g})"
         ),
     }
-    chosen.save(out / "sae.pt", extra_cfg={**prov, "member": slugs[pos], "chosen": reason})
+    chosen.save(files.sae_pt, extra_cfg={**prov, "member": slugs[pos], "chosen": reason})
     write_json(
-        out / "chosen.json",
+        files.chosen_json,
         {
             **record,
             **{
@@ -382,7 +382,7 @@ def write_train_outputs(
         },
     )
     return {
-        "out": str(out),
+        "out": str(files.dir),
         "members": len(trained),
         "chosen": slugs[pos],
         "chosen_l0": round(reason["l0"], 4),
@@ -394,15 +394,15 @@ def write_train_outputs(
 
 
 def write_history(
-    trained: list[TrainedSAE], slugs: list[str], out: Path, *, chosen: str | None, random_weights: bool
+    trained: list[TrainedSAE], slugs: list[str], files: SAEFiles, *, chosen: str | None, random_weights: bool
 ) -> pd.DataFrame:
     """``history.csv`` (one row per logged step per member: ``slug``, ``chosen`` and
     :data:`~pipeline.sae.train.HISTORY_COLUMNS`) and its chart ``history.{html,png,svg}``."""
     history = history_table(trained)
     history.insert(1, "slug", [slugs[m] for m in history["member"]])
     history.insert(2, "chosen", history["slug"] == chosen)
-    atomic.write_csv(history, out / "history.csv", index=False)
+    atomic.write_csv(history, files.history_csv, index=False)
     history_chart(
-        history.rename(columns={"slug": "label"}), out / "history", chosen=chosen, random_weights=random_weights
+        history.rename(columns={"slug": "label"}), files.history_chart, chosen=chosen, random_weights=random_weights
     )
     return history
