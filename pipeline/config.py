@@ -35,8 +35,9 @@ from pipeline.config_schema import SCHEMA_PATH as SCHEMA_PATH  # re-exported: co
 from pipeline.config_schema import default, default_value, load_yaml, node_at, schema_file
 from pipeline.data.transforms import Preprocess
 from pipeline.dataset_kinds import DATASET_KINDS, dataset_kind
-from pipeline.methods import METHODS
-from pipeline.models.spec import FAMILIES, ModelSpec, default_preprocess
+from pipeline.methods import METHOD_REGISTRY
+from pipeline.models.families import FAMILY_REGISTRY
+from pipeline.models.spec import ModelSpec, default_preprocess
 from pipeline.probe_kinds import PROBE_KINDS
 from pipeline.sae_kinds import KINDS as SAE_KINDS
 
@@ -283,16 +284,16 @@ def load_schema() -> dict:
     """The whole config schema: the file, with each registered probe kind's node as
     ``probes.<kind>`` (:data:`pipeline.probe_kinds.PROBE_KINDS` owns them; the file says only
     "a mapping of sections") and the model-family and intervention-method names filled in
-    from their registries (`pipeline.models.FAMILIES`, `pipeline.methods.METHODS` and the
+    from their registries (`pipeline.models.families.FAMILY_REGISTRY`, `pipeline.methods.METHOD_REGISTRY` and the
     dataset layouts `pipeline.dataset_kinds.DATASET_KINDS` own them; the file says only "a string"), and the SAE kinds' names and parameters in ``sae.kinds[]``
     (`pipeline.sae_kinds.KINDS`). Built on each call, so a kind registered later is in it."""
     schema = copy.deepcopy(schema_file())
     probes = schema["properties"]["probes"]
     probes["properties"] = {kind: copy.deepcopy(pk.schema) for kind, pk in PROBE_KINDS.items()}
     probes["additionalProperties"] = False
-    schema["$defs"]["model_family"]["enum"] = list(FAMILIES)
+    schema["$defs"]["model_family"]["enum"] = list(FAMILY_REGISTRY)
     schema["properties"]["datasets"]["additionalProperties"]["properties"]["kind"]["enum"] = list(DATASET_KINDS)
-    schema["properties"]["quantify"]["properties"]["methods"]["items"]["enum"] = list(METHODS)
+    schema["properties"]["quantify"]["properties"]["methods"]["items"]["enum"] = list(METHOD_REGISTRY)
     _fill_sae_kinds(schema["properties"]["sae"]["properties"]["kinds"]["items"])
     return schema
 

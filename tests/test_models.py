@@ -32,7 +32,8 @@ from pipeline.models import (
 from pipeline.models.backbone import _BlockSignature
 
 TINY = {"hidden_size": 32, "n_layers": 3, "n_heads": 2}
-IMAGE_SIZE = {"dinov2": 56, "dinov2_reg": 56, "clip": 64, "vit": 64, "dinov3": 64, "siglip": 64}
+# A 4×4 patch grid of the family's demo patch size (dinov2: 56 px, the others: 64 px).
+IMAGE_SIZE = {family: 4 * get_family(family).demo.patch_size for family in FAMILIES}
 # Written down from the HF architectures (not read from the registry): CLS tokens,
 # register tokens of the demo model, patch size of the demo model.
 LAYOUT = {

@@ -157,14 +157,16 @@ class Family:
             )
 
 
-def registry(*families: Family) -> Mapping[str, Family]:
-    """A read-only name -> Family mapping; a name registered twice is an error."""
+def registry(*families: Family) -> dict[str, Family]:
+    """A name -> Family table; a name given twice is an error. Everything that lists the
+    families (the config schema's enum, ``check_family``) reads the table when used, so a
+    family added to it later (a plugin, a test) is known everywhere."""
     table: dict[str, Family] = {}
     for family in families:
         if family.name in table:
             raise ValueError(f"model family {family.name!r} is registered twice")
         table[family.name] = family
-    return MappingProxyType(table)
+    return table
 
 
 # ---- helpers shared by several family modules ---------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.models.families import FAMILY_REGISTRY
 from pipeline.models.family import Family
 
-FAMILIES = tuple(FAMILY_REGISTRY)
+FAMILIES = tuple(FAMILY_REGISTRY)  # the families shipped with the package (FAMILY_REGISTRY: every registered one)
 
 
 class ModelLoadError(ValueError):
@@ -22,9 +22,9 @@ class ModelLoadError(ValueError):
 
 
 def check_family(family: str) -> str:
-    """Return `family` unchanged if it is one of `FAMILIES`, else raise ValueError naming it."""
+    """Return `family` unchanged if it is a registered family, else raise ValueError naming it."""
     if family not in FAMILY_REGISTRY:
-        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILY_REGISTRY)}")
     return family
 
 
