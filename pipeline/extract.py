@@ -328,8 +328,8 @@ def extract(
         len(mine),
         chunks_skipped=len(mine) - len(todo),
         forward_dtype=attrs["forward_dtype"],
-        num_workers=cfg.extract.num_workers,
-        write_threads=cfg.extract.write_threads,
+        num_workers=int(cfg.extract.num_workers),  # counts since ExtractConfig.resolved above
+        write_threads=int(cfg.extract.write_threads),
     )
     if todo:
         _run(
@@ -510,14 +510,15 @@ def _run(
     progress: bool,
 ) -> None:
     ex = cfg.extract
+    workers, writers = int(ex.num_workers), int(ex.write_threads)  # resolved by extract()
     indices = np.concatenate([np.arange(s, e) for s, e in todo])
     loader = DataLoader(
         _Images(data, indices, pre, backbone.patch_size, ex.max_image_pixels),
         batch_size=ex.batch_size,
-        num_workers=ex.num_workers,
+        num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
-        worker_init_fn=functools.partial(_worker_init, os.getpid()) if ex.num_workers else None,
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
     )
     label_keys = ("patch_label", "patch_purity", "pixel_label") if data.task == "segmentation" else ("label",)
     label_keys += ("fingerprint",) if "fingerprint" in group else ()  # stores made before fingerprints lack it
@@ -538,7 +539,7 @@ def _run(
     error: Exception | None = None
     # Several writer threads; each chunk is assembled and written by one of them (one writer per chunk).
     with (
-        cf.ThreadPoolExecutor(max_workers=ex.write_threads, thread_name_prefix="chunk-writer") as pool,
+        cf.ThreadPoolExecutor(max_workers=writers, thread_name_prefix="chunk-writer") as pool,
         torch.inference_mode(),
     ):
         pending: list[cf.Future] = []
@@ -569,7 +570,7 @@ def _run(
                     ]
                     lo += take
                     pieces, n_buffered = [], 0
-                    while len(pending) > ex.write_threads + 1:  # bound memory: a few chunks wait for the writers
+                    while len(pending) > writers + 1:  # bound memory: a few chunks wait for the writers
                         pending.pop(0).result()
                     report.chunks_computed += 1
                     report.images_computed += stop - start
@@ -588,7 +589,7 @@ def _run(
     bar.close()
     report.seconds = time.perf_counter() - t0
     report.stages = {
-        **clock.rates(report.images_computed, ex.num_workers, ex.write_threads),
+        **clock.rates(report.images_computed, workers, writers),
         "extract_img_s": round(report.images_per_second, 2),
     }
     if error is not None:

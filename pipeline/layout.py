@@ -31,7 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import SPLITS, CacheRef, Config, ConfigError, SAEMemberSpec, sae_is_imported, sae_members
+from pipeline.config import (
+    SPLITS,
+    CacheRef,
+    Config,
+    ConfigError,
+    SAEMemberSpec,
+    require_sae,
+    sae_is_imported,
+    sae_members,
+)
 from pipeline.dataset_kinds import dataset_kind
 from pipeline.probe_kinds import PROBE_KINDS, probe_section
 
@@ -326,7 +335,8 @@ def probe_files(kind: str) -> tuple[str, ...]:
 
 def sae_dir(cfg: Config) -> Path:
     """``results/sae/<model>/<dataset>/layer<L>`` (L as in the config)."""
-    return cfg.paths.results / "sae" / cfg.sae.cache.model / cfg.sae.cache.dataset / layer_tag(cfg.sae.layer)
+    sc = require_sae(cfg)
+    return cfg.paths.results / "sae" / sc.cache.model / sc.cache.dataset / layer_tag(sc.layer)
 
 
 def member_slug(
@@ -438,6 +448,8 @@ def dimred_dir(cfg: Config) -> Path:
 
 def dimred_files(cfg: Config) -> list[Path]:
     """Every file the STEGO study writes."""
+    if cfg.dimred is None:
+        raise ConfigError(f"{cfg.source}: key dimred: missing")
     return dimred_files_of(cfg).all(pca="pca" in cfg.dimred.methods)
 
 
@@ -524,7 +536,8 @@ def _probe(kind: str) -> Callable[[Config, dict], Outputs]:
 
 def _sae_train(cfg: Config, k: dict) -> Outputs:
     files = sae_files(cfg)
-    return Outputs(files.imported() if sae_is_imported(cfg.sae) else files.trained(), undeclared=sae_member_files(cfg))
+    imported = sae_is_imported(require_sae(cfg))
+    return Outputs(files.imported() if imported else files.trained(), undeclared=sae_member_files(cfg))
 
 
 def _sae_latents(cfg: Config, k: dict) -> Outputs:
@@ -544,10 +557,9 @@ def _propose(cfg: Config, k: dict) -> Outputs:
 
 def _quantify(cfg: Config, k: dict) -> Outputs:
     q = quantify_files(cfg)
-    return Outputs(
-        [q.table, *chart_files(q.chart)],
-        undeclared=[q.method_csv(m) for m in cfg.quantify.methods],
-    )
+    if cfg.quantify is None:
+        raise ConfigError(f"{cfg.source}: key quantify: missing")
+    return Outputs([q.table, *chart_files(q.chart)], undeclared=[q.method_csv(m) for m in cfg.quantify.methods])
 
 
 # step -> its outputs (keys: the step's --model/--dataset/--split/--example values)

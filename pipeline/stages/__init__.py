@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.config import SPLITS, CacheRef, Config, sae_is_imported, sae_train_ref
+from pipeline.config import SPLITS, CacheRef, Config, ConfigError, require_sae, sae_is_imported, sae_train_ref
 from pipeline.probe_kinds import PROBE_KINDS, ProbeKind, kind_for_task, probe_section
 
 Keys = dict[str, str]
@@ -104,20 +104,27 @@ def _stores(ref: CacheRef, splits: tuple[str, ...] = SPLITS) -> Upstream:
 
 
 def _sae(cfg: Config) -> CacheRef:
-    return cfg.sae.cache
+    return require_sae(cfg).cache
+
+
+def _dimred(cfg: Config) -> CacheRef:
+    if cfg.dimred is None:
+        raise ConfigError(f"{cfg.source}: key dimred: missing")
+    return cfg.dimred.cache
 
 
 def _sae_train_upstream(cfg: Config, keys: Keys) -> Upstream:
     """Training reads its train cache's stores + stats; an imported checkpoint reads sae.cache's train store."""
-    if sae_is_imported(cfg.sae):
-        return _stores(_sae(cfg), ("train",))
-    ref = sae_train_ref(cfg.sae)
+    sc = require_sae(cfg)
+    if sae_is_imported(sc):
+        return _stores(sc.cache, ("train",))
+    ref = sae_train_ref(sc)
     return [*_stores(ref), ("stats", _ref(ref, "train"))]
 
 
 def _manipulate_upstream(cfg: Config, keys: Keys) -> Upstream:
     up = [*_stores(_sae(cfg)), ("sae-train", {}), ("sae-latents", {})]
-    kind = kind_for_task(cfg.dataset(cfg.sae.cache.dataset).task)
+    kind = kind_for_task(cfg.dataset(_sae(cfg).dataset).task)
     if probe_section(cfg, kind.name) is not None:  # else manipulate reports it
         up.append((kind.step, {}))
     if cfg.quantify is not None and (cfg.manipulate is None or cfg.manipulate.rank_by != "activation"):
@@ -287,7 +294,7 @@ _AFTER_PROBES: dict[str, Stage] = {
         "pipeline.commands.dimred",
         "pipeline.stages.dimred:run",
         ("dimred",),
-        lambda cfg, k: _stores(cfg.dimred.cache),
+        lambda cfg, k: _stores(_dimred(cfg)),
         lambda cfg, k: layout.dimred_files_of(cfg).projections.with_suffix(".json"),
         ("dimred",),
         "dimred",

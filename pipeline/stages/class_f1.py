@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from pipeline import atomic
+from pipeline.config import require_sae
 from pipeline.layout import class_f1_path, sae_checkpoint, sae_files
 from pipeline.plan import require_quantify
 from pipeline.provenance import record
@@ -23,9 +24,10 @@ def run(ctx: RunContext, args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = ctx.cfg
     q = require_quantify(cfg)  # upstream outputs were checked by provenance.check_cli_step
-    train = ctx.store(cfg.sae.cache, "train")
+    sc = require_sae(cfg)
+    train = ctx.store(sc.cache, "train")
     sae, _, scaling = ctx.sae(sae_checkpoint(cfg), train)  # refuses an SAE of another model / block / width
-    ds = class_latent_f1(train, cfg.sae.layer, sae, scaling, q.thresholds, device=ctx.device)
+    ds = class_latent_f1(train, sc.layer, sae, scaling, q.thresholds, device=ctx.device)
     out = class_f1_path(cfg)
     save_f1(ds, out)
     summary = {

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, require_sae
 from pipeline.layout import class_f1_path, latents_zarr, probe_stem, quantify_dir, quantitative_csv, sae_checkpoint
 from pipeline.plan import require_quantify
 
@@ -29,10 +29,11 @@ def run(ctx: RunContext, args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = ctx.cfg
     q = require_quantify(cfg)  # upstream outputs were checked by provenance.check_cli_step
+    sc = require_sae(cfg)
     device = ctx.device
-    val = ctx.store(cfg.sae.cache, "val")
+    val = ctx.store(sc.cache, "val")
     val.require("patch_label")
-    backbone, _ = ctx.backbone(cfg.sae.cache, val)  # refuses a model whose weights differ from the store's
+    backbone, _ = ctx.backbone(sc.cache, val)  # refuses a model whose weights differ from the store's
     sae_path = sae_checkpoint(cfg)
     sae, _, scaling = ctx.sae(sae_path, val)  # refuses an SAE of another model / block / width
     sae = sae.to(device)
@@ -49,14 +50,14 @@ def run(ctx: RunContext, args: argparse.Namespace) -> dict[str, Any]:
     predictor = ReforwardPredictor(
         backbone,
         probe,
-        layer=val.block(cfg.sae.layer),
+        layer=val.block(sc.layer),
         n_prefix=val.n_prefix,
         forward_dtype=val.attrs.get("forward_dtype", "float32"),
         real_classes_only=not train_on_other,
     )
     per_method, summary, timing = run(
         val=val,
-        layer=cfg.sae.layer,
+        layer=sc.layer,
         editor=editor,
         predictor=predictor,
         cfg=q,
@@ -70,8 +71,8 @@ def run(ctx: RunContext, args: argparse.Namespace) -> dict[str, Any]:
     summary = provenance_columns(
         summary,
         scale=q.scale,
-        layer=cfg.sae.layer,  # as configured; block: its block number
-        block=val.block(cfg.sae.layer),
+        layer=sc.layer,  # as configured; block: its block number
+        block=val.block(sc.layer),
         n_blocks=val.n_blocks,
         sae=str(sae_path),
         probe=str(probe_stem(cfg)),
