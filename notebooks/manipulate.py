@@ -62,7 +62,7 @@ def _(Path, mo, os):
         {"**Random-init weights (demo): numbers say nothing about the real model.**" if m.random_weights else ""}
 
         Each slider is in [−1, 1] and sets its latent to that fraction of the latent's max observed
-        value on train ({m.max_value_note}), on {"every patch token" if m.task == "segmentation" else "the CLS token"}.
+        value on train ({m.max_value_note}), on {m.edit_task.edited_text}.
         A latent is edited only once its slider has left its start (the latent's current mean value on the class's tokens).
         """
     )
@@ -141,7 +141,7 @@ def _(before_after_image, io, latents, m, mo, np, pd, probability_bars, probabil
          for i, ((_, n, p), (_, n2, p2)) in enumerate(zip(m.top_classes(result.probs_before_C), m.top_classes(result.probs_after_C)))]
     )
     parts = [mo.md(f"**edits:** {edits}"), mo.Html(f'<p id="prediction-readout" style="font-family: monospace">{readout}</p>')]
-    if m.task == "segmentation":
+    if m.edit_task.patch_counts:
         fig = before_after_image(
             m.image_rgb(state), result.pred_before, result.pred_after, tuple(m.reader("val").grid), m.class_names,
             title=f"val image {state.image_id}", lines=[f"edits: {edits_ascii}", f"{result.n_changed} of {len(result.pred_after)} patches changed"],

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the session calls these functions; they only read its attri
 def default_classes(m: Manipulator, state: ImageState, target: int | None, other: int | None) -> tuple[int, int]:
     """The image's class (most frequent label; else most frequent prediction) and another class."""
     lo = 1 if m.real_classes_only else 0
-    if m.task == "segmentation":
+    if m.edit_task.patch_counts:  # many labelled / predicted tokens: the most frequent classes first
         order = []
         for source in (state.labels, state.pred_before):
             if source is None:
@@ -55,7 +55,7 @@ def default_classes(m: Manipulator, state: ImageState, target: int | None, other
 
 def class_tokens(m: Manipulator, state: ImageState, c: int) -> tuple[np.ndarray, str]:
     """Which of the image's edited tokens belong to class c, and how that was decided."""
-    if m.task == "classification":
+    if m.edit_task.tokens == "cls":
         mask = np.array([state.labels is not None and int(state.labels[0]) == c])
         return mask, "the image's CLS token (image labelled c)"
     if state.labels is not None and (state.labels == c).any():
@@ -72,12 +72,8 @@ def train_class_stats(m: Manipulator) -> tuple[np.ndarray, np.ndarray]:
     sums = torch.zeros(m.n_classes, m.n_latents, dtype=torch.float64, device=m.device)
     counts = torch.zeros(m.n_classes, dtype=torch.float64, device=m.device)
     cls_max = torch.zeros(m.n_latents, device=m.device)
-    if m.task == "segmentation":
-        labels_NP = r.labels("patch_label").astype(np.int64)
-        tokens = "patches"
-    else:
-        labels_NP = r.labels("label").astype(np.int64)[:, None]
-        tokens = "cls"
+    tokens = m.edit_task.tokens
+    labels_NP = r.labels(m.edit_task.label_array).astype(np.int64).reshape(r.n_images, -1)  # [N, P] or [N, 1]
     for image_B, acts_BTD in r.iter_chunks(m.block, tokens=tokens):
         b, t, d = acts_BTD.shape
         f_NS = encode_tokens(

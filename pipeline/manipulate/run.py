@@ -128,7 +128,7 @@ def probability_table(m: Manipulator, result: EditResult) -> pd.DataFrame:
             "rank_before": rank_b[c],
             "rank_after": rank_a[c],
         }
-        if m.task == "segmentation":
+        if m.edit_task.patch_counts:
             row.update(patches_before=int(before[c]), patches_after=int(after[c]))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -151,11 +151,7 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
     shown = {c for c, _, _ in m.top_classes(result.probs_before_C)} | {
         c for c, _, _ in m.top_classes(result.probs_after_C)
     }
-    where = (
-        "mean over the patch tokens of the softmax over real classes"
-        if m.task == "segmentation"
-        else "softmax of the CLS-token probe"
-    )
+    where = m.edit_task.probabilities_text
     probability_chart(
         probs[probs.class_id.isin(shown)],
         files.probabilities_chart,
@@ -163,7 +159,7 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
         random_weights=m.random_weights,
         subtitle=[f"{state.split} image {state.image_id} ({where})", f"block {m.block}: {edit_text}"],
     )
-    if m.task == "segmentation":
+    if m.edit_task.patch_counts:
         grid = tuple(m.reader(state.split).grid)
         fig = before_after_image(
             m.image_rgb(state),
@@ -193,7 +189,7 @@ def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = N
         "unit_values": list(values),
         "set_to": list(result.target_values),
         "value_scale": m.max_value_note,
-        "edited_tokens": "every patch token" if m.task == "segmentation" else "the CLS token",
+        "edited_tokens": m.edit_task.edited_text,
         "n_changed": result.n_changed,
         "n_tokens_predicted": len(result.pred_after),
         "top_classes_before": [

@@ -25,14 +25,16 @@ from pipeline.data import store_image_loader
 from pipeline.feature_selection import load_f1
 from pipeline.interventions import LatentEditor
 from pipeline.manipulate import ranking
+from pipeline.context import RunContext
 from pipeline.manipulate.state import EditResult, ImageState, ManipulateError
+from pipeline.manipulate.tasks import EDIT_TASKS
 from pipeline.plan import manipulate_probe, manipulate_probe_stem, manipulate_sae
 from pipeline.methods import Edit
-from pipeline.layout import class_f1_path, sae_files
+from pipeline.layout import sae_files
 from pipeline.probes import load_probe, predict_classes
-from pipeline.runtime import forward_precision, resolve_device
+from pipeline.runtime import forward_precision
 from pipeline.sae import encode_tokens, load_latent_stats
-from pipeline.sae.applies import load_sae_for, trained_block
+from pipeline.sae.applies import trained_block
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,15 @@ RANK_BY = ("auto", "f1", "activation")
 class Manipulator:
     """Everything loaded once (model, SAE, probe, latent statistics, stores); one re-forward per edit."""
 
-    def __init__(self, cfg: Config, *, device: str | torch.device | None = None):
-        from pipeline.models import load_backbone  # transformers: loaded by a session, not by planning
-
-        self.cfg = cfg
+    def __init__(self, cfg: Config | RunContext, *, device: str | torch.device | None = None):
+        """``Manipulator(ctx)`` in a step: its run context's device, checked stores, model and
+        SAE. ``Manipulator(cfg, device=...)`` (notebooks) starts a run context first (torch's
+        threads at the config's ``threads``; the device resolved from ``device`` or the
+        config's). Loads the train store, the SAE, its latent statistics, the model and the probe
+        once, each refused when it does not fit the others."""
+        ctx = cfg if isinstance(cfg, RunContext) else RunContext.start(cfg, device=device)
+        cfg = ctx.cfg
+        self.ctx, self.cfg = ctx, cfg
         self.settings = cfg.manipulate or ManipulateConfig()
         if self.settings.rank_by not in RANK_BY:
             raise ManipulateError(
@@ -53,42 +60,43 @@ class Manipulator:
             )
         sc = manipulate_sae(cfg)
         self.task = cfg.dataset(sc.cache.dataset).task
+        self.edit_task = EDIT_TASKS[self.task]
         manipulate_probe(cfg)
-        self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
-        self._readers: dict[str, CacheReader] = {}
+        self.device = ctx.device
         train = self.reader("train")
         self.block = train.block(sc.layer)
         self.n_prefix = train.n_prefix
-        if self.task == "classification" and not train.n_cls:
+        if self.edit_task.tokens == "cls" and not train.n_cls:
             raise ManipulateError(
-                f"{train.path}: the model has no CLS token to edit; manipulate on a classification cache edits CLS tokens"
+                f"{train.path}: the model has no CLS token to edit; manipulate on a {self.task} cache edits CLS tokens"
             )
         self.class_names = train.class_names
         self.n_classes = train.n_classes
         self.random_weights = train.random_weights
 
-        self.sae_path = sae_files(cfg).sae_pt
+        sae_files_ = sae_files(cfg)
+        self.sae_path = sae_files_.sae_pt
         if not self.sae_path.exists():
             raise FileNotFoundError(f"{self.sae_path}: no SAE checkpoint; run sae-train first")
-        sae, self.sae_cfg, self.scaling = load_sae_for(cfg, self.sae_path, train)
+        sae, self.sae_cfg, self.scaling = ctx.sae(self.sae_path, train)  # refused on another model / block / width
         trained = trained_block(self.sae_cfg)
         if trained is not None and trained != self.block:
             raise ManipulateError(f"{self.sae_path}: trained on block {trained}, sae.layer is block {self.block}")
         self.sae = sae.to(self.device).eval()
         self.n_latents = int(self.sae.W_enc.shape[1])
-        latents_path = sae_files(cfg).latents_zarr
+        latents_path = sae_files_.latents_zarr
         if not latents_path.exists():
             raise FileNotFoundError(f"{latents_path}: no latent statistics; run sae-latents first")
         stats = load_latent_stats(latents_path)
         self.max_value_S = np.asarray(stats["max_value"].values, dtype=np.float64)
         self.freq_S = np.asarray(stats["freq"].values, dtype=np.float64)
         self.max_value_note = "max f over the train patch tokens (latents.zarr)"
-        f1_path = class_f1_path(cfg)
-        self.f1 = load_f1(f1_path) if self.task == "segmentation" and f1_path.exists() else None
+        f1_path = sae_files_.class_f1_zarr
+        self.f1 = load_f1(f1_path) if self.edit_task.class_f1 and f1_path.exists() else None
         if self.settings.rank_by == "f1" and self.f1 is None:
             why = (
-                "classification has no class-F1 table (it is made from patch labels)"
-                if self.task != "segmentation"
+                f"{self.task} has no class-F1 table (it is made from patch labels)"
+                if not self.edit_task.class_f1
                 else f"{f1_path} does not exist (run class-f1)"
             )
             raise ManipulateError(f"{cfg.source}: key manipulate/rank_by: f1, but {why}")
@@ -98,13 +106,8 @@ class Manipulator:
             else self.settings.rank_by
         )
 
-        self.backbone, self.model_provenance = load_backbone(cfg.model(sc.cache.model).spec, device=self.device)
-        stored = train.attrs.get("model", {}).get("weights_sha256")
-        if stored and stored != self.model_provenance["weights_sha256"]:
-            raise ManipulateError(
-                f"{train.path}: made with model weights {stored[:12]}…, models/{sc.cache.model} now has "
-                f"{self.model_provenance['weights_sha256'][:12]}…; the later blocks would not match the cache"
-            )
+        # refused unless it has the weights the store was extracted with (the later blocks must match)
+        self.backbone, self.model_provenance = ctx.backbone(sc.cache, train)
         self.probe_stem = manipulate_probe_stem(cfg)
         probe, self.probe_meta = load_probe(self.probe_stem)
         if probe.out_features != self.n_classes or probe.in_features != train.d_model:
@@ -113,13 +116,14 @@ class Manipulator:
                 f"the store has D={train.d_model}, {self.n_classes} classes"
             )
         self.probe = probe.to(self.device).eval()
-        self.real_classes_only = self.task == "segmentation" and not self.probe_meta.get("probe_config", {}).get(
-            "train_on_other", False
-        )
-        # segmentation edits the patch tokens; classification edits the CLS token (a 1-token "image")
-        self.editor = LatentEditor(self.sae, self.scaling, n_prefix=self.n_prefix if self.task == "segmentation" else 0)
+        self.real_classes_only = self.edit_task.other_is_not_a_class and not self.probe_meta.get(
+            "probe_config", {}
+        ).get("train_on_other", False)
+        # the editor sees the edited tokens only when they are not the patches after the prefix
+        editor_prefix = self.n_prefix if self.edit_task.tokens == "patches" else 0
+        self.editor = LatentEditor(self.sae, self.scaling, n_prefix=editor_prefix)
         self.class_specificity_CS: np.ndarray | None = None  # ranking.class_specificity fills it on first use
-        if self.task == "classification":
+        if self.edit_task.value_over_cls:
             _, cls_max = ranking.train_class_stats(self)
             self.max_value_S = np.maximum(self.max_value_S, cls_max)
             self.max_value_note = "max f over the train patch and CLS tokens"
@@ -127,14 +131,12 @@ class Manipulator:
     @property
     def edited_tokens(self) -> slice:
         """The tokens an edit changes and the probe reads: the patches (segmentation) or the CLS token."""
-        return slice(self.n_prefix, None) if self.task == "segmentation" else slice(0, 1)
+        return self.edit_task.token_slice(self.n_prefix)
 
     # ------------------------------------------------------------------ stores and images
     def reader(self, split: str) -> CacheReader:
-        if split not in self._readers:
-            ref = manipulate_sae(self.cfg).cache
-            self._readers[split] = CacheReader(self.cfg.store(ref, split))
-        return self._readers[split]
+        """The SAE cache's store of ``split``, checked against the config (the run context's, opened once)."""
+        return self.ctx.store(manipulate_sae(self.cfg).cache, split)
 
     def image_ids(self, split: str = "val") -> list[str]:
         r = self.reader(split)
@@ -211,7 +213,7 @@ class Manipulator:
         targets = self.target_values(latents, unit_values)
         if not latents:
             return acts_1TD.float()
-        if self.task == "segmentation":
+        if self.edit_task.tokens == "patches":  # the editor keeps the prefix tokens as they are
             return self.editor.apply(acts_1TD, Edit(tuple(latents), targets))
         out = acts_1TD.float().clone()
         out[:, :1] += self.editor.set_latents(acts_1TD[:, :1], tuple(latents), targets)
@@ -239,10 +241,8 @@ class Manipulator:
         r = self.reader(split)
         acts = torch.from_numpy(np.asarray(r.read(self.block, idx, idx + 1), dtype=np.float32)).to(self.device)
         logits = self.logits(acts)
-        if self.task == "segmentation":
-            labels = np.asarray(r.group["patch_label"][idx], dtype=np.int64) if "patch_label" in r.group else None
-        else:
-            labels = np.asarray(r.group["label"][idx : idx + 1], dtype=np.int64) if "label" in r.group else None
+        name = self.edit_task.label_array  # [P] patch labels, or the image's [1] label
+        labels = np.atleast_1d(np.asarray(r.group[name][idx], dtype=np.int64)) if name in r.group else None
         return ImageState(
             split,
             idx,
@@ -292,12 +292,7 @@ class Manipulator:
 
     def readout(self, result: EditResult) -> str:
         """One line that names the prediction (what the app shows and the browser test reads)."""
-        if self.task == "segmentation":
-            _, after = result.counts(self.n_classes)
-            parts = [f"{self.class_names[c]}={int(after[c])}" for c in np.flatnonzero(after)]
-            return f"patches per predicted class: {', '.join(parts)}; changed {result.n_changed}/{len(result.pred_after)}; map {result.map_hash()}"
-        c = int(result.pred_after[0])
-        return f"predicted class: {self.class_names[c]} ({result.probs_after_C[c]:.1%}); changed {result.n_changed}/1; probs {result.map_hash()}"
+        return self.edit_task.readout(tuple(self.class_names), self.n_classes, result)
 
     # ------------------------------------------------------------------ pictures
     def image_rgb(self, state: ImageState) -> np.ndarray | None:

@@ -50,5 +50,5 @@ def run(ctx: RunContext, args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"{cfg.source}: key manipulate/examples: no example configured; add one or pass --image")
     if args.out is not None and len(examples) > 1:
         raise ConfigError("--out names one folder: give one --example with it")
-    m = Manipulator(cfg, device=ctx.device)
+    m = Manipulator(ctx)  # its device, checked stores, model and SAE
     return {"examples": [run_example(m, ex, args.out) for ex in examples]}
