@@ -44,6 +44,7 @@ import dask.array as da
 import numpy as np
 
 from pipeline import atomic
+from pipeline.cache.reader import group_array
 from pipeline.cache.store import CacheError, CacheIncompleteError, open_group
 from pipeline.config import CacheRef
 from pipeline.layout import stats_path
@@ -155,27 +156,29 @@ def compute_stats(
     """
     store = Path(store)
     group = open_group(store)
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     if require_complete and not attrs.get("complete", False):
         raise CacheIncompleteError(f"{store}: store is not finalized; statistics need a complete store")
-    valid = group["done"][:] & ~group["bad"][:]
+    valid = np.asarray(group_array(group, "done")[:], dtype=bool) & ~np.asarray(
+        group_array(group, "bad")[:], dtype=bool
+    )
     if not valid.any():
         raise StatsError(f"{store}: no valid image (every image is bad or not done)")
-    cached = [int(b) for b in group["layer"][:]]
+    cached = [int(b) for b in np.asarray(group_array(group, "layer")[:])]
     wanted = cached if layers is None else [int(b) for b in layers]
     for b in wanted:
         if b not in cached:
             raise StatsError(f"{store}: block {b} is not cached; cached blocks: {cached}")
     n_prefix = int(attrs["n_prefix_tokens"])
     n_cls = int(attrs.get("n_cls_tokens", 1))  # 0 for a model without a CLS token (SigLIP)
-    acts = group["acts"]
+    acts = group_array(group, "acts")
     n, n_layers, t, d = acts.shape
 
     # Shift: the first valid image's mean token of each kind (reads one chunk per layer).
     first = int(np.flatnonzero(valid)[0])
     shift = np.zeros((n_layers, 2, d), dtype=np.float64)
     for li in range(n_layers):
-        row_TD = acts[first, li].astype(np.float64)
+        row_TD = np.asarray(acts[first, li], dtype=np.float64)
         for k, tok in enumerate(_kind_slices(n_prefix, n_cls)):
             if tok.stop != tok.start:
                 shift[li, k] = row_TD[tok].mean(0)

@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -63,21 +64,28 @@ def _decoding(path: Path, name: str, start: int, *rest: int) -> Iterator[None]:
         raise corrupt(path, info, index, f"cannot decode ({type(err).__name__}: {err})") from err
 
 
+def group_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of a store's group (a store's members are arrays, never groups)."""
+    array = group[name]
+    assert isinstance(array, zarr.Array), f"{name} is a group, not an array"
+    return array
+
+
 class CacheReader:
     """Chunk-wise access to one store for training and evaluation code."""
 
     def __init__(self, path: str | Path, *, require_complete: bool = True):
         self.path = Path(path)
         self.group = open_group(self.path)
-        self.attrs = dict(self.group.attrs)
+        self.attrs: dict[str, Any] = dict(self.group.attrs)  # JSON values, read as the store wrote them
         if require_complete:
             check_finalized(self.path, self.attrs)
         if not has_checksums(self.path):
             log.info("%s: made before chunk checksums: a corrupt chunk is found only when it fails to decode", path)
-        acts = self.group["acts"]
+        acts = self._array("acts")
         self.n_images, _, self.n_tokens, self.d_model = acts.shape
         self.chunk_images = acts.chunks[0]
-        self.layers = tuple(int(x) for x in self.group["layer"][:])
+        self.layers = tuple(int(x) for x in self._read("layer"))
         self.n_blocks = int(self.attrs["n_blocks"])
         self.n_prefix = int(self.attrs["n_prefix_tokens"])
         # stores written before model families could lack a CLS token had one, read as its image vector
@@ -88,7 +96,7 @@ class CacheReader:
         self.task = self.attrs["task"]
         self.class_names = tuple(self.attrs["class_names"])
         self.random_weights = bool(self.attrs.get("model", {}).get("random_weights", False))
-        self.valid = self.group["done"][:] & ~self.group["bad"][:]
+        self.valid = self._read("done").astype(bool) & ~self._read("bad").astype(bool)
 
     # ---- metadata -------------------------------------------------------
     @property
@@ -97,7 +105,7 @@ class CacheReader:
 
     @property
     def image_ids(self) -> np.ndarray:
-        return self.group["image"][:]
+        return self._read("image")
 
     def layer_index(self, layer: int) -> int:
         """Position on the store's layer axis of block ``layer`` (negative counts from the end)."""
@@ -119,12 +127,14 @@ class CacheReader:
     def labels(self, name: str) -> np.ndarray:
         """A whole label array (``label``, ``patch_label``, ``patch_purity``) as numpy."""
         self.require(name)
-        return self.group[name][:]
+        return self._read(name)
 
     def _array(self, name: str) -> zarr.Array:
-        array = self.group[name]
-        assert isinstance(array, zarr.Array)  # the store's arrays are arrays, never groups
-        return array
+        return group_array(self.group, name)
+
+    def _read(self, name: str) -> np.ndarray:
+        """A whole (small, per-image or per-block) array as numpy."""
+        return np.asarray(self._array(name)[:])
 
     def pixel_labels(self, start: int, stop: int) -> np.ndarray:
         self.require("pixel_label")

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from pipeline.cache import CacheReader
+from pipeline.cache.reader import group_array
 from pipeline.config import Config, ManipulateConfig
 from pipeline.data import store_image_loader
 from pipeline.feature_selection import load_f1
@@ -242,7 +243,7 @@ class Manipulator:
         acts = torch.from_numpy(np.asarray(r.read(self.block, idx, idx + 1), dtype=np.float32)).to(self.device)
         logits = self.logits(acts)
         name = self.edit_task.label_array  # [P] patch labels, or the image's [1] label
-        labels = np.atleast_1d(np.asarray(r.group[name][idx], dtype=np.int64)) if name in r.group else None
+        labels = np.atleast_1d(np.asarray(group_array(r.group, name)[idx], dtype=np.int64)) if name in r.group else None
         return ImageState(
             split,
             idx,

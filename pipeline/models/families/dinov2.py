@@ -7,6 +7,8 @@ random blocks visibly change the residual stream.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipeline.models.family import (
     IMAGENET_PREPROCESS,
     DemoRecipe,
@@ -38,7 +40,7 @@ def _demo_config(shape: DemoShape, *, registers: bool) -> dict:
     )
 
 
-_COMMON = dict(
+_COMMON: dict[str, Any] = dict(
     embeddings=("embeddings",),
     embed=embed_plain,  # Dinov2(WithRegisters)Embeddings interpolate positions and insert registers
     blocks=("encoder.layer",),

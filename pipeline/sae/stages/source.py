@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.cache.reader import CacheReader
-from pipeline.config import Config, ConfigError, require_sae
+from pipeline.config import Config, ConfigError, SAESource, require_sae
 from pipeline.layout import sae_files
 from pipeline.provenance import record as config_record
 
@@ -90,8 +90,10 @@ def sha256_file(path: Path) -> str:
 
 def resolve_checkpoint(cfg: Config) -> tuple[Path, dict[str, Any]]:
     """The local file of ``sae.source`` (downloading a hub file) and its provenance record."""
-    src = require_sae(cfg).source
+    src = _imported_source(cfg)
     if src.kind == "checkpoint":
+        if src.path is None:
+            raise ConfigError(f"{cfg.source}: key sae/source/path: missing for a checkpoint source")
         path = Path(src.path)
         if not path.is_file():
             raise ConfigError(f"{cfg.source}: key sae/source/checkpoint: {path} does not exist")
@@ -99,6 +101,8 @@ def resolve_checkpoint(cfg: Config) -> tuple[Path, dict[str, Any]]:
     else:
         from huggingface_hub import hf_hub_download  # only for an SAE imported from the hub
 
+        if src.repo is None or src.file is None:
+            raise ConfigError(f"{cfg.source}: key sae/source: a hub source needs repo and file")
         try:
             path = Path(hf_hub_download(repo_id=src.repo, filename=src.file, revision=src.revision))
         except Exception as err:  # network, unknown repo / file / revision: all name the source
@@ -127,10 +131,18 @@ def resolve_checkpoint(cfg: Config) -> tuple[Path, dict[str, Any]]:
     return path, record
 
 
+def _imported_source(cfg: Config) -> SAESource:
+    """``sae.source`` of an imported SAE (a checkpoint or hub file), or a ConfigError naming the key."""
+    src = require_sae(cfg).source
+    if src is None or src.kind not in ("checkpoint", "hub"):
+        raise ConfigError(f"{cfg.source}: key sae/source: not a checkpoint or hub source, nothing to import")
+    return src
+
+
 def run_import(cfg: Config, *, out_dir: Path | None = None) -> dict[str, Any]:
     """``sae-train`` for ``sae.source: checkpoint | hub``: check, scale and re-save the SAE as ``sae.pt``."""
     sc = require_sae(cfg)
-    src = sc.source
+    src = _imported_source(cfg)
     path, record = resolve_checkpoint(cfg)
     sae, header, scaling = load_checkpoint(path)
     hcfg = dict(header.get("cfg", header))

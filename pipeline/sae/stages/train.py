@@ -158,8 +158,8 @@ def choose_member(table: pd.DataFrame, max_l0: float) -> tuple[int, dict[str, An
     Members with NaN metrics never qualify. Raises :class:`NoMemberError` naming
     ``max_l0`` and the smallest L0 found when none has L0 ≤ max_l0.
     """
-    l0 = pd.to_numeric(table["l0"], errors="coerce").to_numpy(dtype=float)
-    nmse = pd.to_numeric(table["normalized_mse"], errors="coerce").to_numpy(dtype=float)
+    l0 = np.asarray(pd.to_numeric(table["l0"], errors="coerce"), dtype=float)
+    nmse = np.asarray(pd.to_numeric(table["normalized_mse"], errors="coerce"), dtype=float)
     ok = np.isfinite(l0) & np.isfinite(nmse) & (l0 <= max_l0)
     if not ok.any():
         finite = l0[np.isfinite(l0)]
