@@ -274,6 +274,10 @@ _BEFORE_PROBES: dict[str, Stage] = {
         "sae",
     ),
     "export-sae": Stage("export-sae", "pipeline.commands.sae", "pipeline.sae.stages.export:run", workflow=False),
+    "import-saev": Stage(
+        "import-saev", "pipeline.commands.interop", "pipeline.interop.import_saev:run", workflow=False
+    ),
+    "export-saev": Stage("export-saev", "pipeline.commands.interop", "pipeline.interop.export_saev:run", workflow=False),
 }
 _AFTER_PROBES: dict[str, Stage] = {
     "dimred": Stage(
