@@ -449,3 +449,30 @@ def test_killed_import_resumes_writing_only_missing_chunks(proj, capsys, monkeyp
     assert _import(folder, "dino", "seg", "train") == 0
     assert json.loads(capsys.readouterr().out)["images_written"] == 4  # only the killed chunk
     np.testing.assert_array_equal(open_cache(store)["acts"].values[:, 1], acts[:, 1].astype(np.float16))
+
+
+@pytest.mark.slow
+def test_snakemake_imports_a_cache_with_saev_shards(proj):
+    """caches[i].saev_shards: the workflow imports the stores (import_saev rule) and finalizes them."""
+    from helpers import snakemake
+
+    dirs = {}
+    for split, n in (("train", 6), ("val", 4)):
+        labels = np.random.default_rng(n).integers(0, 5, size=(n, P)).astype(np.uint8)
+        folder = write_saev_shards(proj / f"saev-{split}/saev/shards", planted(n, 2, 1 + P, n), layers=(1, 2),
+                                   cls_token=True, max_tokens_per_shard=150, labels_NP=labels)  # fmt: skip
+        dirs[split] = str(folder.resolve())
+    write_config(proj, {**OVERRIDES, "caches": [{"model": "dino", "dataset": "seg", "saev_shards": dirs}]})
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    dry = snakemake(proj, "-n", "cache", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "import_saev" in dry.stdout and "extract_part" not in dry.stdout
+    run = snakemake(proj, "--cores", "2", "cache", env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    cfg = load_config("config.yaml")
+    for split in ("train", "val"):
+        sentinel = json.loads(layout.import_sentinel(cfg, CacheRef("dino", "seg"), split).read_text())
+        assert sentinel["source"] == dirs[split] and sentinel["provenance"]["step"] == "extract"
+        assert open_cache(cfg.store(CacheRef("dino", "seg"), split)).attrs["saev_shards"]["dir"] == dirs[split]
+    again = snakemake(proj, "-n", "cache", env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--model", required=True, help="the name under `models` of the model saev ran")
     i.add_argument("--dataset", required=True, help="a name under `datasets` (its kind gives the store's task)")
     i.add_argument("--split", required=True, choices=SPLITS)
+    i.add_argument("--sentinel", type=Path, help="file to write when the store is complete (for Snakemake)")
 
     e = sub.add_parser(
         "export-saev",

@@ -197,5 +197,14 @@ def import_saev(cfg: Config, ref: CacheRef, split: str, shard_dir: Path) -> dict
 
 
 def run(ctx, args: argparse.Namespace) -> dict[str, Any]:
-    """``python -m pipeline import-saev SHARD_DIR --model M --dataset D --split S``."""
-    return import_saev(ctx.cfg, CacheRef(args.model, args.dataset), args.split, args.shard_dir)
+    """``python -m pipeline import-saev SHARD_DIR --model M --dataset D --split S [--sentinel F]``;
+    the sentinel (the Snakemake rule's output) records the result and the extraction's config
+    record (:func:`pipeline.provenance.record`)."""
+    from pipeline import atomic
+    from pipeline.provenance import record
+
+    result = import_saev(ctx.cfg, CacheRef(args.model, args.dataset), args.split, args.shard_dir)
+    if args.sentinel:
+        prov = record(ctx.cfg, "extract", model=args.model, dataset=args.dataset, split=args.split)
+        atomic.write_json(args.sentinel, {**result, "provenance": prov}, indent=1)
+    return result
