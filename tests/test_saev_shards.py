@@ -476,3 +476,33 @@ def test_snakemake_imports_a_cache_with_saev_shards(proj):
         assert open_cache(cfg.store(CacheRef("dino", "seg"), split)).attrs["saev_shards"]["dir"] == dirs[split]
     again = snakemake(proj, "-n", "cache", env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_extracted_store_round_trips_through_saev_shards_exactly(proj, capsys):
+    """export-saev then import-saev of a store our extraction made: float16 → float32 → float16, bit for bit."""
+    from pipeline.extract import extract
+
+    cfg = load_config("config.yaml")
+    ref = CacheRef("dino", "seg")
+    extract(cfg, ref, "val", progress=False)  # 12 images: 3 chunks of 4
+    store = cfg.store(ref, "val")
+    capsys.readouterr()
+    assert cli_main(["export-saev", str(store), str(proj / "x/saev/shards"), "--max-tokens-per-shard", "200"]) == 0
+    exported = Path(json.loads(capsys.readouterr().out)["shards"])
+    original = open_cache(store)
+    # 200 // (17 x 2) = 5 examples a shard: 5 + 5 + 2, each file full-size
+    assert [s["n_examples"] for s in json.loads((exported / "shards.json").read_text())] == [5, 5, 2]
+    assert {f.stat().st_size for f in exported.glob("acts*.bin")} == {5 * 2 * 17 * D * 4}
+    raw = np.fromfile(exported / "acts000002.bin", dtype="<f4").reshape(5, 2, 17, D)
+    np.testing.assert_array_equal(raw[:2], original["acts"].values[10:].astype(np.float32))
+    assert not raw[2:].any()
+    np.testing.assert_array_equal(
+        np.fromfile(exported / "labels.bin", dtype=np.uint8).reshape(12, P), original["patch_label"].values
+    )
+    write_config(proj, {**OVERRIDES, "paths": {"cache": "cache2", "resources": "resources", "results": "results"}})
+    assert _import(exported, "dino", "seg", "val") == 0
+    back = open_cache(proj / "cache2/dino/seg/val.zarr")
+    assert back["acts"].dtype == original["acts"].dtype == np.float16
+    np.testing.assert_array_equal(back["acts"].values.view(np.uint16), original["acts"].values.view(np.uint16))
+    np.testing.assert_array_equal(back["patch_label"].values, original["patch_label"].values)
+    assert back.attrs["model"] == original.attrs["model"] and back.attrs["config"]["layers"] == [1, 2]
