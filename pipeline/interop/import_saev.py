@@ -153,6 +153,17 @@ def _class_names(cfg: Config, ref: CacheRef, split: str, task: str, labels: np.n
     return ("other", *(f"class {i}" for i in range(1, top + 1))) if task == "segmentation" else ("?",)
 
 
+def cast(acts: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 ``acts`` as ``dtype`` (round to nearest even, as numpy's ``astype``), through torch:
+    its vectorised float16 conversion ran at ~2.1 GB/s of float32 on one core here, numpy's at
+    ~0.34 GB/s (32x2x257x384 random values, the same bits out)."""
+    import torch
+
+    if np.dtype(dtype) == np.float32:
+        return np.ascontiguousarray(acts)
+    return torch.from_numpy(np.ascontiguousarray(acts)).to(getattr(torch, np.dtype(dtype).name)).numpy()
+
+
 def import_saev(cfg: Config, ref: CacheRef, split: str, shard_dir: Path) -> dict[str, Any]:
     """Write (or finish writing) the store of (ref, split) from ``shard_dir``; finalize it."""
     from pipeline.cache import StoreWriter, chunk_ranges, create_or_open, finalize, pending_chunks, write_chunk
@@ -168,7 +179,7 @@ def import_saev(cfg: Config, ref: CacheRef, split: str, shard_dir: Path) -> dict
     def one(chunk: tuple[int, int]) -> None:
         s, e = chunk
         acts = fmt.read_rows(Path(shard_dir), md, shards, s, e)
-        arrays = {"acts": (acts if identity else acts[:, perm]).astype(layout.dtype)}
+        arrays = {"acts": cast(acts if identity else acts[:, perm], layout.dtype)}
         if layout.task == "segmentation":
             patch = np.zeros((e - s, layout.n_patches), np.uint16) if labels is None else labels[s:e].astype(np.uint16)
             arrays |= {

@@ -225,7 +225,9 @@ def read_rows(shard_dir: Path, md: SaevMetadata, shards: list[ShardFile], start:
         if lo >= hi:
             continue
         shape = (shard.n_examples, *md.shard_shape[1:])
-        acts = np.memmap(Path(shard_dir) / shard.name, mode="r", dtype="<f4", shape=shape)
+        # copy-on-write ("c", as saev's indexed reader): a writable view (torch reads it without
+        # a copy) that never writes to the file
+        acts = np.memmap(Path(shard_dir) / shard.name, mode="c", dtype="<f4", shape=shape)
         parts.append(np.asarray(acts[lo - shard.start : hi - shard.start]))
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
