@@ -63,7 +63,7 @@ def write_shards(
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     shards = []
-    for i, (start, count) in enumerate(fmt.shard_plan(md)):
+    for i, (_start, count) in enumerate(fmt.shard_plan(md)):
         acts = np.memmap(folder / fmt.ACTS_NAME.format(i), mode="w+", dtype="<f4", shape=md.shard_shape)
         for s in range(0, count, 16):
             e = min(count, s + 16)
@@ -90,7 +90,9 @@ def plain_read(folder: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=250)
-    parser.add_argument("--per-shard", type=int, default=64, help="examples a shard (saev's max_tokens_per_shard / (T x L))")
+    parser.add_argument(
+        "--per-shard", type=int, default=64, help="examples a shard (saev's max_tokens_per_shard / (T x L))"
+    )
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--blocks", type=int, default=4, help="model depth; the last two blocks are imported")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs of each side")
@@ -113,7 +115,9 @@ def main() -> None:
             "paths": {"resources": str(tmp), "cache": str(tmp / "cache"), "results": str(tmp / "results")},
             "threads": args.threads,
             "device": "cpu",
-            "models": {"dino": {"family": "dinov2", "source": str(tmp / "model"), "preprocess": {"resize": 224, "crop": 224}}},
+            "models": {
+                "dino": {"family": "dinov2", "source": str(tmp / "model"), "preprocess": {"resize": 224, "crop": 224}}
+            },
             "datasets": {"seg": {"kind": "ade20k", "root": str(tmp / "no-dataset")}},
             "extract": {"layers": [-2, -1], "dtype": "float16", "chunk_images": 32, "write_threads": args.threads},
             "caches": [{"model": "dino", "dataset": "seg"}],

@@ -276,8 +276,12 @@ _BEFORE_PROBES: dict[str, Stage] = {
     "export-sae": Stage("export-sae", "pipeline.commands.sae", "pipeline.sae.stages.export:run", workflow=False),
     # import-saev: also the import_saev rule's command for a cache with `saev_shards` (workflow/rules/
     # interop.smk; its sentinel: layout.import_sentinel); workflow=False as the demo config imports none
-    "import-saev": Stage("import-saev", "pipeline.commands.interop", "pipeline.interop.import_saev:run", workflow=False),
-    "export-saev": Stage("export-saev", "pipeline.commands.interop", "pipeline.interop.export_saev:run", workflow=False),
+    "import-saev": Stage(
+        "import-saev", "pipeline.commands.interop", "pipeline.interop.import_saev:run", workflow=False
+    ),
+    "export-saev": Stage(
+        "export-saev", "pipeline.commands.interop", "pipeline.interop.export_saev:run", workflow=False
+    ),
 }
 _AFTER_PROBES: dict[str, Stage] = {
     "dimred": Stage(

@@ -78,7 +78,7 @@ def write_saev_shards(
     (folder / "metadata.json").write_text(json.dumps(md, indent=2))
     eps = max_tokens_per_shard // (t * n_layers)
     shape = (eps, n_layers, t, d)
-    labels = np.memmap(folder / "labels.bin", mode="w+", dtype=np.uint8, shape=(n, t - int(cls_token)))
+    labels_mm = np.memmap(folder / "labels.bin", mode="w+", dtype=np.uint8, shape=(n, t - int(cls_token)))
     shards: list[dict] = []
     state = {"shard": -1, "acts": None, "filled": 0}
 
@@ -103,7 +103,7 @@ def write_saev_shards(
             state["acts"][start - offset : start - offset + n_fit] = batch[:n_fit]
             state["filled"] = start - offset + n_fit
             if lab is not None:
-                labels[start : start + n_fit] = lab[:n_fit]
+                labels_mm[start : start + n_fit] = lab[:n_fit]
             next_shard()
             if n_fit < len(batch):
                 write_batch(batch[n_fit:], start + n_fit, None if lab is None else lab[n_fit:])
@@ -111,16 +111,15 @@ def write_saev_shards(
             state["acts"][start - offset : end - offset] = batch
             state["filled"] = end - offset
             if lab is not None:
-                labels[start:end] = lab
+                labels_mm[start:end] = lab
 
     next_shard()
     for start in range(0, n, batch_size):
         lab = None if labels_NP is None else labels_NP[start : start + batch_size]
         write_batch(acts_NLTD[start : start + batch_size], start, lab)
     flush()
-    labels.flush()
-    del labels
-    if labels_NP is None:
+    labels_mm.flush()
+    if labels_NP is None:  # LabelsWriter.has_written is False: ShardWriter.__exit__ removes the file
         (folder / "labels.bin").unlink()
     return folder
 
@@ -166,7 +165,10 @@ class SaevReader:
         self.labels = None
         if (shards / "labels.bin").exists():
             self.labels = np.memmap(
-                shards / "labels.bin", mode="r", dtype=np.uint8, shape=(md["n_examples"], md["content_tokens_per_example"])
+                shards / "labels.bin",
+                mode="r",
+                dtype=np.uint8,
+                shape=(md["n_examples"], md["content_tokens_per_example"]),
             )
         assert layer in md["layers"]
         self.layer_idx = md["layers"].index(layer)
@@ -212,7 +214,9 @@ def assets(tiny_assets, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("saev_assets")
     shutil.copytree(tiny_assets / "resources", folder / "resources")
-    build_demo_model("siglip", folder / "resources/models/sig", seed=0, hidden_size=D, n_layers=3, n_heads=2, image_size=64)
+    build_demo_model(
+        "siglip", folder / "resources/models/sig", seed=0, hidden_size=D, n_layers=3, n_heads=2, image_size=64
+    )
     return folder
 
 
@@ -238,7 +242,20 @@ def planted(n: int, n_layers: int, t: int, seed: int) -> np.ndarray:
 
 
 def _import(folder: Path, model: str, dataset: str, split: str) -> int:
-    return cli_main(["import-saev", str(folder), "--config", "config.yaml", "--model", model, "--dataset", dataset, "--split", split])
+    return cli_main(
+        [
+            "import-saev",
+            str(folder),
+            "--config",
+            "config.yaml",
+            "--model",
+            model,
+            "--dataset",
+            dataset,
+            "--split",
+            split,
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------- tests
@@ -289,7 +306,10 @@ def test_import_with_cls_and_labels_then_probe_sae_and_export(proj, capsys):
         np.testing.assert_array_equal(ds["pixel_label"].values, labels.reshape(-1, 4, 4))
         assert ds["done"].values.all() and list(ds["token_kind"].values) == ["cls"] + ["patch"] * P
         assert ds.attrs["saev_shards"]["dir"] == str(folder.resolve())
-        assert ds.attrs["saev_shards"]["metadata"]["layers"] == [2, 1] and "data" not in ds.attrs["saev_shards"]["metadata"]
+        assert (
+            ds.attrs["saev_shards"]["metadata"]["layers"] == [2, 1]
+            and "data" not in ds.attrs["saev_shards"]["metadata"]
+        )
         assert ds.attrs["saev_shards"]["hash"] == folder.name
         assert zarr.open_array(store / "acts").chunks == (4, 1, T, D)  # chunk_images 4, one layer a chunk
         check_store(cfg, ref, split)  # the provenance check reads it as a store of this config
@@ -303,17 +323,37 @@ def test_import_with_cls_and_labels_then_probe_sae_and_export(proj, capsys):
         proj,
         {
             **OVERRIDES,
-            "probes": {"seg": {"cache": {"model": "dino", "dataset": "seg"}, "lrs": [3e-2], "weight_decays": [1e-4],
-                               "epochs": 40, "batch_size": 32, "n_figure_images": 1}},  # fmt: skip
-            "sae": {"cache": {"model": "dino", "dataset": "seg"}, "layer": -2, "n_tokens": 1024, "batch_size": 64,
-                    "lrs": [3e-3], "sparsity_coeffs": [1e-2], "exp_factors": [2], "lr_warmup_steps": 2,
-                    "sparsity_warmup_steps": 2, "top_k": 4, "shuffle_buffer": 256},  # fmt: skip
+            "probes": {
+                "seg": {
+                    "cache": {"model": "dino", "dataset": "seg"},
+                    "lrs": [3e-2],
+                    "weight_decays": [1e-4],
+                    "epochs": 40,
+                    "batch_size": 32,
+                    "n_figure_images": 1,
+                }
+            },  # fmt: skip
+            "sae": {
+                "cache": {"model": "dino", "dataset": "seg"},
+                "layer": -2,
+                "n_tokens": 1024,
+                "batch_size": 64,
+                "lrs": [3e-3],
+                "sparsity_coeffs": [1e-2],
+                "exp_factors": [2],
+                "lr_warmup_steps": 2,
+                "sparsity_warmup_steps": 2,
+                "top_k": 4,
+                "shuffle_buffer": 256,
+            },  # fmt: skip
         },
     )
     assert cli_main(["probe-seg", "--config", "config.yaml", "--no-progress"]) == 0
     best = json.loads((layout.probe_dir(load_config("config.yaml"), "seg") / "best.json").read_text())
     assert best["meta"]["metrics"]["patch_acc"] > 0.9, best  # the label is planted one-hot: a linear probe reads it
-    assert cli_main(["stats", "--config", "config.yaml", "--model", "dino", "--dataset", "seg", "--split", "train"]) == 0
+    assert (
+        cli_main(["stats", "--config", "config.yaml", "--model", "dino", "--dataset", "seg", "--split", "train"]) == 0
+    )
     assert cli_main(["sae-train", "--config", "config.yaml", "--no-progress"]) == 0
     assert next(Path("results/sae").rglob("sae.pt")).stat().st_size > 0
 
@@ -372,7 +412,13 @@ def test_import_without_cls_and_labels(proj, capsys):
     exported = Path(json.loads(capsys.readouterr().out)["shards"])
     assert not (exported / "labels.bin").exists()
     sr = SaevReader(exported, 2)
-    assert sr.eps == 2 and [s["n_examples"] for s in json.loads((exported / "shards.json").read_text())] == [2, 2, 2, 2, 1]
+    assert sr.eps == 2 and [s["n_examples"] for s in json.loads((exported / "shards.json").read_text())] == [
+        2,
+        2,
+        2,
+        2,
+        1,
+    ]
     got = np.concatenate([b["act"] for b in sr.ordered(batch_size=50)])
     np.testing.assert_array_equal(got, acts[:, 1].reshape(-1, D))
 

@@ -34,7 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "acts*.bin (float32) and labels.bin (segmentation stores) as saev's ShardWriter writes them. saev's "
         "loaders need OUT_DIR to end in saev/shards.",
     )
-    e.add_argument("store", type=Path, metavar="STORE", help="the store folder, e.g. cache/<model>/<dataset>/train.zarr")
+    e.add_argument(
+        "store", type=Path, metavar="STORE", help="the store folder, e.g. cache/<model>/<dataset>/train.zarr"
+    )
     e.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="the shards root (…/saev/shards)")
     e.add_argument(
         "--max-tokens-per-shard",

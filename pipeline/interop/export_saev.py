@@ -32,7 +32,6 @@ from pipeline.interop import saev_shards as fmt
 from pipeline.interop.saev_shards import SaevShardsError
 
 
-
 def export_saev(store: Path, out_dir: Path, *, max_tokens_per_shard: int | None = None) -> dict:
     """Write ``store`` as saev shards under ``out_dir``; → the shard directory and its numbers.
     ``max_tokens_per_shard``: saev's shard budget (None: saev's default)."""
@@ -43,7 +42,7 @@ def export_saev(store: Path, out_dir: Path, *, max_tokens_per_shard: int | None 
     store = Path(store)
     reader = CacheReader(store)
     check_finalized(store, reader.attrs)
-    attrs = reader.attrs
+    attrs: dict[str, Any] = reader.attrs  # the store's JSON attrs
     family = attrs.get("model", {}).get("family")
     if family not in fmt.SAEV_FAMILY:
         raise SaevShardsError(

@@ -46,7 +46,6 @@ from pipeline.interop.saev_shards import SaevShardsError
 log = logging.getLogger(__name__)
 
 
-
 def source_record(shard_dir: Path, md: fmt.SaevMetadata, shards: list[fmt.ShardFile], labels: bool) -> dict:
     """What the store records of its source (attrs ``saev_shards``; hashed into its config hash)."""
     meta = md.to_json()

@@ -213,7 +213,9 @@ def read_shards(shard_dir: Path, md: SaevMetadata) -> list[ShardFile]:
         out.append(ShardFile(name, n, start))
         start += n
     if start != md.n_examples:
-        raise SaevShardsError(f"{path}: the shards hold {start} examples, {METADATA} key n_examples says {md.n_examples}")
+        raise SaevShardsError(
+            f"{path}: the shards hold {start} examples, {METADATA} key n_examples says {md.n_examples}"
+        )
     return out
 
 
