@@ -123,6 +123,16 @@ def extract_parts(wildcards):
     return [str(layout.part_sentinel(CFG, ref, wildcards.split, i, n)) for i in range(n)]
 
 
+def saev_shard_dir(wildcards):
+    return str(CFG.saev_shards[CacheRef(wildcards.model, wildcards.dataset)][wildcards.split])
+
+
+def saev_inputs(wildcards):
+    """The shard directory's JSON files (a rewritten directory re-imports) and the model's."""
+    folder = Path(saev_shard_dir(wildcards))
+    return {"metadata": str(folder / "metadata.json"), "shards": str(folder / "shards.json"), **demo_inputs(wildcards)}
+
+
 def cache_targets():
     return [store_complete(ref, split) for ref in CFG.caches for split in SPLITS]
 

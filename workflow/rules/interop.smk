@@ -1,16 +1,6 @@
 # A cache with `saev_shards` (caches[i].saev_shards.{train,val}): its stores are imported from
 # saev's activation shards instead of extracted; finalize_cache (extract.smk) waits for this
-# rule's sentinel instead of the extraction parts' (common.smk: extract_parts).
-
-
-def saev_shard_dir(wildcards):
-    return str(CFG.saev_shards[CacheRef(wildcards.model, wildcards.dataset)][wildcards.split])
-
-
-def saev_inputs(wildcards):
-    """The shard directory's JSON files (a rewritten directory re-imports) and the model's."""
-    folder = Path(saev_shard_dir(wildcards))
-    return {"metadata": str(folder / "metadata.json"), "shards": str(folder / "shards.json"), **demo_inputs(wildcards)}
+# rule's sentinel instead of the extraction parts' (common.smk: extract_parts, saev_inputs).
 
 
 rule import_saev:
