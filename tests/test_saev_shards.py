@@ -209,7 +209,7 @@ class SaevReader:
 
 @pytest.fixture(scope="module")
 def assets(tiny_assets, tmp_path_factory) -> Path:
-    """The tiny assets plus a siglip model (no CLS token)."""
+    """The tiny assets plus a siglip model (no CLS token) and a dinov2_reg one (4 register tokens)."""
     from pipeline.models import build_demo_model
 
     folder = tmp_path_factory.mktemp("saev_assets")
@@ -217,11 +217,17 @@ def assets(tiny_assets, tmp_path_factory) -> Path:
     build_demo_model(
         "siglip", folder / "resources/models/sig", seed=0, hidden_size=D, n_layers=3, n_heads=2, image_size=64
     )
+    build_demo_model(
+        "dinov2_reg", folder / "resources/models/reg", seed=0, hidden_size=D, n_layers=3, n_heads=2, image_size=56
+    )
     return folder
 
 
 OVERRIDES = {
-    "models": {"sig": {"family": "siglip", "source": "resources/models/sig", "preprocess": {"resize": 64, "crop": 64}}},
+    "models": {
+        "sig": {"family": "siglip", "source": "resources/models/sig", "preprocess": {"resize": 64, "crop": 64}},
+        "reg": {"family": "dinov2_reg", "source": "resources/models/reg", "preprocess": {"resize": 56, "crop": 56}},
+    },
     "extract": {"dtype": "float16", "chunk_images": 4},
     "caches": [{"model": "dino", "dataset": "seg"}, {"model": "sig", "dataset": "cls"}],
 }
@@ -552,3 +558,34 @@ def test_extracted_store_round_trips_through_saev_shards_exactly(proj, capsys):
     np.testing.assert_array_equal(back["acts"].values.view(np.uint16), original["acts"].values.view(np.uint16))
     np.testing.assert_array_equal(back["patch_label"].values, original["patch_label"].values)
     assert back.attrs["model"] == original.attrs["model"] and back.attrs["config"]["layers"] == [1, 2]
+
+
+def test_a_model_with_register_tokens_cannot_be_imported(proj, capsys):
+    """saev's token axis is [CLS] + patches; a dinov2_reg store holds 4 registers between them."""
+    folder = write_saev_shards(proj / "s/saev/shards", planted(4, 2, 1 + P, 0), layers=(1, 2), cls_token=True,
+                               max_tokens_per_shard=200)  # fmt: skip
+    assert _import(folder, "reg", "seg", "train") == 2
+    line = _error(capsys)
+    assert "key cls_token" in line and "register tokens" in line and "models.reg has 4" in line, line
+    assert not (proj / "cache/reg").exists()
+
+
+def test_export_refuses_what_saev_cannot_express(proj, capsys):
+    """A store of a model with registers, and one with a bad (skipped) image: one error line each, no directory."""
+    from pipeline.extract import extract
+
+    cfg = load_config("config.yaml")
+    store = cfg.store(CacheRef("reg", "seg"), "val")
+    extract(cfg, CacheRef("reg", "seg"), "val", progress=False)
+    assert cli_main(["export-saev", str(store), str(proj / "x/saev/shards")]) == 2
+    assert "n_registers 4" in _error(capsys)
+    group = zarr.open_group(store, mode="r+")
+    group.attrs["n_registers"] = 0  # the same store told to have none: its prefix is still 5 tokens
+    assert cli_main(["export-saev", str(store), str(proj / "x/saev/shards")]) == 2
+    assert "n_prefix_tokens 5" in _error(capsys)
+    store = cfg.store(CacheRef("dino", "seg"), "val")
+    extract(cfg, CacheRef("dino", "seg"), "val", progress=False)
+    zarr.open_group(store, mode="r+").attrs["n_bad"] = 1
+    assert cli_main(["export-saev", str(store), str(proj / "x/saev/shards")]) == 2
+    assert "n_bad 1" in _error(capsys)
+    assert not (proj / "x/saev/shards").exists() or not any((proj / "x/saev/shards").iterdir())
