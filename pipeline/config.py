@@ -250,6 +250,8 @@ class Config:
     quantify: QuantifyConfig | None = None
     dimred: DimredConfig | None = None
     manipulate: ManipulateConfig | None = None
+    # caches imported from saev's activation shards (caches[i].saev_shards): ref -> split -> shard directory
+    saev_shards: dict[CacheRef, dict[str, Path]] = field(default_factory=dict)
     # `threads: auto` in the YAML: `threads` is this machine's CPU count, and each job counts its
     # own (a SLURM rule asks for pipeline.stages.REMOTE_AUTO_THREADS, not the login node's count)
     threads_auto: bool = False
@@ -412,7 +414,12 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
     ex_keys: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in ex.items()}  # schema-checked
     extract = ExtractConfig(**ex_keys)
     threads = raw.get("threads", schema_default("threads"))
-    caches = tuple(CacheRef(**c) for c in raw["caches"])
+    caches = tuple(CacheRef(c["model"], c["dataset"]) for c in raw["caches"])
+    saev_shards = {
+        CacheRef(c["model"], c["dataset"]): {split: Path(d) for split, d in c["saev_shards"].items()}
+        for c in raw["caches"]
+        if c.get("saev_shards") is not None
+    }
 
     probes = raw.get("probes", {})
     cfg = Config(
@@ -431,6 +438,7 @@ def config_from_dict(raw: dict, *, source: Path | str = "<dict>") -> Config:
         quantify=_quantify(raw.get("quantify")),
         dimred=_section(DimredConfig, raw.get("dimred")),
         manipulate=_manipulate(raw.get("manipulate"), source),
+        saev_shards=saev_shards,
     )
     _check_references(cfg, raw)
     return cfg

@@ -283,6 +283,11 @@ def part_sentinel(cfg: Config, ref: CacheRef, split: str, part: int | str, of: i
     return cfg.paths.cache / ref.model / ref.dataset / f"{split}.parts" / f"{part}-of-{of}.json"
 
 
+def import_sentinel(cfg: Config, ref: CacheRef, split: str) -> Path:
+    """The sentinel of a store imported from saev shards: ``<cache>/<m>/<d>/<split>.parts/import-saev.json``."""
+    return cfg.paths.cache / ref.model / ref.dataset / f"{split}.parts" / "import-saev.json"
+
+
 def store_complete(cfg: Config, ref: CacheRef, split: str) -> Path:
     """The sentinel of a finalized store: ``<cache>/<m>/<d>/<split>.complete.json``."""
     return cfg.paths.cache / ref.model / ref.dataset / f"{split}.complete.json"
@@ -616,6 +621,7 @@ __all__ = [
     "dimred_files",
     "dimred_files_of",
     "gallery_dir",
+    "import_sentinel",
     "latents_json",
     "latents_zarr",
     "layer_tag",

@@ -121,3 +121,16 @@ def test_bench_extract_prints_the_stage_limit_ratio_per_round(tmp_path):
     assert len(each) == 2
     assert float(rounds.group(1)) == pytest.approx(sum(each) / 2, abs=0.006)  # the median of two rounds
     assert _number(out, "cache bytes ÷ raw float32 bytes") <= 0.5
+
+
+def test_bench_saev_import_prints_rate_and_size_ratios(tmp_path):
+    out = _run(
+        "bench_saev_import.py",
+        *("--images", "20", "--per-shard", "8", "--width", "48", "--repeats", "1", "--json"),
+        tmp_path=tmp_path,
+    )
+    doc = json.loads(out[: out.rindex("}") + 1])
+    assert doc["tokens"] == 20 * 2 * 257 and doc["shard_bytes"] == 3 * 8 * 2 * 257 * 48 * 4  # 8 + 8 + 4 (padded)
+    assert _number(out, "import rate / plain read") > 0
+    # float16 of float32, Blosc'd: at most half the shards' bytes on any machine
+    assert _number(out, "store bytes / shard bytes") <= 0.5

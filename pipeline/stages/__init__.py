@@ -12,7 +12,8 @@ and the parsed arguments).
 The stage modules: one per step in this package (``demo_data``, ``demo_model``, ``extract``,
 ``finalize``, ``verify``, ``prepare``, ``stats``, ``probe`` (every probe kind's), ``dimred``,
 ``class_f1``, ``propose``, ``quantify``, ``manipulate``), the SAE steps' in
-:mod:`pipeline.sae.stages` beside the token streams they share. Each reads the parsed
+:mod:`pipeline.sae.stages` beside the token streams they share, saev's shard import and
+export in :mod:`pipeline.interop` beside the shard format. Each reads the parsed
 arguments and ``ctx.cfg``, imports its work module when called (so ``--help``, planning and a
 config error import no torch) and returns the JSON summary ``__main__`` prints.
 
@@ -287,6 +288,14 @@ _BEFORE_PROBES: dict[str, Stage] = {
         "sae",
     ),
     "export-sae": Stage("export-sae", "pipeline.commands.sae", "pipeline.sae.stages.export:run", workflow=False),
+    # import-saev: also the import_saev rule's command for a cache with `saev_shards` (workflow/rules/
+    # interop.smk; its sentinel: layout.import_sentinel); workflow=False as the demo config imports none
+    "import-saev": Stage(
+        "import-saev", "pipeline.commands.interop", "pipeline.interop.import_saev:run", workflow=False
+    ),
+    "export-saev": Stage(
+        "export-saev", "pipeline.commands.interop", "pipeline.interop.export_saev:run", workflow=False
+    ),
 }
 _AFTER_PROBES: dict[str, Stage] = {
     "dimred": Stage(

@@ -58,6 +58,7 @@ for _name in DEMO_MODELS:
 _WILD = CacheRef("{model}", "{dataset}")
 PART_PATTERN = str(layout.part_sentinel(CFG, _WILD, "{split}", "{part}", "{of}"))
 COMPLETE_PATTERN = str(layout.store_complete(CFG, _WILD, "{split}"))
+IMPORT_PATTERN = str(layout.import_sentinel(CFG, _WILD, "{split}"))
 STATS_PATTERN = str(layout.stats_path(CFG, _WILD, "{split}"))
 DEMO_DATA_PATTERN = str(layout.demo_sentinel(layout.demo_dataset_root(CFG, "{name}")))
 DEMO_MODEL_PATTERN = str(layout.demo_sentinel(layout.demo_model_dir(CFG, "{name}")))
@@ -118,8 +119,21 @@ def store_complete(ref, split):
 
 
 def extract_parts(wildcards):
+    """What finalize waits for: the extraction parts, or the import of a cache with `saev_shards`."""
     n, ref = CFG.extract.parts, CacheRef(wildcards.model, wildcards.dataset)
+    if ref in CFG.saev_shards:
+        return [str(layout.import_sentinel(CFG, ref, wildcards.split))]
     return [str(layout.part_sentinel(CFG, ref, wildcards.split, i, n)) for i in range(n)]
+
+
+def saev_shard_dir(wildcards):
+    return str(CFG.saev_shards[CacheRef(wildcards.model, wildcards.dataset)][wildcards.split])
+
+
+def saev_inputs(wildcards):
+    """The shard directory's JSON files (a rewritten directory re-imports) and the model's."""
+    folder = Path(saev_shard_dir(wildcards))
+    return {"metadata": str(folder / "metadata.json"), "shards": str(folder / "shards.json"), **demo_inputs(wildcards)}
 
 
 def cache_targets():
