@@ -189,7 +189,9 @@ def import_saev(cfg: Config, ref: CacheRef, split: str, shard_dir: Path) -> dict
         write_chunk(group, s, arrays, writer)
 
     started = time.perf_counter()
-    with cf.ThreadPoolExecutor(max_workers=max(1, cfg.extract.write_threads)) as pool:
+    threads = cfg.extract.write_threads  # `auto` (device: auto leaves it to the job): no forward beside the writers
+    threads = available_cpus() if threads == "auto" else int(threads)
+    with cf.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for future in [pool.submit(one, chunk) for chunk in todo]:
             future.result()
     seconds = time.perf_counter() - started
@@ -210,7 +212,8 @@ def run(ctx, args: argparse.Namespace) -> dict[str, Any]:
     """``python -m pipeline import-saev SHARD_DIR --model M --dataset D --split S [--sentinel F]``;
     the sentinel (the Snakemake rule's output) records the result and the extraction's config
     record (:func:`pipeline.provenance.record`)."""
-    from pipeline import atomic
+    from pipeline.cpus import available_cpus
+from pipeline import atomic
     from pipeline.provenance import record
 
     result = import_saev(ctx.cfg, CacheRef(args.model, args.dataset), args.split, args.shard_dir)
