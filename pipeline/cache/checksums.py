@@ -208,13 +208,13 @@ class VerifyingStore(WrapperStore[LocalStore]):
         if info is None or (byte_range is not None and info.inner is None):
             return value
         index = tuple(int(i) for i in rest.split("/"))
-        if byte_range is not None:  # a piece of a shard: its index or one of its chunks, each ending with its CRC32C
-            if value is not None and info.checksummed and not crc_ok(value.as_numpy_array()):
-                raise corrupt(self.path, info, index, "a chunk (or the index) in its shard fails its CRC32C")
-            return value
         if value is None:
             if name == "acts" and self._complete():  # acts chunks are always written (write_empty_chunks)
                 raise corrupt(self.path, info, index, "its chunk file is missing")
+            return value
+        if byte_range is not None:  # a piece of a shard: its index or one of its chunks, each ending with its CRC32C
+            if info.checksummed and not crc_ok(value.as_numpy_array()):
+                raise corrupt(self.path, info, index, "a chunk (or the index) in its shard fails its CRC32C")
             return value
         check_chunk_bytes(self.path, info, index, value.as_numpy_array())
         return value
