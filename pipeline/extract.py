@@ -425,7 +425,9 @@ def open_decoder(cfg: Config, decode: str, device: torch.device) -> DeviceDecode
     try:
         return DECODERS[decode](device)
     except ValueError as err:
-        raise ConfigError(f"{cfg.source}: key extract/decode: {err}; set extract.decode: cpu (or auto)") from None
+        raise ConfigError(
+            f"{cfg.source}: key extract/decode: {decode} {err}; set extract.decode: cpu (or auto)"
+        ) from None
 
 
 def sample_files(data: SplitData, index: int, bad: bool) -> list[Path]:

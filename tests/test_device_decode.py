@@ -246,5 +246,5 @@ def test_decode_cuda_without_cuda_is_one_error_line_and_creates_nothing(project,
     rc = main(["extract", "--model", "dino", "--dataset", "seg", "--split", "val", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: ") and len([e for e in err if e.startswith("error: ")]) == 1
-    assert "extract/decode: decode: cuda needs a CUDA device" in err[-1]
+    assert "key extract/decode: cuda needs a CUDA device" in err[-1]
     assert not (project / "cache" / "dino" / "seg" / "val.zarr").exists()

@@ -146,13 +146,13 @@ def open_nvjpeg(device: torch.device) -> DeviceDecoder:
     import torch
 
     if device.type != "cuda" or not torch.cuda.is_available():
-        raise ValueError(f"decode: cuda needs a CUDA device, and this run's device is {device}")
+        raise ValueError(f"needs a CUDA device, and this run's device is {device}")
     if importlib.util.find_spec("torchvision") is None:
-        raise ValueError("decode: cuda needs torchvision (torchvision.io.decode_jpeg), which is not installed")
+        raise ValueError("needs torchvision (torchvision.io.decode_jpeg), which is not installed")
     try:
         return NvjpegDecoder(device)
     except (ImportError, RuntimeError, OSError) as err:
-        raise ValueError(f"decode: cuda: torchvision does not import here ({type(err).__name__}: {err})") from None
+        raise ValueError(f"needs torchvision, which does not import here ({type(err).__name__}: {err})") from None
 
 
 # extract.decode -> the factory of its device decoder ("cpu": none; "auto" resolves to one of these)
