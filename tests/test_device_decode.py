@@ -20,7 +20,7 @@ from PIL import Image
 
 from helpers import write_config
 from pipeline.config import CacheRef, load_config
-from pipeline.data import Preprocess, load_rgb, preprocess_image
+from pipeline.data import Preprocess, preprocess_image
 from pipeline.data.device_decode import (
     DECODERS,
     decode_each,
@@ -178,9 +178,7 @@ def test_stand_in_device_decode_makes_the_cpu_store_with_per_file_fallback(proje
     planted = _plant(project)
     names = sorted(planted)
     refused = planted[names[5]]  # a good baseline JPEG the stand-in raises on: decoded by Pillow instead
-    (cpu, cuda), (r_cpu, r_cuda), decoder = _stores(
-        project, monkeypatch, (refused,), num_workers=workers, batch_size=4
-    )
+    (cpu, cuda), (r_cpu, r_cuda), decoder = _stores(project, monkeypatch, (refused,), num_workers=workers, batch_size=4)
     # every array bit-identical (no resize at 56 px: the device path's pixels are Pillow's)
     a, b = zarr.open_group(cpu, mode="r"), zarr.open_group(cuda, mode="r")
     for name in sorted(a.array_keys()):
@@ -199,7 +197,9 @@ def test_stand_in_device_decode_makes_the_cpu_store_with_per_file_fallback(proje
     assert b.attrs["config_hash"] != a.attrs["config_hash"]
     stages = r_cuda.stages
     assert {"decode_img_s", "device_decode_img_s", "forward_img_s", "write_img_s"} <= set(stages)
-    assert stages["bound_by"] == min(("decode", "device_decode", "forward", "write"), key=lambda k: stages[f"{k}_img_s"])
+    assert stages["bound_by"] == min(
+        ("decode", "device_decode", "forward", "write"), key=lambda k: stages[f"{k}_img_s"]
+    )
     assert "device_decode_img_s" not in r_cpu.stages
 
 
@@ -232,8 +232,12 @@ def test_a_file_neither_decoder_reads_becomes_the_bad_row_the_cpu_path_makes(pro
     always_fails = PilDecoder(torch.device("cpu"), refuse=tuple(bytes(j.numpy()) for j in batch["jpeg"]))
     pixels, fallbacks = device_pixels(batch, always_fails, data, pre, 10**8, torch.device("cpu"), 14)
     cpu_item = _Images(data, np.arange(2), pre, 14, 10**8)[1]  # the cpu path on the missing file
-    assert fallbacks == 2 and batch["bad"] == [False, True] and batch["reason"][1] == cpu_item["reason"] == "no such file"
-    assert torch.equal(pixels[1], cpu_item["pixels"]) and torch.equal(pixels[0], _Images(data, np.arange(1), pre, 14, 10**8)[0]["pixels"])
+    assert (
+        fallbacks == 2 and batch["bad"] == [False, True] and batch["reason"][1] == cpu_item["reason"] == "no such file"
+    )
+    assert torch.equal(pixels[1], cpu_item["pixels"]) and torch.equal(
+        pixels[0], _Images(data, np.arange(1), pre, 14, 10**8)[0]["pixels"]
+    )
     for key in ("patch_label", "patch_purity", "pixel_label", "fingerprint"):
         assert np.array_equal(batch[key][1], cpu_item[key]), key
     assert batch["mask_error"][1] == cpu_item["mask_error"] == "" and "jpeg" not in batch

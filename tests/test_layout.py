@@ -152,7 +152,12 @@ def test_every_stage_writes_what_the_layout_declares(tmp_path, monkeypatch):
     import json
 
     attrs = json.loads((layout.store_path(cfg, CacheRef(**SEGC), "train") / "zarr.json").read_text())["attributes"]
-    assert set(attrs["config"]) == set(stages.STORE_HASHED_KEYS) - {"forward_dtype", "compression", "shard_images", "decode"}
+    assert set(attrs["config"]) == set(stages.STORE_HASHED_KEYS) - {
+        "forward_dtype",
+        "compression",
+        "shard_images",
+        "decode",
+    }
     assert set(stages.EXTRACT_KEYS) == {k for keys in stages.STORE_HASHED_KEYS.values() for k in keys} | {
         "extract.on_bad_image"
     }

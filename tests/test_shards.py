@@ -30,7 +30,9 @@ SEG = CacheRef("dino", "seg")
 def _cfg(project: Path, shard_images: int, compression: str = "lz4", **extract_keys):
     name = f"s{shard_images}-{compression}"
     keys = {"dtype": "float16", "compression": compression, "shard_images": shard_images, **extract_keys}
-    return load_config(write_config(project, {"paths": {"cache": f"cache-{name}"}, "extract": keys}, name=f"{name}.yaml"))
+    return load_config(
+        write_config(project, {"paths": {"cache": f"cache-{name}"}, "extract": keys}, name=f"{name}.yaml")
+    )
 
 
 def _files(store: Path) -> int:
@@ -195,3 +197,28 @@ def test_the_shard_layout_is_recorded_in_the_store(project):
     assert attrs["shard_images"] == 8 and attrs["config"]["shard_images"] == 8 and attrs["decode"] == "cpu"
     with pytest.raises(ConfigError):
         load_config(write_config(project, {"extract": {"shard_images": -8}}, name="neg.yaml"))
+
+
+def test_an_orphan_writer_of_a_replaced_sharded_store_touches_nothing_of_its_successor(project):
+    import shutil
+
+    from pipeline.cache import ForeignWriterError, StoreWriter, write_chunk
+
+    old = _cfg(project, 8)
+    extract(old, SEG, "train", part=1, of=2, progress=False)  # the last shard only
+    store = old.store(SEG, "train")
+    group = zarr.open_group(store, mode="r+")
+    writer = StoreWriter.of(store, group)
+    shard = {
+        k: group[k][16:24]
+        for k in ("acts", "bad", "bad_reason", "fingerprint", "patch_label", "patch_purity", "pixel_label")
+    }
+    shutil.rmtree(store)  # the user deletes it and extracts another config (float32) into the same path
+    new = load_config(
+        write_config(project, {"paths": {"cache": "cache-s8-lz4"}, "extract": {"shard_images": 8}}, name="new.yaml")
+    )
+    extract(new, SEG, "train", part=1, of=2, progress=False)
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    with pytest.raises(ForeignWriterError, match="was replaced while this process was writing it"):
+        write_chunk(group, 0, {k: v[:8] for k, v in shard.items()}, writer)
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before

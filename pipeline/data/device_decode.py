@@ -131,7 +131,8 @@ class NvjpegDecoder:
     orientation is not applied (as on the cpu path); grey JPEGs come out as RGB."""
 
     def __init__(self, device: torch.device) -> None:
-        from torchvision.io import ImageReadMode, decode_jpeg  # only here: the cpu path never needs torchvision
+        # only here: the cpu path never needs torchvision (not a dependency: its wheel must match torch's build)
+        from torchvision.io import ImageReadMode, decode_jpeg  # pyright: ignore[reportMissingImports]
 
         self.device = device
         self._decode, self._mode = decode_jpeg, ImageReadMode.RGB
