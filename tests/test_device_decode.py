@@ -99,8 +99,16 @@ def test_auto_is_cuda_only_on_cuda_with_every_file_a_jpeg(monkeypatch):
     assert resolve_decode("cuda", cpu, ["a.png"]) == "cuda"  # as set: open_decoder refuses it here
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
-    assert resolve_decode("auto", cuda, ["a.jpg", "b.JPEG"]) == "cuda"
+    imported = []
+    monkeypatch.setattr("importlib.import_module", lambda name: imported.append(name))
+    assert resolve_decode("auto", cuda, ["a.jpg", "b.JPEG"]) == "cuda" and imported == ["torchvision.io"]
     assert resolve_decode("auto", cuda, ["a.jpg", "b.png"]) == "cpu"
+
+    def broken(name):
+        raise ImportError("torchvision built for another torch")
+
+    monkeypatch.setattr("importlib.import_module", broken)
+    assert resolve_decode("auto", cuda, ["a.jpg"]) == "cpu"
 
 
 # ---- batching and per-file fallback ----------------------------------------------------------------

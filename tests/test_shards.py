@@ -222,3 +222,33 @@ def test_an_orphan_writer_of_a_replaced_sharded_store_touches_nothing_of_its_suc
     with pytest.raises(ForeignWriterError, match="was replaced while this process was writing it"):
         write_chunk(group, 0, {k: v[:8] for k, v in shard.items()}, writer)
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+
+
+def test_a_step_reading_a_store_of_another_shard_size_or_decode_names_the_key(project):
+    from pipeline.provenance import StaleInputError, check_store
+
+    cfg = _cfg(project, 8)
+    extract(cfg, SEG, "val", progress=False)
+    check_store(cfg, SEG, "val")  # as extracted
+    unsharded = load_config(
+        write_config(project, {"paths": {"cache": "cache-s8-lz4"}, "extract": {"dtype": "float16"}}, name="u.yaml")
+    )
+    with pytest.raises(StaleInputError, match=r"extract\.shard_images \(8 -> 0\)"):
+        check_store(unsharded, SEG, "val")
+    auto = load_config(
+        write_config(
+            project,
+            {"paths": {"cache": "cache-s8-lz4"}, "extract": {"dtype": "float16", "shard_images": 8, "decode": "auto"}},
+            name="auto.yaml",
+        )
+    )
+    check_store(auto, SEG, "val")  # auto accepts the store whatever it resolved to
+    cuda = load_config(
+        write_config(
+            project,
+            {"paths": {"cache": "cache-s8-lz4"}, "extract": {"dtype": "float16", "shard_images": 8, "decode": "cuda"}},
+            name="cuda.yaml",
+        )
+    )
+    with pytest.raises(StaleInputError, match=r'extract\.decode \("cpu" -> "cuda"\)'):
+        check_store(cuda, SEG, "val")

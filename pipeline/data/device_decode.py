@@ -25,6 +25,8 @@ has none (the decode workers do everything).
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import struct
 from collections.abc import Callable, Sequence
@@ -161,15 +163,21 @@ DECODERS: dict[str, Callable[[torch.device], DeviceDecoder]] = {"cuda": open_nvj
 
 
 def resolve_decode(setting: str, device: torch.device, files: Sequence[str]) -> str:
-    """``extract.decode`` as run: ``auto`` is ``cuda`` where the device is CUDA, torchvision is
-    installed and every file in ``files`` is a .jpg/.jpeg, else ``cpu``; others stay as set."""
+    """``extract.decode`` as run: ``auto`` is ``cuda`` where the device is CUDA, torchvision imports
+    and every file in ``files`` is a .jpg/.jpeg, else ``cpu``; others stay as set."""
     if setting != "auto":
         return setting
     import torch
 
     jpeg = all(str(f).lower().endswith(tuple(JPEG_SUFFIXES)) for f in files)
     usable = device.type == "cuda" and torch.cuda.is_available() and importlib.util.find_spec("torchvision") is not None
-    return "cuda" if usable and jpeg else "cpu"
+    if usable and jpeg:
+        try:  # installed but built for another torch: auto stays on the cpu
+            importlib.import_module("torchvision.io")
+        except (ImportError, RuntimeError, OSError):
+            return "cpu"
+        return "cuda"
+    return "cpu"
 
 
 def decode_each(decoder: DeviceDecoder, blobs: Sequence[torch.Tensor]) -> list[torch.Tensor | Exception]:
@@ -197,7 +205,6 @@ def device_preprocess(image_3HW: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """uint8 RGB [3, H, W] -> normalised float32 [3, crop, crop] on the same device: the cpu
     path's geometry (``crop_geometry``), ``interpolate(mode, antialias=True)`` rounded and
     clamped to 0..255 as Pillow's 8-bit resize is, then ``/ 255``, ``- mean``, ``/ std``."""
-    import torch
     import torch.nn.functional as F
 
     _, H, W = image_3HW.shape
@@ -210,6 +217,17 @@ def device_preprocess(image_3HW: torch.Tensor, pre: Preprocess) -> torch.Tensor:
         )
         pixels = pixels.round_().clamp_(0, 255)
     crop = pixels[0, :, geo.top : geo.top + geo.crop, geo.left : geo.left + geo.crop]
-    mean = torch.tensor(pre.mean, dtype=torch.float32, device=crop.device)[:, None, None]
-    std = torch.tensor(pre.std, dtype=torch.float32, device=crop.device)[:, None, None]
+    mean, std = _mean_std(pre.mean, pre.std, crop.device)
     return ((crop / 255.0 - mean) / std).contiguous()
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as float32 [3, 1, 1] tensors on ``device``, made once (not a copy to the
+    device per image)."""
+    import torch
+
+    def column(values: tuple) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device)[:, None, None]
+
+    return column(mean), column(std)
