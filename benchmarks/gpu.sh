@@ -42,7 +42,7 @@ PY
 } 2>&1 | tee "$OUT/machine.txt"
 SECONDS=0
 [ -z "${SKIP_EXTRACT:-}" ] && [ "${DECODE_CHECK:-1}" != 0 ] && python3 benchmarks/bench_decode.py --device "$DEVICE" \
-  --images 1024 --hidden 768 --layers 12 2>&1 | grep -v "it/s\]" | tee "$OUT/decode.txt"
+  --images 256 --hidden 768 --layers 12 2>&1 | grep -v "it/s\]" | tee "$OUT/decode.txt"
 [ -z "${SKIP_EXTRACT:-}" ] && python3 benchmarks/bench_extract.py --images "${IMAGES:-6144}" --hidden 768 --layers 12 --batch-size 128 \
   --chunk-images 32 --device "$DEVICE" --forward-dtype bfloat16 --cached 1,2 --image-size "${IMAGE_SIZE:-448}" \
   --resize "${RESIZE:-256}" --variants "${VARIANTS:-cpu:lz4:0,cuda:none:0,cuda:lz4:0,cuda:none:1024}" 2>&1 \
