@@ -71,8 +71,11 @@ def test_sharded_and_unsharded_stores_hold_bit_identical_arrays_in_fewer_files(p
     reader = CacheReader(stores[8])
     assert reader.chunk_images == 4
     assert np.array_equal(reader.read(-1, 4, 8), plain["acts"][4:8, 1])
-    decoder = ChunkDecoder(reader)
-    assert not decoder.direct and not decoder.raw  # shards are read through zarr
+    decoder = ChunkDecoder(reader)  # the training stream reads each chunk's byte range of its shard file itself
+    assert decoder.shard_images == 8 and (decoder.raw if compression == "none" else decoder.direct)
+    for start in range(0, 24, 4):
+        assert np.array_equal(decoder.read(-1, start, start + 4), plain["acts"][start : start + 4, 1]), start
+        assert (decoder.mapped(-1, start) is not None) == (compression == "none")
     tok = token_index(reader, "patches")
     rows = [b for b in group_batches(reader, -1, reader.chunks(), tok, batch_size=16, buffer_size=64, seed=0)]
     plain_reader = CacheReader(stores[0])
@@ -167,6 +170,9 @@ def test_a_damaged_chunk_inside_a_shard_is_named_verified_marked_and_repaired(pr
     named = "array 'acts' shard 0.1.0.0 (images 0..7) is corrupt"
     with pytest.raises(ChunkCorruptError, match=re.escape(named)):
         CacheReader(store).read(-1, 0, 4)
+    with pytest.raises(ChunkCorruptError, match=re.escape(named)):  # the stream's mapped path, too
+        ChunkDecoder(CacheReader(store)).mapped(-1, 0)
+    assert ChunkDecoder(CacheReader(store)).mapped(-1, 4) is not None  # the shard's other chunk is intact
     assert np.array_equal(CacheReader(store).read(-1, 8, 12), original[8:12, 1])  # another shard still reads
     result = scan(store)
     assert [(b.array, b.index, b.images) for b in result.bad] == [("acts", (0, 1, 0, 0), (0, 8))]
@@ -184,6 +190,8 @@ def test_a_damaged_chunk_inside_a_shard_is_named_verified_marked_and_repaired(pr
     assert "index" in scan(store).bad[0].why
     with pytest.raises(ChunkCorruptError, match=re.escape(named)):
         CacheReader(store).read(-1, 4, 8)
+    with pytest.raises(ChunkCorruptError, match=re.escape(named) + ".*index"):
+        ChunkDecoder(CacheReader(store)).read(-1, 4, 8)
     # a missing shard of a finalized store is corrupt, not NaN
     shard.unlink()
     with pytest.raises(ChunkCorruptError, match="its chunk file is missing"):
