@@ -142,7 +142,7 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
         batch_size=batch_size,
         num_workers=cfg.extract.num_workers,
         collate_fn=_collate,
-        pin_memory=device.type == "cuda",
+        pin_memory=decoder is not None and device.type == "cuda",  # (b) of decode cpu: as measured before
     )
     t0 = time.perf_counter()
     if decoder is None:
