@@ -140,8 +140,9 @@ class ChunkDecoder:
         meta = acts.metadata
         codecs = tuple(getattr(meta, "codecs", ()))
         self.shard_images = 0  # images per shard file; 0: one file per chunk
-        if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
-            sharding = codecs[0]
+        first: Any = codecs[0] if codecs else None  # (zarr's metadata type does not list the sharding codec)
+        if len(codecs) == 1 and isinstance(first, ShardingCodec):
+            sharding = first
             index_crc = [type(c) for c in sharding.index_codecs][-1:] == [Crc32cCodec]
             at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"
             self.shard_images = int(acts.shards[0]) if acts.shards and index_crc and at_end else 0
