@@ -5,14 +5,18 @@ Same images, same model, same batch size, in one run:
 (a) forward    the backbone's forward to the cached blocks at the configured precision
                (autocast), on pixels already in device memory;
 (b) decode     decode + preprocess + labels alone, through the extractor's DataLoader with
-               the configured ``num_workers``;
-(c) write      device-side cast to the store dtype + copy to the host + Blosc compression +
-               zarr writes alone, from activations already in memory, ``write_threads`` threads;
+               the configured ``num_workers``; with ``--decode cuda`` the workers read the files
+               and the JPEGs are decoded and preprocessed on the GPU (``extract.decode``);
+(c) write      device-side cast to the store dtype + copy to the host + the ``--compression``
+               codec (and ``--shard-images`` shards) + zarr writes alone, from activations
+               already in memory, ``write_threads`` threads;
 (d) extraction the whole ``pipeline.extract`` loop (all stages concurrently).
 
 The stages share the machine, so the rate they allow together is the *stage limit*: on a
-GPU ``min(a, 1 / (1/b + 1/c))``, on CPU (the forward shares the cores too)
-``1 / (1/a + 1/b + 1/c)``. The line ``extraction ÷ stage limit`` says how close the
+GPU ``min(a, 1 / (1/b + 1/c))`` (decode and write share the CPU), with ``--decode cuda``
+``min(1 / (1/a + 1/b), c)`` (decode and forward share the GPU), on CPU (the forward shares
+the cores too) ``1 / (1/a + 1/b + 1/c)``. Also printed: ``d ÷ a`` and the time ImageNet-1K's
+1,281,167 training images would take at rate (d). The line ``extraction ÷ stage limit`` says how close the
 pipelined extractor comes to it (target ≥ 0.9): the median over ``--repeats`` rounds of each
 round's ratio (its stages and its extraction measured back to back), and the ratio of the best
 rates. Also printed: cache bytes ÷ raw float32 bytes (target ≤ 0.5) and the peak proportional resident memory (PSS) of the extraction
@@ -23,6 +27,8 @@ activations (it must stay bounded, not grow with the dataset).
     python benchmarks/bench_extract.py                       # ViT-S/14-sized (D=384, 12 blocks)
     python benchmarks/bench_extract.py --hidden 48 --layers 2  # tiny: decode and write bound it
     python benchmarks/bench_extract.py --precision-distance  # bfloat16 vs float32 cache, per block
+    python benchmarks/bench_extract.py --decode cuda --compression none --shard-images 1024 \
+        --image-size 448 --resize 256                       # the GPU write path, ImageNet-like JPEGs
 
 ``--precision-distance`` extracts every block of the same images twice (float32 store) with
 ``forward_dtype`` float32 and bfloat16 and prints, per block, the relative distance
@@ -35,6 +41,7 @@ import argparse
 import concurrent.futures as cf
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -99,7 +106,9 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
         _Images,
         _StageClock,
         _to_host,
+        device_pixels,
         layout_and_attrs,
+        open_decoder,
         split_data,
     )
     from pipeline.runtime import forward_precision, resolve_forward_dtype
@@ -119,15 +128,33 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
     layers = list(layout.layers)
     precision = resolve_forward_dtype(cfg.extract.forward_dtype, device)
 
-    # (b) decode alone, with the configured workers
+    # (b) decode alone, with the configured workers (and, decode cuda, the device decoder)
+    decoder = open_decoder(cfg, attrs["decode"], device)
     loader = DataLoader(
-        _Images(data, np.arange(n), model.preprocess, backbone.patch_size, cfg.extract.max_image_pixels),
+        _Images(
+            data,
+            np.arange(n),
+            model.preprocess,
+            backbone.patch_size,
+            cfg.extract.max_image_pixels,
+            device_decode=decoder is not None,
+        ),
         batch_size=batch_size,
         num_workers=cfg.extract.num_workers,
         collate_fn=_collate,
+        pin_memory=decoder is not None and device.type == "cuda",  # (b) of decode cpu: as measured before
     )
     t0 = time.perf_counter()
-    batches = [b["pixels"] for b in loader]
+    if decoder is None:
+        batches = [b["pixels"] for b in loader]
+    else:
+        ex = cfg.extract
+        batches = [
+            device_pixels(b, decoder, data, model.preprocess, ex.max_image_pixels, device, backbone.patch_size)[0]
+            for b in loader
+        ]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     decode = n / (time.perf_counter() - t0)
 
     # (a) forward alone, pixels already on the device
@@ -159,8 +186,8 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(max_workers=cfg.extract.write_threads) as pool:
         futures = []
-        for s in range(0, n, layout.chunk_images):
-            e = min(s + layout.chunk_images, n)
+        for s in range(0, n, layout.write_images):
+            e = min(s + layout.write_images, n)
             host, copied = _to_host(acts_NLTD[s:e], out_dtype)
             piece = {
                 "acts": host,
@@ -241,6 +268,17 @@ def main() -> None:
     parser.add_argument("--write-threads", default="auto")
     parser.add_argument("--forward-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--decode", default="cpu", choices=["cpu", "cuda", "auto"], help="extract.decode")
+    parser.add_argument("--compression", default="lz4", choices=["lz4", "none"], help="extract.compression")
+    parser.add_argument("--shard-images", type=int, default=0, help="extract.shard_images (0: no shards)")
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="DECODE:COMPRESSION:SHARD_IMAGES,... : one table per variant (and --cached count), same images and "
+        "model; overrides --decode, --compression and --shard-images",
+    )
+    parser.add_argument("--image-size", type=int, default=224, help="side of the generated JPEGs, px")
+    parser.add_argument("--resize", type=int, default=224, help="preprocess resize (shorter side); crop is 224")
     parser.add_argument(
         "--cached",
         default="2",
@@ -260,6 +298,7 @@ def main() -> None:
 
     from pipeline.testing import benchmark_project
 
+    from pipeline.config import ConfigError
     from pipeline.context import RunContext
 
     counts = {
@@ -273,6 +312,9 @@ def main() -> None:
             "batch_size": args.batch_size,
             "chunk_images": args.chunk_images,
             "forward_dtype": args.forward_dtype,
+            "decode": args.decode,
+            "compression": args.compression,
+            "shard_images": args.shard_images,
             **counts,
         }
         heads = args.hidden // 64 if args.hidden % 64 == 0 else 6  # ViT-S/B/L: 64-wide heads
@@ -285,24 +327,43 @@ def main() -> None:
             extract=ex,
             device=args.device,
             n_heads=heads,
+            image_size=args.image_size,
+            resize=args.resize,
         )
         ctx = RunContext.start(base)
         threads, device = ctx.threads, ctx.device
-        for n_cached in [int(c) for c in args.cached.split(",")]:
-            # the last n_cached blocks, same images and model; a cache folder of their own
-            layers = tuple(range(-n_cached, 0))
-            cfg = dataclasses.replace(
-                base,
-                extract=dataclasses.replace(base.extract, layers=layers),
-                paths=dataclasses.replace(base.paths, cache=tmp / f"cache-{n_cached}"),
-            )
-            measure(cfg, args, device, threads, heads)
+        variants = [v.split(":") for v in args.variants.split(",")] if args.variants else []
+        variants = variants or [[args.decode, args.compression, str(args.shard_images)]]
+        for decode, compression, shard in variants:
+            for n_cached in [int(c) for c in args.cached.split(",")]:
+                # the last n_cached blocks, same images and model; a cache folder of their own
+                layers = tuple(range(-n_cached, 0))
+                ex_v = dict(layers=layers, decode=decode, compression=compression, shard_images=int(shard))
+                cfg = dataclasses.replace(
+                    base,
+                    extract=dataclasses.replace(base.extract, **ex_v),
+                    paths=dataclasses.replace(
+                        base.paths, cache=tmp / f"cache-{decode}-{compression}-{shard}-{n_cached}"
+                    ),
+                )
+                try:
+                    measure(cfg, args, device, threads, heads)
+                except ConfigError as err:  # e.g. decode cuda where torchvision does not import: the others still run
+                    print(f"\nvariant decode {decode}, compression {compression}, shard_images {shard}: error: {err}")
+                finally:  # the stores of a variant go before the next one's (6,144 ViT-B images, 2 blocks: ~5 GB each)
+                    shutil.rmtree(cfg.paths.cache, ignore_errors=True)
 
 
-def stage_limit(a: float, b: float, c: float, device: torch.device) -> float:
+def stage_limit(a: float, b: float, c: float, device: torch.device, decode: str = "cpu") -> float:
     """The rate the stages allow together: on a GPU ``min(a, 1/(1/b + 1/c))`` (decode and write share
-    the CPU, the forward runs on the GPU), on CPU ``1/(1/a + 1/b + 1/c)`` (all three share the cores)."""
-    return min(a, 1 / (1 / b + 1 / c)) if device.type == "cuda" else 1 / (1 / a + 1 / b + 1 / c)
+    the CPU, the forward runs on the GPU), or with the decode on the GPU ``min(1/(1/a + 1/b), c)``
+    (decode and forward share the GPU); on CPU ``1/(1/a + 1/b + 1/c)`` (all three share the cores)."""
+    if device.type != "cuda":
+        return 1 / (1 / a + 1 / b + 1 / c)
+    return min(1 / (1 / a + 1 / b), c) if decode == "cuda" else min(a, 1 / (1 / b + 1 / c))
+
+
+IMAGENET_TRAIN = 1_281_167  # ImageNet-1K training images
 
 
 def measure(cfg, args, device, threads: int, heads: int) -> None:
@@ -332,7 +393,7 @@ def measure(cfg, args, device, threads: int, heads: int) -> None:
         )
         with PeakMemory() as mem:
             report = extract(run, CacheRef("dino", "seg"), "train", progress=False)
-        round_ratios.append(report.images_per_second / stage_limit(a_r, b_r, c_r, device))
+        round_ratios.append(report.images_per_second / stage_limit(a_r, b_r, c_r, device, report.decode))
         if report.images_per_second > d:
             d, best = report.images_per_second, report
         if round_ == 0:
@@ -340,26 +401,36 @@ def measure(cfg, args, device, threads: int, heads: int) -> None:
     report = best
 
     store = run.store(CacheRef("dino", "seg"), "train")
-    disk = sum(p.stat().st_size for p in (store / "acts").rglob("*") if p.is_file())
+    acts_files = [p for p in (store / "acts").rglob("*") if p.is_file()]
+    disk = sum(p.stat().st_size for p in acts_files)
     n_layers = len(cfg.extract.layers)
     tokens = 1 + (224 // 14) ** 2
     raw_f32 = args.images * n_layers * tokens * args.hidden * 4
     chunk_f32 = cfg.extract.chunk_images * n_layers * tokens * args.hidden * 4
 
-    limit = stage_limit(a, b, c, device)
+    limit = stage_limit(a, b, c, device, report.decode)
+    formula = (
+        "1/(1/a+1/b+1/c): CPU, stages share the cores"
+        if device.type != "cuda"
+        else ("min(1/(1/a+1/b), c): decode on the GPU" if report.decode == "cuda" else "min(a, 1/(1/b+1/c))")
+    )
     print(
         f"\ndevice: {describe_device(device)}, threads: {threads}, num_workers: {cfg.extract.num_workers}, write_threads: {cfg.extract.write_threads}, "
         f"forward: {report.forward_dtype}, model: DINOv2 arch D={args.hidden} x {args.layers} blocks ({heads} heads), "
-        f"{n_layers} cached block(s) {list(cfg.extract.layers)}, {args.images} images of 224 px, batch {args.batch_size}, best of {args.repeats} round(s)"
+        f"{n_layers} cached block(s) {list(cfg.extract.layers)}, {args.images} JPEGs of {args.image_size} px "
+        f"(resize {args.resize}, crop 224), batch {args.batch_size}, best of {args.repeats} round(s)"
+    )
+    print(
+        f"decode: {report.decode} ({report.device_fallbacks} device fallbacks), compression: {cfg.extract.compression}, "
+        f"shard_images: {cfg.extract.shard_images or 'off'}"
     )
     print(f"{'(a) forward alone img/s':<44} {a:9.1f}")
     print(f"{'(b) decode + preprocess alone img/s':<44} {b:9.1f}")
     print(f"{'(c) cast + copy + compress + write img/s':<44} {c:9.1f}")
     print(f"{'(d) extraction img/s':<44} {d:9.1f}")
-    print(
-        f"{'stage limit img/s':<44} {limit:9.1f}  ({'min(a, 1/(1/b+1/c))' if device.type == 'cuda' else '1/(1/a+1/b+1/c): CPU, stages share the cores'})"
-    )
+    print(f"{'stage limit img/s':<44} {limit:9.1f}  ({formula})")
     print(f"stage report of the extraction: {report.stages}")
+    print(f"{'bound by (stage report)':<44} {report.stages.get('bound_by', '?'):>9}")
     print(f"{'ratio':<44} {'value':>9}  target")
     each = ", ".join(f"{r:.2f}" for r in round_ratios)
     print(
@@ -367,7 +438,12 @@ def measure(cfg, args, device, threads: int, heads: int) -> None:
     )
     print(f"{'same, best (d) ÷ limit of best (a), (b), (c)':<44} {d / limit:9.2f}")
     print(f"{'d ÷ a':<44} {d / a:9.2f}")
+    print(
+        f"{'projected ImageNet-1K time at (d), minutes':<44} {IMAGENET_TRAIN / d / 60:9.1f}  "
+        f"({IMAGENET_TRAIN:,} images; target <= 15)"
+    )
     print(f"{'cache bytes ÷ raw float32 bytes':<44} {disk / raw_f32:9.3f}  <= 0.5")
+    print(f"{'acts files (chunks or shards)':<44} {len(acts_files) - 1:9d}")  # less the array's zarr.json
     print(
         f"{'peak extra host memory, MiB (PSS)':<44} {peak / 2**20:9.0f}  (model load + workers + buffers; one float32 chunk is {chunk_f32 / 2**20:.0f} MiB)"
     )

@@ -110,6 +110,8 @@ class ExtractConfig:
     )  # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU)
     compression: str = default("extract/compression")  # the acts codec: a pipeline.cache.store.ACTS_CODECS key
     on_bad_image: str = default("extract/on_bad_image")
+    shard_images: int = default("extract/shard_images")  # images per shard file; 0 = no sharding
+    decode: str = default("extract/decode")  # cpu | cuda | auto: a pipeline.data.device_decode.DECODERS key, or auto
     max_image_pixels: int = default("extract/max_image_pixels")  # refused before decoding above this
 
     def resolved(self, device_type: str) -> ExtractConfig:

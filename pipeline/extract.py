@@ -8,11 +8,15 @@ store; a part that is killed and re-run recomputes only chunks not yet done.
 image is done and consolidates the metadata.
 
 The stages run concurrently: ``extract.num_workers`` DataLoader processes decode
-and preprocess images (and die with the extraction, even on kill -9); the main
+and preprocess images (and die with the extraction, even on kill -9); with
+``extract.decode: cuda`` they only read the files (and decode the masks and the
+files nvJPEG cannot read), and the main thread decodes the JPEGs of each batch on
+the GPU and preprocesses them there (``pipeline.data.device_decode``); the main
 thread runs the forward at ``extract.forward_dtype`` (autocast), casts the
 activations to the store dtype on the device and copies them to the host (pinned
 memory on CUDA); ``extract.write_threads`` threads assemble, compress and write
-whole chunks, each chunk by exactly one thread. Each stage's busy time is
+whole chunks (whole shards with ``extract.shard_images``), each by exactly one
+thread. Each stage's busy time is
 measured and reported (``ExtractReport.stages``): the images per second it could
 sustain and which stage bounded the run.
 
@@ -51,6 +55,7 @@ from pipeline.cache import (
     write_chunk,
 )
 from pipeline.dataset_kinds import dataset_kind
+from pipeline.cache.stream import read_ahead
 from pipeline.config import CacheRef, Config, ConfigError, stable_hash, to_jsonable
 from pipeline.context import RunContext
 from pipeline.layout import split_file
@@ -68,6 +73,16 @@ from pipeline.data import (
     patch_labels,
     preprocess_image,
     preprocess_mask,
+    read_file,
+)
+from pipeline.data.device_decode import (
+    DECODERS,
+    DeviceDecoder,
+    decode_each,
+    device_preprocess,
+    device_refusal,
+    jpeg_header,
+    resolve_decode,
 )
 from pipeline.models import Backbone, load_backbone
 from pipeline.models.family import READOUTS
@@ -94,6 +109,8 @@ class ExtractReport:
     num_workers: int = 0
     write_threads: int = 1
     stages: dict = field(default_factory=dict)  # stage -> img/s it could sustain; "bound_by": the slowest
+    decode: str = "cpu"  # extract.decode as run (auto resolved)
+    device_fallbacks: int = 0  # decode cuda: JPEGs the device decoder raised on, decoded on the cpu path instead
 
     @property
     def images_per_second(self) -> float:
@@ -115,9 +132,20 @@ def split_data(cfg: Config, dataset: str, split: str) -> SplitData:
 class _Images(Dataset):
     """Decodes, preprocesses and labels images (runs in DataLoader workers)."""
 
-    def __init__(self, data: SplitData, indices: np.ndarray, pre: Preprocess, patch_size: int, max_pixels: int):
+    def __init__(
+        self,
+        data: SplitData,
+        indices: np.ndarray,
+        pre: Preprocess,
+        patch_size: int,
+        max_pixels: int,
+        device_decode: bool = False,
+    ):
         self.data, self.indices, self.pre, self.patch_size = data, indices, pre, patch_size
         self.max_pixels = max_pixels
+        # decode cuda: a JPEG the device decoder can take travels as its bytes ("jpeg") and its
+        # pixels are made in the main process; every other file is decoded here as on the cpu path
+        self.device_decode = device_decode
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -132,22 +160,27 @@ class _Images(Dataset):
         item = {"index": index, "bad": False, "reason": "", "mask_error": ""}
         crop = self.pre.crop
         fingerprint = Fingerprint()  # the bytes read for decoding, hashed: no second read
-        try:
-            img = load_rgb(sample.image, max_pixels=self.max_pixels, fingerprint=fingerprint)
-        except BadImageError as err:
-            img = None
-            item.update(bad=True, reason=err.reason)
-        item["pixels"] = preprocess_image(img, self.pre) if img is not None else torch.zeros(3, crop, crop)
+        size: tuple[int, int] | None = None  # (W, H) of a readable image
+        if self.device_decode:
+            size = self._read_for_device(sample.image, item, fingerprint)
+        else:
+            try:
+                img = load_rgb(sample.image, max_pixels=self.max_pixels, fingerprint=fingerprint)
+                size = img.size
+            except BadImageError as err:
+                img = None
+                item.update(bad=True, reason=err.reason)
+            item["pixels"] = preprocess_image(img, self.pre) if img is not None else torch.zeros(3, crop, crop)
         if self.data.task == "segmentation":
             mask = np.zeros((crop, crop), dtype=np.int64)
-            if img is not None:
+            if size is not None:
                 try:
                     if sample.mask is None:
                         raise MaskError(f"no mask for image {sample.image}")
                     raw = load_mask(
                         sample.mask,
                         image_path=sample.image,
-                        image_size=img.size,
+                        image_size=size,
                         max_pixels=self.max_pixels,
                         fingerprint=fingerprint,
                     )
@@ -168,6 +201,26 @@ class _Images(Dataset):
         item["decode_s"] = time.perf_counter() - t0
         return item
 
+    def _read_for_device(self, path: Path, item: dict, fingerprint: Fingerprint) -> tuple[int, int] | None:
+        """decode cuda: read the image once; a JPEG the device decoder takes (``device_refusal``)
+        goes on as its bytes (``item["jpeg"]``, pixels made later on the device), any other file
+        is decoded from those bytes here, as on the cpu path. Returns (W, H), or None (bad image)."""
+        crop = self.pre.crop
+        item["jpeg"], item["pixels"] = None, None
+        try:
+            data = read_file(path, fingerprint)
+            if device_refusal(data, self.max_pixels) is None:
+                header = jpeg_header(data)
+                assert header is not None  # device_refusal read it
+                item["jpeg"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                return header.width, header.height
+            img = load_rgb(path, max_pixels=self.max_pixels, data=data)
+        except BadImageError as err:
+            item.update(bad=True, reason=err.reason, pixels=torch.zeros(3, crop, crop))
+            return None
+        item["pixels"] = preprocess_image(img, self.pre)
+        return img.size
+
 
 def _first_input_error(batch: dict, data: SplitData, skip_bad: bool) -> tuple[int, Exception | None]:
     """(position in the batch, exception) of the first unreadable image or mask; (len, None) if none."""
@@ -184,7 +237,10 @@ def _first_input_error(batch: dict, data: SplitData, skip_bad: bool) -> tuple[in
 
 
 def _collate(items: list[dict]) -> dict:
-    out = {"pixels": torch.stack([it["pixels"] for it in items])}
+    """One batch: ``pixels`` stacked (decode cuda: only of the rows without ``jpeg`` bytes, or
+    None if every row has them), every other key as a list."""
+    pixels = [it["pixels"] for it in items if it["pixels"] is not None]
+    out = {"pixels": torch.stack(pixels) if pixels else None}
     for key in items[0]:
         if key != "pixels":
             out[key] = [it[key] for it in items]
@@ -214,6 +270,12 @@ def layout_and_attrs(
             f"{cfg.source}: extract/layers {list(ex.layers)}: {err} (model {ref.model} has {backbone.n_blocks} blocks)"
         ) from None
     forward_dtype = resolve_forward_dtype(ex.forward_dtype, backbone.device)
+    if ex.shard_images % ex.chunk_images:
+        raise ConfigError(
+            f"{cfg.source}: extract/shard_images {ex.shard_images} is not a multiple of extract/chunk_images "
+            f"{ex.chunk_images} (a shard holds whole chunks; 0 = no shards)"
+        )
+    decode = resolve_decode(ex.decode, backbone.device, [s.image.name for s in data.samples])
     kinds = backbone.prefix.kinds + ("patch",) * (side * side)
     layout = StoreLayout(
         image_ids=tuple(s.id for s in data.samples),
@@ -226,6 +288,7 @@ def layout_and_attrs(
         task=data.task,
         mask_size=pre.crop if data.task == "segmentation" else None,
         compression=ex.compression,
+        shard_images=ex.shard_images,
     )
     # Everything that changes the numbers or the layout; not parts, batch size or workers. The
     # entries are pipeline.stages.STORE_HASHED_KEYS (which also gives the extract step's config keys).
@@ -239,6 +302,9 @@ def layout_and_attrs(
         "chunk_images": ex.chunk_images,
         # stores made before this key existed are lz4: their hash stays valid
         "compression": ex.compression if ex.compression != "lz4" else None,
+        # stores made before these keys existed are unsharded and decoded on the cpu: their hash stays valid
+        "shard_images": ex.shard_images or None,
+        "decode": decode if decode != "cpu" else None,
         "dataset": {
             "kind": dataset.kind,
             "root": str(dataset.root),
@@ -277,6 +343,8 @@ def layout_and_attrs(
         "dtype": ex.dtype,
         "forward_dtype": forward_dtype,
         "compression": ex.compression,
+        "shard_images": ex.shard_images,
+        "decode": decode,
         "package": "pipeline",
         "package_version": pipeline.__version__,
         "torch_version": torch.__version__,
@@ -312,11 +380,12 @@ def extract(
         raise DatasetError(f"dataset {ref.dataset!r} split {split!r} ({cfg.dataset(ref.dataset).root}) has no images")
     backbone, provenance = load_backbone(cfg.model(ref.model).spec, device=device)
     layout, attrs = layout_and_attrs(cfg, ref, split, data, backbone, provenance)
+    decoder = open_decoder(cfg, attrs["decode"], device)  # before the store: a refused decode creates nothing
     store = cfg.store(ref, split)
     group = create_or_open(store, layout, attrs)
     check_inputs(store, group, data, attrs["inputs"]["dataset_root"], f"datasets.{ref.dataset}.root")
 
-    chunks = chunk_ranges(layout.n_images, layout.chunk_images)
+    chunks = chunk_ranges(layout.n_images, layout.write_images)  # write units: shards when sharded
     mine = [chunks[i] for i in part_chunks(len(chunks), part, of)]
     todo = pending_chunks(group, mine)
     report = ExtractReport(
@@ -330,6 +399,7 @@ def extract(
         forward_dtype=attrs["forward_dtype"],
         num_workers=int(cfg.extract.num_workers),  # counts since ExtractConfig.resolved above
         write_threads=int(cfg.extract.write_threads),
+        decode=attrs["decode"],
     )
     if todo:
         _run(
@@ -344,11 +414,25 @@ def extract(
             report,
             device,
             progress,
+            decoder,
         )
         log.info("extract %s part %d/%d: %s", store, part + 1, of, stage_summary(report.stages))
     if of == 1:
         finalize(store)
     return report
+
+
+def open_decoder(cfg: Config, decode: str, device: torch.device) -> DeviceDecoder | None:
+    """The device decoder of ``decode`` (``extract.decode`` resolved), None for ``cpu``; a decoder
+    that cannot run here (no CUDA, no torchvision) is a ConfigError naming the key."""
+    if decode not in DECODERS:
+        return None
+    try:
+        return DECODERS[decode](device)
+    except ValueError as err:
+        raise ConfigError(
+            f"{cfg.source}: key extract/decode: {decode} {err}; set extract.decode: cpu (or auto)"
+        ) from None
 
 
 def sample_files(data: SplitData, index: int, bad: bool) -> list[Path]:
@@ -417,34 +501,38 @@ class _StageClock:
     decode_s: float = 0.0
     forward_s: float = 0.0
     write_s: float = 0.0
+    device_decode_s: float = 0.0  # decode cuda: the main thread's device decode + preprocess (and its cpu fallbacks)
     lock: threading.Lock = field(default_factory=threading.Lock)  # writer threads add to write_s
-    gpu_spans: list = field(default_factory=list)  # CUDA (start, end) events: timed without a sync per batch
+    gpu_spans: dict = field(default_factory=dict)  # stage -> CUDA (start, end) events: timed without a sync per batch
 
     def forward_started(self, device: torch.device):
+        """A start mark of a main-thread stage (forward, device_decode): a CUDA event on a GPU."""
         if device.type != "cuda":
             return time.perf_counter()
         start = torch.cuda.Event(enable_timing=True)
         start.record()
         return start
 
-    def forward_ended(self, started) -> None:
+    def forward_ended(self, started, stage: str = "forward") -> None:
         if isinstance(started, float):
-            self.forward_s += time.perf_counter() - started
+            setattr(self, f"{stage}_s", getattr(self, f"{stage}_s") + time.perf_counter() - started)
             return
         end = torch.cuda.Event(enable_timing=True)
         end.record()
-        self.gpu_spans.append((started, end))
+        self.gpu_spans.setdefault(stage, []).append((started, end))
 
-    def rates(self, n_images: int, workers: int, writers: int) -> dict:
-        if self.gpu_spans:
-            self.gpu_spans[-1][1].synchronize()
-            self.forward_s = sum(a.elapsed_time(b) for a, b in self.gpu_spans) / 1000
+    def rates(self, n_images: int, workers: int, writers: int, device_decode: bool = False) -> dict:
+        """Each stage's img/s alone (``device_decode`` only with decode cuda) and the slowest one."""
+        for stage, spans in self.gpu_spans.items():
+            spans[-1][1].synchronize()
+            setattr(self, f"{stage}_s", sum(a.elapsed_time(b) for a, b in spans) / 1000)
 
         def rate(busy: float, concurrency: int) -> float:
             return round(n_images / (busy / max(1, concurrency)), 2) if busy > 0 else float("inf")
 
         stages = {
             "decode": rate(self.decode_s, workers),
+            **({"device_decode": rate(self.device_decode_s, 1)} if device_decode else {}),
             "forward": rate(self.forward_s, 1),
             "write": rate(self.write_s, writers),
         }
@@ -508,12 +596,13 @@ def _run(
     report: ExtractReport,
     device,
     progress: bool,
+    decoder: DeviceDecoder | None = None,
 ) -> None:
     ex = cfg.extract
     workers, writers = int(ex.num_workers), int(ex.write_threads)  # resolved by extract()
     indices = np.concatenate([np.arange(s, e) for s, e in todo])
     loader = DataLoader(
-        _Images(data, indices, pre, backbone.patch_size, ex.max_image_pixels),
+        _Images(data, indices, pre, backbone.patch_size, ex.max_image_pixels, device_decode=decoder is not None),
         batch_size=ex.batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -544,7 +633,24 @@ def _run(
     ):
         pending: list[cf.Future] = []
         try:
-            for batch in loader:
+            batches = iter(loader)
+            if decoder is not None:  # every row's pixels on the device, before bad rows are judged
+                decode = functools.partial(
+                    _decode_on_device,
+                    decoder=decoder,
+                    data=data,
+                    pre=pre,
+                    max_pixels=ex.max_image_pixels,
+                    patch_size=backbone.patch_size,
+                    device=device,
+                    clock=clock,
+                )
+                # one thread, a batch ahead: nvJPEG's host side and the kernel launches overlap the
+                # forward; both use the device's current stream, so a batch's decode kernels run
+                # before its forward's
+                batches = read_ahead((functools.partial(decode, batch) for batch in loader), workers=1)
+            for batch in batches:
+                report.device_fallbacks += batch.pop("device_fallbacks", 0)
                 cut, error = _first_input_error(batch, data, ex.on_bad_image == "skip")
                 if error is not None:  # the images before the culprit still complete their chunks
                     batch = _head(batch, cut)
@@ -589,11 +695,81 @@ def _run(
     bar.close()
     report.seconds = time.perf_counter() - t0
     report.stages = {
-        **clock.rates(report.images_computed, workers, writers),
+        **clock.rates(report.images_computed, workers, writers, decoder is not None),
         "extract_img_s": round(report.images_per_second, 2),
     }
     if error is not None:
         raise error
+
+
+def _decode_on_device(
+    batch: dict,
+    *,
+    decoder: DeviceDecoder,
+    data: SplitData,
+    pre: Preprocess,
+    max_pixels: int,
+    patch_size: int,
+    device: torch.device,
+    clock: _StageClock,
+) -> dict:
+    """decode cuda, in the decode thread: ``batch`` with its pixels on the device (``device_pixels``)
+    and its count of cpu fallbacks; the thread's busy time goes to the clock's ``device_decode``."""
+    t0 = time.perf_counter()
+    batch["pixels"], batch["device_fallbacks"] = device_pixels(
+        batch, decoder, data, pre, max_pixels, device, patch_size
+    )
+    clock.device_decode_s += time.perf_counter() - t0
+    return batch
+
+
+def device_pixels(
+    batch: dict,
+    decoder: DeviceDecoder,
+    data: SplitData,
+    pre: Preprocess,
+    max_pixels: int,
+    device: torch.device,
+    patch_size: int,
+) -> tuple[torch.Tensor, int]:
+    """decode cuda: the batch's normalised pixels ``[B, 3, crop, crop]`` on ``device`` and how many
+    JPEGs fell back to the cpu path.
+
+    Rows the workers decoded (``jpeg`` None) are copied over; the others are decoded in one
+    call (``decode_each``) and preprocessed on the device. A JPEG the decoder raises on is
+    decoded here with Pillow, as the cpu path would; if Pillow refuses it too, its row
+    becomes what the cpu path makes of an unreadable image (bad, with Pillow's reason; label
+    -1 or empty masks; the fingerprint of the image file alone). Consumes ``batch["jpeg"]``.
+    """
+    blobs = batch.pop("jpeg")
+    n, crop = len(blobs), pre.crop
+    pixels = torch.empty((n, 3, crop, crop), dtype=torch.float32, device=device)
+    on_cpu = [i for i, blob in enumerate(blobs) if blob is None]
+    if on_cpu:
+        pixels[on_cpu] = batch["pixels"].to(device, non_blocking=True)
+    rows = [i for i, blob in enumerate(blobs) if blob is not None]
+    fallbacks = 0
+    for i, image in zip(rows, decode_each(decoder, [blobs[i] for i in rows])):
+        if not isinstance(image, Exception):
+            pixels[i] = device_preprocess(image, pre)
+            continue
+        fallbacks += 1
+        index = int(batch["index"][i])
+        fingerprint = Fingerprint()
+        try:
+            img = load_rgb(data.samples[index].image, max_pixels=max_pixels, fingerprint=fingerprint)
+            pixels[i] = preprocess_image(img, pre).to(device)
+        except BadImageError as err:
+            pixels[i] = 0.0
+            batch["bad"][i], batch["reason"][i], batch["mask_error"][i] = True, err.reason, ""
+            batch["fingerprint"][i] = fingerprint.row()
+            if "label" in batch:
+                batch["label"][i] = -1
+            if "patch_label" in batch:  # the labels of an all-"other" mask, as _Images makes them for a bad image
+                labels, purity = patch_labels(np.zeros((crop, crop), dtype=np.int64), patch_size)
+                batch["patch_label"][i], batch["patch_purity"][i] = labels, purity.astype(np.float16)
+                batch["pixel_label"][i] = np.zeros((crop, crop), dtype=np.uint16)
+    return pixels, fallbacks
 
 
 def _worker_init(parent_pid: int, worker_id: int) -> None:

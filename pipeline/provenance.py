@@ -70,7 +70,7 @@ def config_view(cfg: Config) -> dict[str, Any]:
             for n, m in cfg.models.items()
         },
         "datasets": {n: {k: v for k, v in to_jsonable(d).items() if k != "name"} for n, d in cfg.datasets.items()},
-        "extract": to_jsonable(cfg.extract),
+        "extract": _extract_view(cfg),
         "probes": {kind: to_jsonable(probe_section(cfg, kind)) for kind in PROBE_KINDS},
         "sae": _sae_view(cfg),
         "quantify": to_jsonable(cfg.quantify),
@@ -88,9 +88,23 @@ def _sae_view(cfg: Config) -> Any:
     return view
 
 
+# extract keys added after outputs existed -> their value then (the default): left out at it
+_EXTRACT_OMITTED = {"shard_images": 0, "decode": "cpu"}
+
+
+def _extract_view(cfg: Config) -> Any:
+    """``extract`` as recorded; ``shard_images`` (0) and ``decode`` (cpu) left out at their defaults,
+    the layout and decoding of before those keys existed, so outputs made then stay current."""
+    view = to_jsonable(cfg.extract)
+    for key, before in _EXTRACT_OMITTED.items():
+        if isinstance(view, dict) and view.get(key) == before:
+            del view[key]
+    return view
+
+
 _ABSENT = object()
-OMITTED_AT_DEFAULT = frozenset({"sae.kinds"})
-"""Keys a view leaves out at their default (:func:`_sae_view`): not recorded, not hashed."""
+OMITTED_AT_DEFAULT = frozenset({"sae.kinds", *(f"extract.{k}" for k in _EXTRACT_OMITTED)})
+"""Keys a view leaves out at their default (:func:`_sae_view`, :func:`_extract_view`): not recorded, not hashed."""
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -190,6 +204,12 @@ def store_expectation(cfg: Config, ref: CacheRef, split: str, attrs: dict) -> di
         "extract.dtype": (stored.get("dtype"), ex.dtype),
         "extract.chunk_images": (stored.get("chunk_images"), ex.chunk_images),
         "extract.compression": (stored.get("compression", "lz4"), ex.compression),  # hashed only when not lz4
+        "extract.shard_images": (stored.get("shard_images", 0), ex.shard_images),  # hashed only when not 0
+        # hashed (resolved) only when not cpu; `auto` resolves by the extracting machine, so any store fits it
+        "extract.decode": (
+            stored.get("decode", "cpu"),
+            stored.get("decode", "cpu") if ex.decode == "auto" else ex.decode,
+        ),
         f"{d}.kind": (stored.get("dataset", {}).get("kind"), dataset.kind),
         f"{d}.root": (stored.get("dataset", {}).get("root"), str(dataset.root)),
         f"{d}.splits.{split}": (stored.get("dataset", {}).get("split"), dataset.splits[split]),

@@ -95,21 +95,24 @@ def benchmark_project(
     extract: dict,
     device: str = "auto",
     n_heads: int = 6,
+    image_size: int = 224,
+    resize: int = 224,
 ):
-    """A 224 px segmentation dataset and a DINOv2-architecture model of the given size, built in
-    ``folder`` for the benchmarks; returns the validated Config (one cache: dino/seg)."""
+    """A segmentation dataset of ``image_size`` px JPEGs and a DINOv2-architecture model (224 px
+    input: resize ``resize``, crop 224) of the given size, built in ``folder`` for the
+    benchmarks; returns the validated Config (one cache: dino/seg)."""
     raw = deep_update(
         TINY_CONFIG,
         {
             "device": device,
             "demo": {
-                "datasets": {"seg": {"n_train": n_train, "n_val": n_val, "image_size": 224, "n_classes": 8}},
+                "datasets": {"seg": {"n_train": n_train, "n_val": n_val, "image_size": image_size, "n_classes": 8}},
                 "models": {
                     "dino": {"hidden_size": hidden, "n_layers": n_layers, "n_heads": n_heads, "image_size": 224}
                 },
             },
             "models": {
-                "dino": {"source": str(folder / "resources/models/dino"), "preprocess": {"resize": 224, "crop": 224}}
+                "dino": {"source": str(folder / "resources/models/dino"), "preprocess": {"resize": resize, "crop": 224}}
             },
             "datasets": {"seg": {"root": str(folder / "resources/data/seg")}},
             "paths": {"cache": str(folder / "cache")},

@@ -145,3 +145,25 @@ def test_three_parallel_parts_equal_a_serial_run(big_project, tmp_path):
     serial = _uninterrupted_run(big_project, tmp_path / "serial")
     assert not np.isnan(parallel).any()
     np.testing.assert_array_equal(parallel, serial)
+
+
+def test_kill_minus_nine_mid_sharded_extraction_then_resume_equals_unsharded(big_project, tmp_path):
+    """``extract.shard_images: 8`` (6 shards of 2 chunks): killed while shards are being written,
+    resumed, the store holds the values of an uninterrupted unsharded run and verifies clean."""
+    from helpers import deep_update
+    from pipeline.cache.checksums import scan
+
+    store = big_project / "cache" / "dino" / "seg" / "train.zarr"
+    expected = _uninterrupted_run(big_project, tmp_path / "reference")
+    write_config(big_project, deep_update(BIG, {"extract": {"shard_images": 8, "write_threads": 2}}))
+    kills = 0
+    for target in (1, 3):  # shards done when the kill lands (a shard is two done chunks)
+        proc = _start(big_project)
+        kills += _kill_when(proc, lambda target=target: len(_done_chunks(store)) >= 2 * target)
+        assert len(_done_chunks(store)) % 2 == 0  # whole shards only
+    assert kills >= 1, "a kill should land before the run finishes"
+    done_before = len(_done_chunks(store)) // 2
+    report = __import__("json").loads(run_cli(ARGS, big_project).stdout)
+    assert (report["chunks_skipped"], report["chunks_computed"]) == (done_before, 6 - done_before)
+    np.testing.assert_array_equal(_final_acts(store), expected)
+    assert not scan(store).bad and zarr.open_group(store, mode="r").attrs["complete"] is True

@@ -146,12 +146,18 @@ def test_every_stage_writes_what_the_layout_declares(tmp_path, monkeypatch):
                 split=split,
             )
     seen |= {"extract", "finalize"}
-    # a store's config hash covers exactly the entries the stage registry lists (float32 forward and
-    # lz4 compression, the values of stores made before those keys existed: not recorded)
+    # a store's config hash covers exactly the entries the stage registry lists (float32 forward,
+    # lz4 compression, no shards and cpu decode, the values of stores made before those keys
+    # existed: not recorded)
     import json
 
     attrs = json.loads((layout.store_path(cfg, CacheRef(**SEGC), "train") / "zarr.json").read_text())["attributes"]
-    assert set(attrs["config"]) == set(stages.STORE_HASHED_KEYS) - {"forward_dtype", "compression"}
+    assert set(attrs["config"]) == set(stages.STORE_HASHED_KEYS) - {
+        "forward_dtype",
+        "compression",
+        "shard_images",
+        "decode",
+    }
     assert set(stages.EXTRACT_KEYS) == {k for keys in stages.STORE_HASHED_KEYS.values() for k in keys} | {
         "extract.on_bad_image"
     }

@@ -47,6 +47,15 @@ FULL = deep_update(deep_update(PROBE, SAE), QUANTIFY)
             {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"},
         ),
         ({"extract": {"compression": "lz4"}}, set()),  # the default, written out
+        ({"extract": {"shard_images": 0, "decode": "cpu"}}, set()),  # defaults: the hashes of before the keys
+        (
+            {"extract": {"shard_images": 4}},  # another layout, identical numbers
+            {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"},
+        ),
+        (
+            {"extract": {"decode": "cuda"}},  # other pixels
+            {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"},
+        ),
         (
             {"models": {"dino": {"preprocess": {"resize": 64}}}},
             {"extract", "stats", "probe-seg", "sae-train", "sae-latents", "class-f1", "quantify"},

@@ -10,6 +10,12 @@ and the images it holds. The training streams read chunk files themselves
 A short chunk (fewer bytes than its CRC) and, in a finalized store, a missing ``acts`` chunk
 are corrupt too.
 
+A sharded array (``extract.shard_images``) keeps the CRC32C per chunk, inside its shard file:
+each chunk of a shard ends with its own CRC32C, and so does the shard's index (zarr's default
+``index_codecs``), so every piece zarr reads out of a shard (the index, or one chunk by byte
+range) is checked the same way, and ``verify`` walks each shard's index and checks each chunk
+(:func:`shard_problem`).
+
 Stores made before checksums have none: they open and read as before (a log line says so),
 and a flipped bit there is not detected; :func:`scan` still finds chunks that fail to decode.
 
@@ -44,9 +50,15 @@ class ArrayInfo:
 
     name: str
     shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    checksummed: bool  # crc32c is the last codec
+    chunks: tuple[int, ...]  # the chunk grid: of shards when ``inner`` is set
+    checksummed: bool  # crc32c is the last codec (of the shard's chunks when sharded)
     per_image: bool  # a data array along ``image`` (written chunk by chunk by the extraction; not the coordinate)
+    inner: tuple[int, ...] | None = None  # the chunk shape inside each shard file; None: not sharded
+
+    @property
+    def chunks_per_shard(self) -> int:
+        """Chunks in one shard file (its index's entries); 1 when not sharded."""
+        return int(np.prod([s // c for s, c in zip(self.chunks, self.inner)])) if self.inner else 1
 
     def images(self, index: tuple[int, ...]) -> tuple[int, int] | None:
         """The [start, stop) images chunk ``index`` holds (None for an array not along images)."""
@@ -73,12 +85,19 @@ def array_info(store: Path, name: str) -> ArrayInfo | None:
     if meta.get("node_type") != "array":
         return None
     codecs = meta.get("codecs", [])
+    inner = None
+    if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":
+        config = codecs[0]["configuration"]
+        inner = tuple(config["chunk_shape"])
+        index_crc = [c.get("name") for c in config.get("index_codecs", [])][-1:] == ["crc32c"]
+        codecs = config.get("codecs", []) if index_crc and config.get("index_location", "end") == "end" else []
     return ArrayInfo(
         name=name,
         shape=tuple(meta["shape"]),
         chunks=tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]),
         checksummed=bool(codecs) and codecs[-1].get("name") == "crc32c",
         per_image=(meta.get("dimension_names") or [None])[0] == "image" and name != "image",
+        inner=inner,
     )
 
 
@@ -92,8 +111,42 @@ def crc_ok(data: Any) -> bool:
     return google_crc32c.value(view[:-CRC_BYTES]) == stored
 
 
+_EMPTY = 2**64 - 1  # a shard index entry (offset, length) of a chunk never written
+
+
+def shard_problem(info: ArrayInfo, data: Any) -> str | None:
+    """What is wrong with the bytes of one whole shard file of array ``info`` (None: nothing).
+
+    The file is the shard's chunks, then its index (``chunks_per_shard`` little-endian uint64
+    (offset, length) pairs) and the index's CRC32C; every chunk the index lists must lie inside
+    the file and end with its own CRC32C.
+    """
+    view = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    n_index = 16 * info.chunks_per_shard + CRC_BYTES
+    if view.size < n_index:
+        return f"only {view.size} bytes, shorter than its index ({n_index} bytes)"
+    if not crc_ok(view[-n_index:]):
+        return "its index's CRC32C does not match"
+    entries = view[-n_index:-CRC_BYTES].view("<u8").reshape(-1, 2)
+    for k, (offset, length) in enumerate(entries.tolist()):
+        if offset == _EMPTY and length == _EMPTY:
+            continue
+        if offset + length > view.size - n_index:
+            return f"chunk {k} of the shard lies past the end of the file"
+        if not crc_ok(view[offset : offset + length]):
+            return f"chunk {k} of the shard: its CRC32C does not match its bytes"
+    return None
+
+
 def check_chunk_bytes(store: Path, info: ArrayInfo, index: tuple[int, ...], data: Any) -> None:
-    """Raise ChunkCorruptError unless ``data`` (chunk ``index`` of array ``info``) has a matching CRC."""
+    """Raise ChunkCorruptError unless ``data`` (chunk ``index`` of array ``info``) has a matching CRC.
+
+    For a sharded array, ``data`` is a whole shard file (see :func:`shard_problem`)."""
+    if info.checksummed and info.inner is not None:
+        why = shard_problem(info, data)
+        if why is not None:
+            raise corrupt(store, info, index, why)
+        return
     if info.checksummed and not crc_ok(data):
         n = len(memoryview(data).cast("B")) if not isinstance(data, np.ndarray) else data.nbytes
         why = f"only {n} bytes" if n < CRC_BYTES else "its CRC32C does not match its bytes"
@@ -104,8 +157,9 @@ def corrupt(store: Path, info: ArrayInfo, index: tuple[int, ...], why: str) -> C
     """The error for chunk ``index`` of ``info``: store, array, chunk index and the images it holds."""
     images = info.images(index)
     held = f"images {images[0]}..{images[1] - 1}" if images else "no per-image rows"
+    what = "shard" if info.inner is not None else "chunk"
     return ChunkCorruptError(
-        f"{store}: array {info.name!r} chunk {'.'.join(map(str, index))} ({held}) is corrupt: {why}; "
+        f"{store}: array {info.name!r} {what} {'.'.join(map(str, index))} ({held}) is corrupt: {why}; "
         f"`python -m pipeline verify {store}` lists every bad chunk, and with --mark-not-done "
         "lets a re-run re-extract just those images"
     )
@@ -148,15 +202,19 @@ class VerifyingStore(WrapperStore[LocalStore]):
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         value = await self._store.get(key, prototype, byte_range)
         name, sep, rest = key.partition("/c/")
-        if not sep or byte_range is not None:
+        if not sep:
             return value
         info = self._info(name)
-        if info is None:
+        if info is None or (byte_range is not None and info.inner is None):
             return value
         index = tuple(int(i) for i in rest.split("/"))
         if value is None:
             if name == "acts" and self._complete():  # acts chunks are always written (write_empty_chunks)
                 raise corrupt(self.path, info, index, "its chunk file is missing")
+            return value
+        if byte_range is not None:  # a piece of a shard: its index or one of its chunks, each ending with its CRC32C
+            if info.checksummed and not crc_ok(value.as_numpy_array()):
+                raise corrupt(self.path, info, index, "a chunk (or the index) in its shard fails its CRC32C")
             return value
         check_chunk_bytes(self.path, info, index, value.as_numpy_array())
         return value
@@ -237,6 +295,11 @@ def scan(path: Path) -> ScanResult:
                 done_here = done is None or images is None or done[slice(*images)].any()
                 if name == "acts" and images is not None and done_here:
                     result.bad.append(BadChunk(name, index, images, "chunk file missing"))
+                continue
+            if info.checksummed and info.inner is not None:
+                why = shard_problem(info, file.read_bytes())
+                if why is not None:
+                    result.bad.append(BadChunk(name, index, images, f"shard: {why}"))
                 continue
             if info.checksummed:
                 if not crc_ok(file.read_bytes()):

@@ -23,6 +23,13 @@ chunk of images is one set of files and a part owns whole chunks):
 - coords: ``image`` (ids = paths relative to the dataset root), ``layer`` (block
   numbers), ``token``/``token_kind``, ``patch``/``patch_row``/``patch_col``/``patch_token``.
 
+With ``shard_images`` (``extract.shard_images``), every per-image array is stored in zarr v3
+shards of ``shard_images`` images (codec ``sharding_indexed``): one file per shard and layer
+holds its ``shard_images / chunk_images`` chunks, each still coded as above and ending with its
+CRC32C, followed by the shard's index (offset and length of each chunk, with its own CRC32C).
+The extraction then writes, resumes and splits parts in whole shards (the write unit,
+``StoreLayout.write_images``); readers read single chunks out of a shard.
+
 Every array's chunks end with a CRC32C (zarr's ``crc32c`` codec, last in each codec chain;
 ``store_format`` 2): readers check it and name a corrupt chunk (``pipeline.cache.checksums``).
 Stores of ``store_format`` 1 have no checksums and no ``fingerprint``; they still open.
@@ -66,6 +73,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
+from zarr.core.sync import sync
 
 from pipeline import atomic
 
@@ -115,6 +123,12 @@ class StoreLayout:
     task: str  # "segmentation" | "classification"
     mask_size: int | None = None  # H = W of pixel_label (segmentation)
     compression: str = "lz4"  # the acts array's codec, an ACTS_CODECS key (extract.compression)
+    shard_images: int = 0  # images per shard file (extract.shard_images, a multiple of chunk_images); 0: no shards
+
+    @property
+    def write_images(self) -> int:
+        """Images per write unit: a shard when sharded (a shard file is written whole), else a chunk."""
+        return self.shard_images or self.chunk_images
 
     @property
     def n_images(self) -> int:
@@ -167,18 +181,18 @@ def part_chunks(n_chunks: int, part: int, of: int) -> range:
 
 
 def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
-    n, c = layout.n_images, layout.chunk_images
+    n, c, w = layout.n_images, layout.chunk_images, layout.write_images
     t, d, p = layout.n_tokens, layout.d_model, layout.n_patches
     rows, cols = np.divmod(np.arange(p), layout.grid[1])
     n_prefix = t - p
     data = {
         "acts": (
             ("image", "layer", "token", "dim"),
-            da.zeros((n, len(layout.layers), t, d), dtype=layout.dtype, chunks=(c, 1, t, d)),
+            da.zeros((n, len(layout.layers), t, d), dtype=layout.dtype, chunks=(w, 1, t, d)),
         ),
-        "done": (("image",), da.zeros(n, dtype=bool, chunks=c)),
-        "fingerprint": (("image", "fingerprint_field"), da.zeros((n, 4), dtype="uint64", chunks=(c, 4))),
-        "bad": (("image",), da.zeros(n, dtype=bool, chunks=c)),
+        "done": (("image",), da.zeros(n, dtype=bool, chunks=w)),
+        "fingerprint": (("image", "fingerprint_field"), da.zeros((n, 4), dtype="uint64", chunks=(w, 4))),
+        "bad": (("image",), da.zeros(n, dtype=bool, chunks=w)),
         "bad_reason": (("image",), np.full(n, "", dtype=object)),  # small: written at creation
     }
     enc = {
@@ -190,14 +204,14 @@ def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
     }
     if layout.task == "segmentation":
         h = layout.mask_size
-        data["patch_label"] = (("image", "patch"), da.zeros((n, p), dtype="uint16", chunks=(c, p)))
-        data["patch_purity"] = (("image", "patch"), da.zeros((n, p), dtype="float16", chunks=(c, p)))
-        data["pixel_label"] = (("image", "y", "x"), da.zeros((n, h, h), dtype="uint16", chunks=(c, h, h)))
+        data["patch_label"] = (("image", "patch"), da.zeros((n, p), dtype="uint16", chunks=(w, p)))
+        data["patch_purity"] = (("image", "patch"), da.zeros((n, p), dtype="float16", chunks=(w, p)))
+        data["pixel_label"] = (("image", "y", "x"), da.zeros((n, h, h), dtype="uint16", chunks=(w, h, h)))
         enc["patch_label"] = {"chunks": (c, p), "compressors": (blosc(),), "fill_value": 0}
         enc["patch_purity"] = {"chunks": (c, p), "compressors": (blosc(),), "fill_value": 0}
         enc["pixel_label"] = {"chunks": (c, h, h), "compressors": (blosc(),), "fill_value": 0}
     else:
-        data["label"] = (("image",), da.full(n, -1, dtype="int32", chunks=c))
+        data["label"] = (("image",), da.full(n, -1, dtype="int32", chunks=w))
         enc["label"] = {"chunks": (c,), "fill_value": -1}
     coords = {
         "fingerprint_field": np.array(["bytes", "mtime_ns", "blake2b_hi", "blake2b_lo"], dtype=object),
@@ -210,6 +224,9 @@ def _skeleton(layout: StoreLayout, attrs: dict) -> tuple[xr.Dataset, dict]:
         "patch_col": ("patch", cols),
         "patch_token": ("patch", np.arange(p) + n_prefix),
     }
+    if layout.shard_images:  # every per-image array: shards of whole write units
+        for name in data:
+            enc[name]["shards"] = (w, *enc[name]["chunks"][1:])
     for name in (*data, *coords):  # every array, coordinates too, carries chunk checksums
         enc.setdefault(name, {})
         enc[name]["compressors"] = checksummed(tuple(enc[name].get("compressors", ())))
@@ -390,6 +407,28 @@ def _whole_chunk_writer(array: zarr.Array) -> zarr.Array:
     )
 
 
+def _drop_shards(group: zarr.Group, arrays: dict, start: int) -> None:
+    """Delete the shard files the write unit at ``start`` is about to replace (sharded arrays only).
+
+    zarr merges a write into an existing shard file (it reads it first), so a shard left
+    half-written by a killed extraction would fail its checksum and block the resume; the
+    unit is rewritten whole anyway, so its old files go first. ``done`` is not among them:
+    it stays false until the unit's last write.
+    """
+    for name in arrays:
+        array = group[name]
+        if not isinstance(array, zarr.Array) or array.shards is None:
+            continue
+        index = (start // array.shards[0],) + (0,) * (array.ndim - 1)
+        keys = (
+            [array.metadata.encode_chunk_key((index[0], li) + index[2:]) for li in range(array.shape[1])]
+            if name == "acts"
+            else [array.metadata.encode_chunk_key(index)]
+        )
+        for key in keys:
+            sync(array.store_path.store.delete(f"{array.store_path.path}/{key}"))
+
+
 def write_chunk(
     group: zarr.Group, start: int, arrays: dict[str, np.ndarray], writer: StoreWriter | None = None
 ) -> None:
@@ -410,6 +449,7 @@ def write_chunk(
         acts_array = group["acts"]
         assert isinstance(acts_array, zarr.Array)  # created by create_or_open as an array, never a group
         check()
+        _drop_shards(group, arrays, start)
         _whole_chunk_writer(acts_array)[start:stop] = acts  # L whole chunks in one call: zarr encodes them concurrently
         for name, value in arrays.items():
             if name != "acts":

@@ -30,7 +30,7 @@ import psutil
 import torch
 import zarr
 from numcodecs import blosc
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
 from pipeline.cache.checksums import CRC_BYTES, array_info, check_chunk_bytes, corrupt, crc_ok
 from pipeline.cache.reader import CacheReader
@@ -122,6 +122,9 @@ class ChunkDecoder:
       so :meth:`mapped` returns a read-only view of the file mapped into memory, with no copy
       and no decode; a batch gathers its rows straight out of the page cache.
 
+    In a sharded store (``extract.shard_images``) each chunk is a byte range of its shard file,
+    found through the shard's index (whose CRC32C is checked first), and read the same two ways.
+
     Any other layout (or a missing or short chunk file) falls back to ``CacheReader.read``,
     which gives the same values (tested) or raises ``ChunkCorruptError``. On a store with chunk
     checksums (codec ``crc32c`` last: each file ends with a 4-byte CRC32C), both paths check the
@@ -136,7 +139,15 @@ class ChunkDecoder:
             raise TypeError(f"{reader.path}: acts is not an array")
         meta = acts.metadata
         codecs = tuple(getattr(meta, "codecs", ()))
-        self.crc = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)  # each file ends with its CRC32C
+        self.shard_images = 0  # images per shard file; 0: one file per chunk
+        first: Any = codecs[0] if codecs else None  # (zarr's metadata type does not list the sharding codec)
+        if len(codecs) == 1 and isinstance(first, ShardingCodec):
+            sharding = first
+            index_crc = [type(c) for c in sharding.index_codecs][-1:] == [Crc32cCodec]
+            at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"
+            self.shard_images = int(acts.shards[0]) if acts.shards and index_crc and at_end else 0
+            codecs = tuple(sharding.codecs) if self.shard_images else ()
+        self.crc = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)  # each chunk ends with its CRC32C
         codecs = codecs[:-1] if self.crc else codecs
         self.chunk_shape = tuple(acts.chunks)
         self.dtype = np.dtype(acts.dtype)
@@ -154,17 +165,49 @@ class ChunkDecoder:
         self._info = array_info(reader.path, "acts")
 
     def _check(self, layer: int, start: int, data: np.ndarray) -> None:
-        """Raise ChunkCorruptError unless the chunk file's bytes ``data`` end with their CRC32C."""
+        """Raise ChunkCorruptError unless the chunk's bytes ``data`` end with their CRC32C."""
         if self.crc and self._info is not None:
-            index = (start // self.chunk_shape[0], self.reader.layer_index(layer), 0, 0)
-            check_chunk_bytes(self.reader.path, self._info, index, data)
+            index = (start // (self.shard_images or self.chunk_shape[0]), self.reader.layer_index(layer), 0, 0)
+            if self.shard_images and not crc_ok(data):
+                raise corrupt(self.reader.path, self._info, index, "a chunk in its shard fails its CRC32C")
+            if not self.shard_images:
+                check_chunk_bytes(self.reader.path, self._info, index, data)
 
     def _file(self, layer: int, start: int) -> Path | None:
         c = self.chunk_shape[0]
         if start % c:
             return None
-        path = self._root / self._meta.encode_chunk_key((start // c, self.reader.layer_index(layer), 0, 0))
+        outer = start // (self.shard_images or c)
+        path = self._root / self._meta.encode_chunk_key((outer, self.reader.layer_index(layer), 0, 0))
         return path if path.is_file() else None
+
+    def _piece(self, layer: int, start: int) -> tuple[Path, int, int] | None:
+        """(file, byte offset, byte length) of the chunk at ``start``: the whole chunk file, or its
+        range in its shard file (from the shard's index, checked against its CRC32C first); None
+        where the file is missing or the shard lists no such chunk."""
+        path = self._file(layer, start)
+        if path is None:
+            return None
+        size = path.stat().st_size
+        if not self.shard_images:
+            return path, 0, size
+        n_inner = self.shard_images // self.chunk_shape[0]
+        n_index = 16 * n_inner + CRC_BYTES
+        if size < n_index:
+            return None  # CacheReader.read names it
+        with open(path, "rb") as f:
+            f.seek(size - n_index)
+            index = np.frombuffer(f.read(n_index), dtype=np.uint8)
+        shard = (start // self.shard_images, self.reader.layer_index(layer), 0, 0)
+        if not crc_ok(index) and self._info is not None:
+            raise corrupt(self.reader.path, self._info, shard, "its index's CRC32C does not match")
+        offset, length = (
+            int(v)
+            for v in index[:-CRC_BYTES].view("<u8")[2 * ((start % self.shard_images) // self.chunk_shape[0]) :][:2]
+        )
+        if offset + length > size - n_index:
+            return None  # an empty entry (2**64 - 1) or a range past the chunks: CacheReader.read decides
+        return path, offset, length
 
     def mapped(self, layer: int, start: int) -> np.ndarray | None:
         """The chunk at ``start`` of an uncompressed store as a read-only ``[c·T, D]`` view of its
@@ -172,17 +215,19 @@ class ChunkDecoder:
         the file is missing or short. The view keeps the mapping alive; the kernel is asked to
         read the file ahead (``MADV_WILLNEED``), so a cold page cache fills while earlier rows
         are gathered."""
-        path = self._file(layer, start) if self.raw else None
+        piece = self._piece(layer, start) if self.raw else None
         n_bytes = self.chunk_elements * self.dtype.itemsize
         n_file = n_bytes + (CRC_BYTES if self.crc else 0)
-        if path is None or path.stat().st_size != n_file:
+        if piece is None or piece[2] != n_file:
             return None  # CacheReader.read: the same values, or ChunkCorruptError for a short file
+        path, offset, _ = piece
         with open(path, "rb") as f:
-            m = mmap.mmap(f.fileno(), n_file, access=mmap.ACCESS_READ)
+            m = mmap.mmap(f.fileno(), offset + n_file, access=mmap.ACCESS_READ)
         if hasattr(mmap, "MADV_WILLNEED"):  # Linux, macOS
             m.madvise(mmap.MADV_WILLNEED)
-        self._check(layer, start, np.frombuffer(m, dtype=np.uint8))
-        return np.frombuffer(m, dtype=self.dtype, count=self.chunk_elements).reshape(-1, self.chunk_shape[-1])
+        self._check(layer, start, np.frombuffer(m, dtype=np.uint8, count=n_file, offset=offset))
+        rows = np.frombuffer(m, dtype=self.dtype, count=self.chunk_elements, offset=offset)
+        return rows.reshape(-1, self.chunk_shape[-1])
 
     def read(self, layer: int, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """``acts[start:stop, layer]`` as stored (``[B, T, D]``); ``start`` on a chunk boundary.
@@ -197,8 +242,9 @@ class ChunkDecoder:
         rows = self.mapped(layer, start)
         if rows is not None:
             return rows.reshape(c, *self.chunk_shape[2:])[: stop - start]
-        path = self._file(layer, start) if self.direct else None
-        if path is not None:
+        piece = self._piece(layer, start) if self.direct else None
+        if piece is not None:
+            path, offset, length = piece
             n = self.chunk_elements
             if out is None or out.size < n or out.dtype != self.dtype:
                 out = np.empty(n, dtype=self.dtype)
@@ -206,7 +252,8 @@ class ChunkDecoder:
             with (
                 open(path, "rb") as f,
                 mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
-                memoryview(m) as data,
+                memoryview(m) as whole,
+                whole[offset : offset + length] as data,
             ):
                 if self.crc and not crc_ok(np.frombuffer(data, dtype=np.uint8)):
                     failure = "its CRC32C does not match its bytes"
@@ -219,7 +266,7 @@ class ChunkDecoder:
             if failure is not None:
                 if self._info is None:
                     raise CacheError(f"{path}: {failure}")
-                index = (start // c, self.reader.layer_index(layer), 0, 0)
+                index = (start // (self.shard_images or c), self.reader.layer_index(layer), 0, 0)
                 raise corrupt(self.reader.path, self._info, index, failure)
             return out[:n].reshape(c, *self.chunk_shape[2:])[: stop - start]
         return self.reader.read(layer, start, stop)

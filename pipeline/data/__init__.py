@@ -2,6 +2,7 @@
 
 Modules (one job each):
   images        read image files as 8-bit RGB and mask PNGs as int64 class ids
+  device_decode decode JPEGs in batches on the GPU and preprocess them there (extract.decode)
   transforms    resize / center-crop / normalise an image and its mask identically
   patch_labels  reduce a pixel mask to one (label, purity) per ViT patch
   datasets      list the samples of a split (ADE20K, image folders, segmentation folders)
@@ -21,7 +22,7 @@ from pipeline.data.datasets import (
     segmentation_folder,
 )
 from pipeline.data.demo import make_classification_demo, make_segmentation_demo
-from pipeline.data.images import BadImageError, Fingerprint, MaskError, load_mask, load_rgb
+from pipeline.data.images import BadImageError, Fingerprint, MaskError, load_mask, load_rgb, read_file
 from pipeline.data.patch_labels import patch_labels, patch_labels_batch
 from pipeline.data.transforms import (
     CropGeometry,
@@ -56,6 +57,7 @@ __all__ = [
     "patch_labels_batch",
     "preprocess_image",
     "preprocess_mask",
+    "read_file",
     "resize_crop",
     "segmentation_folder",
     "store_image_loader",

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["BadImageError", "Fingerprint", "MaskError", "load_rgb", "load_mask"]
+__all__ = ["BadImageError", "Fingerprint", "MaskError", "load_rgb", "load_mask", "read_file"]
 
 # Modes whose samples are integers on a 0..65535 scale.
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
@@ -161,15 +161,17 @@ def _open_decoded(
     *,
     max_pixels: int | None = None,
     fingerprint: Fingerprint | None = None,
+    data: bytes | None = None,
 ) -> Image.Image:
     """Read ``path`` once and decode every pixel; raise BadImageError on any failure.
 
     With ``max_aspect``, an image more elongated than that is refused before decoding; with
     ``max_pixels``, one whose header declares more pixels. ``fingerprint`` gets the file's
-    bytes. Returns the image (the pixel data lives in memory).
+    bytes. ``data``: the file's bytes, already read (``read_file``): not read again.
+    Returns the image (the pixel data lives in memory).
     """
     path = Path(path)
-    data = _read(path, fingerprint)
+    data = _read(path, fingerprint) if data is None else data
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
@@ -230,7 +232,14 @@ def _float_to_rgb(img: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(np.repeat(grey_HW[:, :, None], 3, axis=2))
 
 
-def load_rgb(path: Path, *, max_pixels: int | None = None, fingerprint: Fingerprint | None = None) -> Image.Image:
+def read_file(path: Path, fingerprint: Fingerprint | None = None) -> bytes:
+    """The bytes of ``path`` in one read (added to ``fingerprint``); BadImageError if it cannot be read."""
+    return _read(Path(path), fingerprint)
+
+
+def load_rgb(
+    path: Path, *, max_pixels: int | None = None, fingerprint: Fingerprint | None = None, data: bytes | None = None
+) -> Image.Image:
     """Open, fully decode and convert an image file to 8-bit RGB.
 
     Mode handling (all end as mode "RGB", uint8):
@@ -247,10 +256,11 @@ def load_rgb(path: Path, *, max_pixels: int | None = None, fingerprint: Fingerpr
         BadImageError: naming ``path``, if the file is missing, not an image,
             truncated, corrupt, in a mode that cannot be converted, more
             elongated than ``MAX_ASPECT``:1 or over ``max_pixels`` pixels (both
-            refused before decoding). ``fingerprint`` gets the file's bytes.
+            refused before decoding). ``fingerprint`` gets the file's bytes; ``data``, when
+            given, is the file's bytes already read (``read_file``), decoded without a read.
     """
     path = Path(path)
-    img = _open_decoded(path, max_aspect=MAX_ASPECT, max_pixels=max_pixels, fingerprint=fingerprint)
+    img = _open_decoded(path, max_aspect=MAX_ASPECT, max_pixels=max_pixels, fingerprint=fingerprint, data=data)
     mode = img.mode
     try:
         if mode == "RGB":

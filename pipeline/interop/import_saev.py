@@ -42,6 +42,7 @@ import numpy as np
 from pipeline.config import CacheRef, Config, ConfigError, stable_hash
 from pipeline.interop import saev_shards as fmt
 from pipeline.interop.saev_shards import SaevShardsError
+from pipeline.cpus import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +213,7 @@ def run(ctx, args: argparse.Namespace) -> dict[str, Any]:
     """``python -m pipeline import-saev SHARD_DIR --model M --dataset D --split S [--sentinel F]``;
     the sentinel (the Snakemake rule's output) records the result and the extraction's config
     record (:func:`pipeline.provenance.record`)."""
-    from pipeline.cpus import available_cpus
-from pipeline import atomic
+    from pipeline import atomic
     from pipeline.provenance import record
 
     result = import_saev(ctx.cfg, CacheRef(args.model, args.dataset), args.split, args.shard_dir)

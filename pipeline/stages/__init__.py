@@ -146,6 +146,8 @@ STORE_HASHED_KEYS: dict[str, tuple[str, ...]] = {
     "forward_dtype": ("extract.forward_dtype",),
     "chunk_images": ("extract.chunk_images",),
     "compression": ("extract.compression",),
+    "shard_images": ("extract.shard_images",),
+    "decode": ("extract.decode",),
     "dataset": (
         "datasets.{dataset}.kind",
         "datasets.{dataset}.root",
