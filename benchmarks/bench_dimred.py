@@ -72,9 +72,8 @@ def _complete(cfg: Config) -> bool:
 
 def build_small(folder: Path) -> Config:
     """A small seg cache made with pipeline.testing (the tests' tiny config, more images) in ``folder``."""
-    from pipeline.testing import TINY_CONFIG, build_demo_assets, deep_update
-
     from pipeline.extract import extract
+    from pipeline.testing import TINY_CONFIG, build_demo_assets, deep_update
 
     os.chdir(folder)
     raw = deep_update(TINY_CONFIG, SMALL_OVERRIDES)

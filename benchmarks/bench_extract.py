@@ -207,10 +207,9 @@ def stage_rates(cfg, backbone, device, batch_size: int) -> tuple[float, float, f
 
 def precision_distance(args) -> None:
     """Per block: ‖bf16 − f32‖ / ‖f32‖ and median token cosine of a bfloat16-forward cache."""
-    from pipeline.testing import benchmark_project
-
     from pipeline.config import CacheRef
     from pipeline.extract import extract
+    from pipeline.testing import benchmark_project
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -296,10 +295,9 @@ def main() -> None:
     if args.precision_distance:
         return precision_distance(args)
 
-    from pipeline.testing import benchmark_project
-
     from pipeline.config import ConfigError
     from pipeline.context import RunContext
+    from pipeline.testing import benchmark_project
 
     counts = {
         k: (v if v == "auto" else int(v))

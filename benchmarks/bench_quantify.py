@@ -32,8 +32,6 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from pipeline.testing import benchmark_project
-
     from pipeline.cache import CacheReader
     from pipeline.config import CacheRef
     from pipeline.context import RunContext
@@ -44,6 +42,7 @@ def main() -> None:
     from pipeline.models import load_backbone
     from pipeline.runtime import describe_device
     from pipeline.sae import InputScaling, SparseAutoencoder
+    from pipeline.testing import benchmark_project
 
     n = args.layers
     edit_layers = [n // 2, n - 2]

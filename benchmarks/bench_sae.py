@@ -75,10 +75,9 @@ def build_fallback_store(folder: Path) -> Path:
 
 def build_wide_store(folder: Path, *, images: int, compression: str) -> Path:
     """A width-768 float16 store (random-init DINOv2 architecture, 2 blocks, block 0 cached)."""
-    from pipeline.testing import benchmark_project
-
     from pipeline.config import CacheRef
     from pipeline.extract import extract
+    from pipeline.testing import benchmark_project
 
     cfg = benchmark_project(
         folder,
@@ -221,9 +220,9 @@ def gpu_scale_sweep(
     In memory: the same scaled float32 batches already on ``device``. Streamed: ``train_batches``
     (pinned host batches on CUDA) with scaling applied on the device, as ``sae-train`` does."""
     from pipeline.cache import CacheReader
+    from pipeline.runtime import describe_device
     from pipeline.sae import SAEHparams, TrainConfig, train_sweep
     from pipeline.sae.scaling import InputScaling
-    from pipeline.runtime import describe_device
     from pipeline.sae.stages import train_batches
 
     reader = CacheReader(store)
@@ -357,8 +356,8 @@ def run(store: Path, *, passes: float, batch_size: int, buffer: int, threads: in
     from pipeline.cache import CacheReader
     from pipeline.runtime import set_threads
     from pipeline.sae import SAEHparams, TrainConfig, train_sweep
-    from pipeline.sae.stages import tokens_per_pass, train_batches
     from pipeline.sae.scaling import scaling_from_stats
+    from pipeline.sae.stages import tokens_per_pass, train_batches
     from pipeline.stats import compute_stats
 
     threads = set_threads(threads)
@@ -454,9 +453,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from pipeline.runtime import set_threads
-
-    from pipeline.runtime import resolve_device
+    from pipeline.runtime import resolve_device, set_threads
 
     set_threads(args.threads)
     device = resolve_device(args.device)

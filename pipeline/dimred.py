@@ -75,8 +75,8 @@ from torch import Tensor
 
 from pipeline import atomic
 from pipeline.cache.reader import CacheReader
-from pipeline.config import ConfigError
 from pipeline.cache.stream import token_rows
+from pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
 

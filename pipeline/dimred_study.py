@@ -80,14 +80,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline import atomic
 import pipeline
-from pipeline import cluster_probe, crf, dimred, layout, metrics, units
+from pipeline import atomic, cluster_probe, crf, dimred, layout, metrics, units
 from pipeline.config import Config, ConfigError, DimredConfig, schema_default, to_jsonable
 from pipeline.context import RunContext
 from pipeline.data import store_image_loader
 from pipeline.plots import OKABE_ITO, save_chart, title_with_note
-from pipeline.progress import Progress
 from pipeline.probes.features import (
     FinalNorm,
     ProbeStores,
@@ -100,6 +98,7 @@ from pipeline.probes.features import (
 )
 from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep, predict_classes
 from pipeline.probes.seg import protocol_text, seg_metrics, upsampled_predictions
+from pipeline.progress import Progress
 from pipeline.provenance import record
 from pipeline.runtime import describe_device
 

@@ -27,8 +27,8 @@ P patches, H/W pixels.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import datetime as dt
 import dataclasses
+import datetime as dt
 import functools
 import logging
 import os
@@ -54,12 +54,9 @@ from pipeline.cache import (
     pending_chunks,
     write_chunk,
 )
-from pipeline.dataset_kinds import dataset_kind
 from pipeline.cache.stream import read_ahead
 from pipeline.config import CacheRef, Config, ConfigError, stable_hash, to_jsonable
 from pipeline.context import RunContext
-from pipeline.layout import split_file
-from pipeline.stages import STORE_HASHED_KEYS
 from pipeline.data import (
     BadImageError,
     DatasetError,
@@ -84,10 +81,13 @@ from pipeline.data.device_decode import (
     jpeg_header,
     resolve_decode,
 )
+from pipeline.dataset_kinds import dataset_kind
+from pipeline.layout import split_file
 from pipeline.models import Backbone, load_backbone
 from pipeline.models.family import READOUTS
 from pipeline.progress import Progress
 from pipeline.runtime import describe_device, die_with_parent, forward_precision, resolve_forward_dtype
+from pipeline.stages import STORE_HASHED_KEYS
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ import html
 import numpy as np
 import pandas as pd
 
-from pipeline import atomic
+from pipeline import atomic, units
 from pipeline.cache import CacheReader
-from pipeline import units
 from pipeline.config import Config, QuantifyConfig
 from pipeline.data import store_image_loader
 from pipeline.feature_selection import load_f1

@@ -19,8 +19,9 @@ import time
 import urllib.request
 
 import pytest
-from helpers import REPO
 from test_manipulate import built_project
+
+from helpers import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -59,9 +59,9 @@ def test_main_starts_the_context_with_the_stage_threads_and_device_flag(tmp_path
     from helpers import write_config
     from pipeline import provenance
     from pipeline.__main__ import main
+    from pipeline.runtime import available_cpus
     from pipeline.sae.stages import train as sae_train
     from pipeline.stages import demo_data
-    from pipeline.runtime import available_cpus
 
     config = write_config(tmp_path)
     seen = {}

@@ -609,9 +609,9 @@ def test_configured_csail_csv_class_list_is_read_by_column_with_the_header_skipp
 def test_configured_class_list_reaches_the_store(project):
     import yaml
 
+    from pipeline.cache import CacheReader
     from pipeline.config import CacheRef, load_config
     from pipeline.extract import extract
-    from pipeline.cache import CacheReader
 
     base = project / "resources/data/seg/ADEChallengeData2016"
     names = (base / "objectInfo150.txt").read_text()

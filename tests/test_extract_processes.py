@@ -27,7 +27,7 @@ ARGS = ["extract", "--model", "dino", "--dataset", "seg", "--split", "train", "-
 
 @pytest.fixture
 def big_project(tmp_path, monkeypatch):
-    from helpers import build_demo_assets, deep_update, TINY_CONFIG
+    from helpers import TINY_CONFIG, build_demo_assets, deep_update
 
     raw = deep_update(TINY_CONFIG, BIG)
     build_demo_assets(tmp_path, raw)

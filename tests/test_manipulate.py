@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO, run_cli, snakemake, write_config
 
+from helpers import REPO, run_cli, snakemake, write_config
 from pipeline.config import CacheRef, ConfigError, ManipulateExample, load_config
 
 SEG = CacheRef("dino", "seg")

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 
-from helpers import REPO
 from test_manipulate import built_project
 
+from helpers import REPO
 from pipeline.config import CacheRef, load_config
 
 

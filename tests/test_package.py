@@ -43,9 +43,8 @@ def test_help_and_a_config_error_import_no_torch_or_transformers():
 
 
 def test_the_schema_lives_inside_the_package():
-    from pipeline.config import SCHEMA_PATH
-
     import pipeline
+    from pipeline.config import SCHEMA_PATH
 
     assert SCHEMA_PATH.is_file() and SCHEMA_PATH.parent.parent == Path(pipeline.__file__).parent
     assert not (REPO / "workflow" / "schemas").exists()  # one copy

@@ -17,7 +17,6 @@ from scipy.io import savemat
 
 from pipeline import prepare as prep
 
-
 # --------------------------------------------------------------------------- helpers
 
 

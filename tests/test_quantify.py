@@ -230,9 +230,10 @@ def test_manual_feature_errors_name_the_culprit(manual, match):
 
 
 def test_proposals_page_with_no_qualifying_latent_says_so():
-    from pipeline.proposals import proposals_html, proposal_table
-    from pipeline.config import QuantifyConfig
     import xarray as xr
+
+    from pipeline.config import QuantifyConfig
+    from pipeline.proposals import proposal_table, proposals_html
 
     f1 = xr.Dataset(
         {"f1": (("class", "latent", "threshold"), np.ones((3, 4, 1), np.float32))},

@@ -29,8 +29,7 @@ from pipeline.__main__ import main as cli_main
 from pipeline.cache import CacheReader
 from pipeline.config import CacheRef, ConfigError, QuantifyConfig, load_config
 from pipeline.interventions import LatentEditor, ReforwardPredictor
-from pipeline.methods import METHOD_REGISTRY, Method
-from pipeline.methods import zero_ablation
+from pipeline.methods import METHOD_REGISTRY, Method, zero_ablation
 from pipeline.models.families import FAMILY_REGISTRY
 from pipeline.quantify import run
 from pipeline.sae import InputScaling, SparseAutoencoder

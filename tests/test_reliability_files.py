@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import write_config
 from pipeline import atomic
 from pipeline.config import CacheRef, load_config
 from pipeline.data import BadImageError, Fingerprint, load_mask, load_rgb
@@ -23,7 +24,6 @@ from pipeline.extract import extract, split_data
 from pipeline.plots import save_chart
 from pipeline.sae.checkpoint import save_checkpoint
 from pipeline.sae.model import SparseAutoencoder
-from helpers import write_config
 
 SEG = CacheRef("dino", "seg")
 

@@ -4,9 +4,9 @@ every chunk carries a CRC32C checked by every reader, and ``verify`` finds and r
 from __future__ import annotations
 
 import json
-import re
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -304,9 +304,9 @@ def test_checksummed_stores_stream_the_stored_numbers(project, compression):
 def test_an_edited_image_reschedules_the_extraction_in_the_workflow(project):
     """Snakemake's view: the extraction's params carry the dataset files' stat digest."""
     import yaml
+    from test_provenance import _planned, _run_planned
 
     from helpers import TINY_CONFIG
-    from test_provenance import _planned, _run_planned
 
     raw = json.loads(json.dumps(TINY_CONFIG))
     raw["demo"]["datasets"].pop("seg")  # a dataset on disk, as a real one (the demo's own has no digest)

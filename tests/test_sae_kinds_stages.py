@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import write_config
 from test_manipulate import PROJECT, SEG, _run_chain
 
+from helpers import write_config
 from pipeline.config import load_config
 
 KINDS = [

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_sae import synthetic_dictionary_data
 
 import pipeline.sae.train as train_mod
 from pipeline.sae.train import (
@@ -24,8 +25,6 @@ from pipeline.sae.train import (
     sweep_table,
     train_sweep,
 )
-
-from test_sae import synthetic_dictionary_data
 
 
 def plant(monkeypatch, set_weights):

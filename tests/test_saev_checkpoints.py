@@ -11,9 +11,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-import saev_fixtures as F
 import torch
 
+import saev_fixtures as F
 from pipeline.sae import CheckpointError, load_checkpoint
 from pipeline.sae.kinds import BatchTopK, ReLU, TopK
 

@@ -20,8 +20,8 @@ import concurrent.futures as cf
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr

@@ -6,11 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
 from typing import Any
 
 from pipeline.config import ConfigError
-
 
 # Bad-input errors by (module, class). An exception can only be an instance of a class whose
 # module is already imported, so USER_ERRORS holds just those: catching a config error never

@@ -24,6 +24,7 @@ from pipeline.data.datasets import (
 from pipeline.data.demo import make_classification_demo, make_segmentation_demo
 from pipeline.data.images import BadImageError, Fingerprint, MaskError, load_mask, load_rgb, read_file
 from pipeline.data.patch_labels import patch_labels, patch_labels_batch
+from pipeline.data.store_images import store_image_loader, store_image_paths, store_preprocess
 from pipeline.data.transforms import (
     CropGeometry,
     Preprocess,
@@ -32,7 +33,6 @@ from pipeline.data.transforms import (
     preprocess_mask,
     resize_crop,
 )
-from pipeline.data.store_images import store_image_loader, store_image_paths, store_preprocess
 
 __all__ = [
     "IMAGE_EXTENSIONS",

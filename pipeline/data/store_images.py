@@ -19,9 +19,9 @@ from typing import Any
 from PIL import Image
 
 from pipeline.data.datasets import DatasetError, load_split
-from pipeline.dataset_kinds import dataset_kind
 from pipeline.data.images import load_rgb
 from pipeline.data.transforms import Preprocess, resize_crop
+from pipeline.dataset_kinds import dataset_kind
 
 
 def store_image_paths(attrs: Mapping[str, Any], *, base: Path | None = None) -> dict[str, Path]:

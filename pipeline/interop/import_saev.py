@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import CacheRef, Config, ConfigError, stable_hash
+from pipeline.cpus import available_cpus
 from pipeline.interop import saev_shards as fmt
 from pipeline.interop.saev_shards import SaevShardsError
-from pipeline.cpus import available_cpus
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from pipeline.config import Config, ManipulateExample
 from pipeline.layout import MANIPULATE_FILES, ManipulateFiles, manipulate_dir, manipulate_files, manipulate_files_of
 from pipeline.manipulate.figures import before_after_image, probability_chart
 from pipeline.manipulate.session import Manipulator
-from pipeline.plan import manipulate_sae
 from pipeline.manipulate.state import EditResult, ImageState, ManipulateError
+from pipeline.plan import manipulate_sae
 from pipeline.provenance import record
 
 FILES = MANIPULATE_FILES  # per task (pipeline.layout owns the list)

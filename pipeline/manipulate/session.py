@@ -22,16 +22,16 @@ import torch
 from pipeline.cache import CacheReader
 from pipeline.cache.reader import group_array
 from pipeline.config import Config, ManipulateConfig
+from pipeline.context import RunContext
 from pipeline.data import store_image_loader
 from pipeline.feature_selection import load_f1
 from pipeline.interventions import LatentEditor
+from pipeline.layout import sae_files
 from pipeline.manipulate import ranking
-from pipeline.context import RunContext
 from pipeline.manipulate.state import EditResult, ImageState, ManipulateError
 from pipeline.manipulate.tasks import EDIT_TASKS
-from pipeline.plan import manipulate_probe, manipulate_probe_stem, manipulate_sae
 from pipeline.methods import Edit
-from pipeline.layout import sae_files
+from pipeline.plan import manipulate_probe, manipulate_probe_stem, manipulate_sae
 from pipeline.probes import load_probe, predict_classes
 from pipeline.runtime import forward_precision
 from pipeline.sae import encode_tokens, load_latent_stats

@@ -48,11 +48,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipeline import atomic
-from pipeline import metrics, units
+from pipeline import atomic, metrics, units
 from pipeline.config import Config
-from pipeline.probes import figures
+from pipeline.layout import ProbeFiles, probe_files
 from pipeline.models.family import READOUTS
+from pipeline.probes import figures
 from pipeline.probes.features import (
     FinalNorm,
     ProbeStores,
@@ -75,7 +75,6 @@ from pipeline.probes.linear import (
     save_probe,
 )
 from pipeline.provenance import record
-from pipeline.layout import ProbeFiles, probe_files
 from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)

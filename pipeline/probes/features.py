@@ -46,9 +46,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from pipeline import atomic
 import pipeline
-from pipeline import units
+from pipeline import atomic, units
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.store import CacheError
 from pipeline.cache.stream import shuffle_buffer, token_rows

@@ -21,7 +21,6 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from pipeline import atomic
-from pipeline.probes.linear import best_member
 from pipeline.plots import (
     OKABE_ITO,
     OTHER_COLOUR,
@@ -34,6 +33,7 @@ from pipeline.plots import (
     save_chart,
     title_with_note,
 )
+from pipeline.probes.linear import best_member
 
 __all__ = [
     "OTHER_COLOUR",

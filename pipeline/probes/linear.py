@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline import atomic
-from pipeline import metrics
+from pipeline import atomic, metrics
 from pipeline.progress import Progress
 
 __all__ = [

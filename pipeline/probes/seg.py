@@ -71,21 +71,21 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipeline import atomic
-from pipeline import metrics, units
+from pipeline import atomic, metrics, units
 from pipeline.config import Config
 from pipeline.data import load_rgb, resize_crop, store_image_paths, store_preprocess
+from pipeline.layout import ProbeFiles, probe_files
 from pipeline.probes import figures
 from pipeline.probes.features import (
-    best_meta,
-    probe_setup,
     FinalNorm,
     ProbeDataError,
     ProbeStores,
+    best_meta,
     check_label_range,
     n_held_out,
     patch_chunks,
     patch_train_epochs,
+    probe_setup,
     seg_train_labels,
     selection_record,
     sweep_with_best,
@@ -103,7 +103,6 @@ from pipeline.probes.linear import (
     save_probe,
 )
 from pipeline.provenance import record
-from pipeline.layout import ProbeFiles, probe_files
 from pipeline.runtime import describe_device
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ import numpy as np
 import xarray as xr
 from PIL import Image, ImageDraw
 
-from ..plots import RANDOM_WEIGHTS_NOTE, label_font
-
 from pipeline import atomic
+
+from ..plots import RANDOM_WEIGHTS_NOTE, label_font
 
 # matplotlib's viridis (van der Walt & Smith, CC0), 256 RGB entries as hex.
 _VIRIDIS_HEX = (

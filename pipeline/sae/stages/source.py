@@ -29,7 +29,6 @@ from pipeline.provenance import record as config_record
 from ..applies import SAEStageError, check_applies
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..scaling import InputScaling
-
 from .common import now, open_store, write_json
 from .tokens import (
     token_parts,
