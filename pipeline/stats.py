@@ -44,8 +44,7 @@ import dask.array as da
 import numpy as np
 
 from pipeline import atomic
-from pipeline.cache.reader import group_array
-from pipeline.cache.store import CacheError, CacheIncompleteError, open_group
+from pipeline.cache.store import CacheError, CacheIncompleteError, group_array, open_group
 from pipeline.config import CacheRef
 from pipeline.layout import stats_path
 from pipeline.progress import dask_progress

@@ -28,7 +28,14 @@ import xarray as xr
 import zarr
 
 from pipeline.cache.checksums import array_info, corrupt, has_checksums, verifying_store
-from pipeline.cache.store import CacheError, ChunkCorruptError, check_finalized, chunk_ranges, open_group
+from pipeline.cache.store import (
+    CacheError,
+    ChunkCorruptError,
+    check_finalized,
+    chunk_ranges,
+    group_array,
+    open_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +69,6 @@ def _decoding(path: Path, name: str, start: int, *rest: int) -> Iterator[None]:
             raise
         index = (start // info.chunks[0], *rest) + (0,) * (len(info.chunks) - 1 - len(rest))
         raise corrupt(path, info, index, f"cannot decode ({type(err).__name__}: {err})") from err
-
-
-def group_array(group: zarr.Group, name: str) -> zarr.Array:
-    """The array ``name`` of a store's group (a store's members are arrays, never groups)."""
-    array = group[name]
-    assert isinstance(array, zarr.Array), f"{name} is a group, not an array"
-    return array
 
 
 class CacheReader:

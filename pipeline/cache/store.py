@@ -334,9 +334,16 @@ def check_hash(path: Path, group: zarr.Group, expected: str, config: dict | None
     )
 
 
+def group_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of a store's group (a store's members are arrays, never groups)."""
+    array = group[name]
+    assert isinstance(array, zarr.Array), f"{name} is a group, not an array"
+    return array
+
+
 def pending_chunks(group: zarr.Group, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The chunks (from ``chunks``) with at least one image not done."""
-    done = group["done"][:]
+    done = np.asarray(group_array(group, "done")[:], dtype=bool)
     return [(s, e) for s, e in chunks if not done[s:e].all()]
 
 
@@ -454,9 +461,9 @@ def write_chunk(
         for name, value in arrays.items():
             if name != "acts":
                 check()
-                group[name][start:stop] = value
+                group_array(group, name)[start:stop] = value
         check()
-        group["done"][start:stop] = True
+        group_array(group, "done")[start:stop] = True
     except Exception:
         check()  # the directory was deleted under this write: say so (ForeignWriterError)
         raise
@@ -471,15 +478,15 @@ def finalize(path: Path) -> dict:
     """
     path = Path(path)
     group = open_group(path, mode="r+")
-    done = group["done"][:]
+    done = np.asarray(group_array(group, "done")[:], dtype=bool)
     if not done.all():
         missing = np.flatnonzero(~done)
         raise CacheIncompleteError(
             f"{path}: {missing.size} of {done.size} images are not done (first: image index {missing[0]}); "
             "re-run the extraction parts that own them (they resume where they stopped)"
         )
-    bad = group["bad"][:]
-    ids, reasons = group["image"][:], group["bad_reason"][:]
+    bad = np.asarray(group_array(group, "bad")[:], dtype=bool)
+    ids, reasons = np.asarray(group_array(group, "image")[:]), np.asarray(group_array(group, "bad_reason")[:])
     bad_records = [{"index": int(i), "id": str(ids[i]), "reason": str(reasons[i])} for i in np.flatnonzero(bad)]
     summary = {
         "n_images": int(done.size),

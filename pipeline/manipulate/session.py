@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pipeline.cache import CacheReader
-from pipeline.cache.reader import group_array
+from pipeline.cache.store import group_array
 from pipeline.config import Config, ManipulateConfig
 from pipeline.context import RunContext
 from pipeline.data import store_image_loader
