@@ -339,7 +339,8 @@ def main() -> None:
                 ex_v = dict(layers=layers, decode=decode, compression=compression, shard_images=int(shard))
                 cfg = dataclasses.replace(
                     base,
-                    extract=dataclasses.replace(base.extract, **ex_v),
+                    # `auto` counts (device: auto) as the extraction job resolves them for its device
+                    extract=dataclasses.replace(base.extract.resolved(device.type), **ex_v),
                     paths=dataclasses.replace(
                         base.paths, cache=tmp / f"cache-{decode}-{compression}-{shard}-{n_cached}"
                     ),

@@ -52,13 +52,33 @@ def schema_node(key: str) -> dict:
     """The schema of YAML key ``key`` in the whole config schema (:func:`load_schema`: the file
     and every probe kind's node); ``sae/max_l0``, ``datasets/*``, ``manipulate/examples/[]``
     (see :func:`pipeline.config_schema.node_at`)."""
-    return node_at(load_schema(), key)
+    return copy.deepcopy(node_at(_shared_schema(), key))
 
 
 def schema_default(key: str) -> Any:
     """The schema's ``default:`` of YAML key ``key`` in the whole config schema (lists as tuples,
     as the dataclasses hold them)."""
-    return default_value(key, load_schema())
+    return copy.deepcopy(default_value(key, _shared_schema()))
+
+
+def _registries_key() -> tuple:
+    """What :func:`load_schema` reads from the registries: names and record identities."""
+    tables = (PROBE_KINDS, FAMILY_REGISTRY, DATASET_KINDS, METHOD_REGISTRY, SAE_KINDS)
+    return tuple(tuple((name, id(record)) for name, record in table.items()) for table in tables)
+
+
+_SCHEMA_CACHE: dict[tuple, dict] = {}
+
+
+def _shared_schema() -> dict:
+    """:func:`load_schema`, built once per state of the registries (read-only: the lookups above
+    copy what they return). Planning asks for dozens of defaults; each full build deep-copies
+    the schema file."""
+    key = _registries_key()
+    if key not in _SCHEMA_CACHE:
+        _SCHEMA_CACHE.clear()
+        _SCHEMA_CACHE[key] = load_schema()
+    return _SCHEMA_CACHE[key]
 
 
 @dataclass(frozen=True)
