@@ -43,6 +43,24 @@ def snakemake(folder: Path, *args: str, timeout: int = 900, env: dict | None = N
     )
 
 
+# Snakemake in a fresh interpreter that first calls ``register()`` of a test module (as a plugin's
+# own registration would), then plans the workflow: nothing else knows what it registers.
+_REGISTERING_DRIVER = (
+    "import sys; sys.path.insert(0, {tests!r}); import {module}; {module}.register(); "
+    "from snakemake.cli import main; sys.argv = ['snakemake', *sys.argv[1:]]; main()"
+)
+
+
+def plan_registered(module: str, folder: Path, *targets: str) -> subprocess.CompletedProcess:
+    """``snakemake -n TARGETS`` of the project ``folder`` after ``tests/<module>.py``'s
+    ``register()``; returns the finished process (stdout/stderr captured), whatever its exit code."""
+    driver = _REGISTERING_DRIVER.format(tests=str(Path(__file__).parent), module=module)
+    args = ["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder), *targets]
+    return subprocess.run(
+        [sys.executable, "-c", driver, *args], cwd=folder, capture_output=True, text=True, timeout=600
+    )
+
+
 # The whole chain on the tiny data: one seg cache, a small probe sweep, a small SAE sweep,
 # quantify. Used by the end-to-end workflow tests (local and SLURM).
 CHAIN_OVERRIDES = {

@@ -10,15 +10,13 @@ the Snakemake workflow plans its extraction.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from helpers import REPO, write_config
+from helpers import plan_registered, write_config
 from pipeline.__main__ import main as cli_main
 from pipeline.config import CacheRef, ConfigError, load_config
 from pipeline.data.datasets import DatasetError, Sample, SplitData
@@ -126,20 +124,9 @@ def test_the_cli_extracts_a_store_of_the_registered_layout(listed, project, caps
     assert group["done"][:].all() and group["acts"].shape[0] == len(want)
 
 
-# Snakemake in a fresh interpreter that first registers the toy layout, then plans the workflow.
-_DRIVER = (
-    "import sys; sys.path.insert(0, {tests!r}); import test_dataset_kinds; test_dataset_kinds.register(); "
-    "from snakemake.cli import main; sys.argv = ['snakemake', *sys.argv[1:]]; main()"
-)
-
-
 def test_the_workflow_plans_the_extraction_of_the_registered_layout(tmp_path):
     write_config(tmp_path, LISTED_CONFIG)
-    args = ["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "cache"]
-    proc = subprocess.run(
-        [sys.executable, "-c", _DRIVER.format(tests=str(Path(__file__).parent)), *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = plan_registered("test_dataset_kinds", tmp_path, "cache")  # after this module's register()
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "cache/clip/listed/train.zarr" in out or "clip/listed" in out, out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import REPO, write_config
+from helpers import plan_registered, write_config
 from pipeline import layout, provenance
 from pipeline.__main__ import main as cli_main
 from pipeline.config import CacheRef, ConfigError, load_config, schema_default
@@ -151,20 +150,8 @@ def test_the_step_writes_what_the_layout_lists(toy, tmp_path, capsys, monkeypatc
         provenance.check_output(load_config(path), "probe-toy")
 
 
-# Snakemake in a fresh interpreter that first registers the toy kind (as the kind's own
-# registration would), then plans the workflow: nothing else knows the kind.
-_DRIVER = (
-    "import sys; sys.path.insert(0, {tests!r}); import test_probe_kinds; test_probe_kinds.register(); "
-    "from snakemake.cli import main; sys.argv = ['snakemake', *sys.argv[1:]]; main()"
-)
-
-
 def _plan(tmp_path: Path, *targets: str) -> subprocess.CompletedProcess:
-    driver = _DRIVER.format(tests=str(Path(__file__).parent))
-    args = ["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), *targets]
-    return subprocess.run(
-        [sys.executable, "-c", driver, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
+    return plan_registered("test_probe_kinds", tmp_path, *targets)
 
 
 def test_the_workflow_plans_a_rule_for_the_registered_kind(tmp_path):

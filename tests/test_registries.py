@@ -15,8 +15,6 @@ and ``snakemake -n`` plans the workflow that names them.
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ import pytest
 import torch
 import zarr
 
-from helpers import REPO, chain_config, write_config
+from helpers import chain_config, plan_registered, write_config
 from pipeline.__main__ import main as cli_main
 from pipeline.cache import CacheReader
 from pipeline.config import CacheRef, ConfigError, QuantifyConfig, load_config
@@ -146,13 +144,6 @@ def test_a_registered_method_runs_through_quantify(toys, project):
     assert list(summary["method"]) == ["toy_ablation", "zero_ablation"]
 
 
-# Snakemake in a fresh interpreter that first registers the toys, then plans the workflow.
-_DRIVER = (
-    "import sys; sys.path.insert(0, {tests!r}); import test_registries; test_registries.register(); "
-    "from snakemake.cli import main; sys.argv = ['snakemake', *sys.argv[1:]]; main()"
-)
-
-
 def test_the_workflow_plans_with_the_registered_family_and_method(tmp_path):
     import yaml
 
@@ -163,11 +154,7 @@ def test_the_workflow_plans_with_the_registered_family_and_method(tmp_path):
     raw["models"]["toy"] = {**raw["models"]["dino"], "family": "toyvit", "source": "resources/models/toy"}
     raw["caches"].append({"model": "toy", "dataset": "seg"})
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    args = ["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
-    proc = subprocess.run(
-        [sys.executable, "-c", _DRIVER.format(tests=str(Path(__file__).parent)), *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = plan_registered("test_registries", tmp_path)  # after this module's register(): the default target
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "rule quantify" in out and "rule demo_model" in out, out

@@ -115,16 +115,22 @@ def _field(path: Path, doc: dict, key: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
+def _read_json(path: Path, missing: str) -> Any:
+    """The JSON document at ``path``; a :class:`SaevShardsError` saying ``missing`` when there is
+    none, or naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SaevShardsError(missing) from None
+    except ValueError as err:
+        raise SaevShardsError(f"{path}: not JSON ({err})") from None
+
+
 def read_metadata(shard_dir: Path) -> SaevMetadata:
     """``metadata.json`` of ``shard_dir``, checked as saev's ``Metadata`` checks it (every field
     present, float32, protocol 2.1, at least one example per shard)."""
     path = Path(shard_dir) / METADATA
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SaevShardsError(f"{shard_dir}: no {METADATA} (not a saev shard directory)") from None
-    except ValueError as err:
-        raise SaevShardsError(f"{path}: not JSON ({err})") from None
+    doc = _read_json(path, f"{shard_dir}: no {METADATA} (not a saev shard directory)")
     if not isinstance(doc, dict):
         raise SaevShardsError(f"{path}: not a JSON object")
     protocol = _field(path, doc, "protocol", str)
@@ -180,12 +186,7 @@ def read_shards(shard_dir: Path, md: SaevMetadata) -> list[ShardFile]:
     cut after its last example)."""
     shard_dir = Path(shard_dir)
     path = shard_dir / SHARDS
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SaevShardsError(f"{shard_dir}: no {SHARDS} (saev writes it as each shard is closed)") from None
-    except ValueError as err:
-        raise SaevShardsError(f"{path}: not JSON ({err})") from None
+    doc = _read_json(path, f"{shard_dir}: no {SHARDS} (saev writes it as each shard is closed)")
     if not isinstance(doc, list) or not all(isinstance(e, dict) for e in doc):
         raise SaevShardsError(f"{path}: not a JSON list of shard objects")
     out, start, eps = [], 0, md.examples_per_shard
