@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError
+from pipeline.config import SPLITS, ConfigError
 
 # Bad-input errors by (module, class). An exception can only be an instance of a class whose
 # module is already imported, so USER_ERRORS holds just those: catching a config error never
@@ -40,3 +40,16 @@ def __getattr__(name: str) -> Any:
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file (default: config.yaml)")
+
+
+def add_store_args(
+    parser: argparse.ArgumentParser,
+    *,
+    model: str = "a name under `models` in the config",
+    dataset: str = "a name under `datasets` in the config",
+) -> None:
+    """``--model``, ``--dataset``, ``--split``: the store ``<cache>/<model>/<dataset>/<split>.zarr`` a
+    step writes or reads (the keys provenance checks the step by)."""
+    parser.add_argument("--model", required=True, help=model)
+    parser.add_argument("--dataset", required=True, help=dataset)
+    parser.add_argument("--split", required=True, choices=SPLITS)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands import add_config_arg
-from pipeline.config import SPLITS
+from pipeline.commands import add_config_arg, add_store_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Reads the split's images (and masks) and the model; writes the chunks of part --part of --of into <cache>/<model>/<dataset>/<split>.zarr (finalizing it when --of is 1) and the --sentinel file.",
     )
     add_config_arg(p)
-    p.add_argument("--model", required=True, help="a name under `models` in the config")
-    p.add_argument("--dataset", required=True, help="a name under `datasets` in the config")
-    p.add_argument("--split", required=True, choices=SPLITS)
+    add_store_args(p)
     p.add_argument("--part", type=int, default=0, help="this process's part, 0-based (default 0)")
     p.add_argument("--of", type=int, default=1, help="number of parts (default 1: whole split, then finalize)")
     p.add_argument("--sentinel", type=Path, help="file to write when this part is done (for Snakemake)")
@@ -30,9 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Reads <cache>/<model>/<dataset>/<split>.zarr after all extract parts; writes its final attrs (complete, bad images) and the --sentinel file.",
     )
     add_config_arg(f)
-    f.add_argument("--model", required=True)
-    f.add_argument("--dataset", required=True)
-    f.add_argument("--split", required=True, choices=SPLITS)
+    add_store_args(f)
     f.add_argument("--sentinel", type=Path, help="file to write when the store is complete (for Snakemake)")
 
     v = sub.add_parser(

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands import add_config_arg
-from pipeline.config import SPLITS
+from pipeline.commands import add_config_arg, add_store_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_config_arg(i)
     i.add_argument("shard_dir", type=Path, metavar="SHARD_DIR", help="saev's .../saev/shards/<hash> directory")
-    i.add_argument("--model", required=True, help="the name under `models` of the model saev ran")
-    i.add_argument("--dataset", required=True, help="a name under `datasets` (its kind gives the store's task)")
-    i.add_argument("--split", required=True, choices=SPLITS)
+    add_store_args(
+        i,
+        model="the name under `models` of the model saev ran",
+        dataset="a name under `datasets` (its kind gives the store's task)",
+    )
     i.add_argument("--sentinel", type=Path, help="file to write when the store is complete (for Snakemake)")
 
     e = sub.add_parser(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands import add_config_arg
-from pipeline.config import SPLITS
+from pipeline.commands import add_config_arg, add_store_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Reads one finalized store; writes per-block mean, variance and norms of its patch and CLS tokens to <results>/stats/<model>/<dataset>/<split>.json (or --out).",
     )
     add_config_arg(s)
-    s.add_argument("--model", required=True, help="a name under `models` in the config")
-    s.add_argument("--dataset", required=True, help="a name under `datasets` in the config")
-    s.add_argument("--split", required=True, choices=SPLITS)
+    add_store_args(s)
     s.add_argument(
         "--scheduler",
         help="address of a dask distributed scheduler (tcp://host:8786) to compute on; "

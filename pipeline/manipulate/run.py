@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline import atomic
 from pipeline.config import Config, ManipulateExample
-from pipeline.layout import MANIPULATE_FILES, ManipulateFiles, manipulate_dir, manipulate_files, manipulate_files_of
+from pipeline.layout import MANIPULATE_FILES, manipulate_dir, manipulate_files, manipulate_files_of
 from pipeline.manipulate.figures import before_after_image, probability_chart
 from pipeline.manipulate.session import Manipulator
 from pipeline.manipulate.state import EditResult, ImageState, ManipulateError
@@ -136,7 +136,7 @@ def probability_table(m: Manipulator, result: EditResult) -> pd.DataFrame:
 
 def run_example(m: Manipulator, example: ManipulateExample, out: Path | None = None) -> dict[str, Any]:
     """Everything for one example in ``out`` (default ``<results>/manipulate/<name>``); returns the summary."""
-    files = ManipulateFiles(Path(out), m.task) if out is not None else manipulate_files_of(m.cfg, example.name)
+    files = manipulate_files_of(m.cfg, example.name, out)
     files.dir.mkdir(parents=True, exist_ok=True)
     state = m.load_image(example.split, example.image)
     target, other, table, latents, values = resolve_edit(m, state, example)

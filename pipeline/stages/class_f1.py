@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import atomic
 from pipeline.config import require_sae
-from pipeline.layout import class_f1_path, sae_checkpoint, sae_files
+from pipeline.layout import sae_files
 from pipeline.plan import require_quantify
 from pipeline.provenance import record
 
@@ -26,16 +26,16 @@ def run(ctx: RunContext, args: argparse.Namespace) -> dict[str, Any]:
     q = require_quantify(cfg)  # upstream outputs were checked by provenance.check_cli_step
     sc = require_sae(cfg)
     train = ctx.store(sc.cache, "train")
-    sae, _, scaling = ctx.sae(sae_checkpoint(cfg), train)  # refuses an SAE of another model / block / width
+    files = sae_files(cfg)
+    sae, _, scaling = ctx.sae(files.sae_pt, train)  # refuses an SAE of another model / block / width
     ds = class_latent_f1(train, sc.layer, sae, scaling, q.thresholds, device=ctx.device)
-    out = class_f1_path(cfg)
-    save_f1(ds, out)
+    save_f1(ds, files.class_f1_zarr)
     summary = {
         "store": str(train.path),
         "n_tokens": ds.attrs["n_tokens"],
         "thresholds": list(q.thresholds),
-        "written": str(out),
+        "written": str(files.class_f1_zarr),
         "provenance": record(cfg, "class-f1"),
     }
-    atomic.write_json(sae_files(cfg).class_f1_json, summary, indent=1)
+    atomic.write_json(files.class_f1_json, summary, indent=1)
     return summary
