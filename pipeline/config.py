@@ -307,10 +307,12 @@ def _lookup(table: dict, name: str, section: str, source: Path):
 def load_schema() -> dict:
     """The whole config schema: the file, with each registered probe kind's node as
     ``probes.<kind>`` (:data:`pipeline.probe_kinds.PROBE_KINDS` owns them; the file says only
-    "a mapping of sections") and the model-family and intervention-method names filled in
-    from their registries (`pipeline.models.families.FAMILY_REGISTRY`, `pipeline.methods.METHOD_REGISTRY` and the
-    dataset layouts `pipeline.dataset_kinds.DATASET_KINDS` own them; the file says only "a string"), and the SAE kinds' names and parameters in ``sae.kinds[]``
-    (`pipeline.sae_kinds.KINDS`). Built on each call, so a kind registered later is in it."""
+    "a mapping of sections"), the model-family, dataset-layout and intervention-method names
+    filled in from their registries (`pipeline.models.families.FAMILY_REGISTRY`,
+    `pipeline.dataset_kinds.DATASET_KINDS`, `pipeline.methods.METHOD_REGISTRY` own them; the
+    file says only "a string"), and the SAE kinds' names and parameters in ``sae.kinds[]``
+    (`pipeline.sae_kinds.KINDS`). Built on each call (a fresh copy), so a kind registered later
+    is in it; the lookups share one build per state of the registries (``_shared_schema``)."""
     schema = copy.deepcopy(schema_file())
     probes = schema["properties"]["probes"]
     probes["properties"] = {kind: copy.deepcopy(pk.schema) for kind, pk in PROBE_KINDS.items()}
@@ -366,7 +368,7 @@ def _fill_sae_kinds(item: dict) -> None:
 
 def validate_raw(raw: Any, source: Path | str) -> None:
     """Validate a parsed YAML document; raise ConfigError naming the key of the first problem."""
-    validator = FiniteValidator(load_schema())
+    validator = FiniteValidator(_shared_schema())  # validation only reads the schema
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         err = errors[0]
