@@ -431,11 +431,6 @@ def quantitative_csv(cfg: Config) -> Path:
     return quantify_files(cfg).table
 
 
-def method_csv(cfg: Config, method: str) -> Path:
-    """One intervention method's per-class table (written by ``quantify``, not declared)."""
-    return quantify_files(cfg).method_csv(method)
-
-
 def dimred_files_of(cfg: Config, out_dir: Path | None = None) -> DimredFiles:
     """``<results>/dimred/`` (or ``out_dir``) and ``<results>/dimred.csv``."""
     return DimredFiles(
@@ -629,7 +624,6 @@ __all__ = [
     "manipulate_files",
     "manipulate_files_of",
     "member_slug",
-    "method_csv",
     "part_sentinel",
     "probe_dir",
     "probe_dir_of",
