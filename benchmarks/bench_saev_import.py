@@ -9,18 +9,23 @@ Prints two ratios measured in one run (absolute rates depend on the machine):
     with one ``read``, in order). Both read files this run has just written, so both come from the page cache.
     Target ≥ 0.5 on CPU. The end-to-end import (checking the directory, loading the model for
     its provenance, creating and finalizing the store) is printed on an extra row.
+    With ``--zarr-writes`` the import is also run with every chunk written through zarr's
+    codec pipeline (``pipeline.cache.chunk_files.write_whole_chunks`` switched off: what the
+    import did before it wrote chunk files itself), interleaved with the default runs, and the
+    ratio of the two rates is printed.
 (b) bytes of the imported store ÷ bytes of the shard files (acts*.bin as saev writes them, the
     last one full-size: the default 250 images in shards of 64 pad 6). Target ≤ 0.5 (float16 store).
 
 Data: a random-init DINOv2-architecture model (to import against) and shards of random normal
 float32 activations (saev's layout: CLS + 16x16 patches, two layers), written in a temp folder.
 
-    python benchmarks/bench_saev_import.py [--images 250] [--per-shard 64] [--width 384] [--repeats 3] [--json]
+    python benchmarks/bench_saev_import.py [--images 250] [--per-shard 64] [--width 384] [--repeats 3] [--zarr-writes] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -36,6 +41,20 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import CacheRef, config_from_dict  # noqa: E402
 from pipeline.interop import saev_shards as fmt  # noqa: E402
 from pipeline.interop.import_saev import import_saev  # noqa: E402
+
+
+@contextlib.contextmanager
+def zarr_writes(on: bool):
+    """With ``on``, every chunk goes through zarr's codec pipeline (``write_chunk``'s fallback)."""
+    import pipeline.cache.store as store
+
+    direct = store.write_whole_chunks
+    if on:
+        store.write_whole_chunks = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        store.write_whole_chunks = direct
 
 
 def folder_bytes(path: Path) -> int:
@@ -97,6 +116,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=4, help="model depth; the last two blocks are imported")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs of each side")
     parser.add_argument("--threads", type=int, default=2, help="extract.write_threads")
+    parser.add_argument("--zarr-writes", action="store_true", help="also time the import through zarr's writes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -125,13 +145,16 @@ def main() -> None:
         cfg = config_from_dict(raw, source=tmp / "config.yaml")
         ref = CacheRef("dino", "seg")
         read_s = min(plain_read(shard_dir) for _ in range(args.repeats))
-        rates, ends = [], []
+        rates, ends, zarr_rates = [], [], []
         for _ in range(args.repeats):
-            shutil.rmtree(tmp / "cache", ignore_errors=True)
-            started = time.perf_counter()
-            result = import_saev(cfg, ref, "train", shard_dir)
-            ends.append(time.perf_counter() - started)
-            rates.append(result["tokens_per_second"])
+            for via_zarr in (False, True) if args.zarr_writes else (False,):
+                shutil.rmtree(tmp / "cache", ignore_errors=True)
+                started = time.perf_counter()
+                with zarr_writes(via_zarr):
+                    result = import_saev(cfg, ref, "train", shard_dir)
+                (zarr_rates if via_zarr else rates).append(result["tokens_per_second"])
+                if not via_zarr:
+                    ends.append(time.perf_counter() - started)
         read_rate = n_tokens / read_s
         store_bytes = folder_bytes(cfg.store(ref, "train"))
         shard_bytes = sum(f.stat().st_size for f in shard_dir.glob("acts*.bin"))
@@ -148,12 +171,18 @@ def main() -> None:
             "shard_bytes": shard_bytes,
             "store_over_shards": round(store_bytes / shard_bytes, 3),
         }
+        if zarr_rates:
+            out["import_zarr_writes_tokens_per_s"] = round(max(zarr_rates), 1)
+            out["import_over_zarr_writes"] = round(max(rates) / max(zarr_rates), 3)
         if args.json:
             print(json.dumps(out, indent=1))
         print(f"images {args.images}, D {args.width}, {len(layers)} layers x {tokens} tokens, {n_tokens} tokens")
         print(f"plain sequential read of the shards     {read_rate:12.0f} tokens/s")
         print(f"import (chunk writing)                  {max(rates):12.0f} tokens/s")
         print(f"import rate / plain read                {out['import_over_read']:.3f}   (target >= 0.5)")
+        if zarr_rates:
+            print(f"import through zarr's chunk writes      {max(zarr_rates):12.0f} tokens/s")
+            print(f"import / import through zarr's writes   {out['import_over_zarr_writes']:.3f}")
         print(f"import end to end / plain read          {out['import_end_to_end_over_read']:.3f}")
         print(f"store bytes / shard bytes               {out['store_over_shards']:.3f}   (target <= 0.5)")
     finally:

@@ -15,7 +15,7 @@ only when the step runs, so this module needs no torch, and it lives outside
   keys ``probes.<kind>``, outputs, resources);
 * :mod:`pipeline.layout` — the kind's folder ``<results>/probes/<kind>/<model>/<dataset>/`` and its
   file list (the shared probe files plus ``files`` below);
-* :mod:`pipeline.probes.features` (``probe_setup``: section, task, store checks);
+* :mod:`pipeline.probes.template` (``probe_setup``: section, task, store checks; ``run_probe``);
 * :mod:`pipeline.manipulate` (the probe that reads the SAE cache's task);
 * ``workflow/rules/probe.smk`` / ``common.smk`` — one ``probe_<kind>`` rule per configured kind;
 * :mod:`pipeline.plan` ``check_plan`` — each configured kind's layer is cached.

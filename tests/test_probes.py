@@ -287,7 +287,7 @@ def test_best_member_breaks_a_tie_by_the_lowest_loss_not_the_first_row():
     ],
 )
 def test_held_out_size_is_a_fraction_with_a_floor_and_a_cap(n, fraction, floor, expected):
-    from pipeline.probes.features import n_held_out
+    from pipeline.probes.template import n_held_out
 
     assert n_held_out(n, fraction, floor) == expected
 
@@ -303,7 +303,7 @@ def test_held_out_floor_is_the_schema_default_for_both_probe_kinds():
 
 def test_cls_selection_with_a_planted_tie_picks_the_lowest_held_out_loss():
     from pipeline.probes.cls import ClsData, cls_sweep_rows
-    from pipeline.probes.features import sweep_with_best
+    from pipeline.probes.template import sweep_with_best
 
     # 2 classes, 1-d input; every member predicts class 1 for x > 0: the same 3-of-4 held-out
     # accuracy (x = -2 is class 1, predicted 0), only the confidence (weight scale) differs

@@ -37,11 +37,10 @@ from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, WrapperStore
 
+from pipeline.cache.chunk_files import CRC_BYTES
 from pipeline.cache.store import ChunkCorruptError
 
 log = logging.getLogger(__name__)
-
-CRC_BYTES = 4
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,10 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from pipeline import atomic
+from pipeline.cache.chunk_files import chunk_format, write_whole_chunks
 
 STORE_FORMAT = 2  # 2: chunk checksums (crc32c) and per-image input fingerprints; 1: neither
 
@@ -381,6 +383,18 @@ class StoreWriter:
         """The store opened through ``pinned`` (once per writer, shared by its writer threads), or None."""
         return None if self.pinned is None else zarr.open_group(self.pinned, mode="r+")
 
+    @functools.cached_property
+    def _arrays(self) -> dict[str, zarr.Array]:
+        return {}
+
+    def array(self, name: str) -> zarr.Array:
+        """The array ``name`` of ``pinned_group``, opened once per writer (a store's array
+        metadata never changes while it is written; ``check`` guards against a new store)."""
+        assert self.pinned_group is not None
+        if name not in self._arrays:
+            self._arrays[name] = group_array(self.pinned_group, name)
+        return self._arrays[name]
+
     def check(self) -> None:
         """Raise ForeignWriterError if the store at ``path`` was deleted or re-created since it was opened."""
         found = read_root_attrs(self.path)
@@ -414,7 +428,18 @@ def _whole_chunk_writer(array: zarr.Array) -> zarr.Array:
     )
 
 
-def _drop_shards(group: zarr.Group, arrays: dict, start: int) -> None:
+def _local_folder(array: zarr.Array) -> Path | None:
+    """The folder of ``array``'s files where it lives in a local store (chunk files are then
+    written by :func:`pipeline.cache.chunk_files.write_whole_chunks`), else None."""
+    from pipeline.cache.checksums import VerifyingStore  # it imports this module's errors
+
+    store = array.store
+    if isinstance(store, VerifyingStore):  # open_group's store: a LocalStore whose reads are checked
+        return store.path / array.path
+    return Path(store.root) / array.path if isinstance(store, LocalStore) else None
+
+
+def _drop_shards(arrays: dict[str, zarr.Array], start: int) -> None:
     """Delete the shard files the write unit at ``start`` is about to replace (sharded arrays only).
 
     zarr merges a write into an existing shard file (it reads it first), so a shard left
@@ -422,9 +447,8 @@ def _drop_shards(group: zarr.Group, arrays: dict, start: int) -> None:
     unit is rewritten whole anyway, so its old files go first. ``done`` is not among them:
     it stays false until the unit's last write.
     """
-    for name in arrays:
-        array = group[name]
-        if not isinstance(array, zarr.Array) or array.shards is None:
+    for name, array in arrays.items():
+        if name == "done" or array.shards is None:
             continue
         index = (start // array.shards[0],) + (0,) * (array.ndim - 1)
         keys = (
@@ -441,29 +465,34 @@ def write_chunk(
 ) -> None:
     """Write one whole chunk of images starting at ``start``, then mark it done.
 
-    ``arrays["acts"]`` is [B, L, T, D]: L whole zarr chunks (one per layer), written by one
-    zarr call so that zarr encodes them concurrently. ``done`` goes last, so a kill leaves the
-    chunk pending. With ``writer``, the store's identity is re-checked before every array write,
+    ``arrays["acts"]`` is [B, L, T, D]: L whole chunks (one per layer), written straight to
+    their files (:func:`pipeline.cache.chunk_files.write_whole_chunks`: the bytes zarr would
+    write), as is every other array; a layout that function leaves to zarr (shards, strings) is
+    written by zarr, acts in one call so that zarr encodes its L chunks concurrently. ``done``
+    goes last, so a kill leaves the chunk pending. With ``writer``, the store's identity is re-checked before every array write,
     and the writes go through the directory the writer opened (``StoreWriter.pinned``), so a
     store that replaced it between a check and a write never receives the chunk.
     """
     check = writer.check if writer is not None else (lambda: None)
     try:
-        if writer is not None and writer.pinned_group is not None:
-            group = writer.pinned_group  # the directory this process opened
-        acts = arrays["acts"]
-        stop = start + acts.shape[0]
-        acts_array = group["acts"]
-        assert isinstance(acts_array, zarr.Array)  # created by create_or_open as an array, never a group
+        stop = start + arrays["acts"].shape[0]
+        if writer is not None and writer.pinned_group is not None:  # the directory this process opened
+            opened = {name: writer.array(name) for name in [*arrays, "done"]}
+        else:
+            opened = {name: group_array(group, name) for name in [*arrays, "done"]}
         check()
-        _drop_shards(group, arrays, start)
-        _whole_chunk_writer(acts_array)[start:stop] = acts  # L whole chunks in one call: zarr encodes them concurrently
-        for name, value in arrays.items():
-            if name != "acts":
+        _drop_shards(opened, start)
+        for i, (name, value) in enumerate([*arrays.items(), ("done", np.ones(stop - start, dtype=bool))]):
+            if i:
                 check()
-                group_array(group, name)[start:stop] = value
-        check()
-        group_array(group, "done")[start:stop] = True
+            array = opened[name]
+            folder = _local_folder(array)
+            write_empty = name == "acts" or bool(zarr.config.get("array.write_empty_chunks"))  # as zarr would
+            if folder is None or not write_whole_chunks(
+                array, folder, chunk_format(array), start, value, write_empty=write_empty
+            ):
+                # zarr's write (shards, strings): L whole chunks of acts in one call, encoded concurrently
+                (_whole_chunk_writer(array) if name == "acts" else array)[start:stop] = value
     except Exception:
         check()  # the directory was deleted under this write: say so (ForeignWriterError)
         raise

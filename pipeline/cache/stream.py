@@ -19,7 +19,6 @@ import itertools
 import math
 import mmap
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -30,9 +29,9 @@ import psutil
 import torch
 import zarr
 from numcodecs import blosc
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
 from pipeline.cache.checksums import CRC_BYTES, array_info, check_chunk_bytes, corrupt, crc_ok
+from pipeline.cache.chunk_files import acts_format
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.store import CacheError
 
@@ -138,27 +137,13 @@ class ChunkDecoder:
         if not isinstance(acts, zarr.Array):
             raise TypeError(f"{reader.path}: acts is not an array")
         meta = acts.metadata
-        codecs = tuple(getattr(meta, "codecs", ()))
-        self.shard_images = 0  # images per shard file; 0: one file per chunk
-        first: Any = codecs[0] if codecs else None  # (zarr's metadata type does not list the sharding codec)
-        if len(codecs) == 1 and isinstance(first, ShardingCodec):
-            sharding = first
-            index_crc = [type(c) for c in sharding.index_codecs][-1:] == [Crc32cCodec]
-            at_end = getattr(sharding.index_location, "value", sharding.index_location) == "end"
-            self.shard_images = int(acts.shards[0]) if acts.shards and index_crc and at_end else 0
-            codecs = tuple(sharding.codecs) if self.shard_images else ()
-        self.crc = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)  # each chunk ends with its CRC32C
-        codecs = codecs[:-1] if self.crc else codecs
-        self.chunk_shape = tuple(acts.chunks)
-        self.dtype = np.dtype(acts.dtype)
-        native = (
-            bool(codecs)
-            and isinstance(codecs[0], BytesCodec)
-            and (codecs[0].endian is None or codecs[0].endian.value == sys.byteorder)
-            and self.chunk_shape[1:] == (1, reader.n_tokens, reader.d_model)
-        )
-        self.direct = native and len(codecs) == 2 and isinstance(codecs[1], BloscCodec)
-        self.raw = native and len(codecs) == 1
+        fmt = acts_format(acts, reader.n_tokens, reader.d_model)
+        self.shard_images = fmt.shard_images  # images per shard file; 0: one file per chunk
+        self.crc = fmt.crc  # each chunk ends with its CRC32C
+        self.chunk_shape = fmt.chunk_shape
+        self.dtype = fmt.dtype
+        self.direct = fmt.kind == "blosc"
+        self.raw = fmt.kind == "raw"
         self.chunk_elements = int(np.prod(self.chunk_shape))
         self._meta = meta
         self._root = reader.path / "acts"

@@ -20,7 +20,7 @@ Evaluation (val split, every member at once)
 Model selection (held out, no peeking at val)
     ``selection_fraction`` of the train images (a seeded permutation, ``selection_seed``) are
     held out of training (at least ``selection_min_images``, at most half:
-    ``features.n_held_out``); the best member has the highest top-1 accuracy on them, members
+    ``template.n_held_out``); the best member has the highest top-1 accuracy on them, members
     that tie go to the lowest cross-entropy on them (accuracy on a few dozen images ties often),
     then the first in the sweep; it is reported on val. ``sweep.csv`` holds both
     (``selection_top1_acc_pct``, ``selection_loss`` and the val columns, ``loss`` the val
@@ -39,9 +39,9 @@ Dimension key: M members, N images, D width, C classes.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,42 +53,23 @@ from pipeline.config import Config
 from pipeline.layout import ProbeFiles, probe_files
 from pipeline.models.family import READOUTS
 from pipeline.probes import figures
-from pipeline.probes.features import (
-    FinalNorm,
-    ProbeStores,
-    best_meta,
-    cls_rows,
-    in_memory_epochs,
-    n_held_out,
-    probe_setup,
-    selection_record,
-    sweep_with_best,
-    write_epochs,
-    write_sweep_csv,
-)
-from pipeline.probes.linear import (
-    ProbeSweep,
-    ProbeTrainConfig,
-    fit_sweep,
-    member_grid,
-    member_state,
-    save_probe,
-)
-from pipeline.provenance import record
-from pipeline.runtime import describe_device
+from pipeline.probes.features import FinalNorm, ProbeStores, cls_rows, in_memory_epochs
+from pipeline.probes.linear import ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep
+from pipeline.probes.template import ProbeResults, ProbeRun, ProbeTemplate, n_held_out, run_probe
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CLS",
     "OUTPUT_FILES",
     "ClsData",
+    "ClsProbe",
     "cls_data",
     "cls_sweep_rows",
     "evaluate_cls",
     "fit_cls_sweep",
     "run_cls_probe",
     "selection_rows",
-    "write_cls_figures",
     "write_per_class_accuracy",
 ]
 
@@ -135,7 +116,7 @@ def evaluate_cls(
 
 def selection_rows(n: int, fraction: float, seed: int, min_images: int = 1) -> np.ndarray:
     """bool [n]: the held-out selection rows of train (a seeded choice of
-    :func:`~pipeline.probes.features.n_held_out` rows; none when fraction is 0)."""
+    :func:`~pipeline.probes.template.n_held_out` rows; none when fraction is 0)."""
     out = np.zeros(n, dtype=bool)
     if fraction <= 0:
         return out
@@ -160,6 +141,11 @@ class ClsData:
     sel_idx: np.ndarray  # rows of x_all held out for selection
     x_train_ND: torch.Tensor  # the other rows: what the sweep is fitted on
     y_train_N: np.ndarray
+
+    @property
+    def held_out_images(self) -> np.ndarray:
+        """Store indices of the held-out selection images."""
+        return self.image_all_N[self.sel_idx]
 
 
 def cls_data(cfg: Config, pc, stores: ProbeStores, device: torch.device) -> ClsData:
@@ -246,108 +232,66 @@ def write_per_class_accuracy(conf_CC: np.ndarray, stores: ProbeStores, files: Pr
     atomic.write_csv(table, files.own("per_class_accuracy.csv"), index=False)
 
 
-def write_cls_figures(
-    stores: ProbeStores,
-    sweep: ProbeSweep,
-    best: int,
-    *,
-    table: pd.DataFrame,
-    conf_CC: np.ndarray,
-    best_metrics: dict[str, float],
-    files: ProbeFiles,
-) -> None:
-    """Writes ``epochs.csv`` + ``epochs.*``, ``sweep.*`` (val top-1 per member) and
-    ``confusion.*`` (best member)."""
-    member = sweep.members[best]
-    write_epochs(
-        sweep,
-        files,
-        "val_top1_acc",
-        metric_title="val top-1 accuracy",
-        best_slug=member.slug,
-        random_weights=stores.random_weights,
-    )
-    figures.sweep_chart(
-        table,
-        files.sweep_chart,
-        metric="top1_acc_pct",
-        metric_title=f"val top-1 accuracy (block {stores.block})",
-        random_weights=stores.random_weights,
-    )
-    figures.confusion_chart(
-        conf_CC,
-        stores.class_names,
-        files.own("confusion"),
-        random_weights=stores.random_weights,
-        title=f"Val confusion, best probe (lr {member.lr:g}, wd {member.weight_decay:g}); top-1 {best_metrics['top1_acc']:.1%}",
-    )
+class ClsProbe(ProbeTemplate[ClsData, list[np.ndarray]]):
+    """The classification probe's steps (see the module docstring) in the probe template; its
+    results' detail is every member's val confusion matrix."""
+
+    kind = "cls"
+    metric = "top1_acc"
+    metric_title = "val top-1 accuracy"
+    epoch_metric = "val_top1_acc"
+    epoch_metric_title = "val top-1 accuracy"
+
+    def data(self, run: ProbeRun) -> ClsData:
+        return cls_data(run.cfg, run.pc, run.stores, run.device)
+
+    def fit(self, run: ProbeRun, data: ClsData, members) -> ProbeSweep:
+        return fit_cls_sweep(run.pc, run.stores, data, members, device=run.device, progress=run.progress)
+
+    def evaluate(self, run: ProbeRun, data: ClsData, sweep: ProbeSweep) -> ProbeResults[list[np.ndarray]]:
+        return ProbeResults(*cls_sweep_rows(sweep, data))
+
+    def tables(self, run: ProbeRun, data: ClsData, results: ProbeResults[list[np.ndarray]], best: int) -> None:
+        write_per_class_accuracy(results.detail[best], run.stores, run.files)
+
+    def meta(self, run: ProbeRun, data: ClsData, results: ProbeResults[list[np.ndarray]], best: int) -> dict:
+        stores = run.stores
+        return {
+            "top_k": min(5, stores.n_classes),
+            "input": f"{READOUTS[stores.train.image_readout]} of block {stores.block}'s output, float32",
+            "confusion": results.detail[best],
+            "n_train_images": len(data.y_train_N),
+            "n_val_images": len(data.y_val_N),
+        }
+
+    def figures(
+        self,
+        run: ProbeRun,
+        results: ProbeResults[list[np.ndarray]],
+        best: int,
+        *,
+        member: ProbeMember,
+        tables: Any,
+        best_metrics: dict[str, float],
+    ) -> None:
+        """``confusion.*`` (the best member's val confusion matrix)."""
+        figures.confusion_chart(
+            results.detail[best],
+            run.stores.class_names,
+            run.files.own("confusion"),
+            random_weights=run.stores.random_weights,
+            title=f"Val confusion, best probe (lr {member.lr:g}, wd {member.weight_decay:g}); top-1 {best_metrics['top1_acc']:.1%}",
+        )
+
+    def summary(self, run: ProbeRun) -> dict[str, Any]:
+        return {"chance": 1.0 / run.stores.n_classes}
+
+
+CLS = ClsProbe()
 
 
 def run_cls_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
-    """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a summary.
-    ``ctx``: the step's RunContext (default: one started here)."""
-    pc, threads, device, stores, files = probe_setup(cfg, "cls", out_dir, ctx)
-    data = cls_data(cfg, pc, stores, device)
-    members = member_grid(pc.lrs, pc.weight_decays)
-
-    t0 = time.perf_counter()
-    sweep = fit_cls_sweep(pc, stores, data, members, device=device, progress=progress)
-    t1 = time.perf_counter()
-    rows, confs = cls_sweep_rows(sweep, data)
-    t2 = time.perf_counter()
-
-    device_name = describe_device(device)
-    table, best = sweep_with_best(
-        members,
-        rows,
-        "selection_top1_acc",
-        tie_break="selection_loss",
-        random_weights=stores.random_weights,
-        device=device_name,
-    )
-    best_metrics = {k: float(v) for k, v in rows[best].items()}
-    image_ids = [str(stores.train.image_ids[i]) for i in data.image_all_N[data.sel_idx]]
-    selection = selection_record(pc, "top1_acc", best_metrics, image_ids)
-    conf = confs[best]
-
-    table = write_sweep_csv(table, rows[0], files)
-    write_per_class_accuracy(conf, stores, files)
-    meta = best_meta(
-        "cls",
-        pc,
-        stores,
-        data.norm,
-        members,
-        best,
-        best_metrics,
-        selected_by=f"top1_acc on {selection['on']}, ties: lowest loss there",
-        selection=selection,
-        provenance=record(cfg, "probe-cls"),
-        device_name=device_name,
-        threads=threads,
-        seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        top_k=min(5, stores.n_classes),
-        input=f"{READOUTS[stores.train.image_readout]} of block {stores.block}'s output, float32",
-        confusion=conf,
-        n_train_images=len(data.y_train_N),
-        n_val_images=len(data.y_val_N),
-        n_selection_images=len(image_ids),
-    )
-    save_probe(files.best, member_state(sweep, best), meta)
-    write_cls_figures(stores, sweep, best, table=table, conf_CC=conf, best_metrics=best_metrics, files=files)
-    t3 = time.perf_counter()
-    return {
-        "probe": "cls",
-        "out": str(files.dir),
-        "best": meta["member"],
-        "metrics": best_metrics,
-        "selected_on": selection["on"],
-        "selection_top1_acc": selection["best_selection_top1_acc"],
-        "val_top1_acc": selection["best_val_top1_acc"],
-        "chance": 1.0 / stores.n_classes,
-        "n_members": len(members),
-        "random_weights": stores.random_weights,
-        "device": device_name,
-        "threads": threads,
-        "seconds": {**meta["seconds"], "outputs": round(t3 - t2, 2)},
-    }
+    """Train the sweep on the train CLS rows, evaluate on val, write the outputs; return a
+    summary (:func:`pipeline.probes.template.run_probe` of :class:`ClsProbe`). ``ctx``: the
+    step's RunContext (default: one started here)."""
+    return run_probe(CLS, cfg, out_dir=out_dir, progress=progress, ctx=ctx)

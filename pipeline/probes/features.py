@@ -21,10 +21,9 @@ normalising every token and then selecting; only those rows are normalised.
 - :func:`cls_rows` reads every image's vector once (the CLS row, or the mean of the patch
   rows for a model without a CLS token; they fit in memory) and
   :func:`in_memory_epochs` shuffles them per epoch.
-- Shared by the probe stages (``seg``, ``cls``): :func:`probe_setup` (section, run context,
-  stores, output folder), :func:`sweep_with_best` (the sweep table and its best member),
-  :func:`selection_record` (where the best was chosen), :func:`write_sweep_csv`,
-  :func:`write_epochs` and :func:`best_meta` (the ``best.json`` record).
+
+What the probe stages share beyond their inputs (setup, best member, ``best.json``, the sweep
+and epoch files) is :mod:`pipeline.probes.template`.
 
 Store problems (missing, unfinished, no labels, labels out of range, mismatched train/val)
 raise :class:`ProbeDataError` (a ``CacheError``) naming the store and what is wrong; config
@@ -36,27 +35,18 @@ D width, C classes.
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
-import pipeline
-from pipeline import atomic, units
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.store import CacheError
 from pipeline.cache.stream import shuffle_buffer, token_rows
-from pipeline.config import CacheRef, Config, ConfigError, to_jsonable
-from pipeline.context import RunContext
-from pipeline.layout import ProbeFiles, probe_dir_of
-from pipeline.probe_kinds import PROBE_KINDS, probe_section
-from pipeline.probes import figures
-from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, best_member, epoch_table, sweep_table
+from pipeline.config import CacheRef, Config, ConfigError
+from pipeline.probes.linear import IGNORE_LABEL
 
 __all__ = [
     "FinalNorm",
@@ -69,12 +59,7 @@ __all__ = [
     "patch_chunks",
     "patch_train_epochs",
     "seg_train_labels",
-    "n_held_out",
-    "selection_record",
     "store_record",
-    "sweep_with_best",
-    "write_epochs",
-    "write_sweep_csv",
 ]
 
 SEG_ARRAYS = ("patch_label", "patch_purity", "pixel_label")
@@ -338,146 +323,3 @@ def in_memory_epochs(
             yield x_ND[idx.to(x_ND.device)], y_N[idx]
 
     return epoch_batches
-
-
-# ---- shared by the probe stages -------------------------------------------------------------
-
-
-def best_meta(
-    kind: str,
-    pc,
-    stores: ProbeStores,
-    norm: FinalNorm,
-    members,
-    best: int,
-    metrics: dict,
-    *,
-    selected_by: str,
-    device_name: str,
-    threads: int,
-    seconds: dict,
-    **extra,
-) -> dict:
-    """The ``best.json`` record shared by both probes: member, metrics, inputs and provenance."""
-    member = members[best]
-    return {
-        "probe": kind,
-        "member": {"index": best, "lr": member.lr, "weight_decay": member.weight_decay},
-        "metrics": metrics,
-        "selected_by": selected_by,
-        "layer": pc.layer,
-        "block": stores.block,
-        "n_classes": stores.n_classes,
-        "class_names": list(stores.class_names),
-        "random_weights": stores.random_weights,
-        "model": {
-            k: norm.provenance.get(k) for k in ("family", "source", "revision", "weights_sha256", "random_weights")
-        }
-        | {"name": pc.cache.model},
-        "dataset": pc.cache.dataset,
-        "stores": {"train": store_record(stores.train), "val": store_record(stores.val)},
-        "probe_config": to_jsonable(pc),
-        "device": device_name,
-        "threads": threads,
-        "seconds": seconds,
-        "package_version": pipeline.__version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **extra,
-    }
-
-
-def probe_setup(cfg: Config, kind: str, out_dir: Path | None, ctx=None):
-    """What both probe stages start with: their config section, threads, device, the train/val
-    stores (checked) and the files they write (:class:`pipeline.layout.ProbeFiles`, in ``out_dir``
-    when given, else the layout's folder). ``kind``: a name in pipeline.probe_kinds.PROBE_KINDS;
-    ``ctx``: the step's RunContext (default: one started here)."""
-    pc = probe_section(cfg, kind)
-    if pc is None:
-        raise ConfigError(f"{cfg.source}: key probes/{kind}: missing; the {kind} probe needs it (cache, layer, sweep)")
-    ctx = ctx or RunContext.start(cfg)
-    threads, device = ctx.threads, ctx.device
-    task = PROBE_KINDS[kind].task
-    stores = open_probe_stores(cfg, pc.cache, layer=pc.layer, task=task, n_classes=pc.n_classes, key=f"probes/{kind}")
-    return (
-        pc,
-        threads,
-        device,
-        stores,
-        ProbeFiles(Path(out_dir) if out_dir is not None else probe_dir_of(cfg, kind, pc.cache), kind),
-    )
-
-
-def sweep_with_best(
-    members: Sequence[ProbeMember], rows: list[dict], metric: str, *, tie_break: str | None = None, **columns
-) -> tuple[pd.DataFrame, int]:
-    """The sweep table (one row per member: ``sweep_table`` of ``rows``, then the constant
-    ``columns`` in the order given, then ``best``) and the best member: the highest ``metric``;
-    members that tie on it go to the lowest ``tie_break`` (the held-out loss), then the first in
-    the sweep (:func:`pipeline.probes.linear.best_member`)."""
-    table = sweep_table(members, rows)
-    for name, value in columns.items():
-        table[name] = value
-    best = best_member(table, metric, tie_break=tie_break)
-    table["best"] = table["member"] == best
-    return table, best
-
-
-def n_held_out(n: int, fraction: float, min_images: int) -> int:
-    """How many of ``n`` train images are held out to choose the best member: ``fraction`` of
-    them, at least ``min_images`` (a small held-out part ties and is noisy), at most half (the
-    rest is what the probe learns from), and at least 1; 0 when ``fraction`` is 0."""
-    if fraction <= 0:
-        return 0
-    return max(1, min(n // 2, max(min_images, round(fraction * n))))
-
-
-def selection_record(pc, metric: str, best: Mapping[str, float], image_ids: Sequence[str]) -> dict:
-    """``best.json``'s ``selection``: where the best member was chosen (``on``: the held-out
-    train images ``image_ids``, or val when none are held out), and its ``selection_<metric>``
-    and val ``<metric>`` from ``best`` (its sweep row, fractions)."""
-    n = len(image_ids)
-    where = (
-        "val (selection_fraction 0: saev's choice, optimistic)"
-        if not n
-        else (
-            f"{n} held-out train images (selection_fraction {pc.selection_fraction:g}, "
-            f"selection_min_images {pc.selection_min_images}, seed {pc.selection_seed})"
-        )
-    )
-    return {
-        "metric": metric,
-        "on": where,
-        "fraction": pc.selection_fraction,
-        "min_images": pc.selection_min_images,
-        "seed": pc.selection_seed,
-        "n_images": n,
-        f"best_selection_{metric}": float(best[f"selection_{metric}"]),
-        f"best_val_{metric}": float(best[metric]),
-        "image_ids": list(image_ids),
-    }
-
-
-def write_sweep_csv(table: pd.DataFrame, metric_names: Iterable[str], files: ProbeFiles) -> pd.DataFrame:
-    """Writes ``sweep.csv``: ``table`` with every metric but the losses in percent
-    (:mod:`pipeline.units`); returns that table (creating the probe's folder)."""
-    table = units.to_pct(table, [k for k in metric_names if not k.endswith("loss")])
-    files.dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_csv(table, files.sweep_csv, index=False)
-    return table
-
-
-def write_epochs(
-    sweep: ProbeSweep, files: ProbeFiles, metric: str, *, metric_title: str, best_slug: str, random_weights: bool
-) -> None:
-    """Writes ``epochs.csv`` (the sweep's epoch history, ``metric`` in percent) and the
-    ``epochs`` chart (``metric`` per epoch, one line per member)."""
-    epoch_rows = units.to_pct(epoch_table(sweep), [metric])
-    atomic.write_csv(epoch_rows, files.epochs_csv, index=False)
-    figures.epoch_chart(
-        epoch_rows,
-        files.epochs_chart,
-        metric=units.pct_name(metric),
-        metric_title=metric_title,
-        best_slug=best_slug,
-        random_weights=random_weights,
-    )

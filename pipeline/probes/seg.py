@@ -35,7 +35,7 @@ recorded in ``sweep.csv``, ``best.json`` and ``per_class_iou.csv``.
 
 Model selection (held out, no peeking at val): ``selection_fraction`` of the valid train
 images (seeded ``selection_seed``; at least ``selection_min_images``, at most half:
-``features.n_held_out``) are held out of training; every member is scored on them and the best
+``template.n_held_out``) are held out of training; every member is scored on them and the best
 is the one with the highest pixel-level mIoU there (members that tie: the lowest cross-entropy
 on their training patches, ``selection_loss``; then the first in the sweep). Val metrics are then reported for every member and for the chosen one; both figures
 are printed and stored (``selection_*`` and val columns). ``selection_fraction: 0`` selects
@@ -62,9 +62,9 @@ H/W mask pixels.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,37 +80,23 @@ from pipeline.probes.features import (
     FinalNorm,
     ProbeDataError,
     ProbeStores,
-    best_meta,
     check_label_range,
-    n_held_out,
     patch_chunks,
     patch_train_epochs,
-    probe_setup,
     seg_train_labels,
-    selection_record,
-    sweep_with_best,
-    write_epochs,
-    write_sweep_csv,
 )
-from pipeline.probes.linear import (
-    IGNORE_LABEL,
-    ProbeSweep,
-    ProbeTrainConfig,
-    fit_sweep,
-    member_grid,
-    member_state,
-    predict_classes,
-    save_probe,
-)
-from pipeline.provenance import record
-from pipeline.runtime import describe_device
+from pipeline.probes.linear import IGNORE_LABEL, ProbeMember, ProbeSweep, ProbeTrainConfig, fit_sweep, predict_classes
+from pipeline.probes.template import ProbeResults, ProbeRun, ProbeTemplate, n_held_out, run_probe
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "OUTPUT_FILES",
     "PROTOCOL",
+    "SEG",
     "SegEvaluation",
+    "SegProbe",
+    "SegResults",
     "SegTrainingData",
     "evaluate_members",
     "evaluate_seg",
@@ -123,7 +109,6 @@ __all__ = [
     "selection_images",
     "upsampled_predictions",
     "write_per_class_iou",
-    "write_seg_figures",
 ]
 
 MIOU_DEFINITION = "present_in_truth"
@@ -302,7 +287,7 @@ def selection_images(reader, y_NP: np.ndarray, fraction: float, seed: int, min_i
     """bool [N]: the held-out selection images of the train store (seeded; empty when fraction is 0).
 
     Drawn from the valid images that have a usable training patch:
-    :func:`~pipeline.probes.features.n_held_out` of them.
+    :func:`~pipeline.probes.template.n_held_out` of them.
     """
     usable = np.flatnonzero(reader.valid & (y_NP != IGNORE_LABEL).any(axis=1))
     out = np.zeros(reader.n_images, dtype=bool)
@@ -353,6 +338,11 @@ class SegTrainingData:
     held_out_N: np.ndarray  # bool [N]: the held-out selection images
     y_held_out_NP: np.ndarray  # int64 [N, P]: the training labels of the held-out images only (their loss)
     n_train: int  # training patches (labels not IGNORE_LABEL)
+
+    @property
+    def held_out_images(self) -> np.ndarray:
+        """Store indices of the held-out selection images."""
+        return np.flatnonzero(self.held_out_N)
 
 
 def seg_training_data(cfg: Config, pc, stores: ProbeStores, device: torch.device) -> SegTrainingData:
@@ -469,137 +459,93 @@ def write_per_class_iou(
     return per_class, scored_C
 
 
-def write_seg_figures(
-    pc,
-    stores: ProbeStores,
-    sweep: ProbeSweep,
-    ev: SegEvaluation,
-    best: int,
-    *,
-    table: pd.DataFrame,
-    per_class: pd.DataFrame,
-    scored_C: np.ndarray,
-    best_metrics: dict[str, float],
-    files: ProbeFiles,
-) -> None:
-    """Writes ``sweep.*`` (val pixel mIoU per member), ``epochs.csv`` + ``epochs.*``,
-    ``per_class_iou.*`` (scored classes, best member) and ``examples.png``."""
-    member = sweep.members[best]
-    figures.sweep_chart(
-        table,
-        files.sweep_chart,
-        metric="pixel_miou_pct",
-        metric_title=f"val mIoU, pixel level (block {stores.block})",
-        random_weights=stores.random_weights,
-    )
-    write_epochs(
-        sweep,
-        files,
-        "val_patch_miou",
-        metric_title="val mIoU, patch level",
-        best_slug=member.slug,
-        random_weights=stores.random_weights,
-    )
-    figures.per_class_chart(
-        per_class[scored_C],
-        files.own("per_class_iou"),
-        value="iou_pct",  # classes the protocol scores
-        title=f"Val IoU per class ({pc.protocol}), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
-        random_weights=stores.random_weights,
-        value_title="IoU, pixel level (%)",
-    )
-    _examples(
-        stores,
-        ev,
-        best,
-        files.own("examples.png"),
-        title=f"Linear probe, {pc.cache.model} block {stores.block} on {pc.cache.dataset} val",
-    )
+@dataclass(frozen=True)
+class SegResults:
+    """What the seg tables and figures need of the evaluation: every member on val (with the
+    figure's images) and on the selection images."""
+
+    val: SegEvaluation
+    selection: SegEvaluation
+
+
+class SegProbe(ProbeTemplate[SegTrainingData, SegResults]):
+    """The segmentation probe's steps (see the module docstring) in the probe template."""
+
+    kind = "seg"
+    metric = "pixel_miou"
+    metric_title = "val mIoU, pixel level"
+    epoch_metric = "val_patch_miou"
+    epoch_metric_title = "val mIoU, patch level"
+
+    def data(self, run: ProbeRun) -> SegTrainingData:
+        return seg_training_data(run.cfg, run.pc, run.stores, run.device)
+
+    def fit(self, run: ProbeRun, data: SegTrainingData, members) -> ProbeSweep:
+        return fit_seg_sweep(run.pc, run.stores, data, members, device=run.device, progress=run.progress)
+
+    def evaluate(self, run: ProbeRun, data: SegTrainingData, sweep: ProbeSweep) -> ProbeResults[SegResults]:
+        ev, sel = evaluate_members(run.pc, run.stores, data, sweep)
+        return ProbeResults(seg_sweep_rows(sweep, ev, sel, run.pc.protocol), SegResults(ev, sel))
+
+    def columns(self, run: ProbeRun) -> dict[str, Any]:
+        return {"protocol": run.pc.protocol, "miou_definition": MIOU_DEFINITION}
+
+    def tables(
+        self, run: ProbeRun, data: SegTrainingData, results: ProbeResults[SegResults], best: int
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        ev = results.detail.val
+        return write_per_class_iou(ev.pixel_conf_MCC[best], ev.pixel_count_C, run.stores, run.pc.protocol, run.files)
+
+    def meta(self, run: ProbeRun, data: SegTrainingData, results: ProbeResults[SegResults], best: int) -> dict:
+        return {
+            "miou_definition": MIOU_DEFINITION,
+            "protocol": protocol_text(run.pc.protocol),
+            "input": f"final_norm(output of block {run.stores.block}) at the patch tokens, float32",
+            "n_train_patches": data.n_train,
+            "n_val_images": int(run.stores.val.valid.sum()),
+        }
+
+    def figures(
+        self,
+        run: ProbeRun,
+        results: ProbeResults[SegResults],
+        best: int,
+        *,
+        member: ProbeMember,
+        tables: tuple[pd.DataFrame, np.ndarray],
+        best_metrics: dict[str, float],
+    ) -> None:
+        """``per_class_iou.*`` (scored classes, best member) and ``examples.png``."""
+        per_class, scored_C = tables
+        stores, pc = run.stores, run.pc
+        figures.per_class_chart(
+            per_class[scored_C],
+            run.files.own("per_class_iou"),
+            value="iou_pct",  # classes the protocol scores
+            title=f"Val IoU per class ({pc.protocol}), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
+            random_weights=stores.random_weights,
+            value_title="IoU, pixel level (%)",
+        )
+        _examples(
+            stores,
+            results.detail.val,
+            best,
+            run.files.own("examples.png"),
+            title=f"Linear probe, {pc.cache.model} block {stores.block} on {pc.cache.dataset} val",
+        )
+
+    def summary(self, run: ProbeRun) -> dict[str, Any]:
+        return {"protocol": run.pc.protocol}
+
+
+SEG = SegProbe()
 
 
 def run_seg_probe(cfg: Config, *, out_dir: Path | None = None, progress: bool = True, ctx=None) -> dict:
-    """Train the sweep on the train split, evaluate on val, write the outputs; return a summary.
-    ``ctx``: the step's RunContext (default: one started here)."""
-    pc, threads, device, stores, files = probe_setup(cfg, "seg", out_dir, ctx)
-    data = seg_training_data(cfg, pc, stores, device)
-    members = member_grid(pc.lrs, pc.weight_decays)
-
-    t0 = time.perf_counter()
-    sweep = fit_seg_sweep(pc, stores, data, members, device=device, progress=progress)
-    t1 = time.perf_counter()
-    ev, sel = evaluate_members(pc, stores, data, sweep)
-    t2 = time.perf_counter()
-
-    rows = seg_sweep_rows(sweep, ev, sel, pc.protocol)
-    device_name = describe_device(device)
-    table, best = sweep_with_best(
-        members,
-        rows,
-        "selection_pixel_miou",
-        tie_break="selection_loss",
-        protocol=pc.protocol,
-        miou_definition=MIOU_DEFINITION,
-        random_weights=stores.random_weights,
-        device=device_name,
-    )
-    best_row = table.loc[table["member"] == best].iloc[0]
-    best_metrics = {k: float(best_row[k]) for k in rows[0]}
-    image_ids = [str(stores.train.image_ids[i]) for i in np.flatnonzero(data.held_out_N)]
-    selection = selection_record(pc, "pixel_miou", best_row, image_ids)
-
-    table = write_sweep_csv(table, rows[0], files)
-    per_class, scored_C = write_per_class_iou(ev.pixel_conf_MCC[best], ev.pixel_count_C, stores, pc.protocol, files)
-    meta = best_meta(
-        "seg",
-        pc,
-        stores,
-        data.norm,
-        members,
-        best,
-        best_metrics,
-        selected_by=f"pixel_miou on {selection['on']}, ties: lowest loss there",
-        selection=selection,
-        provenance=record(cfg, "probe-seg"),
-        miou_definition=MIOU_DEFINITION,
-        device_name=device_name,
-        threads=threads,
-        seconds={"train": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2)},
-        protocol=protocol_text(pc.protocol),
-        input=f"final_norm(output of block {stores.block}) at the patch tokens, float32",
-        n_train_patches=data.n_train,
-        n_val_images=int(stores.val.valid.sum()),
-        n_selection_images=len(image_ids),
-    )
-    save_probe(files.best, member_state(sweep, best), meta)
-    write_seg_figures(
-        pc,
-        stores,
-        sweep,
-        ev,
-        best,
-        table=table,
-        per_class=per_class,
-        scored_C=scored_C,
-        best_metrics=best_metrics,
-        files=files,
-    )
-    t3 = time.perf_counter()
-
-    return {
-        "probe": "seg",
-        "out": str(files.dir),
-        "best": meta["member"],
-        "metrics": best_metrics,
-        "selected_on": selection["on"],
-        "selection_pixel_miou": selection["best_selection_pixel_miou"],
-        "val_pixel_miou": selection["best_val_pixel_miou"],
-        "protocol": pc.protocol,
-        "n_members": len(members),
-        "random_weights": stores.random_weights,
-        "device": device_name,
-        "threads": threads,
-        "seconds": {**meta["seconds"], "outputs": round(t3 - t2, 2)},
-    }
+    """Train the sweep on the train split, evaluate on val, write the outputs; return a summary
+    (:func:`pipeline.probes.template.run_probe` of :class:`SegProbe`). ``ctx``: the step's
+    RunContext (default: one started here)."""
+    return run_probe(SEG, cfg, out_dir=out_dir, progress=progress, ctx=ctx)
 
 
 def _examples(stores: ProbeStores, ev: SegEvaluation, best: int, path: Path, *, title: str) -> None:
