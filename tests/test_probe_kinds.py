@@ -165,3 +165,17 @@ def test_the_workflow_plans_a_rule_for_the_registered_kind(tmp_path):
     proc = _plan(tmp_path, "probes")
     assert proc.returncode != 0
     assert "probes/toy" in proc.stdout + proc.stderr and "scael" in proc.stdout + proc.stderr
+
+
+def test_the_slurm_profiles_give_the_registered_kind_its_gpu_resources(toy):
+    from test_slurm import PROJECT_PROFILE, TEST_PROFILE, rendered
+
+    project = rendered(PROJECT_PROFILE, PIPELINE_SLURM_GPU_PARTITION="gpuq", PIPELINE_SLURM_GPU_MODEL="a100")
+    assert project["set-resources"]["probe_toy"] == {
+        "gpu": 1,
+        "gpu_model": "a100",
+        "slurm_partition": "gpuq",
+        "mem_mb": "16000 * attempt",
+        "runtime": "240 * attempt",
+    }
+    assert rendered(TEST_PROFILE)["set-resources"]["probe_toy"]["gpu"] == 0  # the test cluster has no GPU

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from helpers import REPO, write_config
 
@@ -78,6 +77,23 @@ def _flatten(node, prefix: tuple = ()) -> dict[tuple, object]:
             out.update(_flatten(value, prefix + (key,)))
         return out
     return {prefix: node}
+
+
+def rendered(path: Path, **env: str) -> dict:
+    """A profile as Snakemake reads it: its YTE template evaluated (``__definitions__`` run,
+    ``?`` expressions and ``?for`` loops expanded) with only ``env`` of the profile's variables set."""
+    import yte
+
+    saved = {k: os.environ.pop(k) for k in PROFILE_ENV if k in os.environ}
+    os.environ.update(env)
+    try:
+        doc = yte.process_yaml(path.read_text(), require_use_yte=True)
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+    doc.pop("__use_yte__", None)
+    return doc
 
 
 def gpu_rules_of_profile(profile: dict) -> set[str]:
@@ -162,7 +178,7 @@ def test_resources_grow_with_the_attempt_as_snakemake_evaluates_them(tmp_path):
 
 
 def test_every_gpu_rule_asks_for_a_gpu_and_no_cpu_rule_does():
-    project = yaml.safe_load(PROJECT_PROFILE.read_text())
+    project = rendered(PROJECT_PROFILE, PIPELINE_SLURM_GPU_PARTITION="gpuq", PIPELINE_SLURM_GPU_MODEL="a100")
     rules = workflow_rules()
     assert {"extract_part", "finalize_cache", "demo_dataset"} <= set(rules), sorted(rules)
     in_profile = gpu_rules_of_profile(project)
@@ -174,12 +190,12 @@ def test_every_gpu_rule_asks_for_a_gpu_and_no_cpu_rule_does():
     assert not in_profile & cpu_rules, f"CPU rules given a GPU by slurm/config.yaml: {sorted(in_profile & cpu_rules)}"
     for rule in in_profile:
         res = project["set-resources"][rule]
-        assert res["slurm_partition"] == "?gpu_partition" and res["gpu_model"] == "?gpu_model", rule
+        assert res["slurm_partition"] == "gpuq" and res["gpu_model"] == "a100", rule
 
 
 def test_test_profile_is_the_project_profile_plus_listed_changes():
-    project = yaml.safe_load(PROJECT_PROFILE.read_text())
-    test = _flatten(yaml.safe_load(TEST_PROFILE.read_text()))
+    project = rendered(PROJECT_PROFILE)
+    test = _flatten(rendered(TEST_PROFILE))
     flat = _flatten(project)
     overrides = profile_overrides(project)
     for key in overrides:
@@ -435,7 +451,7 @@ def test_profile_runs_the_tiny_project_through_sbatch_and_matches_a_local_run(tm
     # SLURM's own record: completed, in the partition the environment chose, no GPU asked
     records = _job_records(ids, slurm_dir)
     assert sorted(records) == sorted(ids), f"SLURM has no record of {sorted(set(ids) - set(records))}"
-    project = yaml.safe_load(PROJECT_PROFILE.read_text())
+    project = rendered(PROJECT_PROFILE)
     gpu_rules = gpu_rules_of_profile(project)
     for rule, jobs in by_rule.items():
         for _, job in jobs:

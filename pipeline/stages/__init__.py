@@ -61,6 +61,12 @@ class Stage:
     threads: str = "config"  # "config": the config's `threads` (the step caps torch there); "one": a single CPU
     gpu: bool = False  # the rule asks for `resources: gpu=1`
     workflow: bool = True  # run by a Snakemake rule (False: a hand-run tool such as prepare)
+    rule_name: str | None = None  # its Snakemake rule, where not the name with "_" for "-"
+
+    @property
+    def rule(self) -> str:
+        """The Snakemake rule that runs the step (``workflow/rules/*.smk``)."""
+        return self.rule_name or self.name.replace("-", "_")
 
     def run(self, ctx, args) -> object:
         """Do the step: ``target`` imported now (so --help imports no torch), called with the
@@ -211,6 +217,7 @@ def _probe_stage(pk: ProbeKind) -> Stage:
         needs=(f"probes.{kind}",),
         section=f"probes.{kind}",
         gpu=True,
+        rule_name=pk.rule,
     )
 
 
@@ -238,6 +245,7 @@ _BEFORE_PROBES: dict[str, Stage] = {
         _demo,
         section="extract",
         gpu=True,
+        rule_name="extract_part",  # one job per part of a split (extract.parts)
     ),
     "finalize": Stage(
         "finalize",
@@ -405,6 +413,13 @@ def rule_threads(cfg: Config, step: str, *, remote: bool = False, max_threads: i
     if remote and cfg.threads_auto:
         return min(REMOTE_AUTO_THREADS, max_threads or REMOTE_AUTO_THREADS)
     return cfg.threads
+
+
+def gpu_rules() -> list[str]:
+    """The workflow's rules that ask for a GPU (``resources: gpu=1``), from the stage registry
+    (a registered probe kind's rule among them): the SLURM profiles give each one the GPU
+    partition, GPU type, memory and time (``slurm/config.yaml``'s ``set-resources``)."""
+    return sorted(stage.rule for stage in STAGES.values() if stage.gpu and stage.workflow)
 
 
 def rule_resources(step: str) -> dict[str, int]:
