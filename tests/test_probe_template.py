@@ -199,7 +199,9 @@ def test_a_kind_on_the_template_fits_and_writes_every_declared_file(project, maj
     assert meta["n_val_images"] == len(y_val)
     assert summary["val_top1_acc"] == pytest.approx((logits.argmax(1).numpy() == y_val).mean())
     loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y_val)).item()
-    assert loss == pytest.approx(sweep.loc[best, "loss"], rel=1e-4)  # members differ here even where they tie on accuracy
+    assert loss == pytest.approx(
+        sweep.loc[best, "loss"], rel=1e-4
+    )  # members differ here even where they tie on accuracy
     assert not np.isclose(sweep["loss"][0], sweep["loss"][1], rtol=1e-3)
     counts = pd.read_csv(folder / "majority.csv")
     assert counts["n_val_images"].sum() == len(y_val)

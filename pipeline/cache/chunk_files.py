@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import google_crc32c
+import numcodecs.blosc as blosc
 import numpy as np
 import zarr
-from numcodecs import blosc
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
 CRC_BYTES = 4  # zarr's crc32c codec: a uint32 after the chunk's bytes
@@ -93,7 +93,7 @@ def chunk_format(array: zarr.Array) -> ChunkFormat:
         kind = "blosc"
     elif native and len(codecs) == 1:
         kind = "raw"
-    codec = codecs[1] if kind == "blosc" else None
+    codec = next((c for c in codecs if isinstance(c, BloscCodec)), None) if kind == "blosc" else None
     return ChunkFormat(kind, crc, shard_images, tuple(int(x) for x in array.chunks), np.dtype(array.dtype), codec)
 
 
@@ -155,11 +155,12 @@ def _encode(fmt: ChunkFormat, chunk: np.ndarray) -> Any:
     if fmt.codec is None:
         return chunk.reshape(-1).view(np.uint8)
     codec = fmt.codec
-    shuffle = _SHUFFLE[getattr(codec.shuffle, "value", codec.shuffle)]
-    cname = getattr(codec.cname, "value", codec.cname)
+    assert codec.shuffle is not None  # set in every stored array's metadata
     typesize = codec.typesize or chunk.dtype.itemsize
     # releases the GIL, single-threaded off the main thread: writer threads encode side by side
-    return blosc.compress(chunk, cname.encode(), codec.clevel, shuffle, codec.blocksize, typesize)
+    return blosc.compress(
+        chunk, codec.cname.value.encode(), codec.clevel, _SHUFFLE[codec.shuffle.value], codec.blocksize, typesize
+    )
 
 
 def _write_file(path: Path, data: Any, crc: bool) -> None:

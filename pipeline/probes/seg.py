@@ -519,7 +519,7 @@ class SegProbe(ProbeTemplate[SegTrainingData, SegResults]):
         per_class, scored_C = tables
         stores, pc = run.stores, run.pc
         figures.per_class_chart(
-            per_class[scored_C],
+            per_class.loc[scored_C],
             run.files.own("per_class_iou"),
             value="iou_pct",  # classes the protocol scores
             title=f"Val IoU per class ({pc.protocol}), best probe (lr {member.lr:g}, wd {member.weight_decay:g}); mIoU {best_metrics['pixel_miou']:.1%}",
