@@ -150,3 +150,23 @@ def test_what_zarr_must_write_is_left_to_it(tmp_path):
     )
     reasons = plain["bad_reason"]
     assert isinstance(reasons, zarr.Array) and chunk_format(reasons).kind is None
+
+
+def test_a_write_that_dies_midway_leaves_the_old_chunk_file(tmp_path, monkeypatch):
+    """Each chunk file is replaced atomically (as zarr's local store writes): an error (or a
+    kill) while the new bytes are written leaves the old file whole, never a short one."""
+    import pipeline.cache.chunk_files as chunk_files
+
+    layout = _layout("none", "float16", "segmentation")
+    group = _write(tmp_path / "s.zarr", layout, [_chunks(layout, 0, bad_at=None)])
+    chunk = tmp_path / "s.zarr" / "acts" / "c" / "1" / "0" / "0" / "0"
+    old = chunk.read_bytes()
+
+    def dies(data):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(chunk_files.google_crc32c, "value", dies)  # after the bytes, before the checksum
+    with pytest.raises(OSError, match="disk gone"):
+        write_chunk(group, 4, _chunks(layout, 1, bad_at=None)[1][1])
+    assert chunk.read_bytes() == old
+    assert not list((tmp_path / "s.zarr").rglob("*.partial"))

@@ -20,10 +20,11 @@ What :func:`write_whole_chunks` writes is what zarr writes, byte for byte
 (``tests/test_chunk_files.py`` compares the files): each chunk is the array's bytes, coded by the
 library zarr calls (``numcodecs``' Blosc with the codec's own ``cname``, ``clevel``, ``shuffle``,
 ``blocksize`` and ``typesize``) or left raw, padded with the fill value past the array's last
-image, then its CRC32C (4 bytes, little-endian), at the path zarr's chunk-key encoding gives.
-Like zarr's local store it writes the file in place: a kill mid-write leaves a short or wrong
-file, which stays marked not ``done`` (written after every other array) and is rewritten by the
-resume.
+image, then its CRC32C (4 bytes, little-endian), at the path zarr's chunk-key encoding gives. Like zarr's
+local store (3.1.6) it writes each file atomically (a temp file beside it, then a rename): a
+kill mid-write leaves the old chunk file or none, and at most a stray ``*.partial`` temp file,
+as zarr does; the chunk stays not ``done`` (written after every other array) and the resume
+rewrites it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import dataclasses
 import itertools
 import os
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,13 +166,21 @@ def _encode(fmt: ChunkFormat, chunk: np.ndarray) -> Any:
 
 
 def _write_file(path: Path, data: Any, crc: bool) -> None:
-    """``data`` and (``crc``) its CRC32C, little-endian, as the file at ``path`` (folders made)."""
+    """``data`` and (``crc``) its CRC32C, little-endian, as the file at ``path`` (folders made),
+    atomically as zarr's local store writes: into ``<name>.<random hex>.partial`` beside it,
+    then renamed over it, so a kill mid-write leaves the old file or none, never a short one."""
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")  # zarr's temp name (storage/_local.py)
     try:
-        fd = open(path, "wb")  # noqa: SIM115 (closed below; one open for the common case)
+        fd = open(tmp, "wb")  # noqa: SIM115 (closed below; one open for the common case)
     except FileNotFoundError:
         os.makedirs(path.parent, exist_ok=True)
-        fd = open(path, "wb")  # noqa: SIM115
-    with fd:
-        fd.write(data)
-        if crc:
-            fd.write(google_crc32c.value(data).to_bytes(CRC_BYTES, "little"))
+        fd = open(tmp, "wb")  # noqa: SIM115
+    try:
+        with fd:
+            fd.write(data)
+            if crc:
+                fd.write(google_crc32c.value(data).to_bytes(CRC_BYTES, "little"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
