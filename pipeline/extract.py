@@ -402,6 +402,7 @@ def extract(
         decode=attrs["decode"],
     )
     if todo:
+        writer = StoreWriter.of(store, group)
         _run(
             cfg,
             data,
@@ -409,13 +410,16 @@ def extract(
             backbone,
             layout,
             group,
-            StoreWriter.of(store, group),
+            writer,
             todo,
             report,
             device,
             progress,
             decoder,
         )
+        # the store may have been replaced after this part's last chunk write: then this part's
+        # chunks went to the deleted store, and finalizing (or reporting success) would be wrong
+        writer.check()
         log.info("extract %s part %d/%d: %s", store, part + 1, of, stage_summary(report.stages))
     if of == 1:
         finalize(store)

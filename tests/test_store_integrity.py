@@ -438,3 +438,24 @@ def test_prepare_error_is_one_line(tmp_path, capsys):
     _one_error_line(
         capsys, ["prepare", "flowers102", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], match="nope"
     )
+
+
+def test_a_store_replaced_after_the_last_chunk_write_is_not_finalized(project, monkeypatch):
+    """The last check comes after the last chunk: a store replaced between it and finalize is
+    refused (this part's chunks went to the deleted store), not finalized as if written."""
+    import pipeline.extract as extract_module
+
+    cfg = load_config("config.yaml")
+    path = cfg.store(SEG, "val")
+    real_run = extract_module._run
+
+    def then_replaced(*args, **kwargs):
+        real_run(*args, **kwargs)
+        meta = json.loads((path / "zarr.json").read_text())
+        meta["attributes"] = {**meta["attributes"], "generation": "other", "config_file": "new.yaml"}
+        (path / "zarr.json").write_text(json.dumps(meta))
+
+    monkeypatch.setattr(extract_module, "_run", then_replaced)
+    with pytest.raises(store_module.ForeignWriterError, match="was replaced while this process was writing it"):
+        extract(cfg, SEG, "val", progress=False)
+    assert json.loads((path / "zarr.json").read_text())["attributes"].get("complete") is not True

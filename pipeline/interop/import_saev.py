@@ -196,6 +196,8 @@ def import_saev(cfg: Config, ref: CacheRef, split: str, shard_dir: Path) -> dict
         for future in [pool.submit(one, chunk) for chunk in todo]:
             future.result()
     seconds = time.perf_counter() - started
+    if todo:
+        writer.check()  # replaced after the last chunk write: its chunks went to the deleted store
     summary = finalize(store)
     n_new = sum(e - s for s, e in todo)
     return {
