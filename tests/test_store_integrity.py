@@ -64,6 +64,22 @@ def _n_done(store: Path) -> int:
         return 0
 
 
+def _wait_stopped(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait until every thread of ``proc`` is stopped (state T in /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for stat in Path(f"/proc/{proc.pid}/task").glob("*/stat"):
+            try:
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except (FileNotFoundError, IndexError):
+                continue  # a thread that just ended
+        if states and all(state in "Tt" for state in states):
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {proc.pid} did not stop")
+
+
 def _wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,6 +101,7 @@ def test_orphan_writer_of_a_deleted_store_stops_and_cannot_touch_its_successor(b
     a = _start(big_project)
     _wait_for(lambda: _n_done(store) >= 4, a)
     a.send_signal(signal.SIGSTOP)  # A is stalled (an orphan on a busy node), not dead
+    _wait_stopped(a)  # SIGSTOP is asynchronous: a writer thread mid-way could still add a file
     try:
         import shutil
 
